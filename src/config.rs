@@ -1,0 +1,625 @@
+//! The daemon's configuration: the YAML schema of the contract, `${VAR}` and `<secret>_file` resolution,
+//! and validation whose every error names the file, the line and the key.
+
+mod locate;
+mod secret;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use globset::{GlobSet, GlobSetBuilder};
+use serde::Deserialize;
+
+pub use secret::Secret;
+
+/// Where the daemon looks when neither `-c` nor `IMGSYNCD_CONFIG` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/imgsyncd/daemon.yaml";
+pub const DEFAULT_INCLUDE: &[&str] = &["*.jpg", "*.jpeg", "*.png", "*.gif", "*.bmp", "*.webp"];
+pub const DEFAULT_EXCLUDE: &[&str] = &[".*", "*.tmp", "*.part", "*~"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}:{line}: {message}")]
+    Syntax {
+        file: String,
+        line: usize,
+        message: String,
+    },
+    #[error("{file}:{line}: {key}: {message}")]
+    Invalid {
+        file: String,
+        line: usize,
+        key: String,
+        message: String,
+    },
+}
+
+/// The validated configuration the daemon runs on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub source: PathBuf,
+    pub journal: PathBuf,
+    pub workers: usize,
+    pub settle: Duration,
+    pub rescan: Duration,
+    pub give_up_after: Duration,
+    pub max_deletes: usize,
+    pub vendors: BTreeMap<String, VendorConfig>,
+    pub watches: Vec<WatchConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct VendorConfig {
+    pub name: String,
+    pub base_url: String,
+    pub per_second: Option<u32>,
+    pub per_minute: Option<u32>,
+    pub settings: VendorSettings,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VendorKind {
+    Kingdee,
+    Feishu,
+    Jiandaoyun,
+}
+
+impl VendorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VendorKind::Kingdee => "kingdee",
+            VendorKind::Feishu => "feishu",
+            VendorKind::Jiandaoyun => "jiandaoyun",
+        }
+    }
+
+    /// Whether the vendor offers an API to delete what was uploaded.
+    pub fn can_delete(self) -> bool {
+        matches!(self, VendorKind::Kingdee)
+    }
+
+    fn default_base_url(self) -> &'static str {
+        match self {
+            VendorKind::Kingdee => "https://api.kingdee.com",
+            VendorKind::Feishu => "https://open.feishu.cn",
+            VendorKind::Jiandaoyun => "https://api.jiandaoyun.com",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum VendorSettings {
+    Kingdee(KingdeeConfig),
+}
+
+impl VendorSettings {
+    pub fn kind(&self) -> VendorKind {
+        match self {
+            VendorSettings::Kingdee(_) => VendorKind::Kingdee,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct KingdeeConfig {
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub app_key: String,
+    pub app_secret: Secret,
+    pub domain: String,
+    pub save_temp: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnRemove {
+    Delete,
+    Keep,
+}
+
+#[derive(Debug, Clone)]
+pub struct WatchConfig {
+    pub path: PathBuf,
+    pub vendor: String,
+    pub recursive: bool,
+    pub on_remove: OnRemove,
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+    pub poll: Option<Duration>,
+    pub filter: NameFilter,
+}
+
+impl PartialEq for WatchConfig {
+    fn eq(&self, other: &Self) -> bool {
+        self.path == other.path
+            && self.vendor == other.vendor
+            && self.recursive == other.recursive
+            && self.on_remove == other.on_remove
+            && self.include == other.include
+            && self.exclude == other.exclude
+            && self.poll == other.poll
+    }
+}
+
+/// Include/exclude globs matched against a file's name (and, for patterns with a `/`, its path
+/// relative to the watch root).
+#[derive(Debug, Clone)]
+pub struct NameFilter {
+    include: GlobSet,
+    exclude: GlobSet,
+}
+
+impl NameFilter {
+    pub fn new(include: &[String], exclude: &[String]) -> Result<Self, globset::Error> {
+        Ok(NameFilter {
+            include: build_globset(include)?,
+            exclude: build_globset(exclude)?,
+        })
+    }
+
+    /// Whether a file at `relative` (to the watch root) is one the watch should take.
+    pub fn accepts(&self, relative: &Path) -> bool {
+        let Some(name) = relative.file_name() else {
+            return false;
+        };
+        let hit = |set: &GlobSet| set.is_match(name) || set.is_match(relative);
+        hit(&self.include) && !hit(&self.exclude)
+    }
+}
+
+impl NameFilter {
+    /// Whether a folder is skipped whole (an excluded name such as `.cache`).
+    pub fn excludes_dir(&self, name: &std::ffi::OsStr) -> bool {
+        self.exclude.is_match(name)
+    }
+}
+
+fn build_globset(patterns: &[String]) -> Result<GlobSet, globset::Error> {
+    let mut builder = GlobSetBuilder::new();
+    for pattern in patterns {
+        let glob = globset::GlobBuilder::new(pattern)
+            .case_insensitive(true)
+            .literal_separator(true)
+            .build()?;
+        builder.add(glob);
+    }
+    builder.build()
+}
+
+// ---- the raw YAML shape ------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    journal: Option<PathBuf>,
+    workers: Option<usize>,
+    settle: Option<String>,
+    rescan: Option<String>,
+    give_up_after: Option<String>,
+    max_deletes: Option<usize>,
+    #[serde(default)]
+    vendors: BTreeMap<String, RawVendor>,
+    #[serde(default)]
+    watches: Vec<RawWatch>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawVendor {
+    kind: String,
+    base_url: Option<String>,
+    per_second: Option<u32>,
+    per_minute: Option<u32>,
+    // kingdee
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    client_secret_file: Option<PathBuf>,
+    app_key: Option<String>,
+    app_secret: Option<String>,
+    app_secret_file: Option<PathBuf>,
+    domain: Option<String>,
+    save_temp: Option<bool>,
+    // feishu / jiandaoyun
+    app_id: Option<String>,
+    api_key: Option<String>,
+    api_key_file: Option<PathBuf>,
+    entry_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWatch {
+    path: PathBuf,
+    vendor: String,
+    recursive: Option<bool>,
+    on_remove: Option<String>,
+    include: Option<Vec<String>>,
+    exclude: Option<Vec<String>>,
+    poll: Option<String>,
+}
+
+// ---- loading -----------------------------------------------------------------------------------
+
+impl Config {
+    /// Reads, parses and validates the config at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses `text` as if it were read from `path` (which names errors and anchors relative paths).
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let ctx = Ctx {
+            file: path.display().to_string(),
+            text,
+            base_dir: path
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from(".")),
+        };
+        let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| ctx.syntax(&e))?;
+        ctx.build(raw, path)
+    }
+}
+
+struct Ctx<'a> {
+    file: String,
+    text: &'a str,
+    base_dir: PathBuf,
+}
+
+impl Ctx<'_> {
+    fn syntax(&self, e: &serde_yaml::Error) -> ConfigError {
+        let line = e.location().map(|l| l.line()).unwrap_or(1);
+        let mut message = e.to_string();
+        if let Some(at) = message.find(" at line ") {
+            message.truncate(at);
+        }
+        ConfigError::Syntax {
+            file: self.file.clone(),
+            line,
+            message,
+        }
+    }
+
+    fn invalid(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.clone(),
+            line: locate::line_of(self.text, key),
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn build(&self, raw: RawConfig, source: &Path) -> Result<Config, ConfigError> {
+        let journal = raw
+            .journal
+            .map(|p| self.resolve_path(&p))
+            .unwrap_or_else(|| PathBuf::from("/var/lib/imgsyncd/journal.sqlite3"));
+        let workers = raw.workers.unwrap_or(4);
+        if workers == 0 || workers > 64 {
+            return Err(self.invalid("workers", "must be between 1 and 64"));
+        }
+        let settle = self.duration("settle", raw.settle.as_deref(), Duration::from_secs(2))?;
+        let rescan = self.duration("rescan", raw.rescan.as_deref(), Duration::from_secs(3600))?;
+        let give_up_after = self.duration(
+            "give_up_after",
+            raw.give_up_after.as_deref(),
+            Duration::from_secs(24 * 3600),
+        )?;
+        if rescan < Duration::from_secs(1) {
+            return Err(self.invalid("rescan", "must be at least 1s"));
+        }
+        let mut vendors = BTreeMap::new();
+        for (name, raw_vendor) in raw.vendors {
+            let vendor = self.vendor(&name, raw_vendor)?;
+            vendors.insert(name, vendor);
+        }
+        let mut watches: Vec<WatchConfig> = Vec::new();
+        for (index, raw_watch) in raw.watches.into_iter().enumerate() {
+            let watch = self.watch(index, raw_watch, &vendors)?;
+            if let Some(other) = watches
+                .iter()
+                .find(|w| watch.path.starts_with(&w.path) || w.path.starts_with(&watch.path))
+            {
+                return Err(self.invalid(
+                    &format!("watches[{index}].path"),
+                    format!(
+                        "{} overlaps the watch on {}; one folder can feed only one watch",
+                        watch.path.display(),
+                        other.path.display()
+                    ),
+                ));
+            }
+            watches.push(watch);
+        }
+        Ok(Config {
+            source: source.to_path_buf(),
+            journal,
+            workers,
+            settle,
+            rescan,
+            give_up_after,
+            max_deletes: raw.max_deletes.unwrap_or(100),
+            vendors,
+            watches,
+        })
+    }
+
+    fn resolve_path(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    fn duration(
+        &self,
+        key: &str,
+        value: Option<&str>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        match value {
+            None => Ok(default),
+            Some(text) => parse_duration(text).map_err(|message| self.invalid(key, message)),
+        }
+    }
+
+    /// Expands `${VAR}` references; an unset or empty variable is an error naming it.
+    fn expand(&self, key: &str, value: &str) -> Result<String, ConfigError> {
+        let mut out = String::with_capacity(value.len());
+        let mut rest = value;
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            let end = after.find('}').ok_or_else(|| {
+                self.invalid(key, "unterminated ${…} reference (missing `}`)".to_string())
+            })?;
+            let var = &after[..end];
+            match std::env::var(var) {
+                Ok(v) if !v.is_empty() => out.push_str(&v),
+                Ok(_) => {
+                    return Err(self.invalid(key, format!("environment variable {var} is empty")));
+                }
+                Err(_) => {
+                    return Err(self.invalid(key, format!("environment variable {var} is not set")));
+                }
+            }
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+
+    fn required(&self, key: &str, value: Option<String>) -> Result<String, ConfigError> {
+        match value {
+            Some(v) if !v.trim().is_empty() => self.expand(key, &v),
+            Some(_) => Err(self.invalid(key, "must not be empty")),
+            None => Err(self.invalid(key, "is required")),
+        }
+    }
+
+    /// A secret given either inline (`key`) or as a file (`key_file`), never both.
+    fn secret(
+        &self,
+        prefix: &str,
+        key: &str,
+        inline: Option<String>,
+        file: Option<PathBuf>,
+    ) -> Result<Secret, ConfigError> {
+        let full = format!("{prefix}.{key}");
+        match (inline, file) {
+            (Some(_), Some(_)) => Err(self.invalid(
+                &format!("{prefix}.{key}_file"),
+                format!("give either {key} or {key}_file, not both"),
+            )),
+            (Some(v), None) => Ok(Secret::new(self.required(&full, Some(v))?)),
+            (None, Some(path)) => {
+                let file_key = format!("{prefix}.{key}_file");
+                let path = self.resolve_path(&path);
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    self.invalid(&file_key, format!("cannot read {}: {e}", path.display()))
+                })?;
+                let value = text.trim_end_matches(['\n', '\r']).to_string();
+                if value.is_empty() {
+                    return Err(self.invalid(&file_key, format!("{} is empty", path.display())));
+                }
+                Ok(Secret::new(value))
+            }
+            (None, None) => Err(self.invalid(
+                &full,
+                format!("is required (or {key}_file with the path of a file holding it)"),
+            )),
+        }
+    }
+
+    fn vendor(&self, name: &str, raw: RawVendor) -> Result<VendorConfig, ConfigError> {
+        let prefix = format!("vendors.{name}");
+        let kind = match raw.kind.as_str() {
+            "kingdee" => VendorKind::Kingdee,
+            "feishu" => VendorKind::Feishu,
+            "jiandaoyun" => VendorKind::Jiandaoyun,
+            other => {
+                return Err(self.invalid(
+                    &format!("{prefix}.kind"),
+                    format!("unknown kind `{other}`; expected kingdee, feishu or jiandaoyun"),
+                ));
+            }
+        };
+        let base_url = match raw.base_url {
+            Some(url) => self.expand(&format!("{prefix}.base_url"), &url)?,
+            None => kind.default_base_url().to_string(),
+        };
+        if !(base_url.starts_with("https://") || base_url.starts_with("http://")) {
+            return Err(self.invalid(
+                &format!("{prefix}.base_url"),
+                format!("`{base_url}` is not an http(s) URL"),
+            ));
+        }
+        for (key, value) in [("per_second", raw.per_second), ("per_minute", raw.per_minute)] {
+            if value == Some(0) {
+                return Err(self.invalid(&format!("{prefix}.{key}"), "must be at least 1"));
+            }
+        }
+        let settings = match kind {
+            VendorKind::Kingdee => {
+                self.forbid(
+                    &prefix,
+                    kind,
+                    &[
+                        ("app_id", raw.app_id.is_some()),
+                        ("api_key", raw.api_key.is_some()),
+                        ("api_key_file", raw.api_key_file.is_some()),
+                        ("entry_id", raw.entry_id.is_some()),
+                    ],
+                )?;
+                VendorSettings::Kingdee(KingdeeConfig {
+                    client_id: self.required(&format!("{prefix}.client_id"), raw.client_id)?,
+                    client_secret: self.secret(
+                        &prefix,
+                        "client_secret",
+                        raw.client_secret,
+                        raw.client_secret_file,
+                    )?,
+                    app_key: self.required(&format!("{prefix}.app_key"), raw.app_key)?,
+                    app_secret: self.secret(
+                        &prefix,
+                        "app_secret",
+                        raw.app_secret,
+                        raw.app_secret_file,
+                    )?,
+                    domain: self.required(&format!("{prefix}.domain"), raw.domain)?,
+                    save_temp: raw.save_temp.unwrap_or(false),
+                })
+            }
+            VendorKind::Feishu | VendorKind::Jiandaoyun => {
+                return Err(self.invalid(
+                    &format!("{prefix}.kind"),
+                    format!(
+                        "`{}` is not supported by this build yet; only kingdee is",
+                        kind.as_str()
+                    ),
+                ));
+            }
+        };
+        Ok(VendorConfig {
+            name: name.to_string(),
+            base_url: base_url.trim_end_matches('/').to_string(),
+            per_second: raw.per_second,
+            per_minute: raw.per_minute,
+            settings,
+        })
+    }
+
+    fn forbid(
+        &self,
+        prefix: &str,
+        kind: VendorKind,
+        keys: &[(&str, bool)],
+    ) -> Result<(), ConfigError> {
+        match keys.iter().find(|(_, present)| *present) {
+            Some((key, _)) => Err(self.invalid(
+                &format!("{prefix}.{key}"),
+                format!("is not a key of a {} vendor", kind.as_str()),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    fn watch(
+        &self,
+        index: usize,
+        raw: RawWatch,
+        vendors: &BTreeMap<String, VendorConfig>,
+    ) -> Result<WatchConfig, ConfigError> {
+        let prefix = format!("watches[{index}]");
+        let vendor = vendors.get(&raw.vendor).ok_or_else(|| {
+            let known: Vec<&str> = vendors.keys().map(String::as_str).collect();
+            self.invalid(
+                &format!("{prefix}.vendor"),
+                format!(
+                    "no vendor named `{}` (configured: {})",
+                    raw.vendor,
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            )
+        })?;
+        let kind = vendor.settings.kind();
+        let on_remove = match raw.on_remove.as_deref() {
+            None if kind.can_delete() => OnRemove::Delete,
+            None | Some("keep") => OnRemove::Keep,
+            Some("delete") if kind.can_delete() => OnRemove::Delete,
+            Some("delete") => {
+                return Err(self.invalid(
+                    &format!("{prefix}.on_remove"),
+                    format!("{} has no delete API; use `keep`", kind.as_str()),
+                ));
+            }
+            Some(other) => {
+                return Err(self.invalid(
+                    &format!("{prefix}.on_remove"),
+                    format!("`{other}` is not one of delete, keep"),
+                ));
+            }
+        };
+        let path_text = raw.path.to_string_lossy();
+        let path = self.resolve_path(Path::new(
+            &self.expand(&format!("{prefix}.path"), &path_text)?,
+        ));
+        let include = raw
+            .include
+            .unwrap_or_else(|| DEFAULT_INCLUDE.iter().map(|s| s.to_string()).collect());
+        let exclude = raw
+            .exclude
+            .unwrap_or_else(|| DEFAULT_EXCLUDE.iter().map(|s| s.to_string()).collect());
+        let filter = NameFilter::new(&include, &exclude)
+            .map_err(|e| self.invalid(&format!("{prefix}.include"), e.to_string()))?;
+        let poll = match raw.poll.as_deref() {
+            None => None,
+            Some(text) => Some(
+                parse_duration(text)
+                    .map_err(|message| self.invalid(&format!("{prefix}.poll"), message))?,
+            ),
+        };
+        Ok(WatchConfig {
+            path: normalize(&path),
+            vendor: raw.vendor,
+            recursive: raw.recursive.unwrap_or(true),
+            on_remove,
+            include,
+            exclude,
+            poll,
+            filter,
+        })
+    }
+}
+
+/// Parses `2s`, `500ms`, `1h`, `1h 30m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("`{text}` is not a duration like 500ms, 2s, 30m or 1h ({e})"))
+}
+
+/// Removes `.` components and trailing slashes without touching the filesystem.
+fn normalize(path: &Path) -> PathBuf {
+    path.components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

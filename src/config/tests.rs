@@ -1,0 +1,137 @@
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Path::new("/etc/imgsyncd/daemon.yaml"))
+}
+
+const GOOD: &str = "\
+journal: /var/lib/imgsyncd/journal.sqlite3
+workers: 2
+settle: 500ms
+vendors:
+  erp:
+    kind: kingdee
+    client_id: \"205022\"
+    client_secret: s3cret-client
+    app_key: bVZgAZOv1
+    app_secret: s3cret-app
+    domain: https://tf.jdy.com
+watches:
+  - path: /srv/drop/products
+    vendor: erp
+";
+
+#[test]
+fn a_good_config_gets_its_defaults() {
+    let config = parse(GOOD).unwrap();
+    assert_eq!(config.workers, 2);
+    assert_eq!(config.settle, Duration::from_millis(500));
+    assert_eq!(config.rescan, Duration::from_secs(3600));
+    assert_eq!(config.give_up_after, Duration::from_secs(86400));
+    assert_eq!(config.max_deletes, 100);
+    let erp = &config.vendors["erp"];
+    assert_eq!(erp.base_url, "https://api.kingdee.com");
+    let VendorSettings::Kingdee(k) = &erp.settings;
+    assert_eq!(k.client_secret.expose(), "s3cret-client");
+    assert!(!k.save_temp);
+    let watch = &config.watches[0];
+    assert!(watch.recursive);
+    assert_eq!(watch.on_remove, OnRemove::Delete);
+    assert!(watch.filter.accepts(Path::new("a/b/Photo.JPG")));
+    assert!(!watch.filter.accepts(Path::new(".hidden.jpg")));
+    assert!(!watch.filter.accepts(Path::new("upload.jpg.part")));
+    assert!(!watch.filter.accepts(Path::new("notes.txt")));
+}
+
+#[test]
+fn secrets_do_not_show_in_debug_output() {
+    let config = parse(GOOD).unwrap();
+    let debug = format!("{config:?}");
+    assert!(!debug.contains("s3cret"), "{debug}");
+}
+
+#[test]
+fn an_unknown_key_names_the_line_and_the_key() {
+    let text = GOOD.replace("    domain:", "    clientid: x\n    domain:");
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(err.starts_with("/etc/imgsyncd/daemon.yaml:11: "), "{err}");
+    assert!(err.contains("unknown field `clientid`"), "{err}");
+}
+
+#[test]
+fn a_missing_environment_variable_is_named() {
+    let text = GOOD.replace("s3cret-client", "${IMGSYNCD_TEST_SURELY_UNSET}");
+    let err = parse(&text).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "/etc/imgsyncd/daemon.yaml:8: vendors.erp.client_secret: \
+         environment variable IMGSYNCD_TEST_SURELY_UNSET is not set"
+    );
+}
+
+#[test]
+fn a_secret_can_come_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("app_secret");
+    std::fs::write(&secret, "from-a-file\n").unwrap();
+    let text = GOOD.replace(
+        "app_secret: s3cret-app",
+        &format!("app_secret_file: {}", secret.display()),
+    );
+    let config = parse(&text).unwrap();
+    let VendorSettings::Kingdee(k) = &config.vendors["erp"].settings;
+    assert_eq!(k.app_secret.expose(), "from-a-file");
+}
+
+#[test]
+fn a_missing_secret_file_is_named() {
+    let text = GOOD.replace("app_secret: s3cret-app", "app_secret_file: /nonexistent/secret");
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(
+        err.starts_with("/etc/imgsyncd/daemon.yaml:10: vendors.erp.app_secret_file: cannot read /nonexistent/secret"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_bad_duration_is_named() {
+    let err = parse(&GOOD.replace("500ms", "fast")).unwrap_err().to_string();
+    assert!(err.starts_with("/etc/imgsyncd/daemon.yaml:3: settle: `fast` is not a duration"), "{err}");
+}
+
+#[test]
+fn a_missing_required_key_points_at_its_vendor() {
+    let err = parse(&GOOD.replace("    app_key: bVZgAZOv1\n", "")).unwrap_err().to_string();
+    assert_eq!(err, "/etc/imgsyncd/daemon.yaml:5: vendors.erp.app_key: is required");
+}
+
+#[test]
+fn a_watch_must_name_a_configured_vendor() {
+    let err = parse(&GOOD.replace("vendor: erp", "vendor: crm")).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "/etc/imgsyncd/daemon.yaml:14: watches[0].vendor: no vendor named `crm` (configured: erp)"
+    );
+}
+
+#[test]
+fn overlapping_watches_are_refused() {
+    let text = format!("{GOOD}  - path: /srv/drop/products/sub\n    vendor: erp\n");
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(err.contains(":15: watches[1].path: /srv/drop/products/sub overlaps"), "{err}");
+}
+
+#[test]
+fn yaml_syntax_errors_carry_the_line() {
+    let err = parse("workers: 4\nsettle: [\n").unwrap_err().to_string();
+    assert!(err.starts_with("/etc/imgsyncd/daemon.yaml:"), "{err}");
+}
+
+#[test]
+fn relative_paths_are_anchored_at_the_config_folder() {
+    let text = GOOD.replace("/var/lib/imgsyncd/journal.sqlite3", "state/journal.sqlite3");
+    assert_eq!(
+        parse(&text).unwrap().journal,
+        PathBuf::from("/etc/imgsyncd/state/journal.sqlite3")
+    );
+}

@@ -1,0 +1,175 @@
+//! What a file is, judged by its bytes: the format (sniffed, never taken from the name), the pixel
+//! dimensions, and whether the file is whole (a truncated image is refused before any vendor sees it).
+
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageFormat {
+    Jpeg,
+    Png,
+    Gif,
+    Bmp,
+    Webp,
+}
+
+impl ImageFormat {
+    /// The subtype in `image/<subtype>`.
+    pub fn mime_subtype(self) -> &'static str {
+        match self {
+            ImageFormat::Jpeg => "jpeg",
+            ImageFormat::Png => "png",
+            ImageFormat::Gif => "gif",
+            ImageFormat::Bmp => "bmp",
+            ImageFormat::Webp => "webp",
+        }
+    }
+
+    pub fn extension(self) -> &'static str {
+        match self {
+            ImageFormat::Jpeg => "jpg",
+            ImageFormat::Png => "png",
+            ImageFormat::Gif => "gif",
+            ImageFormat::Bmp => "bmp",
+            ImageFormat::Webp => "webp",
+        }
+    }
+
+    pub fn from_mime_subtype(subtype: &str) -> Option<Self> {
+        [
+            ImageFormat::Jpeg,
+            ImageFormat::Png,
+            ImageFormat::Gif,
+            ImageFormat::Bmp,
+            ImageFormat::Webp,
+        ]
+        .into_iter()
+        .find(|f| f.mime_subtype() == subtype)
+    }
+}
+
+impl fmt::Display for ImageFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.mime_subtype())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageInfo {
+    pub format: ImageFormat,
+    pub width: u32,
+    pub height: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ImageError {
+    #[error("the file is empty")]
+    Empty,
+    #[error("not an image (the content is not jpeg, png, gif, bmp or webp)")]
+    NotAnImage,
+    #[error("{0} images are not accepted (only jpeg, png, gif, bmp and webp)")]
+    UnsupportedFormat(String),
+    #[error("truncated {0}: the file ends before the image does")]
+    Truncated(ImageFormat),
+    #[error("corrupt {0}: its header cannot be read")]
+    Corrupt(ImageFormat),
+}
+
+/// Sniffs `bytes` and checks the image is complete.
+pub fn inspect(bytes: &[u8]) -> Result<ImageInfo, ImageError> {
+    if bytes.is_empty() {
+        return Err(ImageError::Empty);
+    }
+    let format = match imagesize::image_type(bytes) {
+        Ok(imagesize::ImageType::Jpeg) => ImageFormat::Jpeg,
+        Ok(imagesize::ImageType::Png) => ImageFormat::Png,
+        Ok(imagesize::ImageType::Gif) => ImageFormat::Gif,
+        Ok(imagesize::ImageType::Bmp) => ImageFormat::Bmp,
+        Ok(imagesize::ImageType::Webp) => ImageFormat::Webp,
+        Ok(other) => return Err(ImageError::UnsupportedFormat(format!("{other:?}").to_lowercase())),
+        Err(_) => return Err(ImageError::NotAnImage),
+    };
+    let size = imagesize::blob_size(bytes).map_err(|_| truncated_or_corrupt(format, bytes))?;
+    if size.width == 0 || size.height == 0 {
+        return Err(ImageError::Corrupt(format));
+    }
+    if !is_complete(format, bytes) {
+        return Err(ImageError::Truncated(format));
+    }
+    Ok(ImageInfo {
+        format,
+        width: u32::try_from(size.width).map_err(|_| ImageError::Corrupt(format))?,
+        height: u32::try_from(size.height).map_err(|_| ImageError::Corrupt(format))?,
+    })
+}
+
+fn truncated_or_corrupt(format: ImageFormat, bytes: &[u8]) -> ImageError {
+    // A header that cannot be read in a tiny file was cut short; in a large one it is damaged.
+    if bytes.len() < 1024 {
+        ImageError::Truncated(format)
+    } else {
+        ImageError::Corrupt(format)
+    }
+}
+
+/// Whether the file reaches the end marker its format defines. Writers may pad after the marker,
+/// so trailing zero bytes are allowed.
+fn is_complete(format: ImageFormat, bytes: &[u8]) -> bool {
+    let end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    let body = &bytes[..end];
+    match format {
+        ImageFormat::Jpeg => body.ends_with(&[0xFF, 0xD9]),
+        ImageFormat::Png => body.ends_with(b"IEND\xAE\x42\x60\x82"),
+        ImageFormat::Gif => body.ends_with(&[0x3B]),
+        ImageFormat::Bmp => declared_len(bytes, 2).is_none_or(|n| n == 0 || bytes.len() >= n),
+        ImageFormat::Webp => declared_len(bytes, 4).is_some_and(|n| bytes.len() >= n + 8),
+    }
+}
+
+/// A little-endian u32 length field at `offset`.
+fn declared_len(bytes: &[u8], offset: usize) -> Option<usize> {
+    let field: [u8; 4] = bytes.get(offset..offset + 4)?.try_into().ok()?;
+    usize::try_from(u32::from_le_bytes(field)).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 1×1 PNG, byte for byte.
+    const PNG_1X1: &[u8] = &[
+        0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 0x00, 0x00, 0x00, 0x0D, 0x49, 0x48, 0x44,
+        0x52, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1F,
+        0x15, 0xC4, 0x89, 0x00, 0x00, 0x00, 0x0A, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9C, 0x63, 0x00,
+        0x01, 0x00, 0x00, 0x05, 0x00, 0x01, 0x0D, 0x0A, 0x2D, 0xB4, 0x00, 0x00, 0x00, 0x00, 0x49,
+        0x45, 0x4E, 0x44, 0xAE, 0x42, 0x60, 0x82,
+    ];
+
+    #[test]
+    fn a_whole_png_is_sniffed_with_its_size() {
+        let info = inspect(PNG_1X1).unwrap();
+        assert_eq!(info.format, ImageFormat::Png);
+        assert_eq!((info.width, info.height), (1, 1));
+    }
+
+    #[test]
+    fn a_cut_png_is_truncated() {
+        let cut = &PNG_1X1[..PNG_1X1.len() - 10];
+        assert_eq!(inspect(cut), Err(ImageError::Truncated(ImageFormat::Png)));
+    }
+
+    #[test]
+    fn empty_and_text_files_are_refused() {
+        assert_eq!(inspect(b""), Err(ImageError::Empty));
+        assert_eq!(inspect(b"hello, this is text\n"), Err(ImageError::NotAnImage));
+    }
+
+    #[test]
+    fn a_gif_without_trailer_is_truncated() {
+        let mut gif = b"GIF89a\x01\x00\x01\x00\x80\x00\x00".to_vec();
+        gif.extend_from_slice(&[0; 6]);
+        gif.extend_from_slice(b",\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00");
+        assert_eq!(inspect(&gif), Err(ImageError::Truncated(ImageFormat::Gif)));
+        gif.push(0x3B);
+        assert_eq!(inspect(&gif).unwrap().format, ImageFormat::Gif);
+    }
+}

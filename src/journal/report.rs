@@ -1,0 +1,230 @@
+//! The journal read back for people and scripts: `status`, `files` and `history`.
+
+use std::collections::BTreeMap;
+
+use rusqlite::params;
+use serde::Serialize;
+
+use super::{FileState, Journal, Result, now_ms, rfc3339};
+
+/// One row of `files --json`; the contract's field names.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FileRow {
+    pub path: String,
+    pub vendor: String,
+    pub kind: String,
+    pub state: String,
+    pub size: Option<u64>,
+    pub sha256: Option<String>,
+    pub url: Option<String>,
+    pub file_token: Option<String>,
+    pub key: Option<String>,
+    pub transaction_id: Option<String>,
+    pub expires_at: Option<String>,
+    pub remote_deleted: Option<bool>,
+    pub attempts: u32,
+    pub error: Option<String>,
+    pub updated_at: String,
+    pub format: Option<String>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct FileFilter {
+    pub vendor: Option<String>,
+    pub state: Option<FileState>,
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryRow {
+    pub at: String,
+    pub op: String,
+    pub outcome: String,
+    pub http_status: Option<u16>,
+    pub vendor_code: Option<String>,
+    pub message: Option<String>,
+    pub duration_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PausedVendor {
+    pub vendor: String,
+    pub reason: String,
+    pub since: String,
+    pub next_probe_at: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RecentError {
+    pub at: String,
+    pub path: String,
+    pub vendor: String,
+    pub op: String,
+    pub outcome: String,
+    pub message: Option<String>,
+}
+
+/// `status --json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub files: BTreeMap<String, u64>,
+    pub by_vendor: BTreeMap<String, BTreeMap<String, u64>>,
+    pub oldest_pending_s: Option<i64>,
+    pub paused_vendors: Vec<PausedVendor>,
+    pub queued_jobs: u64,
+    pub held_deletes: u64,
+    pub recent_errors: Vec<RecentError>,
+}
+
+fn empty_counts() -> BTreeMap<String, u64> {
+    FileState::ALL
+        .iter()
+        .map(|s| (s.as_str().to_string(), 0))
+        .collect()
+}
+
+impl Journal {
+    pub fn files(&self, filter: &FileFilter) -> Result<Vec<FileRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT path, vendor, kind, state, size, sha256, url, file_token, remote_key,
+               transaction_id, expires_at, remote_deleted, attempts, error, updated_at, format,
+               width, height
+             FROM files
+             WHERE (?1 IS NULL OR vendor = ?1) AND (?2 IS NULL OR state = ?2)
+               AND (?3 IS NULL OR path = ?3)
+             ORDER BY path",
+        )?;
+        let rows = stmt.query_map(
+            params![
+                filter.vendor,
+                filter.state.map(FileState::as_str),
+                filter.path
+            ],
+            |r| {
+                let state: String = r.get(3)?;
+                let remote_deleted: bool = r.get(11)?;
+                Ok(FileRow {
+                    path: r.get(0)?,
+                    vendor: r.get(1)?,
+                    kind: r.get(2)?,
+                    remote_deleted: (state == "removed").then_some(remote_deleted),
+                    state,
+                    size: r.get::<_, Option<i64>>(4)?.map(|s| s as u64),
+                    sha256: r.get(5)?,
+                    url: r.get(6)?,
+                    file_token: r.get(7)?,
+                    key: r.get(8)?,
+                    transaction_id: r.get(9)?,
+                    expires_at: r.get::<_, Option<i64>>(10)?.map(rfc3339),
+                    attempts: r.get(12)?,
+                    error: r.get(13)?,
+                    updated_at: rfc3339(r.get(14)?),
+                    format: r.get(15)?,
+                    width: r.get(16)?,
+                    height: r.get(17)?,
+                })
+            },
+        )?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Every attempt for the file at `path`, oldest first; `None` when the journal has no such file.
+    pub fn history(&self, path: &str) -> Result<Option<Vec<HistoryRow>>> {
+        let Some(file_id) = self.file_id(path)? else {
+            return Ok(None);
+        };
+        let mut stmt = self.conn.prepare(
+            "SELECT at, op, outcome, http_status, vendor_code, message, duration_ms
+             FROM attempts WHERE file_id = ?1 ORDER BY at, id",
+        )?;
+        let rows = stmt.query_map([file_id], |r| {
+            Ok(HistoryRow {
+                at: rfc3339(r.get(0)?),
+                op: r.get(1)?,
+                outcome: r.get(2)?,
+                http_status: r.get(3)?,
+                vendor_code: r.get(4)?,
+                message: r.get(5)?,
+                duration_ms: r.get(6)?,
+            })
+        })?;
+        Ok(Some(rows.collect::<rusqlite::Result<_>>()?))
+    }
+
+    pub fn status(&self) -> Result<Status> {
+        let mut files = empty_counts();
+        let mut by_vendor: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+        {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT vendor, state, COUNT(*) FROM files GROUP BY vendor, state")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+            })?;
+            for row in rows {
+                let (vendor, state, count) = row?;
+                *files.entry(state.clone()).or_default() += count as u64;
+                *by_vendor
+                    .entry(vendor)
+                    .or_insert_with(empty_counts)
+                    .entry(state)
+                    .or_default() += count as u64;
+            }
+        }
+        let now = now_ms();
+        let oldest: Option<i64> = self.conn.query_row(
+            "SELECT MIN(created_at) FROM jobs",
+            [],
+            |r| r.get(0),
+        )?;
+        let queued_jobs: i64 = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0))?;
+        let held_deletes: i64 = self.conn.query_row(
+            "SELECT COUNT(*) FROM files WHERE removal = 'held'",
+            [],
+            |r| r.get(0),
+        )?;
+        let paused_vendors = self
+            .pauses()?
+            .into_iter()
+            .map(|p| PausedVendor {
+                vendor: p.vendor,
+                reason: p.reason,
+                since: rfc3339(p.since),
+                next_probe_at: rfc3339(p.next_probe_at),
+            })
+            .collect();
+        Ok(Status {
+            files,
+            by_vendor,
+            oldest_pending_s: oldest.map(|t| ((now - t) / 1000).max(0)),
+            paused_vendors,
+            queued_jobs: queued_jobs as u64,
+            held_deletes: held_deletes as u64,
+            recent_errors: self.recent_errors(10)?,
+        })
+    }
+
+    fn recent_errors(&self, limit: i64) -> Result<Vec<RecentError>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT a.at, f.path, f.vendor, a.op, a.outcome, a.message
+             FROM attempts a JOIN files f ON f.id = a.file_id
+             WHERE a.outcome NOT IN ('uploaded', 'deleted', 'deduplicated')
+             ORDER BY a.at DESC, a.id DESC LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([limit], |r| {
+            Ok(RecentError {
+                at: rfc3339(r.get(0)?),
+                path: r.get(1)?,
+                vendor: r.get(2)?,
+                op: r.get(3)?,
+                outcome: r.get(4)?,
+                message: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}

@@ -1,0 +1,11 @@
+//! imgsyncd: keeps drop folders mirrored to the image stores of business SaaS vendors.
+//!
+//! The path of one file: [`watch`] sees it and waits until it is complete, [`image`] says what it
+//! is, [`journal`] records it and queues the work, [`worker`] carries the work out through a
+//! [`vendor`] adapter. [`daemon`] wires them together; [`sandbox`] emulates the vendors.
+
+pub mod config;
+pub mod image;
+pub mod journal;
+pub mod vendor;
+pub mod watch;

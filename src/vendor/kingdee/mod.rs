@@ -1,0 +1,359 @@
+//! Kingdee JDY (精斗云): upload an image as a data URL, get a URL; delete by URL.
+//! The only place that knows Kingdee's wire format on the client side.
+
+pub mod sign;
+
+use std::time::Duration;
+
+use base64::Engine;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::outcome::{Call, Outcome};
+use super::ratelimit::Pacer;
+use super::token::{Token, TokenCache, refresh_point};
+use super::{Limits, UploadRequest, epoch_ms, retry_after};
+use crate::config::{KingdeeConfig, Secret};
+use crate::image::ImageFormat;
+use crate::journal::Remote;
+
+pub const TOKEN_PATH: &str = "/jdyconnector/app_management/kingdee_auth_token";
+pub const UPLOAD_PATH: &str = "/jdy/v2/basedata/image_upload";
+pub const DELETE_PATH: &str = "/jdy/v2/bd/material_picture";
+
+/// Business error: system error, worth a retry.
+pub const ERR_SYSTEM: i64 = 2_000_002_000;
+/// Business error: the app key / app secret check failed.
+pub const ERR_APP_AUTH: i64 = 1_030_002_006;
+
+/// What Kingdee takes. It documents no size limit; 10 MB keeps the base64 JSON body (~13.4 MB)
+/// well inside what gateways accept.
+pub const LIMITS: Limits = Limits {
+    formats: &[
+        ImageFormat::Jpeg,
+        ImageFormat::Png,
+        ImageFormat::Gif,
+        ImageFormat::Bmp,
+        ImageFormat::Webp,
+    ],
+    min_bytes: 1,
+    max_bytes: 10 * 1024 * 1024,
+    min_px: None,
+    max_px: None,
+};
+
+/// Conservative defaults under the community figure of 500 requests a minute per account set.
+pub const DEFAULT_PER_SECOND: u32 = 5;
+pub const DEFAULT_PER_MINUTE: u32 = 300;
+
+#[derive(Debug)]
+pub struct Kingdee {
+    base_url: String,
+    config: KingdeeConfig,
+    http: reqwest::Client,
+    token: TokenCache,
+    pacer: Pacer,
+}
+
+#[derive(Deserialize)]
+struct Reply {
+    errcode: Option<i64>,
+    description: Option<String>,
+    #[serde(default)]
+    data: serde_json::Value,
+}
+
+impl Kingdee {
+    pub fn new(
+        base_url: &str,
+        config: KingdeeConfig,
+        http: reqwest::Client,
+        per_second: Option<u32>,
+        per_minute: Option<u32>,
+    ) -> Kingdee {
+        Kingdee {
+            base_url: base_url.trim_end_matches('/').to_string(),
+            config,
+            http,
+            token: TokenCache::default(),
+            pacer: Pacer::new(
+                per_second.unwrap_or(DEFAULT_PER_SECOND),
+                per_minute.unwrap_or(DEFAULT_PER_MINUTE),
+            ),
+        }
+    }
+
+    fn signed_headers(&self, method: &str, path: &str, params: &[(&str, &str)]) -> HeaderMap {
+        let nonce = fastrand::u64(1_000_000_000..=9_999_999_999).to_string();
+        let timestamp = epoch_ms().to_string();
+        let signature = sign::signature(
+            self.config.client_secret.expose(),
+            method,
+            path,
+            params,
+            &nonce,
+            &timestamp,
+        );
+        let mut headers = HeaderMap::new();
+        let mut put = |name: &'static str, value: &str| {
+            if let Ok(value) = HeaderValue::from_str(value) {
+                headers.insert(HeaderName::from_static(name), value);
+            }
+        };
+        put("content-type", "application/json");
+        put("x-api-clientid", &self.config.client_id);
+        put("x-api-auth-version", "2.0");
+        put("x-api-timestamp", &timestamp);
+        put("x-api-nonce", &nonce);
+        put("x-api-signheaders", "X-Api-TimeStamp,X-Api-Nonce");
+        put("x-api-signature", &signature);
+        headers
+    }
+
+    fn business_headers(&self, method: &str, path: &str, token: &Secret) -> HeaderMap {
+        let mut headers = self.signed_headers(method, path, &[]);
+        if let Ok(value) = HeaderValue::from_str(token.expose()) {
+            headers.insert(HeaderName::from_static("app-token"), value);
+        }
+        if let Ok(value) = HeaderValue::from_str(&self.config.domain) {
+            headers.insert(HeaderName::from_static("x-gw-router-addr"), value);
+        }
+        headers
+    }
+
+    /// Asks the gateway for a new app-token.
+    async fn fetch_token(&self) -> Result<Token, Call<()>> {
+        let app_signature =
+            sign::app_signature(&self.config.app_key, self.config.app_secret.expose());
+        let params = [
+            ("app_key", self.config.app_key.as_str()),
+            ("app_signature", app_signature.as_str()),
+        ];
+        let response = self
+            .http
+            .get(format!("{}{TOKEN_PATH}", self.base_url))
+            .query(&params)
+            .headers(self.signed_headers("GET", TOKEN_PATH, &params))
+            .send()
+            .await;
+        let call = answer(response, "fetch the app-token", |data| {
+            let token = data
+                .get("app-token")
+                .and_then(|t| t.as_str())
+                .filter(|t| !t.is_empty())
+                .ok_or("the answer has no data.app-token")?;
+            let expires = data
+                .get("expires")
+                .and_then(|e| e.as_i64())
+                .unwrap_or_else(|| epoch_ms() + 24 * 3600 * 1000);
+            Ok(Token {
+                value: Secret::new(token),
+                refresh_at_ms: refresh_point(epoch_ms(), expires),
+            })
+        })
+        .await;
+        match call.outcome {
+            Outcome::Done(token) => Ok(token),
+            // A refused token request is never cured by asking again: the app key is wrong.
+            Outcome::Reauth { reason } | Outcome::Rejected { reason } => Err(Call::new(
+                Outcome::VendorDown { reason },
+                call.http_status,
+                call.vendor_code,
+            )),
+            other => Err(Call::new(other, call.http_status, call.vendor_code).cast()),
+        }
+    }
+
+    async fn token(&self) -> Result<Secret, Call<()>> {
+        self.token.get(|| self.fetch_token()).await
+    }
+
+    /// `check --online`: fetch a token.
+    pub async fn check_online(&self) -> Call<()> {
+        match self.fetch_token().await {
+            Ok(_) => Call::new(Outcome::Done(()), Some(200), None),
+            Err(call) => call,
+        }
+    }
+
+    pub async fn upload(&self, request: &UploadRequest<'_>) -> Call<Remote> {
+        let token = match self.token().await {
+            Ok(token) => token,
+            Err(call) => return call.cast(),
+        };
+        let data_url = format!(
+            "data:image/{};base64,{}",
+            request.format.mime_subtype(),
+            base64::engine::general_purpose::STANDARD.encode(request.bytes)
+        );
+        let body = json!({
+            "base_string": data_url,
+            "filename": request.file_name_with_suffix(),
+            "save_temp": if self.config.save_temp { "true" } else { "false" },
+        });
+        self.pacer.ready().await;
+        let response = self
+            .http
+            .post(format!("{}{UPLOAD_PATH}", self.base_url))
+            .headers(self.business_headers("POST", UPLOAD_PATH, &token))
+            .body(body.to_string())
+            .send()
+            .await;
+        let call = answer(response, "upload", |data| {
+            let url = data
+                .pointer("/rows/0/url")
+                .and_then(|u| u.as_str())
+                .filter(|u| !u.is_empty())
+                .ok_or("the answer has no data.rows[0].url")?;
+            Ok(Remote {
+                url: Some(url.to_string()),
+                ..Remote::default()
+            })
+        })
+        .await;
+        self.forget_refused_token(&call, &token).await;
+        call
+    }
+
+    pub async fn delete(&self, url: &str) -> Call<()> {
+        let token = match self.token().await {
+            Ok(token) => token,
+            Err(call) => return call,
+        };
+        self.pacer.ready().await;
+        let response = self
+            .http
+            .delete(format!("{}{DELETE_PATH}", self.base_url))
+            .headers(self.business_headers("DELETE", DELETE_PATH, &token))
+            .body(json!({ "url": url }).to_string())
+            .send()
+            .await;
+        let call = answer(response, "delete", |_| Ok(())).await;
+        self.forget_refused_token(&call, &token).await;
+        call
+    }
+
+    async fn forget_refused_token<T>(&self, call: &Call<T>, token: &Secret) {
+        if matches!(call.outcome, Outcome::Reauth { .. }) {
+            self.token.invalidate(token).await;
+        }
+    }
+}
+
+/// Reads an answer and classifies it; `on_success` extracts the result from `data`.
+async fn answer<T>(
+    response: Result<reqwest::Response, reqwest::Error>,
+    what: &str,
+    on_success: impl FnOnce(&serde_json::Value) -> Result<T, &'static str>,
+) -> Call<T> {
+    let response = match response {
+        Ok(r) => r,
+        Err(e) => return Call::network(&e),
+    };
+    let status = response.status().as_u16();
+    let wait = retry_after(response.headers());
+    let body = match response.bytes().await {
+        Ok(b) => b,
+        Err(e) => return Call::network(&e),
+    };
+    let reply: Option<Reply> = serde_json::from_slice(&body).ok();
+    let code = reply.as_ref().and_then(|r| r.errcode);
+    let description = reply
+        .as_ref()
+        .and_then(|r| r.description.clone())
+        .unwrap_or_else(|| snippet(&body));
+    let outcome = classify(status, code, &description, what, wait).unwrap_or_else(|| {
+        match reply.as_ref().map(|r| on_success(&r.data)) {
+            Some(Ok(value)) => Outcome::Done(value),
+            Some(Err(missing)) => Outcome::Retry {
+                after: None,
+                reason: format!("kingdee {what}: unexpected answer: {missing}"),
+            },
+            None => Outcome::Retry {
+                after: None,
+                reason: format!("kingdee {what}: unreadable answer: {}", snippet(&body)),
+            },
+        }
+    });
+    Call::new(outcome, Some(status), code.map(|c| c.to_string()))
+}
+
+/// Every failure Kingdee answers, in the taxonomy; `None` for a success.
+fn classify<T>(
+    status: u16,
+    code: Option<i64>,
+    description: &str,
+    what: &str,
+    wait: Option<Duration>,
+) -> Option<Outcome<T>> {
+    let said = |code: Option<i64>| match code {
+        Some(code) => format!("kingdee {what}: {description} (errcode {code})"),
+        None => format!("kingdee {what}: HTTP {status}: {description}"),
+    };
+    let retry = |reason| Outcome::Retry {
+        after: wait,
+        reason,
+    };
+    Some(match (status, code) {
+        (200, Some(0)) => return None,
+        (429, _) => retry(format!("kingdee {what}: rate limited (HTTP 429)")),
+        (519, Some(c @ 4001..=4008)) => {
+            let hint = if c == 4006 {
+                "; this host's clock is off by more than 5 minutes: fix NTP"
+            } else {
+                "; check client_id and client_secret"
+            };
+            Outcome::VendorDown {
+                reason: format!("{}{hint}", said(code)),
+            }
+        }
+        (519, Some(4009..=4011)) => Outcome::Reauth { reason: said(code) },
+        (519, Some(4012)) => Outcome::VendorDown {
+            reason: format!("{}; the app has no permission for this API", said(code)),
+        },
+        (519, _) => retry(said(code)),
+        (200, Some(ERR_SYSTEM)) => retry(said(code)),
+        (200, Some(ERR_APP_AUTH)) => Outcome::VendorDown {
+            reason: format!("{}; check app_key and app_secret", said(code)),
+        },
+        (200, Some(_)) => Outcome::Rejected { reason: said(code) },
+        (401 | 403 | 404, _) => Outcome::VendorDown {
+            reason: format!("{}; check base_url and credentials", said(None)),
+        },
+        (413, _) => Outcome::Rejected { reason: said(None) },
+        _ => retry(said(code)),
+    })
+}
+
+fn snippet(body: &[u8]) -> String {
+    String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn class(status: u16, code: Option<i64>) -> Outcome<()> {
+        classify(status, code, "x", "upload", None).unwrap_or(Outcome::Done(()))
+    }
+
+    #[test]
+    fn gateway_codes_map_to_the_taxonomy() {
+        assert!(matches!(class(519, Some(4002)), Outcome::VendorDown { .. }));
+        assert!(matches!(class(519, Some(4006)), Outcome::VendorDown { reason } if reason.contains("clock")));
+        assert!(matches!(class(519, Some(4011)), Outcome::Reauth { .. }));
+        assert!(matches!(class(519, Some(4012)), Outcome::VendorDown { .. }));
+        assert!(matches!(class(519, Some(5007)), Outcome::Retry { .. }));
+        assert!(matches!(class(429, None), Outcome::Retry { .. }));
+        assert!(matches!(class(503, None), Outcome::Retry { .. }));
+    }
+
+    #[test]
+    fn business_codes_map_to_the_taxonomy() {
+        assert_eq!(class(200, Some(0)), Outcome::Done(()));
+        assert!(matches!(class(200, Some(ERR_SYSTEM)), Outcome::Retry { .. }));
+        assert!(matches!(class(200, Some(ERR_APP_AUTH)), Outcome::VendorDown { .. }));
+        assert!(matches!(class(200, Some(1_000_000_001)), Outcome::Rejected { .. }));
+    }
+}

@@ -1,0 +1,88 @@
+//! The outcome taxonomy every adapter answers in. Errors are classified, not counted: the worker
+//! decides retry, refresh, reject or pause from the class alone.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome<T> {
+    Done(T),
+    /// Transient: network, timeout, 5xx, rate limit, gateway trouble. `after` is the vendor's own hint.
+    Retry {
+        after: Option<Duration>,
+        reason: String,
+    },
+    /// The token was refused: drop it, fetch a new one, try again at once.
+    Reauth { reason: String },
+    /// The file itself is unacceptable to the vendor; never retried.
+    Rejected { reason: String },
+    /// The vendor refuses *us* (credentials, signature, clock, permission, quota): pause the vendor.
+    VendorDown { reason: String },
+}
+
+/// An outcome with what the wire said, for `history`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call<T> {
+    pub outcome: Outcome<T>,
+    pub http_status: Option<u16>,
+    pub vendor_code: Option<String>,
+}
+
+impl<T> Call<T> {
+    pub fn new(outcome: Outcome<T>, http_status: Option<u16>, vendor_code: Option<String>) -> Self {
+        Call {
+            outcome,
+            http_status,
+            vendor_code,
+        }
+    }
+
+    /// The same failure, carried over to a call that would have returned `U`.
+    pub fn cast<U>(self) -> Call<U> {
+        let outcome = match self.outcome {
+            Outcome::Done(_) => Outcome::Retry {
+                after: None,
+                reason: "internal: a successful call cast as a failure".into(),
+            },
+            Outcome::Retry { after, reason } => Outcome::Retry { after, reason },
+            Outcome::Reauth { reason } => Outcome::Reauth { reason },
+            Outcome::Rejected { reason } => Outcome::Rejected { reason },
+            Outcome::VendorDown { reason } => Outcome::VendorDown { reason },
+        };
+        Call {
+            outcome,
+            http_status: self.http_status,
+            vendor_code: self.vendor_code,
+        }
+    }
+
+    /// A transport failure: nothing was answered.
+    pub fn network(error: &reqwest::Error) -> Self {
+        let what = if error.is_timeout() {
+            "timed out"
+        } else if error.is_connect() {
+            "cannot connect"
+        } else {
+            "transport error"
+        };
+        Call::new(
+            Outcome::Retry {
+                after: None,
+                reason: format!("{what}: {}", without_url(error)),
+            },
+            None,
+            None,
+        )
+    }
+}
+
+/// reqwest's deepest cause, which unlike its own message carries no URL (a query string could
+/// carry a signature).
+fn without_url(error: &reqwest::Error) -> String {
+    let mut source: Option<&dyn std::error::Error> = std::error::Error::source(error);
+    let mut last = None;
+    while let Some(s) = source {
+        last = Some(s.to_string());
+        source = s.source();
+    }
+    last.unwrap_or_else(|| "request failed".to_string())
+}

@@ -1,0 +1,113 @@
+//! notify's events turned into the three things a watch cares about. Everything else is noise.
+
+use std::path::PathBuf;
+
+use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
+use notify::{Event, EventKind, RecursiveMode, Watcher};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::config::WatchConfig;
+
+#[derive(Debug)]
+pub enum WatchEvent {
+    /// Something was written or moved in; `closed` when the write is known to be finished.
+    Seen { path: PathBuf, closed: bool },
+    /// Removed or moved away.
+    Gone { path: PathBuf },
+    /// Events were lost (queue overflow, watch error): only a full reconcile is safe.
+    Rescan { why: String },
+}
+
+/// Starts inotify (or a polling watcher when the watch says `poll`) feeding `tx`.
+pub fn start(
+    watch: &WatchConfig,
+    tx: UnboundedSender<WatchEvent>,
+) -> notify::Result<Box<dyn Watcher + Send>> {
+    let polling = watch.poll.is_some();
+    let handler = move |result: notify::Result<Event>| {
+        for event in translate(result, polling) {
+            let _ = tx.send(event);
+        }
+    };
+    let mode = if watch.recursive {
+        RecursiveMode::Recursive
+    } else {
+        RecursiveMode::NonRecursive
+    };
+    let base = notify::Config::default().with_follow_symlinks(false);
+    let mut watcher: Box<dyn Watcher + Send> = match watch.poll {
+        Some(interval) => Box::new(notify::PollWatcher::new(
+            handler,
+            base.with_poll_interval(interval),
+        )?),
+        None => Box::new(notify::RecommendedWatcher::new(handler, base)?),
+    };
+    watcher.watch(&watch.path, mode)?;
+    Ok(watcher)
+}
+
+/// A user-facing explanation of a watch error, with the fix where there is one.
+pub fn explain(error: &notify::Error) -> String {
+    match &error.kind {
+        notify::ErrorKind::MaxFilesWatch => "out of inotify watches: raise fs.inotify.max_user_watches \
+             (e.g. `sysctl fs.inotify.max_user_watches=524288`) or use `poll:` for this watch"
+            .to_string(),
+        _ => error.to_string(),
+    }
+}
+
+fn translate(result: notify::Result<Event>, polling: bool) -> Vec<WatchEvent> {
+    let event = match result {
+        Ok(event) => event,
+        Err(e) => {
+            return vec![WatchEvent::Rescan {
+                why: format!("watch error: {}", explain(&e)),
+            }];
+        }
+    };
+    if event.need_rescan() {
+        return vec![WatchEvent::Rescan {
+            why: "the kernel's event queue overflowed".to_string(),
+        }];
+    }
+    let seen = |path: &PathBuf, closed: bool| WatchEvent::Seen {
+        path: path.clone(),
+        closed: closed || polling,
+    };
+    let gone = |path: &PathBuf| WatchEvent::Gone { path: path.clone() };
+    match event.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
+            event.paths.iter().map(|p| seen(p, true)).collect()
+        }
+        EventKind::Modify(ModifyKind::Name(RenameMode::From)) => event.paths.iter().map(gone).collect(),
+        EventKind::Modify(ModifyKind::Name(RenameMode::To)) => {
+            event.paths.iter().map(|p| seen(p, true)).collect()
+        }
+        EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {
+            let mut out = Vec::new();
+            if let Some(from) = event.paths.first() {
+                out.push(gone(from));
+            }
+            if let Some(to) = event.paths.get(1) {
+                out.push(seen(to, true));
+            }
+            out
+        }
+        EventKind::Modify(ModifyKind::Name(_)) => event
+            .paths
+            .iter()
+            .map(|p| {
+                if std::fs::symlink_metadata(p).is_ok() {
+                    seen(p, true)
+                } else {
+                    gone(p)
+                }
+            })
+            .collect(),
+        EventKind::Create(_) | EventKind::Modify(_) => {
+            event.paths.iter().map(|p| seen(p, false)).collect()
+        }
+        EventKind::Remove(_) => event.paths.iter().map(gone).collect(),
+        _ => Vec::new(),
+    }
+}

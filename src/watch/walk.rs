@@ -1,0 +1,52 @@
+//! Walks a watch (or a folder inside it) for the files its filters accept, without following
+//! symlinks and without descending into excluded folders.
+
+use std::path::{Path, PathBuf};
+
+use tracing::warn;
+use walkdir::WalkDir;
+
+use super::examine::stamp;
+use super::settle::Stamp;
+use crate::config::WatchConfig;
+
+/// Every accepted non-directory entry under `dir` (inside the watch at `root`), with its stamp.
+pub fn files(root: &Path, dir: &Path, watch: &WatchConfig) -> Vec<(PathBuf, Stamp)> {
+    let depth_left = if watch.recursive {
+        usize::MAX
+    } else {
+        // A non-recursive watch sees only the root's own entries.
+        if dir != root {
+            return Vec::new();
+        }
+        1
+    };
+    let walker = WalkDir::new(dir)
+        .follow_links(false)
+        .max_depth(depth_left)
+        .into_iter()
+        .filter_entry(|e| e.depth() == 0 || !(e.file_type().is_dir() && watch.filter.excludes_dir(e.file_name())));
+    let mut out = Vec::new();
+    for entry in walker {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) => {
+                warn!(watch = %root.display(), "cannot read part of the folder: {e}");
+                continue;
+            }
+        };
+        if entry.file_type().is_dir() {
+            continue;
+        }
+        let Ok(relative) = entry.path().strip_prefix(root) else {
+            continue;
+        };
+        if !watch.filter.accepts(relative) {
+            continue;
+        }
+        if let Ok(meta) = entry.metadata() {
+            out.push((entry.path().to_path_buf(), stamp(&meta)));
+        }
+    }
+    out
+}
