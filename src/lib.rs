@@ -7,5 +7,7 @@
 pub mod config;
 pub mod image;
 pub mod journal;
+pub mod sandbox;
 pub mod vendor;
 pub mod watch;
+pub mod worker;

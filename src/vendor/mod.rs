@@ -6,7 +6,9 @@ mod outcome;
 mod ratelimit;
 mod token;
 
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 pub use outcome::{Call, Outcome};
@@ -131,6 +133,28 @@ impl Adapter {
         match self {
             Adapter::Kingdee(k) => k.check_online().await,
         }
+    }
+}
+
+/// The configured vendors' adapters by name, swapped on reload while workers hold their own `Arc`s.
+#[derive(Debug, Default)]
+pub struct VendorSet(RwLock<BTreeMap<String, Arc<Adapter>>>);
+
+impl VendorSet {
+    pub fn get(&self, name: &str) -> Option<Arc<Adapter>> {
+        self.read().get(name).cloned()
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.read().keys().cloned().collect()
+    }
+
+    pub fn replace(&self, adapters: BTreeMap<String, Arc<Adapter>>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = adapters;
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Adapter>>> {
+        self.0.read().unwrap_or_else(|p| p.into_inner())
     }
 }
 

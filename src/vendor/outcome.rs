@@ -36,6 +36,14 @@ impl<T> Call<T> {
         }
     }
 
+    /// The same call with its success turned into `U`.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Call<U> {
+        match self.outcome {
+            Outcome::Done(value) => Call::new(Outcome::Done(f(value)), self.http_status, self.vendor_code),
+            _ => self.cast(),
+        }
+    }
+
     /// The same failure, carried over to a call that would have returned `U`.
     pub fn cast<U>(self) -> Call<U> {
         let outcome = match self.outcome {

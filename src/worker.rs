@@ -1,0 +1,410 @@
+//! Workers: claim a job, carry it out through the vendor's adapter, record the outcome. The outcome's
+//! class alone decides what happens next: done, retry with backoff, refresh the token, reject the
+//! file, or pause the vendor with its jobs kept.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::task::JoinSet;
+use tracing::{error, info, warn};
+
+use crate::image::ImageFormat;
+use crate::journal::{
+    Attempt, Finished, Job, JobOp, JobResult, JournalHandle, Remote, now_ms,
+};
+use crate::vendor::{Adapter, Call, Outcome, UploadRequest, VendorSet};
+use crate::watch::examine::sha256_hex;
+
+/// A claimed job stays ours this long; a crashed daemon's jobs are requeued at the next start anyway.
+const LEASE_MS: i64 = 10 * 60 * 1000;
+/// In-flight transfers get this long to finish at shutdown before they are released to the queue.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+const FIRST_PROBE: Duration = Duration::from_secs(30);
+const MAX_PROBE: Duration = Duration::from_secs(30 * 60);
+const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
+
+#[derive(Debug, Clone)]
+pub struct WorkerContext {
+    pub journal: JournalHandle,
+    pub vendors: Arc<VendorSet>,
+    pub wake: Arc<Notify>,
+    pub give_up_after: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolMode {
+    /// Run until stopped, waiting for work.
+    Daemon,
+    /// Stop when no job is due (the `scan` verb).
+    Drain,
+}
+
+/// Runs `workers` concurrent transfers until `stop` turns true (or, draining, the queue is empty).
+pub async fn run_pool(
+    ctx: WorkerContext,
+    workers: usize,
+    mode: PoolMode,
+    mut stop: watch::Receiver<bool>,
+) {
+    let permits = Arc::new(Semaphore::new(workers.max(1)));
+    let running: Arc<Mutex<HashSet<i64>>> = Arc::default();
+    let mut tasks = JoinSet::new();
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        let permit = tokio::select! {
+            permit = Arc::clone(&permits).acquire_owned() => permit.expect("the semaphore is never closed"),
+            _ = stop.changed() => break,
+        };
+        while tasks.try_join_next().is_some() {}
+        let claimed = claim(&ctx).await;
+        match claimed {
+            Some((job, probe)) => {
+                running.lock().unwrap_or_else(|p| p.into_inner()).insert(job.id);
+                let ctx = ctx.clone();
+                let running = Arc::clone(&running);
+                tasks.spawn(async move {
+                    let id = job.id;
+                    process(&ctx, job, probe).await;
+                    running.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                    drop(permit);
+                });
+            }
+            None => {
+                drop(permit);
+                if mode == PoolMode::Drain && tasks.is_empty() {
+                    break;
+                }
+                tokio::select! {
+                    _ = ctx.wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                    _ = stop.changed() => break,
+                }
+            }
+        }
+    }
+    finish_in_flight(&ctx, tasks, running).await;
+}
+
+async fn finish_in_flight(
+    ctx: &WorkerContext,
+    mut tasks: JoinSet<()>,
+    running: Arc<Mutex<HashSet<i64>>>,
+) {
+    if tasks.is_empty() {
+        return;
+    }
+    info!(in_flight = tasks.len(), "waiting up to 10s for in-flight transfers");
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tasks.abort_all();
+        let ids: Vec<i64> = running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .copied()
+            .collect();
+        warn!(released = ids.len(), "transfers still running after 10s: released to the queue");
+        if let Err(e) = ctx.journal.call(move |j| j.release(&ids)).await {
+            error!("cannot release running jobs: {e}");
+        }
+    }
+}
+
+/// The next due job of a vendor that is not paused (or whose probe is due). A job of a paused
+/// vendor is its probe: the next probe is pushed back so only one goes at a time.
+async fn claim(ctx: &WorkerContext) -> Option<(Job, Option<Duration>)> {
+    let names = ctx.vendors.names();
+    let result = ctx
+        .journal
+        .call(move |j| -> crate::journal::Result<Option<(Job, Option<Duration>)>> {
+            let now = now_ms();
+            let pauses = j.pauses()?;
+            let claimable: Vec<String> = names
+                .into_iter()
+                .filter(|v| {
+                    pauses
+                        .iter()
+                        .all(|p| &p.vendor != v || p.next_probe_at <= now)
+                })
+                .collect();
+            let Some(job) = j.claim(&claimable, LEASE_MS)? else {
+                return Ok(None);
+            };
+            let probe = pauses.iter().find(|p| p.vendor == job.vendor).map(|p| {
+                Duration::from_millis(p.probe_interval_ms.max(0) as u64)
+            });
+            if let (Some(interval), Some(pause)) =
+                (probe, pauses.iter().find(|p| p.vendor == job.vendor))
+            {
+                j.pause_vendor(&job.vendor, &pause.reason, interval.as_millis() as i64)?;
+            }
+            Ok(Some((job, probe)))
+        })
+        .await;
+    match result {
+        Ok(claimed) => claimed,
+        Err(e) => {
+            error!("cannot claim a job: {e}");
+            None
+        }
+    }
+}
+
+/// Carries out one job and records what came of it.
+async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duration>) {
+    let Some(adapter) = ctx.vendors.get(&job.vendor) else {
+        record(ctx, &job, JobResult::Release, None).await;
+        return;
+    };
+    let started = Instant::now();
+    let call = match job.op {
+        JobOp::Upload => match upload(ctx, &adapter, &job).await {
+            Ok(call) => call,
+            Err(early) => {
+                record(ctx, &job, early.result, Some(early.attempt)).await;
+                return;
+            }
+        },
+        JobOp::Delete | JobOp::DeleteOld => {
+            let target = job.remote_ref.clone().unwrap_or_default();
+            with_reauth(|| adapter.delete(&target)).await.map(|()| None)
+        }
+    };
+    let duration_ms = started.elapsed().as_millis() as i64;
+    let mut attempt = Attempt {
+        outcome: String::new(),
+        http_status: call.http_status,
+        vendor_code: call.vendor_code.clone(),
+        message: None,
+        duration_ms,
+    };
+    let shown = job.path.as_str();
+    let vendor = job.vendor.as_str();
+    let op = job.op.as_str();
+    let result = match call.outcome {
+        Outcome::Done(remote) => {
+            if probe.is_some() {
+                resume(ctx, vendor).await;
+            }
+            match (&remote, job.op) {
+                (Some(remote), _) => {
+                    attempt.outcome = "uploaded".into();
+                    attempt.message = remote.url.clone();
+                    info!(path = shown, vendor, url = remote.url.as_deref().unwrap_or(""), "uploaded");
+                }
+                (None, JobOp::DeleteOld) => {
+                    attempt.outcome = "deleted".into();
+                    info!(path = shown, vendor, url = job.remote_ref.as_deref().unwrap_or(""), "deleted the superseded remote copy");
+                }
+                (None, _) => {
+                    attempt.outcome = "deleted".into();
+                    info!(path = shown, vendor, url = job.remote_ref.as_deref().unwrap_or(""), "deleted at the vendor");
+                }
+            }
+            match remote {
+                Some(remote) => JobResult::Uploaded {
+                    remote,
+                    can_delete: adapter.kind().can_delete(),
+                },
+                None => JobResult::Deleted,
+            }
+        }
+        Outcome::Retry { after, reason } => {
+            if probe.is_some() {
+                resume(ctx, vendor).await;
+            }
+            let wait = backoff(job.attempts, after);
+            attempt.outcome = "retry".into();
+            attempt.message = Some(reason.clone());
+            warn!(path = shown, vendor, op, "{reason}; retrying in {}", humantime::format_duration(round(wait)));
+            JobResult::Retry {
+                not_before: now_ms() + wait.as_millis() as i64,
+                reason,
+                give_up_after_ms: ctx.give_up_after.as_millis() as i64,
+            }
+        }
+        Outcome::Reauth { reason } => {
+            attempt.outcome = "retry".into();
+            attempt.message = Some(format!("{reason} (a fresh token was refused too)"));
+            warn!(path = shown, vendor, op, "{reason}: a fresh token was refused too; retrying later");
+            JobResult::Retry {
+                not_before: now_ms() + backoff(job.attempts, None).as_millis() as i64,
+                reason,
+                give_up_after_ms: ctx.give_up_after.as_millis() as i64,
+            }
+        }
+        Outcome::Rejected { reason } => {
+            attempt.outcome = "rejected".into();
+            attempt.message = Some(reason.clone());
+            warn!(path = shown, vendor, op, "rejected by the vendor: {reason}");
+            JobResult::Rejected(reason)
+        }
+        Outcome::VendorDown { reason } => {
+            let interval = probe.map_or(FIRST_PROBE, |d| (d * 2).min(MAX_PROBE));
+            attempt.outcome = "vendor_paused".into();
+            attempt.message = Some(reason.clone());
+            error!(
+                vendor, path = shown,
+                "vendor {vendor} paused: {reason}; its jobs stay queued; next try in {} (or at once after a reload)",
+                humantime::format_duration(interval)
+            );
+            let (v, r) = (vendor.to_string(), reason.clone());
+            if let Err(e) = ctx
+                .journal
+                .call(move |j| j.pause_vendor(&v, &r, interval.as_millis() as i64))
+                .await
+            {
+                error!("cannot record the pause: {e}");
+            }
+            JobResult::Release
+        }
+    };
+    record(ctx, &job, result, Some(attempt)).await;
+}
+
+/// An upload that ended before the vendor was called.
+struct Early {
+    result: JobResult,
+    attempt: Attempt,
+}
+
+/// Reads the file, checks it is still the content that was queued, and sends it (or reuses what the
+/// vendor returned for the same bytes).
+async fn upload(
+    ctx: &WorkerContext,
+    adapter: &Adapter,
+    job: &Job,
+) -> Result<Call<Option<Remote>>, Early> {
+    let sha256 = job.sha256.clone().unwrap_or_default();
+    let (vendor, sha) = (job.vendor.clone(), sha256.clone());
+    if let Ok(Some((twin, remote))) = ctx.journal.call(move |j| j.synced_twin(&vendor, &sha)).await {
+        info!(path = %job.path, vendor = %job.vendor, twin = %twin, "same bytes already uploaded: reusing the result");
+        return Err(Early {
+            result: JobResult::Uploaded {
+                remote,
+                can_delete: adapter.kind().can_delete(),
+            },
+            attempt: Attempt {
+                outcome: "deduplicated".into(),
+                message: Some(format!("same bytes as {twin}")),
+                ..Attempt::default()
+            },
+        });
+    }
+    let wait_for_watcher = |reason: String| Early {
+        result: JobResult::Retry {
+            not_before: now_ms() + 5_000,
+            reason: reason.clone(),
+            give_up_after_ms: ctx.give_up_after.as_millis() as i64,
+        },
+        attempt: Attempt {
+            outcome: "deferred".into(),
+            message: Some(reason),
+            ..Attempt::default()
+        },
+    };
+    let bytes = tokio::fs::read(&job.path)
+        .await
+        .map_err(|e| wait_for_watcher(format!("cannot read the file: {e}")))?;
+    if sha256_hex(&bytes) != sha256 {
+        return Err(wait_for_watcher(
+            "the file changed since it was queued; waiting for it to settle".into(),
+        ));
+    }
+    let format = job
+        .format
+        .as_deref()
+        .and_then(ImageFormat::from_mime_subtype)
+        .ok_or_else(|| wait_for_watcher("the journal has no format for this file".into()))?;
+    let request = UploadRequest {
+        path: Path::new(&job.path),
+        bytes: &bytes,
+        format,
+    };
+    Ok(with_reauth(|| adapter.upload(&request)).await.map(Some))
+}
+
+/// A refused token is dropped by the adapter; the call is then made once more with a fresh one.
+async fn with_reauth<T, F, Fut>(mut call: F) -> Call<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Call<T>>,
+{
+    let first = call().await;
+    match first.outcome {
+        Outcome::Reauth { .. } => call().await,
+        _ => first,
+    }
+}
+
+async fn resume(ctx: &WorkerContext, vendor: &str) {
+    let v = vendor.to_string();
+    if let Ok(true) = ctx.journal.call(move |j| j.resume_vendor(&v)).await {
+        info!(vendor, "vendor {vendor} answers again: resumed");
+        ctx.wake.notify_one();
+    }
+}
+
+async fn record(ctx: &WorkerContext, job: &Job, result: JobResult, attempt: Option<Attempt>) {
+    let job_for_log = job.clone();
+    let job = job.clone();
+    let outcome = ctx
+        .journal
+        .call(move |j| j.finish(&job, &result, attempt.as_ref()))
+        .await;
+    match outcome {
+        Ok(Finished::GaveUp) => error!(
+            path = %job_for_log.path, vendor = %job_for_log.vendor,
+            "failed: transient errors for longer than give_up_after; `imgsyncd retry --failed` queues it again"
+        ),
+        Ok(Finished::Stale) => info!(
+            path = %job_for_log.path,
+            "the file changed during its upload: that copy is superseded"
+        ),
+        Ok(_) => {}
+        Err(e) => error!(path = %job_for_log.path, "cannot record the outcome: {e}"),
+    }
+    ctx.wake.notify_one();
+}
+
+/// Exponential backoff with jitter from 2 s to 15 min; never sooner than the vendor asked.
+pub fn backoff(attempts: u32, hint: Option<Duration>) -> Duration {
+    let exponential = Duration::from_secs(2)
+        .saturating_mul(1u32 << attempts.min(10))
+        .min(MAX_BACKOFF);
+    let jittered = exponential.mul_f64(0.5 + fastrand::f64() * 0.5);
+    hint.map_or(jittered, |h| h.max(jittered))
+}
+
+fn round(d: Duration) -> Duration {
+    Duration::from_secs(d.as_secs().max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        for attempts in 0..20 {
+            let d = backoff(attempts, None);
+            assert!(d <= MAX_BACKOFF);
+            assert!(d >= Duration::from_secs(1));
+        }
+        assert!(backoff(5, None) >= Duration::from_secs(32));
+    }
+
+    #[test]
+    fn backoff_honours_the_vendors_hint() {
+        assert!(backoff(0, Some(Duration::from_secs(60))) >= Duration::from_secs(60));
+    }
+}
