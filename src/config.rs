@@ -466,7 +466,10 @@ impl Ctx<'_> {
                 format!("`{base_url}` is not an http(s) URL"),
             ));
         }
-        for (key, value) in [("per_second", raw.per_second), ("per_minute", raw.per_minute)] {
+        for (key, value) in [
+            ("per_second", raw.per_second),
+            ("per_minute", raw.per_minute),
+        ] {
             if value == Some(0) {
                 return Err(self.invalid(&format!("{prefix}.{key}"), "must be at least 1"));
             }

@@ -85,7 +85,11 @@ pub fn inspect(bytes: &[u8]) -> Result<ImageInfo, ImageError> {
         Ok(imagesize::ImageType::Gif) => ImageFormat::Gif,
         Ok(imagesize::ImageType::Bmp) => ImageFormat::Bmp,
         Ok(imagesize::ImageType::Webp) => ImageFormat::Webp,
-        Ok(other) => return Err(ImageError::UnsupportedFormat(format!("{other:?}").to_lowercase())),
+        Ok(other) => {
+            return Err(ImageError::UnsupportedFormat(
+                format!("{other:?}").to_lowercase(),
+            ));
+        }
         Err(_) => return Err(ImageError::NotAnImage),
     };
     let size = imagesize::blob_size(bytes).map_err(|_| truncated_or_corrupt(format, bytes))?;
@@ -160,7 +164,10 @@ mod tests {
     #[test]
     fn empty_and_text_files_are_refused() {
         assert_eq!(inspect(b""), Err(ImageError::Empty));
-        assert_eq!(inspect(b"hello, this is text\n"), Err(ImageError::NotAnImage));
+        assert_eq!(
+            inspect(b"hello, this is text\n"),
+            Err(ImageError::NotAnImage)
+        );
     }
 
     #[test]

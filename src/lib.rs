@@ -5,8 +5,11 @@
 //! [`vendor`] adapter. [`daemon`] wires them together; [`sandbox`] emulates the vendors.
 
 pub mod config;
+pub mod daemon;
+pub mod dev;
 pub mod image;
 pub mod journal;
+pub mod report;
 pub mod sandbox;
 pub mod vendor;
 pub mod watch;

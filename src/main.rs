@@ -1,3 +1,331 @@
-fn main() {
-    println!("Hello, world!");
+//! The `imgsyncd` binary: parse the command line, set up logging, call the library.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use imgsyncd::config::{Config, DEFAULT_CONFIG_PATH};
+use imgsyncd::journal::{FileFilter, FileState, Journal, RetryOutcome};
+use imgsyncd::sandbox::{Sandbox, SandboxOptions};
+use imgsyncd::vendor::{Adapter, Outcome, http_client};
+use imgsyncd::{daemon, dev, report};
+
+#[derive(Parser)]
+#[command(
+    name = "imgsyncd",
+    version,
+    about = "Keeps drop folders mirrored to vendor image stores"
+)]
+struct Cli {
+    /// The config file.
+    #[arg(short, long, global = true, env = "IMGSYNCD_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon in the foreground (as systemd runs it).
+    Run {
+        /// Run against the built-in sandbox with no config and no credentials, in ./imgsyncd-dev/.
+        #[arg(long)]
+        dev: bool,
+        #[arg(long, value_enum, default_value_t = LogFormat::Auto)]
+        log_format: LogFormat,
+    },
+    /// One pass: reconcile every watch, drain the queue, exit (0 all synced, 1 some not).
+    Scan,
+    /// Counts per state and vendor, oldest pending age, paused vendors, recent errors.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One row per file with what the vendor returned.
+    Files {
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        vendor: Option<String>,
+        #[arg(long, value_parser = parse_state)]
+        state: Option<FileState>,
+    },
+    /// Every attempt for one file.
+    History {
+        path: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put failed files back in the queue (or confirm held deletes with --held).
+    Retry {
+        #[arg(long, conflicts_with_all = ["held", "paths"])]
+        failed: bool,
+        /// Carry out the deletes held because too many files vanished at once.
+        #[arg(long, conflicts_with = "paths")]
+        held: bool,
+        #[arg(required_unless_present_any = ["failed", "held"])]
+        paths: Vec<PathBuf>,
+    },
+    /// Validate the config; --online also fetches a token from each vendor.
+    Check {
+        #[arg(long)]
+        online: bool,
+    },
+    /// The vendor emulator on its own.
+    Sandbox {
+        #[arg(long, default_value = "127.0.0.1:8787")]
+        listen: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Auto,
+    Text,
+    Json,
+}
+
+fn parse_state(text: &str) -> Result<FileState, String> {
+    FileState::parse(text)
+        .ok_or_else(|| format!("`{text}` is not one of pending, synced, rejected, failed, removed"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let log_format = match &cli.command {
+        Command::Run { log_format, .. } => *log_format,
+        _ => LogFormat::Auto,
+    };
+    init_logging(log_format);
+    match execute(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("imgsyncd: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("IMGSYNCD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Auto if under_journald => builder.without_time().with_ansi(false).init(),
+        LogFormat::Auto => builder.init(),
+        LogFormat::Text => builder.with_ansi(false).init(),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn load(path: &Path) -> Result<Config> {
+    Ok(Config::load(path)?)
+}
+
+fn execute(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Run { dev: true, .. } => runtime()?.block_on(run_dev()),
+        Command::Run { dev: false, .. } => {
+            let config = load(&cli.config)?;
+            runtime()?.block_on(daemon::run(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Scan => {
+            let config = load(&cli.config)?;
+            let report = runtime()?.block_on(daemon::scan(config))?;
+            let counts: Vec<String> = report
+                .counts
+                .iter()
+                .map(|(s, n)| format!("{s} {n}"))
+                .collect();
+            println!("{}", counts.join(", "));
+            Ok(if report.all_synced() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Status { json } => {
+            let journal = open_journal(&cli.config)?;
+            let status = journal.status()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", report::status(&status));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Files {
+            json,
+            vendor,
+            state,
+        } => {
+            let journal = open_journal(&cli.config)?;
+            let rows = journal.files(&FileFilter {
+                vendor,
+                state,
+                path: None,
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", report::files(&rows));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::History { path, json } => {
+            let journal = open_journal(&cli.config)?;
+            let path = journal_path(&path);
+            let Some(rows) = journal.history(&path)? else {
+                bail!("the journal has no file {path}");
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", report::history(&path, &rows));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Retry {
+            failed,
+            held,
+            paths,
+        } => retry(&cli.config, failed, held, &paths),
+        Command::Check { online } => check(&cli.config, online),
+        Command::Sandbox { listen } => runtime()?.block_on(sandbox(&listen)),
+    }
+}
+
+fn open_journal(config_path: &Path) -> Result<Journal> {
+    let config = load(config_path)?;
+    Ok(Journal::open_existing(&config.journal)?)
+}
+
+/// The absolute path the journal records for a path given on the command line.
+fn journal_path(path: &Path) -> String {
+    std::path::absolute(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string()
+}
+
+fn retry(config_path: &Path, failed: bool, held: bool, paths: &[PathBuf]) -> Result<ExitCode> {
+    let mut journal = open_journal(config_path)?;
+    if failed {
+        let n = journal.retry_failed()?;
+        println!("{n} failed files queued again");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if held {
+        let n = journal.release_held(&|p| std::fs::symlink_metadata(p).is_ok())?;
+        println!("{n} held deletes queued");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let paths: Vec<String> = paths.iter().map(|p| journal_path(p)).collect();
+    let mut code = ExitCode::SUCCESS;
+    for (path, outcome) in journal.retry_paths(&paths)? {
+        match outcome {
+            RetryOutcome::Queued => println!("{path}: queued again"),
+            RetryOutcome::Reexamined => println!(
+                "{path}: will be examined afresh at the next scan (reload the daemon to scan now)"
+            ),
+            RetryOutcome::NotFailed(state) => println!("{path}: is {state}, nothing to retry"),
+            RetryOutcome::Unknown => {
+                println!("{path}: not in the journal");
+                code = ExitCode::from(1);
+            }
+        }
+    }
+    Ok(code)
+}
+
+fn check(config_path: &Path, online: bool) -> Result<ExitCode> {
+    let config = load(config_path)?;
+    println!(
+        "{}: ok ({} vendors, {} watches, journal {})",
+        config_path.display(),
+        config.vendors.len(),
+        config.watches.len(),
+        config.journal.display()
+    );
+    for watch in &config.watches {
+        if !watch.path.is_dir() {
+            println!(
+                "warning: watch {} does not exist (yet)",
+                watch.path.display()
+            );
+        }
+    }
+    if !online {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let http = http_client();
+    let mut code = ExitCode::SUCCESS;
+    runtime()?.block_on(async {
+        for (name, vendor) in &config.vendors {
+            let adapter = Adapter::new(vendor, http.clone());
+            match adapter.check_online().await.outcome {
+                Outcome::Done(()) => println!("{name}: token fetched, credentials work"),
+                Outcome::Retry { reason, .. }
+                | Outcome::Reauth { reason }
+                | Outcome::Rejected { reason }
+                | Outcome::VendorDown { reason } => {
+                    println!("{name}: FAILED: {reason}");
+                    code = ExitCode::from(1);
+                }
+            }
+        }
+    });
+    Ok(code)
+}
+
+async fn run_dev() -> Result<ExitCode> {
+    let setup = dev::prepare(Path::new("imgsyncd-dev")).await?;
+    let drop = setup.config.watches[0].path.display().to_string();
+    let config = setup.config_path.display();
+    println!(
+        "imgsyncd dev mode: the Kingdee sandbox listens on {}\n\
+         \n  drop images into   {drop}\n  \
+         see what happened  cargo run --release -- -c {config} files\n  \
+         overall state      cargo run --release -- -c {config} status\n\
+         \nThe sandbox keeps uploads in memory; open a recorded URL to see the image. Ctrl-C stops.\n",
+        setup.sandbox.base_url()
+    );
+    daemon::run(setup.config).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn sandbox(listen: &str) -> Result<ExitCode> {
+    let options = SandboxOptions::default();
+    let (sandbox, serve): (Sandbox, _) = Sandbox::bind(listen, options.clone())
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let account = &options.kingdee;
+    println!(
+        "sandbox on {}\nkingdee: client_id {} client_secret {} app_key {} app_secret {} domain {}",
+        sandbox.base_url(),
+        account.client_id,
+        account.client_secret,
+        account.app_key,
+        account.app_secret,
+        account.domain
+    );
+    tokio::select! {
+        served = serve => served.context("the sandbox stopped")?,
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -12,9 +12,7 @@ use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
 use crate::image::ImageFormat;
-use crate::journal::{
-    Attempt, Finished, Job, JobOp, JobResult, JournalHandle, Remote, now_ms,
-};
+use crate::journal::{Attempt, Finished, Job, JobOp, JobResult, JournalHandle, Remote, now_ms};
 use crate::vendor::{Adapter, Call, Outcome, UploadRequest, VendorSet};
 use crate::watch::examine::sha256_hex;
 
@@ -64,13 +62,19 @@ pub async fn run_pool(
         let claimed = claim(&ctx).await;
         match claimed {
             Some((job, probe)) => {
-                running.lock().unwrap_or_else(|p| p.into_inner()).insert(job.id);
+                running
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(job.id);
                 let ctx = ctx.clone();
                 let running = Arc::clone(&running);
                 tasks.spawn(async move {
                     let id = job.id;
                     process(&ctx, job, probe).await;
-                    running.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                    running
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&id);
                     drop(permit);
                 });
             }
@@ -99,7 +103,10 @@ async fn finish_in_flight(
     if tasks.is_empty() {
         return;
     }
-    info!(in_flight = tasks.len(), "waiting up to 10s for in-flight transfers");
+    info!(
+        in_flight = tasks.len(),
+        "waiting up to 10s for in-flight transfers"
+    );
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
         while tasks.join_next().await.is_some() {}
     })
@@ -112,7 +119,10 @@ async fn finish_in_flight(
             .iter()
             .copied()
             .collect();
-        warn!(released = ids.len(), "transfers still running after 10s: released to the queue");
+        warn!(
+            released = ids.len(),
+            "transfers still running after 10s: released to the queue"
+        );
         if let Err(e) = ctx.journal.call(move |j| j.release(&ids)).await {
             error!("cannot release running jobs: {e}");
         }
@@ -125,30 +135,33 @@ async fn claim(ctx: &WorkerContext) -> Option<(Job, Option<Duration>)> {
     let names = ctx.vendors.names();
     let result = ctx
         .journal
-        .call(move |j| -> crate::journal::Result<Option<(Job, Option<Duration>)>> {
-            let now = now_ms();
-            let pauses = j.pauses()?;
-            let claimable: Vec<String> = names
-                .into_iter()
-                .filter(|v| {
-                    pauses
-                        .iter()
-                        .all(|p| &p.vendor != v || p.next_probe_at <= now)
-                })
-                .collect();
-            let Some(job) = j.claim(&claimable, LEASE_MS)? else {
-                return Ok(None);
-            };
-            let probe = pauses.iter().find(|p| p.vendor == job.vendor).map(|p| {
-                Duration::from_millis(p.probe_interval_ms.max(0) as u64)
-            });
-            if let (Some(interval), Some(pause)) =
-                (probe, pauses.iter().find(|p| p.vendor == job.vendor))
-            {
-                j.pause_vendor(&job.vendor, &pause.reason, interval.as_millis() as i64)?;
-            }
-            Ok(Some((job, probe)))
-        })
+        .call(
+            move |j| -> crate::journal::Result<Option<(Job, Option<Duration>)>> {
+                let now = now_ms();
+                let pauses = j.pauses()?;
+                let claimable: Vec<String> = names
+                    .into_iter()
+                    .filter(|v| {
+                        pauses
+                            .iter()
+                            .all(|p| &p.vendor != v || p.next_probe_at <= now)
+                    })
+                    .collect();
+                let Some(job) = j.claim(&claimable, LEASE_MS)? else {
+                    return Ok(None);
+                };
+                let probe = pauses
+                    .iter()
+                    .find(|p| p.vendor == job.vendor)
+                    .map(|p| Duration::from_millis(p.probe_interval_ms.max(0) as u64));
+                if let (Some(interval), Some(pause)) =
+                    (probe, pauses.iter().find(|p| p.vendor == job.vendor))
+                {
+                    j.pause_vendor(&job.vendor, &pause.reason, interval.as_millis() as i64)?;
+                }
+                Ok(Some((job, probe)))
+            },
+        )
         .await;
     match result {
         Ok(claimed) => claimed,
@@ -199,15 +212,30 @@ async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duration>) {
                 (Some(remote), _) => {
                     attempt.outcome = "uploaded".into();
                     attempt.message = remote.url.clone();
-                    info!(path = shown, vendor, url = remote.url.as_deref().unwrap_or(""), "uploaded");
+                    info!(
+                        path = shown,
+                        vendor,
+                        url = remote.url.as_deref().unwrap_or(""),
+                        "uploaded"
+                    );
                 }
                 (None, JobOp::DeleteOld) => {
                     attempt.outcome = "deleted".into();
-                    info!(path = shown, vendor, url = job.remote_ref.as_deref().unwrap_or(""), "deleted the superseded remote copy");
+                    info!(
+                        path = shown,
+                        vendor,
+                        url = job.remote_ref.as_deref().unwrap_or(""),
+                        "deleted the superseded remote copy"
+                    );
                 }
                 (None, _) => {
                     attempt.outcome = "deleted".into();
-                    info!(path = shown, vendor, url = job.remote_ref.as_deref().unwrap_or(""), "deleted at the vendor");
+                    info!(
+                        path = shown,
+                        vendor,
+                        url = job.remote_ref.as_deref().unwrap_or(""),
+                        "deleted at the vendor"
+                    );
                 }
             }
             match remote {
@@ -225,7 +253,13 @@ async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duration>) {
             let wait = backoff(job.attempts, after);
             attempt.outcome = "retry".into();
             attempt.message = Some(reason.clone());
-            warn!(path = shown, vendor, op, "{reason}; retrying in {}", humantime::format_duration(round(wait)));
+            warn!(
+                path = shown,
+                vendor,
+                op,
+                "{reason}; retrying in {}",
+                humantime::format_duration(round(wait))
+            );
             JobResult::Retry {
                 not_before: now_ms() + wait.as_millis() as i64,
                 reason,
@@ -235,7 +269,10 @@ async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duration>) {
         Outcome::Reauth { reason } => {
             attempt.outcome = "retry".into();
             attempt.message = Some(format!("{reason} (a fresh token was refused too)"));
-            warn!(path = shown, vendor, op, "{reason}: a fresh token was refused too; retrying later");
+            warn!(
+                path = shown,
+                vendor, op, "{reason}: a fresh token was refused too; retrying later"
+            );
             JobResult::Retry {
                 not_before: now_ms() + backoff(job.attempts, None).as_millis() as i64,
                 reason,
@@ -253,7 +290,8 @@ async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duration>) {
             attempt.outcome = "vendor_paused".into();
             attempt.message = Some(reason.clone());
             error!(
-                vendor, path = shown,
+                vendor,
+                path = shown,
                 "vendor {vendor} paused: {reason}; its jobs stay queued; next try in {} (or at once after a reload)",
                 humantime::format_duration(interval)
             );
@@ -286,7 +324,11 @@ async fn upload(
 ) -> Result<Call<Option<Remote>>, Early> {
     let sha256 = job.sha256.clone().unwrap_or_default();
     let (vendor, sha) = (job.vendor.clone(), sha256.clone());
-    if let Ok(Some((twin, remote))) = ctx.journal.call(move |j| j.synced_twin(&vendor, &sha)).await {
+    if let Ok(Some((twin, remote))) = ctx
+        .journal
+        .call(move |j| j.synced_twin(&vendor, &sha))
+        .await
+    {
         info!(path = %job.path, vendor = %job.vendor, twin = %twin, "same bytes already uploaded: reusing the result");
         return Err(Early {
             result: JobResult::Uploaded {

@@ -48,7 +48,11 @@ fn key_matches(text: &str, key: &str) -> bool {
     let unquoted = text.trim_start_matches(['"', '\'']);
     unquoted
         .strip_prefix(key)
-        .map(|r| r.trim_start_matches(['"', '\'']).trim_start().starts_with(':'))
+        .map(|r| {
+            r.trim_start_matches(['"', '\''])
+                .trim_start()
+                .starts_with(':')
+        })
         .unwrap_or(false)
 }
 
@@ -100,7 +104,11 @@ pub fn line_of(text: &str, key: &str) -> usize {
             Some(Ok((i, col))) => {
                 best = i + 1;
                 // A key on a `- key:` line shares the dash's line: search it again for the next step.
-                start = if matches!(step, Step::Index(_)) { i } else { i + 1 };
+                start = if matches!(step, Step::Index(_)) {
+                    i
+                } else {
+                    i + 1
+                };
                 parent_indent = Some(col);
             }
             _ => break,

@@ -85,7 +85,10 @@ fn a_secret_can_come_from_a_file() {
 
 #[test]
 fn a_missing_secret_file_is_named() {
-    let text = GOOD.replace("app_secret: s3cret-app", "app_secret_file: /nonexistent/secret");
+    let text = GOOD.replace(
+        "app_secret: s3cret-app",
+        "app_secret_file: /nonexistent/secret",
+    );
     let err = parse(&text).unwrap_err().to_string();
     assert!(
         err.starts_with("/etc/imgsyncd/daemon.yaml:10: vendors.erp.app_secret_file: cannot read /nonexistent/secret"),
@@ -95,19 +98,31 @@ fn a_missing_secret_file_is_named() {
 
 #[test]
 fn a_bad_duration_is_named() {
-    let err = parse(&GOOD.replace("500ms", "fast")).unwrap_err().to_string();
-    assert!(err.starts_with("/etc/imgsyncd/daemon.yaml:3: settle: `fast` is not a duration"), "{err}");
+    let err = parse(&GOOD.replace("500ms", "fast"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("/etc/imgsyncd/daemon.yaml:3: settle: `fast` is not a duration"),
+        "{err}"
+    );
 }
 
 #[test]
 fn a_missing_required_key_points_at_its_vendor() {
-    let err = parse(&GOOD.replace("    app_key: bVZgAZOv1\n", "")).unwrap_err().to_string();
-    assert_eq!(err, "/etc/imgsyncd/daemon.yaml:5: vendors.erp.app_key: is required");
+    let err = parse(&GOOD.replace("    app_key: bVZgAZOv1\n", ""))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "/etc/imgsyncd/daemon.yaml:5: vendors.erp.app_key: is required"
+    );
 }
 
 #[test]
 fn a_watch_must_name_a_configured_vendor() {
-    let err = parse(&GOOD.replace("vendor: erp", "vendor: crm")).unwrap_err().to_string();
+    let err = parse(&GOOD.replace("vendor: erp", "vendor: crm"))
+        .unwrap_err()
+        .to_string();
     assert_eq!(
         err,
         "/etc/imgsyncd/daemon.yaml:14: watches[0].vendor: no vendor named `crm` (configured: erp)"
@@ -118,7 +133,10 @@ fn a_watch_must_name_a_configured_vendor() {
 fn overlapping_watches_are_refused() {
     let text = format!("{GOOD}  - path: /srv/drop/products/sub\n    vendor: erp\n");
     let err = parse(&text).unwrap_err().to_string();
-    assert!(err.contains(":15: watches[1].path: /srv/drop/products/sub overlaps"), "{err}");
+    assert!(
+        err.contains(":15: watches[1].path: /srv/drop/products/sub overlaps"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -21,7 +21,9 @@ impl JournalHandle {
     {
         let inner = Arc::clone(&self.0);
         tokio::task::spawn_blocking(move || {
-            let mut journal = inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut journal = inner
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             f(&mut journal)
         })
         .await

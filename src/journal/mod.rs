@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
-pub use observe::{MissingOutcome, Observation, Observed, RejectedFile, Removal};
 pub use handle::JournalHandle;
 pub use observe::KnownFile;
+pub use observe::{MissingOutcome, Observation, Observed, RejectedFile, Removal};
 pub use queue::{Attempt, Finished, Job, JobOp, JobResult, Remote, RetryOutcome, VendorPause};
 pub use report::{FileFilter, FileRow, HistoryRow, PausedVendor, RecentError, Status};
 

@@ -64,7 +64,9 @@ pub enum MissingOutcome {
     /// Marked removed; nothing at the vendor to touch (never uploaded, or kept).
     Removed,
     /// Marked removed, remote copy kept because another file still uses the same URL.
-    Shared { with: String },
+    Shared {
+        with: String,
+    },
     DeleteQueued,
     Held,
     /// An upload is in flight; the removal is carried out when it ends.
@@ -180,11 +182,7 @@ pub(super) fn url_shared_with(
 }
 
 /// Queues the deletion of a superseded remote copy unless another file still uses it.
-fn delete_superseded(
-    tx: &Transaction<'_>,
-    row: &Existing,
-    wanted: bool,
-) -> Result<()> {
+fn delete_superseded(tx: &Transaction<'_>, row: &Existing, wanted: bool) -> Result<()> {
     let Some(url) = row.url.as_deref() else {
         return Ok(());
     };
@@ -489,11 +487,7 @@ fn insert_pending(tx: &Transaction<'_>, obs: &Observation<'_>) -> Result<()> {
     queue_job(tx, id, "upload", obs.vendor, Some(obs.sha256), None)
 }
 
-fn missing_known(
-    tx: &Transaction<'_>,
-    row: Existing,
-    removal: &Removal,
-) -> Result<MissingOutcome> {
+fn missing_known(tx: &Transaction<'_>, row: Existing, removal: &Removal) -> Result<MissingOutcome> {
     let now = now_ms();
     let wanted = match removal {
         Removal::Delete => "delete",
@@ -505,7 +499,11 @@ fn missing_known(
     }
     drop_queued(tx, row.id, &["upload"])?;
     if has_running(tx, row.id, "upload")? {
-        let deferred = if matches!(removal, Removal::Keep) { "keep" } else { "delete" };
+        let deferred = if matches!(removal, Removal::Keep) {
+            "keep"
+        } else {
+            "delete"
+        };
         tx.execute(
             "UPDATE files SET removal = ?2, updated_at = ?3 WHERE id = ?1",
             params![row.id, deferred, now],

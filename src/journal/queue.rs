@@ -129,7 +129,16 @@ impl Journal {
         let now = now_ms();
         let names = serde_json::to_string(vendors).unwrap_or_else(|_| "[]".into());
         let tx = self.write()?;
-        let claimed: Option<(i64, i64, String, String, Option<String>, Option<String>, u32, Option<i64>)> = tx
+        let claimed: Option<(
+            i64,
+            i64,
+            String,
+            String,
+            Option<String>,
+            Option<String>,
+            u32,
+            Option<i64>,
+        )> = tx
             .query_row(
                 "UPDATE jobs SET state = 'running', lease_until = ?1 + ?2
                  WHERE id = (SELECT id FROM jobs
@@ -153,7 +162,8 @@ impl Journal {
                 },
             )
             .optional()?;
-        let Some((id, file_id, op, vendor, sha256, remote_ref, attempts, first_failure_at)) = claimed
+        let Some((id, file_id, op, vendor, sha256, remote_ref, attempts, first_failure_at)) =
+            claimed
         else {
             return Ok(None);
         };
@@ -371,11 +381,9 @@ impl Journal {
         let mut out = Vec::new();
         for path in paths {
             let row: Option<(i64, String)> = tx
-                .query_row(
-                    "SELECT id, state FROM files WHERE path = ?1",
-                    [path],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
+                .query_row("SELECT id, state FROM files WHERE path = ?1", [path], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
                 .optional()?;
             let outcome = match row {
                 None => RetryOutcome::Unknown,
@@ -421,8 +429,8 @@ fn set_file_outcome(
 }
 
 fn requeue_file(tx: &Transaction<'_>, file_id: i64) -> Result<()> {
-    let (vendor, sha256, url, removal): (String, Option<String>, Option<String>, Option<String>) = tx
-        .query_row(
+    let (vendor, sha256, url, removal): (String, Option<String>, Option<String>, Option<String>) =
+        tx.query_row(
             "SELECT vendor, sha256, url, removal FROM files WHERE id = ?1",
             [file_id],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),

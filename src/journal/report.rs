@@ -161,7 +161,11 @@ impl Journal {
                 .conn
                 .prepare("SELECT vendor, state, COUNT(*) FROM files GROUP BY vendor, state")?;
             let rows = stmt.query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
             })?;
             for row in rows {
                 let (vendor, state, count) = row?;
@@ -174,11 +178,9 @@ impl Journal {
             }
         }
         let now = now_ms();
-        let oldest: Option<i64> = self.conn.query_row(
-            "SELECT MIN(created_at) FROM jobs",
-            [],
-            |r| r.get(0),
-        )?;
+        let oldest: Option<i64> =
+            self.conn
+                .query_row("SELECT MIN(created_at) FROM jobs", [], |r| r.get(0))?;
         let queued_jobs: i64 = self
             .conn
             .query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0))?;

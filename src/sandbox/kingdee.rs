@@ -127,7 +127,12 @@ impl Sandbox {
         path: &str,
         params: &[(&str, &str)],
     ) -> Result<(), Refusal> {
-        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+        };
         let mut state = self.lock();
         let account = state.options.kingdee.clone();
         if header("X-Api-ClientID") != account.client_id {
@@ -137,24 +142,48 @@ impl Sandbox {
             return Err(gateway(4003, "X-Api-Auth-Version必须为2.0"));
         }
         if header("X-Api-SignHeaders") != "X-Api-TimeStamp,X-Api-Nonce" {
-            return Err(gateway(4004, "X-Api-SignHeaders必须为X-Api-TimeStamp,X-Api-Nonce"));
+            return Err(gateway(
+                4004,
+                "X-Api-SignHeaders必须为X-Api-TimeStamp,X-Api-Nonce",
+            ));
         }
         let timestamp = header("X-Api-TimeStamp");
         let now = now_ms();
         match timestamp.parse::<i64>() {
             Ok(ts) if (now - ts).abs() <= CLOCK_WINDOW_MS => {}
-            _ => return Err(gateway(4006, "X-Api-TimeStamp已过期或无效，请校准服务器时间")),
+            _ => {
+                return Err(gateway(
+                    4006,
+                    "X-Api-TimeStamp已过期或无效，请校准服务器时间",
+                ));
+            }
         }
         let nonce = header("X-Api-Nonce");
-        if nonce.is_empty() || !nonce.bytes().all(|b| b.is_ascii_digit()) || nonce.starts_with('0') {
+        if nonce.is_empty() || !nonce.bytes().all(|b| b.is_ascii_digit()) || nonce.starts_with('0')
+        {
             return Err(gateway(4005, "X-Api-Nonce必须为正整数"));
         }
-        let expected = sign::signature(&account.client_secret, method.as_str(), path, params, nonce, timestamp);
+        let expected = sign::signature(
+            &account.client_secret,
+            method.as_str(),
+            path,
+            params,
+            nonce,
+            timestamp,
+        );
         if !sign::same(header("X-Api-Signature"), &expected) {
             return Err(gateway(4002, "签名验证失败"));
         }
-        state.kingdee.nonces.retain(|_, t| now - *t <= 2 * CLOCK_WINDOW_MS);
-        if state.kingdee.nonces.insert(nonce.to_string(), now).is_some() {
+        state
+            .kingdee
+            .nonces
+            .retain(|_, t| now - *t <= 2 * CLOCK_WINDOW_MS);
+        if state
+            .kingdee
+            .nonces
+            .insert(nonce.to_string(), now)
+            .is_some()
+        {
             return Err(gateway(4007, "X-Api-Nonce重复使用"));
         }
         Ok(())
@@ -163,7 +192,12 @@ impl Sandbox {
     /// What business calls pass besides the signature: content type, app-token, router address,
     /// the rate limit, and any injected fault.
     async fn verify_business(&self, headers: &HeaderMap) -> Result<(), Refusal> {
-        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+        };
         let fault = {
             let mut state = self.lock();
             let token = header("app-token");
@@ -196,7 +230,9 @@ impl Sandbox {
         match fault {
             None => Ok(()),
             Some(Fault::Gateway(code)) => Err(gateway(code, "网关异常(注入)")),
-            Some(Fault::Business(code)) => Err(business(code, "系统错误,请到开发者社区提单反馈(注入)")),
+            Some(Fault::Business(code)) => {
+                Err(business(code, "系统错误,请到开发者社区提单反馈(注入)"))
+            }
             Some(Fault::Http(status)) => Err(Refusal {
                 status,
                 errcode: status as i64,
@@ -213,7 +249,11 @@ impl Sandbox {
         let mut state = self.lock();
         let id = state.next_image;
         state.next_image += 1;
-        let ext = filename.rsplit('.').next().unwrap_or("img").to_ascii_lowercase();
+        let ext = filename
+            .rsplit('.')
+            .next()
+            .unwrap_or("img")
+            .to_ascii_lowercase();
         let folder = if temporary { "temp" } else { "images" };
         let url = format!("{}/kingdee/{folder}/{id:08}.{ext}", state.base_url);
         state.images.insert(
@@ -236,7 +276,10 @@ async fn token(
     headers: HeaderMap,
     Query(query): Query<Vec<(String, String)>>,
 ) -> Response {
-    let params: Vec<(&str, &str)> = query.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let params: Vec<(&str, &str)> = query
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     let result = (|| {
         sandbox.verify_signature(&headers, &method, TOKEN_PATH, &params)?;
         let mut state = sandbox.lock();
@@ -248,7 +291,12 @@ async fn token(
                 description: "获取app-token过于频繁，请缓存token".into(),
             });
         }
-        let get = |k: &str| query.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+        let get = |k: &str| {
+            query
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
         let account = state.options.kingdee.clone();
         let expected = sign::app_signature(&account.app_key, &account.app_secret);
         if get("app_key") != Some(account.app_key.as_str())
@@ -323,10 +371,16 @@ async fn upload(
             None => true,
             Some(Value::String(s)) if s == "true" => true,
             Some(Value::String(s)) if s == "false" => false,
-            Some(_) => return Err(business(ERR_PARAM, "save_temp必须为字符串\"true\"或\"false\"")),
+            Some(_) => {
+                return Err(business(
+                    ERR_PARAM,
+                    "save_temp必须为字符串\"true\"或\"false\"",
+                ));
+            }
         };
         let (subtype, bytes) = parse_data_url(base_string).map_err(|e| business(ERR_PARAM, e))?;
-        let actual = magic(&bytes).ok_or_else(|| business(ERR_PARAM, "base_string的内容不是图片"))?;
+        let actual =
+            magic(&bytes).ok_or_else(|| business(ERR_PARAM, "base_string的内容不是图片"))?;
         if subtype != actual {
             return Err(business(
                 ERR_PARAM,
@@ -370,7 +424,11 @@ async fn remove(
 
 async fn serve_image(State(sandbox): State<Sandbox>, Path(name): Path<String>) -> Response {
     let state = sandbox.lock();
-    match state.images.values().find(|i| i.url.ends_with(&format!("/{name}"))) {
+    match state
+        .images
+        .values()
+        .find(|i| i.url.ends_with(&format!("/{name}")))
+    {
         Some(image) => (
             [(header::CONTENT_TYPE, image.content_type.clone())],
             image.bytes.clone(),

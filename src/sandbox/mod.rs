@@ -94,7 +94,10 @@ impl Sandbox {
     pub async fn bind(
         addr: &str,
         options: SandboxOptions,
-    ) -> std::io::Result<(Sandbox, impl std::future::Future<Output = std::io::Result<()>>)> {
+    ) -> std::io::Result<(
+        Sandbox,
+        impl std::future::Future<Output = std::io::Result<()>>,
+    )> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let state = State {

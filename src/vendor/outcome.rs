@@ -12,11 +12,17 @@ pub enum Outcome<T> {
         reason: String,
     },
     /// The token was refused: drop it, fetch a new one, try again at once.
-    Reauth { reason: String },
+    Reauth {
+        reason: String,
+    },
     /// The file itself is unacceptable to the vendor; never retried.
-    Rejected { reason: String },
+    Rejected {
+        reason: String,
+    },
     /// The vendor refuses *us* (credentials, signature, clock, permission, quota): pause the vendor.
-    VendorDown { reason: String },
+    VendorDown {
+        reason: String,
+    },
 }
 
 /// An outcome with what the wire said, for `history`.
@@ -39,7 +45,9 @@ impl<T> Call<T> {
     /// The same call with its success turned into `U`.
     pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Call<U> {
         match self.outcome {
-            Outcome::Done(value) => Call::new(Outcome::Done(f(value)), self.http_status, self.vendor_code),
+            Outcome::Done(value) => {
+                Call::new(Outcome::Done(f(value)), self.http_status, self.vendor_code)
+            }
             _ => self.cast(),
         }
     }

@@ -49,9 +49,11 @@ pub fn start(
 /// A user-facing explanation of a watch error, with the fix where there is one.
 pub fn explain(error: &notify::Error) -> String {
     match &error.kind {
-        notify::ErrorKind::MaxFilesWatch => "out of inotify watches: raise fs.inotify.max_user_watches \
+        notify::ErrorKind::MaxFilesWatch => {
+            "out of inotify watches: raise fs.inotify.max_user_watches \
              (e.g. `sysctl fs.inotify.max_user_watches=524288`) or use `poll:` for this watch"
-            .to_string(),
+                .to_string()
+        }
         _ => error.to_string(),
     }
 }
@@ -79,7 +81,9 @@ fn translate(result: notify::Result<Event>, polling: bool) -> Vec<WatchEvent> {
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
             event.paths.iter().map(|p| seen(p, true)).collect()
         }
-        EventKind::Modify(ModifyKind::Name(RenameMode::From)) => event.paths.iter().map(gone).collect(),
+        EventKind::Modify(ModifyKind::Name(RenameMode::From)) => {
+            event.paths.iter().map(gone).collect()
+        }
         EventKind::Modify(ModifyKind::Name(RenameMode::To)) => {
             event.paths.iter().map(|p| seen(p, true)).collect()
         }

@@ -83,10 +83,13 @@ impl WatchTask {
             watcher = self.start_watcher(&event_tx);
             self.reconcile().await;
         }
-        let tick_period = (self.ctx.settle / 4).clamp(Duration::from_millis(50), Duration::from_millis(500));
+        let tick_period =
+            (self.ctx.settle / 4).clamp(Duration::from_millis(50), Duration::from_millis(500));
         let mut tick = tokio::time::interval(tick_period);
-        let mut rescan =
-            tokio::time::interval_at(tokio::time::Instant::now() + self.ctx.rescan, self.ctx.rescan);
+        let mut rescan = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.ctx.rescan,
+            self.ctx.rescan,
+        );
         let mut root_check = tokio::time::interval(ROOT_CHECK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -186,7 +189,9 @@ impl WatchTask {
     }
 
     fn relative<'p>(&self, path: &'p Path) -> Option<&'p Path> {
-        path.strip_prefix(self.root()).ok().filter(|r| !r.as_os_str().is_empty())
+        path.strip_prefix(self.root())
+            .ok()
+            .filter(|r| !r.as_os_str().is_empty())
     }
 
     fn seen(&mut self, path: &Path, closed: bool) {
@@ -302,7 +307,9 @@ impl WatchTask {
             })
             .await;
         match result {
-            Ok(true) => warn!(path = %path.display(), vendor = %self.config.vendor, "rejected: {log_reason}"),
+            Ok(true) => {
+                warn!(path = %path.display(), vendor = %self.config.vendor, "rejected: {log_reason}")
+            }
             Ok(false) => {}
             Err(e) => error!(path = %path.display(), "cannot record the rejection: {e}"),
         }
@@ -440,7 +447,9 @@ impl WatchTask {
                 MissingOutcome::DeleteQueued => {
                     info!(path = %path, vendor = %self.config.vendor, "removed from disk: delete queued")
                 }
-                MissingOutcome::Removed => info!(path = %path, vendor = %self.config.vendor, "removed"),
+                MissingOutcome::Removed => {
+                    info!(path = %path, vendor = %self.config.vendor, "removed")
+                }
                 MissingOutcome::Shared { with } => info!(
                     path = %path, vendor = %self.config.vendor,
                     "removed; remote copy kept because {with} still uses it"
@@ -467,7 +476,12 @@ impl WatchTask {
             .await
             .unwrap_or_default();
         let root_text = self.root().display().to_string();
-        let known = match self.ctx.journal.call(move |j| j.known_under(&root_text)).await {
+        let known = match self
+            .ctx
+            .journal
+            .call(move |j| j.known_under(&root_text))
+            .await
+        {
             Ok(known) => known,
             Err(e) => {
                 error!(watch = %self.root().display(), "cannot read the journal: {e}");

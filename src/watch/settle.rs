@@ -65,7 +65,11 @@ impl Settle {
 
     /// The paths that have settled, removed from the tracker. `stat` reads a path's current stamp
     /// (`None`: gone, and so dropped).
-    pub fn take_ready(&mut self, now: Instant, stat: impl Fn(&Path) -> Option<Stamp>) -> Vec<PathBuf> {
+    pub fn take_ready(
+        &mut self,
+        now: Instant,
+        stat: impl Fn(&Path) -> Option<Stamp>,
+    ) -> Vec<PathBuf> {
         let period = self.period;
         let mut ready = Vec::new();
         self.pending.retain(|path, entry| {
@@ -104,9 +108,19 @@ mod tests {
         let path = Path::new("/w/a.jpg");
         settle.touch(path, true, t0);
         let stat = |_: &Path| Some((10, 1));
-        assert!(settle.take_ready(t0, stat).is_empty(), "first sight only records the stamp");
-        assert!(settle.take_ready(t0 + Duration::from_secs(1), stat).is_empty());
-        assert_eq!(settle.take_ready(t0 + PERIOD, stat), vec![path.to_path_buf()]);
+        assert!(
+            settle.take_ready(t0, stat).is_empty(),
+            "first sight only records the stamp"
+        );
+        assert!(
+            settle
+                .take_ready(t0 + Duration::from_secs(1), stat)
+                .is_empty()
+        );
+        assert_eq!(
+            settle.take_ready(t0 + PERIOD, stat),
+            vec![path.to_path_buf()]
+        );
         assert!(settle.is_empty());
     }
 
@@ -132,10 +146,18 @@ mod tests {
         settle.touch(path, false, t0);
         let stat = |_: &Path| Some((10, 1));
         settle.take_ready(t0, stat);
-        assert!(settle.take_ready(t0 + Duration::from_secs(60), stat).is_empty());
+        assert!(
+            settle
+                .take_ready(t0 + Duration::from_secs(60), stat)
+                .is_empty()
+        );
         let closed_at = t0 + Duration::from_secs(61);
         settle.touch(path, true, closed_at);
-        assert!(settle.take_ready(closed_at + Duration::from_secs(1), stat).is_empty());
+        assert!(
+            settle
+                .take_ready(closed_at + Duration::from_secs(1), stat)
+                .is_empty()
+        );
         assert_eq!(settle.take_ready(closed_at + PERIOD, stat).len(), 1);
     }
 

@@ -25,7 +25,9 @@ pub fn files(root: &Path, dir: &Path, watch: &WatchConfig) -> Vec<(PathBuf, Stam
         .follow_links(false)
         .max_depth(depth_left)
         .into_iter()
-        .filter_entry(|e| e.depth() == 0 || !(e.file_type().is_dir() && watch.filter.excludes_dir(e.file_name())));
+        .filter_entry(|e| {
+            e.depth() == 0 || !(e.file_type().is_dir() && watch.filter.excludes_dir(e.file_name()))
+        });
     let mut out = Vec::new();
     for entry in walker {
         let entry = match entry {

@@ -341,7 +341,9 @@ mod tests {
     #[test]
     fn gateway_codes_map_to_the_taxonomy() {
         assert!(matches!(class(519, Some(4002)), Outcome::VendorDown { .. }));
-        assert!(matches!(class(519, Some(4006)), Outcome::VendorDown { reason } if reason.contains("clock")));
+        assert!(
+            matches!(class(519, Some(4006)), Outcome::VendorDown { reason } if reason.contains("clock"))
+        );
         assert!(matches!(class(519, Some(4011)), Outcome::Reauth { .. }));
         assert!(matches!(class(519, Some(4012)), Outcome::VendorDown { .. }));
         assert!(matches!(class(519, Some(5007)), Outcome::Retry { .. }));
@@ -352,8 +354,17 @@ mod tests {
     #[test]
     fn business_codes_map_to_the_taxonomy() {
         assert_eq!(class(200, Some(0)), Outcome::Done(()));
-        assert!(matches!(class(200, Some(ERR_SYSTEM)), Outcome::Retry { .. }));
-        assert!(matches!(class(200, Some(ERR_APP_AUTH)), Outcome::VendorDown { .. }));
-        assert!(matches!(class(200, Some(1_000_000_001)), Outcome::Rejected { .. }));
+        assert!(matches!(
+            class(200, Some(ERR_SYSTEM)),
+            Outcome::Retry { .. }
+        ));
+        assert!(matches!(
+            class(200, Some(ERR_APP_AUTH)),
+            Outcome::VendorDown { .. }
+        ));
+        assert!(matches!(
+            class(200, Some(1_000_000_001)),
+            Outcome::Rejected { .. }
+        ));
     }
 }

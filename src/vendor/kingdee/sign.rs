@@ -63,7 +63,8 @@ pub fn string_to_sign(
 
 /// Base64 of the lowercase hex of HMAC-SHA256: 88 characters.
 fn hmac_hex_base64(key: &str, message: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("HMAC takes any key length");
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("HMAC takes any key length");
     mac.update(message.as_bytes());
     let hex: String = mac
         .finalize()
@@ -96,7 +97,11 @@ pub fn app_signature(app_key: &str, app_secret: &str) -> String {
 
 /// Constant-time comparison, for the sandbox's verification.
 pub fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 #[cfg(test)]
@@ -167,14 +172,24 @@ mod tests {
             "page=1&page_size=100&search=A%2Bb%252F%25E4%25B8%25AD"
         );
         assert_eq!(
-            signature(SECRET, "GET", "/jdy/v2/bd/material", &params, "1234567890", "1700000000000"),
+            signature(
+                SECRET,
+                "GET",
+                "/jdy/v2/bd/material",
+                &params,
+                "1234567890",
+                "1700000000000"
+            ),
             "MDRkZGQ3MWU3ZTQ0MzI5OWJlZTRmZTM4ZjFhZjFiYTdhMGQ5NDY4NmNlNzFkOGU5ZmRmODU4OTFiZDI1OWYxOA=="
         );
     }
 
     #[test]
     fn the_path_is_encoded_whole() {
-        assert_eq!(gw_encode("/jdy/v2/bd/material_picture"), "%2Fjdy%2Fv2%2Fbd%2Fmaterial_picture");
+        assert_eq!(
+            gw_encode("/jdy/v2/bd/material_picture"),
+            "%2Fjdy%2Fv2%2Fbd%2Fmaterial_picture"
+        );
         let s = string_to_sign("post", "/a", &[], "1", "2");
         assert_eq!(s, "POST\n%2Fa\n\nx-api-nonce:1\nx-api-timestamp:2\n");
     }

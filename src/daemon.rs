@@ -1,0 +1,379 @@
+//! Wiring: the journal lock, vendors, one task per watch, the worker pool, signals (SIGTERM/SIGINT
+//! stop, SIGHUP reloads) and systemd readiness.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+
+use crate::config::{Config, ConfigError, VendorConfig, WatchConfig};
+use crate::journal::{FileFilter, FileState, Journal, JournalError, JournalHandle};
+use crate::vendor::{Adapter, VendorSet, http_client};
+use crate::watch::{WatchCommand, WatchContext, WatchTask};
+use crate::worker::{PoolMode, WorkerContext, run_pool};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(
+        "another imgsyncd is already running on the journal {0} (stop it first; `status` and `files` work alongside it)"
+    )]
+    Locked(PathBuf),
+    #[error("cannot lock {path}: {source}")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+}
+
+/// Holds the journal's lock file: one daemon (or `scan`) per journal.
+#[derive(Debug)]
+pub struct JournalLock(#[allow(dead_code)] File);
+
+pub fn lock_journal(journal: &Path) -> Result<JournalLock, DaemonError> {
+    let path = PathBuf::from(format!("{}.lock", journal.display()));
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| DaemonError::Lock {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| DaemonError::Lock {
+            path: path.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(JournalLock(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(DaemonError::Locked(journal.to_path_buf())),
+        Err(std::fs::TryLockError::Error(source)) => Err(DaemonError::Lock { path, source }),
+    }
+}
+
+struct RunningWatch {
+    config: WatchConfig,
+    commands: mpsc::UnboundedSender<WatchCommand>,
+    task: JoinHandle<()>,
+}
+
+/// The running daemon's mutable wiring, changed by reloads.
+struct Daemon {
+    config: Config,
+    journal: JournalHandle,
+    vendors: Arc<VendorSet>,
+    http: reqwest::Client,
+    wake: Arc<Notify>,
+    watches: Vec<RunningWatch>,
+}
+
+impl Daemon {
+    fn new(config: Config, journal: JournalHandle) -> Daemon {
+        Daemon {
+            config,
+            journal,
+            vendors: Arc::new(VendorSet::default()),
+            http: http_client(),
+            wake: Arc::new(Notify::new()),
+            watches: Vec::new(),
+        }
+    }
+
+    /// Builds adapters for `configs`, keeping the ones (and their cached tokens) whose config is the same.
+    fn set_vendors(
+        &self,
+        old: &BTreeMap<String, VendorConfig>,
+        configs: &BTreeMap<String, VendorConfig>,
+    ) {
+        let adapters = configs
+            .iter()
+            .map(|(name, config)| {
+                let adapter = match (old.get(name), self.vendors.get(name)) {
+                    (Some(previous), Some(adapter)) if previous == config => adapter,
+                    _ => Arc::new(Adapter::new(config, self.http.clone())),
+                };
+                (name.clone(), adapter)
+            })
+            .collect();
+        self.vendors.replace(adapters);
+    }
+
+    fn watch_context(&self) -> WatchContext {
+        WatchContext {
+            journal: self.journal.clone(),
+            wake_workers: Arc::clone(&self.wake),
+            settle: self.config.settle,
+            rescan: self.config.rescan,
+            max_deletes: self.config.max_deletes,
+        }
+    }
+
+    fn start_watch(&self, config: WatchConfig) -> Option<RunningWatch> {
+        let adapter = self.vendors.get(&config.vendor)?;
+        let (commands, receiver) = mpsc::unbounded_channel();
+        let task = WatchTask::new(
+            config.clone(),
+            self.watch_context(),
+            adapter.kind(),
+            adapter.limits(),
+        );
+        info!(
+            watch = %config.path.display(), vendor = %config.vendor,
+            mode = if config.poll.is_some() { "poll" } else { "inotify" },
+            "watching"
+        );
+        Some(RunningWatch {
+            config,
+            commands,
+            task: tokio::spawn(task.run(receiver)),
+        })
+    }
+
+    async fn stop_watches(&mut self) {
+        for watch in self.watches.drain(..) {
+            let _ = watch.commands.send(WatchCommand::Stop);
+            let _ = watch.task.await;
+        }
+    }
+
+    /// SIGHUP: a new config takes effect without dropping jobs; a bad one is logged and ignored.
+    async fn reload(&mut self) {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+        match Config::load(&self.config.source) {
+            Err(e) => error!("reload refused, keeping the running config: {e}"),
+            Ok(mut new) => {
+                if new.journal != self.config.journal {
+                    warn!(
+                        "a new journal path ({}) takes effect at the next restart",
+                        new.journal.display()
+                    );
+                    new.journal = self.config.journal.clone();
+                }
+                for (key, changed) in [
+                    ("workers", new.workers != self.config.workers),
+                    (
+                        "give_up_after",
+                        new.give_up_after != self.config.give_up_after,
+                    ),
+                ] {
+                    if changed {
+                        warn!("a new `{key}` takes effect at the next restart");
+                    }
+                }
+                self.set_vendors(&self.config.vendors, &new.vendors);
+                let (kept, stopped): (Vec<_>, Vec<_>) = std::mem::take(&mut self.watches)
+                    .into_iter()
+                    .partition(|w| {
+                        new.watches.contains(&w.config) && new.settle == self.config.settle
+                    });
+                for watch in stopped {
+                    info!(watch = %watch.config.path.display(), "watch removed or changed: stopping it");
+                    let _ = watch.commands.send(WatchCommand::Stop);
+                    let _ = watch.task.await;
+                }
+                self.config = new;
+                for watch in &kept {
+                    let _ = watch.commands.send(WatchCommand::Rescan);
+                }
+                self.watches = kept;
+                let fresh: Vec<WatchConfig> = self
+                    .config
+                    .watches
+                    .iter()
+                    .filter(|w| !self.watches.iter().any(|r| &r.config == *w))
+                    .cloned()
+                    .collect();
+                for config in fresh {
+                    if let Some(running) = self.start_watch(config) {
+                        self.watches.push(running);
+                    }
+                }
+                if let Err(e) = self.journal.call(|j| j.probe_paused_now()).await {
+                    error!("cannot reset vendor pauses: {e}");
+                }
+                self.wake.notify_one();
+                info!(
+                    watches = self.watches.len(),
+                    vendors = self.config.vendors.len(),
+                    "config reloaded from {}",
+                    self.config.source.display()
+                );
+            }
+        }
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    Stop,
+    Reload,
+}
+
+/// Forwards SIGTERM/SIGINT/SIGHUP from signal-hook's thread to the async side.
+fn signals() -> Result<mpsc::UnboundedReceiver<Signal>, DaemonError> {
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(DaemonError::Signals)?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                let message = if signal == SIGHUP {
+                    Signal::Reload
+                } else {
+                    Signal::Stop
+                };
+                if tx.send(message).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(DaemonError::Signals)?;
+    Ok(rx)
+}
+
+fn open_journal(config: &Config) -> Result<(JournalLock, JournalHandle), DaemonError> {
+    let lock = lock_journal(&config.journal)?;
+    let mut journal = Journal::open(&config.journal)?;
+    let requeued = journal.requeue_running()?;
+    if requeued > 0 {
+        warn!(
+            requeued,
+            "jobs left running by a previous run went back to the queue"
+        );
+    }
+    // A start is like a reload: paused vendors are tried again at once.
+    journal.probe_paused_now()?;
+    Ok((lock, JournalHandle::new(journal)))
+}
+
+/// The daemon, in the foreground, until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> Result<(), DaemonError> {
+    let mut signals = signals()?;
+    let (_lock, journal) = open_journal(&config)?;
+    let mut daemon = Daemon::new(config, journal);
+    daemon.set_vendors(&BTreeMap::new(), &daemon.config.vendors.clone());
+    for watch in daemon.config.watches.clone() {
+        if let Some(running) = daemon.start_watch(watch) {
+            daemon.watches.push(running);
+        }
+    }
+    let (stop, stopped) = watch::channel(false);
+    let pool = tokio::spawn(run_pool(
+        WorkerContext {
+            journal: daemon.journal.clone(),
+            vendors: Arc::clone(&daemon.vendors),
+            wake: Arc::clone(&daemon.wake),
+            give_up_after: daemon.config.give_up_after,
+        },
+        daemon.config.workers,
+        PoolMode::Daemon,
+        stopped,
+    ));
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    info!(
+        watches = daemon.watches.len(),
+        vendors = daemon.config.vendors.len(),
+        workers = daemon.config.workers,
+        journal = %daemon.config.journal.display(),
+        "imgsyncd running"
+    );
+    while let Some(signal) = signals.recv().await {
+        match signal {
+            Signal::Reload => daemon.reload().await,
+            Signal::Stop => break,
+        }
+    }
+    info!("stopping: no new jobs are taken");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    daemon.stop_watches().await;
+    let _ = stop.send(true);
+    let _ = pool.await;
+    info!("stopped");
+    Ok(())
+}
+
+/// What one `scan` pass left behind, per state, for the files under the configured watches.
+#[derive(Debug, Clone, Default)]
+pub struct ScanReport {
+    pub counts: BTreeMap<&'static str, usize>,
+}
+
+impl ScanReport {
+    /// Everything under the watches is synced or removed.
+    pub fn all_synced(&self) -> bool {
+        ["pending", "failed", "rejected"]
+            .iter()
+            .all(|s| self.counts.get(s).copied().unwrap_or(0) == 0)
+    }
+}
+
+/// One pass: reconcile every watch, drain the queue of due jobs, report.
+pub async fn scan(config: Config) -> Result<ScanReport, DaemonError> {
+    let (_lock, journal) = open_journal(&config)?;
+    let daemon = Daemon::new(config, journal);
+    daemon.set_vendors(&BTreeMap::new(), &daemon.config.vendors.clone());
+    for watch in &daemon.config.watches {
+        let Some(adapter) = daemon.vendors.get(&watch.vendor) else {
+            continue;
+        };
+        let mut task = WatchTask::new(
+            watch.clone(),
+            daemon.watch_context(),
+            adapter.kind(),
+            adapter.limits(),
+        );
+        task.scan_once().await;
+    }
+    let (_stop, stopped) = watch::channel(false);
+    run_pool(
+        WorkerContext {
+            journal: daemon.journal.clone(),
+            vendors: Arc::clone(&daemon.vendors),
+            wake: Arc::clone(&daemon.wake),
+            give_up_after: daemon.config.give_up_after,
+        },
+        daemon.config.workers,
+        PoolMode::Drain,
+        stopped,
+    )
+    .await;
+    let roots: Vec<PathBuf> = daemon
+        .config
+        .watches
+        .iter()
+        .map(|w| w.path.clone())
+        .collect();
+    let files = daemon
+        .journal
+        .call(|j| j.files(&FileFilter::default()))
+        .await?;
+    let mut report = ScanReport::default();
+    for state in FileState::ALL {
+        report.counts.insert(state.as_str(), 0);
+    }
+    for file in files
+        .iter()
+        .filter(|f| roots.iter().any(|r| Path::new(&f.path).starts_with(r)))
+    {
+        if let Some(state) = FileState::parse(&file.state) {
+            *report.counts.entry(state.as_str()).or_default() += 1;
+        }
+    }
+    Ok(report)
+}

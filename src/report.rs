@@ -1,0 +1,116 @@
+//! The journal rendered for people: the text forms of `status`, `files` and `history`.
+
+use std::fmt::Write;
+
+use crate::journal::{FileRow, HistoryRow, Status};
+
+pub fn status(status: &Status) -> String {
+    let mut out = String::new();
+    let counts: Vec<String> = status
+        .files
+        .iter()
+        .map(|(s, n)| format!("{s} {n}"))
+        .collect();
+    let _ = writeln!(out, "files: {}", counts.join(", "));
+    for (vendor, states) in &status.by_vendor {
+        let counts: Vec<String> = states
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(s, n)| format!("{s} {n}"))
+            .collect();
+        let _ = writeln!(out, "  {vendor}: {}", counts.join(", "));
+    }
+    match status.oldest_pending_s {
+        Some(age) => {
+            let _ = writeln!(
+                out,
+                "queue: {} jobs, oldest waiting {age}s",
+                status.queued_jobs
+            );
+        }
+        None => {
+            let _ = writeln!(out, "queue: empty");
+        }
+    }
+    if status.held_deletes > 0 {
+        let _ = writeln!(
+            out,
+            "held deletes: {} (check the folders, then `imgsyncd retry --held` to carry them out)",
+            status.held_deletes
+        );
+    }
+    if status.paused_vendors.is_empty() {
+        let _ = writeln!(out, "paused vendors: none");
+    }
+    for paused in &status.paused_vendors {
+        let _ = writeln!(
+            out,
+            "PAUSED {} since {}: {} (next try {})",
+            paused.vendor, paused.since, paused.reason, paused.next_probe_at
+        );
+    }
+    if !status.recent_errors.is_empty() {
+        let _ = writeln!(out, "recent errors:");
+        for e in &status.recent_errors {
+            let _ = writeln!(
+                out,
+                "  {} {} {} {}: {}",
+                e.at,
+                e.vendor,
+                e.op,
+                e.path,
+                e.message.as_deref().unwrap_or(&e.outcome)
+            );
+        }
+    }
+    out
+}
+
+pub fn files(rows: &[FileRow]) -> String {
+    let mut out = String::new();
+    for row in rows {
+        let result = row
+            .url
+            .as_deref()
+            .or(row.file_token.as_deref())
+            .or(row.key.as_deref())
+            .unwrap_or("-");
+        let _ = write!(
+            out,
+            "{:<8} {:<10} {} {}",
+            row.state, row.vendor, row.path, result
+        );
+        if row.remote_deleted == Some(true) {
+            out.push_str(" (deleted at vendor)");
+        }
+        if let Some(error) = &row.error {
+            let _ = write!(out, " — {error}");
+        }
+        out.push('\n');
+    }
+    if rows.is_empty() {
+        out.push_str("no files\n");
+    }
+    out
+}
+
+pub fn history(path: &str, rows: &[HistoryRow]) -> String {
+    let mut out = format!("{path}\n");
+    for row in rows {
+        let _ = write!(out, "  {} {:<10} {:<13}", row.at, row.op, row.outcome);
+        if let Some(status) = row.http_status {
+            let _ = write!(out, " HTTP {status}");
+        }
+        if let Some(code) = &row.vendor_code {
+            let _ = write!(out, " code {code}");
+        }
+        if let Some(message) = &row.message {
+            let _ = write!(out, " {message}");
+        }
+        out.push('\n');
+    }
+    if rows.is_empty() {
+        out.push_str("  no attempts yet\n");
+    }
+    out
+}
