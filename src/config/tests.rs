@@ -153,3 +153,20 @@ fn relative_paths_are_anchored_at_the_config_folder() {
         PathBuf::from("/etc/imgsyncd/state/journal.sqlite3")
     );
 }
+
+#[test]
+fn the_example_config_is_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("kingdee_app_secret");
+    std::fs::write(&secret, "x\n").unwrap();
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/daemon.example.yaml"))
+        .unwrap()
+        .replace("${KINGDEE_CLIENT_SECRET}", "client-secret")
+        .replace(
+            "/run/credentials/imgsyncd.service/kingdee_app_secret",
+            &secret.display().to_string(),
+        );
+    let config = parse(&text).unwrap();
+    assert_eq!(config.vendors["erp"].per_second, Some(5));
+    assert_eq!(config.watches[0].path, PathBuf::from("/srv/drop/products"));
+}

@@ -129,16 +129,7 @@ impl Journal {
         let now = now_ms();
         let names = serde_json::to_string(vendors).unwrap_or_else(|_| "[]".into());
         let tx = self.write()?;
-        let claimed: Option<(
-            i64,
-            i64,
-            String,
-            String,
-            Option<String>,
-            Option<String>,
-            u32,
-            Option<i64>,
-        )> = tx
+        let claimed: Option<Job> = tx
             .query_row(
                 "UPDATE jobs SET state = 'running', lease_until = ?1 + ?2
                  WHERE id = (SELECT id FROM jobs
@@ -149,43 +140,35 @@ impl Journal {
                  RETURNING id, file_id, op, vendor, sha256, remote_ref, attempts, first_failure_at",
                 params![now, lease_ms, names],
                 |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                        r.get(7)?,
-                    ))
+                    Ok(Job {
+                        id: r.get(0)?,
+                        file_id: r.get(1)?,
+                        op: JobOp::parse(&r.get::<_, String>(2)?),
+                        vendor: r.get(3)?,
+                        path: String::new(),
+                        sha256: r.get(4)?,
+                        size: None,
+                        format: None,
+                        remote_ref: r.get(5)?,
+                        attempts: r.get(6)?,
+                        first_failure_at: r.get(7)?,
+                    })
                 },
             )
             .optional()?;
-        let Some((id, file_id, op, vendor, sha256, remote_ref, attempts, first_failure_at)) =
-            claimed
-        else {
+        let Some(mut job) = claimed else {
             return Ok(None);
         };
         let (path, size, format): (String, Option<i64>, Option<String>) = tx.query_row(
             "SELECT path, size, format FROM files WHERE id = ?1",
-            [file_id],
+            [job.file_id],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
         tx.commit()?;
-        Ok(Some(Job {
-            id,
-            file_id,
-            op: JobOp::parse(&op),
-            vendor,
-            path,
-            sha256,
-            size: size.map(|s| s as u64),
-            format,
-            remote_ref,
-            attempts,
-            first_failure_at,
-        }))
+        job.path = path;
+        job.size = size.map(|s| s as u64);
+        job.format = format;
+        Ok(Some(job))
     }
 
     /// What the vendor already returned for the same bytes, if any file of it is synced.
@@ -468,14 +451,15 @@ fn finish_upload(
     )?;
     if sha256 != job.sha256 {
         // The file changed while its old content was in flight: that copy is already stale.
-        if let (true, Some(url)) = (can_delete, remote.url.as_deref()) {
-            if url_shared_with(tx, job.file_id, &job.vendor, url)?.is_none() {
-                tx.execute(
-                    "INSERT INTO jobs (file_id, op, vendor, remote_ref, state, not_before, created_at)
-                     VALUES (?1, 'delete_old', ?2, ?3, 'queued', ?4, ?4)",
-                    params![job.file_id, job.vendor, url, now],
-                )?;
-            }
+        if can_delete
+            && let Some(url) = remote.url.as_deref()
+            && url_shared_with(tx, job.file_id, &job.vendor, url)?.is_none()
+        {
+            tx.execute(
+                "INSERT INTO jobs (file_id, op, vendor, remote_ref, state, not_before, created_at)
+                 VALUES (?1, 'delete_old', ?2, ?3, 'queued', ?4, ?4)",
+                params![job.file_id, job.vendor, url, now],
+            )?;
         }
         return Ok(Finished::Stale);
     }

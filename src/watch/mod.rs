@@ -200,16 +200,15 @@ impl WatchTask {
         };
         self.removals.remove(path);
         match std::fs::symlink_metadata(path) {
-            Ok(meta) if meta.is_dir() => {
+            Ok(meta) if meta.is_dir() && self.config.recursive => {
                 // A folder created or moved in: notify watches it from now on, but what it already
                 // holds produced no events.
-                if self.config.recursive {
-                    for (file, _) in walk::files(self.root(), path, &self.config) {
-                        self.removals.remove(&file);
-                        self.settle.touch(&file, true, Instant::now());
-                    }
+                for (file, _) in walk::files(self.root(), path, &self.config) {
+                    self.removals.remove(&file);
+                    self.settle.touch(&file, true, Instant::now());
                 }
             }
+            Ok(meta) if meta.is_dir() => {}
             Ok(meta) if self.config.filter.accepts(relative) => {
                 // Only regular files are written and closed; anything else is complete as it is.
                 let closed = closed || !meta.is_file();
