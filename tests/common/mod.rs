@@ -1,0 +1,296 @@
+//! The end-to-end harness: a sandbox on 127.0.0.1, a temporary drop folder and config, the real
+//! `imgsyncd` binary, and the contract's CLI and JSON to see what it did.
+
+#![allow(dead_code)]
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use imgsyncd::sandbox::{KingdeeAccount, Sandbox, SandboxOptions};
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_imgsyncd");
+/// How long a test waits for the daemon before it fails (a deadline against hangs, not a speed test).
+const PATIENCE: Duration = Duration::from_secs(90);
+
+pub struct Options {
+    pub settle: &'static str,
+    pub max_deletes: usize,
+    pub workers: usize,
+    pub sandbox: SandboxOptions,
+    /// The credentials the daemon is configured with (the sandbox's by default).
+    pub account: Option<KingdeeAccount>,
+    pub watch_extra: &'static str,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            settle: "500ms",
+            max_deletes: 100,
+            workers: 4,
+            sandbox: SandboxOptions::default(),
+            account: None,
+            watch_extra: "",
+        }
+    }
+}
+
+pub struct Harness {
+    pub dir: tempfile::TempDir,
+    pub drop: PathBuf,
+    pub config_path: PathBuf,
+    pub sandbox: Sandbox,
+    options: Options,
+    daemon: Option<Child>,
+    log_path: PathBuf,
+}
+
+impl Harness {
+    pub fn new() -> Harness {
+        Harness::with(Options::default())
+    }
+
+    pub fn with(options: Options) -> Harness {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let drop = dir.path().join("drop");
+        std::fs::create_dir_all(&drop).unwrap();
+        let sandbox = Sandbox::start(options.sandbox.clone());
+        let harness = Harness {
+            config_path: dir.path().join("daemon.yaml"),
+            log_path: dir.path().join("daemon.log"),
+            drop,
+            sandbox,
+            options,
+            daemon: None,
+            dir,
+        };
+        let account = harness
+            .options
+            .account
+            .clone()
+            .unwrap_or_else(|| harness.sandbox.options().kingdee);
+        harness.write_config(&account);
+        harness
+    }
+
+    /// Writes the config the daemon reads, with the given credentials.
+    pub fn write_config(&self, account: &KingdeeAccount) {
+        let text = format!(
+            "journal: {journal}\nworkers: {workers}\nsettle: {settle}\nrescan: 1h\nmax_deletes: {max}\n\
+             vendors:\n  erp:\n    kind: kingdee\n    base_url: {base}\n    client_id: \"{id}\"\n    \
+             client_secret: {secret}\n    app_key: {key}\n    app_secret: {app_secret}\n    domain: {domain}\n\
+             watches:\n  - path: {drop}\n    vendor: erp\n{extra}",
+            journal = self.dir.path().join("journal.sqlite3").display(),
+            workers = self.options.workers,
+            settle = self.options.settle,
+            max = self.options.max_deletes,
+            base = self.sandbox.base_url(),
+            id = account.client_id,
+            secret = account.client_secret,
+            key = account.app_key,
+            app_secret = account.app_secret,
+            domain = account.domain,
+            drop = self.drop.display(),
+            extra = self.options.watch_extra,
+        );
+        std::fs::write(&self.config_path, text).unwrap();
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.daemon.is_none(), "the daemon is already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
+        let child = Command::new(BIN)
+            .args([
+                "-c",
+                self.config_path.to_str().unwrap(),
+                "run",
+                "--log-format",
+                "text",
+            ])
+            .env("IMGSYNCD_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start imgsyncd");
+        self.daemon = Some(child);
+        self.wait_for("the daemon to start", |h| {
+            h.log().contains("imgsyncd running")
+        });
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.daemon.as_ref().expect("a running daemon").id();
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// SIGTERM and wait for the exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal("-TERM");
+        let mut child = self.daemon.take().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not stop on SIGTERM\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        let mut child = self.daemon.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    pub fn reload(&self) {
+        self.signal("-HUP");
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("-c")
+            .arg(&self.config_path)
+            .args(args)
+            .output()
+            .expect("run imgsyncd")
+    }
+
+    /// `files --json`, or nothing before the journal exists.
+    pub fn files(&self) -> Vec<Value> {
+        let out = self.cli(&["files", "--json"]);
+        if !out.status.success() {
+            return Vec::new();
+        }
+        serde_json::from_slice(&out.stdout).expect("files --json is JSON")
+    }
+
+    pub fn file(&self, name: &str) -> Option<Value> {
+        let path = self.drop.join(name).display().to_string();
+        self.files()
+            .into_iter()
+            .find(|f| f["path"] == path.as_str())
+    }
+
+    pub fn state(&self, name: &str) -> Option<String> {
+        self.file(name)
+            .and_then(|f| f["state"].as_str().map(String::from))
+    }
+
+    pub fn status(&self) -> Value {
+        let out = self.cli(&["status", "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    pub fn wait_for(&self, what: &str, done: impl Fn(&Harness) -> bool) {
+        let deadline = Instant::now() + PATIENCE;
+        while !done(self) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}\nfiles: {:#?}\nlog:\n{}",
+                self.files(),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(150));
+        }
+    }
+
+    pub fn wait_state(&self, name: &str, state: &str) -> Value {
+        self.wait_for(&format!("{name} to be {state}"), |h| {
+            h.state(name).as_deref() == Some(state)
+        });
+        self.file(name).unwrap()
+    }
+
+    /// The bytes the sandbox holds at the URL the journal recorded for `name`.
+    pub fn remote_bytes(&self, name: &str) -> Option<Vec<u8>> {
+        let url = self.file(name)?["url"].as_str()?.to_string();
+        self.sandbox.images().get(&url).map(|i| i.bytes.clone())
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.drop.join(name)
+    }
+
+    /// Writes a file outside the watch and moves it in, as a careful producer would.
+    pub fn drop_file(&self, name: &str, bytes: &[u8]) {
+        let staging = self.dir.path().join("staging");
+        std::fs::create_dir_all(&staging).unwrap();
+        let temp = staging.join(name.replace('/', "_"));
+        std::fs::write(&temp, bytes).unwrap();
+        let target = self.path(name);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::rename(&temp, target).unwrap();
+    }
+
+    pub fn deletes_at_sandbox(&self) -> usize {
+        self.sandbox
+            .log()
+            .iter()
+            .filter(|l| l.method == "DELETE" && l.errcode == Some(0))
+            .count()
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.daemon.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A real image of `format`, `w`×`h`, whose pixels depend on `seed` (so bytes differ per seed).
+pub fn image(format: image::ImageFormat, seed: u32, w: u32, h: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        let v = x
+            .wrapping_mul(31)
+            .wrapping_add(y.wrapping_mul(17))
+            .wrapping_add(seed.wrapping_mul(101));
+        image::Rgb([(v % 251) as u8, (v / 3 % 241) as u8, (seed % 256) as u8])
+    });
+    let mut out = Cursor::new(Vec::new());
+    image::DynamicImage::ImageRgb8(img)
+        .write_to(&mut out, format)
+        .expect("encode the test image");
+    out.into_inner()
+}
+
+pub fn png(seed: u32) -> Vec<u8> {
+    image(image::ImageFormat::Png, seed, 64, 48)
+}
+
+pub fn jpeg(seed: u32) -> Vec<u8> {
+    image(image::ImageFormat::Jpeg, seed, 64, 48)
+}
+
+pub fn exists(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok()
+}

@@ -1,0 +1,312 @@
+//! End to end: bad files, a refusing vendor, transient trouble and vanishing folders. Each gets a
+//! precise log line and a journal state, and the daemon keeps serving every other file.
+
+mod common;
+
+use std::os::unix::fs::symlink;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Harness, Options, jpeg, png};
+use imgsyncd::sandbox::{Fault, KingdeeAccount, SandboxOptions};
+
+fn error_of(h: &Harness, name: &str) -> String {
+    h.file(name).unwrap()["error"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn bad_inputs_are_rejected_with_a_reason_while_the_rest_sync() {
+    let mut h = Harness::new();
+    h.start();
+    let outside = h.dir.path().join("secret.jpg");
+    std::fs::write(&outside, jpeg(1)).unwrap();
+    std::fs::write(
+        h.path("notes.jpg"),
+        b"these are meeting notes, not a photo\n",
+    )
+    .unwrap();
+    std::fs::write(h.path("empty.png"), b"").unwrap();
+    let whole = jpeg(2);
+    std::fs::write(h.path("cut.jpg"), &whole[..whole.len() / 2]).unwrap();
+    symlink(&outside, h.path("link.jpg")).unwrap();
+    let fifo = Command::new("mkfifo")
+        .arg(h.path("pipe.jpg"))
+        .status()
+        .unwrap();
+    assert!(fifo.success());
+    h.drop_file("good.png", &png(3));
+
+    h.wait_state("good.png", "synced");
+    let expected = [
+        ("notes.jpg", "not an image"),
+        ("empty.png", "the file is empty"),
+        ("cut.jpg", "truncated jpeg"),
+        ("link.jpg", "symlink leads outside the watch"),
+        ("pipe.jpg", "FIFO"),
+    ];
+    for (name, reason) in expected {
+        h.wait_state(name, "rejected");
+        let error = error_of(&h, name);
+        assert!(error.contains(reason), "{name}: {error}");
+        let logged = h
+            .log()
+            .lines()
+            .any(|l| l.contains("rejected") && l.contains(name) && l.contains(reason));
+        assert!(logged, "{name}: one log line says why\n{}", h.log());
+    }
+    assert_eq!(
+        h.sandbox.uploads(),
+        1,
+        "only the good file reached the vendor"
+    );
+    // A rejected file that is fixed in place is taken.
+    std::fs::write(h.path("notes.jpg"), jpeg(4)).unwrap();
+    h.wait_state("notes.jpg", "synced");
+}
+
+#[test]
+fn a_file_too_large_for_the_vendor_is_rejected_before_sending() {
+    let mut h = Harness::new();
+    h.start();
+    let mut big = jpeg(5);
+    big.resize(11 * 1024 * 1024, 0);
+    std::fs::write(h.path("huge.jpg"), &big).unwrap();
+    h.wait_state("huge.jpg", "rejected");
+    assert!(error_of(&h, "huge.jpg").contains("too large for erp"));
+    assert_eq!(h.sandbox.uploads(), 0);
+}
+
+#[test]
+fn transient_vendor_errors_are_retried_until_synced() {
+    let mut h = Harness::new();
+    h.sandbox.inject([
+        Fault::Gateway(5007),
+        Fault::Http(503),
+        Fault::Business(2_000_002_000),
+    ]);
+    h.start();
+    h.drop_file("flaky.png", &png(11));
+    let row = h.wait_state("flaky.png", "synced");
+    assert_eq!(row["attempts"], 4);
+    let out = h.cli(&["history", h.path("flaky.png").to_str().unwrap(), "--json"]);
+    let history: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let seen: Vec<(String, Option<u64>)> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["outcome"].as_str().unwrap().to_string(),
+                a["http_status"].as_u64(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("retry".to_string(), Some(519)),
+            ("retry".to_string(), Some(503)),
+            ("retry".to_string(), Some(200)),
+            ("uploaded".to_string(), Some(200)),
+        ]
+    );
+    assert!(h.log().contains("retrying in"));
+}
+
+#[test]
+fn a_refused_token_is_fetched_anew_and_the_upload_retried() {
+    let mut h = Harness::new();
+    h.start();
+    h.drop_file("first.png", &png(21));
+    h.wait_state("first.png", "synced");
+    h.sandbox.revoke_tokens();
+    h.drop_file("second.png", &png(22));
+    h.wait_state("second.png", "synced");
+    let log = h.sandbox.log();
+    let token_calls = log
+        .iter()
+        .filter(|l| l.path.ends_with("kingdee_auth_token"))
+        .count();
+    assert_eq!(token_calls, 2, "one fetch at start, one after the refusal");
+    assert!(
+        log.iter()
+            .any(|l| l.status == 519 && l.errcode == Some(4010))
+    );
+}
+
+#[test]
+fn bad_credentials_pause_the_vendor_keep_the_jobs_and_a_reload_resumes() {
+    let good = KingdeeAccount::default();
+    let wrong = KingdeeAccount {
+        client_secret: "definitely-wrong-client-secret".into(),
+        ..good.clone()
+    };
+    let mut h = Harness::with(Options {
+        account: Some(wrong),
+        ..Options::default()
+    });
+    h.start();
+    h.drop_file("waiting.png", &png(31));
+    h.wait_for("the vendor to be paused", |h| {
+        h.status()["paused_vendors"]
+            .as_array()
+            .is_some_and(|p| !p.is_empty())
+    });
+    let status = h.status();
+    let paused = &status["paused_vendors"][0];
+    assert_eq!(paused["vendor"], "erp");
+    assert!(
+        paused["reason"].as_str().unwrap().contains("errcode 4002"),
+        "{paused}"
+    );
+    assert_eq!(
+        h.state("waiting.png").as_deref(),
+        Some("pending"),
+        "the job is kept"
+    );
+    assert!(h.log().contains("vendor erp paused"));
+    assert!(
+        !h.log().contains("definitely-wrong-client-secret"),
+        "no secret in the log"
+    );
+    assert_eq!(h.sandbox.uploads(), 0);
+
+    h.write_config(&good);
+    h.reload();
+    h.wait_state("waiting.png", "synced");
+    assert!(h.status()["paused_vendors"].as_array().unwrap().is_empty());
+    assert!(h.log().contains("answers again: resumed"));
+}
+
+#[test]
+fn a_wrong_app_secret_is_reported_by_check_online() {
+    let h = Harness::with(Options {
+        account: Some(KingdeeAccount {
+            app_secret: "not-the-app-secret".into(),
+            ..KingdeeAccount::default()
+        }),
+        ..Options::default()
+    });
+    let out = h.cli(&["check", "--online"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("erp: FAILED"), "{stdout}");
+    assert!(stdout.contains("check app_key and app_secret"), "{stdout}");
+    assert!(!stdout.contains("not-the-app-secret"));
+
+    let good = Harness::new();
+    let out = good.cli(&["check", "--online"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn a_config_error_names_file_line_and_key() {
+    let h = Harness::new();
+    let text = std::fs::read_to_string(&h.config_path)
+        .unwrap()
+        .replace("    domain:", "    domian: typo\n    domain:");
+    std::fs::write(&h.config_path, text).unwrap();
+    let out = h.cli(&["check"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    let expected = format!(
+        "{}:14: vendors.erp: unknown field `domian`",
+        h.config_path.display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+}
+
+#[test]
+fn a_mass_removal_is_held_until_an_operator_confirms() {
+    let mut h = Harness::with(Options {
+        max_deletes: 2,
+        ..Options::default()
+    });
+    h.start();
+    let names = ["m1.png", "m2.png", "m3.png", "m4.png"];
+    for (i, name) in names.iter().enumerate() {
+        h.drop_file(name, &png(40 + i as u32));
+    }
+    for name in names {
+        h.wait_state(name, "synced");
+    }
+    for name in names {
+        std::fs::remove_file(h.path(name)).unwrap();
+    }
+    h.wait_for("the deletes to be held", |h| {
+        h.status()["held_deletes"] == 4
+    });
+    assert!(error_of(&h, "m1.png").contains("imgsyncd retry --held"));
+    assert_eq!(h.deletes_at_sandbox(), 0);
+    assert!(h.log().contains("their deletes are held"));
+    let out = h.cli(&["retry", "--held"]);
+    assert!(out.status.success());
+    for name in names {
+        let row = h.wait_state(name, "removed");
+        assert_eq!(row["remote_deleted"], true);
+    }
+    assert_eq!(h.deletes_at_sandbox(), 4);
+}
+
+#[test]
+fn a_vanished_watch_root_pauses_the_watch_and_deletes_nothing() {
+    let mut h = Harness::new();
+    h.start();
+    h.drop_file("a.png", &png(51));
+    h.drop_file("b.png", &png(52));
+    h.wait_state("a.png", "synced");
+    h.wait_state("b.png", "synced");
+    let away = h.dir.path().join("unmounted");
+    std::fs::rename(&h.drop, &away).unwrap();
+    h.wait_for("the watch to pause", |h| {
+        h.log().contains("watch root unavailable")
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(h.state("a.png").as_deref(), Some("synced"));
+    assert_eq!(h.deletes_at_sandbox(), 0);
+    std::fs::rename(&away, &h.drop).unwrap();
+    h.wait_for("the watch to resume", |h| {
+        h.log().contains("watch root is back")
+    });
+    h.drop_file("c.png", &png(53));
+    h.wait_state("c.png", "synced");
+    assert_eq!(h.state("a.png").as_deref(), Some("synced"));
+    assert_eq!(h.deletes_at_sandbox(), 0);
+}
+
+#[test]
+fn a_rate_limited_vendor_is_waited_for() {
+    let mut h = Harness::with(Options {
+        sandbox: SandboxOptions {
+            kingdee_per_minute: 3,
+            ..SandboxOptions::default()
+        },
+        ..Options::default()
+    });
+    h.start();
+    for i in 0..4 {
+        h.drop_file(&format!("r{i}.png"), &png(60 + i));
+    }
+    h.wait_for("three uploads and a 429", |h| {
+        h.sandbox.uploads() == 3 && h.sandbox.log().iter().any(|l| l.status == 429)
+    });
+    let pending: Vec<_> = h
+        .files()
+        .into_iter()
+        .filter(|f| f["state"] == "pending")
+        .collect();
+    assert_eq!(pending.len(), 1, "the fourth waits in the queue");
+    assert!(
+        pending[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("rate limited")
+    );
+}

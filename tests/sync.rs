@@ -1,0 +1,351 @@
+//! End to end: drop folders mirrored to the Kingdee sandbox by the real binary.
+
+mod common;
+
+use std::io::Write;
+use std::time::Duration;
+
+use common::{Harness, image, jpeg, png};
+use image::ImageFormat;
+
+#[test]
+fn a_batch_of_images_is_synced_with_the_exact_bytes() {
+    let mut h = Harness::new();
+    h.start();
+    let batch: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "photo.jpg",
+            image(ImageFormat::Jpeg, 1, 80, 60),
+            "image/jpeg",
+        ),
+        (
+            "diagram.png",
+            image(ImageFormat::Png, 2, 80, 60),
+            "image/png",
+        ),
+        ("anim.gif", image(ImageFormat::Gif, 3, 40, 30), "image/gif"),
+        ("scan.bmp", image(ImageFormat::Bmp, 4, 40, 30), "image/bmp"),
+        (
+            "web.webp",
+            image(ImageFormat::WebP, 5, 40, 30),
+            "image/webp",
+        ),
+        (
+            "产品 图片 #1 (final).JPG",
+            image(ImageFormat::Jpeg, 6, 50, 50),
+            "image/jpeg",
+        ),
+        (
+            "sub/dir/deep.png",
+            image(ImageFormat::Png, 7, 30, 30),
+            "image/png",
+        ),
+        // Content decides the type, not the name.
+        (
+            "really-a-png.jpg",
+            image(ImageFormat::Png, 8, 30, 30),
+            "image/png",
+        ),
+    ];
+    for (name, bytes, _) in &batch {
+        h.drop_file(name, bytes);
+    }
+    for (name, bytes, content_type) in &batch {
+        let row = h.wait_state(name, "synced");
+        let url = row["url"].as_str().expect("a URL is recorded");
+        let held = h
+            .sandbox
+            .images()
+            .get(url)
+            .cloned()
+            .expect("the sandbox holds the URL");
+        assert_eq!(
+            &held.bytes, bytes,
+            "{name}: the vendor holds the exact bytes"
+        );
+        assert_eq!(held.content_type, *content_type, "{name}");
+        assert_eq!(
+            held.filename,
+            name.rsplit('/').next().unwrap(),
+            "{name}: the file name is sent"
+        );
+        assert!(!held.temporary, "save_temp defaults to permanent storage");
+        assert_eq!(row["vendor"], "erp");
+        assert_eq!(row["kind"], "kingdee");
+        assert_eq!(row["size"], bytes.len());
+        assert_eq!(row["error"], serde_json::Value::Null);
+        assert_eq!(row["file_token"], serde_json::Value::Null);
+        assert_eq!(row["remote_deleted"], serde_json::Value::Null);
+        assert!(row["updated_at"].as_str().unwrap().ends_with('Z'));
+    }
+    assert_eq!(h.sandbox.uploads(), batch.len(), "each file uploaded once");
+    let status = h.status();
+    assert_eq!(status["files"]["synced"], batch.len());
+    assert_eq!(status["oldest_pending_s"], serde_json::Value::Null);
+    assert!(h.stop().success(), "SIGTERM exits 0");
+}
+
+#[test]
+fn a_slowly_written_file_is_uploaded_once_and_whole() {
+    let mut h = Harness::new();
+    h.start();
+    let bytes = image(ImageFormat::Png, 11, 400, 300);
+    let mut file = std::fs::File::create(h.path("slow.png")).unwrap();
+    let chunks: Vec<&[u8]> = bytes.chunks(bytes.len() / 5 + 1).collect();
+    for chunk in chunks {
+        file.write_all(chunk).unwrap();
+        file.flush().unwrap();
+        // Longer than the settle period, with the file still open.
+        std::thread::sleep(Duration::from_millis(900));
+        assert_eq!(
+            h.sandbox.uploads(),
+            0,
+            "nothing is sent while the file is open"
+        );
+    }
+    drop(file);
+    h.wait_state("slow.png", "synced");
+    assert_eq!(h.remote_bytes("slow.png").unwrap(), bytes);
+    assert_eq!(h.sandbox.uploads(), 1);
+}
+
+#[test]
+fn a_part_file_renamed_into_place_is_uploaded_under_its_final_name() {
+    let mut h = Harness::new();
+    h.start();
+    let bytes = jpeg(21);
+    std::fs::write(h.path("upload.jpg.part"), &bytes).unwrap();
+    std::thread::sleep(Duration::from_millis(2000));
+    assert!(h.files().is_empty(), "a temporary name is ignored");
+    std::fs::rename(h.path("upload.jpg.part"), h.path("upload.jpg")).unwrap();
+    h.wait_state("upload.jpg", "synced");
+    assert_eq!(h.remote_bytes("upload.jpg").unwrap(), bytes);
+    let images = h.sandbox.images();
+    assert_eq!(images.values().next().unwrap().filename, "upload.jpg");
+    assert_eq!(h.sandbox.uploads(), 1);
+}
+
+#[test]
+fn a_rename_moves_the_record_and_uploads_nothing() {
+    let mut h = Harness::new();
+    h.start();
+    h.drop_file("before.png", &png(31));
+    let before = h.wait_state("before.png", "synced");
+    std::fs::create_dir_all(h.path("renamed")).unwrap();
+    std::fs::rename(h.path("before.png"), h.path("renamed/after.png")).unwrap();
+    let after = h.wait_state("renamed/after.png", "synced");
+    assert_eq!(after["url"], before["url"], "the record moved with its URL");
+    assert!(
+        h.file("before.png").is_none(),
+        "the old path is gone from the journal"
+    );
+    std::thread::sleep(Duration::from_millis(2000));
+    assert_eq!(h.sandbox.uploads(), 1, "nothing was uploaded again");
+    assert_eq!(h.deletes_at_sandbox(), 0, "nothing was deleted");
+    assert!(h.log().contains("renamed: record moved, nothing sent"));
+}
+
+#[test]
+fn removal_deletes_at_the_vendor_by_url() {
+    let mut h = Harness::new();
+    h.start();
+    h.drop_file("gone.jpg", &jpeg(41));
+    let row = h.wait_state("gone.jpg", "synced");
+    let url = row["url"].as_str().unwrap().to_string();
+    assert!(h.sandbox.images().contains_key(&url));
+    std::fs::remove_file(h.path("gone.jpg")).unwrap();
+    let removed = h.wait_state("gone.jpg", "removed");
+    assert_eq!(removed["remote_deleted"], true);
+    assert!(
+        !h.sandbox.images().contains_key(&url),
+        "deleted at the vendor"
+    );
+    assert_eq!(h.deletes_at_sandbox(), 1);
+    let history = h.cli(&["history", h.path("gone.jpg").to_str().unwrap(), "--json"]);
+    let history: serde_json::Value = serde_json::from_slice(&history.stdout).unwrap();
+    let outcomes: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["uploaded", "deleted"]);
+}
+
+#[test]
+fn the_same_bytes_twice_are_uploaded_once() {
+    let mut h = Harness::new();
+    h.start();
+    let bytes = png(51);
+    h.drop_file("one.png", &bytes);
+    let one = h.wait_state("one.png", "synced");
+    h.drop_file("copy/two.png", &bytes);
+    let two = h.wait_state("copy/two.png", "synced");
+    assert_eq!(one["url"], two["url"]);
+    assert_eq!(h.sandbox.uploads(), 1);
+    // Removing one copy keeps the remote image the other still uses.
+    std::fs::remove_file(h.path("copy/two.png")).unwrap();
+    h.wait_state("copy/two.png", "removed");
+    assert_eq!(h.deletes_at_sandbox(), 0);
+    assert_eq!(h.remote_bytes("one.png").unwrap(), bytes);
+}
+
+#[test]
+fn a_folder_moved_in_brings_its_whole_content() {
+    let mut h = Harness::new();
+    h.start();
+    let outside = h.dir.path().join("outside/batch");
+    std::fs::create_dir_all(outside.join("nested")).unwrap();
+    std::fs::write(outside.join("a.jpg"), jpeg(61)).unwrap();
+    std::fs::write(outside.join("b.png"), png(62)).unwrap();
+    std::fs::write(outside.join("nested/c.png"), png(63)).unwrap();
+    std::fs::rename(&outside, h.path("batch")).unwrap();
+    for name in ["batch/a.jpg", "batch/b.png", "batch/nested/c.png"] {
+        h.wait_state(name, "synced");
+    }
+    assert_eq!(h.sandbox.uploads(), 3);
+}
+
+#[test]
+fn changes_made_while_stopped_are_reconciled_at_start() {
+    let mut h = Harness::new();
+    h.start();
+    h.drop_file("keep.png", &png(71));
+    h.drop_file("delete-me.png", &png(72));
+    h.drop_file("rename-me.png", &png(73));
+    h.drop_file("change-me.png", &png(74));
+    for name in [
+        "keep.png",
+        "delete-me.png",
+        "rename-me.png",
+        "change-me.png",
+    ] {
+        h.wait_state(name, "synced");
+    }
+    let deleted_url = h.file("delete-me.png").unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let renamed_url = h.file("rename-me.png").unwrap()["url"].clone();
+    let changed_url = h.file("change-me.png").unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(h.stop().success());
+
+    std::fs::remove_file(h.path("delete-me.png")).unwrap();
+    std::fs::rename(h.path("rename-me.png"), h.path("renamed.png")).unwrap();
+    std::fs::write(h.path("change-me.png"), png(75)).unwrap();
+    std::fs::write(h.path("new.png"), png(76)).unwrap();
+
+    h.start();
+    h.wait_state("new.png", "synced");
+    let renamed = h.wait_state("renamed.png", "synced");
+    assert_eq!(
+        renamed["url"], renamed_url,
+        "the rename was recognised by content"
+    );
+    let removed = h.wait_state("delete-me.png", "removed");
+    assert_eq!(removed["remote_deleted"], true);
+    h.wait_for("the changed file to be uploaded anew", |h| {
+        h.file("change-me.png")
+            .is_some_and(|f| f["state"] == "synced" && f["url"] != changed_url.as_str())
+    });
+    assert_eq!(h.remote_bytes("change-me.png").unwrap(), png(75));
+    h.wait_for("the superseded and removed copies to be deleted", |h| {
+        let images = h.sandbox.images();
+        !images.contains_key(&deleted_url) && !images.contains_key(&changed_url)
+    });
+    assert_eq!(
+        h.sandbox.uploads(),
+        4 + 2,
+        "only the new and the changed file were sent"
+    );
+    assert_eq!(h.state("keep.png").as_deref(), Some("synced"));
+}
+
+#[test]
+fn kill_9_in_the_middle_of_a_batch_loses_nothing() {
+    let mut h = Harness::new();
+    // Hold the first uploads at the vendor so the kill lands while they are in flight.
+    h.sandbox
+        .inject((0..4).map(|_| imgsyncd::sandbox::Fault::Delay(Duration::from_secs(3))));
+    h.start();
+    let names: Vec<String> = (0..12).map(|i| format!("batch-{i:02}.png")).collect();
+    for (i, name) in names.iter().enumerate() {
+        h.drop_file(name, &png(100 + i as u32));
+    }
+    h.wait_for("uploads to be in flight", |h| {
+        h.log().matches("taken: queued for upload").count() >= 4
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    h.kill9();
+    h.start();
+    for (i, name) in names.iter().enumerate() {
+        h.wait_state(name, "synced");
+        assert_eq!(h.remote_bytes(name).unwrap(), png(100 + i as u32), "{name}");
+    }
+    let uploads = h.sandbox.uploads();
+    assert!(
+        (12..=12 + 4).contains(&uploads),
+        "at most the in-flight uploads are repeated: {uploads}"
+    );
+    assert!(
+        h.log()
+            .contains("jobs left running by a previous run went back to the queue")
+    );
+}
+
+#[test]
+fn scan_makes_one_pass_and_reports_with_its_exit_code() {
+    let h = Harness::new();
+    std::fs::write(h.path("good.png"), png(81)).unwrap();
+    std::fs::write(h.path("bad.jpg"), b"not an image").unwrap();
+    let out = h.cli(&["scan"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a rejected file makes the scan exit 1"
+    );
+    assert_eq!(h.state("good.png").as_deref(), Some("synced"));
+    assert_eq!(h.state("bad.jpg").as_deref(), Some("rejected"));
+    std::fs::remove_file(h.path("bad.jpg")).unwrap();
+    let out = h.cli(&["scan"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(h.sandbox.uploads(), 1);
+}
+
+#[test]
+fn sighup_reloads_new_watches_without_dropping_jobs() {
+    let mut h = Harness::new();
+    h.start();
+    let second = h.dir.path().join("second");
+    std::fs::create_dir_all(&second).unwrap();
+    std::fs::write(second.join("other.png"), png(91)).unwrap();
+    let text = std::fs::read_to_string(&h.config_path).unwrap()
+        + &format!("  - path: {}\n    vendor: erp\n", second.display());
+    std::fs::write(&h.config_path, text).unwrap();
+    h.reload();
+    let path = second.join("other.png").display().to_string();
+    h.wait_for("the new watch's file to sync", |h| {
+        h.files()
+            .iter()
+            .any(|f| f["path"] == path.as_str() && f["state"] == "synced")
+    });
+    // A broken config is refused and the running one kept.
+    let good = std::fs::read_to_string(&h.config_path).unwrap();
+    std::fs::write(&h.config_path, "workers: [\n").unwrap();
+    h.reload();
+    h.wait_for("the refusal to be logged", |h| {
+        h.log().contains("reload refused")
+    });
+    // The CLI reads the journal's path from the config: give it back the good one.
+    std::fs::write(&h.config_path, good).unwrap();
+    h.drop_file("after.png", &png(92));
+    h.wait_state("after.png", "synced");
+}
