@@ -175,6 +175,11 @@ impl Daemon {
                     }
                 }
                 self.set_vendors(&self.config.vendors, &new.vendors);
+                for name in self.vendors.names() {
+                    if let Some(adapter) = self.vendors.get(&name) {
+                        adapter.forget_failures().await;
+                    }
+                }
                 let (kept, stopped): (Vec<_>, Vec<_>) = std::mem::take(&mut self.watches)
                     .into_iter()
                     .partition(|w| {

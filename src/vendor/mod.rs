@@ -134,6 +134,13 @@ impl Adapter {
             Adapter::Kingdee(k) => k.check_online().await,
         }
     }
+
+    /// After a reload: forget remembered failures, so paused vendors are really tried again.
+    pub async fn forget_failures(&self) {
+        match self {
+            Adapter::Kingdee(k) => k.forget_failures().await,
+        }
+    }
 }
 
 /// The configured vendors' adapters by name, swapped on reload while workers hold their own `Arc`s.

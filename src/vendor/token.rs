@@ -1,5 +1,9 @@
 //! A cached access token with at most one refresh in flight: concurrent workers that find it stale
-//! wait for the one refresh instead of each asking the vendor (Kingdee allows ~2 token calls a minute).
+//! wait for the one refresh instead of each asking the vendor (Kingdee allows ~2 token calls a
+//! minute). A failed fetch is remembered for a cool-down, so a backlog does not hammer the token
+//! endpoint with one request per job.
+
+use std::time::Duration;
 
 use tokio::sync::Mutex;
 
@@ -14,33 +18,76 @@ pub struct Token {
     pub refresh_at_ms: i64,
 }
 
-#[derive(Debug, Default)]
-pub struct TokenCache {
-    slot: Mutex<Option<Token>>,
+#[derive(Debug)]
+enum Slot<E> {
+    Empty,
+    Valid(Token),
+    /// The last fetch failed; callers get the same answer until `until_ms`.
+    CoolingDown {
+        until_ms: i64,
+        failure: E,
+    },
 }
 
-impl TokenCache {
-    /// The cached token, or a new one from `fetch` (run by one caller at a time).
-    pub async fn get<F, Fut, E>(&self, fetch: F) -> Result<Secret, E>
+#[derive(Debug)]
+pub struct TokenCache<E> {
+    slot: Mutex<Slot<E>>,
+}
+
+impl<E> Default for TokenCache<E> {
+    fn default() -> Self {
+        TokenCache {
+            slot: Mutex::new(Slot::Empty),
+        }
+    }
+}
+
+impl<E: Clone> TokenCache<E> {
+    /// The cached token, or a new one from `fetch` (run by one caller at a time). On failure `fetch`
+    /// also says how long to wait before asking again.
+    pub async fn get<F, Fut>(&self, fetch: F) -> Result<Secret, E>
     where
         F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = Result<Token, E>>,
+        Fut: std::future::Future<Output = Result<Token, (E, Duration)>>,
     {
         let mut slot = self.slot.lock().await;
-        if let Some(token) = slot.as_ref().filter(|t| t.refresh_at_ms > epoch_ms()) {
-            return Ok(token.value.clone());
+        let now = epoch_ms();
+        match &*slot {
+            Slot::Valid(token) if token.refresh_at_ms > now => return Ok(token.value.clone()),
+            Slot::CoolingDown { until_ms, failure } if *until_ms > now => {
+                return Err(failure.clone());
+            }
+            _ => {}
         }
-        let token = fetch().await?;
-        let value = token.value.clone();
-        *slot = Some(token);
-        Ok(value)
+        match fetch().await {
+            Ok(token) => {
+                let value = token.value.clone();
+                *slot = Slot::Valid(token);
+                Ok(value)
+            }
+            Err((failure, cool_down)) => {
+                *slot = Slot::CoolingDown {
+                    until_ms: epoch_ms() + cool_down.as_millis() as i64,
+                    failure: failure.clone(),
+                };
+                Err(failure)
+            }
+        }
     }
 
     /// Drops `stale` if it is still the cached token (a newer one fetched meanwhile stays).
     pub async fn invalidate(&self, stale: &Secret) {
         let mut slot = self.slot.lock().await;
-        if slot.as_ref().is_some_and(|t| &t.value == stale) {
-            *slot = None;
+        if matches!(&*slot, Slot::Valid(t) if &t.value == stale) {
+            *slot = Slot::Empty;
+        }
+    }
+
+    /// Forgets a remembered failure (after a reload, the operator may have fixed it).
+    pub async fn clear_failure(&self) {
+        let mut slot = self.slot.lock().await;
+        if matches!(&*slot, Slot::CoolingDown { .. }) {
+            *slot = Slot::Empty;
         }
     }
 }
@@ -50,4 +97,69 @@ impl TokenCache {
 pub fn refresh_point(now_ms: i64, expires_ms: i64) -> i64 {
     let lifetime = (expires_ms - now_ms).max(0);
     expires_ms - (lifetime / 5).min(10 * 60 * 1000)
+}
+
+/// An expiry as vendors send it, to epoch milliseconds: epoch ms, epoch seconds, or seconds
+/// remaining (told apart by magnitude).
+pub fn expiry_ms(now_ms: i64, value: i64) -> i64 {
+    match value {
+        v if v > 100_000_000_000 => v,
+        v if v > 1_000_000_000 => v * 1000,
+        v => now_ms + v.max(0) * 1000,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn expiries_in_any_unit_become_epoch_ms() {
+        let now = 1_700_000_000_000;
+        assert_eq!(expiry_ms(now, now + 5), now + 5);
+        assert_eq!(expiry_ms(now, 1_700_086_400), 1_700_086_400_000);
+        assert_eq!(expiry_ms(now, 7200), now + 7_200_000);
+    }
+
+    #[test]
+    fn a_token_is_refreshed_early() {
+        let now = 0;
+        assert_eq!(
+            refresh_point(now, 24 * 3600 * 1000),
+            24 * 3600 * 1000 - 600_000
+        );
+        assert_eq!(refresh_point(now, 10_000), 8_000);
+    }
+
+    #[tokio::test]
+    async fn one_fetch_serves_every_caller_and_a_failure_cools_down() {
+        let cache: TokenCache<String> = TokenCache::default();
+        let fetches = AtomicUsize::new(0);
+        let ok = || async {
+            fetches.fetch_add(1, Ordering::SeqCst);
+            Ok(Token {
+                value: Secret::new("t1"),
+                refresh_at_ms: epoch_ms() + 60_000,
+            })
+        };
+        for _ in 0..3 {
+            assert_eq!(cache.get(ok).await.unwrap().expose(), "t1");
+        }
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
+        cache.invalidate(&Secret::new("t1")).await;
+        let failing = || async {
+            fetches.fetch_add(1, Ordering::SeqCst);
+            Err(("HTTP 429".to_string(), Duration::from_secs(60)))
+        };
+        assert!(cache.get(failing).await.is_err());
+        assert_eq!(cache.get(failing).await.unwrap_err(), "HTTP 429");
+        assert_eq!(
+            fetches.load(Ordering::SeqCst),
+            2,
+            "the cool-down spared the endpoint"
+        );
+        cache.clear_failure().await;
+        assert_eq!(cache.get(ok).await.unwrap().expose(), "t1");
+    }
 }

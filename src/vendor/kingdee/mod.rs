@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::outcome::{Call, Outcome};
 use super::ratelimit::Pacer;
-use super::token::{Token, TokenCache, refresh_point};
+use super::token::{Token, TokenCache, expiry_ms, refresh_point};
 use super::{Limits, UploadRequest, epoch_ms, retry_after};
 use crate::config::{KingdeeConfig, Secret};
 use crate::image::ImageFormat;
@@ -43,6 +43,9 @@ pub const LIMITS: Limits = Limits {
     max_px: None,
 };
 
+/// How long a failed token fetch is remembered before the endpoint is asked again.
+const TOKEN_COOL_DOWN: Duration = Duration::from_secs(30);
+
 /// Conservative defaults under the community figure of 500 requests a minute per account set.
 pub const DEFAULT_PER_SECOND: u32 = 5;
 pub const DEFAULT_PER_MINUTE: u32 = 300;
@@ -52,7 +55,7 @@ pub struct Kingdee {
     base_url: String,
     config: KingdeeConfig,
     http: reqwest::Client,
-    token: TokenCache,
+    token: TokenCache<Call<()>>,
     pacer: Pacer,
 }
 
@@ -122,8 +125,8 @@ impl Kingdee {
         headers
     }
 
-    /// Asks the gateway for a new app-token.
-    async fn fetch_token(&self) -> Result<Token, Call<()>> {
+    /// Asks the gateway for a new app-token; a failure comes with how long to wait before asking again.
+    async fn fetch_token(&self) -> Result<Token, (Call<()>, Duration)> {
         let app_signature =
             sign::app_signature(&self.config.app_key, self.config.app_secret.expose());
         let params = [
@@ -143,25 +146,37 @@ impl Kingdee {
                 .and_then(|t| t.as_str())
                 .filter(|t| !t.is_empty())
                 .ok_or("the answer has no data.app-token")?;
+            let now = epoch_ms();
             let expires = data
                 .get("expires")
                 .and_then(|e| e.as_i64())
-                .unwrap_or_else(|| epoch_ms() + 24 * 3600 * 1000);
+                .map_or(now + 24 * 3600 * 1000, |e| expiry_ms(now, e));
             Ok(Token {
                 value: Secret::new(token),
-                refresh_at_ms: refresh_point(epoch_ms(), expires),
+                refresh_at_ms: refresh_point(now, expires),
             })
         })
         .await;
+        let cool_down = match &call.outcome {
+            Outcome::Retry {
+                after: Some(after), ..
+            } => *after,
+            _ => TOKEN_COOL_DOWN,
+        };
+        let failure = |outcome| {
+            Err((
+                Call::new(outcome, call.http_status, call.vendor_code.clone()),
+                cool_down,
+            ))
+        };
         match call.outcome {
             Outcome::Done(token) => Ok(token),
             // A refused token request is never cured by asking again: the app key is wrong.
-            Outcome::Reauth { reason } | Outcome::Rejected { reason } => Err(Call::new(
-                Outcome::VendorDown { reason },
-                call.http_status,
-                call.vendor_code,
-            )),
-            other => Err(Call::new(other, call.http_status, call.vendor_code).cast()),
+            Outcome::Reauth { reason } | Outcome::Rejected { reason } => {
+                failure(Outcome::VendorDown { reason })
+            }
+            Outcome::Retry { after, reason } => failure(Outcome::Retry { after, reason }),
+            Outcome::VendorDown { reason } => failure(Outcome::VendorDown { reason }),
         }
     }
 
@@ -169,11 +184,16 @@ impl Kingdee {
         self.token.get(|| self.fetch_token()).await
     }
 
+    /// After a reload: a remembered token failure may have been fixed.
+    pub async fn forget_failures(&self) {
+        self.token.clear_failure().await;
+    }
+
     /// `check --online`: fetch a token.
     pub async fn check_online(&self) -> Call<()> {
         match self.fetch_token().await {
             Ok(_) => Call::new(Outcome::Done(()), Some(200), None),
-            Err(call) => call,
+            Err((call, _)) => call,
         }
     }
 
