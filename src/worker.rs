@@ -213,8 +213,8 @@ async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duration>) {
                     attempt.outcome = "uploaded".into();
                     attempt.message = remote.url.clone();
                     info!(
-                        path = shown,
-                        vendor,
+                        path = %shown,
+                        vendor = %vendor,
                         url = remote.url.as_deref().unwrap_or(""),
                         "uploaded"
                     );
@@ -222,8 +222,8 @@ async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duration>) {
                 (None, JobOp::DeleteOld) => {
                     attempt.outcome = "deleted".into();
                     info!(
-                        path = shown,
-                        vendor,
+                        path = %shown,
+                        vendor = %vendor,
                         url = job.remote_ref.as_deref().unwrap_or(""),
                         "deleted the superseded remote copy"
                     );
@@ -231,8 +231,8 @@ async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duration>) {
                 (None, _) => {
                     attempt.outcome = "deleted".into();
                     info!(
-                        path = shown,
-                        vendor,
+                        path = %shown,
+                        vendor = %vendor,
                         url = job.remote_ref.as_deref().unwrap_or(""),
                         "deleted at the vendor"
                     );
@@ -254,9 +254,9 @@ async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duration>) {
             attempt.outcome = "retry".into();
             attempt.message = Some(reason.clone());
             warn!(
-                path = shown,
-                vendor,
-                op,
+                path = %shown,
+                vendor = %vendor,
+                op = %op,
                 "{reason}; retrying in {}",
                 humantime::format_duration(round(wait))
             );
@@ -270,8 +270,8 @@ async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duration>) {
             attempt.outcome = "retry".into();
             attempt.message = Some(format!("{reason} (a fresh token was refused too)"));
             warn!(
-                path = shown,
-                vendor, op, "{reason}: a fresh token was refused too; retrying later"
+                path = %shown,
+                vendor = %vendor, op = %op, "{reason}: a fresh token was refused too; retrying later"
             );
             JobResult::Retry {
                 not_before: now_ms() + backoff(job.attempts, None).as_millis() as i64,
@@ -282,7 +282,7 @@ async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duration>) {
         Outcome::Rejected { reason } => {
             attempt.outcome = "rejected".into();
             attempt.message = Some(reason.clone());
-            warn!(path = shown, vendor, op, "rejected by the vendor: {reason}");
+            warn!(path = %shown, vendor = %vendor, op = %op, "rejected by the vendor: {reason}");
             JobResult::Rejected(reason)
         }
         Outcome::VendorDown { reason } => {
@@ -290,8 +290,8 @@ async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duration>) {
             attempt.outcome = "vendor_paused".into();
             attempt.message = Some(reason.clone());
             error!(
-                vendor,
-                path = shown,
+                vendor = %vendor,
+                path = %shown,
                 "vendor {vendor} paused: {reason}; its jobs stay queued; next try in {} (or at once after a reload)",
                 humantime::format_duration(interval)
             );

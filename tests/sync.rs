@@ -349,3 +349,19 @@ fn sighup_reloads_new_watches_without_dropping_jobs() {
     h.drop_file("after.png", &png(92));
     h.wait_state("after.png", "synced");
 }
+
+#[test]
+fn a_polled_watch_syncs_and_removes_like_inotify() {
+    let mut h = Harness::with(common::Options {
+        watch_extra: "    poll: 300ms\n",
+        ..common::Options::default()
+    });
+    h.start();
+    assert!(h.log().contains("mode=\"poll\""), "{}", h.log());
+    h.drop_file("polled.png", &png(201));
+    h.wait_state("polled.png", "synced");
+    std::fs::remove_file(h.path("polled.png")).unwrap();
+    let row = h.wait_state("polled.png", "removed");
+    assert_eq!(row["remote_deleted"], true);
+    assert_eq!(h.sandbox.uploads(), 1);
+}

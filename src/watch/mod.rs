@@ -21,6 +21,19 @@ use crate::vendor::Limits;
 use examine::Examined;
 use settle::Settle;
 
+/// The journal records paths as text: a name that is not UTF-8 could not be found again, so it is
+/// skipped, with a line that says how to make it acceptable.
+fn utf8_or_warn(path: &Path) -> bool {
+    if path.to_str().is_some() {
+        return true;
+    }
+    warn!(
+        path = %path.display(),
+        "skipped: the name is not valid UTF-8; rename the file to sync it"
+    );
+    false
+}
+
 /// What a watch task shares with the rest of the daemon.
 #[derive(Debug, Clone)]
 pub struct WatchContext {
@@ -198,6 +211,9 @@ impl WatchTask {
         let Some(relative) = self.relative(path) else {
             return;
         };
+        if !utf8_or_warn(path) {
+            return;
+        }
         self.removals.remove(path);
         match std::fs::symlink_metadata(path) {
             Ok(meta) if meta.is_dir() && self.config.recursive => {

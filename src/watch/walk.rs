@@ -43,6 +43,9 @@ pub fn files(root: &Path, dir: &Path, watch: &WatchConfig) -> Vec<(PathBuf, Stam
         let Ok(relative) = entry.path().strip_prefix(root) else {
             continue;
         };
+        if !super::utf8_or_warn(entry.path()) {
+            continue;
+        }
         if !watch.filter.accepts(relative) {
             continue;
         }
