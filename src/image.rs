@@ -115,18 +115,65 @@ fn truncated_or_corrupt(format: ImageFormat, bytes: &[u8]) -> ImageError {
     }
 }
 
-/// Whether the file reaches the end marker its format defines. Writers may pad after the marker,
-/// so trailing zero bytes are allowed.
+/// Whether the file reaches the end its format defines. Cameras and editors may append data after
+/// the end (Samsung's JPEG trailers, padding), so what follows the end is allowed.
 fn is_complete(format: ImageFormat, bytes: &[u8]) -> bool {
-    let end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
-    let body = &bytes[..end];
     match format {
-        ImageFormat::Jpeg => body.ends_with(&[0xFF, 0xD9]),
-        ImageFormat::Png => body.ends_with(b"IEND\xAE\x42\x60\x82"),
-        ImageFormat::Gif => body.ends_with(&[0x3B]),
+        ImageFormat::Jpeg => jpeg_has_end(bytes),
+        ImageFormat::Png => png_has_end(bytes),
+        ImageFormat::Gif => {
+            let end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+            bytes[..end].ends_with(&[0x3B])
+        }
         ImageFormat::Bmp => declared_len(bytes, 2).is_none_or(|n| n == 0 || bytes.len() >= n),
         ImageFormat::Webp => declared_len(bytes, 4).is_some_and(|n| bytes.len() >= n + 8),
     }
+}
+
+/// Walks the JPEG's segments to its first scan, then looks for the end-of-image marker: inside
+/// entropy-coded data a 0xFF byte is always stuffed, so FF D9 there can only be the real end.
+/// Thumbnails in APP segments are stepped over, so their own end markers do not count.
+fn jpeg_has_end(bytes: &[u8]) -> bool {
+    let mut at = 2;
+    loop {
+        let Some(&[0xFF, marker]) = bytes.get(at..at + 2) else {
+            return false;
+        };
+        match marker {
+            0xFF => at += 1,
+            0xD9 => return true,
+            0xD0..=0xD7 | 0x01 => at += 2,
+            _ => {
+                let Some(len) = bytes.get(at + 2..at + 4) else {
+                    return false;
+                };
+                let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+                at += 2 + len;
+                if marker == 0xDA {
+                    return bytes
+                        .get(at..)
+                        .is_some_and(|scan| scan.windows(2).any(|w| w == [0xFF, 0xD9]));
+                }
+            }
+        }
+    }
+}
+
+/// Walks the PNG's chunks to IEND; a chunk that runs past the end of the file means truncation.
+fn png_has_end(bytes: &[u8]) -> bool {
+    let mut at = 8;
+    while let Some(header) = bytes.get(at..at + 8) {
+        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let end = at.saturating_add(12).saturating_add(len);
+        if end > bytes.len() {
+            return false;
+        }
+        if &header[4..8] == b"IEND" {
+            return true;
+        }
+        at = end;
+    }
+    false
 }
 
 /// A little-endian u32 length field at `offset`.
@@ -168,6 +215,38 @@ mod tests {
             inspect(b"hello, this is text\n"),
             Err(ImageError::NotAnImage)
         );
+    }
+
+    /// The segment skeleton of a JPEG (the walker reads no more): SOI, an APP1 holding a thumbnail
+    /// with its own EOI, SOS, scan data with a stuffed FF00, EOI.
+    fn jpeg_with_thumbnail() -> Vec<u8> {
+        let mut j = vec![0xFF, 0xD8];
+        j.extend_from_slice(&[0xFF, 0xE1, 0x00, 0x08, 0xFF, 0xD8, 0xAA, 0xBB, 0xFF, 0xD9]);
+        j.extend_from_slice(&[0xFF, 0xDA, 0x00, 0x04, 0x01, 0x00]);
+        j.extend_from_slice(&[0x12, 0xFF, 0x00, 0x34]);
+        j.extend_from_slice(&[0xFF, 0xD9]);
+        j
+    }
+
+    #[test]
+    fn a_jpeg_end_is_found_past_thumbnails_and_before_trailers() {
+        let whole = jpeg_with_thumbnail();
+        assert!(jpeg_has_end(&whole));
+        let mut trailer = whole.clone();
+        trailer.extend_from_slice(b"SEFT trailer data from a phone");
+        assert!(jpeg_has_end(&trailer), "data after the end is allowed");
+        let cut = &whole[..whole.len() - 2];
+        assert!(
+            !jpeg_has_end(cut),
+            "the thumbnail's end marker does not count"
+        );
+    }
+
+    #[test]
+    fn a_png_with_trailing_data_is_whole() {
+        let mut png = PNG_1X1.to_vec();
+        png.extend_from_slice(b"appended");
+        assert!(inspect(&png).is_ok());
     }
 
     #[test]
