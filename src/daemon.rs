@@ -122,6 +122,15 @@ impl Daemon {
         }
     }
 
+    fn worker_context(&self) -> WorkerContext {
+        WorkerContext {
+            journal: self.journal.clone(),
+            vendors: Arc::clone(&self.vendors),
+            wake: Arc::clone(&self.wake),
+            give_up_after: self.config.give_up_after,
+        }
+    }
+
     fn start_watch(&self, config: WatchConfig) -> Option<RunningWatch> {
         let adapter = self.vendors.get(&config.vendor)?;
         let (commands, receiver) = mpsc::unbounded_channel();
@@ -280,12 +289,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     }
     let (stop, stopped) = watch::channel(false);
     let pool = tokio::spawn(run_pool(
-        WorkerContext {
-            journal: daemon.journal.clone(),
-            vendors: Arc::clone(&daemon.vendors),
-            wake: Arc::clone(&daemon.wake),
-            give_up_after: daemon.config.give_up_after,
-        },
+        daemon.worker_context(),
         daemon.config.workers,
         PoolMode::Daemon,
         stopped,
@@ -347,12 +351,7 @@ pub async fn scan(config: Config) -> Result<ScanReport, DaemonError> {
     }
     let (_stop, stopped) = watch::channel(false);
     run_pool(
-        WorkerContext {
-            journal: daemon.journal.clone(),
-            vendors: Arc::clone(&daemon.vendors),
-            wake: Arc::clone(&daemon.wake),
-            give_up_after: daemon.config.give_up_after,
-        },
+        daemon.worker_context(),
         daemon.config.workers,
         PoolMode::Drain,
         stopped,

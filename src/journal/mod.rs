@@ -11,7 +11,7 @@ mod report;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
 pub use handle::JournalHandle;
 pub use observe::KnownFile;
@@ -122,16 +122,7 @@ impl Journal {
         if !path.exists() {
             return Err(JournalError::Missing(path.to_path_buf()));
         }
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn =
-            Connection::open_with_flags(path, flags).map_err(|source| JournalError::Open {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        let mut journal = Journal { conn };
-        journal.configure(path)?;
-        journal.migrate(path)?;
-        Ok(journal)
+        Journal::open(path)
     }
 
     fn configure(&self, path: &Path) -> Result<()> {

@@ -387,26 +387,7 @@ fn observe_known(tx: &Transaction<'_>, obs: &Observation<'_>, row: Existing) -> 
         delete_superseded(tx, &row, obs.delete_replaced)?;
     }
     drop_queued(tx, row.id, &["upload", "delete"])?;
-    tx.execute(
-        "UPDATE files SET state = 'pending', watch_root = ?2, vendor = ?3, kind = ?4, size = ?5,
-           mtime_ns = ?6, sha256 = ?7, format = ?8, width = ?9, height = ?10, url = NULL,
-           file_token = NULL, remote_key = NULL, transaction_id = NULL, expires_at = NULL,
-           remote_deleted = 0, removal = NULL, attempts = 0, error = NULL, updated_at = ?11
-         WHERE id = ?1",
-        params![
-            row.id,
-            obs.watch_root,
-            obs.vendor,
-            obs.kind,
-            obs.size as i64,
-            obs.mtime_ns,
-            obs.sha256,
-            obs.format,
-            obs.width,
-            obs.height,
-            now
-        ],
-    )?;
+    set_new_content(tx, row.id, obs)?;
     queue_job(tx, row.id, "upload", obs.vendor, Some(obs.sha256), None)?;
     Ok(if row.state == "removed" {
         Observed::Queued
@@ -466,11 +447,26 @@ fn move_record(tx: &Transaction<'_>, id: i64, obs: &Observation<'_>) -> Result<(
 fn insert_pending(tx: &Transaction<'_>, obs: &Observation<'_>) -> Result<()> {
     let now = now_ms();
     tx.execute(
-        "INSERT INTO files (path, watch_root, vendor, kind, state, size, mtime_ns, sha256, format,
-           width, height, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
+        "INSERT INTO files (path, watch_root, vendor, kind, state, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5)",
+        params![obs.path, obs.watch_root, obs.vendor, obs.kind, now],
+    )?;
+    let id = tx.last_insert_rowid();
+    set_new_content(tx, id, obs)?;
+    queue_job(tx, id, "upload", obs.vendor, Some(obs.sha256), None)
+}
+
+/// Records `obs` as the file's content, waiting to be sent: whatever the vendor returned for
+/// earlier content is forgotten.
+fn set_new_content(tx: &Transaction<'_>, id: i64, obs: &Observation<'_>) -> Result<()> {
+    tx.execute(
+        "UPDATE files SET state = 'pending', watch_root = ?2, vendor = ?3, kind = ?4, size = ?5,
+           mtime_ns = ?6, sha256 = ?7, format = ?8, width = ?9, height = ?10, url = NULL,
+           file_token = NULL, remote_key = NULL, transaction_id = NULL, expires_at = NULL,
+           remote_deleted = 0, removal = NULL, attempts = 0, error = NULL, updated_at = ?11
+         WHERE id = ?1",
         params![
-            obs.path,
+            id,
             obs.watch_root,
             obs.vendor,
             obs.kind,
@@ -480,11 +476,10 @@ fn insert_pending(tx: &Transaction<'_>, obs: &Observation<'_>) -> Result<()> {
             obs.format,
             obs.width,
             obs.height,
-            now
+            now_ms()
         ],
     )?;
-    let id = tx.last_insert_rowid();
-    queue_job(tx, id, "upload", obs.vendor, Some(obs.sha256), None)
+    Ok(())
 }
 
 fn missing_known(tx: &Transaction<'_>, row: Existing, removal: &Removal) -> Result<MissingOutcome> {

@@ -350,3 +350,62 @@ fn history_keeps_every_attempt() {
     assert_eq!(history[0].vendor_code.as_deref(), Some("5007"));
     assert!(j.history("/w/none.png").unwrap().is_none());
 }
+
+#[test]
+fn a_file_removed_during_its_upload_is_deleted_when_the_upload_ends() {
+    let mut f = fixture();
+    let j = &mut f.journal;
+    j.observe(&obs("/w/a.png", "aa"), ABSENT).unwrap();
+    let upload = j.claim(&vendors(), 60_000).unwrap().unwrap();
+    assert_eq!(
+        j.mark_missing("/w/a.png", &Removal::Delete).unwrap(),
+        MissingOutcome::Deferred
+    );
+    j.finish(&upload, &uploaded("https://img/1.png"), None)
+        .unwrap();
+    let delete = j.claim(&vendors(), 60_000).unwrap().unwrap();
+    assert_eq!(
+        (delete.op, delete.remote_ref.as_deref()),
+        (JobOp::Delete, Some("https://img/1.png"))
+    );
+    j.finish(&delete, &JobResult::Deleted, None).unwrap();
+    assert_eq!(state_of(j, "/w/a.png").remote_deleted, Some(true));
+}
+
+#[test]
+fn an_upload_of_content_that_changed_meanwhile_is_deleted_as_stale() {
+    let mut f = fixture();
+    let j = &mut f.journal;
+    j.observe(&obs("/w/a.png", "aa"), ABSENT).unwrap();
+    let first = j.claim(&vendors(), 60_000).unwrap().unwrap();
+    assert_eq!(
+        j.observe(&obs("/w/a.png", "bb"), PRESENT).unwrap(),
+        Observed::Changed
+    );
+    assert_eq!(
+        j.finish(&first, &uploaded("https://img/old.png"), None)
+            .unwrap(),
+        Finished::Stale
+    );
+    let mut ops = Vec::new();
+    while let Some(job) = j.claim(&vendors(), 60_000).unwrap() {
+        ops.push((job.op, job.sha256.clone(), job.remote_ref.clone()));
+    }
+    ops.sort_by_key(|(op, _, _)| op.as_str());
+    assert_eq!(
+        ops,
+        vec![
+            (
+                JobOp::DeleteOld,
+                None,
+                Some("https://img/old.png".to_string())
+            ),
+            (JobOp::Upload, Some("bb".to_string()), None),
+        ]
+    );
+    assert_eq!(
+        state_of(j, "/w/a.png").url,
+        None,
+        "the stale URL is not recorded"
+    );
+}

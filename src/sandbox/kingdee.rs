@@ -245,6 +245,19 @@ impl Sandbox {
         }
     }
 
+    /// The checks every business call passes, then its JSON body.
+    async fn business_body(
+        &self,
+        headers: &HeaderMap,
+        method: &Method,
+        path: &str,
+        body: &[u8],
+    ) -> Result<Value, Refusal> {
+        self.verify_signature(headers, method, path, &[])?;
+        self.verify_business(headers).await?;
+        serde_json::from_slice(body).map_err(|_| business(ERR_PARAM, "请求体不是合法的JSON"))
+    }
+
     fn store(&self, filename: &str, subtype: &str, bytes: Vec<u8>, temporary: bool) -> String {
         let mut state = self.lock();
         let id = state.next_image;
@@ -350,10 +363,9 @@ async fn upload(
     body: Bytes,
 ) -> Response {
     let result = async {
-        sandbox.verify_signature(&headers, &method, UPLOAD_PATH, &[])?;
-        sandbox.verify_business(&headers).await?;
-        let body: Value = serde_json::from_slice(&body)
-            .map_err(|_| business(ERR_PARAM, "请求体不是合法的JSON"))?;
+        let body = sandbox
+            .business_body(&headers, &method, UPLOAD_PATH, &body)
+            .await?;
         let base_string = body
             .get("base_string")
             .and_then(Value::as_str)
@@ -404,10 +416,9 @@ async fn remove(
     body: Bytes,
 ) -> Response {
     let result = async {
-        sandbox.verify_signature(&headers, &method, DELETE_PATH, &[])?;
-        sandbox.verify_business(&headers).await?;
-        let body: Value = serde_json::from_slice(&body)
-            .map_err(|_| business(ERR_PARAM, "请求体不是合法的JSON"))?;
+        let body = sandbox
+            .business_body(&headers, &method, DELETE_PATH, &body)
+            .await?;
         let url = body
             .get("url")
             .and_then(Value::as_str)
