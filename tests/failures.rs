@@ -294,8 +294,14 @@ fn a_rate_limited_vendor_is_waited_for() {
     for i in 0..4 {
         h.drop_file(&format!("r{i}.png"), &png(60 + i));
     }
-    h.wait_for("three uploads and a 429", |h| {
-        h.sandbox.uploads() == 3 && h.sandbox.log().iter().any(|l| l.status == 429)
+    h.wait_for("three uploads and the fourth waiting on a 429", |h| {
+        h.sandbox.uploads() == 3
+            && h.files().iter().any(|f| {
+                f["state"] == "pending"
+                    && f["error"]
+                        .as_str()
+                        .is_some_and(|e| e.contains("rate limited"))
+            })
     });
     let pending: Vec<_> = h
         .files()

@@ -375,9 +375,23 @@ impl Journal {
                     RetryOutcome::Queued
                 }
                 Some((id, state)) if state == "rejected" => {
-                    // Forget the verdict; the next scan classifies the file afresh.
-                    tx.execute("DELETE FROM files WHERE id = ?1", [id])?;
-                    RetryOutcome::Reexamined
+                    let refused_by_vendor: bool = tx.query_row(
+                        "SELECT sha256 IS NOT NULL FROM files WHERE id = ?1",
+                        [id],
+                        |r| r.get(0),
+                    )?;
+                    if refused_by_vendor {
+                        requeue_file(&tx, id)?;
+                        RetryOutcome::Queued
+                    } else {
+                        // Forget the stamp: the next scan sees the file as changed and classifies
+                        // it afresh; the record and its history stay.
+                        tx.execute(
+                            "UPDATE files SET size = NULL, mtime_ns = NULL WHERE id = ?1",
+                            [id],
+                        )?;
+                        RetryOutcome::Reexamined
+                    }
                 }
                 Some((_, state)) => RetryOutcome::NotFailed(state),
             };

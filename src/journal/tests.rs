@@ -409,3 +409,32 @@ fn an_upload_of_content_that_changed_meanwhile_is_deleted_as_stale() {
         "the stale URL is not recorded"
     );
 }
+
+#[test]
+fn retry_of_a_rejected_path_keeps_its_history() {
+    let mut f = fixture();
+    let j = &mut f.journal;
+    j.reject(&RejectedFile {
+        path: "/w/x.jpg",
+        watch_root: "/w",
+        vendor: "erp",
+        kind: "kingdee",
+        size: Some(5),
+        mtime_ns: Some(1),
+        reason: "cannot read: permission denied",
+        delete_replaced: true,
+    })
+    .unwrap();
+    let outcome = j.retry_paths(&["/w/x.jpg".to_string()]).unwrap();
+    assert_eq!(outcome[0].1, RetryOutcome::Reexamined);
+    let known = j.known_under("/w").unwrap();
+    assert_eq!(known[0].size, None, "the next scan sees it as changed");
+    // A file the vendor refused goes straight back to the queue.
+    j.observe(&obs("/w/a.png", "aa"), ABSENT).unwrap();
+    let job = j.claim(&vendors(), 60_000).unwrap().unwrap();
+    j.finish(&job, &JobResult::Rejected("invalid".into()), None)
+        .unwrap();
+    let outcome = j.retry_paths(&["/w/a.png".to_string()]).unwrap();
+    assert_eq!(outcome[0].1, RetryOutcome::Queued);
+    assert!(j.claim(&vendors(), 60_000).unwrap().is_some());
+}
