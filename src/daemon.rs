@@ -271,8 +271,9 @@ fn open_journal(config: &Config) -> Result<(JournalLock, JournalHandle), DaemonE
             "jobs left running by a previous run went back to the queue"
         );
     }
-    // A start is like a reload: paused vendors are tried again at once.
+    // A start is like a reload: paused vendors are tried again at once, watches check their folders.
     journal.probe_paused_now()?;
+    journal.clear_watch_pauses()?;
     Ok((lock, JournalHandle::new(journal)))
 }
 

@@ -49,6 +49,13 @@ pub fn status(status: &Status) -> String {
             paused.vendor, paused.since, paused.reason, paused.next_probe_at
         );
     }
+    for paused in &status.paused_watches {
+        let _ = writeln!(
+            out,
+            "PAUSED watch {} since {}: {} (no removals are trusted until it is back)",
+            paused.path, paused.since, paused.reason
+        );
+    }
     if !status.recent_errors.is_empty() {
         let _ = writeln!(out, "recent errors:");
         for e in &status.recent_errors {

@@ -17,10 +17,13 @@ pub use handle::JournalHandle;
 pub use observe::KnownFile;
 pub use observe::{MissingOutcome, Observation, Observed, RejectedFile, Removal};
 pub use queue::{Attempt, Finished, Job, JobOp, JobResult, Remote, RetryOutcome, VendorPause};
-pub use report::{FileFilter, FileRow, HistoryRow, PausedVendor, RecentError, Status};
+pub use report::{FileFilter, FileRow, HistoryRow, PausedVendor, PausedWatch, RecentError, Status};
 
 /// Schema migrations, applied in order; the database records how many it has seen in `user_version`.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/0001_init.sql"),
+    include_str!("../../migrations/0002_watch_pauses.sql"),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {

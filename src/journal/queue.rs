@@ -335,6 +335,28 @@ impl Journal {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// Records that the watch on `root` is paused, and why (its folder vanished or was unmounted).
+    pub fn pause_watch(&mut self, root: &str, reason: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO watch_pauses (root, reason, since) VALUES (?1, ?2, ?3)
+             ON CONFLICT (root) DO UPDATE SET reason = ?2",
+            params![root, reason, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    pub fn resume_watch(&mut self, root: &str) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM watch_pauses WHERE root = ?1", [root])?;
+        Ok(())
+    }
+
+    /// At a start every watch checks its folder afresh.
+    pub fn clear_watch_pauses(&mut self) -> Result<()> {
+        self.conn.execute("DELETE FROM watch_pauses", [])?;
+        Ok(())
+    }
+
     /// Makes every paused vendor due for a probe now (after a reload).
     pub fn probe_paused_now(&mut self) -> Result<()> {
         self.conn

@@ -57,6 +57,13 @@ pub struct PausedVendor {
 }
 
 #[derive(Debug, Clone, Serialize)]
+pub struct PausedWatch {
+    pub path: String,
+    pub reason: String,
+    pub since: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
 pub struct RecentError {
     pub at: String,
     pub path: String,
@@ -73,6 +80,7 @@ pub struct Status {
     pub by_vendor: BTreeMap<String, BTreeMap<String, u64>>,
     pub oldest_pending_s: Option<i64>,
     pub paused_vendors: Vec<PausedVendor>,
+    pub paused_watches: Vec<PausedWatch>,
     pub queued_jobs: u64,
     pub held_deletes: u64,
     pub recent_errors: Vec<RecentError>,
@@ -199,8 +207,22 @@ impl Journal {
                 next_probe_at: rfc3339(p.next_probe_at),
             })
             .collect();
+        let paused_watches = {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT root, reason, since FROM watch_pauses ORDER BY root")?;
+            stmt.query_map([], |r| {
+                Ok(PausedWatch {
+                    path: r.get(0)?,
+                    reason: r.get(1)?,
+                    since: rfc3339(r.get(2)?),
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?
+        };
         Ok(Status {
             files,
+            paused_watches,
             by_vendor,
             oldest_pending_s: oldest.map(|t| ((now - t) / 1000).max(0)),
             paused_vendors,

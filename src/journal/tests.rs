@@ -316,7 +316,7 @@ fn a_newer_schema_is_refused() {
     drop(f.journal);
     let err = Journal::open(&f.path).unwrap_err().to_string();
     assert!(
-        err.contains("schema version 99, newer than this imgsyncd knows (1)"),
+        err.contains("schema version 99, newer than this imgsyncd knows (2)"),
         "{err}"
     );
 }
@@ -437,4 +437,24 @@ fn retry_of_a_rejected_path_keeps_its_history() {
     let outcome = j.retry_paths(&["/w/a.png".to_string()]).unwrap();
     assert_eq!(outcome[0].1, RetryOutcome::Queued);
     assert!(j.claim(&vendors(), 60_000).unwrap().is_some());
+}
+
+#[test]
+fn migrations_are_applied_in_order_and_recorded() {
+    let f = fixture();
+    assert_eq!(f.journal.schema_version().unwrap(), MIGRATIONS.len() as i64);
+    drop(f.journal);
+    let reopened = Journal::open(&f.path).unwrap();
+    assert_eq!(reopened.schema_version().unwrap(), MIGRATIONS.len() as i64);
+}
+
+#[test]
+fn a_paused_watch_shows_in_status() {
+    let mut f = fixture();
+    let j = &mut f.journal;
+    j.pause_watch("/w", "No such file or directory").unwrap();
+    let status = j.status().unwrap();
+    assert_eq!(status.paused_watches[0].path, "/w");
+    j.resume_watch("/w").unwrap();
+    assert!(j.status().unwrap().paused_watches.is_empty());
 }

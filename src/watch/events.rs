@@ -16,14 +16,20 @@ pub enum WatchEvent {
     Gone { path: PathBuf },
     /// Events were lost (queue overflow, watch error): only a full reconcile is safe.
     Rescan { why: String },
+    /// inotify can no longer cover the folder (out of watches): it must be polled instead.
+    Failed { why: String },
 }
 
-/// Starts inotify (or a polling watcher when the watch says `poll`) feeding `tx`.
+/// How often a watch whose inotify setup failed is polled instead.
+pub const FALLBACK_POLL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Starts inotify (or a polling watcher when `poll` is given) feeding `tx`.
 pub fn start(
     watch: &WatchConfig,
+    poll: Option<std::time::Duration>,
     tx: UnboundedSender<WatchEvent>,
 ) -> notify::Result<Box<dyn Watcher + Send>> {
-    let polling = watch.poll.is_some();
+    let polling = poll.is_some();
     let handler = move |result: notify::Result<Event>| {
         for event in translate(result, polling) {
             let _ = tx.send(event);
@@ -35,7 +41,7 @@ pub fn start(
         RecursiveMode::NonRecursive
     };
     let base = notify::Config::default().with_follow_symlinks(false);
-    let mut watcher: Box<dyn Watcher + Send> = match watch.poll {
+    let mut watcher: Box<dyn Watcher + Send> = match poll {
         Some(interval) => Box::new(notify::PollWatcher::new(
             handler,
             base.with_poll_interval(interval),
@@ -61,6 +67,9 @@ pub fn explain(error: &notify::Error) -> String {
 fn translate(result: notify::Result<Event>, polling: bool) -> Vec<WatchEvent> {
     let event = match result {
         Ok(event) => event,
+        Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) && !polling => {
+            return vec![WatchEvent::Failed { why: explain(&e) }];
+        }
         Err(e) => {
             return vec![WatchEvent::Rescan {
                 why: format!("watch error: {}", explain(&e)),

@@ -111,7 +111,18 @@ impl WatchTask {
                     Some(WatchCommand::Rescan) => self.reconcile().await,
                     Some(WatchCommand::Stop) | None => break,
                 },
-                Some(event) = events.recv() => self.on_event(event).await,
+                Some(event) = events.recv() => match event {
+                    events::WatchEvent::Failed { why } => {
+                        error!(
+                            watch = %self.root().display(),
+                            "inotify cannot cover the folder any more: {why}; polling it every {} instead",
+                            humantime::format_duration(events::FALLBACK_POLL)
+                        );
+                        watcher = events::start(&self.config, Some(events::FALLBACK_POLL), event_tx.clone()).ok();
+                        self.reconcile().await;
+                    }
+                    event => self.on_event(event).await,
+                },
                 _ = tick.tick() => self.on_tick().await,
                 _ = rescan.tick() => self.reconcile().await,
                 _ = root_check.tick() => {
@@ -127,6 +138,10 @@ impl WatchTask {
             }
         }
         drop(watcher);
+        if self.paused.is_some() {
+            let root = self.root().display().to_string();
+            let _ = self.ctx.journal.call(move |j| j.resume_watch(&root)).await;
+        }
     }
 
     /// Whether the root is there and is the filesystem the watch started on; pauses or resumes.
@@ -149,6 +164,7 @@ impl WatchTask {
         match (problem, self.paused.take()) {
             (None, Some(_)) => {
                 info!(watch = %self.root().display(), "watch root is back; resuming and rescanning");
+                self.record_pause(None);
                 true
             }
             (None, None) => true,
@@ -159,6 +175,7 @@ impl WatchTask {
                 );
                 self.settle = Settle::new(self.ctx.settle);
                 self.removals.clear();
+                self.record_pause(Some(problem.clone()));
                 self.paused = Some(problem);
                 false
             }
@@ -169,17 +186,52 @@ impl WatchTask {
         }
     }
 
+    /// Tells the journal (and so `status`) that the watch paused (`Some(reason)`) or resumed.
+    fn record_pause(&self, reason: Option<String>) {
+        let journal = self.ctx.journal.clone();
+        let root = self.root().display().to_string();
+        tokio::spawn(async move {
+            let result = journal
+                .call(move |j| match reason {
+                    Some(reason) => j.pause_watch(&root, &reason),
+                    None => j.resume_watch(&root),
+                })
+                .await;
+            if let Err(e) = result {
+                error!("cannot record the watch's pause: {e}");
+            }
+        });
+    }
+
+    /// Starts the watch's event source; when inotify cannot be set up, polling takes its place.
     fn start_watcher(
         &self,
         tx: &mpsc::UnboundedSender<events::WatchEvent>,
     ) -> Option<Box<dyn notify::Watcher + Send>> {
-        match events::start(&self.config, tx.clone()) {
-            Ok(watcher) => Some(watcher),
-            Err(e) => {
+        let error = match events::start(&self.config, self.config.poll, tx.clone()) {
+            Ok(watcher) => return Some(watcher),
+            Err(e) => e,
+        };
+        if self.config.poll.is_some() {
+            error!(watch = %self.root().display(), "cannot poll the folder: {}; relying on rescans", events::explain(&error));
+            return None;
+        }
+        match events::start(&self.config, Some(events::FALLBACK_POLL), tx.clone()) {
+            Ok(watcher) => {
                 error!(
                     watch = %self.root().display(),
-                    "cannot watch the folder: {}; falling back to rescans every {}",
-                    events::explain(&e),
+                    "cannot watch the folder with inotify: {}; polling it every {} instead",
+                    events::explain(&error),
+                    humantime::format_duration(events::FALLBACK_POLL)
+                );
+                Some(watcher)
+            }
+            Err(poll_error) => {
+                error!(
+                    watch = %self.root().display(),
+                    "cannot watch the folder: {}; nor poll it: {}; relying on rescans every {}",
+                    events::explain(&error),
+                    events::explain(&poll_error),
                     humantime::format_duration(self.ctx.rescan)
                 );
                 None
@@ -194,7 +246,7 @@ impl WatchTask {
         match event {
             events::WatchEvent::Seen { path, closed } => self.seen(&path, closed),
             events::WatchEvent::Gone { path } => self.gone(&path),
-            events::WatchEvent::Rescan { why } => {
+            events::WatchEvent::Rescan { why } | events::WatchEvent::Failed { why } => {
                 warn!(watch = %self.root().display(), "{why}; reconciling the whole folder");
                 self.reconcile().await;
             }
