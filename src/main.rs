@@ -151,7 +151,7 @@ fn execute(cli: Cli) -> Result<ExitCode> {
                 .iter()
                 .map(|(s, n)| format!("{s} {n}"))
                 .collect();
-            println!("{}", counts.join(", "));
+            emit(&counts.join(", "));
             Ok(if report.all_synced() {
                 ExitCode::SUCCESS
             } else {
@@ -162,9 +162,9 @@ fn execute(cli: Cli) -> Result<ExitCode> {
             let journal = open_journal(&cli.config)?;
             let status = journal.status()?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
+                emit(&serde_json::to_string_pretty(&status)?);
             } else {
-                print!("{}", report::status(&status));
+                emit(&report::status(&status));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -180,9 +180,9 @@ fn execute(cli: Cli) -> Result<ExitCode> {
                 path: None,
             })?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                emit(&serde_json::to_string_pretty(&rows)?);
             } else {
-                print!("{}", report::files(&rows));
+                emit(&report::files(&rows));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -193,9 +193,9 @@ fn execute(cli: Cli) -> Result<ExitCode> {
                 bail!("the journal has no file {path}");
             };
             if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                emit(&serde_json::to_string_pretty(&rows)?);
             } else {
-                print!("{}", report::history(&path, &rows));
+                emit(&report::history(&path, &rows));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -226,25 +226,27 @@ fn retry(config_path: &Path, failed: bool, held: bool, paths: &[PathBuf]) -> Res
     let mut journal = open_journal(config_path)?;
     if failed {
         let n = journal.retry_failed()?;
-        println!("{n} failed files queued again");
+        emit(&format!("{n} failed files queued again"));
         return Ok(ExitCode::SUCCESS);
     }
     if held {
         let n = journal.release_held(&|p| std::fs::symlink_metadata(p).is_ok())?;
-        println!("{n} held deletes queued");
+        emit(&format!("{n} held deletes queued"));
         return Ok(ExitCode::SUCCESS);
     }
     let paths: Vec<String> = paths.iter().map(|p| journal_path(p)).collect();
     let mut code = ExitCode::SUCCESS;
     for (path, outcome) in journal.retry_paths(&paths)? {
         match outcome {
-            RetryOutcome::Queued => println!("{path}: queued again"),
-            RetryOutcome::Reexamined => println!(
+            RetryOutcome::Queued => emit(&format!("{path}: queued again")),
+            RetryOutcome::Reexamined => emit(&format!(
                 "{path}: will be examined afresh at the next scan (reload the daemon to scan now)"
-            ),
-            RetryOutcome::NotFailed(state) => println!("{path}: is {state}, nothing to retry"),
+            )),
+            RetryOutcome::NotFailed(state) => {
+                emit(&format!("{path}: is {state}, nothing to retry"))
+            }
             RetryOutcome::Unknown => {
-                println!("{path}: not in the journal");
+                emit(&format!("{path}: not in the journal"));
                 code = ExitCode::from(1);
             }
         }
@@ -254,19 +256,19 @@ fn retry(config_path: &Path, failed: bool, held: bool, paths: &[PathBuf]) -> Res
 
 fn check(config_path: &Path, online: bool) -> Result<ExitCode> {
     let config = load(config_path)?;
-    println!(
+    emit(&format!(
         "{}: ok ({} vendors, {} watches, journal {})",
         config_path.display(),
         config.vendors.len(),
         config.watches.len(),
         config.journal.display()
-    );
+    ));
     for watch in &config.watches {
         if !watch.path.is_dir() {
-            println!(
+            emit(&format!(
                 "warning: watch {} does not exist (yet)",
                 watch.path.display()
-            );
+            ));
         }
     }
     if !online {
@@ -278,12 +280,12 @@ fn check(config_path: &Path, online: bool) -> Result<ExitCode> {
         for (name, vendor) in &config.vendors {
             let adapter = Adapter::new(vendor, http.clone());
             match adapter.check_online().await.outcome {
-                Outcome::Done(()) => println!("{name}: token fetched, credentials work"),
+                Outcome::Done(()) => emit(&format!("{name}: token fetched, credentials work")),
                 Outcome::Retry { reason, .. }
                 | Outcome::Reauth { reason }
                 | Outcome::Rejected { reason }
                 | Outcome::VendorDown { reason } => {
-                    println!("{name}: FAILED: {reason}");
+                    emit(&format!("{name}: FAILED: {reason}"));
                     code = ExitCode::from(1);
                 }
             }
@@ -296,16 +298,28 @@ async fn run_dev() -> Result<ExitCode> {
     let setup = dev::prepare(Path::new("imgsyncd-dev")).await?;
     let drop = setup.config.watches[0].path.display().to_string();
     let config = setup.config_path.display();
-    println!(
+    emit(&format!(
         "imgsyncd dev mode: the Kingdee sandbox listens on {}\n\
          \n  drop images into   {drop}\n  \
          see what happened  cargo run --release -- -c {config} files\n  \
          overall state      cargo run --release -- -c {config} status\n\
          \nThe sandbox keeps uploads in memory; open a recorded URL to see the image. Ctrl-C stops.\n",
         setup.sandbox.base_url()
-    );
+    ));
     daemon::run(setup.config).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes to stdout, ending with a newline. A reader that went away (`| head`) must not take the
+/// daemon down, nor turn a listing into a panic, so write errors are ignored.
+fn emit(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    if !text.ends_with('\n') {
+        let _ = out.write_all(b"\n");
+    }
+    let _ = out.flush();
 }
 
 async fn sandbox(listen: &str) -> Result<ExitCode> {
@@ -314,7 +328,7 @@ async fn sandbox(listen: &str) -> Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let account = &options.kingdee;
-    println!(
+    emit(&format!(
         "sandbox on {}\nkingdee: client_id {} client_secret {} app_key {} app_secret {} domain {}",
         sandbox.base_url(),
         account.client_id,
@@ -322,7 +336,7 @@ async fn sandbox(listen: &str) -> Result<ExitCode> {
         account.app_key,
         account.app_secret,
         account.domain
-    );
+    ));
     tokio::select! {
         served = serve => served.context("the sandbox stopped")?,
         _ = tokio::signal::ctrl_c() => {}

@@ -1,0 +1,139 @@
+//! The command line as a newcomer meets it: `run --dev`, the `sandbox` verb, help and errors.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{BIN, png};
+
+/// Kills the child when the test ends, however it ends.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `imgsyncd ARGS` in `cwd` and returns it with the first `lines` lines it printed.
+fn start(args: &[&str], cwd: &std::path::Path, lines: usize) -> (Running, Vec<String>) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("IMGSYNCD_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(cwd.join("stderr.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let running = Running(child);
+    let printed = BufReader::new(stdout)
+        .lines()
+        .take(lines)
+        .map(|l| l.unwrap())
+        .collect();
+    (running, printed)
+}
+
+#[test]
+fn run_dev_needs_no_config_and_syncs_a_drop() {
+    let cwd = tempfile::tempdir().unwrap();
+    let (_daemon, banner) = start(&["run", "--dev"], cwd.path(), 3);
+    assert!(banner[0].starts_with("imgsyncd dev mode"), "{banner:?}");
+    let drop = cwd.path().join("imgsyncd-dev/drop/kingdee");
+    let config = cwd.path().join("imgsyncd-dev/daemon.yaml");
+    assert!(drop.is_dir() && config.is_file());
+    std::fs::write(drop.join("first.png"), png(1)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = Command::new(BIN)
+            .args(["-c", config.to_str().unwrap(), "files", "--json"])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            if rows[0]["state"] == "synced" {
+                assert!(
+                    rows[0]["url"]
+                        .as_str()
+                        .unwrap()
+                        .starts_with("http://127.0.0.1:")
+                );
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "run --dev did not sync the drop\n{}",
+            std::fs::read_to_string(cwd.path().join("stderr.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn the_sandbox_verb_serves_the_vendor_api_on_loopback() {
+    let cwd = tempfile::tempdir().unwrap();
+    let (_sandbox, printed) = start(&["sandbox", "--listen", "127.0.0.1:0"], cwd.path(), 2);
+    let addr = printed[0]
+        .strip_prefix("sandbox on http://")
+        .expect("the address is printed");
+    assert!(
+        printed[1].starts_with("kingdee: client_id 205022"),
+        "{printed:?}"
+    );
+    // An unsigned call is refused the way the gateway refuses it.
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    use std::io::{Read, Write};
+    write!(
+        stream,
+        "GET /jdyconnector/app_management/kingdee_auth_token HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 519"), "{answer}");
+    assert!(answer.contains("\"errcode\":4001"), "{answer}");
+}
+
+#[test]
+fn help_lists_every_verb_of_the_contract() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for verb in [
+        "run", "scan", "status", "files", "history", "retry", "check", "sandbox",
+    ] {
+        assert!(help.contains(verb), "{verb} missing from\n{help}");
+    }
+}
+
+#[test]
+fn a_missing_config_is_named() {
+    let out = Command::new(BIN)
+        .args(["-c", "/nonexistent/daemon.yaml", "status"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot read config /nonexistent/daemon.yaml"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_bad_state_filter_is_refused_with_the_choices() {
+    let out = Command::new(BIN)
+        .args(["files", "--state", "done"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("pending, synced, rejected, failed, removed"),
+        "{stderr}"
+    );
+}
