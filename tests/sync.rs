@@ -365,3 +365,19 @@ fn a_polled_watch_syncs_and_removes_like_inotify() {
     assert_eq!(row["remote_deleted"], true);
     assert_eq!(h.sandbox.uploads(), 1);
 }
+
+#[test]
+fn the_same_bytes_dropped_at_once_are_uploaded_once() {
+    let mut h = Harness::new();
+    h.start();
+    let bytes = png(301);
+    for name in ["twin-a.png", "twin-b.png", "twin-c.png"] {
+        h.drop_file(name, &bytes);
+    }
+    let urls: Vec<_> = ["twin-a.png", "twin-b.png", "twin-c.png"]
+        .iter()
+        .map(|name| h.wait_state(name, "synced")["url"].clone())
+        .collect();
+    assert!(urls.iter().all(|u| u == &urls[0]), "{urls:?}");
+    assert_eq!(h.sandbox.uploads(), 1);
+}

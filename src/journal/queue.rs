@@ -132,11 +132,17 @@ impl Journal {
         let claimed: Option<Job> = tx
             .query_row(
                 "UPDATE jobs SET state = 'running', lease_until = ?1 + ?2
-                 WHERE id = (SELECT id FROM jobs
-                             WHERE vendor IN (SELECT value FROM json_each(?3))
-                               AND ((state = 'queued' AND not_before <= ?1)
-                                    OR (state = 'running' AND lease_until < ?1))
-                             ORDER BY not_before, id LIMIT 1)
+                 WHERE id = (SELECT j.id FROM jobs j
+                             WHERE j.vendor IN (SELECT value FROM json_each(?3))
+                               AND ((j.state = 'queued' AND j.not_before <= ?1)
+                                    OR (j.state = 'running' AND j.lease_until < ?1))
+                               -- the same bytes in flight: wait, then reuse what they return
+                               AND NOT (j.op = 'upload' AND EXISTS (
+                                   SELECT 1 FROM jobs r
+                                   WHERE r.id != j.id AND r.op = 'upload' AND r.state = 'running'
+                                     AND r.lease_until >= ?1 AND r.vendor = j.vendor
+                                     AND r.sha256 = j.sha256))
+                             ORDER BY j.not_before, j.id LIMIT 1)
                  RETURNING id, file_id, op, vendor, sha256, remote_ref, attempts, first_failure_at",
                 params![now, lease_ms, names],
                 |r| {

@@ -458,3 +458,24 @@ fn a_paused_watch_shows_in_status() {
     j.resume_watch("/w").unwrap();
     assert!(j.status().unwrap().paused_watches.is_empty());
 }
+
+#[test]
+fn the_same_bytes_are_not_sent_twice_at_once() {
+    let mut f = fixture();
+    let j = &mut f.journal;
+    j.observe(&obs("/w/a.png", "aa"), ABSENT).unwrap();
+    j.observe(&obs("/w/b.png", "aa"), PRESENT).unwrap();
+    let first = j.claim(&vendors(), 60_000).unwrap().unwrap();
+    assert!(
+        j.claim(&vendors(), 60_000).unwrap().is_none(),
+        "the twin waits"
+    );
+    j.finish(&first, &uploaded("https://img/1.png"), None)
+        .unwrap();
+    let second = j.claim(&vendors(), 60_000).unwrap().unwrap();
+    assert_eq!(second.path, "/w/b.png");
+    assert!(
+        j.synced_twin("erp", "aa").unwrap().is_some(),
+        "and reuses the first's URL"
+    );
+}

@@ -372,6 +372,28 @@ mod tests {
     }
 
     #[test]
+    fn debug_output_shows_no_secret() {
+        let config = KingdeeConfig {
+            client_id: "205022".into(),
+            client_secret: Secret::new("client-secret-value"),
+            app_key: "key".into(),
+            app_secret: Secret::new("app-secret-value"),
+            domain: "https://tf.jdy.com".into(),
+            save_temp: false,
+        };
+        let adapter = Kingdee::new(
+            "http://127.0.0.1:1",
+            config,
+            reqwest::Client::new(),
+            None,
+            None,
+        );
+        let debug = format!("{adapter:?}");
+        assert!(debug.contains("205022"));
+        assert!(!debug.contains("secret-value"), "{debug}");
+    }
+
+    #[test]
     fn business_codes_map_to_the_taxonomy() {
         assert_eq!(class(200, Some(0)), Outcome::Done(()));
         assert!(matches!(
