@@ -203,11 +203,12 @@ async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duration>) {
     let shown = job.path.as_str();
     let vendor = job.vendor.as_str();
     let op = job.op.as_str();
+    // A probe answered by anything but a refusal of us means the vendor takes our calls again.
+    if probe.is_some() && !matches!(call.outcome, Outcome::VendorDown { .. }) {
+        resume(ctx, vendor).await;
+    }
     let result = match call.outcome {
         Outcome::Done(remote) => {
-            if probe.is_some() {
-                resume(ctx, vendor).await;
-            }
             match (&remote, job.op) {
                 (Some(remote), _) => {
                     attempt.outcome = "uploaded".into();
@@ -247,9 +248,6 @@ async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duration>) {
             }
         }
         Outcome::Retry { after, reason } => {
-            if probe.is_some() {
-                resume(ctx, vendor).await;
-            }
             let wait = backoff(job.attempts, after);
             attempt.outcome = "retry".into();
             attempt.message = Some(reason.clone());
