@@ -105,6 +105,9 @@ impl WatchTask {
         );
         let mut root_check = tokio::time::interval(ROOT_CHECK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Set once inotify ran out of watches and polling took over; later failures queued by the
+        // old watcher are only rescans.
+        let mut polling_fallback = false;
         loop {
             tokio::select! {
                 command = commands.recv() => match command {
@@ -112,7 +115,8 @@ impl WatchTask {
                     Some(WatchCommand::Stop) | None => break,
                 },
                 Some(event) = events.recv() => match event {
-                    events::WatchEvent::Failed { why } => {
+                    events::WatchEvent::Failed { why } if !polling_fallback => {
+                        polling_fallback = true;
                         error!(
                             watch = %self.root().display(),
                             "inotify cannot cover the folder any more: {why}; polling it every {} instead",
