@@ -220,22 +220,18 @@ async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duration>) {
                         "uploaded"
                     );
                 }
-                (None, JobOp::DeleteOld) => {
+                (None, op) => {
                     attempt.outcome = "deleted".into();
-                    info!(
-                        path = %shown,
-                        vendor = %vendor,
-                        url = job.remote_ref.as_deref().unwrap_or(""),
+                    let what = if op == JobOp::DeleteOld {
                         "deleted the superseded remote copy"
-                    );
-                }
-                (None, _) => {
-                    attempt.outcome = "deleted".into();
+                    } else {
+                        "deleted at the vendor"
+                    };
                     info!(
                         path = %shown,
                         vendor = %vendor,
                         url = job.remote_ref.as_deref().unwrap_or(""),
-                        "deleted at the vendor"
+                        "{what}"
                     );
                 }
             }

@@ -52,6 +52,14 @@ fn uploaded(url: &str) -> JobResult {
     }
 }
 
+/// A new file taken through upload to `synced` with `url`.
+fn synced(j: &mut Journal, path: &str, sha: &str, url: &str) {
+    j.observe(&obs(path, sha), ABSENT).unwrap();
+    let job = j.claim(&vendors(), 60_000).unwrap().unwrap();
+    assert_eq!(job.path, path);
+    j.finish(&job, &uploaded(url), None).unwrap();
+}
+
 fn state_of(j: &Journal, path: &str) -> FileRow {
     j.files(&FileFilter {
         path: Some(path.into()),
@@ -106,10 +114,7 @@ fn a_crashed_daemons_running_jobs_go_back_to_the_queue() {
 fn a_rename_moves_the_record_and_queues_nothing() {
     let mut f = fixture();
     let j = &mut f.journal;
-    j.observe(&obs("/w/a.png", "aa"), ABSENT).unwrap();
-    let job = j.claim(&vendors(), 60_000).unwrap().unwrap();
-    j.finish(&job, &uploaded("https://img/1.png"), None)
-        .unwrap();
+    synced(j, "/w/a.png", "aa", "https://img/1.png");
     let moved = j
         .observe(&obs("/w/b.png", "aa"), &|p| p != "/w/a.png")
         .unwrap();
@@ -134,10 +139,7 @@ fn a_rename_moves_the_record_and_queues_nothing() {
 fn removal_deletes_by_url_and_records_it() {
     let mut f = fixture();
     let j = &mut f.journal;
-    j.observe(&obs("/w/a.png", "aa"), ABSENT).unwrap();
-    let job = j.claim(&vendors(), 60_000).unwrap().unwrap();
-    j.finish(&job, &uploaded("https://img/1.png"), None)
-        .unwrap();
+    synced(j, "/w/a.png", "aa", "https://img/1.png");
     assert_eq!(
         j.mark_missing("/w/a.png", &Removal::Delete).unwrap(),
         MissingOutcome::DeleteQueued
@@ -168,10 +170,7 @@ fn a_queued_file_removed_is_dropped_from_the_queue() {
 fn a_changed_file_is_uploaded_again_and_the_old_copy_deleted() {
     let mut f = fixture();
     let j = &mut f.journal;
-    j.observe(&obs("/w/a.png", "aa"), ABSENT).unwrap();
-    let job = j.claim(&vendors(), 60_000).unwrap().unwrap();
-    j.finish(&job, &uploaded("https://img/1.png"), None)
-        .unwrap();
+    synced(j, "/w/a.png", "aa", "https://img/1.png");
     assert_eq!(
         j.observe(&obs("/w/a.png", "bb"), PRESENT).unwrap(),
         Observed::Changed
@@ -194,10 +193,7 @@ fn a_changed_file_is_uploaded_again_and_the_old_copy_deleted() {
 fn the_same_bytes_twice_are_found_as_a_synced_twin() {
     let mut f = fixture();
     let j = &mut f.journal;
-    j.observe(&obs("/w/a.png", "aa"), ABSENT).unwrap();
-    let job = j.claim(&vendors(), 60_000).unwrap().unwrap();
-    j.finish(&job, &uploaded("https://img/1.png"), None)
-        .unwrap();
+    synced(j, "/w/a.png", "aa", "https://img/1.png");
     assert_eq!(
         j.observe(&obs("/w/copy.png", "aa"), PRESENT).unwrap(),
         Observed::Queued
@@ -276,10 +272,7 @@ fn a_rejected_file_is_not_retried_and_its_reason_is_kept() {
 fn held_deletes_wait_for_the_operator() {
     let mut f = fixture();
     let j = &mut f.journal;
-    j.observe(&obs("/w/a.png", "aa"), ABSENT).unwrap();
-    let job = j.claim(&vendors(), 60_000).unwrap().unwrap();
-    j.finish(&job, &uploaded("https://img/1.png"), None)
-        .unwrap();
+    synced(j, "/w/a.png", "aa", "https://img/1.png");
     let hold = Removal::Hold("too many".into());
     assert_eq!(
         j.mark_missing("/w/a.png", &hold).unwrap(),
