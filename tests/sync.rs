@@ -381,3 +381,24 @@ fn the_same_bytes_dropped_at_once_are_uploaded_once() {
     assert!(urls.iter().all(|u| u == &urls[0]), "{urls:?}");
     assert_eq!(h.sandbox.uploads(), 1);
 }
+
+#[test]
+fn sigterm_waits_for_transfers_then_releases_them_to_the_queue() {
+    let mut h = Harness::new();
+    // The vendor holds the answer far longer than the 10 s a stop allows.
+    h.sandbox
+        .inject([imgsyncd::sandbox::Fault::Delay(Duration::from_secs(60))]);
+    h.start();
+    h.drop_file("in-flight.png", &png(401));
+    h.wait_for("the upload to be in flight", |h| {
+        h.log().contains("taken: queued for upload")
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    // `stop` gives up after 30 s, well before the vendor's 60 s answer: the stop did not wait for it.
+    assert!(h.stop().success(), "a stop exits 0");
+    assert!(h.log().contains("released to the queue"), "{}", h.log());
+    assert_eq!(h.state("in-flight.png").as_deref(), Some("pending"));
+    h.start();
+    h.wait_state("in-flight.png", "synced");
+    assert_eq!(h.remote_bytes("in-flight.png").unwrap(), png(401));
+}
