@@ -13,9 +13,10 @@ use tracing::{error, info, warn};
 
 use crate::config::{Config, ConfigError, VendorConfig, WatchConfig};
 use crate::journal::{FileFilter, FileState, Journal, JournalError, JournalHandle};
+use crate::throttle::LogThrottle;
 use crate::vendor::{Adapter, VendorSet, http_client};
 use crate::watch::{WatchCommand, WatchContext, WatchTask};
-use crate::worker::{PoolMode, WorkerContext, run_pool};
+use crate::worker::{PoolMode, WorkerContext, retry_log_throttle, run_pool};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -78,6 +79,7 @@ struct Daemon {
     vendors: Arc<VendorSet>,
     http: reqwest::Client,
     wake: Arc<Notify>,
+    retry_log: Arc<LogThrottle>,
     watches: Vec<RunningWatch>,
 }
 
@@ -89,6 +91,7 @@ impl Daemon {
             vendors: Arc::new(VendorSet::default()),
             http: http_client(),
             wake: Arc::new(Notify::new()),
+            retry_log: retry_log_throttle(),
             watches: Vec::new(),
         }
     }
@@ -128,6 +131,7 @@ impl Daemon {
             vendors: Arc::clone(&self.vendors),
             wake: Arc::clone(&self.wake),
             give_up_after: self.config.give_up_after,
+            retry_log: Arc::clone(&self.retry_log),
         }
     }
 

@@ -11,6 +11,7 @@ pub mod image;
 pub mod journal;
 pub mod report;
 pub mod sandbox;
+pub mod throttle;
 pub mod vendor;
 pub mod watch;
 pub mod worker;

@@ -13,6 +13,7 @@ use tracing::{error, info, warn};
 
 use crate::image::ImageFormat;
 use crate::journal::{Attempt, Finished, Job, JobOp, JobResult, JournalHandle, Remote, now_ms};
+use crate::throttle::{LogThrottle, Verdict};
 use crate::vendor::{Adapter, Call, Outcome, UploadRequest, VendorSet};
 use crate::watch::examine::sha256_hex;
 
@@ -24,12 +25,19 @@ const FIRST_PROBE: Duration = Duration::from_secs(30);
 const MAX_PROBE: Duration = Duration::from_secs(30 * 60);
 const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
 
+/// A throttle for retry lines: ten a minute for each vendor and error.
+pub fn retry_log_throttle() -> Arc<LogThrottle> {
+    Arc::new(LogThrottle::new(Duration::from_secs(60), 10))
+}
+
 #[derive(Debug, Clone)]
 pub struct WorkerContext {
     pub journal: JournalHandle,
     pub vendors: Arc<VendorSet>,
     pub wake: Arc<Notify>,
     pub give_up_after: Duration,
+    /// Retry lines per vendor and error, so an outage with a large backlog cannot flood the log.
+    pub retry_log: Arc<LogThrottle>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -247,13 +255,23 @@ async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duration>) {
             let wait = backoff(job.attempts, after);
             attempt.outcome = "retry".into();
             attempt.message = Some(reason.clone());
-            warn!(
-                path = %shown,
-                vendor = %vendor,
-                op = %op,
-                "{reason}; retrying in {}",
-                humantime::format_duration(round(wait))
-            );
+            if let Verdict::Log { held_back } = ctx
+                .retry_log
+                .check(&format!("{vendor}: {reason}"), Instant::now())
+            {
+                let more = if held_back > 0 {
+                    format!(" ({held_back} more retries with this error were not logged)")
+                } else {
+                    String::new()
+                };
+                warn!(
+                    path = %shown,
+                    vendor = %vendor,
+                    op = %op,
+                    "{reason}; retrying in {}{more}",
+                    humantime::format_duration(round(wait))
+                );
+            }
             JobResult::Retry {
                 not_before: now_ms() + wait.as_millis() as i64,
                 reason,
