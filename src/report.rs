@@ -56,6 +56,21 @@ pub fn status(status: &Status) -> String {
             paused.path, paused.since, paused.reason
         );
     }
+    if !status.problems.is_empty() {
+        let _ = writeln!(
+            out,
+            "needs attention (`imgsyncd files --state rejected` lists all):"
+        );
+        for p in &status.problems {
+            let _ = writeln!(
+                out,
+                "  {} {}: {}",
+                p.state,
+                p.path,
+                p.error.as_deref().unwrap_or("")
+            );
+        }
+    }
     if !status.recent_errors.is_empty() {
         let _ = writeln!(out, "recent errors:");
         for e in &status.recent_errors {

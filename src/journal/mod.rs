@@ -17,7 +17,9 @@ pub use handle::JournalHandle;
 pub use observe::KnownFile;
 pub use observe::{MissingOutcome, Observation, Observed, RejectedFile, Removal};
 pub use queue::{Attempt, Finished, Job, JobOp, JobResult, Remote, RetryOutcome, VendorPause};
-pub use report::{FileFilter, FileRow, HistoryRow, PausedVendor, PausedWatch, RecentError, Status};
+pub use report::{
+    FileFilter, FileRow, HistoryRow, PausedVendor, PausedWatch, Problem, RecentError, Status,
+};
 
 /// Schema migrations, applied in order; the database records how many it has seen in `user_version`.
 const MIGRATIONS: &[&str] = &[

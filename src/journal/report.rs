@@ -63,6 +63,16 @@ pub struct PausedWatch {
     pub since: String,
 }
 
+/// A file that needs a person: rejected or failed, with the reason.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    pub path: String,
+    pub vendor: String,
+    pub state: String,
+    pub error: Option<String>,
+    pub updated_at: String,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct RecentError {
     pub at: String,
@@ -84,6 +94,8 @@ pub struct Status {
     pub queued_jobs: u64,
     pub held_deletes: u64,
     pub recent_errors: Vec<RecentError>,
+    /// The most recent rejected or failed files (at most 10), with why.
+    pub problems: Vec<Problem>,
 }
 
 fn empty_counts() -> BTreeMap<String, u64> {
@@ -229,7 +241,25 @@ impl Journal {
             queued_jobs: queued_jobs as u64,
             held_deletes: held_deletes as u64,
             recent_errors: self.recent_errors(10)?,
+            problems: self.problems(10)?,
         })
+    }
+
+    fn problems(&self, limit: i64) -> Result<Vec<Problem>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT path, vendor, state, error, updated_at FROM files
+             WHERE state IN ('rejected', 'failed') ORDER BY updated_at DESC, id DESC LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([limit], |r| {
+            Ok(Problem {
+                path: r.get(0)?,
+                vendor: r.get(1)?,
+                state: r.get(2)?,
+                error: r.get(3)?,
+                updated_at: rfc3339(r.get(4)?),
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     fn recent_errors(&self, limit: i64) -> Result<Vec<RecentError>> {
