@@ -248,7 +248,7 @@ impl WatchTask {
             return;
         }
         match event {
-            events::WatchEvent::Seen { path, closed } => self.seen(&path, closed),
+            events::WatchEvent::Seen { path, closed } => self.seen(&path, closed).await,
             events::WatchEvent::Gone { path } => self.gone(&path),
             events::WatchEvent::Rescan { why } | events::WatchEvent::Failed { why } => {
                 warn!(watch = %self.root().display(), "{why}; reconciling the whole folder");
@@ -263,7 +263,7 @@ impl WatchTask {
             .filter(|r| !r.as_os_str().is_empty())
     }
 
-    fn seen(&mut self, path: &Path, closed: bool) {
+    async fn seen(&mut self, path: &Path, closed: bool) {
         let Some(relative) = self.relative(path) else {
             return;
         };
@@ -274,8 +274,16 @@ impl WatchTask {
         match std::fs::symlink_metadata(path) {
             Ok(meta) if meta.is_dir() && self.config.recursive => {
                 // A folder created or moved in: notify watches it from now on, but what it already
-                // holds produced no events.
-                for (file, _) in walk::files(self.root(), path, &self.config) {
+                // holds produced no events. A big tree is walked off the executor's threads.
+                let (root, dir, config) = (
+                    self.root().to_path_buf(),
+                    path.to_path_buf(),
+                    self.config.clone(),
+                );
+                let files = tokio::task::spawn_blocking(move || walk::files(&root, &dir, &config))
+                    .await
+                    .unwrap_or_default();
+                for (file, _) in files {
                     self.removals.remove(&file);
                     self.settle.touch(&file, true, Instant::now());
                 }
