@@ -316,3 +316,36 @@ fn a_rate_limited_vendor_is_waited_for() {
             .contains("rate limited")
     );
 }
+
+#[test]
+fn an_unreadable_file_is_rejected_and_taken_after_a_fix_and_retry() {
+    if !common::running_as_root() {
+        eprintln!("skipped: running the daemon as another user needs root");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mut h = Harness::with(Options {
+        as_nobody: true,
+        ..Options::default()
+    });
+    h.start();
+    let locked = h.path("locked.png");
+    std::fs::write(&locked, png(71)).unwrap();
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
+    h.drop_file("open.png", &png(72));
+    h.wait_state("open.png", "synced");
+    h.wait_state("locked.png", "rejected");
+    let error = error_of(&h, "locked.png");
+    assert!(error.contains("permission denied"), "{error}");
+    assert!(
+        error.contains("imgsyncd retry"),
+        "the reason says how to recover: {error}"
+    );
+
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = h.cli(&["retry", locked.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("examined afresh"));
+    h.reload();
+    h.wait_state("locked.png", "synced");
+    assert_eq!(h.remote_bytes("locked.png").unwrap(), png(71));
+}

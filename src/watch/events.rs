@@ -10,8 +10,8 @@ use crate::config::WatchConfig;
 
 #[derive(Debug)]
 pub enum WatchEvent {
-    /// Something was written or moved in; `closed` when the write is known to be finished.
-    Seen { path: PathBuf, closed: bool },
+    /// Something was written, moved in or changed: `closed` as [`super::settle::Settle::touch`] takes it.
+    Seen { path: PathBuf, closed: Option<bool> },
     /// Removed or moved away.
     Gone { path: PathBuf },
     /// Events were lost (queue overflow, watch error): only a full reconcile is safe.
@@ -81,20 +81,21 @@ fn translate(result: notify::Result<Event>, polling: bool) -> Vec<WatchEvent> {
             why: "the kernel's event queue overflowed".to_string(),
         }];
     }
-    let seen = |path: &PathBuf, closed: bool| WatchEvent::Seen {
+    // A poller sees no opens and closes: what it reports is taken as finished.
+    let seen = |path: &PathBuf, closed: Option<bool>| WatchEvent::Seen {
         path: path.clone(),
-        closed: closed || polling,
+        closed: if polling { Some(true) } else { closed },
     };
     let gone = |path: &PathBuf| WatchEvent::Gone { path: path.clone() };
     match event.kind {
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
-            event.paths.iter().map(|p| seen(p, true)).collect()
+            event.paths.iter().map(|p| seen(p, Some(true))).collect()
         }
         EventKind::Modify(ModifyKind::Name(RenameMode::From)) => {
             event.paths.iter().map(gone).collect()
         }
         EventKind::Modify(ModifyKind::Name(RenameMode::To)) => {
-            event.paths.iter().map(|p| seen(p, true)).collect()
+            event.paths.iter().map(|p| seen(p, Some(true))).collect()
         }
         EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {
             let mut out = Vec::new();
@@ -102,7 +103,7 @@ fn translate(result: notify::Result<Event>, polling: bool) -> Vec<WatchEvent> {
                 out.push(gone(from));
             }
             if let Some(to) = event.paths.get(1) {
-                out.push(seen(to, true));
+                out.push(seen(to, Some(true)));
             }
             out
         }
@@ -111,14 +112,17 @@ fn translate(result: notify::Result<Event>, polling: bool) -> Vec<WatchEvent> {
             .iter()
             .map(|p| {
                 if std::fs::symlink_metadata(p).is_ok() {
-                    seen(p, true)
+                    seen(p, Some(true))
                 } else {
                     gone(p)
                 }
             })
             .collect(),
+        EventKind::Modify(ModifyKind::Metadata(_)) => {
+            event.paths.iter().map(|p| seen(p, None)).collect()
+        }
         EventKind::Create(_) | EventKind::Modify(_) => {
-            event.paths.iter().map(|p| seen(p, false)).collect()
+            event.paths.iter().map(|p| seen(p, Some(false))).collect()
         }
         EventKind::Remove(_) => event.paths.iter().map(gone).collect(),
         _ => Vec::new(),

@@ -263,7 +263,7 @@ impl WatchTask {
             .filter(|r| !r.as_os_str().is_empty())
     }
 
-    async fn seen(&mut self, path: &Path, closed: bool) {
+    async fn seen(&mut self, path: &Path, closed: Option<bool>) {
         let Some(relative) = self.relative(path) else {
             return;
         };
@@ -285,13 +285,13 @@ impl WatchTask {
                     .unwrap_or_default();
                 for (file, _) in files {
                     self.removals.remove(&file);
-                    self.settle.touch(&file, true, Instant::now());
+                    self.settle.touch(&file, Some(true), Instant::now());
                 }
             }
             Ok(meta) if meta.is_dir() => {}
             Ok(meta) if self.config.filter.accepts(relative) => {
                 // Only regular files are written and closed; anything else is complete as it is.
-                let closed = closed || !meta.is_file();
+                let closed = if meta.is_file() { closed } else { Some(true) };
                 self.settle.touch(path, closed, Instant::now());
             }
             _ => {}
@@ -352,7 +352,7 @@ impl WatchTask {
             Examined::Gone => {
                 self.removals.insert(path, Instant::now());
             }
-            Examined::Changing => self.settle.touch(&path, true, Instant::now()),
+            Examined::Changing => self.settle.touch(&path, Some(true), Instant::now()),
             Examined::Reject { reason, stamp } => self.record_rejection(path, reason, stamp).await,
             Examined::Image {
                 stamp,
@@ -580,7 +580,7 @@ impl WatchTask {
             if !unchanged {
                 fresh += 1;
                 self.removals.remove(path);
-                self.settle.touch(path, true, now);
+                self.settle.touch(path, Some(true), now);
             }
         }
         let on_disk: HashMap<&PathBuf, ()> = on_disk.iter().map(|(p, _)| (p, ())).collect();

@@ -30,17 +30,20 @@ impl Settle {
         }
     }
 
-    /// Something happened to `path`. `closed` says the write is known to be finished (close-write,
-    /// moved in, seen by a scan); a plain modification says it is not.
-    pub fn touch(&mut self, path: &Path, closed: bool, now: Instant) {
+    /// Something happened to `path`. `Some(true)`: the write is known to be finished (close-write,
+    /// moved in, seen by a scan); `Some(false)`: it was written to and may still be open; `None`:
+    /// only its metadata changed (chmod, touch), which says nothing about an open write.
+    pub fn touch(&mut self, path: &Path, closed: Option<bool>, now: Instant) {
         let entry = self.pending.entry(path.to_path_buf()).or_insert(Pending {
             stamp: None,
             stable_since: now,
             last_event: now,
-            closed,
+            closed: closed.unwrap_or(true),
         });
         entry.last_event = now;
-        entry.closed = closed;
+        if let Some(closed) = closed {
+            entry.closed = closed;
+        }
     }
 
     pub fn forget(&mut self, path: &Path) {
@@ -106,7 +109,7 @@ mod tests {
         let t0 = Instant::now();
         let mut settle = Settle::new(PERIOD);
         let path = Path::new("/w/a.jpg");
-        settle.touch(path, true, t0);
+        settle.touch(path, Some(true), t0);
         let stat = |_: &Path| Some((10, 1));
         assert!(
             settle.take_ready(t0, stat).is_empty(),
@@ -129,7 +132,7 @@ mod tests {
         let t0 = Instant::now();
         let mut settle = Settle::new(PERIOD);
         let path = Path::new("/w/a.jpg");
-        settle.touch(path, true, t0);
+        settle.touch(path, Some(true), t0);
         let size = Cell::new(0u64);
         for second in 0..10 {
             size.set(size.get() + 100);
@@ -143,7 +146,7 @@ mod tests {
         let t0 = Instant::now();
         let mut settle = Settle::new(PERIOD);
         let path = Path::new("/w/a.jpg");
-        settle.touch(path, false, t0);
+        settle.touch(path, Some(false), t0);
         let stat = |_: &Path| Some((10, 1));
         settle.take_ready(t0, stat);
         assert!(
@@ -152,7 +155,7 @@ mod tests {
                 .is_empty()
         );
         let closed_at = t0 + Duration::from_secs(61);
-        settle.touch(path, true, closed_at);
+        settle.touch(path, Some(true), closed_at);
         assert!(
             settle
                 .take_ready(closed_at + Duration::from_secs(1), stat)
@@ -162,10 +165,28 @@ mod tests {
     }
 
     #[test]
+    fn a_metadata_change_keeps_the_write_state() {
+        let t0 = Instant::now();
+        let mut settle = Settle::new(PERIOD);
+        let stat = |_: &Path| Some((10, 1));
+        let closed = Path::new("/w/closed.jpg");
+        settle.touch(closed, Some(true), t0);
+        settle.touch(closed, None, t0);
+        let open = Path::new("/w/open.jpg");
+        settle.touch(open, Some(false), t0);
+        settle.touch(open, None, t0);
+        settle.take_ready(t0, stat);
+        assert_eq!(
+            settle.take_ready(t0 + PERIOD, stat),
+            vec![closed.to_path_buf()]
+        );
+    }
+
+    #[test]
     fn a_vanished_file_is_dropped() {
         let t0 = Instant::now();
         let mut settle = Settle::new(PERIOD);
-        settle.touch(Path::new("/w/a.jpg"), true, t0);
+        settle.touch(Path::new("/w/a.jpg"), Some(true), t0);
         assert!(settle.take_ready(t0 + PERIOD, |_| None).is_empty());
         assert!(settle.is_empty());
     }

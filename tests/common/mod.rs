@@ -23,6 +23,8 @@ pub struct Options {
     /// The credentials the daemon is configured with (the sandbox's by default).
     pub account: Option<KingdeeAccount>,
     pub watch_extra: &'static str,
+    /// Run the daemon and the CLI as `nobody` (the tests run as root, who can read anything).
+    pub as_nobody: bool,
 }
 
 impl Default for Options {
@@ -34,6 +36,7 @@ impl Default for Options {
             sandbox: SandboxOptions::default(),
             account: None,
             watch_extra: "",
+            as_nobody: false,
         }
     }
 }
@@ -57,6 +60,12 @@ impl Harness {
         let dir = tempfile::tempdir().expect("a temporary folder");
         let drop = dir.path().join("drop");
         std::fs::create_dir_all(&drop).unwrap();
+        if options.as_nobody {
+            use std::os::unix::fs::PermissionsExt;
+            for folder in [dir.path(), drop.as_path()] {
+                std::fs::set_permissions(folder, std::fs::Permissions::from_mode(0o777)).unwrap();
+            }
+        }
         let sandbox = Sandbox::start(options.sandbox.clone());
         let harness = Harness {
             config_path: dir.path().join("daemon.yaml"),
@@ -106,7 +115,8 @@ impl Harness {
             .append(true)
             .open(&self.log_path)
             .unwrap();
-        let child = Command::new(BIN)
+        let child = self
+            .command()
             .args([
                 "-c",
                 self.config_path.to_str().unwrap(),
@@ -166,8 +176,19 @@ impl Harness {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// `imgsyncd`, as `nobody` when the options say so.
+    fn command(&self) -> Command {
+        if self.options.as_nobody {
+            let mut command = Command::new("setpriv");
+            command.args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN]);
+            command
+        } else {
+            Command::new(BIN)
+        }
+    }
+
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
+        self.command()
             .arg("-c")
             .arg(&self.config_path)
             .args(args)
@@ -289,6 +310,13 @@ pub fn png(seed: u32) -> Vec<u8> {
 
 pub fn jpeg(seed: u32) -> Vec<u8> {
     image(image::ImageFormat::Jpeg, seed, 64, 48)
+}
+
+pub fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 pub fn exists(path: &Path) -> bool {
