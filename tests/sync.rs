@@ -402,3 +402,14 @@ fn sigterm_waits_for_transfers_then_releases_them_to_the_queue() {
     h.wait_state("in-flight.png", "synced");
     assert_eq!(h.remote_bytes("in-flight.png").unwrap(), png(401));
 }
+
+#[test]
+fn a_hard_link_into_the_folder_is_taken_without_a_write() {
+    let mut h = Harness::new();
+    h.start();
+    let outside = h.dir.path().join("original.png");
+    std::fs::write(&outside, png(501)).unwrap();
+    std::fs::hard_link(&outside, h.path("linked.png")).unwrap();
+    h.wait_state("linked.png", "synced");
+    assert_eq!(h.remote_bytes("linked.png").unwrap(), png(501));
+}

@@ -291,7 +291,9 @@ impl WatchTask {
             Ok(meta) if meta.is_dir() => {}
             Ok(meta) if self.config.filter.accepts(relative) => {
                 // Only regular files are written and closed; anything else is complete as it is.
-                let closed = if meta.is_file() { closed } else { Some(true) };
+                // So is a hard link to an existing file: linking it in writes nothing.
+                let complete = !meta.is_file() || meta.nlink() > 1;
+                let closed = if complete { Some(true) } else { closed };
                 self.settle.touch(path, closed, Instant::now());
             }
             _ => {}
