@@ -158,15 +158,11 @@ async fn claim(ctx: &WorkerContext) -> Option<(Job, Option<Duration>)> {
                 let Some(job) = j.claim(&claimable, LEASE_MS)? else {
                     return Ok(None);
                 };
-                let probe = pauses
-                    .iter()
-                    .find(|p| p.vendor == job.vendor)
-                    .map(|p| Duration::from_millis(p.probe_interval_ms.max(0) as u64));
-                if let (Some(interval), Some(pause)) =
-                    (probe, pauses.iter().find(|p| p.vendor == job.vendor))
-                {
-                    j.pause_vendor(&job.vendor, &pause.reason, interval.as_millis() as i64)?;
+                let pause = pauses.iter().find(|p| p.vendor == job.vendor);
+                if let Some(pause) = pause {
+                    j.pause_vendor(&job.vendor, &pause.reason, pause.probe_interval_ms)?;
                 }
+                let probe = pause.map(|p| Duration::from_millis(p.probe_interval_ms.max(0) as u64));
                 Ok(Some((job, probe)))
             },
         )
@@ -409,7 +405,7 @@ async fn resume(ctx: &WorkerContext, vendor: &str) {
 }
 
 async fn record(ctx: &WorkerContext, job: &Job, result: JobResult, attempt: Option<Attempt>) {
-    let job_for_log = job.clone();
+    let job_for_log = job;
     let job = job.clone();
     let outcome = ctx
         .journal

@@ -120,7 +120,7 @@ fn existing(tx: &Transaction<'_>, path: &str) -> Result<Option<Existing>> {
         .optional()?)
 }
 
-fn queue_job(
+pub(super) fn queue_job(
     tx: &Transaction<'_>,
     file_id: i64,
     op: &str,

@@ -3,7 +3,7 @@
 
 use rusqlite::{OptionalExtension, Transaction, params};
 
-use super::observe::url_shared_with;
+use super::observe::{queue_job, url_shared_with};
 use super::{Journal, Result, now_ms};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -465,15 +465,17 @@ fn requeue_file(tx: &Transaction<'_>, file_id: i64) -> Result<()> {
     } else {
         ("upload", None)
     };
-    let now = now_ms();
-    tx.execute(
-        "INSERT INTO jobs (file_id, op, vendor, sha256, remote_ref, state, not_before, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?6)",
-        params![file_id, op, vendor, sha256, remote_ref, now],
+    queue_job(
+        tx,
+        file_id,
+        op,
+        &vendor,
+        sha256.as_deref(),
+        remote_ref.as_deref(),
     )?;
     tx.execute(
         "UPDATE files SET state = 'pending', error = NULL, updated_at = ?2 WHERE id = ?1",
-        params![file_id, now],
+        params![file_id, now_ms()],
     )?;
     Ok(())
 }
@@ -497,11 +499,7 @@ fn finish_upload(
             && let Some(url) = remote.url.as_deref()
             && url_shared_with(tx, job.file_id, &job.vendor, url)?.is_none()
         {
-            tx.execute(
-                "INSERT INTO jobs (file_id, op, vendor, remote_ref, state, not_before, created_at)
-                 VALUES (?1, 'delete_old', ?2, ?3, 'queued', ?4, ?4)",
-                params![job.file_id, job.vendor, url, now],
-            )?;
+            queue_job(tx, job.file_id, "delete_old", &job.vendor, None, Some(url))?;
         }
         return Ok(Finished::Stale);
     }
@@ -529,10 +527,13 @@ fn finish_upload(
     )?;
     if removal.as_deref() == Some("delete") {
         // Removed while it was being uploaded: now delete what was just sent.
-        tx.execute(
-            "INSERT INTO jobs (file_id, op, vendor, remote_ref, state, not_before, created_at)
-             VALUES (?1, 'delete', ?2, ?3, 'queued', ?4, ?4)",
-            params![job.file_id, job.vendor, remote.url, now],
+        queue_job(
+            tx,
+            job.file_id,
+            "delete",
+            &job.vendor,
+            None,
+            remote.url.as_deref(),
         )?;
     }
     Ok(Finished::Done)

@@ -29,6 +29,17 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// Why the vendor would refuse a file of `size` bytes for its size alone; checked before a file
+    /// is read, so a huge one is never loaded.
+    pub fn size_refusal(&self, vendor: &str, size: u64) -> Option<String> {
+        (size > self.max_bytes).then(|| {
+            format!(
+                "too large for {vendor}: {size} bytes, the limit is {} bytes",
+                self.max_bytes
+            )
+        })
+    }
+
     /// Why the vendor would refuse this file, if it would.
     pub fn refusal(&self, vendor: &str, size: u64, info: &ImageInfo) -> Option<String> {
         if !self.formats.contains(&info.format) {
@@ -40,11 +51,8 @@ impl Limits {
                 self.min_bytes
             ));
         }
-        if size > self.max_bytes {
-            return Some(format!(
-                "too large for {vendor}: {size} bytes, the limit is {} bytes",
-                self.max_bytes
-            ));
+        if let Some(refusal) = self.size_refusal(vendor, size) {
+            return Some(refusal);
         }
         let (w, h) = (info.width, info.height);
         if let Some(min) = self.min_px.filter(|&m| w < m || h < m) {

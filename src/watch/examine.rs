@@ -77,13 +77,9 @@ pub fn examine(root: &Path, path: &Path, vendor: &str, limits: &Limits) -> Exami
             stamp: Some(stamp_now),
         };
     }
-    if meta.len() > limits.max_bytes {
+    if let Some(reason) = limits.size_refusal(vendor, meta.len()) {
         return Examined::Reject {
-            reason: format!(
-                "too large for {vendor}: {} bytes, the limit is {} bytes",
-                meta.len(),
-                limits.max_bytes
-            ),
+            reason,
             stamp: Some(stamp_now),
         };
     }
