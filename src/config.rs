@@ -163,13 +163,19 @@ impl NameFilter {
         })
     }
 
-    /// Whether a file at `relative` (to the watch root) is one the watch should take.
+    /// Whether a file at `relative` (to the watch root) is one the watch should take. A file in
+    /// an excluded folder (`.thumbnails/`, `@eaDir/`) is excluded however it was seen.
     pub fn accepts(&self, relative: &Path) -> bool {
         let Some(name) = relative.file_name() else {
             return false;
         };
+        let in_excluded_folder = relative
+            .parent()
+            .into_iter()
+            .flat_map(Path::components)
+            .any(|folder| self.excludes_dir(folder.as_os_str()));
         let hit = |set: &GlobSet| set.is_match(name) || set.is_match(relative);
-        hit(&self.include) && !hit(&self.exclude)
+        !in_excluded_folder && hit(&self.include) && !hit(&self.exclude)
     }
 }
 

@@ -159,7 +159,7 @@ fn execute(cli: Cli) -> Result<ExitCode> {
             })
         }
         Command::Status { json } => {
-            let journal = open_journal(&cli.config)?;
+            let journal = read_journal(&cli.config)?;
             let status = journal.status()?;
             if json {
                 emit(&serde_json::to_string_pretty(&status)?);
@@ -173,7 +173,7 @@ fn execute(cli: Cli) -> Result<ExitCode> {
             vendor,
             state,
         } => {
-            let journal = open_journal(&cli.config)?;
+            let journal = read_journal(&cli.config)?;
             let rows = journal.files(&FileFilter {
                 vendor,
                 state,
@@ -187,7 +187,7 @@ fn execute(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::History { path, json } => {
-            let journal = open_journal(&cli.config)?;
+            let journal = read_journal(&cli.config)?;
             let path = journal_path(&path);
             let Some(rows) = journal.history(&path)? else {
                 bail!("the journal has no file {path}");
@@ -209,6 +209,14 @@ fn execute(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// The journal for `status`, `files` and `history`: read only, so an operator who may only read
+/// it can use them, and they never change it.
+fn read_journal(config_path: &Path) -> Result<Journal> {
+    let config = load(config_path)?;
+    Ok(Journal::open_read_only(&config.journal)?)
+}
+
+/// The journal for `retry`, which changes it.
 fn open_journal(config_path: &Path) -> Result<Journal> {
     let config = load(config_path)?;
     Ok(Journal::open_existing(&config.journal)?)

@@ -52,7 +52,7 @@ pub fn status(status: &Status) -> String {
     for paused in &status.paused_watches {
         let _ = writeln!(
             out,
-            "PAUSED watch {} since {}: {} (no removals are trusted until it is back)",
+            "PAUSED watch {} since {}: {} (no remote copy is deleted until it is sorted out)",
             paused.path, paused.since, paused.reason
         );
     }
@@ -62,9 +62,14 @@ pub fn status(status: &Status) -> String {
             "needs attention (`imgsyncd files --state rejected` lists all):"
         );
         for p in &status.problems {
+            let kept = p
+                .last_good_copy
+                .as_deref()
+                .map(|copy| format!(" (its last good copy {copy} is kept at the vendor)"))
+                .unwrap_or_default();
             let _ = writeln!(
                 out,
-                "  {} {}: {}",
+                "  {} {}: {}{kept}",
                 p.state,
                 p.path,
                 p.error.as_deref().unwrap_or("")

@@ -12,10 +12,13 @@ use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
 use crate::image::ImageFormat;
-use crate::journal::{Attempt, Finished, Job, JobOp, JobResult, JournalHandle, Remote, now_ms};
+use crate::journal::{
+    Attempt, Claimed, Finished, Job, JobOp, JobResult, JournalHandle, Remote, now_ms,
+    reference_field,
+};
 use crate::throttle::{LogThrottle, Verdict};
 use crate::vendor::{Adapter, Call, Outcome, UploadRequest, VendorSet};
-use crate::watch::examine::sha256_hex;
+use crate::watch::examine::{ReadError, read_regular, sha256_hex};
 
 /// A claimed job stays ours this long; a crashed daemon's jobs are requeued at the next start anyway.
 const LEASE_MS: i64 = 10 * 60 * 1000;
@@ -138,41 +141,69 @@ async fn finish_in_flight(
 }
 
 /// The next due job of a vendor that is not paused (or whose probe is due). A job of a paused
-/// vendor is its probe: the next probe is pushed back so only one goes at a time.
+/// vendor is its probe: the next probe is pushed back so only one goes at a time. Jobs the journal
+/// settles by itself (the same bytes already uploaded, a file that moved on) are logged and
+/// skipped.
 async fn claim(ctx: &WorkerContext) -> Option<(Job, Option<Duration>)> {
-    let names = ctx.vendors.names();
-    let result = ctx
-        .journal
-        .call(
-            move |j| -> crate::journal::Result<Option<(Job, Option<Duration>)>> {
-                let now = now_ms();
-                let pauses = j.pauses()?;
-                let claimable: Vec<String> = names
-                    .into_iter()
-                    .filter(|v| {
-                        pauses
-                            .iter()
-                            .all(|p| &p.vendor != v || p.next_probe_at <= now)
-                    })
-                    .collect();
-                let Some(job) = j.claim(&claimable, LEASE_MS)? else {
-                    return Ok(None);
-                };
-                let pause = pauses.iter().find(|p| p.vendor == job.vendor);
-                if let Some(pause) = pause {
-                    j.pause_vendor(&job.vendor, &pause.reason, pause.probe_interval_ms)?;
-                }
-                let probe = pause.map(|p| Duration::from_millis(p.probe_interval_ms.max(0) as u64));
-                Ok(Some((job, probe)))
-            },
-        )
-        .await;
-    match result {
-        Ok(claimed) => claimed,
-        Err(e) => {
-            error!("cannot claim a job: {e}");
-            None
+    loop {
+        let names = ctx.vendors.names();
+        let result = ctx
+            .journal
+            .call(
+                move |j| -> crate::journal::Result<Option<(Claimed, Option<Duration>)>> {
+                    let now = now_ms();
+                    let pauses = j.pauses()?;
+                    let claimable: Vec<String> = names
+                        .into_iter()
+                        .filter(|v| {
+                            pauses
+                                .iter()
+                                .all(|p| &p.vendor != v || p.next_probe_at <= now)
+                        })
+                        .collect();
+                    let Some(claimed) = j.claim(&claimable, LEASE_MS)? else {
+                        return Ok(None);
+                    };
+                    let Claimed::Job(job) = &claimed else {
+                        return Ok(Some((claimed, None)));
+                    };
+                    let pause = pauses.iter().find(|p| p.vendor == job.vendor);
+                    if let Some(pause) = pause {
+                        j.pause_vendor(&job.vendor, &pause.reason, pause.probe_interval_ms)?;
+                    }
+                    let probe =
+                        pause.map(|p| Duration::from_millis(p.probe_interval_ms.max(0) as u64));
+                    Ok(Some((claimed, probe)))
+                },
+            )
+            .await;
+        match result {
+            Ok(None) => return None,
+            Ok(Some((Claimed::Job(job), probe))) => return Some((job, probe)),
+            Ok(Some((settled, _))) => log_settled(&settled),
+            Err(e) => {
+                error!("cannot claim a job: {e}");
+                return None;
+            }
         }
+    }
+}
+
+fn log_settled(settled: &Claimed) {
+    match settled {
+        Claimed::Reused { path, reference } => info!(
+            path = %path, remote = %reference,
+            "same bytes already at the vendor: synced to that copy, nothing sent"
+        ),
+        Claimed::Dropped { path, op } => info!(
+            path = %path, op = op.as_str(),
+            "the file moved on since this job was queued: dropped"
+        ),
+        Claimed::Kept { path, user } => info!(
+            path = %path,
+            "delete withdrawn: {user} uses the remote copy again"
+        ),
+        Claimed::Job(_) => {}
     }
 }
 
@@ -216,12 +247,14 @@ async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duration>) {
             match (&remote, job.op) {
                 (Some(remote), _) => {
                     attempt.outcome = "uploaded".into();
-                    attempt.message = remote.url.clone();
+                    attempt.message = Some(remote.reference.clone());
                     info!(
                         path = %shown,
                         vendor = %vendor,
-                        url = remote.url.as_deref().unwrap_or(""),
-                        "uploaded"
+                        remote = %remote.reference,
+                        "uploaded: {} {}",
+                        reference_field(adapter.kind().as_str()),
+                        remote.reference
                     );
                 }
                 (None, op) => {
@@ -234,16 +267,13 @@ async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duration>) {
                     info!(
                         path = %shown,
                         vendor = %vendor,
-                        url = job.remote_ref.as_deref().unwrap_or(""),
+                        remote = job.remote_ref.as_deref().unwrap_or(""),
                         "{what}"
                     );
                 }
             }
             match remote {
-                Some(remote) => JobResult::Uploaded {
-                    remote,
-                    can_delete: adapter.kind().can_delete(),
-                },
+                Some(remote) => JobResult::Uploaded(remote),
                 None => JobResult::Deleted,
             }
         }
@@ -323,33 +353,14 @@ struct Early {
     attempt: Attempt,
 }
 
-/// Reads the file, checks it is still the content that was queued, and sends it (or reuses what the
-/// vendor returned for the same bytes).
+/// Reads the file, checks it is still the content that was queued, and sends it.
 async fn upload(
     ctx: &WorkerContext,
     adapter: &Adapter,
     job: &Job,
 ) -> Result<Call<Option<Remote>>, Early> {
     let sha256 = job.sha256.clone().unwrap_or_default();
-    let (vendor, sha) = (job.vendor.clone(), sha256.clone());
-    if let Ok(Some((twin, remote))) = ctx
-        .journal
-        .call(move |j| j.synced_twin(&vendor, &sha))
-        .await
-    {
-        info!(path = %job.path, vendor = %job.vendor, twin = %twin, "same bytes already uploaded: reusing the result");
-        return Err(Early {
-            result: JobResult::Uploaded {
-                remote,
-                can_delete: adapter.kind().can_delete(),
-            },
-            attempt: Attempt {
-                outcome: "deduplicated".into(),
-                message: Some(format!("same bytes as {twin}")),
-                ..Attempt::default()
-            },
-        });
-    }
+    // The watcher settles whatever happened to the file; the journal drops this job when it has.
     let wait_for_watcher = |reason: String| Early {
         result: JobResult::Retry {
             not_before: now_ms() + 5_000,
@@ -362,9 +373,15 @@ async fn upload(
             ..Attempt::default()
         },
     };
-    let bytes = tokio::fs::read(&job.path)
+    let path = std::path::PathBuf::from(&job.path);
+    let max_bytes = adapter.limits().max_bytes;
+    let read = tokio::task::spawn_blocking(move || read_regular(&path, max_bytes))
         .await
-        .map_err(|e| wait_for_watcher(format!("cannot read the file: {e}")))?;
+        .unwrap_or_else(|e| Err(ReadError::Io(std::io::Error::other(e.to_string()))));
+    let bytes = match read {
+        Ok((bytes, _)) => bytes,
+        Err(e) => return Err(wait_for_watcher(format!("cannot read the file: {e}"))),
+    };
     if sha256_hex(&bytes) != sha256 {
         return Err(wait_for_watcher(
             "the file changed since it was queued; waiting for it to settle".into(),
@@ -404,24 +421,41 @@ async fn resume(ctx: &WorkerContext, vendor: &str) {
     }
 }
 
+/// Records the outcome. A journal that cannot take it (locked, full) is asked again with growing
+/// waits: an outcome is never dropped, or the job would sit `running` until its lease ran out and
+/// be sent again. Meanwhile this worker's slot stays taken, so a journal that stays unwritable
+/// stops the daemon from taking more work.
 async fn record(ctx: &WorkerContext, job: &Job, result: JobResult, attempt: Option<Attempt>) {
-    let job_for_log = job;
-    let job = job.clone();
-    let outcome = ctx
-        .journal
-        .call(move |j| j.finish(&job, &result, attempt.as_ref()))
-        .await;
+    let mut wait = Duration::from_millis(250);
+    let outcome = loop {
+        let (j, r, a) = (job.clone(), result.clone(), attempt.clone());
+        match ctx
+            .journal
+            .call(move |journal| journal.finish(&j, &r, a.as_ref()))
+            .await
+        {
+            Ok(outcome) => break outcome,
+            Err(e) => {
+                error!(
+                    path = %job.path,
+                    "cannot record the outcome: {e}; trying again in {}",
+                    humantime::format_duration(wait)
+                );
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+        }
+    };
     match outcome {
-        Ok(Finished::GaveUp) => error!(
-            path = %job_for_log.path, vendor = %job_for_log.vendor,
+        Finished::GaveUp => error!(
+            path = %job.path, vendor = %job.vendor,
             "failed: transient errors for longer than give_up_after; `imgsyncd retry --failed` queues it again"
         ),
-        Ok(Finished::Stale) => info!(
-            path = %job_for_log.path,
-            "the file changed during its upload: that copy is superseded"
+        Finished::Stale => info!(
+            path = %job.path,
+            "the file moved on while this job ran: its result is recorded for the remote copy only"
         ),
-        Ok(_) => {}
-        Err(e) => error!(path = %job_for_log.path, "cannot record the outcome: {e}"),
+        _ => {}
     }
     ctx.wake.notify_one();
 }

@@ -41,6 +41,8 @@ fn a_good_config_gets_its_defaults() {
     assert!(!watch.filter.accepts(Path::new(".hidden.jpg")));
     assert!(!watch.filter.accepts(Path::new("upload.jpg.part")));
     assert!(!watch.filter.accepts(Path::new("notes.txt")));
+    assert!(!watch.filter.accepts(Path::new(".thumbnails/Photo.jpg")));
+    assert!(!watch.filter.accepts(Path::new("a/.cache/b/Photo.jpg")));
 }
 
 #[test]

@@ -3,28 +3,35 @@
 //!
 //! One writer (the daemon holds one connection behind a mutex); CLI readers open their own.
 
+mod copies;
 mod handle;
+mod jobs;
 mod observe;
+mod pauses;
 mod queue;
+mod removal;
 mod report;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
 pub use handle::JournalHandle;
-pub use observe::KnownFile;
-pub use observe::{MissingOutcome, Observation, Observed, RejectedFile, Removal};
-pub use queue::{Attempt, Finished, Job, JobOp, JobResult, Remote, RetryOutcome, VendorPause};
+pub use observe::{FileStamp, KnownFile, Observation, Observed, RejectedFile};
+pub use pauses::VendorPause;
+pub use queue::{Attempt, Claimed, Finished, Job, JobOp, JobResult, Remote, RetryOutcome};
+pub use removal::{MissingOutcome, RemovalBatch, RemovalPolicy};
 pub use report::{
     FileFilter, FileRow, HistoryRow, PausedVendor, PausedWatch, Problem, RecentError, Status,
+    reference_field,
 };
 
 /// Schema migrations, applied in order; the database records how many it has seen in `user_version`.
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0001_init.sql"),
     include_str!("../../migrations/0002_watch_pauses.sql"),
+    include_str!("../../migrations/0003_remote_copies.sql"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +59,15 @@ pub enum JournalError {
     },
     #[error("no journal at {0}: the daemon has not run with this config yet")]
     Missing(PathBuf),
+    #[error(
+        "journal {path} has schema version {found}, older than this imgsyncd ({known}); \
+         start the daemon (or run `imgsyncd scan`) once to upgrade it"
+    )]
+    TooOld {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
     #[error("journal query failed: {0}")]
     Sql(#[from] rusqlite::Error),
 }
@@ -122,12 +138,62 @@ impl Journal {
         Ok(journal)
     }
 
-    /// Opens an existing journal for the CLI's readers; a missing file is an error, not a new journal.
+    /// Opens an existing journal for the CLI's writers (`retry`); a missing file is an error, not a
+    /// new journal.
     pub fn open_existing(path: &Path) -> Result<Journal> {
         if !path.exists() {
             return Err(JournalError::Missing(path.to_path_buf()));
         }
         Journal::open(path)
+    }
+
+    /// Opens an existing journal for reading only (`status`, `files`, `history`): it never writes,
+    /// never migrates, and works for an operator who may only read the journal's files.
+    pub fn open_read_only(path: &Path) -> Result<Journal> {
+        if !path.exists() {
+            return Err(JournalError::Missing(path.to_path_buf()));
+        }
+        let open_err = |source| JournalError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(open_err)?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(open_err)?;
+        // Reading a WAL journal needs its shared-memory file; when that cannot be created (no
+        // write access to the folder, no daemon running) the file is read as it stands.
+        let conn = match conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)) {
+            Ok(_) => conn,
+            Err(_) => {
+                let escaped = path
+                    .display()
+                    .to_string()
+                    .replace('%', "%25")
+                    .replace('?', "%3f")
+                    .replace('#', "%23");
+                let uri = format!("file:{escaped}?immutable=1");
+                Connection::open_with_flags(&uri, flags | OpenFlags::SQLITE_OPEN_URI)
+                    .map_err(open_err)?
+            }
+        };
+        let journal = Journal { conn };
+        let found = journal.schema_version()?;
+        let known = MIGRATIONS.len() as i64;
+        if found > known {
+            return Err(JournalError::TooNew {
+                path: path.to_path_buf(),
+                found,
+                known,
+            });
+        }
+        if found < known {
+            return Err(JournalError::TooOld {
+                path: path.to_path_buf(),
+                found,
+                known,
+            });
+        }
+        Ok(journal)
     }
 
     fn configure(&self, path: &Path) -> Result<()> {

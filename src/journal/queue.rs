@@ -1,17 +1,19 @@
 //! The workers' side of the journal: claiming jobs with a lease and recording what came of them,
-//! the vendor's result and the state change in one transaction.
+//! the vendor's result and the state change in one transaction. Every result is applied only to
+//! the state it was decided for: when the file has moved on (new content, removed), the result
+//! is recorded for the copy it produced and nothing else.
 
 use rusqlite::{OptionalExtension, Transaction, params};
 
-use super::observe::{queue_job, url_shared_with};
-use super::{Journal, Result, now_ms};
+use super::copies::{self, NewCopy};
+use super::{Journal, Result, jobs, now_ms};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobOp {
     Upload,
     /// The file was removed: delete its remote copy.
     Delete,
-    /// The file's content changed: delete the superseded remote copy.
+    /// The file's content changed (or an upload outlived its content): delete a copy no file uses.
     DeleteOld,
 }
 
@@ -45,18 +47,30 @@ pub struct Job {
     pub sha256: Option<String>,
     pub size: Option<u64>,
     pub format: Option<String>,
-    /// What a delete removes (the URL for Kingdee).
+    /// The copy a delete removes, and the reference the vendor knows it by.
+    pub copy_id: Option<i64>,
     pub remote_ref: Option<String>,
     pub attempts: u32,
     pub first_failure_at: Option<i64>,
 }
 
-/// What a vendor returned for an upload. Fields that do not apply to the vendor are `None`.
+/// What a claim came to.
+#[derive(Debug, Clone)]
+pub enum Claimed {
+    Job(Job),
+    /// Settled without calling the vendor: the same bytes already have a live copy.
+    Reused { path: String, reference: String },
+    /// Dropped: the file moved on (changed, removed) since the job was queued.
+    Dropped { path: String, op: JobOp },
+    /// A delete withdrawn because a file uses the copy again.
+    Kept { path: String, user: String },
+}
+
+/// What a vendor returned for an upload.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Remote {
-    pub url: Option<String>,
-    pub file_token: Option<String>,
-    pub key: Option<String>,
+    /// What the vendor knows the copy by: Kingdee's URL, Feishu's file_token, Jiandaoyun's key.
+    pub reference: String,
     pub transaction_id: Option<String>,
     pub expires_at: Option<i64>,
 }
@@ -73,11 +87,8 @@ pub struct Attempt {
 
 #[derive(Debug, Clone)]
 pub enum JobResult {
-    Uploaded {
-        remote: Remote,
-        /// Whether a copy uploaded for content that has since changed is deleted again.
-        can_delete: bool,
-    },
+    Uploaded(Remote),
+    /// The copy is gone at the vendor (deleted now, or found already gone).
     Deleted,
     /// Transient trouble: try again at `not_before`, unless the job has failed for `give_up_after_ms`.
     Retry {
@@ -95,6 +106,7 @@ pub enum JobResult {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finished {
     Done,
+    /// The file moved on while the job ran: the result was recorded for the copy only.
     Stale,
     Retrying,
     GaveUp,
@@ -102,13 +114,51 @@ pub enum Finished {
     Released,
 }
 
-#[derive(Debug, Clone)]
-pub struct VendorPause {
-    pub vendor: String,
-    pub reason: String,
-    pub since: i64,
-    pub next_probe_at: i64,
-    pub probe_interval_ms: i64,
+/// The file as a job sees it.
+struct FileNow {
+    sha256: Option<String>,
+    vendor: String,
+    kind: String,
+    state: String,
+    removal: Option<String>,
+    copy_id: Option<i64>,
+    delete_unused: bool,
+}
+
+fn file_now(tx: &Transaction<'_>, file_id: i64) -> Result<FileNow> {
+    Ok(tx.query_row(
+        "SELECT sha256, vendor, kind, state, removal, copy_id, delete_unused FROM files
+         WHERE id = ?1",
+        [file_id],
+        |r| {
+            Ok(FileNow {
+                sha256: r.get(0)?,
+                vendor: r.get(1)?,
+                kind: r.get(2)?,
+                state: r.get(3)?,
+                removal: r.get(4)?,
+                copy_id: r.get(5)?,
+                delete_unused: r.get(6)?,
+            })
+        },
+    )?)
+}
+
+impl FileNow {
+    /// Whether an upload of `job` still serves the file: the same content, on disk, pending.
+    fn wants_upload(&self, job: &Job) -> bool {
+        self.state == "pending"
+            && self.removal.is_none()
+            && self.vendor == job.vendor
+            && self.sha256 == job.sha256
+    }
+
+    /// Whether the file is waiting for this delete (its removal queued it).
+    fn awaits_delete(&self, job: &Job) -> bool {
+        job.op == JobOp::Delete
+            && self.removal.as_deref() == Some("delete")
+            && self.copy_id == job.copy_id
+    }
 }
 
 impl Journal {
@@ -121,8 +171,10 @@ impl Journal {
         )?)
     }
 
-    /// Claims the next due job of one of `vendors`, leased for `lease_ms`.
-    pub fn claim(&mut self, vendors: &[String], lease_ms: i64) -> Result<Option<Job>> {
+    /// Claims the next due job of one of `vendors`, leased for `lease_ms`. A job that no longer
+    /// serves its file, or that a live copy of the same bytes settles, is dealt with here in the
+    /// same transaction and reported instead; call again for the next.
+    pub fn claim(&mut self, vendors: &[String], lease_ms: i64) -> Result<Option<Claimed>> {
         if vendors.is_empty() {
             return Ok(None);
         }
@@ -143,7 +195,7 @@ impl Journal {
                                      AND r.lease_until >= ?1 AND r.vendor = j.vendor
                                      AND r.sha256 = j.sha256))
                              ORDER BY j.not_before, j.id LIMIT 1)
-                 RETURNING id, file_id, op, vendor, sha256, remote_ref, attempts, first_failure_at",
+                 RETURNING id, file_id, op, vendor, sha256, copy_id, attempts, first_failure_at",
                 params![now, lease_ms, names],
                 |r| {
                     Ok(Job {
@@ -155,7 +207,8 @@ impl Journal {
                         sha256: r.get(4)?,
                         size: None,
                         format: None,
-                        remote_ref: r.get(5)?,
+                        copy_id: r.get(5)?,
+                        remote_ref: None,
                         attempts: r.get(6)?,
                         first_failure_at: r.get(7)?,
                     })
@@ -170,40 +223,18 @@ impl Journal {
             [job.file_id],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
-        tx.commit()?;
         job.path = path;
         job.size = size.map(|s| s as u64);
         job.format = format;
-        Ok(Some(job))
+        let claimed = match job.op {
+            JobOp::Upload => claim_upload(&tx, job)?,
+            JobOp::Delete | JobOp::DeleteOld => claim_delete(&tx, job)?,
+        };
+        tx.commit()?;
+        Ok(Some(claimed))
     }
 
-    /// What the vendor already returned for the same bytes, if any file of it is synced.
-    pub fn synced_twin(&self, vendor: &str, sha256: &str) -> Result<Option<(String, Remote)>> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT path, url, file_token, remote_key, transaction_id, expires_at FROM files
-                 WHERE vendor = ?1 AND sha256 = ?2 AND state = 'synced' AND removal IS NULL
-                   AND (expires_at IS NULL OR expires_at > ?3)
-                 LIMIT 1",
-                params![vendor, sha256, now_ms() + 60_000],
-                |r| {
-                    Ok((
-                        r.get(0)?,
-                        Remote {
-                            url: r.get(1)?,
-                            file_token: r.get(2)?,
-                            key: r.get(3)?,
-                            transaction_id: r.get(4)?,
-                            expires_at: r.get(5)?,
-                        },
-                    ))
-                },
-            )
-            .optional()?)
-    }
-
-    /// Records the attempt and what it means for the job and the file, in one transaction.
+    /// Records the attempt and what it means for the job, the copy and the file, in one transaction.
     pub fn finish(
         &mut self,
         job: &Job,
@@ -211,73 +242,31 @@ impl Journal {
         attempt: Option<&Attempt>,
     ) -> Result<Finished> {
         let tx = self.write()?;
-        let now = now_ms();
         if let Some(attempt) = attempt {
-            tx.execute(
-                "INSERT INTO attempts (file_id, op, at, outcome, http_status, vendor_code, message,
-                   duration_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![
-                    job.file_id,
-                    job.op.as_str(),
-                    now,
-                    attempt.outcome,
-                    attempt.http_status,
-                    attempt.vendor_code,
-                    attempt.message,
-                    attempt.duration_ms
-                ],
-            )?;
+            record_attempt(&tx, job.file_id, job.op, attempt)?;
         }
+        let file = file_now(&tx, job.file_id)?;
         let finished = match result {
-            JobResult::Uploaded { remote, can_delete } => {
-                finish_upload(&tx, job, remote, *can_delete, now)?
-            }
-            JobResult::Deleted => {
-                tx.execute("DELETE FROM jobs WHERE id = ?1", [job.id])?;
-                if job.op == JobOp::Delete {
-                    tx.execute(
-                        "UPDATE files SET state = 'removed', remote_deleted = 1, removal = NULL,
-                           error = NULL, attempts = attempts + 1, updated_at = ?2 WHERE id = ?1",
-                        params![job.file_id, now],
-                    )?;
-                }
-                Finished::Done
-            }
+            JobResult::Uploaded(remote) => finish_upload(&tx, job, &file, remote)?,
+            JobResult::Deleted => finish_delete(&tx, job, &file)?,
             JobResult::Retry {
                 not_before,
                 reason,
                 give_up_after_ms,
-            } => {
-                let first = job.first_failure_at.unwrap_or(now);
-                if now - first >= *give_up_after_ms {
-                    tx.execute("DELETE FROM jobs WHERE id = ?1", [job.id])?;
-                    if job.op != JobOp::DeleteOld {
-                        set_file_outcome(&tx, job.file_id, "failed", reason, now)?;
-                    }
-                    Finished::GaveUp
-                } else {
-                    tx.execute(
-                        "UPDATE jobs SET state = 'queued', lease_until = NULL, not_before = ?2,
-                           attempts = attempts + 1, first_failure_at = ?3 WHERE id = ?1",
-                        params![job.id, not_before, first],
-                    )?;
-                    if job.op != JobOp::DeleteOld {
-                        tx.execute(
-                            "UPDATE files SET error = ?2, attempts = attempts + 1, updated_at = ?3
-                             WHERE id = ?1",
-                            params![job.file_id, reason, now],
-                        )?;
-                    }
-                    Finished::Retrying
-                }
-            }
+            } => finish_retry(&tx, job, &file, *not_before, reason, *give_up_after_ms)?,
             JobResult::Rejected(reason) => {
-                tx.execute("DELETE FROM jobs WHERE id = ?1", [job.id])?;
-                if job.op != JobOp::DeleteOld {
-                    set_file_outcome(&tx, job.file_id, "rejected", reason, now)?;
+                jobs::remove(&tx, job.id)?;
+                if file.wants_upload(job) && job.op == JobOp::Upload {
+                    // The last good copy, if any, stays the file's copy.
+                    set_file_outcome(&tx, job.file_id, "rejected", reason)?;
+                    Finished::Rejected
+                } else if file.awaits_delete(job) {
+                    let why = format!("the vendor refused to delete the remote copy: {reason}");
+                    set_file_outcome(&tx, job.file_id, "failed", &why)?;
+                    Finished::Rejected
+                } else {
+                    Finished::Stale
                 }
-                Finished::Rejected
             }
             JobResult::Release => {
                 tx.execute(
@@ -304,72 +293,6 @@ impl Journal {
         Ok(())
     }
 
-    pub fn pause_vendor(&mut self, vendor: &str, reason: &str, probe_in_ms: i64) -> Result<()> {
-        let now = now_ms();
-        self.conn.execute(
-            "INSERT INTO vendor_pauses (vendor, reason, since, next_probe_at, probe_interval_ms)
-             VALUES (?1, ?2, ?3, ?3 + ?4, ?4)
-             ON CONFLICT (vendor) DO UPDATE SET reason = ?2, next_probe_at = ?3 + ?4,
-               probe_interval_ms = ?4",
-            params![vendor, reason, now, probe_in_ms],
-        )?;
-        Ok(())
-    }
-
-    /// Ends a vendor's pause; returns whether it was paused.
-    pub fn resume_vendor(&mut self, vendor: &str) -> Result<bool> {
-        Ok(self
-            .conn
-            .execute("DELETE FROM vendor_pauses WHERE vendor = ?1", [vendor])?
-            > 0)
-    }
-
-    pub fn pauses(&self) -> Result<Vec<VendorPause>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT vendor, reason, since, next_probe_at, probe_interval_ms FROM vendor_pauses
-             ORDER BY vendor",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(VendorPause {
-                vendor: r.get(0)?,
-                reason: r.get(1)?,
-                since: r.get(2)?,
-                next_probe_at: r.get(3)?,
-                probe_interval_ms: r.get(4)?,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
-
-    /// Records that the watch on `root` is paused, and why (its folder vanished or was unmounted).
-    pub fn pause_watch(&mut self, root: &str, reason: &str) -> Result<()> {
-        self.conn.execute(
-            "INSERT INTO watch_pauses (root, reason, since) VALUES (?1, ?2, ?3)
-             ON CONFLICT (root) DO UPDATE SET reason = ?2",
-            params![root, reason, now_ms()],
-        )?;
-        Ok(())
-    }
-
-    pub fn resume_watch(&mut self, root: &str) -> Result<()> {
-        self.conn
-            .execute("DELETE FROM watch_pauses WHERE root = ?1", [root])?;
-        Ok(())
-    }
-
-    /// At a start every watch checks its folder afresh.
-    pub fn clear_watch_pauses(&mut self) -> Result<()> {
-        self.conn.execute("DELETE FROM watch_pauses", [])?;
-        Ok(())
-    }
-
-    /// Makes every paused vendor due for a probe now (after a reload).
-    pub fn probe_paused_now(&mut self) -> Result<()> {
-        self.conn
-            .execute("UPDATE vendor_pauses SET next_probe_at = ?1", [now_ms()])?;
-        Ok(())
-    }
-
     /// Puts every failed file back in the queue; returns how many.
     pub fn retry_failed(&mut self) -> Result<usize> {
         let tx = self.write()?;
@@ -391,23 +314,20 @@ impl Journal {
         let tx = self.write()?;
         let mut out = Vec::new();
         for path in paths {
-            let row: Option<(i64, String)> = tx
-                .query_row("SELECT id, state FROM files WHERE path = ?1", [path], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
+            let row: Option<(i64, String, bool)> = tx
+                .query_row(
+                    "SELECT id, state, sha256 IS NOT NULL FROM files WHERE path = ?1",
+                    [path],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
                 .optional()?;
             let outcome = match row {
                 None => RetryOutcome::Unknown,
-                Some((id, state)) if state == "failed" => {
+                Some((id, state, _)) if state == "failed" => {
                     requeue_file(&tx, id)?;
                     RetryOutcome::Queued
                 }
-                Some((id, state)) if state == "rejected" => {
-                    let refused_by_vendor: bool = tx.query_row(
-                        "SELECT sha256 IS NOT NULL FROM files WHERE id = ?1",
-                        [id],
-                        |r| r.get(0),
-                    )?;
+                Some((id, state, refused_by_vendor)) if state == "rejected" => {
                     if refused_by_vendor {
                         requeue_file(&tx, id)?;
                         RetryOutcome::Queued
@@ -421,7 +341,7 @@ impl Journal {
                         RetryOutcome::Reexamined
                     }
                 }
-                Some((_, state)) => RetryOutcome::NotFailed(state),
+                Some((_, state, _)) => RetryOutcome::NotFailed(state),
             };
             out.push((path.clone(), outcome));
         }
@@ -438,103 +358,252 @@ pub enum RetryOutcome {
     Unknown,
 }
 
-fn set_file_outcome(
+fn claim_upload(tx: &Transaction<'_>, job: Job) -> Result<Claimed> {
+    let file = file_now(tx, job.file_id)?;
+    if !file.wants_upload(&job) {
+        jobs::remove(tx, job.id)?;
+        return Ok(Claimed::Dropped {
+            path: job.path,
+            op: job.op,
+        });
+    }
+    let sha256 = job.sha256.as_deref().unwrap_or_default();
+    let Some(copy_id) = copies::reusable(tx, &job.vendor, sha256)? else {
+        return Ok(Claimed::Job(job));
+    };
+    let reference: String = tx.query_row(
+        "SELECT remote_ref FROM remote_copies WHERE id = ?1",
+        [copy_id],
+        |r| r.get(0),
+    )?;
+    record_attempt(
+        tx,
+        job.file_id,
+        job.op,
+        &Attempt {
+            outcome: "deduplicated".into(),
+            message: Some(format!("same bytes as the live copy {reference}")),
+            ..Attempt::default()
+        },
+    )?;
+    jobs::remove(tx, job.id)?;
+    sync_to(tx, job.file_id, &file, copy_id)?;
+    Ok(Claimed::Reused {
+        path: job.path,
+        reference,
+    })
+}
+
+fn claim_delete(tx: &Transaction<'_>, mut job: Job) -> Result<Claimed> {
+    let Some(copy_id) = job.copy_id else {
+        jobs::remove(tx, job.id)?;
+        return Ok(Claimed::Dropped {
+            path: job.path,
+            op: job.op,
+        });
+    };
+    let file = file_now(tx, job.file_id)?;
+    match copies::state(tx, copy_id)?.as_str() {
+        "deleted" => {
+            jobs::remove(tx, job.id)?;
+            if file.awaits_delete(&job) {
+                set_removed(tx, job.file_id, None)?;
+            }
+            return Ok(Claimed::Dropped {
+                path: job.path,
+                op: job.op,
+            });
+        }
+        "live" => {
+            if let Some(user) = copies::user(tx, copy_id, None)? {
+                // Used again since the delete was queued (a file put back, the same bytes
+                // dropped): the delete is withdrawn before anything was sent.
+                jobs::remove(tx, job.id)?;
+                if file.awaits_delete(&job) {
+                    let note = format!("remote copy kept: {user} uses it");
+                    set_removed(tx, job.file_id, Some(&note))?;
+                }
+                return Ok(Claimed::Kept {
+                    path: job.path,
+                    user,
+                });
+            }
+            copies::mark_deleting(tx, copy_id)?;
+        }
+        _ => {}
+    }
+    job.remote_ref = Some(tx.query_row(
+        "SELECT remote_ref FROM remote_copies WHERE id = ?1",
+        [copy_id],
+        |r| r.get(0),
+    )?);
+    Ok(Claimed::Job(job))
+}
+
+fn record_attempt(tx: &Transaction<'_>, file_id: i64, op: JobOp, attempt: &Attempt) -> Result<()> {
+    tx.execute(
+        "INSERT INTO attempts (file_id, op, at, outcome, http_status, vendor_code, message,
+           duration_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            file_id,
+            op.as_str(),
+            now_ms(),
+            attempt.outcome,
+            attempt.http_status,
+            attempt.vendor_code,
+            attempt.message,
+            attempt.duration_ms
+        ],
+    )?;
+    Ok(())
+}
+
+/// The file is synced to `copy_id`; the copy it pointed at before is deleted if nothing uses it
+/// and the file's watch deletes what it no longer needs.
+fn sync_to(tx: &Transaction<'_>, file_id: i64, file: &FileNow, copy_id: i64) -> Result<()> {
+    tx.execute(
+        "UPDATE files SET state = 'synced', copy_id = ?2, error = NULL, attempts = attempts + 1,
+           updated_at = ?3 WHERE id = ?1",
+        params![file_id, copy_id, now_ms()],
+    )?;
+    if let Some(old) = file.copy_id.filter(|old| *old != copy_id) {
+        delete_if_unused(tx, file_id, &file.vendor, old, file.delete_unused)?;
+    }
+    Ok(())
+}
+
+/// Queues the delete of a copy no file uses, when the file's watch deletes what it leaves behind.
+fn delete_if_unused(
     tx: &Transaction<'_>,
     file_id: i64,
-    state: &str,
-    reason: &str,
-    now: i64,
+    vendor: &str,
+    copy_id: i64,
+    delete_unused: bool,
 ) -> Result<()> {
+    if delete_unused
+        && copies::is_live(tx, Some(copy_id))?
+        && copies::user(tx, copy_id, None)?.is_none()
+        && !copies::delete_pending(tx, copy_id)?
+    {
+        jobs::queue(tx, file_id, "delete_old", vendor, None, Some(copy_id))?;
+    }
+    Ok(())
+}
+
+fn finish_upload(tx: &Transaction<'_>, job: &Job, file: &FileNow, remote: &Remote) -> Result<Finished> {
+    jobs::remove(tx, job.id)?;
+    let copy_id = copies::record(
+        tx,
+        &NewCopy {
+            vendor: &job.vendor,
+            kind: &file.kind,
+            remote_ref: &remote.reference,
+            sha256: job.sha256.as_deref(),
+            transaction_id: remote.transaction_id.as_deref(),
+            expires_at: remote.expires_at,
+        },
+    )?;
+    if file.wants_upload(job) {
+        sync_to(tx, job.file_id, file, copy_id)?;
+        return Ok(Finished::Done);
+    }
+    // The file changed or went while its content was in flight: that copy serves nobody, unless
+    // the same bytes are waiting elsewhere.
+    delete_if_unused(tx, job.file_id, &job.vendor, copy_id, file.delete_unused)?;
+    Ok(Finished::Stale)
+}
+
+fn finish_delete(tx: &Transaction<'_>, job: &Job, file: &FileNow) -> Result<Finished> {
+    jobs::remove(tx, job.id)?;
+    if let Some(copy_id) = job.copy_id {
+        copies::mark_deleted(tx, copy_id)?;
+    }
+    if file.awaits_delete(job) {
+        tx.execute(
+            "UPDATE files SET state = 'removed', removal = NULL, error = NULL,
+               attempts = attempts + 1, updated_at = ?2 WHERE id = ?1",
+            params![job.file_id, now_ms()],
+        )?;
+    }
+    Ok(Finished::Done)
+}
+
+fn finish_retry(
+    tx: &Transaction<'_>,
+    job: &Job,
+    file: &FileNow,
+    not_before: i64,
+    reason: &str,
+    give_up_after_ms: i64,
+) -> Result<Finished> {
+    let now = now_ms();
+    let serves_file = match job.op {
+        JobOp::Upload => file.wants_upload(job),
+        JobOp::Delete => file.awaits_delete(job),
+        JobOp::DeleteOld => false,
+    };
+    if job.op == JobOp::Upload && !serves_file {
+        jobs::remove(tx, job.id)?;
+        return Ok(Finished::Stale);
+    }
+    let first = job.first_failure_at.unwrap_or(now);
+    if now - first >= give_up_after_ms {
+        jobs::remove(tx, job.id)?;
+        if serves_file {
+            set_file_outcome(tx, job.file_id, "failed", reason)?;
+        }
+        return Ok(Finished::GaveUp);
+    }
+    tx.execute(
+        "UPDATE jobs SET state = 'queued', lease_until = NULL, not_before = ?2,
+           attempts = attempts + 1, first_failure_at = ?3 WHERE id = ?1",
+        params![job.id, not_before, first],
+    )?;
+    if serves_file {
+        tx.execute(
+            "UPDATE files SET error = ?2, attempts = attempts + 1, updated_at = ?3 WHERE id = ?1",
+            params![job.file_id, reason, now],
+        )?;
+    }
+    Ok(Finished::Retrying)
+}
+
+fn set_file_outcome(tx: &Transaction<'_>, file_id: i64, state: &str, reason: &str) -> Result<()> {
     tx.execute(
         "UPDATE files SET state = ?2, error = ?3, attempts = attempts + 1, updated_at = ?4
          WHERE id = ?1",
-        params![file_id, state, reason, now],
+        params![file_id, state, reason, now_ms()],
+    )?;
+    Ok(())
+}
+
+fn set_removed(tx: &Transaction<'_>, file_id: i64, note: Option<&str>) -> Result<()> {
+    tx.execute(
+        "UPDATE files SET state = 'removed', removal = NULL, error = ?2, updated_at = ?3
+         WHERE id = ?1",
+        params![file_id, note, now_ms()],
     )?;
     Ok(())
 }
 
 fn requeue_file(tx: &Transaction<'_>, file_id: i64) -> Result<()> {
-    let (vendor, sha256, url, removal): (String, Option<String>, Option<String>, Option<String>) =
-        tx.query_row(
-            "SELECT vendor, sha256, url, removal FROM files WHERE id = ?1",
-            [file_id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )?;
-    let (op, remote_ref) = if removal.as_deref() == Some("delete") {
-        ("delete", url)
+    let file = file_now(tx, file_id)?;
+    if file.removal.as_deref() == Some("delete") {
+        jobs::queue(tx, file_id, "delete", &file.vendor, None, file.copy_id)?;
     } else {
-        ("upload", None)
-    };
-    queue_job(
-        tx,
-        file_id,
-        op,
-        &vendor,
-        sha256.as_deref(),
-        remote_ref.as_deref(),
-    )?;
+        jobs::queue(
+            tx,
+            file_id,
+            "upload",
+            &file.vendor,
+            file.sha256.as_deref(),
+            None,
+        )?;
+    }
     tx.execute(
         "UPDATE files SET state = 'pending', error = NULL, updated_at = ?2 WHERE id = ?1",
         params![file_id, now_ms()],
     )?;
     Ok(())
-}
-
-fn finish_upload(
-    tx: &Transaction<'_>,
-    job: &Job,
-    remote: &Remote,
-    can_delete: bool,
-    now: i64,
-) -> Result<Finished> {
-    tx.execute("DELETE FROM jobs WHERE id = ?1", [job.id])?;
-    let (sha256, removal): (Option<String>, Option<String>) = tx.query_row(
-        "SELECT sha256, removal FROM files WHERE id = ?1",
-        [job.file_id],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
-    if sha256 != job.sha256 {
-        // The file changed while its old content was in flight: that copy is already stale.
-        if can_delete
-            && let Some(url) = remote.url.as_deref()
-            && url_shared_with(tx, job.file_id, &job.vendor, url)?.is_none()
-        {
-            queue_job(tx, job.file_id, "delete_old", &job.vendor, None, Some(url))?;
-        }
-        return Ok(Finished::Stale);
-    }
-    let state = match removal.as_deref() {
-        None | Some("held") => "synced",
-        Some("keep") => "removed",
-        Some(_) => "pending",
-    };
-    tx.execute(
-        "UPDATE files SET state = ?2, url = ?3, file_token = ?4, remote_key = ?5,
-           transaction_id = ?6, expires_at = ?7, remote_deleted = 0, error = NULL,
-           removal = CASE WHEN removal = 'keep' THEN NULL ELSE removal END,
-           attempts = attempts + 1, updated_at = ?8
-         WHERE id = ?1",
-        params![
-            job.file_id,
-            state,
-            remote.url,
-            remote.file_token,
-            remote.key,
-            remote.transaction_id,
-            remote.expires_at,
-            now
-        ],
-    )?;
-    if removal.as_deref() == Some("delete") {
-        // Removed while it was being uploaded: now delete what was just sent.
-        queue_job(
-            tx,
-            job.file_id,
-            "delete",
-            &job.vendor,
-            None,
-            remote.url.as_deref(),
-        )?;
-    }
-    Ok(Finished::Done)
 }

@@ -7,6 +7,16 @@ use serde::Serialize;
 
 use super::{FileState, Journal, Result, now_ms, rfc3339};
 
+/// The contract's field for a remote copy's reference, by vendor kind: Kingdee answers a URL,
+/// Feishu a file_token, Jiandaoyun a key.
+pub fn reference_field(kind: &str) -> &'static str {
+    match kind {
+        "feishu" => "file_token",
+        "jiandaoyun" => "key",
+        _ => "url",
+    }
+}
+
 /// One row of `files --json`; the contract's field names.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct FileRow {
@@ -70,6 +80,8 @@ pub struct Problem {
     pub vendor: String,
     pub state: String,
     pub error: Option<String>,
+    /// The copy the vendor still holds for the file's last good content (kept on purpose).
+    pub last_good_copy: Option<String>,
     pub updated_at: String,
 }
 
@@ -108,13 +120,13 @@ fn empty_counts() -> BTreeMap<String, u64> {
 impl Journal {
     pub fn files(&self, filter: &FileFilter) -> Result<Vec<FileRow>> {
         let mut stmt = self.conn.prepare(
-            "SELECT path, vendor, kind, state, size, sha256, url, file_token, remote_key,
-               transaction_id, expires_at, remote_deleted, attempts, error, updated_at, format,
-               width, height
-             FROM files
-             WHERE (?1 IS NULL OR vendor = ?1) AND (?2 IS NULL OR state = ?2)
-               AND (?3 IS NULL OR path = ?3)
-             ORDER BY path",
+            "SELECT f.path, f.vendor, f.kind, f.state, f.size, f.sha256, c.remote_ref,
+               c.transaction_id, c.expires_at, c.state, f.attempts, f.error, f.updated_at,
+               f.format, f.width, f.height
+             FROM files f LEFT JOIN remote_copies c ON c.id = f.copy_id
+             WHERE (?1 IS NULL OR f.vendor = ?1) AND (?2 IS NULL OR f.state = ?2)
+               AND (?3 IS NULL OR f.path = ?3)
+             ORDER BY f.path",
         )?;
         let rows = stmt.query_map(
             params![
@@ -123,27 +135,31 @@ impl Journal {
                 filter.path
             ],
             |r| {
+                let kind: String = r.get(2)?;
                 let state: String = r.get(3)?;
-                let remote_deleted: bool = r.get(11)?;
+                let reference: Option<String> = r.get(6)?;
+                let copy_state: Option<String> = r.get(9)?;
+                let field = |name: &str| reference.clone().filter(|_| reference_field(&kind) == name);
                 Ok(FileRow {
                     path: r.get(0)?,
                     vendor: r.get(1)?,
-                    kind: r.get(2)?,
-                    remote_deleted: (state == "removed").then_some(remote_deleted),
+                    url: field("url"),
+                    file_token: field("file_token"),
+                    key: field("key"),
+                    kind,
+                    remote_deleted: (state == "removed")
+                        .then(|| copy_state.as_deref() == Some("deleted")),
                     state,
                     size: r.get::<_, Option<i64>>(4)?.map(|s| s as u64),
                     sha256: r.get(5)?,
-                    url: r.get(6)?,
-                    file_token: r.get(7)?,
-                    key: r.get(8)?,
-                    transaction_id: r.get(9)?,
-                    expires_at: r.get::<_, Option<i64>>(10)?.map(rfc3339),
-                    attempts: r.get(12)?,
-                    error: r.get(13)?,
-                    updated_at: rfc3339(r.get(14)?),
-                    format: r.get(15)?,
-                    width: r.get(16)?,
-                    height: r.get(17)?,
+                    transaction_id: r.get(7)?,
+                    expires_at: r.get::<_, Option<i64>>(8)?.map(rfc3339),
+                    attempts: r.get(10)?,
+                    error: r.get(11)?,
+                    updated_at: rfc3339(r.get(12)?),
+                    format: r.get(13)?,
+                    width: r.get(14)?,
+                    height: r.get(15)?,
                 })
             },
         )?;
@@ -247,8 +263,10 @@ impl Journal {
 
     fn problems(&self, limit: i64) -> Result<Vec<Problem>> {
         let mut stmt = self.conn.prepare(
-            "SELECT path, vendor, state, error, updated_at FROM files
-             WHERE state IN ('rejected', 'failed') ORDER BY updated_at DESC, id DESC LIMIT ?1",
+            "SELECT f.path, f.vendor, f.state, f.error, f.updated_at, c.remote_ref
+             FROM files f LEFT JOIN remote_copies c ON c.id = f.copy_id AND c.state = 'live'
+             WHERE f.state IN ('rejected', 'failed')
+             ORDER BY f.updated_at DESC, f.id DESC LIMIT ?1",
         )?;
         let rows = stmt.query_map([limit], |r| {
             Ok(Problem {
@@ -257,6 +275,7 @@ impl Journal {
                 state: r.get(2)?,
                 error: r.get(3)?,
                 updated_at: rfc3339(r.get(4)?),
+                last_good_copy: r.get(5)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)

@@ -6,12 +6,13 @@ use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
 use notify::{Event, EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::settle::Sighting;
 use crate::config::WatchConfig;
 
 #[derive(Debug)]
 pub enum WatchEvent {
-    /// Something was written, moved in or changed: `closed` as [`super::settle::Settle::touch`] takes it.
-    Seen { path: PathBuf, closed: Option<bool> },
+    /// Something was written, moved in or changed.
+    Seen { path: PathBuf, sighting: Sighting },
     /// Removed or moved away.
     Gone { path: PathBuf },
     /// Events were lost (queue overflow, watch error): only a full reconcile is safe.
@@ -82,20 +83,20 @@ fn translate(result: notify::Result<Event>, polling: bool) -> Vec<WatchEvent> {
         }];
     }
     // A poller sees no opens and closes: what it reports is taken as finished.
-    let seen = |path: &PathBuf, closed: Option<bool>| WatchEvent::Seen {
+    let seen = |path: &PathBuf, sighting: Sighting| WatchEvent::Seen {
         path: path.clone(),
-        closed: if polling { Some(true) } else { closed },
+        sighting: if polling { Sighting::Closed } else { sighting },
     };
     let gone = |path: &PathBuf| WatchEvent::Gone { path: path.clone() };
     match event.kind {
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
-            event.paths.iter().map(|p| seen(p, Some(true))).collect()
+            event.paths.iter().map(|p| seen(p, Sighting::Closed)).collect()
         }
         EventKind::Modify(ModifyKind::Name(RenameMode::From)) => {
             event.paths.iter().map(gone).collect()
         }
         EventKind::Modify(ModifyKind::Name(RenameMode::To)) => {
-            event.paths.iter().map(|p| seen(p, Some(true))).collect()
+            event.paths.iter().map(|p| seen(p, Sighting::Closed)).collect()
         }
         EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {
             let mut out = Vec::new();
@@ -103,7 +104,7 @@ fn translate(result: notify::Result<Event>, polling: bool) -> Vec<WatchEvent> {
                 out.push(gone(from));
             }
             if let Some(to) = event.paths.get(1) {
-                out.push(seen(to, Some(true)));
+                out.push(seen(to, Sighting::Closed));
             }
             out
         }
@@ -112,17 +113,17 @@ fn translate(result: notify::Result<Event>, polling: bool) -> Vec<WatchEvent> {
             .iter()
             .map(|p| {
                 if std::fs::symlink_metadata(p).is_ok() {
-                    seen(p, Some(true))
+                    seen(p, Sighting::Closed)
                 } else {
                     gone(p)
                 }
             })
             .collect(),
         EventKind::Modify(ModifyKind::Metadata(_)) => {
-            event.paths.iter().map(|p| seen(p, None)).collect()
+            event.paths.iter().map(|p| seen(p, Sighting::Metadata)).collect()
         }
         EventKind::Create(_) | EventKind::Modify(_) => {
-            event.paths.iter().map(|p| seen(p, Some(false))).collect()
+            event.paths.iter().map(|p| seen(p, Sighting::Open)).collect()
         }
         EventKind::Remove(_) => event.paths.iter().map(gone).collect(),
         _ => Vec::new(),

@@ -1,14 +1,14 @@
 //! Looks at one path under a watch and says what it is: an image to send (with its hash), a file to
 //! refuse (and why), or nothing to do. Never opens anything but a regular file.
 
-use std::io::ErrorKind;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::io::{ErrorKind, Read};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::settle::Stamp;
 use crate::image::{self, ImageInfo};
+use crate::journal::FileStamp as Stamp;
 use crate::vendor::Limits;
 
 #[derive(Debug)]
@@ -30,7 +30,81 @@ pub enum Examined {
 }
 
 pub fn stamp(meta: &std::fs::Metadata) -> Stamp {
-    (meta.len(), meta.mtime() * 1_000_000_000 + meta.mtime_nsec())
+    Stamp {
+        size: meta.len(),
+        mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+        ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+        inode: meta.ino(),
+        dev: meta.dev(),
+    }
+}
+
+/// Why a path could not be read as a regular file.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("it is gone")]
+    Gone,
+    #[error("not a regular file any more ({0})")]
+    NotRegular(&'static str),
+    #[error("{size} bytes, more than the {limit} bytes allowed")]
+    TooLarge { size: u64, limit: u64 },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads a regular file whole, and its stamp as of the read. It is opened without following a
+/// symlink and without blocking (a FIFO put in its place must not hang the reader), checked to be
+/// a regular file within `max_bytes`, then read.
+pub fn read_regular(path: &Path, max_bytes: u64) -> Result<(Vec<u8>, Stamp), ReadError> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            ErrorKind::NotFound => ReadError::Gone,
+            // O_NOFOLLOW on a symlink answers ELOOP.
+            _ if e.raw_os_error() == Some(libc::ELOOP) => ReadError::NotRegular("a symlink"),
+            _ => ReadError::Io(e),
+        })?;
+    let meta = file.metadata()?;
+    let file_type = meta.file_type();
+    if !file_type.is_file() {
+        return Err(ReadError::NotRegular(describe(&file_type)));
+    }
+    if meta.len() > max_bytes {
+        return Err(ReadError::TooLarge {
+            size: meta.len(),
+            limit: max_bytes,
+        });
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // One byte past the limit tells a file that grew since the check.
+    file.take(max_bytes + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(ReadError::TooLarge {
+            size: bytes.len() as u64,
+            limit: max_bytes,
+        });
+    }
+    Ok((bytes, stamp(&meta)))
+}
+
+fn describe(file_type: &std::fs::FileType) -> &'static str {
+    if file_type.is_fifo() {
+        "a FIFO"
+    } else if file_type.is_socket() {
+        "a socket"
+    } else if file_type.is_block_device() {
+        "a block device"
+    } else if file_type.is_char_device() {
+        "a character device"
+    } else if file_type.is_dir() {
+        "a folder"
+    } else if file_type.is_symlink() {
+        "a symlink"
+    } else {
+        "not a regular file"
+    }
 }
 
 /// The stamp of a regular file at `path` (not following symlinks), for the settle tracker.
@@ -61,17 +135,7 @@ pub fn examine(root: &Path, path: &Path, vendor: &str, limits: &Limits) -> Exami
         };
     }
     if !file_type.is_file() {
-        let what = if file_type.is_fifo() {
-            "a FIFO"
-        } else if file_type.is_socket() {
-            "a socket"
-        } else if file_type.is_block_device() {
-            "a block device"
-        } else if file_type.is_char_device() {
-            "a character device"
-        } else {
-            "not a regular file"
-        };
+        let what = describe(&file_type);
         return Examined::Reject {
             reason: format!("not a regular file ({what}); skipped"),
             stamp: Some(stamp_now),
@@ -83,10 +147,10 @@ pub fn examine(root: &Path, path: &Path, vendor: &str, limits: &Limits) -> Exami
             stamp: Some(stamp_now),
         };
     }
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Examined::Gone,
-        Err(e) if e.kind() == ErrorKind::PermissionDenied => {
+    let (bytes, read_stamp) = match read_regular(path, limits.max_bytes) {
+        Ok(read) => read,
+        Err(ReadError::Gone) => return Examined::Gone,
+        Err(ReadError::Io(e)) if e.kind() == ErrorKind::PermissionDenied => {
             return Examined::Reject {
                 reason: format!(
                     "cannot read: permission denied; fix its permissions, then run `imgsyncd retry {}`",
@@ -95,6 +159,7 @@ pub fn examine(root: &Path, path: &Path, vendor: &str, limits: &Limits) -> Exami
                 stamp: Some(stamp_now),
             };
         }
+        Err(ReadError::TooLarge { .. }) => return Examined::Changing,
         Err(e) => {
             return Examined::Reject {
                 reason: format!("cannot read: {e}"),
@@ -102,7 +167,8 @@ pub fn examine(root: &Path, path: &Path, vendor: &str, limits: &Limits) -> Exami
             };
         }
     };
-    if stat(path) != Some(stamp_now) || bytes.len() as u64 != stamp_now.0 {
+    if read_stamp != stamp_now || stat(path) != Some(stamp_now) || bytes.len() as u64 != stamp_now.size
+    {
         return Examined::Changing;
     }
     let info = match image::inspect(&bytes) {
@@ -114,7 +180,7 @@ pub fn examine(root: &Path, path: &Path, vendor: &str, limits: &Limits) -> Exami
             };
         }
     };
-    if let Some(reason) = limits.refusal(vendor, stamp_now.0, &info) {
+    if let Some(reason) = limits.refusal(vendor, stamp_now.size, &info) {
         return Examined::Reject {
             reason,
             stamp: Some(stamp_now),

@@ -16,10 +16,13 @@ use tokio::sync::{Notify, mpsc};
 use tracing::{error, info, warn};
 
 use crate::config::{OnRemove, VendorKind, WatchConfig};
-use crate::journal::{JournalHandle, MissingOutcome, Observation, Observed, RejectedFile, Removal};
+use crate::journal::{
+    JournalHandle, KnownFile, MissingOutcome, Observation, Observed, RejectedFile, RemovalBatch,
+    RemovalPolicy,
+};
 use crate::vendor::Limits;
 use examine::Examined;
-use settle::Settle;
+use settle::{Settle, Sighting, Stamp};
 
 /// The journal records paths as text: a name that is not UTF-8 could not be found again, so it is
 /// skipped, with a line that says how to make it acceptable.
@@ -56,6 +59,71 @@ const REMOVAL_GRACE: Duration = Duration::from_secs(1);
 /// Removals wait for pending new files (which may be their new names) at most this long.
 const REMOVAL_MAX_WAIT: Duration = Duration::from_secs(60);
 const ROOT_CHECK: Duration = Duration::from_secs(2);
+/// Deletes are counted against `max_deletes` over this window, however slowly files vanish.
+const REMOVAL_WINDOW: Duration = Duration::from_secs(3600);
+/// A journal write that failed is tried again after this long.
+const JOURNAL_RETRY: Duration = Duration::from_secs(1);
+
+/// A path seen gone, waiting for its removal to be decided.
+#[derive(Debug, Clone)]
+struct PendingRemoval {
+    since: Instant,
+    /// Why its delete must be held whatever the guards say (found by a scan of an empty root).
+    hold: Option<String>,
+}
+
+impl PendingRemoval {
+    fn new(since: Instant) -> Self {
+        PendingRemoval { since, hold: None }
+    }
+}
+
+/// What a look at a path the journal knows says about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Presence {
+    Present,
+    Gone,
+    /// Neither: unreadable, or its folder is on another filesystem than when it was recorded.
+    Unknown(String),
+}
+
+/// Only "no such file", in a folder on the filesystem the file was recorded on, means gone.
+fn presence(root: &Path, path: &Path, recorded_dev: Option<u64>) -> Presence {
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => return Presence::Present,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Presence::Unknown(format!("cannot look at it: {e}")),
+    }
+    let mut folder = path.parent();
+    while let Some(dir) = folder {
+        match std::fs::symlink_metadata(dir) {
+            Ok(meta) => {
+                return match recorded_dev {
+                    Some(dev) if meta.dev() != dev => Presence::Unknown(format!(
+                        "{} is on another filesystem than when the file was recorded \
+                         (device {} instead of {dev}): unmounted?",
+                        dir.display(),
+                        meta.dev()
+                    )),
+                    _ => Presence::Gone,
+                };
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir != root => {
+                folder = dir.parent();
+            }
+            Err(e) => return Presence::Unknown(format!("cannot look into {}: {e}", dir.display())),
+        }
+    }
+    Presence::Gone
+}
+
+/// What a look at the watch root found.
+enum RootState {
+    /// Not there (or not a folder): the watch is paused.
+    Missing,
+    /// There; `fresh` when it is a folder the running watcher does not cover (replaced, back).
+    Usable { fresh: bool },
+}
 
 pub struct WatchTask {
     config: WatchConfig,
@@ -63,9 +131,13 @@ pub struct WatchTask {
     kind: VendorKind,
     limits: Limits,
     settle: Settle,
-    removals: HashMap<PathBuf, Instant>,
-    /// The root's device when the watch started: a different one means it was unmounted.
-    root_dev: Option<u64>,
+    removals: HashMap<PathBuf, PendingRemoval>,
+    /// The root's (device, inode) when last known good, as the journal keeps it across restarts.
+    root_id: Option<(u64, u64)>,
+    /// The (device, inode) the running watcher was set up on.
+    watching_id: Option<(u64, u64)>,
+    /// Why the root cannot be trusted for removals (replaced, remounted), while it is so.
+    replaced: Option<String>,
     paused: Option<String>,
 }
 
@@ -79,7 +151,9 @@ impl WatchTask {
             limits,
             settle,
             removals: HashMap::new(),
-            root_dev: None,
+            root_id: None,
+            watching_id: None,
+            replaced: None,
             paused: None,
         }
     }
@@ -92,9 +166,9 @@ impl WatchTask {
     pub async fn run(mut self, mut commands: mpsc::UnboundedReceiver<WatchCommand>) {
         let (event_tx, mut events) = mpsc::unbounded_channel();
         let mut watcher = None;
-        if self.check_root() {
+        if let RootState::Usable { .. } = self.check_root().await {
             watcher = self.start_watcher(&event_tx);
-            self.reconcile().await;
+            self.reconcile(Sighting::Scanned).await;
         }
         let tick_period =
             (self.ctx.settle / 4).clamp(Duration::from_millis(50), Duration::from_millis(500));
@@ -111,7 +185,7 @@ impl WatchTask {
         loop {
             tokio::select! {
                 command = commands.recv() => match command {
-                    Some(WatchCommand::Rescan) => self.reconcile().await,
+                    Some(WatchCommand::Rescan) => self.reconcile(Sighting::Scanned).await,
                     Some(WatchCommand::Stop) | None => break,
                 },
                 Some(event) = events.recv() => match event {
@@ -123,71 +197,129 @@ impl WatchTask {
                             humantime::format_duration(events::FALLBACK_POLL)
                         );
                         watcher = events::start(&self.config, Some(events::FALLBACK_POLL), event_tx.clone()).ok();
-                        self.reconcile().await;
+                        self.reconcile(Sighting::Closed).await;
                     }
                     event => self.on_event(event).await,
                 },
                 _ = tick.tick() => self.on_tick().await,
-                _ = rescan.tick() => self.reconcile().await,
-                _ = root_check.tick() => {
-                    let was_paused = self.paused.is_some();
-                    let ok = self.check_root();
-                    if !ok {
-                        watcher = None;
-                    } else if was_paused {
+                _ = rescan.tick() => self.reconcile(Sighting::Scanned).await,
+                _ = root_check.tick() => match self.check_root().await {
+                    RootState::Missing => watcher = None,
+                    RootState::Usable { fresh: true } => {
+                        // A folder put in the root's place (or the root back from a pause): the old
+                        // watcher sees nothing of it.
+                        drop(watcher.take());
                         watcher = self.start_watcher(&event_tx);
-                        self.reconcile().await;
+                        self.reconcile(Sighting::Scanned).await;
                     }
-                }
+                    RootState::Usable { fresh: false } => {}
+                },
             }
         }
         drop(watcher);
-        if self.paused.is_some() {
+        if self.paused.is_some() || self.replaced.is_some() {
             let root = self.root().display().to_string();
             let _ = self.ctx.journal.call(move |j| j.resume_watch(&root)).await;
         }
     }
 
-    /// Whether the root is there and is the filesystem the watch started on; pauses or resumes.
-    fn check_root(&mut self) -> bool {
-        let problem = match std::fs::metadata(self.root()) {
-            Ok(meta) if meta.is_dir() => match self.root_dev {
-                Some(dev) if dev != meta.dev() => Some(format!(
-                    "it is now on another filesystem (device {} instead of {dev}): unmounted? \
-                     Reload (SIGHUP) to accept the new filesystem",
-                    meta.dev()
-                )),
-                _ => {
-                    self.root_dev = Some(meta.dev());
-                    None
-                }
-            },
-            Ok(_) => Some("it is not a folder".to_string()),
-            Err(e) => Some(e.to_string()),
+    /// Looks at the root: whether it is there, and whether it is the folder the journal knows
+    /// (same device and inode). Pauses the watch while it is missing; holds its removals while it
+    /// is another folder than the one known (replaced, or an empty mount point).
+    async fn check_root(&mut self) -> RootState {
+        let meta = match std::fs::metadata(self.root()) {
+            Ok(meta) if meta.is_dir() => meta,
+            Ok(_) => {
+                self.pause("it is not a folder".to_string());
+                return RootState::Missing;
+            }
+            Err(e) => {
+                self.pause(e.to_string());
+                return RootState::Missing;
+            }
         };
-        match (problem, self.paused.take()) {
-            (None, Some(_)) => {
-                info!(watch = %self.root().display(), "watch root is back; resuming and rescanning");
-                self.record_pause(None);
-                true
-            }
-            (None, None) => true,
-            (Some(problem), None) => {
-                error!(
-                    watch = %self.root().display(),
-                    "watch root unavailable ({problem}); watch paused, no removals are trusted until it is back"
-                );
-                self.settle = Settle::new(self.ctx.settle);
-                self.removals.clear();
-                self.record_pause(Some(problem.clone()));
-                self.paused = Some(problem);
-                false
-            }
-            (Some(problem), Some(_)) => {
-                self.paused = Some(problem);
-                false
+        let current = (meta.dev(), meta.ino());
+        let was_paused = self.paused.take().is_some();
+        if was_paused {
+            info!(watch = %self.root().display(), "watch root is back; resuming and rescanning");
+        }
+        if self.root_id != Some(current) {
+            // The journal is the authority: at a start, and after `retry --held` accepted a
+            // replaced root, it holds what this root should be.
+            let root = self.root().display().to_string();
+            let known = self
+                .ctx
+                .journal
+                .call(move |j| j.root_identity(&root))
+                .await
+                .unwrap_or(None);
+            match known {
+                None => {
+                    let root = self.root().display().to_string();
+                    let recorded = self
+                        .ctx
+                        .journal
+                        .call(move |j| j.set_root_identity(&root, current.0, current.1))
+                        .await;
+                    if let Err(e) = recorded {
+                        error!(watch = %self.root().display(), "cannot record the watch root: {e}");
+                    }
+                    self.root_id = Some(current);
+                }
+                Some(known) => self.root_id = Some(known),
             }
         }
+        let problem = match self.root_id {
+            Some((dev, _)) if dev != current.0 => Some(format!(
+                "the folder is on another filesystem than before (device {} instead of {dev}): \
+                 an unmounted share?",
+                current.0
+            )),
+            Some((_, inode)) if inode != current.1 => Some(
+                "the folder was replaced by another one (removed and recreated, or moved aside)"
+                    .to_string(),
+            ),
+            _ => None,
+        };
+        match (&problem, self.replaced.is_some()) {
+            (Some(problem), known) => {
+                if !known {
+                    error!(
+                        watch = %self.root().display(),
+                        "watch root changed: {problem}; new files are still taken, but no remote \
+                         copy is deleted for files missing from it: run `imgsyncd retry --held` \
+                         once the folder is as it should be"
+                    );
+                }
+                if !known || was_paused {
+                    self.record_pause(Some(format!("{problem}; removals held")));
+                }
+            }
+            (None, true) => {
+                info!(watch = %self.root().display(), "watch root is the known folder again");
+                self.record_pause(None);
+            }
+            (None, false) if was_paused => self.record_pause(None),
+            (None, false) => {}
+        }
+        self.replaced = problem;
+        let fresh = self.watching_id != Some(current);
+        self.watching_id = Some(current);
+        RootState::Usable { fresh }
+    }
+
+    fn pause(&mut self, problem: String) {
+        if self.paused.is_none() {
+            error!(
+                watch = %self.root().display(),
+                "watch root unavailable ({problem}); watch paused, no removals are trusted until it is back"
+            );
+            self.settle = Settle::new(self.ctx.settle);
+            self.removals.clear();
+            self.record_pause(Some(problem.clone()));
+        }
+        self.watching_id = None;
+        self.paused = Some(problem);
     }
 
     /// Tells the journal (and so `status`) that the watch paused (`Some(reason)`) or resumed.
@@ -248,11 +380,12 @@ impl WatchTask {
             return;
         }
         match event {
-            events::WatchEvent::Seen { path, closed } => self.seen(&path, closed).await,
+            events::WatchEvent::Seen { path, sighting } => self.seen(&path, sighting).await,
             events::WatchEvent::Gone { path } => self.gone(&path),
             events::WatchEvent::Rescan { why } | events::WatchEvent::Failed { why } => {
                 warn!(watch = %self.root().display(), "{why}; reconciling the whole folder");
-                self.reconcile().await;
+                // Events were lost, close-writes among them: what the scan finds counts as closed.
+                self.reconcile(Sighting::Closed).await;
             }
         }
     }
@@ -263,7 +396,7 @@ impl WatchTask {
             .filter(|r| !r.as_os_str().is_empty())
     }
 
-    async fn seen(&mut self, path: &Path, closed: Option<bool>) {
+    async fn seen(&mut self, path: &Path, sighting: Sighting) {
         let Some(relative) = self.relative(path) else {
             return;
         };
@@ -285,7 +418,7 @@ impl WatchTask {
                     .unwrap_or_default();
                 for (file, _) in files {
                     self.removals.remove(&file);
-                    self.settle.touch(&file, Some(true), Instant::now());
+                    self.settle.touch(&file, Sighting::Closed, Instant::now());
                 }
             }
             Ok(meta) if meta.is_dir() => {}
@@ -293,8 +426,8 @@ impl WatchTask {
                 // Only regular files are written and closed; anything else is complete as it is.
                 // So is a hard link to an existing file: linking it in writes nothing.
                 let complete = !meta.is_file() || meta.nlink() > 1;
-                let closed = if complete { Some(true) } else { closed };
-                self.settle.touch(path, closed, Instant::now());
+                let sighting = if complete { Sighting::Closed } else { sighting };
+                self.settle.touch(path, sighting, Instant::now());
             }
             _ => {}
         }
@@ -305,7 +438,8 @@ impl WatchTask {
             return;
         }
         self.settle.forget_under(path);
-        self.removals.insert(path.to_path_buf(), Instant::now());
+        self.removals
+            .insert(path.to_path_buf(), PendingRemoval::new(Instant::now()));
     }
 
     async fn on_tick(&mut self) {
@@ -317,22 +451,24 @@ impl WatchTask {
             self.take(path).await;
         }
         let now = Instant::now();
-        let waited_enough = |t: &Instant| now.duration_since(*t) >= self.ctx.settle + REMOVAL_GRACE;
+        let waited_enough =
+            |r: &PendingRemoval| now.duration_since(r.since) >= self.ctx.settle + REMOVAL_GRACE;
         let overdue = self
             .removals
             .values()
-            .any(|t| now.duration_since(*t) >= REMOVAL_MAX_WAIT);
+            .any(|r| now.duration_since(r.since) >= REMOVAL_MAX_WAIT);
         if self.settle.is_empty() || overdue {
             let due: Vec<PathBuf> = self
                 .removals
                 .iter()
-                .filter(|(_, t)| waited_enough(t))
+                .filter(|(_, r)| waited_enough(r))
                 .map(|(p, _)| p.clone())
                 .collect();
             if !due.is_empty() {
-                for path in &due {
-                    self.removals.remove(path);
-                }
+                let due = due
+                    .into_iter()
+                    .filter_map(|p| self.removals.remove_entry(&p))
+                    .collect();
                 self.process_removals(due).await;
             }
         }
@@ -349,26 +485,40 @@ impl WatchTask {
                 .await
                 .unwrap_or(Examined::Skip)
         };
-        match examined {
-            Examined::Skip => {}
+        let recorded = match examined {
+            Examined::Skip => true,
             Examined::Gone => {
-                self.removals.insert(path, Instant::now());
+                self.removals
+                    .insert(path.clone(), PendingRemoval::new(Instant::now()));
+                true
             }
-            Examined::Changing => self.settle.touch(&path, Some(true), Instant::now()),
-            Examined::Reject { reason, stamp } => self.record_rejection(path, reason, stamp).await,
+            Examined::Changing => {
+                self.settle.touch(&path, Sighting::Closed, Instant::now());
+                true
+            }
+            Examined::Reject { reason, stamp } => {
+                self.record_rejection(path.clone(), reason, stamp).await
+            }
             Examined::Image {
                 stamp,
                 sha256,
                 info,
-            } => self.record_image(path, stamp, sha256, info).await,
+            } => self.record_image(path.clone(), stamp, sha256, info).await,
+        };
+        if !recorded {
+            // The journal could not take it (locked, full): the file is looked at again later,
+            // never forgotten.
+            tokio::time::sleep(JOURNAL_RETRY).await;
+            self.settle.touch(&path, Sighting::Closed, Instant::now());
         }
     }
 
-    async fn record_rejection(&self, path: PathBuf, reason: String, stamp: Option<settle::Stamp>) {
+    /// Records a refusal; false when the journal could not record it.
+    async fn record_rejection(&self, path: PathBuf, reason: String, stamp: Option<Stamp>) -> bool {
         let watch_root = self.root().display().to_string();
         let vendor = self.config.vendor.clone();
         let kind = self.kind.as_str();
-        let delete_replaced = self.delete_replaced();
+        let delete_unused = self.delete_unused();
         let path_text = path.display().to_string();
         let log_reason = reason.clone();
         let result = self
@@ -380,38 +530,43 @@ impl WatchTask {
                     watch_root: &watch_root,
                     vendor: &vendor,
                     kind,
-                    size: stamp.map(|s| s.0),
-                    mtime_ns: stamp.map(|s| s.1),
+                    stamp,
                     reason: &reason,
-                    delete_replaced,
+                    delete_unused,
                 })
             })
             .await;
+        self.ctx.wake_workers.notify_one();
         match result {
             Ok(true) => {
-                warn!(path = %path.display(), vendor = %self.config.vendor, "rejected: {log_reason}")
+                warn!(path = %path.display(), vendor = %self.config.vendor, "rejected: {log_reason}");
+                true
             }
-            Ok(false) => {}
-            Err(e) => error!(path = %path.display(), "cannot record the rejection: {e}"),
+            Ok(false) => true,
+            Err(e) => {
+                error!(path = %path.display(), "cannot record the rejection (will try again): {e}");
+                false
+            }
         }
-        self.ctx.wake_workers.notify_one();
     }
 
-    fn delete_replaced(&self) -> bool {
+    /// Whether copies the watch's files leave behind are deleted at the vendor.
+    fn delete_unused(&self) -> bool {
         self.kind.can_delete() && self.config.on_remove == OnRemove::Delete
     }
 
+    /// Records a complete image; false when the journal could not record it.
     async fn record_image(
         &self,
         path: PathBuf,
-        stamp: settle::Stamp,
+        stamp: Stamp,
         sha256: String,
         info: crate::image::ImageInfo,
-    ) {
+    ) -> bool {
         let watch_root = self.root().display().to_string();
         let vendor = self.config.vendor.clone();
         let kind = self.kind.as_str();
-        let delete_replaced = self.delete_replaced();
+        let delete_unused = self.delete_unused();
         let path_text = path.display().to_string();
         let result = self
             .ctx
@@ -422,28 +577,28 @@ impl WatchTask {
                     watch_root: &watch_root,
                     vendor: &vendor,
                     kind,
-                    size: stamp.0,
-                    mtime_ns: stamp.1,
+                    stamp,
                     sha256: &sha256,
                     format: info.format.mime_subtype(),
                     width: info.width,
                     height: info.height,
-                    delete_replaced,
+                    delete_unused,
                 };
                 j.observe(&observation, &|p| std::fs::symlink_metadata(p).is_ok())
             })
             .await;
         let shown = path.display();
         let vendor = &self.config.vendor;
+        self.ctx.wake_workers.notify_one();
         match result {
             Ok(Observed::Unchanged) => {}
             Ok(Observed::Queued) => info!(
-                path = %shown, vendor = %vendor, size = stamp.0, format = %info.format,
+                path = %shown, vendor = %vendor, size = stamp.size, format = %info.format,
                 "taken: queued for upload"
             ),
             Ok(Observed::Changed) => info!(
-                path = %shown, vendor = %vendor, size = stamp.0,
-                "content changed: queued for upload, the old remote copy is replaced"
+                path = %shown, vendor = %vendor, size = stamp.size,
+                "content changed: queued for upload; the old remote copy is replaced once it is synced"
             ),
             Ok(Observed::Moved { from }) => info!(
                 path = %shown, vendor = %vendor, from = %from,
@@ -451,104 +606,159 @@ impl WatchTask {
             ),
             Ok(Observed::Restored) => info!(
                 path = %shown, vendor = %vendor,
-                "back before its removal was carried out: removal cancelled"
+                "back on disk with its remote copy still there: synced again, nothing sent"
             ),
-            Err(e) => error!(path = %shown, "cannot record the file: {e}"),
+            Ok(Observed::RestoredAfterDelete) => info!(
+                path = %shown, vendor = %vendor,
+                "back on disk but its remote copy is deleted (or being deleted): queued for upload"
+            ),
+            Err(e) => {
+                error!(path = %shown, "cannot record the file (will try again): {e}");
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Acts on files gone from disk. Only a file that is really gone (not unreadable, not on an
+    /// unmounted filesystem) loses its remote copy, and the journal's guards may still hold it.
+    async fn process_removals(&mut self, due: Vec<(PathBuf, PendingRemoval)>) {
+        match self.check_root().await {
+            RootState::Missing => return,
+            RootState::Usable { .. } => {}
+        }
+        let candidates: Vec<(String, Option<String>)> = due
+            .iter()
+            .map(|(p, r)| (p.display().to_string(), r.hold.clone()))
+            .collect();
+        let lookup: Vec<String> = candidates.iter().map(|(p, _)| p.clone()).collect();
+        let known = match self
+            .ctx
+            .journal
+            .call(move |j| -> crate::journal::Result<Vec<KnownFile>> {
+                let mut known = Vec::new();
+                for path in &lookup {
+                    known.extend(j.known_under(path)?);
+                    known.extend(j.known_file(path)?);
+                }
+                Ok(known)
+            })
+            .await
+        {
+            Ok(known) => known,
+            Err(e) => {
+                error!(watch = %self.root().display(), "cannot read the journal (will try again): {e}");
+                self.removals.extend(due);
+                return;
+            }
+        };
+        let root = self.root().to_path_buf();
+        let looked = tokio::task::spawn_blocking(move || {
+            known
+                .into_iter()
+                .filter(|k| !k.removal_pending)
+                .map(|k| {
+                    let presence = presence(&root, Path::new(&k.path), k.stamp.map(|s| s.dev));
+                    (k.path, presence)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        let hold_of = |path: &str| {
+            candidates
+                .iter()
+                .filter(|(c, _)| path == c || Path::new(path).starts_with(c))
+                .find_map(|(_, hold)| hold.clone())
+                .or_else(|| self.replaced.clone())
+        };
+        let mut gone: HashMap<Option<String>, Vec<String>> = HashMap::new();
+        for (path, presence) in looked {
+            match presence {
+                Presence::Gone => gone.entry(hold_of(&path)).or_default().push(path),
+                Presence::Present => {}
+                Presence::Unknown(why) => warn!(
+                    path = %path, vendor = %self.config.vendor,
+                    "cannot tell whether the file is gone ({why}); its remote copy is kept"
+                ),
+            }
+        }
+        for (hold, paths) in gone {
+            if !self.record_removals(paths.clone(), hold).await {
+                let now = Instant::now();
+                self.removals.extend(
+                    paths
+                        .into_iter()
+                        .map(|p| (PathBuf::from(p), PendingRemoval::new(now))),
+                );
+            }
         }
         self.ctx.wake_workers.notify_one();
     }
 
-    /// Acts on files gone from disk; more than `max_deletes` at once are held for an operator.
-    async fn process_removals(&mut self, paths: Vec<PathBuf>) {
-        if !self.check_root() {
-            return;
-        }
-        let gone: Vec<String> = paths
-            .into_iter()
-            .filter(|p| std::fs::symlink_metadata(p).is_err())
-            .map(|p| p.display().to_string())
-            .collect();
-        if gone.is_empty() {
-            return;
-        }
-        let on_remove = self.config.on_remove;
+    /// Records removals in the journal, which decides each one; false when it could not.
+    async fn record_removals(&self, paths: Vec<String>, hold: Option<String>) -> bool {
+        let watch_root = self.root().display().to_string();
+        let policy = match self.config.on_remove {
+            OnRemove::Delete if self.kind.can_delete() => RemovalPolicy::Delete,
+            _ => RemovalPolicy::Keep,
+        };
         let max_deletes = self.ctx.max_deletes;
         let result = self
             .ctx
             .journal
-            .call(move |j| -> crate::journal::Result<Vec<(String, MissingOutcome)>> {
-                let mut targets = Vec::new();
-                for path in &gone {
-                    for known in j.known_under(path)? {
-                        if !known.removal_pending {
-                            targets.push(known.path);
-                        }
-                    }
-                    targets.push(path.clone());
-                }
-                targets.sort();
-                targets.dedup();
-                let hold = on_remove == OnRemove::Delete && targets.len() > max_deletes;
-                let removal = match (on_remove, hold) {
-                    (OnRemove::Keep, _) => Removal::Keep,
-                    (OnRemove::Delete, false) => Removal::Delete,
-                    (OnRemove::Delete, true) => Removal::Hold(format!(
-                        "removal held: {} files vanished at once (more than max_deletes = {max_deletes}); \
-                         run `imgsyncd retry --held` to delete them at the vendor",
-                        targets.len()
-                    )),
-                };
-                targets
-                    .into_iter()
-                    .map(|path| j.mark_missing(&path, &removal).map(|o| (path, o)))
-                    .collect()
+            .call(move |j| {
+                j.mark_missing(&RemovalBatch {
+                    watch_root: &watch_root,
+                    paths: &paths,
+                    policy,
+                    max_deletes,
+                    window_ms: REMOVAL_WINDOW.as_millis() as i64,
+                    hold: hold.as_deref(),
+                })
             })
             .await;
         let outcomes = match result {
             Ok(outcomes) => outcomes,
             Err(e) => {
-                error!(watch = %self.root().display(), "cannot record removals: {e}");
-                return;
+                error!(watch = %self.root().display(), "cannot record removals (will try again): {e}");
+                return false;
             }
         };
-        let held = outcomes
+        let held: Vec<&String> = outcomes
             .iter()
-            .filter(|(_, o)| *o == MissingOutcome::Held)
-            .count();
-        if held > 0 {
+            .filter_map(|(_, o)| match o {
+                MissingOutcome::Held(reason) => Some(reason),
+                _ => None,
+            })
+            .collect();
+        if let Some(reason) = held.first() {
             warn!(
-                watch = %self.root().display(), held,
-                "{held} files vanished at once (more than max_deletes = {}); their deletes are held: \
-                 check the folder, then run `imgsyncd retry --held` to delete them at the vendor",
-                self.ctx.max_deletes
+                watch = %self.root().display(), held = held.len(),
+                "{} deletes held: {reason}", held.len()
             );
         }
         for (path, outcome) in outcomes {
+            let vendor = &self.config.vendor;
             match outcome {
                 MissingOutcome::DeleteQueued => {
-                    info!(path = %path, vendor = %self.config.vendor, "removed from disk: delete queued")
+                    info!(path = %path, vendor = %vendor, "removed from disk: delete queued")
                 }
-                MissingOutcome::Removed => {
-                    info!(path = %path, vendor = %self.config.vendor, "removed")
-                }
+                MissingOutcome::Removed => info!(path = %path, vendor = %vendor, "removed"),
                 MissingOutcome::Shared { with } => info!(
-                    path = %path, vendor = %self.config.vendor,
+                    path = %path, vendor = %vendor,
                     "removed; remote copy kept because {with} still uses it"
                 ),
-                MissingOutcome::Deferred => info!(
-                    path = %path, vendor = %self.config.vendor,
-                    "removed while uploading: handled when the upload ends"
-                ),
-                MissingOutcome::NotTracked | MissingOutcome::Unchanged | MissingOutcome::Held => {}
+                MissingOutcome::NotTracked | MissingOutcome::Unchanged | MissingOutcome::Held(_) => {}
             }
         }
-        self.ctx.wake_workers.notify_one();
+        true
     }
 
     /// Compares the folder with the journal: new and changed files go to the settle tracker,
-    /// vanished ones to the removals.
-    pub async fn reconcile(&mut self) {
-        if !self.check_root() {
+    /// vanished ones to the removals. `sighting` is how the files found count for the tracker.
+    pub async fn reconcile(&mut self, sighting: Sighting) {
+        if let RootState::Missing = self.check_root().await {
             return;
         }
         let root = self.root().to_path_buf();
@@ -577,20 +787,32 @@ impl WatchTask {
         let mut fresh = 0;
         for (path, stamp) in &on_disk {
             let unchanged = known.get(path).is_some_and(|k| {
-                !k.removal_pending && k.size == Some(stamp.0) && k.mtime_ns == Some(stamp.1)
+                !k.removal_pending && !k.needs_work && k.stamp.as_ref() == Some(stamp)
             });
             if !unchanged {
                 fresh += 1;
                 self.removals.remove(path);
-                self.settle.touch(path, Some(true), now);
+                self.settle.touch(path, sighting, now);
             }
         }
         let on_disk: HashMap<&PathBuf, ()> = on_disk.iter().map(|(p, _)| (p, ())).collect();
+        let live = known.values().filter(|k| !k.removal_pending).count();
+        // A known root found empty is an unmounted share or a mistake far more often than a
+        // folder emptied on purpose: its removals wait for an operator.
+        let hold = (on_disk.is_empty() && live > 0).then(|| {
+            format!("the watch folder is empty, but the journal knows {live} files in it (an unmounted share?)")
+        });
         let mut vanished = 0;
         for (path, k) in &known {
             if !on_disk.contains_key(path) && !k.removal_pending {
                 vanished += 1;
-                self.removals.entry(path.clone()).or_insert(now);
+                let removal = self
+                    .removals
+                    .entry(path.clone())
+                    .or_insert(PendingRemoval::new(now));
+                if hold.is_some() {
+                    removal.hold = hold.clone();
+                }
             }
         }
         info!(
@@ -602,11 +824,11 @@ impl WatchTask {
 
     /// One pass for `imgsyncd scan`: reconcile, then take every file and removal at once.
     pub async fn scan_once(&mut self) {
-        self.reconcile().await;
+        self.reconcile(Sighting::Scanned).await;
         for path in self.settle.drain() {
             self.take(path).await;
         }
-        let removals: Vec<PathBuf> = self.removals.drain().map(|(p, _)| p).collect();
+        let removals: Vec<(PathBuf, PendingRemoval)> = self.removals.drain().collect();
         if !removals.is_empty() {
             self.process_removals(removals).await;
         }

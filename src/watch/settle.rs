@@ -5,8 +5,20 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// Size and mtime (ns) as last seen.
-pub type Stamp = (u64, i64);
+pub use crate::journal::FileStamp as Stamp;
+
+/// How a path came to the tracker's attention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sighting {
+    /// The write is known to be finished: close-write, moved in, or a hard link.
+    Closed,
+    /// It was written to and may still be open.
+    Open,
+    /// Only its metadata changed (chmod, touch), which says nothing about an open write.
+    Metadata,
+    /// Found by a scan: finished, unless an event already said it is open.
+    Scanned,
+}
 
 #[derive(Debug)]
 struct Pending {
@@ -30,19 +42,20 @@ impl Settle {
         }
     }
 
-    /// Something happened to `path`. `Some(true)`: the write is known to be finished (close-write,
-    /// moved in, seen by a scan); `Some(false)`: it was written to and may still be open; `None`:
-    /// only its metadata changed (chmod, touch), which says nothing about an open write.
-    pub fn touch(&mut self, path: &Path, closed: Option<bool>, now: Instant) {
+    /// Something happened to `path`.
+    pub fn touch(&mut self, path: &Path, sighting: Sighting, now: Instant) {
         let entry = self.pending.entry(path.to_path_buf()).or_insert(Pending {
             stamp: None,
             stable_since: now,
             last_event: now,
-            closed: closed.unwrap_or(true),
+            closed: sighting != Sighting::Open,
         });
         entry.last_event = now;
-        if let Some(closed) = closed {
-            entry.closed = closed;
+        match sighting {
+            Sighting::Closed => entry.closed = true,
+            Sighting::Open => entry.closed = false,
+            // A scan cannot see an open file descriptor: what inotify said stands.
+            Sighting::Metadata | Sighting::Scanned => {}
         }
     }
 
@@ -104,13 +117,23 @@ mod tests {
 
     const PERIOD: Duration = Duration::from_secs(2);
 
+    fn st(size: u64, mtime_ns: i64) -> Option<Stamp> {
+        Some(Stamp {
+            size,
+            mtime_ns,
+            ctime_ns: mtime_ns,
+            inode: 1,
+            dev: 1,
+        })
+    }
+
     #[test]
     fn a_closed_file_is_taken_after_a_quiet_period() {
         let t0 = Instant::now();
         let mut settle = Settle::new(PERIOD);
         let path = Path::new("/w/a.jpg");
-        settle.touch(path, Some(true), t0);
-        let stat = |_: &Path| Some((10, 1));
+        settle.touch(path, Sighting::Closed, t0);
+        let stat = |_: &Path| st(10, 1);
         assert!(
             settle.take_ready(t0, stat).is_empty(),
             "first sight only records the stamp"
@@ -132,12 +155,12 @@ mod tests {
         let t0 = Instant::now();
         let mut settle = Settle::new(PERIOD);
         let path = Path::new("/w/a.jpg");
-        settle.touch(path, Some(true), t0);
+        settle.touch(path, Sighting::Closed, t0);
         let size = Cell::new(0u64);
         for second in 0..10 {
             size.set(size.get() + 100);
             let now = t0 + Duration::from_secs(second * 3);
-            assert!(settle.take_ready(now, |_| Some((size.get(), 1))).is_empty());
+            assert!(settle.take_ready(now, |_| st(size.get(), 1)).is_empty());
         }
     }
 
@@ -146,8 +169,8 @@ mod tests {
         let t0 = Instant::now();
         let mut settle = Settle::new(PERIOD);
         let path = Path::new("/w/a.jpg");
-        settle.touch(path, Some(false), t0);
-        let stat = |_: &Path| Some((10, 1));
+        settle.touch(path, Sighting::Open, t0);
+        let stat = |_: &Path| st(10, 1);
         settle.take_ready(t0, stat);
         assert!(
             settle
@@ -155,7 +178,7 @@ mod tests {
                 .is_empty()
         );
         let closed_at = t0 + Duration::from_secs(61);
-        settle.touch(path, Some(true), closed_at);
+        settle.touch(path, Sighting::Closed, closed_at);
         assert!(
             settle
                 .take_ready(closed_at + Duration::from_secs(1), stat)
@@ -168,13 +191,13 @@ mod tests {
     fn a_metadata_change_keeps_the_write_state() {
         let t0 = Instant::now();
         let mut settle = Settle::new(PERIOD);
-        let stat = |_: &Path| Some((10, 1));
+        let stat = |_: &Path| st(10, 1);
         let closed = Path::new("/w/closed.jpg");
-        settle.touch(closed, Some(true), t0);
-        settle.touch(closed, None, t0);
+        settle.touch(closed, Sighting::Closed, t0);
+        settle.touch(closed, Sighting::Metadata, t0);
         let open = Path::new("/w/open.jpg");
-        settle.touch(open, Some(false), t0);
-        settle.touch(open, None, t0);
+        settle.touch(open, Sighting::Open, t0);
+        settle.touch(open, Sighting::Metadata, t0);
         settle.take_ready(t0, stat);
         assert_eq!(
             settle.take_ready(t0 + PERIOD, stat),
@@ -183,10 +206,31 @@ mod tests {
     }
 
     #[test]
+    fn a_scan_does_not_close_a_file_inotify_saw_open() {
+        let t0 = Instant::now();
+        let mut settle = Settle::new(PERIOD);
+        let stat = |_: &Path| st(10, 1);
+        let path = Path::new("/w/download.jpg");
+        settle.touch(path, Sighting::Open, t0);
+        settle.touch(path, Sighting::Scanned, t0);
+        settle.take_ready(t0, stat);
+        assert!(
+            settle
+                .take_ready(t0 + Duration::from_secs(60), stat)
+                .is_empty(),
+            "a file still open for writing is never taken"
+        );
+        let found = Path::new("/w/found.jpg");
+        settle.touch(found, Sighting::Scanned, t0);
+        settle.take_ready(t0, stat);
+        assert_eq!(settle.take_ready(t0 + PERIOD, stat), vec![found.to_path_buf()]);
+    }
+
+    #[test]
     fn a_vanished_file_is_dropped() {
         let t0 = Instant::now();
         let mut settle = Settle::new(PERIOD);
-        settle.touch(Path::new("/w/a.jpg"), Some(true), t0);
+        settle.touch(Path::new("/w/a.jpg"), Sighting::Closed, t0);
         assert!(settle.take_ready(t0 + PERIOD, |_| None).is_empty());
         assert!(settle.is_empty());
     }

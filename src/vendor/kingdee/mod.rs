@@ -227,7 +227,7 @@ impl Kingdee {
                 .filter(|u| !u.is_empty())
                 .ok_or("the answer has no data.rows[0].url")?;
             Ok(Remote {
-                url: Some(url.to_string()),
+                reference: url.to_string(),
                 ..Remote::default()
             })
         })
@@ -251,13 +251,28 @@ impl Kingdee {
             .await;
         let call = answer(response, "delete", |_| Ok(())).await;
         self.forget_refused_token(&call, &token).await;
-        call
+        already_gone_is_done(call)
     }
 
     async fn forget_refused_token<T>(&self, call: &Call<T>, token: &Secret) {
         if matches!(call.outcome, Outcome::Reauth { .. }) {
             self.token.invalidate(token).await;
         }
+    }
+}
+
+/// A delete the vendor refuses because the image does not exist has nothing left to do: an
+/// earlier attempt deleted it and its answer was lost, or someone else did.
+fn already_gone_is_done(call: Call<()>) -> Call<()> {
+    match &call.outcome {
+        Outcome::Rejected { reason }
+            if ["不存在", "not exist", "not found", "no such"]
+                .iter()
+                .any(|marker| reason.to_lowercase().contains(marker)) =>
+        {
+            Call::new(Outcome::Done(()), call.http_status, call.vendor_code)
+        }
+        _ => call,
     }
 }
 
@@ -286,9 +301,13 @@ async fn answer<T>(
     let outcome = classify(status, code, &description, what, wait).unwrap_or_else(|| {
         match reply.as_ref().map(|r| on_success(&r.data)) {
             Some(Ok(value)) => Outcome::Done(value),
-            Some(Err(missing)) => Outcome::Retry {
-                after: None,
-                reason: format!("kingdee {what}: unexpected answer: {missing}"),
+            // The vendor said yes: what it stored cannot be named, and sending again would store
+            // another. Pause, so a person sees it, rather than retry.
+            Some(Err(missing)) => Outcome::VendorDown {
+                reason: format!(
+                    "kingdee {what}: the answer was a success but could not be read ({missing}); \
+                     not sent again until the vendor answers as documented"
+                ),
             },
             None => Outcome::Retry {
                 after: None,

@@ -1,0 +1,139 @@
+//! Remote copies: one row per copy a vendor holds. Whether a copy may be deleted, whether a file
+//! may be synced to it and whether the same bytes can reuse it are all answered here, from the
+//! table, never from a file's own columns.
+
+use rusqlite::{OptionalExtension, Transaction, params};
+
+use super::{Result, now_ms};
+
+/// Dedupe never hands out a copy that expires sooner than this.
+const REUSE_MARGIN_MS: i64 = 60_000;
+
+/// What a vendor returned for one upload, in the journal's vendor-neutral terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewCopy<'a> {
+    pub vendor: &'a str,
+    pub kind: &'a str,
+    pub remote_ref: &'a str,
+    pub sha256: Option<&'a str>,
+    pub transaction_id: Option<&'a str>,
+    pub expires_at: Option<i64>,
+}
+
+/// Records a copy the vendor now holds and returns its id. A reference the vendor hands out again
+/// is live again, whatever the journal thought of it.
+pub(super) fn record(tx: &Transaction<'_>, copy: &NewCopy<'_>) -> Result<i64> {
+    let now = now_ms();
+    let id = tx.query_row(
+        "INSERT INTO remote_copies (vendor, kind, remote_ref, sha256, transaction_id, expires_at,
+           state, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'live', ?7)
+         ON CONFLICT (vendor, remote_ref) DO UPDATE SET state = 'live', deleted_at = NULL,
+           sha256 = excluded.sha256, transaction_id = excluded.transaction_id,
+           expires_at = excluded.expires_at
+         RETURNING id",
+        params![
+            copy.vendor,
+            copy.kind,
+            copy.remote_ref,
+            copy.sha256,
+            copy.transaction_id,
+            copy.expires_at,
+            now
+        ],
+        |r| r.get(0),
+    )?;
+    // A delete queued for it before it came back would destroy what was just returned.
+    tx.execute(
+        "DELETE FROM jobs WHERE copy_id = ?1 AND state = 'queued'",
+        [id],
+    )?;
+    Ok(id)
+}
+
+/// The state of a copy: live, deleting or deleted.
+pub(super) fn state(tx: &Transaction<'_>, copy_id: i64) -> Result<String> {
+    Ok(tx.query_row(
+        "SELECT state FROM remote_copies WHERE id = ?1",
+        [copy_id],
+        |r| r.get(0),
+    )?)
+}
+
+pub(super) fn is_live(tx: &Transaction<'_>, copy_id: Option<i64>) -> Result<bool> {
+    match copy_id {
+        None => Ok(false),
+        Some(id) => Ok(state(tx, id)? == "live"),
+    }
+}
+
+/// A file other than `except` that still needs the copy: one that points at it and is on disk or
+/// whose removal is held, or one waiting to upload the same bytes (it would reuse the copy).
+pub(super) fn user(tx: &Transaction<'_>, copy_id: i64, except: Option<i64>) -> Result<Option<String>> {
+    Ok(tx
+        .query_row(
+            "SELECT f.path FROM files f, remote_copies c
+             WHERE c.id = ?1 AND f.id IS NOT ?2
+               AND (f.removal IS NULL OR f.removal = 'held') AND f.state != 'removed'
+               AND (f.copy_id = c.id
+                    OR (f.state = 'pending' AND f.vendor = c.vendor AND f.sha256 = c.sha256))
+             ORDER BY f.id LIMIT 1",
+            params![copy_id, except],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// A live copy of these bytes at this vendor that will not expire soon.
+pub(super) fn reusable(tx: &Transaction<'_>, vendor: &str, sha256: &str) -> Result<Option<i64>> {
+    Ok(tx
+        .query_row(
+            "SELECT id FROM remote_copies
+             WHERE vendor = ?1 AND sha256 = ?2 AND state = 'live'
+               AND (expires_at IS NULL OR expires_at > ?3)
+             ORDER BY id DESC LIMIT 1",
+            params![vendor, sha256, now_ms() + REUSE_MARGIN_MS],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// A delete was sent: from now on the copy's fate is unknown until the vendor answers, so no file
+/// may be synced to it.
+pub(super) fn mark_deleting(tx: &Transaction<'_>, copy_id: i64) -> Result<()> {
+    tx.execute(
+        "UPDATE remote_copies SET state = 'deleting' WHERE id = ?1 AND state = 'live'",
+        [copy_id],
+    )?;
+    Ok(())
+}
+
+pub(super) fn mark_deleted(tx: &Transaction<'_>, copy_id: i64) -> Result<()> {
+    tx.execute(
+        "UPDATE remote_copies SET state = 'deleted', deleted_at = ?2 WHERE id = ?1",
+        params![copy_id, now_ms()],
+    )?;
+    Ok(())
+}
+
+/// Whether a delete of the copy is queued or running.
+pub(super) fn delete_pending(tx: &Transaction<'_>, copy_id: i64) -> Result<bool> {
+    Ok(tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM jobs WHERE copy_id = ?1)",
+        [copy_id],
+        |r| r.get(0),
+    )?)
+}
+
+/// Withdraws a delete that was queued but never sent: the copy is certainly still there.
+/// Returns false when the delete was already sent (the copy may be gone).
+pub(super) fn withdraw_delete(tx: &Transaction<'_>, copy_id: i64) -> Result<bool> {
+    if state(tx, copy_id)? != "live" {
+        return Ok(false);
+    }
+    tx.execute(
+        "DELETE FROM jobs WHERE copy_id = ?1 AND state = 'queued'",
+        [copy_id],
+    )?;
+    Ok(!delete_pending(tx, copy_id)?)
+}

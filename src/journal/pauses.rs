@@ -1,0 +1,82 @@
+//! Pauses: vendors that refuse us, and watches whose folder cannot be trusted, as `status` shows them.
+
+use rusqlite::params;
+
+use super::{Journal, Result, now_ms};
+
+#[derive(Debug, Clone)]
+pub struct VendorPause {
+    pub vendor: String,
+    pub reason: String,
+    pub since: i64,
+    pub next_probe_at: i64,
+    pub probe_interval_ms: i64,
+}
+
+impl Journal {
+    pub fn pause_vendor(&mut self, vendor: &str, reason: &str, probe_in_ms: i64) -> Result<()> {
+        let now = now_ms();
+        self.conn.execute(
+            "INSERT INTO vendor_pauses (vendor, reason, since, next_probe_at, probe_interval_ms)
+             VALUES (?1, ?2, ?3, ?3 + ?4, ?4)
+             ON CONFLICT (vendor) DO UPDATE SET reason = ?2, next_probe_at = ?3 + ?4,
+               probe_interval_ms = ?4",
+            params![vendor, reason, now, probe_in_ms],
+        )?;
+        Ok(())
+    }
+
+    /// Ends a vendor's pause; returns whether it was paused.
+    pub fn resume_vendor(&mut self, vendor: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .execute("DELETE FROM vendor_pauses WHERE vendor = ?1", [vendor])?
+            > 0)
+    }
+
+    pub fn pauses(&self) -> Result<Vec<VendorPause>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT vendor, reason, since, next_probe_at, probe_interval_ms FROM vendor_pauses
+             ORDER BY vendor",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(VendorPause {
+                vendor: r.get(0)?,
+                reason: r.get(1)?,
+                since: r.get(2)?,
+                next_probe_at: r.get(3)?,
+                probe_interval_ms: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Records that the watch on `root` is paused, and why (its folder vanished or was unmounted).
+    pub fn pause_watch(&mut self, root: &str, reason: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO watch_pauses (root, reason, since) VALUES (?1, ?2, ?3)
+             ON CONFLICT (root) DO UPDATE SET reason = ?2",
+            params![root, reason, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    pub fn resume_watch(&mut self, root: &str) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM watch_pauses WHERE root = ?1", [root])?;
+        Ok(())
+    }
+
+    /// At a start every watch checks its folder afresh.
+    pub fn clear_watch_pauses(&mut self) -> Result<()> {
+        self.conn.execute("DELETE FROM watch_pauses", [])?;
+        Ok(())
+    }
+
+    /// Makes every paused vendor due for a probe now (after a reload).
+    pub fn probe_paused_now(&mut self) -> Result<()> {
+        self.conn
+            .execute("UPDATE vendor_pauses SET next_probe_at = ?1", [now_ms()])?;
+        Ok(())
+    }
+}

@@ -1,0 +1,248 @@
+//! Files gone from disk: deleting their remote copies is the last resort, so every removal passes
+//! the guards here — a copy still used by another file is kept, and removals past `max_deletes`
+//! within a sliding window (or past half a watch's files) are held for an operator.
+
+use rusqlite::{OptionalExtension, Transaction, params};
+
+use super::observe::{Existing, existing};
+use super::{Journal, Result, copies, jobs, now_ms};
+
+/// What the watch does with the remote copy of a file that is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemovalPolicy {
+    Delete,
+    Keep,
+}
+
+/// Files a watch found gone, decided together so the guards see them all.
+#[derive(Debug, Clone)]
+pub struct RemovalBatch<'a> {
+    pub watch_root: &'a str,
+    pub paths: &'a [String],
+    pub policy: RemovalPolicy,
+    pub max_deletes: usize,
+    /// The sliding window over which deletes are counted against `max_deletes`.
+    pub window_ms: i64,
+    /// Hold every delete, with this reason (the root was replaced, or found empty).
+    pub hold: Option<&'a str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MissingOutcome {
+    NotTracked,
+    Unchanged,
+    /// Marked removed; nothing at the vendor to touch (never uploaded, kept, or already gone).
+    Removed,
+    /// Marked removed, remote copy kept because another file still uses it.
+    Shared { with: String },
+    DeleteQueued,
+    /// Held for an operator, with the reason.
+    Held(String),
+}
+
+/// Below this many deletes in the window, the share-of-the-watch guard does not apply: removing
+/// three of a folder's five files is ordinary.
+const SHARE_GUARD_FLOOR: usize = 10;
+
+impl Journal {
+    /// Records that the files at `batch.paths` are gone from disk, and what that means for their
+    /// remote copies.
+    pub fn mark_missing(&mut self, batch: &RemovalBatch<'_>) -> Result<Vec<(String, MissingOutcome)>> {
+        let tx = self.write()?;
+        let mut rows = Vec::new();
+        let mut outcomes = Vec::new();
+        for path in batch.paths {
+            match existing(&tx, path)? {
+                None => outcomes.push((path.clone(), MissingOutcome::NotTracked)),
+                Some(row) if row.state == "removed" || row.removal.is_some() => {
+                    outcomes.push((path.clone(), MissingOutcome::Unchanged))
+                }
+                Some(row) => rows.push((path.clone(), row)),
+            }
+        }
+        let hold = match batch.policy {
+            RemovalPolicy::Keep => None,
+            RemovalPolicy::Delete => hold_reason(&tx, batch, &rows)?,
+        };
+        for (path, row) in rows {
+            jobs::drop_queued(&tx, row.id, &["upload"])?;
+            let outcome = match (&hold, batch.policy) {
+                (_, RemovalPolicy::Keep) => set_removed(&tx, row.id, None)?,
+                (Some(reason), RemovalPolicy::Delete) if copies::is_live(&tx, row.copy_id)? => {
+                    tx.execute(
+                        "UPDATE files SET removal = 'held', error = ?2, updated_at = ?3
+                         WHERE id = ?1",
+                        params![row.id, reason, now_ms()],
+                    )?;
+                    MissingOutcome::Held(reason.clone())
+                }
+                _ => {
+                    let outcome = remove_and_delete(&tx, &row)?;
+                    if outcome == MissingOutcome::DeleteQueued {
+                        tx.execute(
+                            "INSERT INTO removal_log (watch_root, at) VALUES (?1, ?2)",
+                            params![batch.watch_root, now_ms()],
+                        )?;
+                    }
+                    outcome
+                }
+            };
+            outcomes.push((path, outcome));
+        }
+        tx.execute(
+            "DELETE FROM removal_log WHERE at < ?1",
+            [now_ms() - batch.window_ms],
+        )?;
+        tx.commit()?;
+        Ok(outcomes)
+    }
+
+    /// Confirms the deletes held for an operator: a file that is back is kept, one still gone has
+    /// its copy deleted unless another file still uses it. Also accepts every watch root as it is
+    /// now (a root that was replaced or remounted). Returns how many deletes were queued.
+    pub fn release_held(&mut self, is_present: &dyn Fn(&str) -> bool) -> Result<usize> {
+        let tx = self.write()?;
+        let held: Vec<String> = {
+            let mut stmt = tx.prepare("SELECT path FROM files WHERE removal = 'held' ORDER BY id")?;
+            stmt.query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        let mut queued = 0;
+        for path in held {
+            let Some(row) = existing(&tx, &path)? else {
+                continue;
+            };
+            if is_present(&path) {
+                tx.execute(
+                    "UPDATE files SET removal = NULL, error = NULL, updated_at = ?2 WHERE id = ?1",
+                    params![row.id, now_ms()],
+                )?;
+                continue;
+            }
+            // Decided one at a time: the file released before this one no longer uses the copy.
+            tx.execute("UPDATE files SET removal = NULL WHERE id = ?1", [row.id])?;
+            if remove_and_delete(&tx, &row)? == MissingOutcome::DeleteQueued {
+                queued += 1;
+            }
+        }
+        tx.execute("DELETE FROM watch_roots", [])?;
+        tx.execute("DELETE FROM watch_pauses", [])?;
+        tx.commit()?;
+        Ok(queued)
+    }
+
+    /// The identity (device, inode) a watch root had when last known good.
+    pub fn root_identity(&self, root: &str) -> Result<Option<(u64, u64)>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT dev, inode FROM watch_roots WHERE root = ?1",
+                [root],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+            )
+            .optional()?)
+    }
+
+    pub fn set_root_identity(&mut self, root: &str, dev: u64, inode: u64) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO watch_roots (root, dev, inode, updated_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (root) DO UPDATE SET dev = ?2, inode = ?3, updated_at = ?4",
+            params![root, dev as i64, inode as i64, now_ms()],
+        )?;
+        Ok(())
+    }
+}
+
+/// Why this batch's deletes must wait for an operator, if they must.
+fn hold_reason(
+    tx: &Transaction<'_>,
+    batch: &RemovalBatch<'_>,
+    rows: &[(String, Existing)],
+) -> Result<Option<String>> {
+    if let Some(reason) = batch.hold {
+        return Ok(Some(format!(
+            "removal held: {reason}; run `imgsyncd retry --held` once the folder is as it should be"
+        )));
+    }
+    let mut deletes = 0;
+    for (_, row) in rows {
+        if copies::is_live(tx, row.copy_id)? {
+            deletes += 1;
+        }
+    }
+    if deletes == 0 {
+        return Ok(None);
+    }
+    let since = now_ms() - batch.window_ms;
+    let recent: i64 = tx.query_row(
+        "SELECT COUNT(*) FROM removal_log WHERE watch_root = ?1 AND at >= ?2",
+        params![batch.watch_root, since],
+        |r| r.get(0),
+    )?;
+    let in_window = recent as usize + deletes;
+    let window = humantime::format_duration(std::time::Duration::from_secs(
+        (batch.window_ms / 1000).max(0) as u64,
+    ));
+    if in_window > batch.max_deletes {
+        return Ok(Some(format!(
+            "removal held: {in_window} files vanished within {window} (more than max_deletes = {}); \
+             run `imgsyncd retry --held` to delete them at the vendor",
+            batch.max_deletes
+        )));
+    }
+    let prefix = format!("{}/", batch.watch_root.trim_end_matches('/'));
+    let watched: i64 = tx.query_row(
+        "SELECT COUNT(*) FROM files WHERE substr(path, 1, length(?1)) = ?1
+           AND state != 'removed' AND removal IS NULL",
+        [&prefix],
+        |r| r.get(0),
+    )?;
+    let before = watched as usize + recent as usize;
+    if in_window > SHARE_GUARD_FLOOR && in_window * 2 > before {
+        return Ok(Some(format!(
+            "removal held: {in_window} of the watch's {before} files vanished within {window} \
+             (more than half); run `imgsyncd retry --held` to delete them at the vendor"
+        )));
+    }
+    Ok(None)
+}
+
+fn set_removed(tx: &Transaction<'_>, file_id: i64, note: Option<&str>) -> Result<MissingOutcome> {
+    tx.execute(
+        "UPDATE files SET state = 'removed', removal = NULL, error = ?2, updated_at = ?3
+         WHERE id = ?1",
+        params![file_id, note, now_ms()],
+    )?;
+    Ok(MissingOutcome::Removed)
+}
+
+/// The file is gone for good: its copy is deleted at the vendor unless something still uses it.
+fn remove_and_delete(tx: &Transaction<'_>, row: &Existing) -> Result<MissingOutcome> {
+    let copy_id = match row.copy_id {
+        Some(id) if copies::is_live(tx, Some(id))? => id,
+        _ => return set_removed(tx, row.id, None),
+    };
+    let delete_unused: bool = tx.query_row(
+        "SELECT delete_unused FROM files WHERE id = ?1",
+        [row.id],
+        |r| r.get(0),
+    )?;
+    if !delete_unused {
+        return set_removed(tx, row.id, None);
+    }
+    if let Some(other) = copies::user(tx, copy_id, Some(row.id))? {
+        set_removed(tx, row.id, Some(&format!("remote copy kept: {other} still uses it")))?;
+        return Ok(MissingOutcome::Shared { with: other });
+    }
+    if copies::delete_pending(tx, copy_id)? {
+        // Another file's removal already queued it.
+        return set_removed(tx, row.id, None);
+    }
+    tx.execute(
+        "UPDATE files SET state = 'pending', removal = 'delete', error = NULL, updated_at = ?2
+         WHERE id = ?1",
+        params![row.id, now_ms()],
+    )?;
+    jobs::queue(tx, row.id, "delete", &row.vendor, None, Some(copy_id))?;
+    Ok(MissingOutcome::DeleteQueued)
+}
