@@ -19,20 +19,84 @@ fn fixture() -> Fixture {
     }
 }
 
+fn stamp(size: u64) -> FileStamp {
+    FileStamp {
+        size,
+        mtime_ns: 1,
+        ctime_ns: 1,
+        inode: 7,
+        dev: 1,
+    }
+}
+
 fn obs<'a>(path: &'a str, sha: &'a str) -> Observation<'a> {
     Observation {
         path,
         watch_root: "/w",
         vendor: "erp",
         kind: "kingdee",
-        size: 100,
-        mtime_ns: 1,
+        stamp: stamp(100),
         sha256: sha,
         format: "png",
         width: 10,
         height: 10,
-        delete_replaced: true,
+        delete_unused: true,
     }
+}
+
+fn rejected<'a>(path: &'a str, reason: &'a str) -> RejectedFile<'a> {
+    RejectedFile {
+        path,
+        watch_root: "/w",
+        vendor: "erp",
+        kind: "kingdee",
+        stamp: Some(stamp(5)),
+        reason,
+        delete_unused: true,
+    }
+}
+
+/// The next job the workers would get, past whatever the journal settles by itself.
+fn claim(j: &mut Journal) -> Option<Job> {
+    loop {
+        match j.claim(&vendors(), 60_000).unwrap()? {
+            Claimed::Job(job) => return Some(job),
+            _ => continue,
+        }
+    }
+}
+
+fn removals<'a>(paths: &'a [String], max_deletes: usize, hold: Option<&'a str>) -> RemovalBatch<'a> {
+    RemovalBatch {
+        watch_root: "/w",
+        paths,
+        policy: RemovalPolicy::Delete,
+        max_deletes,
+        window_ms: 3_600_000,
+        hold,
+    }
+}
+
+/// `path` is gone from disk, under a watch that deletes removed files' copies.
+fn missing(j: &mut Journal, path: &str) -> MissingOutcome {
+    let paths = [path.to_string()];
+    j.mark_missing(&removals(&paths, 100, None))
+        .unwrap()
+        .pop()
+        .unwrap()
+        .1
+}
+
+/// The references of the copies the journal has deleted, or is deleting.
+fn deleted_refs(j: &Journal) -> Vec<String> {
+    let mut stmt = j
+        .conn
+        .prepare("SELECT remote_ref FROM remote_copies WHERE state != 'live' ORDER BY id")
+        .unwrap();
+    stmt.query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap()
 }
 
 const ABSENT: &dyn Fn(&str) -> bool = &|_| false;
@@ -43,21 +107,21 @@ fn vendors() -> Vec<String> {
 }
 
 fn uploaded(url: &str) -> JobResult {
-    JobResult::Uploaded {
-        remote: Remote {
-            url: Some(url.into()),
-            ..Remote::default()
-        },
-        can_delete: true,
-    }
+    JobResult::Uploaded(Remote {
+        reference: url.into(),
+        ..Remote::default()
+    })
 }
 
 /// A new file taken through upload to `synced` with `url`.
 fn synced(j: &mut Journal, path: &str, sha: &str, url: &str) {
-    j.observe(&obs(path, sha), ABSENT).unwrap();
-    let job = j.claim(&vendors(), 60_000).unwrap().unwrap();
-    assert_eq!(job.path, path);
-    j.finish(&job, &uploaded(url), None).unwrap();
+    j.observe(&obs(path, sha), PRESENT).unwrap();
+    // The same bytes as a synced file settle at the claim, with that file's copy.
+    if let Some(job) = claim(j) {
+        assert_eq!(job.path, path);
+        j.finish(&job, &uploaded(url), None).unwrap();
+    }
+    assert_eq!(state_of(j, path).url.as_deref(), Some(url));
 }
 
 fn state_of(j: &Journal, path: &str) -> FileRow {
@@ -79,10 +143,10 @@ fn a_new_file_is_queued_claimed_and_synced_with_its_url() {
         Observed::Queued
     );
     assert_eq!(state_of(j, "/w/a.png").state, "pending");
-    let job = j.claim(&vendors(), 60_000).unwrap().unwrap();
+    let job = claim(j).unwrap();
     assert_eq!(job.op, JobOp::Upload);
     assert!(
-        j.claim(&vendors(), 60_000).unwrap().is_none(),
+        claim(j).is_none(),
         "a claimed job is leased"
     );
     j.finish(&job, &uploaded("https://img/1.png"), None)
@@ -95,19 +159,19 @@ fn a_new_file_is_queued_claimed_and_synced_with_its_url() {
         j.observe(&obs("/w/a.png", "aa"), PRESENT).unwrap(),
         Observed::Unchanged
     );
-    assert!(j.claim(&vendors(), 60_000).unwrap().is_none());
+    assert!(claim(j).is_none());
 }
 
 #[test]
 fn a_crashed_daemons_running_jobs_go_back_to_the_queue() {
     let mut f = fixture();
     f.journal.observe(&obs("/w/a.png", "aa"), ABSENT).unwrap();
-    f.journal.claim(&vendors(), 60_000).unwrap().unwrap();
+    claim(&mut f.journal).unwrap();
     drop(f.journal);
     let mut reopened = Journal::open(&f.path).unwrap();
-    assert!(reopened.claim(&vendors(), 60_000).unwrap().is_none());
+    assert!(claim(&mut reopened).is_none());
     assert_eq!(reopened.requeue_running().unwrap(), 1);
-    assert!(reopened.claim(&vendors(), 60_000).unwrap().is_some());
+    assert!(claim(&mut reopened).is_some());
 }
 
 #[test]
@@ -128,29 +192,25 @@ fn a_rename_moves_the_record_and_queues_nothing() {
         state_of(j, "/w/b.png").url.as_deref(),
         Some("https://img/1.png")
     );
-    assert!(j.claim(&vendors(), 60_000).unwrap().is_none());
-    assert_eq!(
-        j.mark_missing("/w/a.png", &Removal::Delete).unwrap(),
-        MissingOutcome::NotTracked
-    );
+    assert!(claim(j).is_none());
+    assert_eq!(missing(j, "/w/a.png"), MissingOutcome::NotTracked);
 }
 
+
 #[test]
-fn removal_deletes_by_url_and_records_it() {
+fn removal_deletes_the_copy_and_records_it() {
     let mut f = fixture();
     let j = &mut f.journal;
     synced(j, "/w/a.png", "aa", "https://img/1.png");
-    assert_eq!(
-        j.mark_missing("/w/a.png", &Removal::Delete).unwrap(),
-        MissingOutcome::DeleteQueued
-    );
-    let delete = j.claim(&vendors(), 60_000).unwrap().unwrap();
+    assert_eq!(missing(j, "/w/a.png"), MissingOutcome::DeleteQueued);
+    let delete = claim(j).unwrap();
     assert_eq!(delete.op, JobOp::Delete);
     assert_eq!(delete.remote_ref.as_deref(), Some("https://img/1.png"));
     j.finish(&delete, &JobResult::Deleted, None).unwrap();
     let row = state_of(j, "/w/a.png");
     assert_eq!(row.state, "removed");
     assert_eq!(row.remote_deleted, Some(true));
+    assert_eq!(deleted_refs(j), vec!["https://img/1.png".to_string()]);
 }
 
 #[test]
@@ -158,16 +218,13 @@ fn a_queued_file_removed_is_dropped_from_the_queue() {
     let mut f = fixture();
     let j = &mut f.journal;
     j.observe(&obs("/w/a.png", "aa"), ABSENT).unwrap();
-    assert_eq!(
-        j.mark_missing("/w/a.png", &Removal::Delete).unwrap(),
-        MissingOutcome::Removed
-    );
-    assert!(j.claim(&vendors(), 60_000).unwrap().is_none());
+    assert_eq!(missing(j, "/w/a.png"), MissingOutcome::Removed);
+    assert!(claim(j).is_none());
     assert_eq!(state_of(j, "/w/a.png").remote_deleted, Some(false));
 }
 
 #[test]
-fn a_changed_file_is_uploaded_again_and_the_old_copy_deleted() {
+fn a_changed_file_keeps_its_old_copy_until_the_new_content_is_synced() {
     let mut f = fixture();
     let j = &mut f.journal;
     synced(j, "/w/a.png", "aa", "https://img/1.png");
@@ -175,22 +232,53 @@ fn a_changed_file_is_uploaded_again_and_the_old_copy_deleted() {
         j.observe(&obs("/w/a.png", "bb"), PRESENT).unwrap(),
         Observed::Changed
     );
-    let mut ops = Vec::new();
-    while let Some(job) = j.claim(&vendors(), 60_000).unwrap() {
-        ops.push((job.op, job.remote_ref.clone()));
-    }
-    ops.sort_by_key(|(op, _)| op.as_str());
+    let upload = claim(j).unwrap();
+    assert_eq!(upload.op, JobOp::Upload);
+    assert!(claim(j).is_none(), "no delete before the new copy exists");
+    j.finish(&upload, &uploaded("https://img/2.png"), None)
+        .unwrap();
+    let delete = claim(j).unwrap();
     assert_eq!(
-        ops,
-        vec![
-            (JobOp::DeleteOld, Some("https://img/1.png".to_string())),
-            (JobOp::Upload, None)
-        ]
+        (delete.op, delete.remote_ref.as_deref()),
+        (JobOp::DeleteOld, Some("https://img/1.png"))
+    );
+    assert_eq!(
+        state_of(j, "/w/a.png").url.as_deref(),
+        Some("https://img/2.png")
     );
 }
 
 #[test]
-fn the_same_bytes_twice_are_found_as_a_synced_twin() {
+fn a_file_that_turns_bad_keeps_its_last_good_copy() {
+    let mut f = fixture();
+    let j = &mut f.journal;
+    synced(j, "/w/a.png", "aa", "https://img/1.png");
+    assert!(j.reject(&rejected("/w/a.png", "truncated")).unwrap());
+    assert!(claim(j).is_none(), "nothing is deleted");
+    let row = state_of(j, "/w/a.png");
+    assert_eq!(row.state, "rejected");
+    assert_eq!(row.url.as_deref(), Some("https://img/1.png"));
+    let problem = &j.status().unwrap().problems[0];
+    assert_eq!(problem.last_good_copy.as_deref(), Some("https://img/1.png"));
+}
+
+#[test]
+fn a_file_fixed_with_its_old_bytes_reuses_its_live_copy() {
+    let mut f = fixture();
+    let j = &mut f.journal;
+    synced(j, "/w/a.png", "aa", "https://img/1.png");
+    j.reject(&rejected("/w/a.png", "truncated")).unwrap();
+    j.observe(&obs("/w/a.png", "aa"), PRESENT).unwrap();
+    match j.claim(&vendors(), 60_000).unwrap() {
+        Some(Claimed::Reused { reference, .. }) => assert_eq!(reference, "https://img/1.png"),
+        other => panic!("expected the live copy to be reused, got {other:?}"),
+    }
+    assert_eq!(state_of(j, "/w/a.png").state, "synced");
+    assert!(deleted_refs(j).is_empty());
+}
+
+#[test]
+fn the_same_bytes_reuse_a_live_copy_and_a_shared_copy_is_kept() {
     let mut f = fixture();
     let j = &mut f.journal;
     synced(j, "/w/a.png", "aa", "https://img/1.png");
@@ -198,18 +286,146 @@ fn the_same_bytes_twice_are_found_as_a_synced_twin() {
         j.observe(&obs("/w/copy.png", "aa"), PRESENT).unwrap(),
         Observed::Queued
     );
-    let (twin, remote) = j.synced_twin("erp", "aa").unwrap().unwrap();
-    assert_eq!(twin, "/w/a.png");
-    assert_eq!(remote.url.as_deref(), Some("https://img/1.png"));
-    // Removing one of two files that share a URL keeps the remote copy.
-    let copy = j.claim(&vendors(), 60_000).unwrap().unwrap();
-    j.finish(&copy, &uploaded("https://img/1.png"), None)
-        .unwrap();
+    assert!(matches!(
+        j.claim(&vendors(), 60_000).unwrap(),
+        Some(Claimed::Reused { .. })
+    ));
     assert_eq!(
-        j.mark_missing("/w/copy.png", &Removal::Delete).unwrap(),
+        state_of(j, "/w/copy.png").url.as_deref(),
+        Some("https://img/1.png")
+    );
+    assert_eq!(
+        missing(j, "/w/copy.png"),
         MissingOutcome::Shared {
             with: "/w/a.png".into()
         }
+    );
+    assert!(claim(j).is_none());
+}
+
+#[test]
+fn a_copy_deleted_is_never_restored_nor_reused() {
+    let mut f = fixture();
+    let j = &mut f.journal;
+    synced(j, "/w/a.png", "aa", "https://img/1.png");
+    synced(j, "/w/b.png", "aa", "https://img/1.png");
+    assert!(matches!(missing(j, "/w/a.png"), MissingOutcome::Shared { .. }));
+    assert_eq!(missing(j, "/w/b.png"), MissingOutcome::DeleteQueued);
+    let delete = claim(j).unwrap();
+    j.finish(&delete, &JobResult::Deleted, None).unwrap();
+    // a is put back: its copy is gone, so it is uploaded again, not "synced" to a dead URL.
+    assert_eq!(
+        j.observe(&obs("/w/a.png", "aa"), PRESENT).unwrap(),
+        Observed::RestoredAfterDelete
+    );
+    let upload = claim(j).expect("a fresh upload, not a reuse of the dead copy");
+    assert_eq!(upload.op, JobOp::Upload);
+    j.finish(&upload, &uploaded("https://img/2.png"), None)
+        .unwrap();
+    assert_eq!(
+        state_of(j, "/w/a.png").url.as_deref(),
+        Some("https://img/2.png")
+    );
+}
+
+#[test]
+fn a_held_file_is_a_user_of_its_copy() {
+    let mut f = fixture();
+    let j = &mut f.journal;
+    synced(j, "/w/a.png", "aa", "https://img/1.png");
+    synced(j, "/w/b.png", "aa", "https://img/1.png");
+    let a = ["/w/a.png".to_string()];
+    let held = j.mark_missing(&removals(&a, 100, Some("test"))).unwrap();
+    assert!(matches!(held[0].1, MissingOutcome::Held(_)));
+    assert!(matches!(missing(j, "/w/b.png"), MissingOutcome::Shared { .. }));
+    assert!(claim(j).is_none(), "the held file still uses the copy");
+    assert_eq!(j.release_held(ABSENT).unwrap(), 1);
+    assert_eq!(claim(j).unwrap().op, JobOp::Delete);
+}
+
+#[test]
+fn releasing_held_deletes_keeps_a_copy_a_live_file_uses() {
+    let mut f = fixture();
+    let j = &mut f.journal;
+    synced(j, "/w/x.png", "xx", "https://img/x.png");
+    synced(j, "/w/y.png", "yy", "https://img/y.png");
+    synced(j, "/w/z.png", "yy", "https://img/y.png");
+    let gone = ["/w/x.png".to_string(), "/w/y.png".to_string()];
+    j.mark_missing(&removals(&gone, 1, None)).unwrap();
+    assert_eq!(j.status().unwrap().held_deletes, 2);
+    assert_eq!(j.release_held(ABSENT).unwrap(), 1);
+    let delete = claim(j).unwrap();
+    assert_eq!(delete.remote_ref.as_deref(), Some("https://img/x.png"));
+    assert!(claim(j).is_none());
+    assert_eq!(state_of(j, "/w/z.png").state, "synced");
+}
+
+#[test]
+fn removals_are_counted_over_a_window_however_slowly_they_come() {
+    let mut f = fixture();
+    let j = &mut f.journal;
+    for i in 0..6 {
+        synced(
+            j,
+            &format!("/w/{i}.png"),
+            &format!("s{i}"),
+            &format!("https://img/{i}.png"),
+        );
+    }
+    let mut outcomes = Vec::new();
+    for i in 0..6 {
+        let path = [format!("/w/{i}.png")];
+        outcomes.extend(j.mark_missing(&removals(&path, 3, None)).unwrap());
+    }
+    let queued = outcomes
+        .iter()
+        .filter(|(_, o)| *o == MissingOutcome::DeleteQueued)
+        .count();
+    let held = outcomes
+        .iter()
+        .filter(|(_, o)| matches!(o, MissingOutcome::Held(_)))
+        .count();
+    assert_eq!((queued, held), (3, 3));
+}
+
+#[test]
+fn a_delete_whose_copy_is_already_gone_ends_the_removal() {
+    let mut f = fixture();
+    let j = &mut f.journal;
+    synced(j, "/w/a.png", "aa", "https://img/1.png");
+    missing(j, "/w/a.png");
+    let delete = claim(j).unwrap();
+    // The answer was lost: retried.
+    j.finish(
+        &delete,
+        &JobResult::Retry {
+            not_before: 0,
+            reason: "HTTP 502".into(),
+            give_up_after_ms: 3_600_000,
+        },
+        None,
+    )
+    .unwrap();
+    // Meanwhile the file is put back: the copy may be gone, so it is uploaded afresh.
+    assert_eq!(
+        j.observe(&obs("/w/a.png", "aa"), PRESENT).unwrap(),
+        Observed::RestoredAfterDelete
+    );
+    let mut ops = Vec::new();
+    while let Some(job) = claim(j) {
+        ops.push(job.op);
+        let result = match job.op {
+            JobOp::Upload => uploaded("https://img/2.png"),
+            _ => JobResult::Deleted,
+        };
+        j.finish(&job, &result, None).unwrap();
+    }
+    ops.sort_by_key(|op| op.as_str());
+    assert_eq!(ops, vec![JobOp::Delete, JobOp::Upload]);
+    let row = state_of(j, "/w/a.png");
+    assert_eq!(
+        (row.state.as_str(), row.url.as_deref()),
+        ("synced", Some("https://img/2.png"))
     );
 }
 
@@ -218,7 +434,7 @@ fn transient_failures_retry_until_give_up_then_fail_and_retry_puts_them_back() {
     let mut f = fixture();
     let j = &mut f.journal;
     j.observe(&obs("/w/a.png", "aa"), ABSENT).unwrap();
-    let job = j.claim(&vendors(), 60_000).unwrap().unwrap();
+    let job = claim(j).unwrap();
     let retry = |give_up_after_ms| JobResult::Retry {
         not_before: now_ms() - 1,
         reason: "kingdee upload: HTTP 503".into(),
@@ -231,33 +447,41 @@ fn transient_failures_retry_until_give_up_then_fail_and_retry_puts_them_back() {
     let row = state_of(j, "/w/a.png");
     assert_eq!((row.state.as_str(), row.attempts), ("pending", 1));
     assert_eq!(row.error.as_deref(), Some("kingdee upload: HTTP 503"));
-    let again = j.claim(&vendors(), 60_000).unwrap().unwrap();
+    let again = claim(j).unwrap();
     assert_eq!(again.attempts, 1);
     assert!(again.first_failure_at.is_some());
     assert_eq!(j.finish(&again, &retry(0), None).unwrap(), Finished::GaveUp);
     assert_eq!(state_of(j, "/w/a.png").state, "failed");
     assert_eq!(j.retry_failed().unwrap(), 1);
     assert_eq!(state_of(j, "/w/a.png").state, "pending");
-    assert!(j.claim(&vendors(), 60_000).unwrap().is_some());
+    assert!(claim(j).is_some());
+}
+
+#[test]
+fn an_outcome_for_old_content_does_not_touch_the_new() {
+    let mut f = fixture();
+    let j = &mut f.journal;
+    j.observe(&obs("/w/a.png", "aa"), ABSENT).unwrap();
+    let first = claim(j).unwrap();
+    j.observe(&obs("/w/a.png", "bb"), PRESENT).unwrap();
+    assert_eq!(
+        j.finish(&first, &JobResult::Rejected("invalid".into()), None)
+            .unwrap(),
+        Finished::Stale
+    );
+    assert_eq!(state_of(j, "/w/a.png").state, "pending");
+    let second = claim(j).unwrap();
+    assert_eq!(second.sha256.as_deref(), Some("bb"));
 }
 
 #[test]
 fn a_rejected_file_is_not_retried_and_its_reason_is_kept() {
     let mut f = fixture();
     let j = &mut f.journal;
-    let rejected = RejectedFile {
-        path: "/w/notes.jpg",
-        watch_root: "/w",
-        vendor: "erp",
-        kind: "kingdee",
-        size: Some(5),
-        mtime_ns: Some(1),
-        reason: "not an image",
-        delete_replaced: true,
-    };
-    assert!(j.reject(&rejected).unwrap());
+    let file = rejected("/w/notes.jpg", "not an image");
+    assert!(j.reject(&file).unwrap());
     assert!(
-        !j.reject(&rejected).unwrap(),
+        !j.reject(&file).unwrap(),
         "the same verdict is not recorded twice"
     );
     let row = state_of(j, "/w/notes.jpg");
@@ -265,26 +489,7 @@ fn a_rejected_file_is_not_retried_and_its_reason_is_kept() {
         (row.state.as_str(), row.error.as_deref()),
         ("rejected", Some("not an image"))
     );
-    assert!(j.claim(&vendors(), 60_000).unwrap().is_none());
-}
-
-#[test]
-fn held_deletes_wait_for_the_operator() {
-    let mut f = fixture();
-    let j = &mut f.journal;
-    synced(j, "/w/a.png", "aa", "https://img/1.png");
-    let hold = Removal::Hold("too many".into());
-    assert_eq!(
-        j.mark_missing("/w/a.png", &hold).unwrap(),
-        MissingOutcome::Held
-    );
-    assert!(j.claim(&vendors(), 60_000).unwrap().is_none());
-    assert_eq!(j.status().unwrap().held_deletes, 1);
-    assert_eq!(j.release_held(ABSENT).unwrap(), 1);
-    assert_eq!(
-        j.claim(&vendors(), 60_000).unwrap().unwrap().op,
-        JobOp::Delete
-    );
+    assert!(claim(j).is_none());
 }
 
 #[test]
@@ -308,10 +513,13 @@ fn a_newer_schema_is_refused() {
         .unwrap();
     drop(f.journal);
     let err = Journal::open(&f.path).unwrap_err().to_string();
-    assert!(
-        err.contains("schema version 99, newer than this imgsyncd knows (2)"),
-        "{err}"
+    let expected = format!(
+        "schema version 99, newer than this imgsyncd knows ({})",
+        MIGRATIONS.len()
     );
+    assert!(err.contains(&expected), "{err}");
+    let err = Journal::open_read_only(&f.path).unwrap_err().to_string();
+    assert!(err.contains(&expected), "{err}");
 }
 
 #[test]
@@ -319,7 +527,7 @@ fn history_keeps_every_attempt() {
     let mut f = fixture();
     let j = &mut f.journal;
     j.observe(&obs("/w/a.png", "aa"), ABSENT).unwrap();
-    let job = j.claim(&vendors(), 60_000).unwrap().unwrap();
+    let job = claim(j).unwrap();
     let attempt = Attempt {
         outcome: "retry".into(),
         http_status: Some(519),
@@ -345,24 +553,45 @@ fn history_keeps_every_attempt() {
 }
 
 #[test]
-fn a_file_removed_during_its_upload_is_deleted_when_the_upload_ends() {
+fn a_file_removed_during_its_upload_has_the_new_copy_deleted_when_the_upload_ends() {
     let mut f = fixture();
     let j = &mut f.journal;
     j.observe(&obs("/w/a.png", "aa"), ABSENT).unwrap();
-    let upload = j.claim(&vendors(), 60_000).unwrap().unwrap();
+    let upload = claim(j).unwrap();
+    assert_eq!(missing(j, "/w/a.png"), MissingOutcome::Removed);
     assert_eq!(
-        j.mark_missing("/w/a.png", &Removal::Delete).unwrap(),
-        MissingOutcome::Deferred
+        j.finish(&upload, &uploaded("https://img/1.png"), None)
+            .unwrap(),
+        Finished::Stale
     );
-    j.finish(&upload, &uploaded("https://img/1.png"), None)
-        .unwrap();
-    let delete = j.claim(&vendors(), 60_000).unwrap().unwrap();
+    let delete = claim(j).unwrap();
     assert_eq!(
         (delete.op, delete.remote_ref.as_deref()),
-        (JobOp::Delete, Some("https://img/1.png"))
+        (JobOp::DeleteOld, Some("https://img/1.png"))
     );
     j.finish(&delete, &JobResult::Deleted, None).unwrap();
-    assert_eq!(state_of(j, "/w/a.png").remote_deleted, Some(true));
+    assert_eq!(state_of(j, "/w/a.png").state, "removed");
+}
+
+#[test]
+fn a_job_left_by_a_crash_for_a_file_since_removed_is_dropped() {
+    let mut f = fixture();
+    j_crash_then_remove(&mut f);
+    let j = &mut f.journal;
+    assert!(matches!(
+        j.claim(&vendors(), 60_000).unwrap(),
+        Some(Claimed::Dropped { .. })
+    ));
+    assert!(claim(j).is_none());
+    assert_eq!(state_of(j, "/w/a.png").state, "removed");
+}
+
+fn j_crash_then_remove(f: &mut Fixture) {
+    let j = &mut f.journal;
+    j.observe(&obs("/w/a.png", "aa"), ABSENT).unwrap();
+    claim(j).unwrap();
+    missing(j, "/w/a.png");
+    j.requeue_running().unwrap();
 }
 
 #[test]
@@ -370,7 +599,7 @@ fn an_upload_of_content_that_changed_meanwhile_is_deleted_as_stale() {
     let mut f = fixture();
     let j = &mut f.journal;
     j.observe(&obs("/w/a.png", "aa"), ABSENT).unwrap();
-    let first = j.claim(&vendors(), 60_000).unwrap().unwrap();
+    let first = claim(j).unwrap();
     assert_eq!(
         j.observe(&obs("/w/a.png", "bb"), PRESENT).unwrap(),
         Observed::Changed
@@ -381,7 +610,7 @@ fn an_upload_of_content_that_changed_meanwhile_is_deleted_as_stale() {
         Finished::Stale
     );
     let mut ops = Vec::new();
-    while let Some(job) = j.claim(&vendors(), 60_000).unwrap() {
+    while let Some(job) = claim(j) {
         ops.push((job.op, job.sha256.clone(), job.remote_ref.clone()));
     }
     ops.sort_by_key(|(op, _, _)| op.as_str());
@@ -407,29 +636,20 @@ fn an_upload_of_content_that_changed_meanwhile_is_deleted_as_stale() {
 fn retry_of_a_rejected_path_keeps_its_history() {
     let mut f = fixture();
     let j = &mut f.journal;
-    j.reject(&RejectedFile {
-        path: "/w/x.jpg",
-        watch_root: "/w",
-        vendor: "erp",
-        kind: "kingdee",
-        size: Some(5),
-        mtime_ns: Some(1),
-        reason: "cannot read: permission denied",
-        delete_replaced: true,
-    })
-    .unwrap();
+    j.reject(&rejected("/w/x.jpg", "cannot read: permission denied"))
+        .unwrap();
     let outcome = j.retry_paths(&["/w/x.jpg".to_string()]).unwrap();
     assert_eq!(outcome[0].1, RetryOutcome::Reexamined);
     let known = j.known_under("/w").unwrap();
-    assert_eq!(known[0].size, None, "the next scan sees it as changed");
+    assert_eq!(known[0].stamp, None, "the next scan sees it as changed");
     // A file the vendor refused goes straight back to the queue.
     j.observe(&obs("/w/a.png", "aa"), ABSENT).unwrap();
-    let job = j.claim(&vendors(), 60_000).unwrap().unwrap();
+    let job = claim(j).unwrap();
     j.finish(&job, &JobResult::Rejected("invalid".into()), None)
         .unwrap();
     let outcome = j.retry_paths(&["/w/a.png".to_string()]).unwrap();
     assert_eq!(outcome[0].1, RetryOutcome::Queued);
-    assert!(j.claim(&vendors(), 60_000).unwrap().is_some());
+    assert!(claim(j).is_some());
 }
 
 #[test]
@@ -439,6 +659,45 @@ fn migrations_are_applied_in_order_and_recorded() {
     drop(f.journal);
     let reopened = Journal::open(&f.path).unwrap();
     assert_eq!(reopened.schema_version().unwrap(), MIGRATIONS.len() as i64);
+}
+
+#[test]
+fn a_schema_2_journal_is_migrated_with_its_copies() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.sqlite3");
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.execute_batch(MIGRATIONS[1]).unwrap();
+        conn.pragma_update(None, "user_version", 2).unwrap();
+        conn.execute_batch(
+            "INSERT INTO files (path, watch_root, vendor, kind, state, size, mtime_ns, sha256,
+               url, remote_deleted, created_at, updated_at)
+             VALUES ('/w/a.png', '/w', 'erp', 'kingdee', 'synced', 1, 1, 'aa',
+                     'https://img/1.png', 0, 1, 1),
+                    ('/w/b.png', '/w', 'erp', 'kingdee', 'removed', 1, 1, 'bb',
+                     'https://img/2.png', 1, 1, 1);",
+        )
+        .unwrap();
+    }
+    let mut j = Journal::open(&path).unwrap();
+    let a = state_of(&j, "/w/a.png");
+    assert_eq!(
+        (a.state.as_str(), a.url.as_deref()),
+        ("synced", Some("https://img/1.png"))
+    );
+    assert_eq!(state_of(&j, "/w/b.png").remote_deleted, Some(true));
+    assert_eq!(missing(&mut j, "/w/a.png"), MissingOutcome::DeleteQueued);
+}
+
+#[test]
+fn the_read_only_journal_reads_and_refuses_to_write() {
+    let mut f = fixture();
+    synced(&mut f.journal, "/w/a.png", "aa", "https://img/1.png");
+    let reader = Journal::open_read_only(&f.path).unwrap();
+    assert_eq!(state_of(&reader, "/w/a.png").state, "synced");
+    assert!(reader.status().is_ok());
+    assert!(reader.conn.execute("DELETE FROM files", []).is_err());
 }
 
 #[test]
@@ -458,17 +717,30 @@ fn the_same_bytes_are_not_sent_twice_at_once() {
     let j = &mut f.journal;
     j.observe(&obs("/w/a.png", "aa"), ABSENT).unwrap();
     j.observe(&obs("/w/b.png", "aa"), PRESENT).unwrap();
-    let first = j.claim(&vendors(), 60_000).unwrap().unwrap();
-    assert!(
-        j.claim(&vendors(), 60_000).unwrap().is_none(),
-        "the twin waits"
-    );
+    let first = claim(j).unwrap();
+    assert!(claim(j).is_none(), "the twin waits");
     j.finish(&first, &uploaded("https://img/1.png"), None)
         .unwrap();
-    let second = j.claim(&vendors(), 60_000).unwrap().unwrap();
-    assert_eq!(second.path, "/w/b.png");
     assert!(
-        j.synced_twin("erp", "aa").unwrap().is_some(),
-        "and reuses the first's URL"
+        matches!(
+            j.claim(&vendors(), 60_000).unwrap(),
+            Some(Claimed::Reused { .. })
+        ),
+        "and reuses the first's copy"
     );
+    assert_eq!(
+        state_of(j, "/w/b.png").url.as_deref(),
+        Some("https://img/1.png")
+    );
+}
+
+#[test]
+fn a_root_identity_is_kept_and_release_held_accepts_the_root_as_it_is() {
+    let mut f = fixture();
+    let j = &mut f.journal;
+    assert_eq!(j.root_identity("/w").unwrap(), None);
+    j.set_root_identity("/w", 5, 9).unwrap();
+    assert_eq!(j.root_identity("/w").unwrap(), Some((5, 9)));
+    j.release_held(ABSENT).unwrap();
+    assert_eq!(j.root_identity("/w").unwrap(), None);
 }
