@@ -69,7 +69,11 @@ pub(super) fn is_live(tx: &Transaction<'_>, copy_id: Option<i64>) -> Result<bool
 
 /// A file other than `except` that still needs the copy: one that points at it and is on disk or
 /// whose removal is held, or one waiting to upload the same bytes (it would reuse the copy).
-pub(super) fn user(tx: &Transaction<'_>, copy_id: i64, except: Option<i64>) -> Result<Option<String>> {
+pub(super) fn user(
+    tx: &Transaction<'_>,
+    copy_id: i64,
+    except: Option<i64>,
+) -> Result<Option<String>> {
     Ok(tx
         .query_row(
             "SELECT f.path FROM files f, remote_copies c

@@ -159,7 +159,8 @@ impl Journal {
         };
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).map_err(open_err)?;
-        conn.busy_timeout(Duration::from_secs(10)).map_err(open_err)?;
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(open_err)?;
         // Reading a WAL journal needs its shared-memory file; when that cannot be created (no
         // write access to the folder, no daemon running) the file is read as it stands.
         let conn = match conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)) {

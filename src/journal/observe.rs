@@ -102,7 +102,10 @@ fn read_existing(r: &rusqlite::Row<'_>) -> rusqlite::Result<Existing> {
 }
 
 /// A stamp stored from column `first` on (size, mtime, ctime, inode, dev); `None` when incomplete.
-pub(super) fn stamp_from(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Option<FileStamp>> {
+pub(super) fn stamp_from(
+    r: &rusqlite::Row<'_>,
+    first: usize,
+) -> rusqlite::Result<Option<FileStamp>> {
     let size: Option<i64> = r.get(first)?;
     let mtime_ns: Option<i64> = r.get(first + 1)?;
     let ctime_ns: Option<i64> = r.get(first + 2)?;
@@ -122,7 +125,11 @@ pub(super) fn stamp_from(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Resul
 
 pub(super) fn existing(tx: &Transaction<'_>, path: &str) -> Result<Option<Existing>> {
     Ok(tx
-        .query_row(&format!("{EXISTING} WHERE path = ?1"), [path], read_existing)
+        .query_row(
+            &format!("{EXISTING} WHERE path = ?1"),
+            [path],
+            read_existing,
+        )
         .optional()?)
 }
 
@@ -232,10 +239,7 @@ impl Journal {
 
     /// The file the journal holds at `path`, unless it considers it removed.
     pub fn known_file(&self, path: &str) -> Result<Option<KnownFile>> {
-        Ok(self
-            .known_where("path = ?1", path)?
-            .into_iter()
-            .next())
+        Ok(self.known_where("path = ?1", path)?.into_iter().next())
     }
 
     /// The files the journal holds under `root` that it does not consider removed.
@@ -295,9 +299,8 @@ fn observe_known(tx: &Transaction<'_>, obs: &Observation<'_>, row: Existing) -> 
         }
         return Ok(Observed::Unchanged);
     }
-    let synced_to_own_copy = same_content
-        && copy_id.is_some()
-        && copy_sha(tx, copy_id)?.as_deref() == Some(obs.sha256);
+    let synced_to_own_copy =
+        same_content && copy_id.is_some() && copy_sha(tx, copy_id)?.as_deref() == Some(obs.sha256);
     if synced_to_own_copy {
         jobs::drop_queued(tx, row.id, &["upload"])?;
         tx.execute(

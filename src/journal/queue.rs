@@ -59,11 +59,20 @@ pub struct Job {
 pub enum Claimed {
     Job(Job),
     /// Settled without calling the vendor: the same bytes already have a live copy.
-    Reused { path: String, reference: String },
+    Reused {
+        path: String,
+        reference: String,
+    },
     /// Dropped: the file moved on (changed, removed) since the job was queued.
-    Dropped { path: String, op: JobOp },
+    Dropped {
+        path: String,
+        op: JobOp,
+    },
     /// A delete withdrawn because a file uses the copy again.
-    Kept { path: String, user: String },
+    Kept {
+        path: String,
+        user: String,
+    },
 }
 
 /// What a vendor returned for an upload.
@@ -491,7 +500,12 @@ fn delete_if_unused(
     Ok(())
 }
 
-fn finish_upload(tx: &Transaction<'_>, job: &Job, file: &FileNow, remote: &Remote) -> Result<Finished> {
+fn finish_upload(
+    tx: &Transaction<'_>,
+    job: &Job,
+    file: &FileNow,
+    remote: &Remote,
+) -> Result<Finished> {
     jobs::remove(tx, job.id)?;
     let copy_id = copies::record(
         tx,

@@ -34,7 +34,9 @@ pub enum MissingOutcome {
     /// Marked removed; nothing at the vendor to touch (never uploaded, kept, or already gone).
     Removed,
     /// Marked removed, remote copy kept because another file still uses it.
-    Shared { with: String },
+    Shared {
+        with: String,
+    },
     DeleteQueued,
     /// Held for an operator, with the reason.
     Held(String),
@@ -47,7 +49,10 @@ const SHARE_GUARD_FLOOR: usize = 10;
 impl Journal {
     /// Records that the files at `batch.paths` are gone from disk, and what that means for their
     /// remote copies.
-    pub fn mark_missing(&mut self, batch: &RemovalBatch<'_>) -> Result<Vec<(String, MissingOutcome)>> {
+    pub fn mark_missing(
+        &mut self,
+        batch: &RemovalBatch<'_>,
+    ) -> Result<Vec<(String, MissingOutcome)>> {
         let tx = self.write()?;
         let mut rows = Vec::new();
         let mut outcomes = Vec::new();
@@ -103,7 +108,8 @@ impl Journal {
     pub fn release_held(&mut self, is_present: &dyn Fn(&str) -> bool) -> Result<usize> {
         let tx = self.write()?;
         let held: Vec<String> = {
-            let mut stmt = tx.prepare("SELECT path FROM files WHERE removal = 'held' ORDER BY id")?;
+            let mut stmt =
+                tx.prepare("SELECT path FROM files WHERE removal = 'held' ORDER BY id")?;
             stmt.query_map([], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?
         };
@@ -231,7 +237,11 @@ fn remove_and_delete(tx: &Transaction<'_>, row: &Existing) -> Result<MissingOutc
         return set_removed(tx, row.id, None);
     }
     if let Some(other) = copies::user(tx, copy_id, Some(row.id))? {
-        set_removed(tx, row.id, Some(&format!("remote copy kept: {other} still uses it")))?;
+        set_removed(
+            tx,
+            row.id,
+            Some(&format!("remote copy kept: {other} still uses it")),
+        )?;
         return Ok(MissingOutcome::Shared { with: other });
     }
     if copies::delete_pending(tx, copy_id)? {

@@ -139,7 +139,8 @@ impl Journal {
                 let state: String = r.get(3)?;
                 let reference: Option<String> = r.get(6)?;
                 let copy_state: Option<String> = r.get(9)?;
-                let field = |name: &str| reference.clone().filter(|_| reference_field(&kind) == name);
+                let field =
+                    |name: &str| reference.clone().filter(|_| reference_field(&kind) == name);
                 Ok(FileRow {
                     path: r.get(0)?,
                     vendor: r.get(1)?,

@@ -66,7 +66,11 @@ fn claim(j: &mut Journal) -> Option<Job> {
     }
 }
 
-fn removals<'a>(paths: &'a [String], max_deletes: usize, hold: Option<&'a str>) -> RemovalBatch<'a> {
+fn removals<'a>(
+    paths: &'a [String],
+    max_deletes: usize,
+    hold: Option<&'a str>,
+) -> RemovalBatch<'a> {
     RemovalBatch {
         watch_root: "/w",
         paths,
@@ -145,10 +149,7 @@ fn a_new_file_is_queued_claimed_and_synced_with_its_url() {
     assert_eq!(state_of(j, "/w/a.png").state, "pending");
     let job = claim(j).unwrap();
     assert_eq!(job.op, JobOp::Upload);
-    assert!(
-        claim(j).is_none(),
-        "a claimed job is leased"
-    );
+    assert!(claim(j).is_none(), "a claimed job is leased");
     j.finish(&job, &uploaded("https://img/1.png"), None)
         .unwrap();
     let row = state_of(j, "/w/a.png");
@@ -195,7 +196,6 @@ fn a_rename_moves_the_record_and_queues_nothing() {
     assert!(claim(j).is_none());
     assert_eq!(missing(j, "/w/a.png"), MissingOutcome::NotTracked);
 }
-
 
 #[test]
 fn removal_deletes_the_copy_and_records_it() {
@@ -309,7 +309,10 @@ fn a_copy_deleted_is_never_restored_nor_reused() {
     let j = &mut f.journal;
     synced(j, "/w/a.png", "aa", "https://img/1.png");
     synced(j, "/w/b.png", "aa", "https://img/1.png");
-    assert!(matches!(missing(j, "/w/a.png"), MissingOutcome::Shared { .. }));
+    assert!(matches!(
+        missing(j, "/w/a.png"),
+        MissingOutcome::Shared { .. }
+    ));
     assert_eq!(missing(j, "/w/b.png"), MissingOutcome::DeleteQueued);
     let delete = claim(j).unwrap();
     j.finish(&delete, &JobResult::Deleted, None).unwrap();
@@ -337,7 +340,10 @@ fn a_held_file_is_a_user_of_its_copy() {
     let a = ["/w/a.png".to_string()];
     let held = j.mark_missing(&removals(&a, 100, Some("test"))).unwrap();
     assert!(matches!(held[0].1, MissingOutcome::Held(_)));
-    assert!(matches!(missing(j, "/w/b.png"), MissingOutcome::Shared { .. }));
+    assert!(matches!(
+        missing(j, "/w/b.png"),
+        MissingOutcome::Shared { .. }
+    ));
     assert!(claim(j).is_none(), "the held file still uses the copy");
     assert_eq!(j.release_held(ABSENT).unwrap(), 1);
     assert_eq!(claim(j).unwrap().op, JobOp::Delete);

@@ -89,15 +89,19 @@ fn translate(result: notify::Result<Event>, polling: bool) -> Vec<WatchEvent> {
     };
     let gone = |path: &PathBuf| WatchEvent::Gone { path: path.clone() };
     match event.kind {
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
-            event.paths.iter().map(|p| seen(p, Sighting::Closed)).collect()
-        }
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => event
+            .paths
+            .iter()
+            .map(|p| seen(p, Sighting::Closed))
+            .collect(),
         EventKind::Modify(ModifyKind::Name(RenameMode::From)) => {
             event.paths.iter().map(gone).collect()
         }
-        EventKind::Modify(ModifyKind::Name(RenameMode::To)) => {
-            event.paths.iter().map(|p| seen(p, Sighting::Closed)).collect()
-        }
+        EventKind::Modify(ModifyKind::Name(RenameMode::To)) => event
+            .paths
+            .iter()
+            .map(|p| seen(p, Sighting::Closed))
+            .collect(),
         EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {
             let mut out = Vec::new();
             if let Some(from) = event.paths.first() {
@@ -119,12 +123,16 @@ fn translate(result: notify::Result<Event>, polling: bool) -> Vec<WatchEvent> {
                 }
             })
             .collect(),
-        EventKind::Modify(ModifyKind::Metadata(_)) => {
-            event.paths.iter().map(|p| seen(p, Sighting::Metadata)).collect()
-        }
-        EventKind::Create(_) | EventKind::Modify(_) => {
-            event.paths.iter().map(|p| seen(p, Sighting::Open)).collect()
-        }
+        EventKind::Modify(ModifyKind::Metadata(_)) => event
+            .paths
+            .iter()
+            .map(|p| seen(p, Sighting::Metadata))
+            .collect(),
+        EventKind::Create(_) | EventKind::Modify(_) => event
+            .paths
+            .iter()
+            .map(|p| seen(p, Sighting::Open))
+            .collect(),
         EventKind::Remove(_) => event.paths.iter().map(gone).collect(),
         _ => Vec::new(),
     }

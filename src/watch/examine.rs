@@ -167,7 +167,9 @@ pub fn examine(root: &Path, path: &Path, vendor: &str, limits: &Limits) -> Exami
             };
         }
     };
-    if read_stamp != stamp_now || stat(path) != Some(stamp_now) || bytes.len() as u64 != stamp_now.size
+    if read_stamp != stamp_now
+        || stat(path) != Some(stamp_now)
+        || bytes.len() as u64 != stamp_now.size
     {
         return Examined::Changing;
     }

@@ -735,7 +735,7 @@ impl WatchTask {
         if let Some(reason) = held.first() {
             warn!(
                 watch = %self.root().display(), held = held.len(),
-                "{} deletes held: {reason}", held.len()
+                "{} files vanished and their deletes are held: {reason}", held.len()
             );
         }
         for (path, outcome) in outcomes {
@@ -749,7 +749,9 @@ impl WatchTask {
                     path = %path, vendor = %vendor,
                     "removed; remote copy kept because {with} still uses it"
                 ),
-                MissingOutcome::NotTracked | MissingOutcome::Unchanged | MissingOutcome::Held(_) => {}
+                MissingOutcome::NotTracked
+                | MissingOutcome::Unchanged
+                | MissingOutcome::Held(_) => {}
             }
         }
         true

@@ -223,7 +223,10 @@ mod tests {
         let found = Path::new("/w/found.jpg");
         settle.touch(found, Sighting::Scanned, t0);
         settle.take_ready(t0, stat);
-        assert_eq!(settle.take_ready(t0 + PERIOD, stat), vec![found.to_path_buf()]);
+        assert_eq!(
+            settle.take_ready(t0 + PERIOD, stat),
+            vec![found.to_path_buf()]
+        );
     }
 
     #[test]
