@@ -270,3 +270,6 @@ pub fn rfc3339(ms: i64) -> String {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod model_tests;

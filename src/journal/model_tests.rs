@@ -1,0 +1,303 @@
+//! A property test of the journal model: random sequences of what the disk, the workers and the
+//! vendor do — files appearing, changing, vanishing and coming back, held deletes released, jobs
+//! claimed and answered out of order, answers lost, crashes — checked after every step against
+//! a model of what the vendor really holds.
+//!
+//! After each step: no copy a file still uses is deleted or being deleted, no synced file points
+//! at a copy that is not live, every copy the journal calls live is held by the vendor, and a
+//! delete is never sent for a copy a file still uses.
+
+use std::collections::BTreeSet;
+
+use proptest::prelude::*;
+
+use super::*;
+
+const PATHS: [&str; 3] = ["/w/a.png", "/w/b.png", "/w/c.png"];
+const CONTENTS: [&str; 2] = ["aa", "bb"];
+
+#[derive(Debug, Clone)]
+enum Step {
+    /// A file is written (or rewritten) with some content.
+    Observe { path: usize, content: usize },
+    /// A file turns bad (truncated, unreadable).
+    Reject { path: usize },
+    /// A file vanishes; with `hold`, its delete is held (a burst, an unmounted share).
+    Remove { path: usize, hold: bool },
+    /// The operator confirms held deletes.
+    ReleaseHeld,
+    /// A worker claims the next job and keeps it in flight.
+    Claim,
+    /// The vendor answers an in-flight job.
+    Answer { which: usize, answer: Answer },
+    /// The daemon dies: in-flight jobs are abandoned (the vendor may have done them) and go
+    /// back to the queue at the restart.
+    Crash { done_at_vendor: bool },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Answer {
+    Success,
+    /// The vendor did it, but the answer was lost (502): the job is retried.
+    Lost,
+    Transient,
+    Refused,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    let answer = prop_oneof![
+        4 => Just(Answer::Success),
+        1 => Just(Answer::Lost),
+        1 => Just(Answer::Transient),
+        1 => Just(Answer::Refused),
+    ];
+    prop_oneof![
+        4 => (0..PATHS.len(), 0..CONTENTS.len())
+            .prop_map(|(path, content)| Step::Observe { path, content }),
+        1 => (0..PATHS.len()).prop_map(|path| Step::Reject { path }),
+        3 => (0..PATHS.len(), any::<bool>()).prop_map(|(path, hold)| Step::Remove { path, hold }),
+        1 => Just(Step::ReleaseHeld),
+        5 => Just(Step::Claim),
+        5 => (0..4usize, answer).prop_map(|(which, answer)| Step::Answer { which, answer }),
+        1 => any::<bool>().prop_map(|done_at_vendor| Step::Crash { done_at_vendor }),
+    ]
+}
+
+/// What the vendor really holds.
+#[derive(Default)]
+struct Vendor {
+    held: BTreeSet<String>,
+    next: u32,
+}
+
+impl Vendor {
+    fn store(&mut self) -> String {
+        self.next += 1;
+        let reference = format!("https://img/{}.png", self.next);
+        self.held.insert(reference.clone());
+        reference
+    }
+}
+
+struct World {
+    _dir: tempfile::TempDir,
+    journal: Journal,
+    vendor: Vendor,
+    on_disk: [Option<usize>; 3],
+    in_flight: Vec<Job>,
+}
+
+impl World {
+    fn new() -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(&dir.path().join("journal.sqlite3")).unwrap();
+        World {
+            _dir: dir,
+            journal,
+            vendor: Vendor::default(),
+            on_disk: [None; 3],
+            in_flight: Vec::new(),
+        }
+    }
+
+    fn observation(&self, path: usize, content: usize) -> Observation<'static> {
+        Observation {
+            path: PATHS[path],
+            watch_root: "/w",
+            vendor: "erp",
+            kind: "kingdee",
+            stamp: FileStamp {
+                size: 100 + content as u64,
+                mtime_ns: 1,
+                ctime_ns: 1,
+                inode: path as u64,
+                dev: 1,
+            },
+            sha256: CONTENTS[content],
+            format: "png",
+            width: 10,
+            height: 10,
+            delete_unused: true,
+        }
+    }
+
+    fn apply(&mut self, step: &Step) {
+        match *step {
+            Step::Observe { path, content } => {
+                self.on_disk[path] = Some(content);
+                let on_disk = self.on_disk;
+                let present = move |p: &str| {
+                    PATHS
+                        .iter()
+                        .position(|known| *known == p)
+                        .is_some_and(|i| on_disk[i].is_some())
+                };
+                let obs = self.observation(path, content);
+                self.journal.observe(&obs, &present).unwrap();
+            }
+            Step::Reject { path } => {
+                if self.on_disk[path].is_none() {
+                    return;
+                }
+                self.journal
+                    .reject(&RejectedFile {
+                        path: PATHS[path],
+                        watch_root: "/w",
+                        vendor: "erp",
+                        kind: "kingdee",
+                        stamp: None,
+                        reason: "truncated",
+                        delete_unused: true,
+                    })
+                    .unwrap();
+            }
+            Step::Remove { path, hold } => {
+                if self.on_disk[path].take().is_none() {
+                    return;
+                }
+                let paths = [PATHS[path].to_string()];
+                self.journal
+                    .mark_missing(&RemovalBatch {
+                        watch_root: "/w",
+                        paths: &paths,
+                        policy: RemovalPolicy::Delete,
+                        max_deletes: 100,
+                        window_ms: 3_600_000,
+                        hold: hold.then_some("test"),
+                    })
+                    .unwrap();
+            }
+            Step::ReleaseHeld => {
+                let on_disk = self.on_disk;
+                let present = move |p: &str| {
+                    PATHS
+                        .iter()
+                        .position(|known| *known == p)
+                        .is_some_and(|i| on_disk[i].is_some())
+                };
+                self.journal.release_held(&present).unwrap();
+            }
+            Step::Claim => {
+                let names = vec!["erp".to_string()];
+                if let Some(Claimed::Job(job)) = self.journal.claim(&names, 3_600_000).unwrap() {
+                    if job.op != JobOp::Upload {
+                        self.check_delete_is_wanted(&job);
+                    }
+                    self.in_flight.push(job);
+                }
+            }
+            Step::Answer { which, answer } => {
+                if self.in_flight.is_empty() {
+                    return;
+                }
+                let job = self.in_flight.remove(which % self.in_flight.len());
+                let result = self.vendor_answers(&job, answer);
+                self.journal.finish(&job, &result, None).unwrap();
+            }
+            Step::Crash { done_at_vendor } => {
+                for job in std::mem::take(&mut self.in_flight) {
+                    if done_at_vendor {
+                        self.vendor_answers(&job, Answer::Lost);
+                    }
+                }
+                self.journal.requeue_running().unwrap();
+            }
+        }
+    }
+
+    /// What the vendor does with the job, and what the worker records.
+    fn vendor_answers(&mut self, job: &Job, answer: Answer) -> JobResult {
+        let retry = JobResult::Retry {
+            not_before: 0,
+            reason: "HTTP 502".into(),
+            give_up_after_ms: 3_600_000,
+        };
+        match (job.op, answer) {
+            (_, Answer::Transient) => retry,
+            (JobOp::Upload, Answer::Refused) => JobResult::Rejected("invalid".into()),
+            (JobOp::Upload, Answer::Success) => JobResult::Uploaded(Remote {
+                reference: self.vendor.store(),
+                ..Remote::default()
+            }),
+            (JobOp::Upload, Answer::Lost) => {
+                self.vendor.store();
+                retry
+            }
+            (_, Answer::Refused) => JobResult::Rejected("refused".into()),
+            (_, Answer::Success) => {
+                // An image already gone is answered "does not exist": done all the same.
+                self.vendor.held.remove(job.remote_ref.as_deref().unwrap());
+                JobResult::Deleted
+            }
+            (_, Answer::Lost) => {
+                self.vendor.held.remove(job.remote_ref.as_deref().unwrap());
+                retry
+            }
+        }
+    }
+
+    /// A delete about to be sent is for a copy no file on disk (or held) uses.
+    fn check_delete_is_wanted(&self, job: &Job) {
+        let users: i64 = self
+            .journal
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM files WHERE copy_id = ?1
+                   AND (removal IS NULL OR removal = 'held') AND state != 'removed'",
+                [job.copy_id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(users, 0, "a delete is sent for a copy a file uses: {job:?}");
+    }
+
+    fn check(&self) {
+        let conn = &self.journal.conn;
+        let in_use_not_live: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM files f JOIN remote_copies c ON c.id = f.copy_id
+                 WHERE (f.removal IS NULL OR f.removal = 'held') AND f.state != 'removed'
+                   AND c.state != 'live'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(in_use_not_live, 0, "a file still uses a deleted copy");
+        let synced_without_copy: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM files f LEFT JOIN remote_copies c ON c.id = f.copy_id
+                 WHERE f.state = 'synced' AND (c.id IS NULL OR c.state != 'live')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(synced_without_copy, 0, "a synced file without a live copy");
+        let mut stmt = conn
+            .prepare("SELECT remote_ref FROM remote_copies WHERE state = 'live'")
+            .unwrap();
+        let live: Vec<String> = stmt
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        for reference in live {
+            assert!(
+                self.vendor.held.contains(&reference),
+                "the journal calls {reference} live, the vendor does not hold it"
+            );
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn no_copy_in_use_is_deleted_and_no_record_lies(steps in prop::collection::vec(step(), 1..60)) {
+        let mut world = World::new();
+        for step in &steps {
+            world.apply(step);
+            world.check();
+        }
+    }
+}
