@@ -303,9 +303,9 @@ impl WatchTask {
             (None, false) => {}
         }
         self.replaced = problem;
-        let fresh = self.watching_id != Some(current);
-        self.watching_id = Some(current);
-        RootState::Usable { fresh }
+        RootState::Usable {
+            fresh: self.watching_id != Some(current),
+        }
     }
 
     fn pause(&mut self, problem: String) {
@@ -341,9 +341,12 @@ impl WatchTask {
 
     /// Starts the watch's event source; when inotify cannot be set up, polling takes its place.
     fn start_watcher(
-        &self,
+        &mut self,
         tx: &mpsc::UnboundedSender<events::WatchEvent>,
     ) -> Option<Box<dyn notify::Watcher + Send>> {
+        self.watching_id = std::fs::metadata(self.root())
+            .ok()
+            .map(|meta| (meta.dev(), meta.ino()));
         let error = match events::start(&self.config, self.config.poll, tx.clone()) {
             Ok(watcher) => return Some(watcher),
             Err(e) => e,
