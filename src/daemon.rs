@@ -6,7 +6,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
@@ -16,7 +16,7 @@ use crate::journal::{FileFilter, FileState, Journal, JournalError, JournalHandle
 use crate::throttle::LogThrottle;
 use crate::vendor::{Adapter, VendorSet, http_client};
 use crate::watch::{WatchCommand, WatchContext, WatchTask};
-use crate::worker::{PoolMode, WorkerContext, retry_log_throttle, run_pool};
+use crate::worker::{Outages, PoolMode, WorkerContext, retry_log_throttle, run_pool};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -60,10 +60,35 @@ pub fn lock_journal(journal: &Path) -> Result<JournalLock, DaemonError> {
             source,
         })?;
     match file.try_lock() {
-        Ok(()) => Ok(JournalLock(file)),
+        Ok(()) => {
+            // The holder's pid, so the CLI can tell the daemon that the journal changed.
+            use std::io::Write;
+            let _ = file.set_len(0);
+            let _ = writeln!(&file, "{}", std::process::id());
+            Ok(JournalLock(file))
+        }
         Err(std::fs::TryLockError::WouldBlock) => Err(DaemonError::Locked(journal.to_path_buf())),
         Err(std::fs::TryLockError::Error(source)) => Err(DaemonError::Lock { path, source }),
     }
+}
+
+/// The pid of the daemon (or `scan`) holding the journal's lock, if one does.
+pub fn journal_holder(journal: &Path) -> Option<u32> {
+    let path = PathBuf::from(format!("{}.lock", journal.display()));
+    let file = File::open(&path).ok()?;
+    match file.try_lock_shared() {
+        Ok(()) => None,
+        Err(_) => std::fs::read_to_string(&path).ok()?.trim().parse().ok(),
+    }
+}
+
+/// Tells the running daemon that the journal changed under it (`retry`): it looks at its queue
+/// and rescans its watches now. Returns its pid when it was told.
+pub fn poke(journal: &Path) -> Option<u32> {
+    let pid = journal_holder(journal)?;
+    // SAFETY: kill(2) with a pid read from the lock file and a signal number; no memory involved.
+    let sent = unsafe { libc::kill(pid as libc::pid_t, libc::SIGUSR1) } == 0;
+    sent.then_some(pid)
 }
 
 struct RunningWatch {
@@ -80,6 +105,7 @@ struct Daemon {
     http: reqwest::Client,
     wake: Arc<Notify>,
     retry_log: Arc<LogThrottle>,
+    outages: Arc<Outages>,
     watches: Vec<RunningWatch>,
 }
 
@@ -92,6 +118,7 @@ impl Daemon {
             http: http_client(),
             wake: Arc::new(Notify::new()),
             retry_log: retry_log_throttle(),
+            outages: Arc::default(),
             watches: Vec::new(),
         }
     }
@@ -132,6 +159,7 @@ impl Daemon {
             wake: Arc::clone(&self.wake),
             give_up_after: self.config.give_up_after,
             retry_log: Arc::clone(&self.retry_log),
+            outages: Arc::clone(&self.outages),
         }
     }
 
@@ -160,6 +188,16 @@ impl Daemon {
         for watch in self.watches.drain(..) {
             let _ = watch.commands.send(WatchCommand::Stop);
             let _ = watch.task.await;
+        }
+    }
+
+    /// The CLI changed the journal: the workers look at the queue, the watches rescan (a file put
+    /// up for a fresh look, a watch root accepted as it now is).
+    fn poked(&self) {
+        info!("the journal was changed by `imgsyncd retry`: looking at the queue and rescanning");
+        self.wake.notify_one();
+        for watch in &self.watches {
+            let _ = watch.commands.send(WatchCommand::Rescan);
         }
     }
 
@@ -240,21 +278,23 @@ impl Daemon {
 enum Signal {
     Stop,
     Reload,
+    /// SIGUSR1 from the CLI: the journal changed (`retry`).
+    Poke,
 }
 
 /// Forwards SIGTERM/SIGINT/SIGHUP from signal-hook's thread to the async side.
 fn signals() -> Result<mpsc::UnboundedReceiver<Signal>, DaemonError> {
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])
         .map_err(DaemonError::Signals)?;
     let (tx, rx) = mpsc::unbounded_channel();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             for signal in signals.forever() {
-                let message = if signal == SIGHUP {
-                    Signal::Reload
-                } else {
-                    Signal::Stop
+                let message = match signal {
+                    SIGHUP => Signal::Reload,
+                    SIGUSR1 => Signal::Poke,
+                    _ => Signal::Stop,
                 };
                 if tx.send(message).is_err() {
                     break;
@@ -310,6 +350,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     while let Some(signal) = signals.recv().await {
         match signal {
             Signal::Reload => daemon.reload().await,
+            Signal::Poke => daemon.poked(),
             Signal::Stop => break,
         }
     }

@@ -216,12 +216,6 @@ fn read_journal(config_path: &Path) -> Result<Journal> {
     Ok(Journal::open_read_only(&config.journal)?)
 }
 
-/// The journal for `retry`, which changes it.
-fn open_journal(config_path: &Path) -> Result<Journal> {
-    let config = load(config_path)?;
-    Ok(Journal::open_existing(&config.journal)?)
-}
-
 /// The absolute path the journal records for a path given on the command line.
 fn journal_path(path: &Path) -> String {
     std::path::absolute(path)
@@ -231,24 +225,40 @@ fn journal_path(path: &Path) -> String {
 }
 
 fn retry(config_path: &Path, failed: bool, held: bool, paths: &[PathBuf]) -> Result<ExitCode> {
-    let mut journal = open_journal(config_path)?;
-    if failed {
+    let config = load(config_path)?;
+    let mut journal = Journal::open_existing(&config.journal)?;
+    let code = if failed {
         let n = journal.retry_failed()?;
         emit(&format!("{n} failed files queued again"));
-        return Ok(ExitCode::SUCCESS);
-    }
-    if held {
+        ExitCode::SUCCESS
+    } else if held {
         let n = journal.release_held(&|p| std::fs::symlink_metadata(p).is_ok())?;
-        emit(&format!("{n} held deletes queued"));
-        return Ok(ExitCode::SUCCESS);
+        emit(&format!(
+            "{n} held deletes queued; every watch root is accepted as it now is"
+        ));
+        ExitCode::SUCCESS
+    } else {
+        retry_paths(&mut journal, paths)?
+    };
+    drop(journal);
+    match daemon::poke(&config.journal) {
+        Some(pid) => emit(&format!("told the running daemon (pid {pid})")),
+        None if daemon::journal_holder(&config.journal).is_some() => emit(
+            "could not signal the running daemon: `systemctl reload imgsyncd` makes it act now",
+        ),
+        None => {}
     }
+    Ok(code)
+}
+
+fn retry_paths(journal: &mut Journal, paths: &[PathBuf]) -> Result<ExitCode> {
     let paths: Vec<String> = paths.iter().map(|p| journal_path(p)).collect();
     let mut code = ExitCode::SUCCESS;
     for (path, outcome) in journal.retry_paths(&paths)? {
         match outcome {
             RetryOutcome::Queued => emit(&format!("{path}: queued again")),
             RetryOutcome::Reexamined => emit(&format!(
-                "{path}: will be examined afresh at the next scan (reload the daemon to scan now)"
+                "{path}: will be examined afresh by the daemon's next scan"
             )),
             RetryOutcome::NotFailed(state) => {
                 emit(&format!("{path}: is {state}, nothing to retry"))

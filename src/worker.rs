@@ -2,7 +2,7 @@
 //! class alone decides what happens next: done, retry with backoff, refresh the token, reject the
 //! file, or pause the vendor with its jobs kept.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -41,6 +41,30 @@ pub struct WorkerContext {
     pub give_up_after: Duration,
     /// Retry lines per vendor and error, so an outage with a large backlog cannot flood the log.
     pub retry_log: Arc<LogThrottle>,
+    pub outages: Arc<Outages>,
+}
+
+/// After this many calls in a row fail for want of an answer (network, timeout, 5xx), the vendor
+/// is taken as down: its jobs wait behind one probe instead of each being tried in turn.
+const OUTAGE_AFTER: u32 = 5;
+
+/// Consecutive failed calls per vendor: the circuit breaker's memory.
+#[derive(Debug, Default)]
+pub struct Outages(Mutex<HashMap<String, u32>>);
+
+impl Outages {
+    /// Counts a call's outcome; returns how many calls in a row have now failed.
+    fn record(&self, vendor: &str, failed: bool) -> u32 {
+        let mut counts = lock(&self.0);
+        if failed {
+            let count = counts.entry(vendor.to_string()).or_default();
+            *count += 1;
+            *count
+        } else {
+            counts.remove(vendor);
+            0
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +76,11 @@ pub enum PoolMode {
 }
 
 /// Runs `workers` concurrent transfers until `stop` turns true (or, draining, the queue is empty).
+///
+/// Between jobs the pool sleeps until the next job falls due or it is woken (a file queued, a
+/// transfer ended): an idle daemon does not poll the journal. Each free slot goes to the vendor with
+/// the fewest transfers in flight that has a job due, so a slow or rate-limited vendor's backlog
+/// never holds up another vendor's files.
 pub async fn run_pool(
     ctx: WorkerContext,
     workers: usize,
@@ -59,7 +88,7 @@ pub async fn run_pool(
     mut stop: watch::Receiver<bool>,
 ) {
     let permits = Arc::new(Semaphore::new(workers.max(1)));
-    let running: Arc<Mutex<HashSet<i64>>> = Arc::default();
+    let running: Arc<Mutex<HashMap<i64, String>>> = Arc::default();
     let mut tasks = JoinSet::new();
     loop {
         if *stop.borrow() {
@@ -70,22 +99,16 @@ pub async fn run_pool(
             _ = stop.changed() => break,
         };
         while tasks.try_join_next().is_some() {}
-        let claimed = claim(&ctx).await;
-        match claimed {
+        let in_flight = vendors_in_flight(&running);
+        match claim(&ctx, in_flight).await {
             Some((job, probe)) => {
-                running
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(job.id);
+                lock(&running).insert(job.id, job.vendor.clone());
                 let ctx = ctx.clone();
                 let running = Arc::clone(&running);
                 tasks.spawn(async move {
                     let id = job.id;
                     process(&ctx, job, probe).await;
-                    running
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&id);
+                    lock(&running).remove(&id);
                     drop(permit);
                 });
             }
@@ -94,9 +117,10 @@ pub async fn run_pool(
                 if mode == PoolMode::Drain && tasks.is_empty() {
                     break;
                 }
+                let due = next_due(&ctx).await;
                 tokio::select! {
                     _ = ctx.wake.notified() => {}
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = sleep_until_epoch_ms(due.unwrap_or(i64::MAX)), if due.is_some() => {}
                     Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                     _ = stop.changed() => break,
                 }
@@ -106,10 +130,39 @@ pub async fn run_pool(
     finish_in_flight(&ctx, tasks, running).await;
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Transfers in flight per vendor.
+fn vendors_in_flight(running: &Mutex<HashMap<i64, String>>) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for vendor in lock(running).values() {
+        *counts.entry(vendor.clone()).or_default() += 1;
+    }
+    counts
+}
+
+async fn next_due(ctx: &WorkerContext) -> Option<i64> {
+    let names = ctx.vendors.names();
+    match ctx.journal.call(move |j| j.next_due(&names)).await {
+        Ok(due) => due,
+        Err(e) => {
+            error!("cannot read the queue: {e}; looking again in 5s");
+            Some(now_ms() + 5_000)
+        }
+    }
+}
+
+async fn sleep_until_epoch_ms(at: i64) {
+    let wait = (at - now_ms()).max(0) as u64;
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+}
+
 async fn finish_in_flight(
     ctx: &WorkerContext,
     mut tasks: JoinSet<()>,
-    running: Arc<Mutex<HashSet<i64>>>,
+    running: Arc<Mutex<HashMap<i64, String>>>,
 ) {
     if tasks.is_empty() {
         return;
@@ -124,12 +177,7 @@ async fn finish_in_flight(
     .await;
     if drained.is_err() {
         tasks.abort_all();
-        let ids: Vec<i64> = running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .copied()
-            .collect();
+        let ids: Vec<i64> = lock(&running).keys().copied().collect();
         warn!(
             released = ids.len(),
             "transfers still running after 10s: released to the queue"
@@ -144,9 +192,13 @@ async fn finish_in_flight(
 /// vendor is its probe: the next probe is pushed back so only one goes at a time. Jobs the journal
 /// settles by itself (the same bytes already uploaded, a file that moved on) are logged and
 /// skipped.
-async fn claim(ctx: &WorkerContext) -> Option<(Job, Option<Duration>)> {
+async fn claim(
+    ctx: &WorkerContext,
+    in_flight: HashMap<String, usize>,
+) -> Option<(Job, Option<Duration>)> {
     loop {
-        let names = ctx.vendors.names();
+        let mut names = ctx.vendors.names();
+        names.sort_by_key(|v| in_flight.get(v).copied().unwrap_or(0));
         let result = ctx
             .journal
             .call(
@@ -161,7 +213,15 @@ async fn claim(ctx: &WorkerContext) -> Option<(Job, Option<Duration>)> {
                                 .all(|p| &p.vendor != v || p.next_probe_at <= now)
                         })
                         .collect();
-                    let Some(claimed) = j.claim(&claimable, LEASE_MS)? else {
+                    // The least busy vendor first: one vendor's backlog never starves another.
+                    let mut claimed = None;
+                    for vendor in &claimable {
+                        claimed = j.claim(std::slice::from_ref(vendor), LEASE_MS)?;
+                        if claimed.is_some() {
+                            break;
+                        }
+                    }
+                    let Some(claimed) = claimed else {
                         return Ok(None);
                     };
                     let Claimed::Job(job) = &claimed else {
@@ -238,11 +298,12 @@ async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duration>) {
     let shown = job.path.as_str();
     let vendor = job.vendor.as_str();
     let op = job.op.as_str();
+    let outcome = circuit_breaker(ctx, vendor, probe, &call);
     // A probe answered by anything but a refusal of us means the vendor takes our calls again.
-    if probe.is_some() && !matches!(call.outcome, Outcome::VendorDown { .. }) {
+    if probe.is_some() && !matches!(outcome, Outcome::VendorDown { .. }) {
         resume(ctx, vendor).await;
     }
-    let result = match call.outcome {
+    let result = match outcome {
         Outcome::Done(remote) => {
             match (&remote, job.op) {
                 (Some(remote), _) => {
@@ -347,6 +408,34 @@ async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duration>) {
     record(ctx, &job, result, Some(attempt)).await;
 }
 
+/// A vendor that has not answered several calls in a row (or whose probe went unanswered) is
+/// down: the call's retry becomes a pause, so the backlog waits behind one probe with growing
+/// intervals instead of being tried job by job.
+fn circuit_breaker<T>(
+    ctx: &WorkerContext,
+    vendor: &str,
+    probe: Option<Duration>,
+    call: &Call<T>,
+) -> Outcome<T>
+where
+    T: Clone,
+{
+    let unanswered = match &call.outcome {
+        Outcome::Retry { reason, .. } if call.is_outage() => Some(reason.clone()),
+        _ => None,
+    };
+    let failures = ctx.outages.record(vendor, unanswered.is_some());
+    match unanswered {
+        Some(reason) if probe.is_some() || failures >= OUTAGE_AFTER => Outcome::VendorDown {
+            reason: format!(
+                "{vendor} does not answer ({failures} calls in a row failed; the last: {reason}); \
+                 its jobs wait behind one probe"
+            ),
+        },
+        _ => call.outcome.clone(),
+    }
+}
+
 /// An upload that ended before the vendor was called.
 struct Early {
     result: JobResult,
@@ -415,7 +504,17 @@ where
 
 async fn resume(ctx: &WorkerContext, vendor: &str) {
     let v = vendor.to_string();
-    if let Ok(true) = ctx.journal.call(move |j| j.resume_vendor(&v)).await {
+    let resumed = ctx
+        .journal
+        .call(move |j| -> crate::journal::Result<bool> {
+            let was_paused = j.resume_vendor(&v)?;
+            if was_paused {
+                j.restart_outage_clock(&v)?;
+            }
+            Ok(was_paused)
+        })
+        .await;
+    if let Ok(true) = resumed {
         info!(vendor, "vendor {vendor} answers again: resumed");
         ctx.wake.notify_one();
     }

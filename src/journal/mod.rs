@@ -162,10 +162,16 @@ impl Journal {
         conn.busy_timeout(Duration::from_secs(10))
             .map_err(open_err)?;
         // Reading a WAL journal needs its shared-memory file; when that cannot be created (no
-        // write access to the folder, no daemon running) the file is read as it stands.
+        // write access to the folder, no daemon running) the file is read as it stands. Any other
+        // trouble (a busy journal) is an error, never a stale read.
         let conn = match conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)) {
             Ok(_) => conn,
-            Err(_) => {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::CannotOpen | rusqlite::ErrorCode::ReadOnly
+                ) =>
+            {
                 let escaped = path
                     .display()
                     .to_string()
@@ -176,6 +182,7 @@ impl Journal {
                 Connection::open_with_flags(&uri, flags | OpenFlags::SQLITE_OPEN_URI)
                     .map_err(open_err)?
             }
+            Err(source) => return Err(open_err(source)),
         };
         let journal = Journal { conn };
         let found = journal.schema_version()?;

@@ -243,6 +243,39 @@ impl Journal {
         Ok(Some(claimed))
     }
 
+    /// When the next job of `vendors` falls due (epoch ms): a queued job's `not_before`, a paused
+    /// vendor's next probe, a lease running out. `None`: nothing will be due until something is
+    /// queued. Jobs waiting for the same bytes in flight are left out: the upload ending wakes them.
+    pub fn next_due(&self, vendors: &[String]) -> Result<Option<i64>> {
+        let names = serde_json::to_string(vendors).unwrap_or_else(|_| "[]".into());
+        Ok(self.conn.query_row(
+            "SELECT MIN(t) FROM (
+               SELECT MIN(MAX(j.not_before, COALESCE(p.next_probe_at, 0))) AS t
+               FROM jobs j LEFT JOIN vendor_pauses p ON p.vendor = j.vendor
+               WHERE j.state = 'queued' AND j.vendor IN (SELECT value FROM json_each(?1))
+                 AND NOT (j.op = 'upload' AND EXISTS (
+                     SELECT 1 FROM jobs r
+                     WHERE r.id != j.id AND r.op = 'upload' AND r.state = 'running'
+                       AND r.vendor = j.vendor AND r.sha256 = j.sha256))
+               UNION ALL
+               SELECT MIN(lease_until) FROM jobs
+               WHERE state = 'running' AND vendor IN (SELECT value FROM json_each(?1)))",
+            [names],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// A vendor that answers again after an outage: its jobs start afresh, so the time it was
+    /// down does not count towards `give_up_after`.
+    pub fn restart_outage_clock(&mut self, vendor: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE jobs SET first_failure_at = NULL, not_before = MIN(not_before, ?2)
+             WHERE vendor = ?1 AND state = 'queued'",
+            params![vendor, now_ms()],
+        )?;
+        Ok(())
+    }
+
     /// Records the attempt and what it means for the job, the copy and the file, in one transaction.
     pub fn finish(
         &mut self,

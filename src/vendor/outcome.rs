@@ -71,6 +71,13 @@ impl<T> Call<T> {
         }
     }
 
+    /// Whether the call failed for want of an answer: a transport error, a timeout or a 5xx (not a
+    /// rate limit, not a refusal). Several in a row mean the vendor is down.
+    pub fn is_outage(&self) -> bool {
+        matches!(self.outcome, Outcome::Retry { .. })
+            && self.http_status.is_none_or(|status| status >= 500)
+    }
+
     /// A transport failure: nothing was answered.
     pub fn network(error: &reqwest::Error) -> Self {
         let what = if error.is_timeout() {

@@ -29,7 +29,7 @@ pub fn start(
     watch: &WatchConfig,
     poll: Option<std::time::Duration>,
     tx: UnboundedSender<WatchEvent>,
-) -> notify::Result<Box<dyn Watcher + Send>> {
+) -> notify::Result<Box<dyn Watcher + Send + Sync>> {
     let polling = poll.is_some();
     let handler = move |result: notify::Result<Event>| {
         for event in translate(result, polling) {
@@ -42,7 +42,7 @@ pub fn start(
         RecursiveMode::NonRecursive
     };
     let base = notify::Config::default().with_follow_symlinks(false);
-    let mut watcher: Box<dyn Watcher + Send> = match poll {
+    let mut watcher: Box<dyn Watcher + Send + Sync> = match poll {
         Some(interval) => Box::new(notify::PollWatcher::new(
             handler,
             base.with_poll_interval(interval),

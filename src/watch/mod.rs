@@ -64,6 +64,12 @@ const REMOVAL_WINDOW: Duration = Duration::from_secs(3600);
 /// A journal write that failed is tried again after this long.
 const JOURNAL_RETRY: Duration = Duration::from_secs(1);
 
+async fn sleep_until(deadline: Option<Instant>) {
+    if let Some(deadline) = deadline {
+        tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)).await;
+    }
+}
+
 /// A path seen gone, waiting for its removal to be decided.
 #[derive(Debug, Clone)]
 struct PendingRemoval {
@@ -139,6 +145,8 @@ pub struct WatchTask {
     /// Why the root cannot be trusted for removals (replaced, remounted), while it is so.
     replaced: Option<String>,
     paused: Option<String>,
+    watcher: Option<Box<dyn notify::Watcher + Send + Sync>>,
+    event_tx: Option<mpsc::UnboundedSender<events::WatchEvent>>,
 }
 
 impl WatchTask {
@@ -155,6 +163,8 @@ impl WatchTask {
             watching_id: None,
             replaced: None,
             paused: None,
+            watcher: None,
+            event_tx: None,
         }
     }
 
@@ -162,27 +172,25 @@ impl WatchTask {
         &self.config.path
     }
 
-    /// Runs until told to stop: events, settle ticks, periodic rescans, root checks.
+    /// Runs until told to stop. Between events it sleeps until the next thing falls due (a file's
+    /// quiet period ending, a removal's grace, the periodic rescan): an idle watch costs nothing.
     pub async fn run(mut self, mut commands: mpsc::UnboundedReceiver<WatchCommand>) {
         let (event_tx, mut events) = mpsc::unbounded_channel();
-        let mut watcher = None;
-        if let RootState::Usable { .. } = self.check_root().await {
-            watcher = self.start_watcher(&event_tx);
-            self.reconcile(Sighting::Scanned).await;
-        }
-        let tick_period =
-            (self.ctx.settle / 4).clamp(Duration::from_millis(50), Duration::from_millis(500));
-        let mut tick = tokio::time::interval(tick_period);
+        self.event_tx = Some(event_tx);
+        self.verify_root().await;
         let mut rescan = tokio::time::interval_at(
             tokio::time::Instant::now() + self.ctx.rescan,
             self.ctx.rescan,
         );
+        // Only a root in trouble (missing, or not the folder the journal knows) is looked at on
+        // a timer; otherwise events about the root and every reconcile look at it.
         let mut root_check = tokio::time::interval(ROOT_CHECK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Set once inotify ran out of watches and polling took over; later failures queued by the
         // old watcher are only rescans.
         let mut polling_fallback = false;
         loop {
+            let deadline = self.next_deadline();
+            let root_in_trouble = self.paused.is_some() || self.replaced.is_some();
             tokio::select! {
                 command = commands.recv() => match command {
                     Some(WatchCommand::Rescan) => self.reconcile(Sighting::Scanned).await,
@@ -196,30 +204,58 @@ impl WatchTask {
                             "inotify cannot cover the folder any more: {why}; polling it every {} instead",
                             humantime::format_duration(events::FALLBACK_POLL)
                         );
-                        watcher = events::start(&self.config, Some(events::FALLBACK_POLL), event_tx.clone()).ok();
+                        if let Some(tx) = &self.event_tx {
+                            self.watcher = events::start(&self.config, Some(events::FALLBACK_POLL), tx.clone()).ok();
+                        }
                         self.reconcile(Sighting::Closed).await;
                     }
                     event => self.on_event(event).await,
                 },
-                _ = tick.tick() => self.on_tick().await,
+                _ = sleep_until(deadline), if deadline.is_some() => self.on_tick().await,
                 _ = rescan.tick() => self.reconcile(Sighting::Scanned).await,
-                _ = root_check.tick() => match self.check_root().await {
-                    RootState::Missing => watcher = None,
-                    RootState::Usable { fresh: true } => {
-                        // A folder put in the root's place (or the root back from a pause): the old
-                        // watcher sees nothing of it.
-                        drop(watcher.take());
-                        watcher = self.start_watcher(&event_tx);
-                        self.reconcile(Sighting::Scanned).await;
-                    }
-                    RootState::Usable { fresh: false } => {}
-                },
+                _ = root_check.tick(), if root_in_trouble => self.verify_root().await,
             }
         }
-        drop(watcher);
+        self.watcher = None;
         if self.paused.is_some() || self.replaced.is_some() {
             let root = self.root().display().to_string();
             let _ = self.ctx.journal.call(move |j| j.resume_watch(&root)).await;
+        }
+    }
+
+    /// Looks at the root and acts on it: a missing root stops the watcher, a root the running
+    /// watcher does not cover (new, replaced, back) gets a new one and a reconcile.
+    async fn verify_root(&mut self) {
+        match self.check_root().await {
+            RootState::Missing => self.watcher = None,
+            RootState::Usable { fresh: true } => {
+                self.watcher = None;
+                self.watcher = self.start_watcher();
+                self.reconcile(Sighting::Scanned).await;
+            }
+            RootState::Usable { fresh: false } => {}
+        }
+    }
+
+    /// When the tracker or the removals next need a look.
+    fn next_deadline(&self) -> Option<Instant> {
+        let settle = self.settle.next_deadline();
+        let removals = self
+            .removals
+            .values()
+            .map(|r| r.since)
+            .min()
+            .map(|earliest| {
+                let due = earliest + self.ctx.settle + REMOVAL_GRACE;
+                if self.settle.is_empty() {
+                    due
+                } else {
+                    due.max(earliest + REMOVAL_MAX_WAIT)
+                }
+            });
+        match (settle, removals) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -340,10 +376,8 @@ impl WatchTask {
     }
 
     /// Starts the watch's event source; when inotify cannot be set up, polling takes its place.
-    fn start_watcher(
-        &mut self,
-        tx: &mpsc::UnboundedSender<events::WatchEvent>,
-    ) -> Option<Box<dyn notify::Watcher + Send>> {
+    fn start_watcher(&mut self) -> Option<Box<dyn notify::Watcher + Send + Sync>> {
+        let tx = self.event_tx.clone()?;
         self.watching_id = std::fs::metadata(self.root())
             .ok()
             .map(|meta| (meta.dev(), meta.ino()));
@@ -380,6 +414,13 @@ impl WatchTask {
 
     async fn on_event(&mut self, event: events::WatchEvent) {
         if self.paused.is_some() {
+            return;
+        }
+        if let events::WatchEvent::Seen { path, .. } | events::WatchEvent::Gone { path } = &event
+            && path == self.root()
+        {
+            // The root itself was removed, moved or replaced.
+            self.verify_root().await;
             return;
         }
         match event {

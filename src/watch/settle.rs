@@ -79,6 +79,22 @@ impl Settle {
         self.pending.is_empty()
     }
 
+    /// When `take_ready` next has something to do: at once for a path not looked at yet, at the
+    /// end of its quiet period for a closed one. A file still open waits for its next event, and
+    /// a changing one is looked at again a period after the change was seen.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.pending
+            .values()
+            .filter_map(|entry| match entry.stamp {
+                None => Some(entry.last_event),
+                Some(_) if entry.closed => {
+                    Some(entry.stable_since.max(entry.last_event) + self.period)
+                }
+                Some(_) => None,
+            })
+            .min()
+    }
+
     /// The paths that have settled, removed from the tracker. `stat` reads a path's current stamp
     /// (`None`: gone, and so dropped).
     pub fn take_ready(
@@ -226,6 +242,30 @@ mod tests {
         assert_eq!(
             settle.take_ready(t0 + PERIOD, stat),
             vec![found.to_path_buf()]
+        );
+    }
+
+    #[test]
+    fn the_next_deadline_is_the_end_of_the_quiet_period() {
+        let t0 = Instant::now();
+        let mut settle = Settle::new(PERIOD);
+        assert_eq!(settle.next_deadline(), None);
+        let path = Path::new("/w/a.jpg");
+        settle.touch(path, Sighting::Closed, t0);
+        assert_eq!(
+            settle.next_deadline(),
+            Some(t0),
+            "a new path is looked at at once"
+        );
+        settle.take_ready(t0, |_| st(10, 1));
+        assert_eq!(settle.next_deadline(), Some(t0 + PERIOD));
+        let open = Path::new("/w/open.jpg");
+        settle.touch(open, Sighting::Open, t0);
+        settle.take_ready(t0, |_| st(10, 1));
+        assert_eq!(
+            settle.next_deadline(),
+            Some(t0 + PERIOD),
+            "an open file sets no deadline"
         );
     }
 

@@ -200,6 +200,10 @@ impl Harness {
     pub fn files(&self) -> Vec<Value> {
         let out = self.cli(&["files", "--json"]);
         if !out.status.success() {
+            eprintln!(
+                "files --json failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             return Vec::new();
         }
         serde_json::from_slice(&out.stdout).expect("files --json is JSON")
