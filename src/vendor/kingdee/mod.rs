@@ -254,9 +254,14 @@ impl Kingdee {
         call
     }
 
+    /// After a call: drop a refused token; after a 429, hold every call until the window reopens.
     async fn forget_refused_token<T>(&self, call: &Call<T>, token: &Secret) {
-        if matches!(call.outcome, Outcome::Reauth { .. }) {
-            self.token.invalidate(token).await;
+        match &call.outcome {
+            Outcome::Reauth { .. } => self.token.invalidate(token).await,
+            Outcome::Retry {
+                after: Some(after), ..
+            } if call.http_status == Some(429) => self.pacer.hold(*after),
+            _ => {}
         }
     }
 }
