@@ -114,6 +114,7 @@ impl Sandbox {
             path: path.to_string(),
             status,
             errcode: Some(errcode),
+            at_ms: now_ms(),
         });
         json_reply(status, body)
     }

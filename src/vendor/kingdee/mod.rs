@@ -30,6 +30,7 @@ pub const ERR_APP_AUTH: i64 = 1_030_002_006;
 /// What Kingdee takes. It documents no size limit; 10 MB keeps the base64 JSON body (~13.4 MB)
 /// well inside what gateways accept.
 pub const LIMITS: Limits = Limits {
+    vendor: "Kingdee",
     formats: &[
         ImageFormat::Jpeg,
         ImageFormat::Png,
