@@ -166,6 +166,7 @@ fn the_example_config_is_valid() {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/daemon.example.yaml"))
         .unwrap()
         .replace("${KINGDEE_CLIENT_SECRET}", "client-secret")
+        .replace("${FEISHU_APP_SECRET}", "feishu-secret")
         .replace(
             "/run/credentials/imgsyncd.service/kingdee_app_secret",
             &secret.display().to_string(),
@@ -173,6 +174,8 @@ fn the_example_config_is_valid() {
     let config = parse(&text).unwrap();
     assert_eq!(config.vendors["erp"].per_second, Some(5));
     assert_eq!(config.watches[0].path, PathBuf::from("/srv/drop/products"));
+    assert_eq!(config.vendors["wiki"].settings.kind(), VendorKind::Feishu);
+    assert_eq!(config.watches[1].on_remove, OnRemove::Keep);
 }
 
 const FEISHU: &str = "\
