@@ -18,7 +18,6 @@ use tokio::net::TcpListener;
 
 pub use feishu::{FeishuAccount, FeishuFile};
 pub use kingdee::KingdeeAccount;
-pub use multipart::FormPart;
 
 /// How the sandbox behaves; the defaults are the vendors' documented limits.
 #[derive(Debug, Clone)]
