@@ -283,12 +283,15 @@ fn a_backlog_drains_at_the_configured_rate_with_no_429() {
     let sent = uploads(&h);
     assert_eq!(sent.len(), names.len(), "each file sent once");
     assert!(sent.iter().all(|l| l.status == 200), "no 429");
+    // The pacer counts when it lets a call go, the sandbox when the body has arrived; a loaded
+    // test machine puts up to ~100 ms between the two, so a second is judged as 900 ms here.
     assert!(
-        densest(&sent, 1000) <= 10,
+        densest(&sent, 900) <= 10,
         "never more than 10 in a second: {}",
-        densest(&sent, 1000)
+        densest(&sent, 900)
     );
-    let span = sent.last().unwrap().at_ms - sent[0].at_ms;
+    let times = sent.iter().map(|l| l.at_ms);
+    let span = times.clone().max().unwrap() - times.min().unwrap();
     assert!(span >= 1900, "30 files at 10 a second take 2 s: {span} ms");
 }
 

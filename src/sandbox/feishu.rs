@@ -137,7 +137,12 @@ fn log_id() -> String {
 }
 
 impl Sandbox {
-    fn feishu_answer(&self, path: &str, result: Result<Value, Refusal>) -> Response {
+    fn feishu_answer(
+        &self,
+        path: &str,
+        arrived_ms: i64,
+        result: Result<Value, Refusal>,
+    ) -> Response {
         let (status, code, body, headers) = match result {
             Ok(body) => (200, 0, body, Vec::new()),
             Err(r) => {
@@ -168,7 +173,7 @@ impl Sandbox {
                 path: path.to_string(),
                 status,
                 errcode: Some(code),
-                at_ms: now_ms(),
+                at_ms: arrived_ms,
             });
             if path == UPLOAD_PATH {
                 state.feishu.upload_requests += 1;
@@ -302,6 +307,7 @@ impl Sandbox {
 }
 
 async fn token(State(sandbox): State<Sandbox>, body: Bytes) -> Response {
+    let arrived = now_ms();
     let result = (|| {
         let request: Value =
             serde_json::from_slice(&body).map_err(|_| refusal(400, 10_003, "invalid param"))?;
@@ -333,7 +339,7 @@ async fn token(State(sandbox): State<Sandbox>, body: Bytes) -> Response {
             "expire": (expires - now) / 1000,
         }))
     })();
-    sandbox.feishu_answer(TOKEN_PATH, result)
+    sandbox.feishu_answer(TOKEN_PATH, arrived, result)
 }
 
 async fn upload(
@@ -342,6 +348,7 @@ async fn upload(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let arrived = now_ms();
     let result = async {
         if method != Method::POST {
             return Err(refusal(405, 405, "method not allowed"));
@@ -395,7 +402,7 @@ async fn upload(
         Ok(json!({"code": 0, "msg": "success", "data": {"file_token": file_token}}))
     }
     .await;
-    sandbox.feishu_answer(UPLOAD_PATH, result)
+    sandbox.feishu_answer(UPLOAD_PATH, arrived, result)
 }
 
 /// `name`: a plain field, 1–100 characters, naming one of the six image types.

@@ -85,7 +85,7 @@ pub struct Logged {
     pub status: u16,
     /// Kingdee's `errcode`, Feishu's `code`.
     pub errcode: Option<i64>,
-    /// When it was answered (epoch ms).
+    /// When it was taken in, its body read (epoch ms): the moment the rate windows count.
     pub at_ms: i64,
 }
 
