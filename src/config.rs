@@ -16,6 +16,10 @@ pub use secret::Secret;
 /// Where the daemon looks when neither `-c` nor `IMGSYNCD_CONFIG` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/imgsyncd/daemon.yaml";
 pub const DEFAULT_INCLUDE: &[&str] = &["*.jpg", "*.jpeg", "*.png", "*.gif", "*.bmp", "*.webp"];
+/// Feishu lingo also takes icons.
+pub const DEFAULT_INCLUDE_FEISHU: &[&str] = &[
+    "*.jpg", "*.jpeg", "*.png", "*.gif", "*.bmp", "*.webp", "*.ico",
+];
 pub const DEFAULT_EXCLUDE: &[&str] = &[".*", "*.tmp", "*.part", "*~"];
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +89,22 @@ impl VendorKind {
         matches!(self, VendorKind::Kingdee)
     }
 
+    /// Why `on_remove: delete` cannot be honoured for this vendor.
+    fn no_delete_reason(self) -> &'static str {
+        match self {
+            VendorKind::Feishu => "feishu lingo has no file delete API",
+            _ => "this vendor has no delete API",
+        }
+    }
+
+    /// The file names a watch takes when it gives no `include`: what the vendor accepts.
+    pub fn default_include(self) -> &'static [&'static str] {
+        match self {
+            VendorKind::Feishu => DEFAULT_INCLUDE_FEISHU,
+            _ => DEFAULT_INCLUDE,
+        }
+    }
+
     fn default_base_url(self) -> &'static str {
         match self {
             VendorKind::Kingdee => "https://api.kingdee.com",
@@ -97,12 +117,14 @@ impl VendorKind {
 #[derive(Debug, Clone, PartialEq)]
 pub enum VendorSettings {
     Kingdee(KingdeeConfig),
+    Feishu(FeishuConfig),
 }
 
 impl VendorSettings {
     pub fn kind(&self) -> VendorKind {
         match self {
             VendorSettings::Kingdee(_) => VendorKind::Kingdee,
+            VendorSettings::Feishu(_) => VendorKind::Feishu,
         }
     }
 }
@@ -115,6 +137,13 @@ pub struct KingdeeConfig {
     pub app_secret: Secret,
     pub domain: String,
     pub save_temp: bool,
+}
+
+/// A Feishu (or Lark) self-built app: its tenant_access_token uploads to lingo.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeishuConfig {
+    pub app_id: String,
+    pub app_secret: Secret,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -511,11 +540,37 @@ impl Ctx<'_> {
                     save_temp: raw.save_temp.unwrap_or(false),
                 })
             }
-            VendorKind::Feishu | VendorKind::Jiandaoyun => {
+            VendorKind::Feishu => {
+                self.forbid(
+                    &prefix,
+                    kind,
+                    &[
+                        ("client_id", raw.client_id.is_some()),
+                        ("client_secret", raw.client_secret.is_some()),
+                        ("client_secret_file", raw.client_secret_file.is_some()),
+                        ("app_key", raw.app_key.is_some()),
+                        ("domain", raw.domain.is_some()),
+                        ("save_temp", raw.save_temp.is_some()),
+                        ("api_key", raw.api_key.is_some()),
+                        ("api_key_file", raw.api_key_file.is_some()),
+                        ("entry_id", raw.entry_id.is_some()),
+                    ],
+                )?;
+                VendorSettings::Feishu(FeishuConfig {
+                    app_id: self.required(&format!("{prefix}.app_id"), raw.app_id)?,
+                    app_secret: self.secret(
+                        &prefix,
+                        "app_secret",
+                        raw.app_secret,
+                        raw.app_secret_file,
+                    )?,
+                })
+            }
+            VendorKind::Jiandaoyun => {
                 return Err(self.invalid(
                     &format!("{prefix}.kind"),
                     format!(
-                        "`{}` is not supported by this build yet; only kingdee is",
+                        "`{}` is not supported by this build yet; kingdee and feishu are",
                         kind.as_str()
                     ),
                 ));
@@ -575,7 +630,11 @@ impl Ctx<'_> {
             Some("delete") => {
                 return Err(self.invalid(
                     &format!("{prefix}.on_remove"),
-                    format!("{} has no delete API; use `keep`", kind.as_str()),
+                    format!(
+                        "{}; use `keep` (the default for a {} vendor)",
+                        kind.no_delete_reason(),
+                        kind.as_str()
+                    ),
                 ));
             }
             Some(other) => {
@@ -589,9 +648,12 @@ impl Ctx<'_> {
         let path = self.resolve_path(Path::new(
             &self.expand(&format!("{prefix}.path"), &path_text)?,
         ));
-        let include = raw
-            .include
-            .unwrap_or_else(|| DEFAULT_INCLUDE.iter().map(|s| s.to_string()).collect());
+        let include = raw.include.unwrap_or_else(|| {
+            kind.default_include()
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        });
         let exclude = raw
             .exclude
             .unwrap_or_else(|| DEFAULT_EXCLUDE.iter().map(|s| s.to_string()).collect());

@@ -1,5 +1,6 @@
 //! `run --dev`: the daemon against the built-in sandbox, with no config and no credentials. It
-//! creates `./imgsyncd-dev/` with a drop folder per vendor, a journal and the config it runs on.
+//! creates `./imgsyncd-dev/` with a drop folder per vendor (`drop/kingdee/` feeds the Kingdee
+//! vendor `kingdee`, `drop/feishu/` the Feishu lingo vendor `wiki`), a journal and its config.
 
 use std::path::{Path, PathBuf};
 
@@ -38,7 +39,10 @@ pub async fn prepare(dir: &Path) -> Result<DevSetup, DevError> {
     };
     let dir = std::path::absolute(dir).map_err(io(dir))?;
     let drop_dir = dir.join("drop").join("kingdee");
-    std::fs::create_dir_all(&drop_dir).map_err(io(&drop_dir))?;
+    let feishu_drop = dir.join("drop").join("feishu");
+    for folder in [&drop_dir, &feishu_drop] {
+        std::fs::create_dir_all(folder).map_err(io(folder))?;
+    }
     let options = SandboxOptions::default();
     let (sandbox, serve) = match Sandbox::bind(DEV_ADDR, options.clone()).await {
         Ok(bound) => bound,
@@ -48,6 +52,7 @@ pub async fn prepare(dir: &Path) -> Result<DevSetup, DevError> {
     };
     tokio::spawn(serve);
     let account = &options.kingdee;
+    let feishu = &options.feishu;
     let config_path = dir.join("daemon.yaml");
     let text = format!(
         "# Written by `imgsyncd run --dev`: the daemon against the built-in sandbox.\n\
@@ -64,9 +69,16 @@ pub async fn prepare(dir: &Path) -> Result<DevSetup, DevError> {
          \x20   app_key: {app_key}\n\
          \x20   app_secret: {app_secret}\n\
          \x20   domain: {domain}\n\
+         \x20 wiki:\n\
+         \x20   kind: feishu\n\
+         \x20   base_url: {base}\n\
+         \x20   app_id: {app_id}\n\
+         \x20   app_secret: {feishu_secret}\n\
          watches:\n\
          \x20 - path: {drop}\n\
-         \x20   vendor: kingdee\n",
+         \x20   vendor: kingdee\n\
+         \x20 - path: {feishu_drop}\n\
+         \x20   vendor: wiki\n",
         journal = dir.join("journal.sqlite3").display(),
         base = sandbox.base_url(),
         client_id = account.client_id,
@@ -75,6 +87,9 @@ pub async fn prepare(dir: &Path) -> Result<DevSetup, DevError> {
         app_secret = account.app_secret,
         domain = account.domain,
         drop = drop_dir.display(),
+        app_id = feishu.app_id,
+        feishu_secret = feishu.app_secret,
+        feishu_drop = feishu_drop.display(),
     );
     std::fs::write(&config_path, text).map_err(io(&config_path))?;
     let config = Config::load(&config_path)?;

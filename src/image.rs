@@ -1,5 +1,6 @@
 //! What a file is, judged by its bytes: the format (sniffed, never taken from the name), the pixel
 //! dimensions, and whether the file is whole (a truncated image is refused before any vendor sees it).
+//! Only headers are read: pixels are never decoded.
 
 use std::fmt;
 
@@ -10,46 +11,68 @@ pub enum ImageFormat {
     Gif,
     Bmp,
     Webp,
+    /// A Windows icon (`.ico`); Feishu lingo takes it, Kingdee does not.
+    Ico,
 }
 
 impl ImageFormat {
-    /// The subtype in `image/<subtype>`.
+    pub const ALL: [ImageFormat; 6] = [
+        ImageFormat::Jpeg,
+        ImageFormat::Png,
+        ImageFormat::Gif,
+        ImageFormat::Bmp,
+        ImageFormat::Webp,
+        ImageFormat::Ico,
+    ];
+
+    /// The subtype in `image/<subtype>` (what the journal records as the file's format).
     pub fn mime_subtype(self) -> &'static str {
+        match self {
+            ImageFormat::Ico => "vnd.microsoft.icon",
+            other => other.name(),
+        }
+    }
+
+    /// The short name people use: `jpeg`, `png`, `gif`, `bmp`, `webp`, `ico`.
+    pub fn name(self) -> &'static str {
         match self {
             ImageFormat::Jpeg => "jpeg",
             ImageFormat::Png => "png",
             ImageFormat::Gif => "gif",
             ImageFormat::Bmp => "bmp",
             ImageFormat::Webp => "webp",
+            ImageFormat::Ico => "ico",
         }
     }
 
     pub fn extension(self) -> &'static str {
         match self {
             ImageFormat::Jpeg => "jpg",
-            ImageFormat::Png => "png",
-            ImageFormat::Gif => "gif",
-            ImageFormat::Bmp => "bmp",
-            ImageFormat::Webp => "webp",
+            other => other.name(),
         }
     }
 
+    /// The format a file name's extension names, if it names one (`JPG`, `jpeg`, `ico`, …).
+    pub fn from_extension(extension: &str) -> Option<Self> {
+        let lower = extension.to_ascii_lowercase();
+        match lower.as_str() {
+            "jpg" | "jpeg" | "jpe" => Some(ImageFormat::Jpeg),
+            other => ImageFormat::ALL.into_iter().find(|f| f.name() == other),
+        }
+    }
+
+    /// Reads back what [`mime_subtype`](Self::mime_subtype) (or [`name`](Self::name)) gave.
     pub fn from_mime_subtype(subtype: &str) -> Option<Self> {
-        [
-            ImageFormat::Jpeg,
-            ImageFormat::Png,
-            ImageFormat::Gif,
-            ImageFormat::Bmp,
-            ImageFormat::Webp,
-        ]
-        .into_iter()
-        .find(|f| f.mime_subtype() == subtype)
+        ImageFormat::ALL
+            .into_iter()
+            .find(|f| f.mime_subtype() == subtype || f.name() == subtype)
+            .or_else(|| (subtype == "x-icon").then_some(ImageFormat::Ico))
     }
 }
 
 impl fmt::Display for ImageFormat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.mime_subtype())
+        f.write_str(self.name())
     }
 }
 
@@ -64,9 +87,9 @@ pub struct ImageInfo {
 pub enum ImageError {
     #[error("the file is empty")]
     Empty,
-    #[error("not an image (the content is not jpeg, png, gif, bmp or webp)")]
+    #[error("not an image (the content is not jpeg, png, gif, bmp, webp or ico)")]
     NotAnImage,
-    #[error("{0} images are not accepted (only jpeg, png, gif, bmp and webp)")]
+    #[error("{0} images are not accepted (only jpeg, png, gif, bmp, webp and ico)")]
     UnsupportedFormat(String),
     #[error("truncated {0}: the file ends before the image does")]
     Truncated(ImageFormat),
@@ -78,6 +101,9 @@ pub enum ImageError {
 pub fn inspect(bytes: &[u8]) -> Result<ImageInfo, ImageError> {
     if bytes.is_empty() {
         return Err(ImageError::Empty);
+    }
+    if bytes.starts_with(ICO_MAGIC) {
+        return ico::inspect(bytes);
     }
     let format = match imagesize::image_type(bytes) {
         Ok(imagesize::ImageType::Jpeg) => ImageFormat::Jpeg,
@@ -127,6 +153,8 @@ fn is_complete(format: ImageFormat, bytes: &[u8]) -> bool {
         }
         ImageFormat::Bmp => declared_len(bytes, 2).is_none_or(|n| n == 0 || bytes.len() >= n),
         ImageFormat::Webp => declared_len(bytes, 4).is_some_and(|n| bytes.len() >= n + 8),
+        // Checked with its dimensions, in `ico::inspect`.
+        ImageFormat::Ico => true,
     }
 }
 
@@ -174,6 +202,96 @@ fn png_has_end(bytes: &[u8]) -> bool {
         at = end;
     }
     false
+}
+
+/// Reserved 0, type 1 (icon; a cursor is 2).
+const ICO_MAGIC: &[u8] = &[0x00, 0x00, 0x01, 0x00];
+const PNG_MAGIC: &[u8] = b"\x89PNG\r\n\x1a\n";
+
+/// ICO: a 6-byte header, 16-byte directory entries, then each entry's image (a BMP without its
+/// file header, or a whole PNG). Only the header and the directory are read, and a PNG entry's IHDR.
+mod ico {
+    use super::{ImageError, ImageFormat, ImageInfo, PNG_MAGIC, truncated_or_corrupt};
+
+    const HEADER: usize = 6;
+    const ENTRY: usize = 16;
+
+    struct Entry {
+        width: u32,
+        height: u32,
+        size: usize,
+        offset: usize,
+    }
+
+    fn u16_at(bytes: &[u8], at: usize) -> Option<u16> {
+        Some(u16::from_le_bytes(bytes.get(at..at + 2)?.try_into().ok()?))
+    }
+
+    fn u32_at(bytes: &[u8], at: usize) -> Option<usize> {
+        let v = u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?);
+        usize::try_from(v).ok()
+    }
+
+    /// The dimensions from the first directory entry (0 stands for 256); when that entry holds a
+    /// PNG, the PNG's own header (a PNG entry may be larger than the directory's byte can say).
+    pub fn inspect(bytes: &[u8]) -> Result<ImageInfo, ImageError> {
+        let corrupt = || ImageError::Corrupt(ImageFormat::Ico);
+        let count = usize::from(
+            u16_at(bytes, 4).ok_or_else(|| truncated_or_corrupt(ImageFormat::Ico, bytes))?,
+        );
+        if count == 0 {
+            return Err(corrupt());
+        }
+        let directory_end = HEADER + count * ENTRY;
+        if bytes.len() < directory_end {
+            return Err(truncated_or_corrupt(ImageFormat::Ico, bytes));
+        }
+        let entries: Vec<Entry> = (0..count)
+            .map(|i| {
+                let at = HEADER + i * ENTRY;
+                let side = |b: u8| if b == 0 { 256 } else { u32::from(b) };
+                Entry {
+                    width: side(bytes[at]),
+                    height: side(bytes[at + 1]),
+                    size: u32_at(bytes, at + 8).unwrap_or(0),
+                    offset: u32_at(bytes, at + 12).unwrap_or(0),
+                }
+            })
+            .collect();
+        for entry in &entries {
+            if entry.size == 0 || entry.offset < directory_end {
+                return Err(corrupt());
+            }
+            if entry.offset.saturating_add(entry.size) > bytes.len() {
+                return Err(ImageError::Truncated(ImageFormat::Ico));
+            }
+        }
+        let first = &entries[0];
+        let data = &bytes[first.offset..first.offset + first.size];
+        let (width, height) = if data.starts_with(PNG_MAGIC) {
+            if !super::png_has_end(data) {
+                return Err(ImageError::Truncated(ImageFormat::Ico));
+            }
+            let ihdr = data
+                .get(8..24)
+                .filter(|h| &h[4..8] == b"IHDR")
+                .ok_or_else(corrupt)?;
+            let side = |at: usize| {
+                u32::from_be_bytes([ihdr[at], ihdr[at + 1], ihdr[at + 2], ihdr[at + 3]])
+            };
+            (side(8), side(12))
+        } else {
+            (first.width, first.height)
+        };
+        if width == 0 || height == 0 {
+            return Err(corrupt());
+        }
+        Ok(ImageInfo {
+            format: ImageFormat::Ico,
+            width,
+            height,
+        })
+    }
 }
 
 /// A little-endian u32 length field at `offset`.
@@ -257,5 +375,89 @@ mod tests {
         assert_eq!(inspect(&gif), Err(ImageError::Truncated(ImageFormat::Gif)));
         gif.push(0x3B);
         assert_eq!(inspect(&gif).unwrap().format, ImageFormat::Gif);
+    }
+
+    /// An ICO with one entry: `w`, `h` as the directory's bytes, `data` as the image.
+    fn ico(w: u8, h: u8, data: &[u8]) -> Vec<u8> {
+        let mut out = vec![0, 0, 1, 0, 1, 0];
+        out.extend_from_slice(&[w, h, 0, 0, 1, 0, 32, 0]);
+        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        out.extend_from_slice(&22u32.to_le_bytes());
+        out.extend_from_slice(data);
+        out
+    }
+
+    #[test]
+    fn an_ico_is_measured_by_its_first_directory_entry() {
+        let bmp_entry = vec![0x28; 64];
+        let info = inspect(&ico(48, 32, &bmp_entry)).unwrap();
+        assert_eq!(info.format, ImageFormat::Ico);
+        assert_eq!((info.width, info.height), (48, 32));
+        let info = inspect(&ico(0, 0, &bmp_entry)).unwrap();
+        assert_eq!((info.width, info.height), (256, 256), "0 means 256");
+        // A second, larger entry does not count: the first one does.
+        let mut two = vec![0, 0, 1, 0, 2, 0];
+        for (side, offset) in [(16u8, 38u32), (64, 38 + 64)] {
+            two.extend_from_slice(&[side, side, 0, 0, 1, 0, 32, 0]);
+            two.extend_from_slice(&64u32.to_le_bytes());
+            two.extend_from_slice(&offset.to_le_bytes());
+        }
+        two.extend_from_slice(&[0x28; 128]);
+        assert_eq!(inspect(&two).unwrap().width, 16);
+    }
+
+    #[test]
+    fn an_ico_holding_a_png_takes_the_pngs_size() {
+        let mut big_png = PNG_1X1.to_vec();
+        // Rewrite IHDR to 512×300 (the CRC is not checked: only the header is read).
+        big_png[16..20].copy_from_slice(&512u32.to_be_bytes());
+        big_png[20..24].copy_from_slice(&300u32.to_be_bytes());
+        let info = inspect(&ico(0, 0, &big_png)).unwrap();
+        assert_eq!(
+            (info.format, info.width, info.height),
+            (ImageFormat::Ico, 512, 300)
+        );
+        let cut = &big_png[..big_png.len() - 12];
+        assert_eq!(
+            inspect(&ico(0, 0, cut)),
+            Err(ImageError::Truncated(ImageFormat::Ico)),
+            "a PNG entry without IEND is cut"
+        );
+    }
+
+    #[test]
+    fn a_cut_or_broken_ico_is_refused() {
+        let whole = ico(32, 32, &[0x28; 64]);
+        assert_eq!(
+            inspect(&whole[..whole.len() - 1]),
+            Err(ImageError::Truncated(ImageFormat::Ico))
+        );
+        assert_eq!(
+            inspect(&whole[..10]),
+            Err(ImageError::Truncated(ImageFormat::Ico)),
+            "the directory itself is cut"
+        );
+        assert_eq!(
+            inspect(&[0, 0, 1, 0, 0, 0, 1, 2, 3]),
+            Err(ImageError::Corrupt(ImageFormat::Ico)),
+            "no entries"
+        );
+    }
+
+    #[test]
+    fn formats_round_trip_through_the_journal_and_names() {
+        for format in ImageFormat::ALL {
+            assert_eq!(
+                ImageFormat::from_mime_subtype(format.mime_subtype()),
+                Some(format)
+            );
+            assert_eq!(
+                ImageFormat::from_extension(format.extension()),
+                Some(format)
+            );
+        }
+        assert_eq!(ImageFormat::from_extension("JPEG"), Some(ImageFormat::Jpeg));
+        assert_eq!(ImageFormat::from_extension("txt"), None);
+        assert_eq!(ImageFormat::Ico.to_string(), "ico");
     }
 }

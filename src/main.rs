@@ -314,15 +314,30 @@ fn check(config_path: &Path, online: bool) -> Result<ExitCode> {
 
 async fn run_dev() -> Result<ExitCode> {
     let setup = dev::prepare(Path::new("imgsyncd-dev")).await?;
-    let drop = setup.config.watches[0].path.display().to_string();
+    let drops: Vec<String> = setup
+        .config
+        .watches
+        .iter()
+        .map(|w| {
+            let kind = setup
+                .config
+                .vendors
+                .get(&w.vendor)
+                .map_or("?", |v| v.settings.kind().as_str());
+            format!("  drop images into   {}   ({kind})", w.path.display())
+        })
+        .collect();
     let config = setup.config_path.display();
     emit(&format!(
-        "imgsyncd dev mode: the Kingdee sandbox listens on {}\n\
-         \n  drop images into   {drop}\n  \
+        "imgsyncd dev mode: the vendor sandbox (Kingdee, Feishu lingo) listens on {}\n\
+         \n{}\n  \
          see what happened  cargo run --release -- -c {config} files\n  \
          overall state      cargo run --release -- -c {config} status\n\
-         \nThe sandbox keeps uploads in memory; open a recorded URL to see the image. Ctrl-C stops.\n",
-        setup.sandbox.base_url()
+         \nThe sandbox keeps uploads in memory; open a recorded Kingdee URL to see the image \
+         (Feishu files: GET /open-apis/lingo/v1/files/<file_token>/download with a token). \
+         Ctrl-C stops.\n",
+        setup.sandbox.base_url(),
+        drops.join("\n")
     ));
     daemon::run(setup.config).await?;
     Ok(ExitCode::SUCCESS)
@@ -346,14 +361,20 @@ async fn sandbox(listen: &str) -> Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let account = &options.kingdee;
+    let feishu = &options.feishu;
     emit(&format!(
-        "sandbox on {}\nkingdee: client_id {} client_secret {} app_key {} app_secret {} domain {}",
+        "sandbox on {}\nkingdee: client_id {} client_secret {} app_key {} app_secret {} domain {}\n\
+         feishu: app_id {} app_secret {} (lingo: {} uploads a second, {} a minute)",
         sandbox.base_url(),
         account.client_id,
         account.client_secret,
         account.app_key,
         account.app_secret,
-        account.domain
+        account.domain,
+        feishu.app_id,
+        feishu.app_secret,
+        options.feishu_per_second,
+        options.feishu_per_minute,
     ));
     tokio::select! {
         served = serve => served.context("the sandbox stopped")?,

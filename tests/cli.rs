@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BIN, png};
+use common::{BIN, image, png};
 
 /// Kills the child when the test ends, however it ends.
 struct Running(Child);
@@ -75,14 +75,65 @@ fn run_dev_needs_no_config_and_syncs_a_drop() {
 }
 
 #[test]
+fn run_dev_feeds_a_feishu_drop_too() {
+    let cwd = tempfile::tempdir().unwrap();
+    let (_daemon, banner) = start(&["run", "--dev"], cwd.path(), 4);
+    assert!(
+        banner
+            .iter()
+            .any(|l| l.contains("drop/feishu") && l.contains("(feishu)")),
+        "{banner:?}"
+    );
+    let drop = cwd.path().join("imgsyncd-dev/drop/feishu");
+    let config = cwd.path().join("imgsyncd-dev/daemon.yaml");
+    std::fs::write(
+        drop.join("lingo.png"),
+        image(::image::ImageFormat::Png, 1, 400, 400),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = Command::new(BIN)
+            .args([
+                "-c",
+                config.to_str().unwrap(),
+                "files",
+                "--json",
+                "--vendor",
+                "wiki",
+            ])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            if rows[0]["state"] == "synced" {
+                assert_eq!(rows[0]["kind"], "feishu");
+                assert!(rows[0]["file_token"].as_str().unwrap().starts_with("boxbc"));
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "run --dev did not sync the feishu drop\n{}",
+            std::fs::read_to_string(cwd.path().join("stderr.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
 fn the_sandbox_verb_serves_the_vendor_api_on_loopback() {
     let cwd = tempfile::tempdir().unwrap();
-    let (_sandbox, printed) = start(&["sandbox", "--listen", "127.0.0.1:0"], cwd.path(), 2);
+    let (_sandbox, printed) = start(&["sandbox", "--listen", "127.0.0.1:0"], cwd.path(), 3);
     let addr = printed[0]
         .strip_prefix("sandbox on http://")
         .expect("the address is printed");
     assert!(
         printed[1].starts_with("kingdee: client_id 205022"),
+        "{printed:?}"
+    );
+    assert!(
+        printed[2].starts_with("feishu: app_id cli_") && printed[2].contains("app_secret "),
         "{printed:?}"
     );
     // An unsigned call is refused the way the gateway refuses it.

@@ -31,7 +31,9 @@ fn a_good_config_gets_its_defaults() {
     assert_eq!(config.max_deletes, 100);
     let erp = &config.vendors["erp"];
     assert_eq!(erp.base_url, "https://api.kingdee.com");
-    let VendorSettings::Kingdee(k) = &erp.settings;
+    let VendorSettings::Kingdee(k) = &erp.settings else {
+        panic!("erp is a kingdee vendor")
+    };
     assert_eq!(k.client_secret.expose(), "s3cret-client");
     assert!(!k.save_temp);
     let watch = &config.watches[0];
@@ -81,7 +83,9 @@ fn a_secret_can_come_from_a_file() {
         &format!("app_secret_file: {}", secret.display()),
     );
     let config = parse(&text).unwrap();
-    let VendorSettings::Kingdee(k) = &config.vendors["erp"].settings;
+    let VendorSettings::Kingdee(k) = &config.vendors["erp"].settings else {
+        panic!("erp is a kingdee vendor")
+    };
     assert_eq!(k.app_secret.expose(), "from-a-file");
 }
 
@@ -164,6 +168,7 @@ fn the_example_config_is_valid() {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/daemon.example.yaml"))
         .unwrap()
         .replace("${KINGDEE_CLIENT_SECRET}", "client-secret")
+        .replace("${FEISHU_APP_SECRET}", "feishu-secret")
         .replace(
             "/run/credentials/imgsyncd.service/kingdee_app_secret",
             &secret.display().to_string(),
@@ -171,4 +176,124 @@ fn the_example_config_is_valid() {
     let config = parse(&text).unwrap();
     assert_eq!(config.vendors["erp"].per_second, Some(5));
     assert_eq!(config.watches[0].path, PathBuf::from("/srv/drop/products"));
+    assert_eq!(config.vendors["wiki"].settings.kind(), VendorKind::Feishu);
+    assert_eq!(config.watches[1].on_remove, OnRemove::Keep);
+}
+
+const FEISHU: &str = "\
+journal: /var/lib/imgsyncd/journal.sqlite3
+vendors:
+  wiki:
+    kind: feishu
+    app_id: cli_a1b2c3
+    app_secret: s3cret-feishu
+watches:
+  - path: /srv/drop/wiki
+    vendor: wiki
+";
+
+fn feishu(config: &Config) -> &FeishuConfig {
+    match &config.vendors["wiki"].settings {
+        VendorSettings::Feishu(f) => f,
+        other => panic!("wiki is not a feishu vendor: {other:?}"),
+    }
+}
+
+#[test]
+fn a_feishu_vendor_gets_its_defaults() {
+    let config = parse(FEISHU).unwrap();
+    let wiki = &config.vendors["wiki"];
+    assert_eq!(wiki.settings.kind(), VendorKind::Feishu);
+    assert_eq!(wiki.base_url, "https://open.feishu.cn");
+    assert_eq!((wiki.per_second, wiki.per_minute), (None, None));
+    let f = feishu(&config);
+    assert_eq!(f.app_id, "cli_a1b2c3");
+    assert_eq!(f.app_secret.expose(), "s3cret-feishu");
+    let watch = &config.watches[0];
+    assert_eq!(watch.on_remove, OnRemove::Keep, "lingo cannot delete");
+    assert!(watch.filter.accepts(Path::new("favicon.ICO")), "icons too");
+    assert!(!watch.filter.accepts(Path::new("notes.txt")));
+    let debug = format!("{config:?}");
+    assert!(!debug.contains("s3cret"), "{debug}");
+}
+
+#[test]
+fn a_lark_vendor_sets_its_base_url_and_rates() {
+    let text = FEISHU.replace(
+        "    app_id: cli_a1b2c3\n",
+        "    app_id: cli_a1b2c3\n    base_url: https://open.larksuite.com/\n    per_second: 10\n    per_minute: 600\n",
+    );
+    let config = parse(&text).unwrap();
+    let wiki = &config.vendors["wiki"];
+    assert_eq!(wiki.base_url, "https://open.larksuite.com");
+    assert_eq!((wiki.per_second, wiki.per_minute), (Some(10), Some(600)));
+}
+
+#[test]
+fn on_remove_delete_is_refused_for_feishu_naming_the_line() {
+    let text = FEISHU.replace(
+        "    vendor: wiki\n",
+        "    vendor: wiki\n    on_remove: delete\n",
+    );
+    let err = parse(&text).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "/etc/imgsyncd/daemon.yaml:10: watches[0].on_remove: feishu lingo has no file delete API; \
+         use `keep` (the default for a feishu vendor)"
+    );
+    let text = FEISHU.replace(
+        "    vendor: wiki\n",
+        "    vendor: wiki\n    on_remove: keep\n",
+    );
+    assert_eq!(parse(&text).unwrap().watches[0].on_remove, OnRemove::Keep);
+}
+
+#[test]
+fn a_feishu_secret_from_the_environment_or_a_file() {
+    let text = FEISHU.replace("s3cret-feishu", "${IMGSYNCD_TEST_FEISHU_SURELY_UNSET}");
+    assert_eq!(
+        parse(&text).unwrap_err().to_string(),
+        "/etc/imgsyncd/daemon.yaml:6: vendors.wiki.app_secret: \
+         environment variable IMGSYNCD_TEST_FEISHU_SURELY_UNSET is not set"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("feishu_app_secret");
+    std::fs::write(&secret, "from-a-file\n").unwrap();
+    let text = FEISHU.replace(
+        "app_secret: s3cret-feishu",
+        &format!("app_secret_file: {}", secret.display()),
+    );
+    assert_eq!(
+        feishu(&parse(&text).unwrap()).app_secret.expose(),
+        "from-a-file"
+    );
+    let text = FEISHU.replace("    app_secret: s3cret-feishu\n", "");
+    assert_eq!(
+        parse(&text).unwrap_err().to_string(),
+        "/etc/imgsyncd/daemon.yaml:3: vendors.wiki.app_secret: \
+         is required (or app_secret_file with the path of a file holding it)"
+    );
+}
+
+#[test]
+fn a_feishu_vendor_needs_its_app_id_and_no_foreign_keys() {
+    let err = parse(&FEISHU.replace("    app_id: cli_a1b2c3\n", ""))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "/etc/imgsyncd/daemon.yaml:3: vendors.wiki.app_id: is required"
+    );
+    let text = FEISHU.replace("    app_id:", "    domain: https://tf.jdy.com\n    app_id:");
+    let err = parse(&text).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "/etc/imgsyncd/daemon.yaml:5: vendors.wiki.domain: is not a key of a feishu vendor"
+    );
+    let text = FEISHU.replace("    app_id:", "    per_second: 0\n    app_id:");
+    let err = parse(&text).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "/etc/imgsyncd/daemon.yaml:5: vendors.wiki.per_second: must be at least 1"
+    );
 }

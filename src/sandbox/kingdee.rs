@@ -96,7 +96,13 @@ fn business(errcode: i64, description: impl Into<String>) -> Refusal {
 }
 
 impl Sandbox {
-    fn answer(&self, method: &Method, path: &str, result: Result<Value, Refusal>) -> Response {
+    fn answer(
+        &self,
+        method: &Method,
+        path: &str,
+        arrived_ms: i64,
+        result: Result<Value, Refusal>,
+    ) -> Response {
         let (status, errcode, body) = match result {
             Ok(data) => (
                 200,
@@ -114,6 +120,7 @@ impl Sandbox {
             path: path.to_string(),
             status,
             errcode: Some(errcode),
+            at_ms: arrived_ms,
         });
         json_reply(status, body)
     }
@@ -289,6 +296,7 @@ async fn token(
     headers: HeaderMap,
     Query(query): Query<Vec<(String, String)>>,
 ) -> Response {
+    let arrived = now_ms();
     let params: Vec<(&str, &str)> = query
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
@@ -322,7 +330,7 @@ async fn token(
         state.kingdee.tokens.insert(token.clone(), expires);
         Ok(json!({"app-token": token, "expires": expires, "domain": account.domain}))
     })();
-    sandbox.answer(&method, TOKEN_PATH, result)
+    sandbox.answer(&method, TOKEN_PATH, arrived, result)
 }
 
 /// `data:image/<subtype>;base64,<payload>` split and decoded.
@@ -362,6 +370,7 @@ async fn upload(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let arrived = now_ms();
     let result = async {
         let body = sandbox
             .business_body(&headers, &method, UPLOAD_PATH, &body)
@@ -406,7 +415,7 @@ async fn upload(
         Ok(json!({"rows": [{"url": url}]}))
     }
     .await;
-    sandbox.answer(&method, UPLOAD_PATH, result)
+    sandbox.answer(&method, UPLOAD_PATH, arrived, result)
 }
 
 async fn remove(
@@ -415,6 +424,7 @@ async fn remove(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let arrived = now_ms();
     let result = async {
         let body = sandbox
             .business_body(&headers, &method, DELETE_PATH, &body)
@@ -430,7 +440,7 @@ async fn remove(
         }
     }
     .await;
-    sandbox.answer(&method, DELETE_PATH, result)
+    sandbox.answer(&method, DELETE_PATH, arrived, result)
 }
 
 async fn serve_image(State(sandbox): State<Sandbox>, Path(name): Path<String>) -> Response {

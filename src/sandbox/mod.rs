@@ -2,7 +2,9 @@
 //! the tests. It refuses what the real vendor refuses, with the same status and body, or tests
 //! against it would prove nothing.
 
+mod feishu;
 mod kingdee;
+mod multipart;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -14,6 +16,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::response::{IntoResponse, Response};
 use tokio::net::TcpListener;
 
+pub use feishu::{FeishuAccount, FeishuFile};
 pub use kingdee::KingdeeAccount;
 
 /// How the sandbox behaves; the defaults are the vendors' documented limits.
@@ -26,6 +29,12 @@ pub struct SandboxOptions {
     pub kingdee_per_minute: usize,
     /// Token calls a minute (community figure: about 2).
     pub kingdee_token_per_minute: usize,
+    pub feishu: FeishuAccount,
+    /// How long an issued tenant_access_token lives (the real one: 2 h).
+    pub feishu_token_ttl: Duration,
+    /// Lingo uploads allowed in any second and in any minute (documented: 50 and 1000).
+    pub feishu_per_second: usize,
+    pub feishu_per_minute: usize,
 }
 
 impl Default for SandboxOptions {
@@ -35,16 +44,22 @@ impl Default for SandboxOptions {
             kingdee_token_ttl: Duration::from_secs(24 * 3600),
             kingdee_per_minute: 500,
             kingdee_token_per_minute: 2,
+            feishu: FeishuAccount::default(),
+            feishu_token_ttl: Duration::from_secs(7200),
+            feishu_per_second: 50,
+            feishu_per_minute: 1000,
         }
     }
 }
 
-/// A failure the next business call answers with, for exercising the daemon's error handling.
+/// A failure the next business call (of any vendor) answers with, for exercising the daemon's
+/// error handling.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
-    /// HTTP 519 with this gateway errcode.
+    /// Kingdee: HTTP 519 with this gateway errcode. Feishu: this code with the HTTP status the
+    /// API documents for it (2250002: 500, 99991400: 429, others 400).
     Gateway(i64),
-    /// HTTP 200 with this business errcode.
+    /// HTTP 200 with this business errcode (Feishu: `code`).
     Business(i64),
     /// A bare HTTP status (502, 503, …).
     Http(u16),
@@ -68,7 +83,10 @@ pub struct Logged {
     pub method: String,
     pub path: String,
     pub status: u16,
+    /// Kingdee's `errcode`, Feishu's `code`.
     pub errcode: Option<i64>,
+    /// When it was taken in, its body read (epoch ms): the moment the rate windows count.
+    pub at_ms: i64,
 }
 
 #[derive(Debug)]
@@ -76,6 +94,7 @@ struct State {
     options: SandboxOptions,
     base_url: String,
     kingdee: kingdee::KingdeeState,
+    feishu: feishu::FeishuState,
     images: BTreeMap<String, StoredImage>,
     next_image: u64,
     faults: VecDeque<Fault>,
@@ -104,6 +123,7 @@ impl Sandbox {
             options,
             base_url: format!("http://{addr}"),
             kingdee: kingdee::KingdeeState::default(),
+            feishu: feishu::FeishuState::default(),
             images: BTreeMap::new(),
             next_image: 1,
             faults: VecDeque::new(),
@@ -115,6 +135,7 @@ impl Sandbox {
         };
         let router = Router::new()
             .merge(kingdee::routes())
+            .merge(feishu::routes())
             .layer(DefaultBodyLimit::max(64 * 1024 * 1024))
             .with_state(sandbox.clone());
         let serve = async move { axum::serve(listener, router).await };
@@ -167,7 +188,7 @@ impl Sandbox {
         self.lock().log.clone()
     }
 
-    /// How many successful uploads the sandbox has answered.
+    /// How many successful Kingdee uploads the sandbox has answered.
     pub fn uploads(&self) -> usize {
         self.lock()
             .log
@@ -181,9 +202,37 @@ impl Sandbox {
         self.lock().faults.extend(faults);
     }
 
-    /// Invalidates every issued token (as a vendor-side rotation would).
+    /// Invalidates every issued token of every vendor (as a vendor-side rotation would).
     pub fn revoke_tokens(&self) {
         self.lock().kingdee.tokens.clear();
+        self.revoke_feishu_tokens();
+    }
+
+    /// Invalidates every issued Feishu tenant_access_token.
+    pub fn revoke_feishu_tokens(&self) {
+        let mut state = self.lock();
+        state.feishu.tokens.clear();
+        state.feishu.latest = None;
+    }
+
+    /// The images lingo holds, by file_token.
+    pub fn feishu_files(&self) -> BTreeMap<String, FeishuFile> {
+        self.lock().feishu.files.clone()
+    }
+
+    /// Lingo upload requests answered so far, accepted or not.
+    pub fn feishu_upload_requests(&self) -> usize {
+        self.lock().feishu.upload_requests
+    }
+
+    /// Lingo upload requests refused (any reason: token, rate, parameters, injected faults).
+    pub fn feishu_refused(&self) -> usize {
+        self.lock().feishu.refused
+    }
+
+    /// Changes the app credentials the sandbox accepts (to simulate a rotated secret).
+    pub fn set_feishu_account(&self, account: FeishuAccount) {
+        self.lock().options.feishu = account;
     }
 
     /// Changes the credentials the sandbox accepts (to simulate a rotated secret).
@@ -206,14 +255,28 @@ struct Window(VecDeque<i64>);
 impl Window {
     /// Counts a request at `now_ms`; false when the limit is already reached.
     fn admit(&mut self, now_ms: i64, per_minute: usize) -> bool {
-        while self.0.front().is_some_and(|t| now_ms - t >= 60_000) {
-            self.0.pop_front();
-        }
-        if self.0.len() >= per_minute {
+        if !self.has_room(now_ms, 60_000, per_minute) {
             return false;
         }
-        self.0.push_back(now_ms);
+        self.push(now_ms);
         true
+    }
+
+    /// Whether the last `span_ms` hold fewer than `limit` requests.
+    fn has_room(&mut self, now_ms: i64, span_ms: i64, limit: usize) -> bool {
+        while self.0.front().is_some_and(|t| now_ms - t >= span_ms) {
+            self.0.pop_front();
+        }
+        self.0.len() < limit
+    }
+
+    fn push(&mut self, now_ms: i64) {
+        self.0.push_back(now_ms);
+    }
+
+    /// Milliseconds until the oldest request counted leaves the window.
+    fn reopens_in(&self, now_ms: i64, span_ms: i64) -> i64 {
+        self.0.front().map_or(0, |t| (t + span_ms - now_ms).max(0))
     }
 }
 

@@ -1,6 +1,7 @@
 //! Vendor adapters: the only code that knows each vendor's wire format. Every adapter answers in
 //! the same taxonomy ([`Outcome`]) and paces itself with its vendor's documented limits.
 
+pub mod feishu;
 pub mod kingdee;
 mod outcome;
 mod ratelimit;
@@ -20,6 +21,8 @@ use crate::journal::Remote;
 /// What a vendor accepts; files outside it are rejected before any request is made.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// The vendor's own name, for reasons ("below Feishu's 3 KB minimum").
+    pub vendor: &'static str,
     pub formats: &'static [ImageFormat],
     pub min_bytes: u64,
     pub max_bytes: u64,
@@ -30,42 +33,114 @@ pub struct Limits {
 
 impl Limits {
     /// Why the vendor would refuse a file of `size` bytes for its size alone; checked before a file
-    /// is read, so a huge one is never loaded.
-    pub fn size_refusal(&self, vendor: &str, size: u64) -> Option<String> {
+    /// is read, so a huge one is never loaded. `name` is the configured vendor's name.
+    pub fn size_refusal(&self, name: &str, size: u64) -> Option<String> {
         (size > self.max_bytes).then(|| {
+            let (size, limit) = measured(size, self.max_bytes);
             format!(
-                "too large for {vendor}: {size} bytes, the limit is {} bytes",
-                self.max_bytes
+                "too large for {name}: {size}: above {}'s {limit} maximum",
+                self.vendor
             )
         })
     }
 
-    /// Why the vendor would refuse this file, if it would.
-    pub fn refusal(&self, vendor: &str, size: u64, info: &ImageInfo) -> Option<String> {
+    /// Why the vendor would refuse this file, if it would: the format, the size, then each side.
+    pub fn refusal(&self, name: &str, size: u64, info: &ImageInfo) -> Option<String> {
         if !self.formats.contains(&info.format) {
-            return Some(format!("{vendor} does not accept {} images", info.format));
+            let taken: Vec<&str> = self.formats.iter().map(|f| f.name()).collect();
+            return Some(format!(
+                "not accepted by {name}: {} takes {} images, not {}",
+                self.vendor,
+                taken.join(", "),
+                info.format
+            ));
         }
         if size < self.min_bytes {
+            let (size, limit) = measured(size, self.min_bytes);
             return Some(format!(
-                "too small for {vendor}: {size} bytes, the minimum is {}",
-                self.min_bytes
+                "too small for {name}: {size}: below {}'s {limit} minimum",
+                self.vendor
             ));
         }
-        if let Some(refusal) = self.size_refusal(vendor, size) {
+        if let Some(refusal) = self.size_refusal(name, size) {
             return Some(refusal);
         }
-        let (w, h) = (info.width, info.height);
-        if let Some(min) = self.min_px.filter(|&m| w < m || h < m) {
-            return Some(format!(
-                "too small for {vendor}: {w}×{h} px, each side must be at least {min} px"
+        self.pixel_refusal(name, info.width, info.height)
+    }
+
+    /// Each side against the vendor's smallest and largest, named one by one.
+    fn pixel_refusal(&self, name: &str, w: u32, h: u32) -> Option<String> {
+        let sides = [("width", w), ("height", h)];
+        let below: Vec<String> = self
+            .min_px
+            .map(|min| {
+                sides
+                    .iter()
+                    .filter(|(_, v)| *v < min)
+                    .map(|(side, v)| format!("{side} {v}"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let above: Vec<String> = self
+            .max_px
+            .map(|max| {
+                sides
+                    .iter()
+                    .filter(|(_, v)| *v > max)
+                    .map(|(side, v)| format!("{side} {v}"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let verb = |n: usize| if n > 1 { "are" } else { "is" };
+        let mut parts = Vec::new();
+        if let (Some(min), false) = (self.min_px, below.is_empty()) {
+            parts.push(format!(
+                "{} {} below {}'s {min} px",
+                below.join(" and "),
+                verb(below.len()),
+                self.vendor
             ));
         }
-        if let Some(max) = self.max_px.filter(|&m| w > m || h > m) {
-            return Some(format!(
-                "too large for {vendor}: {w}×{h} px, each side must be at most {max} px"
+        if let (Some(max), false) = (self.max_px, above.is_empty()) {
+            parts.push(format!(
+                "{} {} above {}'s {max} px",
+                above.join(" and "),
+                verb(above.len()),
+                self.vendor
             ));
         }
-        None
+        let what = match (below.is_empty(), above.is_empty()) {
+            (true, true) => return None,
+            (false, true) => "too small for",
+            (true, false) => "too large for",
+            (false, false) => "the wrong size for",
+        };
+        Some(format!("{what} {name}: {w}×{h} px: {}", parts.join("; ")))
+    }
+}
+
+/// `2 KB`, `10.5 MB`, `812 bytes`: binary units, one decimal at most.
+pub fn human_size(bytes: u64) -> String {
+    const KB: f64 = 1024.0;
+    let b = bytes as f64;
+    let (value, unit) = if bytes < 1024 {
+        return format!("{bytes} bytes");
+    } else if b < KB * KB {
+        (b / KB, "KB")
+    } else {
+        (b / (KB * KB), "MB")
+    };
+    let text = format!("{value:.1}");
+    format!("{} {unit}", text.trim_end_matches(".0"))
+}
+
+/// A measured size and the limit it broke, exact to the byte when rounding would make them look equal.
+fn measured(size: u64, limit: u64) -> (String, String) {
+    let (shown, bound) = (human_size(size), human_size(limit));
+    if shown == bound {
+        (format!("{size} bytes"), format!("{bound} ({limit} bytes)"))
+    } else {
+        (shown, bound)
     }
 }
 
@@ -97,6 +172,7 @@ impl UploadRequest<'_> {
 #[derive(Debug)]
 pub enum Adapter {
     Kingdee(kingdee::Kingdee),
+    Feishu(feishu::Feishu),
 }
 
 impl Adapter {
@@ -109,37 +185,56 @@ impl Adapter {
                 config.per_second,
                 config.per_minute,
             )),
+            VendorSettings::Feishu(f) => Adapter::Feishu(feishu::Feishu::new(
+                &config.base_url,
+                f.clone(),
+                http,
+                config.per_second,
+                config.per_minute,
+            )),
         }
     }
 
     pub fn kind(&self) -> VendorKind {
         match self {
             Adapter::Kingdee(_) => VendorKind::Kingdee,
+            Adapter::Feishu(_) => VendorKind::Feishu,
         }
     }
 
     pub fn limits(&self) -> Limits {
         match self {
             Adapter::Kingdee(_) => kingdee::LIMITS,
+            Adapter::Feishu(_) => feishu::LIMITS,
         }
     }
 
     pub async fn upload(&self, request: &UploadRequest<'_>) -> Call<Remote> {
         match self {
             Adapter::Kingdee(k) => k.upload(request).await,
+            Adapter::Feishu(f) => f.upload(request).await,
         }
     }
 
-    /// Deletes what an upload returned (`remote_ref`: the URL for Kingdee).
+    /// Deletes what an upload returned (`remote_ref`: the URL for Kingdee). A vendor without a
+    /// delete API ([`VendorKind::can_delete`]) refuses, and the remote copy is kept.
     pub async fn delete(&self, remote_ref: &str) -> Call<()> {
         match self {
             Adapter::Kingdee(k) => k.delete(remote_ref).await,
+            Adapter::Feishu(_) => Call::new(
+                Outcome::Rejected {
+                    reason: "feishu lingo has no file delete API; the remote copy is kept".into(),
+                },
+                None,
+                None,
+            ),
         }
     }
 
     pub async fn check_online(&self) -> Call<()> {
         match self {
             Adapter::Kingdee(k) => k.check_online().await,
+            Adapter::Feishu(f) => f.check_online().await,
         }
     }
 
@@ -147,6 +242,7 @@ impl Adapter {
     pub async fn forget_failures(&self) {
         match self {
             Adapter::Kingdee(k) => k.forget_failures().await,
+            Adapter::Feishu(f) => f.forget_failures().await,
         }
     }
 }
@@ -201,4 +297,82 @@ pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Durati
 
 pub(crate) fn epoch_ms() -> i64 {
     crate::journal::now_ms()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(format: ImageFormat, width: u32, height: u32) -> ImageInfo {
+        ImageInfo {
+            format,
+            width,
+            height,
+        }
+    }
+
+    #[test]
+    fn sizes_are_shown_in_units_people_read() {
+        assert_eq!(human_size(812), "812 bytes");
+        assert_eq!(human_size(2048), "2 KB");
+        assert_eq!(human_size(2100), "2.1 KB");
+        assert_eq!(human_size(10 * 1024 * 1024), "10 MB");
+        assert_eq!(human_size(11 * 1024 * 1024 + 512 * 1024), "11.5 MB");
+    }
+
+    #[test]
+    fn feishu_refusals_are_measured_and_per_side() {
+        let l = feishu::LIMITS;
+        let png = |w, h| info(ImageFormat::Png, w, h);
+        assert_eq!(
+            l.refusal("wiki", 50_000, &png(1000, 200)).unwrap(),
+            "too small for wiki: 1000×200 px: height 200 is below Feishu's 320 px"
+        );
+        assert_eq!(
+            l.refusal("wiki", 50_000, &png(100, 100)).unwrap(),
+            "too small for wiki: 100×100 px: width 100 and height 100 are below Feishu's 320 px"
+        );
+        assert_eq!(
+            l.refusal("wiki", 50_000, &png(5000, 400)).unwrap(),
+            "too large for wiki: 5000×400 px: width 5000 is above Feishu's 4096 px"
+        );
+        assert_eq!(
+            l.refusal("wiki", 50_000, &png(5000, 100)).unwrap(),
+            "the wrong size for wiki: 5000×100 px: height 100 is below Feishu's 320 px; \
+             width 5000 is above Feishu's 4096 px"
+        );
+        assert_eq!(
+            l.refusal("wiki", 2048, &png(400, 400)).unwrap(),
+            "too small for wiki: 2 KB: below Feishu's 3 KB minimum"
+        );
+        assert_eq!(
+            l.refusal("wiki", 3071, &png(400, 400)).unwrap(),
+            "too small for wiki: 3071 bytes: below Feishu's 3 KB (3072 bytes) minimum",
+            "rounding never makes the two look equal"
+        );
+        assert_eq!(
+            l.size_refusal("wiki", 11 * 1024 * 1024).unwrap(),
+            "too large for wiki: 11 MB: above Feishu's 10 MB maximum"
+        );
+        assert_eq!(l.refusal("wiki", 3072, &png(320, 4096)), None);
+        assert_eq!(
+            l.refusal("wiki", 50_000, &info(ImageFormat::Ico, 512, 512)),
+            None
+        );
+    }
+
+    #[test]
+    fn kingdee_refusals_name_kingdee() {
+        let l = kingdee::LIMITS;
+        assert_eq!(
+            l.size_refusal("erp", 11 * 1024 * 1024).unwrap(),
+            "too large for erp: 11 MB: above Kingdee's 10 MB maximum"
+        );
+        assert_eq!(
+            l.refusal("erp", 5000, &info(ImageFormat::Ico, 32, 32))
+                .unwrap(),
+            "not accepted by erp: Kingdee takes jpeg, png, gif, bmp, webp images, not ico"
+        );
+        assert_eq!(l.refusal("erp", 5000, &info(ImageFormat::Png, 1, 1)), None);
+    }
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use imgsyncd::sandbox::{KingdeeAccount, Sandbox, SandboxOptions};
+use imgsyncd::sandbox::{FeishuAccount, KingdeeAccount, Sandbox, SandboxOptions};
 use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_imgsyncd");
@@ -25,6 +25,18 @@ pub struct Options {
     pub watch_extra: &'static str,
     /// Run the daemon and the CLI as `nobody` (the tests run as root, who can read anything).
     pub as_nobody: bool,
+    /// Feed the drop folder to a Feishu lingo vendor named `wiki` instead of Kingdee's `erp`
+    /// (which stays configured, with no watch).
+    pub feishu: Option<FeishuVendor>,
+}
+
+/// How the Feishu vendor `wiki` is configured.
+#[derive(Debug, Clone, Default)]
+pub struct FeishuVendor {
+    /// The app credentials the daemon is configured with (the sandbox's by default).
+    pub account: Option<FeishuAccount>,
+    /// More lines under the vendor, e.g. `"    per_second: 10\n"`.
+    pub extra: &'static str,
 }
 
 impl Default for Options {
@@ -37,6 +49,7 @@ impl Default for Options {
             account: None,
             watch_extra: "",
             as_nobody: false,
+            feishu: None,
         }
     }
 }
@@ -85,13 +98,47 @@ impl Harness {
         harness
     }
 
-    /// Writes the config the daemon reads, with the given credentials.
+    /// Writes the config the daemon reads, with the given Kingdee credentials (and the Feishu
+    /// ones the options name).
     pub fn write_config(&self, account: &KingdeeAccount) {
+        let feishu = self.options.feishu.as_ref().map(|f| {
+            f.account
+                .clone()
+                .unwrap_or_else(|| self.sandbox.options().feishu)
+        });
+        self.write_config_with(account, feishu.as_ref());
+    }
+
+    /// Writes the config with the given Feishu app credentials (the drop folder feeds `wiki`).
+    pub fn write_feishu_config(&self, feishu: &FeishuAccount) {
+        let account = self
+            .options
+            .account
+            .clone()
+            .unwrap_or_else(|| self.sandbox.options().kingdee);
+        self.write_config_with(&account, Some(feishu));
+    }
+
+    fn write_config_with(&self, account: &KingdeeAccount, feishu: Option<&FeishuAccount>) {
+        let (feishu_vendor, watched) = match feishu {
+            Some(app) => (
+                format!(
+                    "  wiki:\n    kind: feishu\n    base_url: {base}\n    app_id: {id}\n    \
+                     app_secret: {secret}\n{extra}",
+                    base = self.sandbox.base_url(),
+                    id = app.app_id,
+                    secret = app.app_secret,
+                    extra = self.options.feishu.as_ref().map_or("", |f| f.extra),
+                ),
+                "wiki",
+            ),
+            None => (String::new(), "erp"),
+        };
         let text = format!(
             "journal: {journal}\nworkers: {workers}\nsettle: {settle}\nrescan: 1h\nmax_deletes: {max}\n\
              vendors:\n  erp:\n    kind: kingdee\n    base_url: {base}\n    client_id: \"{id}\"\n    \
              client_secret: {secret}\n    app_key: {key}\n    app_secret: {app_secret}\n    domain: {domain}\n\
-             watches:\n  - path: {drop}\n    vendor: erp\n{extra}",
+             {feishu_vendor}watches:\n  - path: {drop}\n    vendor: {watched}\n{extra}",
             journal = self.dir.path().join("journal.sqlite3").display(),
             workers = self.options.workers,
             settle = self.options.settle,
@@ -249,6 +296,15 @@ impl Harness {
             h.state(name).as_deref() == Some(state)
         });
         self.file(name).unwrap()
+    }
+
+    /// The bytes Feishu lingo holds under the file_token the journal recorded for `name`.
+    pub fn feishu_bytes(&self, name: &str) -> Option<Vec<u8>> {
+        let token = self.file(name)?["file_token"].as_str()?.to_string();
+        self.sandbox
+            .feishu_files()
+            .get(&token)
+            .map(|f| f.bytes.clone())
     }
 
     /// The bytes the sandbox holds at the URL the journal recorded for `name`.

@@ -30,6 +30,7 @@ pub const ERR_APP_AUTH: i64 = 1_030_002_006;
 /// What Kingdee takes. It documents no size limit; 10 MB keeps the base64 JSON body (~13.4 MB)
 /// well inside what gateways accept.
 pub const LIMITS: Limits = Limits {
+    vendor: "Kingdee",
     formats: &[
         ImageFormat::Jpeg,
         ImageFormat::Png,
@@ -254,9 +255,14 @@ impl Kingdee {
         already_gone_is_done(call)
     }
 
+    /// After a call: drop a refused token; after a 429, hold every call until the window reopens.
     async fn forget_refused_token<T>(&self, call: &Call<T>, token: &Secret) {
-        if matches!(call.outcome, Outcome::Reauth { .. }) {
-            self.token.invalidate(token).await;
+        match &call.outcome {
+            Outcome::Reauth { .. } => self.token.invalidate(token).await,
+            Outcome::Retry {
+                after: Some(after), ..
+            } if call.http_status == Some(429) => self.pacer.hold(*after),
+            _ => {}
         }
     }
 }

@@ -1,0 +1,467 @@
+//! Feishu / Lark lingo (飞书词典): upload an image as multipart `name` + `file` with a
+//! tenant_access_token, get a `file_token`. Lingo has no API to delete a file, so nothing is deleted.
+//! The only place that knows Feishu's wire format on the client side.
+
+use std::path::Path;
+use std::time::Duration;
+
+use reqwest::header::CONTENT_TYPE;
+use reqwest::multipart::{Form, Part};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::outcome::{Call, Outcome};
+use super::ratelimit::Pacer;
+use super::token::{Token, TokenCache};
+use super::{Limits, UploadRequest, epoch_ms, retry_after};
+use crate::config::{FeishuConfig, Secret};
+use crate::image::ImageFormat;
+use crate::journal::Remote;
+
+pub const TOKEN_PATH: &str = "/open-apis/auth/v3/tenant_access_token/internal";
+pub const UPLOAD_PATH: &str = "/open-apis/lingo/v1/files/upload";
+/// `GET` with the file_token in place of `{file_token}`: the uploaded bytes.
+pub const DOWNLOAD_PATH: &str = "/open-apis/lingo/v1/files/{file_token}/download";
+
+/// Lingo: the parameters (the file, its name) are not acceptable.
+pub const ERR_INVALID_PARAM: i64 = 2_250_001;
+/// Lingo: "network anomaly, please try again" (a timeout inside Feishu).
+pub const ERR_NETWORK: i64 = 2_250_002;
+/// The gateway's rate limit ("request trigger frequency limit").
+pub const ERR_RATE_LIMITED: i64 = 99_991_400;
+/// The token was refused (invalid, expired, wrong kind, missing, malformed): fetch a new one.
+pub const TOKEN_INVALID: &[i64] = &[99_991_663, 99_991_664, 99_991_671, 99_991_661, 99_991_668];
+/// The token endpoint refused app_id / app_secret (10003 invalid param: an unknown app_id;
+/// 10014 app secret invalid; 99991543 app_id or app_secret incorrect; …).
+pub const CREDENTIALS_REFUSED: &[i64] = &[10_003, 10_012, 10_013, 10_014, 10_015, 99_991_543];
+/// The app is disabled, or not installed in the tenant.
+pub const APP_UNAVAILABLE: &[i64] = &[99_991_662, 99_991_673];
+/// The app has not been granted the API's scope.
+pub const NO_PERMISSION: &[i64] = &[99_991_672, 99_991_676];
+
+/// The `name` field: 1–100 characters.
+pub const MAX_NAME_CHARS: usize = 100;
+
+/// What lingo takes: six formats, each side 320–4096 px, 3 KB–10 MB.
+pub const LIMITS: Limits = Limits {
+    vendor: "Feishu",
+    formats: &[
+        ImageFormat::Ico,
+        ImageFormat::Bmp,
+        ImageFormat::Gif,
+        ImageFormat::Png,
+        ImageFormat::Jpeg,
+        ImageFormat::Webp,
+    ],
+    min_bytes: 3 * 1024,
+    max_bytes: 10 * 1024 * 1024,
+    min_px: Some(320),
+    max_px: Some(4096),
+};
+
+/// The documented limits of the upload API: 50 calls a second and 1000 a minute.
+pub const DEFAULT_PER_SECOND: u32 = 50;
+pub const DEFAULT_PER_MINUTE: u32 = 1000;
+
+/// How long a failed token fetch is remembered before the endpoint is asked again.
+const TOKEN_COOL_DOWN: Duration = Duration::from_secs(30);
+/// A token is refreshed a tenth of its lifetime early, but never more than this early.
+const MAX_REFRESH_MARGIN_MS: i64 = 10 * 60 * 1000;
+/// When a 429 comes without `x-ogw-ratelimit-reset`.
+const DEFAULT_RATE_WAIT: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+pub struct Feishu {
+    base_url: String,
+    config: FeishuConfig,
+    http: reqwest::Client,
+    token: TokenCache<Call<()>>,
+    pacer: Pacer,
+}
+
+/// Every answer Feishu gives has `code` and `msg`; the rest depends on the call.
+#[derive(Deserialize)]
+struct Reply {
+    code: Option<i64>,
+    msg: Option<String>,
+    #[serde(default)]
+    data: Value,
+    #[serde(default)]
+    error: Value,
+    tenant_access_token: Option<String>,
+    expire: Option<i64>,
+}
+
+/// An answer as read off the wire.
+struct Answer {
+    status: u16,
+    wait: Option<Duration>,
+    reply: Option<Reply>,
+    body: Vec<u8>,
+}
+
+impl Feishu {
+    pub fn new(
+        base_url: &str,
+        config: FeishuConfig,
+        http: reqwest::Client,
+        per_second: Option<u32>,
+        per_minute: Option<u32>,
+    ) -> Feishu {
+        Feishu {
+            base_url: base_url.trim_end_matches('/').to_string(),
+            config,
+            http,
+            token: TokenCache::default(),
+            pacer: Pacer::new(
+                per_second.unwrap_or(DEFAULT_PER_SECOND),
+                per_minute.unwrap_or(DEFAULT_PER_MINUTE),
+            ),
+        }
+    }
+
+    /// Asks for a new tenant_access_token; a failure comes with how long to wait before asking again.
+    async fn fetch_token(&self) -> Result<Token, (Call<()>, Duration)> {
+        let body = json!({
+            "app_id": self.config.app_id,
+            "app_secret": self.config.app_secret.expose(),
+        });
+        let response = self
+            .http
+            .post(format!("{}{TOKEN_PATH}", self.base_url))
+            .header(CONTENT_TYPE, "application/json; charset=utf-8")
+            .body(body.to_string())
+            .send()
+            .await;
+        let answer = match Answer::receive(response).await {
+            Ok(answer) => answer,
+            Err(call) => return Err((call, TOKEN_COOL_DOWN)),
+        };
+        let outcome = answer.failure("token").unwrap_or_else(|| {
+            let reply = answer.reply.as_ref();
+            match reply.and_then(|r| r.tenant_access_token.as_deref()) {
+                Some(token) if !token.is_empty() => {
+                    let now = epoch_ms();
+                    // `expire` is the seconds the token has left; without one, assume the usual 2 h.
+                    let expire = reply.and_then(|r| r.expire).unwrap_or(7200);
+                    Outcome::Done(Token {
+                        value: Secret::new(token),
+                        refresh_at_ms: refresh_at(now, expire),
+                    })
+                }
+                _ => Outcome::Retry {
+                    after: None,
+                    reason: format!(
+                        "feishu token: the answer has no tenant_access_token: {}",
+                        answer.snippet()
+                    ),
+                },
+            }
+        });
+        let cool_down = match &outcome {
+            Outcome::Retry {
+                after: Some(after), ..
+            } => *after,
+            _ => TOKEN_COOL_DOWN,
+        };
+        let failure = |outcome| Err((answer.call(outcome), cool_down));
+        match outcome {
+            Outcome::Done(token) => Ok(token),
+            // A refused token request is not cured by asking again.
+            Outcome::Reauth { reason } | Outcome::Rejected { reason } => {
+                failure(Outcome::VendorDown { reason })
+            }
+            Outcome::Retry { after, reason } => failure(Outcome::Retry { after, reason }),
+            Outcome::VendorDown { reason } => failure(Outcome::VendorDown { reason }),
+        }
+    }
+
+    async fn token(&self) -> Result<Secret, Call<()>> {
+        self.token.get(|| self.fetch_token()).await
+    }
+
+    /// After a reload: a remembered token failure may have been fixed.
+    pub async fn forget_failures(&self) {
+        self.token.clear_failure().await;
+    }
+
+    /// `check --online`: fetch a token.
+    pub async fn check_online(&self) -> Call<()> {
+        match self.fetch_token().await {
+            Ok(_) => Call::new(Outcome::Done(()), Some(200), None),
+            Err((call, _)) => call,
+        }
+    }
+
+    pub async fn upload(&self, request: &UploadRequest<'_>) -> Call<Remote> {
+        let token = match self.token().await {
+            Ok(token) => token,
+            Err(call) => return call.cast(),
+        };
+        let form = upload_form(&lingo_name(request), request.bytes);
+        self.pacer.ready().await;
+        let response = self
+            .http
+            .post(format!("{}{UPLOAD_PATH}", self.base_url))
+            .bearer_auth(token.expose())
+            .multipart(form)
+            .send()
+            .await;
+        let answer = match Answer::receive(response).await {
+            Ok(answer) => answer,
+            Err(call) => return call,
+        };
+        let outcome = answer.failure("upload").unwrap_or_else(|| {
+            let file_token = answer
+                .reply
+                .as_ref()
+                .and_then(|r| r.data.get("file_token"))
+                .and_then(Value::as_str)
+                .filter(|t| !t.is_empty());
+            match file_token {
+                Some(file_token) => Outcome::Done(Remote {
+                    reference: file_token.to_string(),
+                    ..Remote::default()
+                }),
+                // The file may well be stored: sending it again could store it twice. Stop and
+                // let a person look.
+                None => Outcome::VendorDown {
+                    reason: format!(
+                        "feishu accepted the upload but its answer has no data.file_token: {}",
+                        answer.snippet()
+                    ),
+                },
+            }
+        });
+        match &outcome {
+            Outcome::Reauth { .. } => self.token.invalidate(&token).await,
+            Outcome::Retry {
+                after: Some(after), ..
+            } if answer.rate_limited() => self.pacer.hold(*after),
+            _ => {}
+        }
+        answer.call(outcome)
+    }
+}
+
+impl Answer {
+    async fn receive<T>(
+        response: Result<reqwest::Response, reqwest::Error>,
+    ) -> Result<Answer, Call<T>> {
+        let response = response.map_err(|e| Call::network(&e))?;
+        let status = response.status().as_u16();
+        let wait = retry_after(response.headers());
+        let body = response.bytes().await.map_err(|e| Call::network(&e))?;
+        Ok(Answer {
+            status,
+            wait,
+            reply: serde_json::from_slice(&body).ok(),
+            body: body.to_vec(),
+        })
+    }
+
+    fn code(&self) -> Option<i64> {
+        self.reply.as_ref().and_then(|r| r.code)
+    }
+
+    fn rate_limited(&self) -> bool {
+        self.status == 429 || self.code() == Some(ERR_RATE_LIMITED)
+    }
+
+    fn call<T>(&self, outcome: Outcome<T>) -> Call<T> {
+        Call::new(
+            outcome,
+            Some(self.status),
+            self.code().map(|c| c.to_string()),
+        )
+    }
+
+    fn snippet(&self) -> String {
+        let head = &self.body[..self.body.len().min(1200)];
+        String::from_utf8_lossy(head).chars().take(300).collect()
+    }
+
+    /// What Feishu said: `msg` and the fields it objected to.
+    fn message(&self) -> String {
+        let Some(reply) = &self.reply else {
+            return self.snippet();
+        };
+        let text = reply.msg.clone().unwrap_or_default();
+        let violations: Vec<String> = reply
+            .error
+            .get("field_violations")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|v| {
+                let field = v.get("field").and_then(Value::as_str).unwrap_or("?");
+                let why = v.get("description").and_then(Value::as_str).unwrap_or("");
+                format!("{field}: {why}")
+            })
+            .collect();
+        if violations.is_empty() {
+            text
+        } else {
+            format!("{text} ({})", violations.join("; "))
+        }
+    }
+
+    /// The failure this answer is, if it is one, with the log_id Feishu's support asks for.
+    fn failure<T>(&self, what: &str) -> Option<Outcome<T>> {
+        let outcome = classify(self.status, self.code(), &self.message(), what, self.wait)?;
+        let log_id = self
+            .reply
+            .as_ref()
+            .and_then(|r| r.error.get("log_id"))
+            .and_then(Value::as_str);
+        let Some(log_id) = log_id else {
+            return Some(outcome);
+        };
+        let tag = |reason: String| format!("{reason} [log_id {log_id}]");
+        Some(match outcome {
+            Outcome::Retry { after, reason } => Outcome::Retry {
+                after,
+                reason: tag(reason),
+            },
+            Outcome::Reauth { reason } => Outcome::Reauth {
+                reason: tag(reason),
+            },
+            Outcome::Rejected { reason } => Outcome::Rejected {
+                reason: tag(reason),
+            },
+            Outcome::VendorDown { reason } => Outcome::VendorDown {
+                reason: tag(reason),
+            },
+            done @ Outcome::Done(_) => done,
+        })
+    }
+}
+
+/// Every failure Feishu answers, in the taxonomy; `None` for a success. `what` names the call.
+pub fn classify<T>(
+    status: u16,
+    code: Option<i64>,
+    message: &str,
+    what: &str,
+    wait: Option<Duration>,
+) -> Option<Outcome<T>> {
+    let said = match code {
+        Some(code) => format!("feishu {what}: {message} (code {code}, HTTP {status})"),
+        None => format!("feishu {what}: HTTP {status}: {message}"),
+    };
+    let retry = |reason| Outcome::Retry {
+        after: wait,
+        reason,
+    };
+    let in_set = |set: &[i64]| code.is_some_and(|c| set.contains(&c));
+    Some(match (status, code) {
+        (200..=299, Some(0)) => return None,
+        _ if in_set(TOKEN_INVALID) => Outcome::Reauth { reason: said },
+        (429, _) | (_, Some(ERR_RATE_LIMITED)) => {
+            let after = wait.unwrap_or(DEFAULT_RATE_WAIT);
+            Outcome::Retry {
+                after: Some(after),
+                reason: format!(
+                    "feishu {what}: rate limited (HTTP {status}{}); the window reopens in {}s",
+                    code.map(|c| format!(", code {c}")).unwrap_or_default(),
+                    after.as_secs().max(1)
+                ),
+            }
+        }
+        (_, Some(ERR_INVALID_PARAM)) => Outcome::Rejected { reason: said },
+        (_, Some(ERR_NETWORK)) => retry(said),
+        _ if in_set(CREDENTIALS_REFUSED) => Outcome::VendorDown {
+            reason: format!(
+                "feishu refused app_id/app_secret: {message} (code {}); check app_id and app_secret, \
+                 and that base_url is the platform the app belongs to \
+                 (https://open.feishu.cn for Feishu, https://open.larksuite.com for Lark)",
+                code.unwrap_or_default()
+            ),
+        },
+        _ if in_set(APP_UNAVAILABLE) => Outcome::VendorDown {
+            reason: format!(
+                "{said}; the app is disabled or not installed in the tenant: enable it in the \
+                 developer console"
+            ),
+        },
+        _ if in_set(NO_PERMISSION) => Outcome::VendorDown {
+            reason: format!(
+                "{said}; the app lacks the permission baike:entity (or baike:entity:exempt_review): \
+                 grant it in the developer console and publish a new version"
+            ),
+        },
+        (500.., _) => retry(said),
+        (401 | 403 | 404, None) => Outcome::VendorDown {
+            reason: format!("{said}; check base_url"),
+        },
+        (413, None) => Outcome::Rejected { reason: said },
+        _ => retry(said),
+    })
+}
+
+/// When to refresh a token that has `expire` seconds left at `now_ms`: a tenth of its lifetime
+/// early, at most ten minutes early (a 2 h token: at 1 h 50 min; a 60 s one: at 54 s).
+pub fn refresh_at(now_ms: i64, expire: i64) -> i64 {
+    let lifetime = expire.max(0).saturating_mul(1000);
+    now_ms + lifetime - (lifetime / 10).min(MAX_REFRESH_MARGIN_MS)
+}
+
+/// The `name` lingo gets: the file's name, with an image extension (the content's, when the name
+/// has none), at most 100 characters.
+pub fn lingo_name(request: &UploadRequest<'_>) -> String {
+    let name = request.file_name_with_suffix();
+    let has_image_extension = Path::new(&name)
+        .extension()
+        .and_then(|e| e.to_str())
+        .and_then(ImageFormat::from_extension)
+        .is_some();
+    let name = if has_image_extension {
+        name
+    } else {
+        format!("{name}.{}", request.format.extension())
+    };
+    shorten(&name, MAX_NAME_CHARS)
+}
+
+/// `name` cut to `max` characters (not bytes, so the result is valid UTF-8) with its extension kept.
+pub fn shorten(name: &str, max: usize) -> String {
+    if name.chars().count() <= max {
+        return name.to_string();
+    }
+    let (stem, extension) = match name.rfind('.') {
+        Some(dot) if dot > 0 => name.split_at(dot),
+        _ => (name, ""),
+    };
+    let room = max.saturating_sub(extension.chars().count());
+    if room == 0 {
+        return name.chars().take(max).collect();
+    }
+    stem.chars().take(room).chain(extension.chars()).collect()
+}
+
+/// The multipart body: `name` first, then `file` with a filename. Both parts are in memory, so
+/// the length is known and the request carries a Content-Length (no chunked upload).
+pub fn upload_form(name: &str, bytes: &[u8]) -> Form {
+    // The filename parameter is a quoted string in a header: keep it to characters that need no escape.
+    let filename: String = name
+        .chars()
+        .map(|c| {
+            if c.is_control() || c == '"' || c == '\\' {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    let file = Part::bytes(bytes.to_vec())
+        .file_name(filename)
+        .mime_str("application/octet-stream")
+        .expect("a constant MIME type parses");
+    Form::new()
+        .percent_encode_noop()
+        .text("name", name.to_string())
+        .part("file", file)
+}
+
+#[cfg(test)]
+mod tests;
