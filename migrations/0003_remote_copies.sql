@@ -16,6 +16,8 @@ CREATE TABLE remote_copies (
     sha256         TEXT,
     transaction_id TEXT,
     expires_at     INTEGER,
+    -- the form record that uses the copy (Jiandaoyun's data._id), when one was created
+    record_id      TEXT,
     -- live: usable; deleting: a delete was sent (its fate unknown until answered); deleted: gone
     state          TEXT    NOT NULL CHECK (state IN ('live', 'deleting', 'deleted')),
     created_at     INTEGER NOT NULL,
@@ -31,6 +33,9 @@ ALTER TABLE files ADD COLUMN dev INTEGER;
 -- whether copies this file no longer needs are deleted at the vendor (on_remove: delete, and the
 -- vendor has a delete API)
 ALTER TABLE files ADD COLUMN delete_unused INTEGER NOT NULL DEFAULT 0;
+-- whether a live copy of the same bytes may serve this file (not where each file needs its own,
+-- as with a Jiandaoyun form record per file)
+ALTER TABLE files ADD COLUMN reuse_copies INTEGER NOT NULL DEFAULT 1;
 ALTER TABLE jobs ADD COLUMN copy_id INTEGER REFERENCES remote_copies (id);
 
 INSERT INTO remote_copies (vendor, kind, remote_ref, sha256, transaction_id, expires_at, state,

@@ -166,12 +166,7 @@ impl Daemon {
     fn start_watch(&self, config: WatchConfig) -> Option<RunningWatch> {
         let adapter = self.vendors.get(&config.vendor)?;
         let (commands, receiver) = mpsc::unbounded_channel();
-        let task = WatchTask::new(
-            config.clone(),
-            self.watch_context(),
-            adapter.kind(),
-            adapter.limits(),
-        );
+        let task = WatchTask::new(config.clone(), self.watch_context(), &adapter);
         info!(
             watch = %config.path.display(), vendor = %config.vendor,
             mode = if config.poll.is_some() { "poll" } else { "inotify" },
@@ -387,12 +382,7 @@ pub async fn scan(config: Config) -> Result<ScanReport, DaemonError> {
         let Some(adapter) = daemon.vendors.get(&watch.vendor) else {
             continue;
         };
-        let mut task = WatchTask::new(
-            watch.clone(),
-            daemon.watch_context(),
-            adapter.kind(),
-            adapter.limits(),
-        );
+        let mut task = WatchTask::new(watch.clone(), daemon.watch_context(), &adapter);
         task.scan_once().await;
     }
     let (_stop, stopped) = watch::channel(false);

@@ -18,6 +18,7 @@ pub struct NewCopy<'a> {
     pub sha256: Option<&'a str>,
     pub transaction_id: Option<&'a str>,
     pub expires_at: Option<i64>,
+    pub record_id: Option<&'a str>,
 }
 
 /// Records a copy the vendor now holds and returns its id. A reference the vendor hands out again
@@ -26,11 +27,11 @@ pub(super) fn record(tx: &Transaction<'_>, copy: &NewCopy<'_>) -> Result<i64> {
     let now = now_ms();
     let id = tx.query_row(
         "INSERT INTO remote_copies (vendor, kind, remote_ref, sha256, transaction_id, expires_at,
-           state, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'live', ?7)
+           record_id, state, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?8, 'live', ?7)
          ON CONFLICT (vendor, remote_ref) DO UPDATE SET state = 'live', deleted_at = NULL,
            sha256 = excluded.sha256, transaction_id = excluded.transaction_id,
-           expires_at = excluded.expires_at
+           expires_at = excluded.expires_at, record_id = excluded.record_id
          RETURNING id",
         params![
             copy.vendor,
@@ -39,7 +40,8 @@ pub(super) fn record(tx: &Transaction<'_>, copy: &NewCopy<'_>) -> Result<i64> {
             copy.sha256,
             copy.transaction_id,
             copy.expires_at,
-            now
+            now,
+            copy.record_id
         ],
         |r| r.get(0),
     )?;

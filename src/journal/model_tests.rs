@@ -118,6 +118,7 @@ impl World {
             width: 10,
             height: 10,
             delete_unused: true,
+            reuse_copies: true,
         }
     }
 

@@ -31,6 +31,8 @@ pub struct Observation<'a> {
     pub height: u32,
     /// Whether copies this file no longer needs are deleted at the vendor.
     pub delete_unused: bool,
+    /// Whether a live copy of the same bytes may serve this file instead of an upload of its own.
+    pub reuse_copies: bool,
 }
 
 /// A file the daemon will not send, and why.
@@ -419,7 +421,7 @@ fn set_new_content(
     tx.execute(
         "UPDATE files SET state = 'pending', watch_root = ?2, vendor = ?3, kind = ?4,
            sha256 = ?5, format = ?6, width = ?7, height = ?8, copy_id = ?9, removal = NULL,
-           attempts = 0, error = NULL, delete_unused = ?10, updated_at = ?11
+           attempts = 0, error = NULL, delete_unused = ?10, updated_at = ?11, reuse_copies = ?12
          WHERE id = ?1",
         params![
             id,
@@ -432,7 +434,8 @@ fn set_new_content(
             obs.height,
             copy_id,
             obs.delete_unused,
-            now_ms()
+            now_ms(),
+            obs.reuse_copies
         ],
     )?;
     set_stamp(tx, id, Some(&obs.stamp))

@@ -82,6 +82,8 @@ pub struct Remote {
     pub reference: String,
     pub transaction_id: Option<String>,
     pub expires_at: Option<i64>,
+    /// The record created with it (a Jiandaoyun form record's `_id`).
+    pub record_id: Option<String>,
 }
 
 /// One try at a job, as `history` shows it.
@@ -132,12 +134,13 @@ struct FileNow {
     removal: Option<String>,
     copy_id: Option<i64>,
     delete_unused: bool,
+    reuse_copies: bool,
 }
 
 fn file_now(tx: &Transaction<'_>, file_id: i64) -> Result<FileNow> {
     Ok(tx.query_row(
-        "SELECT sha256, vendor, kind, state, removal, copy_id, delete_unused FROM files
-         WHERE id = ?1",
+        "SELECT sha256, vendor, kind, state, removal, copy_id, delete_unused, reuse_copies
+         FROM files WHERE id = ?1",
         [file_id],
         |r| {
             Ok(FileNow {
@@ -148,6 +151,7 @@ fn file_now(tx: &Transaction<'_>, file_id: i64) -> Result<FileNow> {
                 removal: r.get(4)?,
                 copy_id: r.get(5)?,
                 delete_unused: r.get(6)?,
+                reuse_copies: r.get(7)?,
             })
         },
     )?)
@@ -410,7 +414,11 @@ fn claim_upload(tx: &Transaction<'_>, job: Job) -> Result<Claimed> {
         });
     }
     let sha256 = job.sha256.as_deref().unwrap_or_default();
-    let Some(copy_id) = copies::reusable(tx, &job.vendor, sha256)? else {
+    let reusable = match file.reuse_copies {
+        true => copies::reusable(tx, &job.vendor, sha256)?,
+        false => None,
+    };
+    let Some(copy_id) = reusable else {
         return Ok(Claimed::Job(job));
     };
     let reference: String = tx.query_row(
@@ -549,6 +557,7 @@ fn finish_upload(
             sha256: job.sha256.as_deref(),
             transaction_id: remote.transaction_id.as_deref(),
             expires_at: remote.expires_at,
+            record_id: remote.record_id.as_deref(),
         },
     )?;
     if file.wants_upload(job) {

@@ -31,6 +31,7 @@ pub struct FileRow {
     pub key: Option<String>,
     pub transaction_id: Option<String>,
     pub expires_at: Option<String>,
+    pub record_id: Option<String>,
     pub remote_deleted: Option<bool>,
     pub attempts: u32,
     pub error: Option<String>,
@@ -122,7 +123,7 @@ impl Journal {
         let mut stmt = self.conn.prepare(
             "SELECT f.path, f.vendor, f.kind, f.state, f.size, f.sha256, c.remote_ref,
                c.transaction_id, c.expires_at, c.state, f.attempts, f.error, f.updated_at,
-               f.format, f.width, f.height
+               f.format, f.width, f.height, c.record_id
              FROM files f LEFT JOIN remote_copies c ON c.id = f.copy_id
              WHERE (?1 IS NULL OR f.vendor = ?1) AND (?2 IS NULL OR f.state = ?2)
                AND (?3 IS NULL OR f.path = ?3)
@@ -161,6 +162,7 @@ impl Journal {
                     format: r.get(13)?,
                     width: r.get(14)?,
                     height: r.get(15)?,
+                    record_id: r.get(16)?,
                 })
             },
         )?;

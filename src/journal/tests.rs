@@ -41,6 +41,7 @@ fn obs<'a>(path: &'a str, sha: &'a str) -> Observation<'a> {
         width: 10,
         height: 10,
         delete_unused: true,
+        reuse_copies: true,
     }
 }
 

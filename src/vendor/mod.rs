@@ -202,6 +202,11 @@ impl Adapter {
         }
     }
 
+    /// Whether a live copy of the same bytes may serve another file instead of an upload.
+    pub fn reuses_copies(&self) -> bool {
+        true
+    }
+
     pub fn limits(&self) -> Limits {
         match self {
             Adapter::Kingdee(_) => kingdee::LIMITS,

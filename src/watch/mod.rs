@@ -20,7 +20,7 @@ use crate::journal::{
     JournalHandle, KnownFile, MissingOutcome, Observation, Observed, RejectedFile, RemovalBatch,
     RemovalPolicy,
 };
-use crate::vendor::Limits;
+use crate::vendor::{Adapter, Limits};
 use examine::Examined;
 use settle::{Settle, Sighting, Stamp};
 
@@ -136,6 +136,9 @@ pub struct WatchTask {
     ctx: WatchContext,
     kind: VendorKind,
     limits: Limits,
+    /// Whether the same bytes may reuse another file's live copy (not when each file needs a
+    /// record of its own).
+    reuse_copies: bool,
     settle: Settle,
     removals: HashMap<PathBuf, PendingRemoval>,
     /// The root's (device, inode) when last known good, as the journal keeps it across restarts.
@@ -150,13 +153,15 @@ pub struct WatchTask {
 }
 
 impl WatchTask {
-    pub fn new(config: WatchConfig, ctx: WatchContext, kind: VendorKind, limits: Limits) -> Self {
+    /// A watch feeding `adapter`'s vendor.
+    pub fn new(config: WatchConfig, ctx: WatchContext, adapter: &Adapter) -> Self {
         let settle = Settle::new(ctx.settle);
         WatchTask {
             config,
             ctx,
-            kind,
-            limits,
+            kind: adapter.kind(),
+            limits: adapter.limits(),
+            reuse_copies: adapter.reuses_copies(),
             settle,
             removals: HashMap::new(),
             root_id: None,
@@ -611,6 +616,7 @@ impl WatchTask {
         let vendor = self.config.vendor.clone();
         let kind = self.kind.as_str();
         let delete_unused = self.delete_unused();
+        let reuse_copies = self.reuse_copies;
         let path_text = path.display().to_string();
         let result = self
             .ctx
@@ -627,6 +633,7 @@ impl WatchTask {
                     width: info.width,
                     height: info.height,
                     delete_unused,
+                    reuse_copies,
                 };
                 j.observe(&observation, &|p| std::fs::symlink_metadata(p).is_ok())
             })
