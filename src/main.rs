@@ -300,6 +300,8 @@ fn check(config_path: &Path, online: bool) -> Result<ExitCode> {
             match adapter.check_online().await.outcome {
                 Outcome::Done(()) => emit(&format!("{name}: token fetched, credentials work")),
                 Outcome::Retry { reason, .. }
+                | Outcome::Throttled { reason, .. }
+                | Outcome::Unconfirmed { reason }
                 | Outcome::Reauth { reason }
                 | Outcome::Rejected { reason }
                 | Outcome::VendorDown { reason } => {

@@ -385,27 +385,67 @@ async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duration>) {
             JobResult::Rejected(reason)
         }
         Outcome::VendorDown { reason } => {
-            let interval = probe.map_or(FIRST_PROBE, |d| (d * 2).min(MAX_PROBE));
             attempt.outcome = "vendor_paused".into();
             attempt.message = Some(reason.clone());
-            error!(
-                vendor = %vendor,
-                path = %shown,
-                "vendor {vendor} paused: {reason}; its jobs stay queued; next try in {} (or at once after a reload)",
-                humantime::format_duration(interval)
-            );
-            let (v, r) = (vendor.to_string(), reason.clone());
-            if let Err(e) = ctx
-                .journal
-                .call(move |j| j.pause_vendor(&v, &r, interval.as_millis() as i64))
-                .await
-            {
-                error!("cannot record the pause: {e}");
-            }
+            pause(ctx, vendor, shown, probe, &reason).await;
             JobResult::Release
+        }
+        Outcome::Unconfirmed { reason } => {
+            // The file may be stored at the vendor under a name we cannot know: it waits for a
+            // person rather than being sent again, and the vendor is paused so the next file
+            // does not go the same way.
+            attempt.outcome = "unconfirmed".into();
+            attempt.message = Some(reason.clone());
+            pause(ctx, vendor, shown, probe, &reason).await;
+            JobResult::Fail(format!(
+                "{reason}; the vendor may hold it: check there, then `imgsyncd retry {shown}` to send it again"
+            ))
+        }
+        Outcome::Throttled { after, reason } => {
+            let wait = after.unwrap_or(Duration::from_secs(1));
+            attempt.outcome = "throttled".into();
+            attempt.message = Some(reason.clone());
+            if let Verdict::Log { .. } = ctx
+                .retry_log
+                .check(&format!("{vendor}: throttled"), Instant::now())
+            {
+                warn!(
+                    vendor = %vendor,
+                    "{reason}; waiting {} (not counted as a failure)",
+                    humantime::format_duration(round(wait))
+                );
+            }
+            JobResult::Defer {
+                not_before: now_ms() + wait.as_millis() as i64,
+            }
         }
     };
     record(ctx, &job, result, Some(attempt)).await;
+}
+
+/// Pauses the vendor: its jobs stay queued behind one probe, tried at growing intervals.
+async fn pause(
+    ctx: &WorkerContext,
+    vendor: &str,
+    path: &str,
+    probe: Option<Duration>,
+    reason: &str,
+) {
+    let interval = probe.map_or(FIRST_PROBE, |d| (d * 2).min(MAX_PROBE));
+    error!(
+        vendor = %vendor,
+        path = %path,
+        "vendor {vendor} paused: {reason}; its jobs stay queued; next try in {} (or at once after a reload)",
+        humantime::format_duration(interval)
+    );
+    let (v, r) = (vendor.to_string(), reason.to_string());
+    if let Err(e) = ctx
+        .journal
+        .call(move |j| j.pause_vendor(&v, &r, interval.as_millis() as i64))
+        .await
+    {
+        error!("cannot record the pause: {e}");
+    }
 }
 
 /// A vendor that has not answered several calls in a row (or whose probe went unanswered) is

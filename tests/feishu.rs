@@ -311,8 +311,12 @@ fn a_vendor_stricter_than_the_config_is_met_with_429s_absorbed() {
     }
     h.start();
     for (i, name) in names.iter().enumerate() {
-        h.wait_state(name, "synced");
+        let row = h.wait_state(name, "synced");
         assert_eq!(h.feishu_bytes(name).unwrap(), png(400 + i as u32, 330, 330));
+        assert_eq!(
+            row["attempts"], 1,
+            "a 429 is not counted as a failed attempt: {row}"
+        );
     }
     let sent = uploads(&h);
     let limited = sent.iter().filter(|l| l.status == 429).count();
@@ -464,4 +468,39 @@ fn a_removed_file_keeps_its_remote_copy_and_twins_share_a_token() {
         bytes,
         "lingo has no delete: the copy stays"
     );
+}
+
+/// With a Kingdee backlog paced at 2 a second, a Feishu file dropped meanwhile is not queued
+/// behind it: the free slots go to the vendor with the fewest transfers in flight.
+#[test]
+fn a_slow_vendors_backlog_never_holds_up_another_vendors_files() {
+    let mut h = harness();
+    let kingdee_drop = h.dir.path().join("kingdee");
+    std::fs::create_dir_all(&kingdee_drop).unwrap();
+    let config = std::fs::read_to_string(&h.config_path).unwrap().replacen(
+        "    domain:",
+        "    per_second: 2\n    domain:",
+        1,
+    ) + &format!("  - path: {}\n    vendor: erp\n", kingdee_drop.display());
+    std::fs::write(&h.config_path, config).unwrap();
+    let backlog = 40;
+    for i in 0..backlog {
+        std::fs::write(
+            kingdee_drop.join(format!("k{i:02}.png")),
+            common::png(900 + i),
+        )
+        .unwrap();
+    }
+    h.start();
+    h.wait_for("the Kingdee backlog to be under way", |h| {
+        h.sandbox.uploads() >= 2
+    });
+    h.drop_file("urgent.png", &png(77, 330, 330));
+    h.wait_state("urgent.png", "synced");
+    let kingdee_done = h.sandbox.uploads();
+    assert!(
+        kingdee_done < backlog as usize / 2,
+        "the Feishu file waited behind the Kingdee backlog ({kingdee_done} of {backlog} sent first)"
+    );
+    assert_eq!(h.feishu_bytes("urgent.png").unwrap(), png(77, 330, 330));
 }

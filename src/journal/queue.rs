@@ -109,6 +109,14 @@ pub enum JobResult {
     },
     /// The vendor will never accept this file (or this delete).
     Rejected(String),
+    /// The file needs a person (the vendor's answer to an upload could not be read): `failed`,
+    /// never sent again on its own.
+    Fail(String),
+    /// Rate limited: back to the queue until `not_before`, counted neither as an attempt nor
+    /// towards `give_up_after`.
+    Defer {
+        not_before: i64,
+    },
     /// Back to the queue untouched (vendor paused, daemon stopping).
     Release,
 }
@@ -313,6 +321,23 @@ impl Journal {
                 } else {
                     Finished::Stale
                 }
+            }
+            JobResult::Fail(reason) => {
+                jobs::remove(&tx, job.id)?;
+                if file.wants_upload(job) || file.awaits_delete(job) {
+                    set_file_outcome(&tx, job.file_id, "failed", reason)?;
+                    Finished::GaveUp
+                } else {
+                    Finished::Stale
+                }
+            }
+            JobResult::Defer { not_before } => {
+                tx.execute(
+                    "UPDATE jobs SET state = 'queued', lease_until = NULL, not_before = ?2
+                     WHERE id = ?1",
+                    params![job.id, not_before],
+                )?;
+                Finished::Released
             }
             JobResult::Release => {
                 tx.execute(

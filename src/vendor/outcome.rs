@@ -11,6 +11,17 @@ pub enum Outcome<T> {
         after: Option<Duration>,
         reason: String,
     },
+    /// Rate limited although paced: wait `after` and try again. Not a failure of the file: it
+    /// counts neither as an attempt nor towards `give_up_after`.
+    Throttled {
+        after: Option<Duration>,
+        reason: String,
+    },
+    /// The vendor said yes but its answer cannot be read: what it stored cannot be named, and
+    /// sending again could store it twice. The file waits for a person; the vendor is paused.
+    Unconfirmed {
+        reason: String,
+    },
     /// The token was refused: drop it, fetch a new one, try again at once.
     Reauth {
         reason: String,
@@ -60,6 +71,8 @@ impl<T> Call<T> {
                 reason: "internal: a successful call cast as a failure".into(),
             },
             Outcome::Retry { after, reason } => Outcome::Retry { after, reason },
+            Outcome::Throttled { after, reason } => Outcome::Throttled { after, reason },
+            Outcome::Unconfirmed { reason } => Outcome::Unconfirmed { reason },
             Outcome::Reauth { reason } => Outcome::Reauth { reason },
             Outcome::Rejected { reason } => Outcome::Rejected { reason },
             Outcome::VendorDown { reason } => Outcome::VendorDown { reason },

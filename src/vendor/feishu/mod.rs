@@ -161,6 +161,9 @@ impl Feishu {
         let cool_down = match &outcome {
             Outcome::Retry {
                 after: Some(after), ..
+            }
+            | Outcome::Throttled {
+                after: Some(after), ..
             } => *after,
             _ => TOKEN_COOL_DOWN,
         };
@@ -171,8 +174,12 @@ impl Feishu {
             Outcome::Reauth { reason } | Outcome::Rejected { reason } => {
                 failure(Outcome::VendorDown { reason })
             }
-            Outcome::Retry { after, reason } => failure(Outcome::Retry { after, reason }),
-            Outcome::VendorDown { reason } => failure(Outcome::VendorDown { reason }),
+            Outcome::Retry { after, reason } | Outcome::Throttled { after, reason } => {
+                failure(Outcome::Retry { after, reason })
+            }
+            Outcome::VendorDown { reason } | Outcome::Unconfirmed { reason } => {
+                failure(Outcome::VendorDown { reason })
+            }
         }
     }
 
@@ -225,7 +232,7 @@ impl Feishu {
                 }),
                 // The file may well be stored: sending it again could store it twice. Stop and
                 // let a person look.
-                None => Outcome::VendorDown {
+                None => Outcome::Unconfirmed {
                     reason: format!(
                         "feishu accepted the upload but its answer has no data.file_token: {}",
                         answer.snippet()
@@ -235,9 +242,9 @@ impl Feishu {
         });
         match &outcome {
             Outcome::Reauth { .. } => self.token.invalidate(&token).await,
-            Outcome::Retry {
+            Outcome::Throttled {
                 after: Some(after), ..
-            } if answer.rate_limited() => self.pacer.hold(*after),
+            } => self.pacer.hold(*after),
             _ => {}
         }
         answer.call(outcome)
@@ -262,10 +269,6 @@ impl Answer {
 
     fn code(&self) -> Option<i64> {
         self.reply.as_ref().and_then(|r| r.code)
-    }
-
-    fn rate_limited(&self) -> bool {
-        self.status == 429 || self.code() == Some(ERR_RATE_LIMITED)
     }
 
     fn call<T>(&self, outcome: Outcome<T>) -> Call<T> {
@@ -332,6 +335,13 @@ impl Answer {
             Outcome::VendorDown { reason } => Outcome::VendorDown {
                 reason: tag(reason),
             },
+            Outcome::Throttled { after, reason } => Outcome::Throttled {
+                after,
+                reason: tag(reason),
+            },
+            Outcome::Unconfirmed { reason } => Outcome::Unconfirmed {
+                reason: tag(reason),
+            },
             done @ Outcome::Done(_) => done,
         })
     }
@@ -359,7 +369,7 @@ pub fn classify<T>(
         _ if in_set(TOKEN_INVALID) => Outcome::Reauth { reason: said },
         (429, _) | (_, Some(ERR_RATE_LIMITED)) => {
             let after = wait.unwrap_or(DEFAULT_RATE_WAIT);
-            Outcome::Retry {
+            Outcome::Throttled {
                 after: Some(after),
                 reason: format!(
                     "feishu {what}: rate limited (HTTP {status}{}); the window reopens in {}s",

@@ -161,6 +161,9 @@ impl Kingdee {
         let cool_down = match &call.outcome {
             Outcome::Retry {
                 after: Some(after), ..
+            }
+            | Outcome::Throttled {
+                after: Some(after), ..
             } => *after,
             _ => TOKEN_COOL_DOWN,
         };
@@ -176,8 +179,12 @@ impl Kingdee {
             Outcome::Reauth { reason } | Outcome::Rejected { reason } => {
                 failure(Outcome::VendorDown { reason })
             }
-            Outcome::Retry { after, reason } => failure(Outcome::Retry { after, reason }),
-            Outcome::VendorDown { reason } => failure(Outcome::VendorDown { reason }),
+            Outcome::Retry { after, reason } | Outcome::Throttled { after, reason } => {
+                failure(Outcome::Retry { after, reason })
+            }
+            Outcome::VendorDown { reason } | Outcome::Unconfirmed { reason } => {
+                failure(Outcome::VendorDown { reason })
+            }
         }
     }
 
@@ -259,9 +266,9 @@ impl Kingdee {
     async fn forget_refused_token<T>(&self, call: &Call<T>, token: &Secret) {
         match &call.outcome {
             Outcome::Reauth { .. } => self.token.invalidate(token).await,
-            Outcome::Retry {
+            Outcome::Throttled {
                 after: Some(after), ..
-            } if call.http_status == Some(429) => self.pacer.hold(*after),
+            } => self.pacer.hold(*after),
             _ => {}
         }
     }
@@ -309,10 +316,9 @@ async fn answer<T>(
             Some(Ok(value)) => Outcome::Done(value),
             // The vendor said yes: what it stored cannot be named, and sending again would store
             // another. Pause, so a person sees it, rather than retry.
-            Some(Err(missing)) => Outcome::VendorDown {
+            Some(Err(missing)) => Outcome::Unconfirmed {
                 reason: format!(
-                    "kingdee {what}: the answer was a success but could not be read ({missing}); \
-                     not sent again until the vendor answers as documented"
+                    "kingdee {what}: the answer was a success but could not be read ({missing})"
                 ),
             },
             None => Outcome::Retry {
@@ -342,7 +348,10 @@ fn classify<T>(
     };
     Some(match (status, code) {
         (200, Some(0)) => return None,
-        (429, _) => retry(format!("kingdee {what}: rate limited (HTTP 429)")),
+        (429, _) => Outcome::Throttled {
+            after: wait,
+            reason: format!("kingdee {what}: rate limited (HTTP 429)"),
+        },
         (519, Some(c @ 4001..=4008)) => {
             let hint = if c == 4006 {
                 "; this host's clock is off by more than 5 minutes: fix NTP"
@@ -392,7 +401,7 @@ mod tests {
         assert!(matches!(class(519, Some(4011)), Outcome::Reauth { .. }));
         assert!(matches!(class(519, Some(4012)), Outcome::VendorDown { .. }));
         assert!(matches!(class(519, Some(5007)), Outcome::Retry { .. }));
-        assert!(matches!(class(429, None), Outcome::Retry { .. }));
+        assert!(matches!(class(429, None), Outcome::Throttled { .. }));
         assert!(matches!(class(503, None), Outcome::Retry { .. }));
     }
 
