@@ -11,11 +11,11 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use imgsyncd::adapters::kingdee::Kingdee;
+use imgsyncd::adapters::{Outcome, UploadRequest, http_client};
 use imgsyncd::config::{KingdeeConfig, Secret};
 use imgsyncd::image::ImageFormat;
 use imgsyncd::sandbox::{Sandbox, SandboxOptions};
-use imgsyncd::vendor::kingdee::Kingdee;
-use imgsyncd::vendor::{Outcome, UploadRequest, http_client};
 
 const BIN: &str = env!("CARGO_BIN_EXE_imgsyncd");
 

@@ -11,10 +11,10 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
+use crate::adapters::{Adapter, VendorSet, http_client};
 use crate::config::{Config, ConfigError, VendorConfig, WatchConfig};
 use crate::journal::{FileFilter, FileState, Journal, JournalError, JournalHandle};
 use crate::throttle::LogThrottle;
-use crate::vendor::{Adapter, VendorSet, http_client};
 use crate::watch::{WatchCommand, WatchContext, WatchTask};
 use crate::worker::{Outages, PoolMode, WorkerContext, retry_log_throttle, run_pool};
 

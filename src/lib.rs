@@ -1,9 +1,11 @@
 //! imgsyncd: keeps drop folders mirrored to the image stores of business SaaS vendors.
 //!
 //! The path of one file: [`watch`] sees it and waits until it is complete, [`image`] says what it
-//! is, [`journal`] records it and queues the work, [`worker`] carries the work out through a
-//! [`vendor`] adapter. [`daemon`] wires them together; [`sandbox`] emulates the vendors.
+//! is, [`journal`] records it and queues the work, [`worker`] carries the work out through the
+//! vendor's adapter in [`adapters`]. [`daemon`] wires them together; [`sandbox`] emulates the
+//! vendors.
 
+pub mod adapters;
 pub mod config;
 pub mod daemon;
 pub mod dev;
@@ -12,6 +14,5 @@ pub mod journal;
 pub mod report;
 pub mod sandbox;
 pub mod throttle;
-pub mod vendor;
 pub mod watch;
 pub mod worker;

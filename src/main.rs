@@ -6,10 +6,10 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 
+use imgsyncd::adapters::{Adapter, Outcome, http_client};
 use imgsyncd::config::{Config, DEFAULT_CONFIG_PATH};
 use imgsyncd::journal::{FileFilter, FileState, Journal, RetryOutcome};
 use imgsyncd::sandbox::{Sandbox, SandboxOptions};
-use imgsyncd::vendor::{Adapter, Outcome, http_client};
 use imgsyncd::{daemon, dev, report};
 
 #[derive(Parser)]

@@ -11,13 +11,13 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
+use crate::adapters::{Adapter, Call, Outcome, UploadRequest, VendorSet};
 use crate::image::ImageFormat;
 use crate::journal::{
     Attempt, Claimed, Finished, Job, JobOp, JobResult, JournalHandle, Remote, now_ms,
     reference_field,
 };
 use crate::throttle::{LogThrottle, Verdict};
-use crate::vendor::{Adapter, Call, Outcome, UploadRequest, VendorSet};
 use crate::watch::examine::{ReadError, read_regular, sha256_hex};
 
 /// A claimed job stays ours this long; a crashed daemon's jobs are requeued at the next start anyway.

@@ -199,14 +199,14 @@ fn images_outside_lingos_limits_are_rejected_locally_and_never_sent() {
             "light.png",
             format!(
                 "too small for wiki: {}: below Feishu's 3 KB minimum",
-                imgsyncd::vendor::human_size(light.len() as u64)
+                imgsyncd::adapters::human_size(light.len() as u64)
             ),
         ),
         (
             "huge.bmp",
             format!(
                 "too large for wiki: {}: above Feishu's 10 MB maximum",
-                imgsyncd::vendor::human_size(huge.len() as u64)
+                imgsyncd::adapters::human_size(huge.len() as u64)
             ),
         ),
     ];

@@ -3,9 +3,9 @@
 //! mirrored in the other.
 
 use base64::Engine;
+use imgsyncd::adapters::kingdee::{DELETE_PATH, TOKEN_PATH, UPLOAD_PATH, sign};
 use imgsyncd::journal::now_ms;
 use imgsyncd::sandbox::{KingdeeAccount, Sandbox, SandboxOptions};
-use imgsyncd::vendor::kingdee::{DELETE_PATH, TOKEN_PATH, UPLOAD_PATH, sign};
 use serde_json::{Value, json};
 
 const PNG_1X1: &[u8] = &[

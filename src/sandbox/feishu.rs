@@ -14,10 +14,10 @@ use serde_json::{Value, json};
 
 use super::multipart::{self, FormPart};
 use super::{Fault, Logged, Sandbox, Window};
-use crate::journal::now_ms;
-use crate::vendor::feishu::{
+use crate::adapters::feishu::{
     DOWNLOAD_PATH, ERR_INVALID_PARAM, ERR_NETWORK, ERR_RATE_LIMITED, TOKEN_PATH, UPLOAD_PATH,
 };
+use crate::journal::now_ms;
 
 const MIN_BYTES: usize = 3 * 1024;
 const MAX_BYTES: usize = 10 * 1024 * 1024;

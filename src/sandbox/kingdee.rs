@@ -13,8 +13,8 @@ use base64::Engine;
 use serde_json::{Value, json};
 
 use super::{Fault, Logged, Nonces, Sandbox, StoredImage, Window, json_reply};
+use crate::adapters::kingdee::{DELETE_PATH, ERR_APP_AUTH, TOKEN_PATH, UPLOAD_PATH, sign};
 use crate::journal::now_ms;
-use crate::vendor::kingdee::{DELETE_PATH, ERR_APP_AUTH, TOKEN_PATH, UPLOAD_PATH, sign};
 
 /// The sandbox's own code for a refused parameter (the real API answers such with a non-zero
 /// business errcode and a description).

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use crate::adapters::Limits;
 use crate::image::{self, ImageInfo};
 use crate::journal::FileStamp as Stamp;
-use crate::vendor::Limits;
 
 #[derive(Debug)]
 pub enum Examined {

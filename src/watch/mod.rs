@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc};
 use tracing::{error, info, warn};
 
+use crate::adapters::{Adapter, Limits};
 use crate::config::{OnRemove, VendorKind, WatchConfig};
 use crate::journal::{
     JournalHandle, KnownFile, MissingOutcome, Observation, Observed, RejectedFile, RemovalBatch,
     RemovalPolicy,
 };
-use crate::vendor::{Adapter, Limits};
 use examine::Examined;
 use settle::{Settle, Sighting, Stamp};
 
