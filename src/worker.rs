@@ -435,7 +435,7 @@ async fn pause(
     error!(
         vendor = %vendor,
         path = %path,
-        "vendor {vendor} paused: {reason}; its jobs stay queued; next try in {} (or at once after a reload)",
+        "vendor {vendor} paused: {reason}; its jobs stay queued behind one probe, the next in {} (or at once after a reload)",
         humantime::format_duration(interval)
     );
     let (v, r) = (vendor.to_string(), reason.to_string());
@@ -468,8 +468,7 @@ where
     match unanswered {
         Some(reason) if probe.is_some() || failures >= OUTAGE_AFTER => Outcome::VendorDown {
             reason: format!(
-                "{vendor} does not answer ({failures} calls in a row failed; the last: {reason}); \
-                 its jobs wait behind one probe"
+                "{vendor} does not answer ({failures} calls in a row failed; the last: {reason})"
             ),
         },
         _ => call.outcome.clone(),

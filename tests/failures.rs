@@ -349,3 +349,50 @@ fn an_unreadable_file_is_rejected_and_taken_after_a_fix_and_retry() {
     h.wait_state("locked.png", "synced");
     assert_eq!(h.remote_bytes("locked.png").unwrap(), png(71));
 }
+
+/// A vendor that stops answering is taken as down after a few calls: its backlog waits behind one
+/// probe instead of each file being tried in turn, and all of it syncs once the vendor is back,
+/// nothing marked failed.
+#[test]
+fn a_vendor_that_stops_answering_is_held_behind_one_probe() {
+    let mut h = Harness::new();
+    h.sandbox.inject((0..5).map(|_| Fault::Http(503)));
+    let names: Vec<String> = (0..20).map(|i| format!("down-{i:02}.png")).collect();
+    for (i, name) in names.iter().enumerate() {
+        h.drop_file(name, &png(700 + i as u32));
+    }
+    h.start();
+    h.wait_for("the vendor to be paused as down", |h| {
+        h.status()["paused_vendors"].as_array().is_some_and(|p| {
+            p.iter().any(|v| {
+                v["reason"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("does not answer")
+            })
+        })
+    });
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let tried = h
+        .sandbox
+        .log()
+        .iter()
+        .filter(|l| l.path.ends_with("image_upload"))
+        .count();
+    // The five failures, and at most one more call per worker already in flight.
+    assert!(
+        tried <= 5 + 4,
+        "{tried} uploads tried against a vendor that was down"
+    );
+    let pending = h.status()["files"]["pending"].as_u64().unwrap();
+    assert!(pending >= names.len() as u64 - 4, "{pending} pending");
+    // Back up; a reload probes at once instead of waiting for the next probe.
+    h.reload();
+    for name in &names {
+        h.wait_state(name, "synced");
+    }
+    let status = h.status();
+    assert_eq!(status["files"]["failed"], 0, "{status}");
+    assert!(status["paused_vendors"].as_array().unwrap().is_empty());
+    assert!(h.log().contains("answers again: resumed"));
+}
