@@ -284,6 +284,17 @@ impl Sandbox {
                 tokio::time::sleep(d).await;
                 Ok(())
             }
+            // Lost answers are emulated for Kingdee's gateway only; here they fail loudly.
+            Some(Fault::LoseAnswer(status)) => Err(refusal(
+                status,
+                i64::from(status),
+                "lost answer (injected; not carried out by the lingo emulator)",
+            )),
+            Some(Fault::NoUrl) => Err(refusal(502, 502, "NoUrl is a Kingdee fault (injected)")),
+            Some(Fault::Later(wait, _)) => {
+                tokio::time::sleep(wait).await;
+                Err(refusal(502, 502, "a slow fault (injected)"))
+            }
         }
     }
 

@@ -72,6 +72,15 @@ pub(super) fn routes() -> Router<Sandbox> {
         .route("/kingdee/temp/{name}", get(serve_image))
 }
 
+/// What an injected fault does once the call itself was carried out.
+#[derive(Debug, Default, Clone, Copy)]
+struct Aftermath {
+    /// The answer is replaced by this bare status: done, but the caller never hears of it.
+    lose_answer: Option<u16>,
+    /// An upload answered as a success without its URL.
+    no_url: bool,
+}
+
 /// A refusal: the status and body the gateway answers with.
 struct Refusal {
     status: u16,
@@ -123,6 +132,32 @@ impl Sandbox {
             at_ms: arrived_ms,
         });
         json_reply(status, body)
+    }
+
+    /// Like [`Sandbox::answer`], but an injected lost answer replaces what was done with a bare
+    /// status.
+    fn answer_after(
+        &self,
+        method: &Method,
+        path: &str,
+        arrived_ms: i64,
+        result: Result<Value, Refusal>,
+        aftermath: Aftermath,
+    ) -> Response {
+        let Some(status) = aftermath.lose_answer else {
+            return self.answer(method, path, arrived_ms, result);
+        };
+        self.lock().log.push(Logged {
+            method: method.to_string(),
+            path: path.to_string(),
+            status,
+            errcode: None,
+            at_ms: arrived_ms,
+        });
+        json_reply(
+            status,
+            json!({"message": "bad gateway (injected after the call was done)"}),
+        )
     }
 
     /// The gateway's checks every call passes: client id, auth version, sign headers, timestamp
@@ -198,7 +233,7 @@ impl Sandbox {
 
     /// What business calls pass besides the signature: content type, app-token, router address,
     /// the rate limit, and any injected fault.
-    async fn verify_business(&self, headers: &HeaderMap) -> Result<(), Refusal> {
+    async fn verify_business(&self, headers: &HeaderMap) -> Result<Aftermath, Refusal> {
         let header = |name: &str| {
             headers
                 .get(name)
@@ -234,8 +269,23 @@ impl Sandbox {
             }
             state.faults.pop_front()
         };
+        let fault = match fault {
+            Some(Fault::Later(wait, then)) => {
+                tokio::time::sleep(wait).await;
+                Some(*then)
+            }
+            other => other,
+        };
         match fault {
-            None => Ok(()),
+            None => Ok(Aftermath::default()),
+            Some(Fault::LoseAnswer(status)) => Ok(Aftermath {
+                lose_answer: Some(status),
+                ..Aftermath::default()
+            }),
+            Some(Fault::NoUrl) => Ok(Aftermath {
+                no_url: true,
+                ..Aftermath::default()
+            }),
             Some(Fault::Gateway(code)) => Err(gateway(code, "网关异常(注入)")),
             Some(Fault::Business(code)) => {
                 Err(business(code, "系统错误,请到开发者社区提单反馈(注入)"))
@@ -247,8 +297,9 @@ impl Sandbox {
             }),
             Some(Fault::Delay(d)) => {
                 tokio::time::sleep(d).await;
-                Ok(())
+                Ok(Aftermath::default())
             }
+            Some(Fault::Later(..)) => Ok(Aftermath::default()),
         }
     }
 
@@ -259,10 +310,12 @@ impl Sandbox {
         method: &Method,
         path: &str,
         body: &[u8],
-    ) -> Result<Value, Refusal> {
+    ) -> Result<(Value, Aftermath), Refusal> {
         self.verify_signature(headers, method, path, &[])?;
-        self.verify_business(headers).await?;
-        serde_json::from_slice(body).map_err(|_| business(ERR_PARAM, "请求体不是合法的JSON"))
+        let aftermath = self.verify_business(headers).await?;
+        let body = serde_json::from_slice(body)
+            .map_err(|_| business(ERR_PARAM, "请求体不是合法的JSON"))?;
+        Ok((body, aftermath))
     }
 
     fn store(&self, filename: &str, subtype: &str, bytes: Vec<u8>, temporary: bool) -> String {
@@ -371,10 +424,12 @@ async fn upload(
     body: Bytes,
 ) -> Response {
     let arrived = now_ms();
+    let mut aftermath = Aftermath::default();
     let result = async {
-        let body = sandbox
+        let (body, after) = sandbox
             .business_body(&headers, &method, UPLOAD_PATH, &body)
             .await?;
+        aftermath = after;
         let base_string = body
             .get("base_string")
             .and_then(Value::as_str)
@@ -412,10 +467,13 @@ async fn upload(
             return Err(business(ERR_PARAM, "图片大小超过10M限制"));
         }
         let url = sandbox.store(filename, actual, bytes, temporary);
+        if aftermath.no_url {
+            return Ok(json!({"rows": [{"name": filename}]}));
+        }
         Ok(json!({"rows": [{"url": url}]}))
     }
     .await;
-    sandbox.answer(&method, UPLOAD_PATH, arrived, result)
+    sandbox.answer_after(&method, UPLOAD_PATH, arrived, result, aftermath)
 }
 
 async fn remove(
@@ -425,22 +483,28 @@ async fn remove(
     body: Bytes,
 ) -> Response {
     let arrived = now_ms();
+    let mut aftermath = Aftermath::default();
     let result = async {
-        let body = sandbox
+        let (body, after) = sandbox
             .business_body(&headers, &method, DELETE_PATH, &body)
             .await?;
+        aftermath = after;
         let url = body
             .get("url")
             .and_then(Value::as_str)
             .filter(|u| !u.is_empty())
             .ok_or_else(|| business(ERR_PARAM, "url不能为空"))?;
-        match sandbox.lock().images.remove(url) {
-            Some(_) => Ok(json!({"result": "图片删除成功"})),
+        let mut state = sandbox.lock();
+        match state.images.remove(url) {
+            Some(_) => {
+                state.deleted.push(url.to_string());
+                Ok(json!({"result": "图片删除成功"}))
+            }
             None => Err(business(ERR_PARAM, "图片不存在")),
         }
     }
     .await;
-    sandbox.answer(&method, DELETE_PATH, arrived, result)
+    sandbox.answer_after(&method, DELETE_PATH, arrived, result, aftermath)
 }
 
 async fn serve_image(State(sandbox): State<Sandbox>, Path(name): Path<String>) -> Response {

@@ -65,6 +65,12 @@ pub enum Fault {
     Http(u16),
     /// Hold the answer back this long.
     Delay(Duration),
+    /// Carry the call out, then answer this bare status instead (the answer was lost).
+    LoseAnswer(u16),
+    /// Store an upload, then answer a success without its URL.
+    NoUrl,
+    /// Wait this long, then answer with the other fault (a slow refusal).
+    Later(Duration, Box<Fault>),
 }
 
 /// An image the sandbox holds, as the vendor would.
@@ -98,6 +104,8 @@ struct State {
     images: BTreeMap<String, StoredImage>,
     next_image: u64,
     faults: VecDeque<Fault>,
+    /// URLs deleted, in order, each once: what a delete really removed.
+    deleted: Vec<String>,
     log: Vec<Logged>,
 }
 
@@ -127,6 +135,7 @@ impl Sandbox {
             images: BTreeMap::new(),
             next_image: 1,
             faults: VecDeque::new(),
+            deleted: Vec::new(),
             log: Vec::new(),
         };
         let sandbox = Sandbox {
@@ -195,6 +204,11 @@ impl Sandbox {
             .iter()
             .filter(|l| l.path.ends_with("image_upload") && l.errcode == Some(0))
             .count()
+    }
+
+    /// The images deleted so far, by URL, in order: each appears once, when it was really removed.
+    pub fn deleted(&self) -> Vec<String> {
+        self.lock().deleted.clone()
     }
 
     /// Queues failures for the next business calls, in order.

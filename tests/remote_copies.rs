@@ -1,0 +1,623 @@
+//! Remote copies are what the user's ERP points at: each case here once deleted a good copy or left
+//! a record pointing at a dead one. Each is tried as a user would, with the real binary against the
+//! sandbox, and judged by what the sandbox holds and deleted and what `files`/`status` say.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{BIN, Harness, Options, exists, png, running_as_root};
+use imgsyncd::sandbox::Fault;
+use serde_json::Value;
+
+fn url_of(h: &Harness, name: &str) -> String {
+    h.file(name).unwrap()["url"].as_str().unwrap().to_string()
+}
+
+fn held_by_vendor(h: &Harness, url: &str) -> bool {
+    h.sandbox.images().contains_key(url)
+}
+
+fn sync_all(h: &Harness, names: &[String], seed: u32) -> Vec<String> {
+    for (i, name) in names.iter().enumerate() {
+        h.drop_file(name, &png(seed + i as u32));
+    }
+    wait_synced(h, names)
+}
+
+/// Like `sync_all`, written in place: a rename cannot cross into a mounted folder.
+fn sync_all_in_place(h: &Harness, names: &[String], seed: u32) -> Vec<String> {
+    for (i, name) in names.iter().enumerate() {
+        std::fs::write(h.path(name), png(seed + i as u32)).unwrap();
+    }
+    wait_synced(h, names)
+}
+
+fn wait_synced(h: &Harness, names: &[String]) -> Vec<String> {
+    names
+        .iter()
+        .map(|name| {
+            h.wait_state(name, "synced");
+            url_of(h, name)
+        })
+        .collect()
+}
+
+fn names(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i:02}.png")).collect()
+}
+
+fn settle_time() {
+    // Past the settle period and the removal grace of the harness's daemon (500 ms + 1 s).
+    std::thread::sleep(Duration::from_millis(2500));
+}
+
+fn mount(args: &[&str]) -> bool {
+    Command::new("mount")
+        .args(args)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn umount(path: &Path) {
+    let _ = Command::new("umount").arg(path).status();
+}
+
+/// 1. Files truncated in place become `rejected`, and every last good copy stays at the vendor.
+#[test]
+fn files_turned_bad_keep_their_last_good_copy() {
+    let mut h = Harness::with(Options {
+        max_deletes: 5,
+        ..Options::default()
+    });
+    h.start();
+    let names = names("cut", 30);
+    let urls = sync_all(&h, &names, 100);
+    for (i, name) in names.iter().enumerate() {
+        let bytes = png(100 + i as u32);
+        std::fs::write(h.path(name), &bytes[..bytes.len() / 2]).unwrap();
+    }
+    for (name, url) in names.iter().zip(&urls) {
+        let row = h.wait_state(name, "rejected");
+        assert_eq!(row["url"].as_str(), Some(url.as_str()), "{row}");
+        assert!(held_by_vendor(&h, url));
+    }
+    settle_time();
+    assert!(h.sandbox.deleted().is_empty(), "{:?}", h.sandbox.deleted());
+    let problems = h.status()["problems"].as_array().unwrap().clone();
+    assert!(problems.iter().all(|p| p["last_good_copy"].is_string()));
+}
+
+/// 1b. A synced file that became unreadable is rejected; its copy is kept.
+#[test]
+fn an_unreadable_file_keeps_its_copy() {
+    if !running_as_root() {
+        return;
+    }
+    let mut h = Harness::with(Options {
+        as_nobody: true,
+        ..Options::default()
+    });
+    h.start();
+    h.drop_file("locked.png", &png(1));
+    h.wait_state("locked.png", "synced");
+    let url = url_of(&h, "locked.png");
+    std::fs::set_permissions(h.path("locked.png"), std::fs::Permissions::from_mode(0o000)).unwrap();
+    // chmod alone changes only the ctime: a rescan sees the new stamp and reads the file afresh.
+    h.reload();
+    let row = h.wait_state("locked.png", "rejected");
+    assert!(row["error"].as_str().unwrap().contains("permission denied"));
+    assert_eq!(row["url"].as_str(), Some(url.as_str()));
+    settle_time();
+    assert!(held_by_vendor(&h, &url));
+    assert!(h.sandbox.deleted().is_empty());
+}
+
+/// 2. Removals trickling in are counted over a window, however slowly they come.
+#[test]
+fn a_trickle_of_removals_is_held_past_max_deletes() {
+    let mut h = Harness::with(Options {
+        max_deletes: 20,
+        ..Options::default()
+    });
+    h.start();
+    let names = names("trickle", 40);
+    let urls = sync_all(&h, &names, 200);
+    for name in &names {
+        std::fs::remove_file(h.path(name)).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    h.wait_for("the removals to be decided", |h| {
+        h.files()
+            .iter()
+            .all(|f| f["state"] == "removed" || !f["error"].is_null())
+    });
+    settle_time();
+    let deleted = h.sandbox.deleted().len();
+    assert!(deleted <= 20, "{deleted} deleted with max_deletes 20");
+    assert!(h.status()["held_deletes"].as_u64().unwrap() >= 20);
+    assert!(h.cli(&["retry", "--held"]).status.success());
+    h.wait_for("every held delete to be carried out", |h| {
+        h.sandbox.deleted().len() == 40
+    });
+    for url in urls {
+        assert!(!held_by_vendor(&h, &url));
+    }
+}
+
+/// 3. Started while the share behind the watch root is unmounted: nothing is deleted, and the
+/// watch says why; mounted again, everything is as it was.
+#[test]
+fn a_root_found_unmounted_at_start_deletes_nothing() {
+    if !running_as_root() {
+        return;
+    }
+    let mut h = Harness::new();
+    let store = h.dir.path().join("share");
+    std::fs::create_dir_all(&store).unwrap();
+    if !mount(&["-t", "tmpfs", "none", store.to_str().unwrap()]) {
+        return;
+    }
+    assert!(mount(&[
+        "--bind",
+        store.to_str().unwrap(),
+        h.drop.to_str().unwrap()
+    ]));
+    h.start();
+    let names = names("share", 5);
+    let urls = sync_all_in_place(&h, &names, 300);
+    h.stop();
+    umount(&h.drop);
+    h.start();
+    h.wait_for("the watch to say its root changed", |h| {
+        !h.status()["paused_watches"].as_array().unwrap().is_empty()
+    });
+    settle_time();
+    assert!(h.sandbox.deleted().is_empty());
+    for name in &names {
+        assert_eq!(h.state(name).as_deref(), Some("synced"));
+    }
+    assert!(mount(&[
+        "--bind",
+        store.to_str().unwrap(),
+        h.drop.to_str().unwrap()
+    ]));
+    h.reload();
+    h.wait_for("the watch to be itself again", |h| {
+        h.status()["paused_watches"].as_array().unwrap().is_empty()
+    });
+    for (name, url) in names.iter().zip(&urls) {
+        assert_eq!(&url_of(&h, name), url);
+    }
+    assert_eq!(h.sandbox.uploads(), names.len(), "nothing sent again");
+    h.stop();
+    umount(&h.drop);
+    umount(&store);
+}
+
+/// 4. A subfolder that is a mount of its own, unmounted: its files are not gone.
+#[test]
+fn an_unmounted_subfolder_deletes_nothing() {
+    if !running_as_root() {
+        return;
+    }
+    let mut h = Harness::new();
+    let sub = h.drop.join("mounted");
+    std::fs::create_dir_all(&sub).unwrap();
+    if !mount(&["-t", "tmpfs", "none", sub.to_str().unwrap()]) {
+        return;
+    }
+    h.start();
+    let names: Vec<String> = (0..3).map(|i| format!("mounted/m{i}.png")).collect();
+    sync_all_in_place(&h, &names, 400);
+    umount(&sub);
+    h.reload();
+    settle_time();
+    assert!(h.sandbox.deleted().is_empty());
+    for name in &names {
+        assert_eq!(h.state(name).as_deref(), Some("synced"));
+    }
+    assert!(h.log().contains("cannot tell whether the file is gone"));
+}
+
+/// 5. A subfolder the daemon cannot read: its files are unknown, not removed.
+#[test]
+fn an_unreadable_subfolder_deletes_nothing() {
+    if !running_as_root() {
+        return;
+    }
+    let mut h = Harness::with(Options {
+        as_nobody: true,
+        ..Options::default()
+    });
+    let sub = h.drop.join("private");
+    std::fs::create_dir_all(&sub).unwrap();
+    std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o777)).unwrap();
+    h.start();
+    let names: Vec<String> = (0..3).map(|i| format!("private/p{i}.png")).collect();
+    sync_all(&h, &names, 500);
+    std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o000)).unwrap();
+    h.reload();
+    settle_time();
+    assert!(h.sandbox.deleted().is_empty());
+    for name in &names {
+        assert_eq!(h.state(name).as_deref(), Some("synced"));
+    }
+    std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// 6a. A file whose removal is held still uses its copy: its twin's removal keeps it.
+#[test]
+fn a_held_file_keeps_its_twins_copy() {
+    let mut h = Harness::with(Options {
+        max_deletes: 2,
+        ..Options::default()
+    });
+    h.start();
+    h.drop_file("a.png", &png(600));
+    h.wait_state("a.png", "synced");
+    h.drop_file("b.png", &png(600));
+    h.wait_state("b.png", "synced");
+    let shared = url_of(&h, "a.png");
+    assert_eq!(url_of(&h, "b.png"), shared);
+    sync_all(&h, &names("other", 2), 610);
+    for name in ["a.png", "other-00.png", "other-01.png"] {
+        std::fs::remove_file(h.path(name)).unwrap();
+    }
+    h.wait_for("the burst to be held", |h| h.status()["held_deletes"] == 3);
+    std::fs::remove_file(h.path("b.png")).unwrap();
+    h.wait_state("b.png", "removed");
+    settle_time();
+    assert!(held_by_vendor(&h, &shared), "the held a.png still uses it");
+    assert!(h.sandbox.deleted().is_empty());
+}
+
+/// 6b. Releasing held deletes never deletes a copy a live file uses.
+#[test]
+fn releasing_held_deletes_keeps_a_live_files_copy() {
+    let mut h = Harness::with(Options {
+        max_deletes: 1,
+        ..Options::default()
+    });
+    h.start();
+    h.drop_file("x.png", &png(620));
+    h.drop_file("y.png", &png(621));
+    h.wait_state("x.png", "synced");
+    h.wait_state("y.png", "synced");
+    h.drop_file("z.png", &png(621));
+    h.wait_state("z.png", "synced");
+    let (x, y) = (url_of(&h, "x.png"), url_of(&h, "y.png"));
+    assert_eq!(url_of(&h, "z.png"), y);
+    std::fs::remove_file(h.path("x.png")).unwrap();
+    std::fs::remove_file(h.path("y.png")).unwrap();
+    h.wait_for("both to be held", |h| h.status()["held_deletes"] == 2);
+    assert!(h.cli(&["retry", "--held"]).status.success());
+    h.wait_for("x's copy to be deleted", |h| {
+        h.sandbox.deleted() == [x.clone()]
+    });
+    h.wait_state("y.png", "removed");
+    settle_time();
+    assert!(held_by_vendor(&h, &y));
+    assert_eq!(h.state("z.png").as_deref(), Some("synced"));
+    assert_eq!(h.sandbox.deleted(), [x]);
+}
+
+/// 7. A file put back after its shared copy was deleted is uploaded again, and the same bytes
+/// dropped anew get a copy the vendor holds.
+#[test]
+fn a_file_put_back_after_its_copy_was_deleted_is_uploaded_again() {
+    let mut h = Harness::new();
+    h.start();
+    h.drop_file("a.png", &png(700));
+    h.wait_state("a.png", "synced");
+    h.drop_file("b.png", &png(700));
+    h.wait_state("b.png", "synced");
+    let shared = url_of(&h, "a.png");
+    std::fs::remove_file(h.path("a.png")).unwrap();
+    h.wait_state("a.png", "removed");
+    std::fs::remove_file(h.path("b.png")).unwrap();
+    h.wait_for("the shared copy to be deleted", |h| {
+        h.sandbox.deleted() == [shared.clone()]
+    });
+    h.drop_file("a.png", &png(700));
+    h.wait_for("a.png to be synced to a live copy", |h| {
+        h.state("a.png").as_deref() == Some("synced") && held_by_vendor(h, &url_of(h, "a.png"))
+    });
+    h.drop_file("c.png", &png(700));
+    h.wait_state("c.png", "synced");
+    assert!(held_by_vendor(&h, &url_of(&h, "c.png")));
+}
+
+/// 8. A delete whose answer was lost: the retry finds the image gone, and that is a success.
+#[test]
+fn a_delete_whose_answer_was_lost_ends_removed() {
+    let mut h = Harness::new();
+    h.start();
+    h.drop_file("gone.png", &png(800));
+    h.wait_state("gone.png", "synced");
+    let url = url_of(&h, "gone.png");
+    h.sandbox.inject([Fault::LoseAnswer(502)]);
+    std::fs::remove_file(h.path("gone.png")).unwrap();
+    let row = h.wait_state("gone.png", "removed");
+    assert_eq!(row["remote_deleted"], true);
+    assert!(row["error"].is_null(), "{row}");
+    assert_eq!(h.sandbox.deleted(), [url]);
+    assert!(h.status()["problems"].as_array().unwrap().is_empty());
+}
+
+/// 9. A file put back while its delete is running ends synced to a copy the vendor holds.
+#[test]
+fn a_file_put_back_during_its_delete_is_synced_again() {
+    let mut h = Harness::new();
+    h.start();
+    h.drop_file("back.png", &png(900));
+    h.wait_state("back.png", "synced");
+    let old = url_of(&h, "back.png");
+    h.sandbox.inject([Fault::Delay(Duration::from_secs(4))]);
+    std::fs::remove_file(h.path("back.png")).unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    h.drop_file("back.png", &png(900));
+    h.wait_for("back.png synced to a live copy", |h| {
+        h.state("back.png").as_deref() == Some("synced")
+            && h.sandbox.deleted().contains(&old)
+            && held_by_vendor(h, &url_of(h, "back.png"))
+    });
+}
+
+/// 10. A refusal of old content arriving after the file changed does not touch the new content.
+#[test]
+fn a_late_refusal_of_old_content_leaves_the_new_content_alone() {
+    let mut h = Harness::new();
+    h.sandbox.inject([Fault::Later(
+        Duration::from_secs(3),
+        Box::new(Fault::Business(1_000_000_001)),
+    )]);
+    h.start();
+    h.drop_file("v.png", &png(1000));
+    std::thread::sleep(Duration::from_millis(1500));
+    h.drop_file("v.png", &png(1001));
+    h.wait_for("v.png synced with its new content", |h| {
+        h.state("v.png").as_deref() == Some("synced") && h.remote_bytes("v.png") == Some(png(1001))
+    });
+}
+
+/// 11. A file removed during its upload, then kill -9: after the restart it is removed, not
+/// retried for a day.
+#[test]
+fn a_file_removed_during_its_upload_and_a_crash_ends_removed() {
+    let mut h = Harness::new();
+    h.sandbox.inject([Fault::Delay(Duration::from_secs(5))]);
+    h.start();
+    h.drop_file("brief.png", &png(1100));
+    std::thread::sleep(Duration::from_millis(1200));
+    std::fs::remove_file(h.path("brief.png")).unwrap();
+    settle_time();
+    h.kill9();
+    h.start();
+    h.wait_state("brief.png", "removed");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(h.state("brief.png").as_deref(), Some("removed"));
+    assert!(!h.log().contains("cannot read the file"), "{}", h.log());
+}
+
+/// 12. A success without the URL is not sent again and again: the vendor is paused and the file
+/// waits for a person.
+#[test]
+fn a_success_without_its_url_is_never_sent_again() {
+    let mut h = Harness::new();
+    h.sandbox.inject([Fault::NoUrl]);
+    h.start();
+    h.drop_file("mute.png", &png(1200));
+    let row = h.wait_state("mute.png", "failed");
+    assert!(
+        row["error"].as_str().unwrap().contains("could not be read"),
+        "{row}"
+    );
+    let paused = h.status()["paused_vendors"].as_array().unwrap().clone();
+    assert!(!paused.is_empty());
+    std::thread::sleep(Duration::from_secs(3));
+    let sent = h
+        .sandbox
+        .log()
+        .iter()
+        .filter(|l| l.path.ends_with("image_upload"))
+        .count();
+    assert_eq!(sent, 1);
+}
+
+/// 13. Content rewritten while the daemon was down, size and mtime preserved (`cp -p`): seen.
+#[test]
+fn content_rewritten_with_size_and_mtime_kept_is_sent() {
+    let mut h = Harness::new();
+    h.start();
+    let v1 = common::image(image::ImageFormat::Bmp, 1, 40, 30);
+    let v2 = common::image(image::ImageFormat::Bmp, 2, 40, 30);
+    assert_eq!(v1.len(), v2.len());
+    h.drop_file("same.bmp", &v1);
+    h.wait_state("same.bmp", "synced");
+    h.stop();
+    let path = h.path("same.bmp");
+    let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+    std::fs::write(&path, &v2).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    h.start();
+    h.wait_for("the new content at the vendor", |h| {
+        h.state("same.bmp").as_deref() == Some("synced")
+            && h.remote_bytes("same.bmp") == Some(v2.clone())
+    });
+}
+
+/// 14. A file a downloader still has open is never taken by a rescan.
+#[test]
+fn a_file_still_open_for_writing_is_not_taken_by_a_rescan() {
+    use std::io::Write;
+    let mut h = Harness::new();
+    h.start();
+    let bytes = png(1400);
+    let mut file = std::fs::File::create(h.path("download.png")).unwrap();
+    file.write_all(&bytes[..bytes.len() / 2]).unwrap();
+    file.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    h.reload();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(h.sandbox.uploads(), 0);
+    assert_eq!(h.state("download.png"), None);
+    file.write_all(&bytes[bytes.len() / 2..]).unwrap();
+    drop(file);
+    h.wait_state("download.png", "synced");
+    assert_eq!(h.remote_bytes("download.png").unwrap(), bytes);
+}
+
+/// 15. Files in excluded folders are never taken, however they arrive.
+#[test]
+fn files_in_excluded_folders_are_never_taken() {
+    let mut h = Harness::with(Options {
+        watch_extra: "    exclude: [\".*\", \"*.tmp\", \"*.part\", \"*~\", \"@eaDir\"]\n",
+        ..Options::default()
+    });
+    h.start();
+    for dir in [".thumbnails", "@eaDir"] {
+        std::fs::create_dir_all(h.path(dir)).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(h.path(".thumbnails/x.png"), png(1500)).unwrap();
+    std::fs::write(h.path("@eaDir/y.png"), png(1501)).unwrap();
+    h.drop_file("real.png", &png(1502));
+    h.wait_state("real.png", "synced");
+    settle_time();
+    assert_eq!(h.files().len(), 1, "{:#?}", h.files());
+    assert_eq!(h.sandbox.uploads(), 1);
+}
+
+/// 16. A journal locked longer than the busy timeout: no outcome is dropped, nothing sent twice,
+/// and a file dropped meanwhile is not forgotten.
+#[test]
+fn a_journal_locked_for_a_while_loses_nothing() {
+    let mut h = Harness::new();
+    h.sandbox.inject([Fault::Delay(Duration::from_secs(2))]);
+    h.start();
+    h.drop_file("first.png", &png(1600));
+    std::thread::sleep(Duration::from_millis(1200));
+    let journal = h.dir.path().join("journal.sqlite3");
+    let locker = std::thread::spawn(move || {
+        let conn = rusqlite::Connection::open(journal).unwrap();
+        conn.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        std::thread::sleep(Duration::from_secs(14));
+        conn.execute_batch("COMMIT").unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    h.drop_file("second.png", &png(1601));
+    locker.join().unwrap();
+    h.wait_state("first.png", "synced");
+    h.wait_state("second.png", "synced");
+    assert_eq!(h.sandbox.uploads(), 2, "each file sent once");
+    assert!(h.log().contains("will try again") || h.log().contains("trying again"));
+}
+
+/// 17. A watch root removed and recreated is watched again at once; the old files' copies stay.
+#[test]
+fn a_recreated_root_is_watched_again() {
+    let mut h = Harness::new();
+    h.start();
+    let urls = sync_all(&h, &names("old", 3), 1700);
+    std::fs::remove_dir_all(&h.drop).unwrap();
+    std::fs::create_dir_all(&h.drop).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    h.drop_file("new.png", &png(1710));
+    h.wait_state("new.png", "synced");
+    settle_time();
+    assert!(h.sandbox.deleted().is_empty());
+    for url in urls {
+        assert!(held_by_vendor(&h, &url));
+    }
+}
+
+/// 18. A queued file replaced by a FIFO never hangs a worker or the shutdown.
+#[test]
+fn a_queued_file_replaced_by_a_fifo_hangs_nothing() {
+    let mut h = Harness::with(Options {
+        workers: 1,
+        ..Options::default()
+    });
+    h.sandbox.inject([Fault::Delay(Duration::from_secs(3))]);
+    h.start();
+    h.drop_file("slow.png", &png(1800));
+    std::thread::sleep(Duration::from_millis(200));
+    h.drop_file("pipe.png", &png(1801));
+    h.wait_state("pipe.png", "pending");
+    std::fs::remove_file(h.path("pipe.png")).unwrap();
+    assert!(
+        Command::new("mkfifo")
+            .arg(h.path("pipe.png"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    h.wait_state("slow.png", "synced");
+    let row = h.wait_state("pipe.png", "rejected");
+    assert!(row["error"].as_str().unwrap().contains("FIFO"), "{row}");
+    assert!(h.stop().success());
+    assert!(exists(&h.path("pipe.png")));
+}
+
+/// 19. An operator who may only read the journal can read `status` and `files`.
+#[test]
+fn status_and_files_work_for_a_read_only_operator() {
+    if !running_as_root() {
+        return;
+    }
+    let mut h = Harness::new();
+    std::fs::set_permissions(h.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    h.start();
+    h.drop_file("ro.png", &png(1900));
+    h.wait_state("ro.png", "synced");
+    std::fs::set_permissions(&h.config_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    for verb in ["status", "files"] {
+        let out = Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                BIN,
+                "-c",
+            ])
+            .arg(&h.config_path)
+            .args([verb, "--json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{verb}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let _: Value = serde_json::from_slice(&out.stdout).unwrap();
+    }
+    h.stop();
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            BIN,
+            "-c",
+        ])
+        .arg(&h.config_path)
+        .args(["files", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows[0]["state"], "synced");
+}
