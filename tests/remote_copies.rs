@@ -66,7 +66,7 @@ fn umount(path: &Path) {
     let _ = Command::new("umount").arg(path).status();
 }
 
-/// 1. Files truncated in place become `rejected`, and every last good copy stays at the vendor.
+/// Case 1: Files truncated in place become `rejected`, and every last good copy stays at the vendor.
 #[test]
 fn files_turned_bad_keep_their_last_good_copy() {
     let mut h = Harness::with(Options {
@@ -91,7 +91,7 @@ fn files_turned_bad_keep_their_last_good_copy() {
     assert!(problems.iter().all(|p| p["last_good_copy"].is_string()));
 }
 
-/// 1b. A synced file that became unreadable is rejected; its copy is kept.
+/// Case 1b: A synced file that became unreadable is rejected; its copy is kept.
 #[test]
 fn an_unreadable_file_keeps_its_copy() {
     if !running_as_root() {
@@ -116,7 +116,7 @@ fn an_unreadable_file_keeps_its_copy() {
     assert!(h.sandbox.deleted().is_empty());
 }
 
-/// 2. Removals trickling in are counted over a window, however slowly they come.
+/// Case 2: Removals trickling in are counted over a window, however slowly they come.
 #[test]
 fn a_trickle_of_removals_is_held_past_max_deletes() {
     let mut h = Harness::with(Options {
@@ -148,7 +148,7 @@ fn a_trickle_of_removals_is_held_past_max_deletes() {
     }
 }
 
-/// 3. Started while the share behind the watch root is unmounted: nothing is deleted, and the
+/// Case 3: Started while the share behind the watch root is unmounted: nothing is deleted, and the
 /// watch says why; mounted again, everything is as it was.
 #[test]
 fn a_root_found_unmounted_at_start_deletes_nothing() {
@@ -198,7 +198,7 @@ fn a_root_found_unmounted_at_start_deletes_nothing() {
     umount(&store);
 }
 
-/// 4. A subfolder that is a mount of its own, unmounted: its files are not gone.
+/// Case 4: A subfolder that is a mount of its own, unmounted: its files are not gone.
 #[test]
 fn an_unmounted_subfolder_deletes_nothing() {
     if !running_as_root() {
@@ -223,7 +223,7 @@ fn an_unmounted_subfolder_deletes_nothing() {
     assert!(h.log().contains("cannot tell whether the file is gone"));
 }
 
-/// 5. A subfolder the daemon cannot read: its files are unknown, not removed.
+/// Case 5: A subfolder the daemon cannot read: its files are unknown, not removed.
 #[test]
 fn an_unreadable_subfolder_deletes_nothing() {
     if !running_as_root() {
@@ -249,7 +249,7 @@ fn an_unreadable_subfolder_deletes_nothing() {
     std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
-/// 6a. A file whose removal is held still uses its copy: its twin's removal keeps it.
+/// Case 6a: A file whose removal is held still uses its copy: its twin's removal keeps it.
 #[test]
 fn a_held_file_keeps_its_twins_copy() {
     let mut h = Harness::with(Options {
@@ -275,7 +275,7 @@ fn a_held_file_keeps_its_twins_copy() {
     assert!(h.sandbox.deleted().is_empty());
 }
 
-/// 6b. Releasing held deletes never deletes a copy a live file uses.
+/// Case 6b: Releasing held deletes never deletes a copy a live file uses.
 #[test]
 fn releasing_held_deletes_keeps_a_live_files_copy() {
     let mut h = Harness::with(Options {
@@ -305,7 +305,7 @@ fn releasing_held_deletes_keeps_a_live_files_copy() {
     assert_eq!(h.sandbox.deleted(), [x]);
 }
 
-/// 7. A file put back after its shared copy was deleted is uploaded again, and the same bytes
+/// Case 7: A file put back after its shared copy was deleted is uploaded again, and the same bytes
 /// dropped anew get a copy the vendor holds.
 #[test]
 fn a_file_put_back_after_its_copy_was_deleted_is_uploaded_again() {
@@ -331,7 +331,7 @@ fn a_file_put_back_after_its_copy_was_deleted_is_uploaded_again() {
     assert!(held_by_vendor(&h, &url_of(&h, "c.png")));
 }
 
-/// 8. A delete whose answer was lost: the retry finds the image gone, and that is a success.
+/// Case 8: A delete whose answer was lost: the retry finds the image gone, and that is a success.
 #[test]
 fn a_delete_whose_answer_was_lost_ends_removed() {
     let mut h = Harness::new();
@@ -348,7 +348,7 @@ fn a_delete_whose_answer_was_lost_ends_removed() {
     assert!(h.status()["problems"].as_array().unwrap().is_empty());
 }
 
-/// 9. A file put back while its delete is running ends synced to a copy the vendor holds.
+/// Case 9: A file put back while its delete is running ends synced to a copy the vendor holds.
 #[test]
 fn a_file_put_back_during_its_delete_is_synced_again() {
     let mut h = Harness::new();
@@ -367,7 +367,7 @@ fn a_file_put_back_during_its_delete_is_synced_again() {
     });
 }
 
-/// 10. A refusal of old content arriving after the file changed does not touch the new content.
+/// Case 10: A refusal of old content arriving after the file changed does not touch the new content.
 #[test]
 fn a_late_refusal_of_old_content_leaves_the_new_content_alone() {
     let mut h = Harness::new();
@@ -384,7 +384,7 @@ fn a_late_refusal_of_old_content_leaves_the_new_content_alone() {
     });
 }
 
-/// 11. A file removed during its upload, then kill -9: after the restart it is removed, not
+/// Case 11: A file removed during its upload, then kill -9: after the restart it is removed, not
 /// retried for a day.
 #[test]
 fn a_file_removed_during_its_upload_and_a_crash_ends_removed() {
@@ -403,7 +403,7 @@ fn a_file_removed_during_its_upload_and_a_crash_ends_removed() {
     assert!(!h.log().contains("cannot read the file"), "{}", h.log());
 }
 
-/// 12. A success without the URL is not sent again and again: the vendor is paused and the file
+/// Case 12: A success without the URL is not sent again and again: the vendor is paused and the file
 /// waits for a person.
 #[test]
 fn a_success_without_its_url_is_never_sent_again() {
@@ -428,7 +428,7 @@ fn a_success_without_its_url_is_never_sent_again() {
     assert_eq!(sent, 1);
 }
 
-/// 13. Content rewritten while the daemon was down, size and mtime preserved (`cp -p`): seen.
+/// Case 13: Content rewritten while the daemon was down, size and mtime preserved (`cp -p`): seen.
 #[test]
 fn content_rewritten_with_size_and_mtime_kept_is_sent() {
     let mut h = Harness::new();
@@ -455,7 +455,7 @@ fn content_rewritten_with_size_and_mtime_kept_is_sent() {
     });
 }
 
-/// 14. A file a downloader still has open is never taken by a rescan.
+/// Case 14: A file a downloader still has open is never taken by a rescan.
 #[test]
 fn a_file_still_open_for_writing_is_not_taken_by_a_rescan() {
     use std::io::Write;
@@ -476,7 +476,7 @@ fn a_file_still_open_for_writing_is_not_taken_by_a_rescan() {
     assert_eq!(h.remote_bytes("download.png").unwrap(), bytes);
 }
 
-/// 15. Files in excluded folders are never taken, however they arrive.
+/// Case 15: Files in excluded folders are never taken, however they arrive.
 #[test]
 fn files_in_excluded_folders_are_never_taken() {
     let mut h = Harness::with(Options {
@@ -497,7 +497,7 @@ fn files_in_excluded_folders_are_never_taken() {
     assert_eq!(h.sandbox.uploads(), 1);
 }
 
-/// 16. A journal locked longer than the busy timeout: no outcome is dropped, nothing sent twice,
+/// Case 16: A journal locked longer than the busy timeout: no outcome is dropped, nothing sent twice,
 /// and a file dropped meanwhile is not forgotten.
 #[test]
 fn a_journal_locked_for_a_while_loses_nothing() {
@@ -522,7 +522,7 @@ fn a_journal_locked_for_a_while_loses_nothing() {
     assert!(h.log().contains("will try again") || h.log().contains("trying again"));
 }
 
-/// 17. A watch root removed and recreated is watched again at once; the old files' copies stay.
+/// Case 17: A watch root removed and recreated is watched again at once; the old files' copies stay.
 #[test]
 fn a_recreated_root_is_watched_again() {
     let mut h = Harness::new();
@@ -540,7 +540,7 @@ fn a_recreated_root_is_watched_again() {
     }
 }
 
-/// 18. A queued file replaced by a FIFO never hangs a worker or the shutdown.
+/// Case 18: A queued file replaced by a FIFO never hangs a worker or the shutdown.
 #[test]
 fn a_queued_file_replaced_by_a_fifo_hangs_nothing() {
     let mut h = Harness::with(Options {
@@ -568,7 +568,7 @@ fn a_queued_file_replaced_by_a_fifo_hangs_nothing() {
     assert!(exists(&h.path("pipe.png")));
 }
 
-/// 19. An operator who may only read the journal can read `status` and `files`.
+/// Case 19: An operator who may only read the journal can read `status` and `files`.
 #[test]
 fn status_and_files_work_for_a_read_only_operator() {
     if !running_as_root() {
