@@ -76,6 +76,8 @@ ALTER TABLE files DROP COLUMN remote_deleted;
 
 CREATE INDEX files_by_copy ON files (copy_id);
 CREATE INDEX jobs_by_copy ON jobs (copy_id);
+-- the claim and the "when is the next job due" look-ups, per vendor, in due order
+CREATE INDEX jobs_due ON jobs (vendor, state, not_before);
 
 -- The identity of each watch root when last known good: a root found on another device or with
 -- another inode was unmounted or replaced, and its removals are not trusted.

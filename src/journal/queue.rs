@@ -192,53 +192,72 @@ impl Journal {
         )?)
     }
 
-    /// Claims the next due job of one of `vendors`, leased for `lease_ms`. A job that no longer
-    /// serves its file, or that a live copy of the same bytes settles, is dealt with here in the
-    /// same transaction and reported instead; call again for the next.
+    /// Claims the next due job of one of `vendors` (tried in the order given), leased for
+    /// `lease_ms`. A job that no longer serves its file, or that a live copy of the same bytes
+    /// settles, is dealt with here in the same transaction and reported instead; call again for
+    /// the next.
     pub fn claim(&mut self, vendors: &[String], lease_ms: i64) -> Result<Option<Claimed>> {
-        if vendors.is_empty() {
-            return Ok(None);
+        for vendor in vendors {
+            if let Some(claimed) = self.claim_of(vendor, lease_ms)? {
+                return Ok(Some(claimed));
+            }
         }
+        Ok(None)
+    }
+
+    fn claim_of(&mut self, vendor: &str, lease_ms: i64) -> Result<Option<Claimed>> {
         let now = now_ms();
-        let names = serde_json::to_string(vendors).unwrap_or_else(|_| "[]".into());
         let tx = self.write()?;
-        let claimed: Option<Job> = tx
+        // A lease run out (a daemon that died without a restart) first, then the job due longest
+        // ago. An upload of bytes already in flight waits, to reuse what that upload returns.
+        let id: Option<i64> = tx
             .query_row(
-                "UPDATE jobs SET state = 'running', lease_until = ?1 + ?2
-                 WHERE id = (SELECT j.id FROM jobs j
-                             WHERE j.vendor IN (SELECT value FROM json_each(?3))
-                               AND ((j.state = 'queued' AND j.not_before <= ?1)
-                                    OR (j.state = 'running' AND j.lease_until < ?1))
-                               -- the same bytes in flight: wait, then reuse what they return
-                               AND NOT (j.op = 'upload' AND EXISTS (
-                                   SELECT 1 FROM jobs r
-                                   WHERE r.id != j.id AND r.op = 'upload' AND r.state = 'running'
-                                     AND r.lease_until >= ?1 AND r.vendor = j.vendor
-                                     AND r.sha256 = j.sha256))
-                             ORDER BY j.not_before, j.id LIMIT 1)
-                 RETURNING id, file_id, op, vendor, sha256, copy_id, attempts, first_failure_at",
-                params![now, lease_ms, names],
-                |r| {
-                    Ok(Job {
-                        id: r.get(0)?,
-                        file_id: r.get(1)?,
-                        op: JobOp::parse(&r.get::<_, String>(2)?),
-                        vendor: r.get(3)?,
-                        path: String::new(),
-                        sha256: r.get(4)?,
-                        size: None,
-                        format: None,
-                        copy_id: r.get(5)?,
-                        remote_ref: None,
-                        attempts: r.get(6)?,
-                        first_failure_at: r.get(7)?,
-                    })
-                },
+                "SELECT id FROM jobs WHERE vendor = ?1 AND state = 'running' AND lease_until < ?2
+                 LIMIT 1",
+                params![vendor, now],
+                |r| r.get(0),
             )
             .optional()?;
-        let Some(mut job) = claimed else {
+        let id = match id {
+            Some(id) => Some(id),
+            None => tx
+                .query_row(
+                    "SELECT j.id FROM jobs j
+                     WHERE j.vendor = ?1 AND j.state = 'queued' AND j.not_before <= ?2
+                       AND NOT (j.op = 'upload' AND j.sha256 IN (
+                           SELECT r.sha256 FROM jobs r
+                           WHERE r.vendor = ?1 AND r.state = 'running' AND r.op = 'upload'
+                             AND r.lease_until >= ?2))
+                     ORDER BY j.not_before, j.id LIMIT 1",
+                    params![vendor, now],
+                    |r| r.get(0),
+                )
+                .optional()?,
+        };
+        let Some(id) = id else {
             return Ok(None);
         };
+        let mut job = tx.query_row(
+            "UPDATE jobs SET state = 'running', lease_until = ?2 + ?3 WHERE id = ?1
+             RETURNING id, file_id, op, vendor, sha256, copy_id, attempts, first_failure_at",
+            params![id, now, lease_ms],
+            |r| {
+                Ok(Job {
+                    id: r.get(0)?,
+                    file_id: r.get(1)?,
+                    op: JobOp::parse(&r.get::<_, String>(2)?),
+                    vendor: r.get(3)?,
+                    path: String::new(),
+                    sha256: r.get(4)?,
+                    size: None,
+                    format: None,
+                    copy_id: r.get(5)?,
+                    remote_ref: None,
+                    attempts: r.get(6)?,
+                    first_failure_at: r.get(7)?,
+                })
+            },
+        )?;
         let (path, size, format): (String, Option<i64>, Option<String>) = tx.query_row(
             "SELECT path, size, format FROM files WHERE id = ?1",
             [job.file_id],
@@ -259,22 +278,40 @@ impl Journal {
     /// vendor's next probe, a lease running out. `None`: nothing will be due until something is
     /// queued. Jobs waiting for the same bytes in flight are left out: the upload ending wakes them.
     pub fn next_due(&self, vendors: &[String]) -> Result<Option<i64>> {
-        let names = serde_json::to_string(vendors).unwrap_or_else(|_| "[]".into());
-        Ok(self.conn.query_row(
-            "SELECT MIN(t) FROM (
-               SELECT MIN(MAX(j.not_before, COALESCE(p.next_probe_at, 0))) AS t
-               FROM jobs j LEFT JOIN vendor_pauses p ON p.vendor = j.vendor
-               WHERE j.state = 'queued' AND j.vendor IN (SELECT value FROM json_each(?1))
-                 AND NOT (j.op = 'upload' AND EXISTS (
-                     SELECT 1 FROM jobs r
-                     WHERE r.id != j.id AND r.op = 'upload' AND r.state = 'running'
-                       AND r.vendor = j.vendor AND r.sha256 = j.sha256))
-               UNION ALL
-               SELECT MIN(lease_until) FROM jobs
-               WHERE state = 'running' AND vendor IN (SELECT value FROM json_each(?1)))",
-            [names],
-            |r| r.get(0),
-        )?)
+        let mut next: Option<i64> = None;
+        for vendor in vendors {
+            let queued: Option<i64> = self
+                .conn
+                .query_row(
+                    "SELECT j.not_before FROM jobs j
+                     WHERE j.vendor = ?1 AND j.state = 'queued'
+                       AND NOT (j.op = 'upload' AND j.sha256 IN (
+                           SELECT r.sha256 FROM jobs r
+                           WHERE r.vendor = ?1 AND r.state = 'running' AND r.op = 'upload'))
+                     ORDER BY j.not_before LIMIT 1",
+                    [vendor],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let probe: Option<i64> = self
+                .conn
+                .query_row(
+                    "SELECT next_probe_at FROM vendor_pauses WHERE vendor = ?1",
+                    [vendor],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let lease: Option<i64> = self.conn.query_row(
+                "SELECT MIN(lease_until) FROM jobs WHERE vendor = ?1 AND state = 'running'",
+                [vendor],
+                |r| r.get(0),
+            )?;
+            let queued = queued.map(|due| probe.map_or(due, |probe| due.max(probe)));
+            for due in [queued, lease].into_iter().flatten() {
+                next = Some(next.map_or(due, |n: i64| n.min(due)));
+            }
+        }
+        Ok(next)
     }
 
     /// A vendor that answers again after an outage: its jobs start afresh, so the time it was

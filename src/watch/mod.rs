@@ -243,7 +243,7 @@ impl WatchTask {
     }
 
     /// When the tracker or the removals next need a look.
-    fn next_deadline(&self) -> Option<Instant> {
+    fn next_deadline(&mut self) -> Option<Instant> {
         let settle = self.settle.next_deadline();
         let removals = self
             .removals

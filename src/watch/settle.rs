@@ -1,7 +1,8 @@
 //! The settle tracker: a file is taken only when its write was closed (or it was moved in or found
 //! by a scan) *and* its size and mtime stayed the same for the settle period.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -26,12 +27,30 @@ struct Pending {
     stable_since: Instant,
     last_event: Instant,
     closed: bool,
+    /// When it next needs a look; `None` while it waits for an event (still open).
+    due: Option<Instant>,
 }
 
+impl Pending {
+    /// Not looked at yet: at once. Closed: at the end of its quiet period. Open: at its next event.
+    fn next_due(&self, period: Duration) -> Option<Instant> {
+        match (self.stamp, self.closed) {
+            (None, _) => Some(self.last_event),
+            (Some(_), true) => Some(self.stable_since.max(self.last_event) + period),
+            (Some(_), false) => None,
+        }
+    }
+}
+
+/// Paths waiting to be complete, and when each needs a look. The deadlines live in a queue, so a
+/// look costs in proportion to the paths that are due, not to all that are waiting: a drop of
+/// tens of thousands of files is taken at a steady rate.
 #[derive(Debug)]
 pub struct Settle {
     period: Duration,
     pending: HashMap<PathBuf, Pending>,
+    /// (when, path); an entry whose path is gone or due at another time is stale and skipped.
+    queue: BinaryHeap<Reverse<(Instant, PathBuf)>>,
 }
 
 impl Settle {
@@ -39,6 +58,7 @@ impl Settle {
         Settle {
             period,
             pending: HashMap::new(),
+            queue: BinaryHeap::new(),
         }
     }
 
@@ -49,6 +69,7 @@ impl Settle {
             stable_since: now,
             last_event: now,
             closed: sighting != Sighting::Open,
+            due: None,
         });
         entry.last_event = now;
         match sighting {
@@ -56,6 +77,13 @@ impl Settle {
             Sighting::Open => entry.closed = false,
             // A scan cannot see an open file descriptor: what inotify said stands.
             Sighting::Metadata | Sighting::Scanned => {}
+        }
+        let due = entry.next_due(self.period);
+        if due != entry.due {
+            entry.due = due;
+            if let Some(due) = due {
+                self.queue.push(Reverse((due, path.to_path_buf())));
+            }
         }
     }
 
@@ -70,6 +98,7 @@ impl Settle {
 
     /// Every tracked path at once, for a one-shot scan (which re-checks stability as it reads).
     pub fn drain(&mut self) -> Vec<PathBuf> {
+        self.queue.clear();
         let mut paths: Vec<PathBuf> = self.pending.drain().map(|(p, _)| p).collect();
         paths.sort();
         paths
@@ -82,45 +111,62 @@ impl Settle {
     /// When `take_ready` next has something to do: at once for a path not looked at yet, at the
     /// end of its quiet period for a closed one. A file still open waits for its next event, and
     /// a changing one is looked at again a period after the change was seen.
-    pub fn next_deadline(&self) -> Option<Instant> {
-        self.pending
-            .values()
-            .filter_map(|entry| match entry.stamp {
-                None => Some(entry.last_event),
-                Some(_) if entry.closed => {
-                    Some(entry.stable_since.max(entry.last_event) + self.period)
-                }
-                Some(_) => None,
-            })
-            .min()
+    pub fn next_deadline(&mut self) -> Option<Instant> {
+        while let Some(Reverse((due, path))) = self.queue.peek() {
+            if self.is_current(path, *due) {
+                return Some(*due);
+            }
+            self.queue.pop();
+        }
+        None
+    }
+
+    fn is_current(&self, path: &Path, due: Instant) -> bool {
+        self.pending.get(path).is_some_and(|e| e.due == Some(due))
     }
 
     /// The paths that have settled, removed from the tracker. `stat` reads a path's current stamp
-    /// (`None`: gone, and so dropped).
+    /// (`None`: gone, and so dropped). Only paths that are due are looked at.
     pub fn take_ready(
         &mut self,
         now: Instant,
         stat: impl Fn(&Path) -> Option<Stamp>,
     ) -> Vec<PathBuf> {
-        let period = self.period;
         let mut ready = Vec::new();
-        self.pending.retain(|path, entry| {
-            let Some(stamp) = stat(path) else {
-                return false;
+        while let Some(Reverse((due, _))) = self.queue.peek() {
+            if *due > now {
+                break;
+            }
+            let Some(Reverse((due, path))) = self.queue.pop() else {
+                break;
+            };
+            if !self.is_current(&path, due) {
+                continue;
+            }
+            let Some(stamp) = stat(&path) else {
+                self.pending.remove(&path);
+                continue;
+            };
+            let period = self.period;
+            let Some(entry) = self.pending.get_mut(&path) else {
+                continue;
             };
             if entry.stamp != Some(stamp) {
                 entry.stamp = Some(stamp);
                 entry.stable_since = now;
-                return true;
+            } else if entry.closed
+                && now.duration_since(entry.stable_since) >= period
+                && now.duration_since(entry.last_event) >= period
+            {
+                self.pending.remove(&path);
+                ready.push(path);
+                continue;
             }
-            let quiet = now.duration_since(entry.stable_since) >= period
-                && now.duration_since(entry.last_event) >= period;
-            if entry.closed && quiet {
-                ready.push(path.clone());
-                return false;
+            entry.due = entry.next_due(period);
+            if let Some(due) = entry.due {
+                self.queue.push(Reverse((due, path)));
             }
-            true
-        });
+        }
         ready.sort();
         ready
     }
