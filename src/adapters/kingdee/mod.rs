@@ -392,6 +392,44 @@ mod tests {
         classify(status, code, "x", "upload", None).unwrap_or(Outcome::Done(()))
     }
 
+    proptest::proptest! {
+        #[test]
+        fn no_answer_makes_the_classifier_panic(
+            status in 0u16..1000,
+            code in proptest::option::of(proptest::prelude::any::<i64>()),
+            description in "\\PC{0,64}",
+        ) {
+            let _ = classify::<()>(status, code, &description, "upload", None);
+            let _ = already_gone_is_done(Call::new(
+                Outcome::Rejected { reason: description },
+                Some(status),
+                None,
+            ));
+        }
+    }
+
+    #[test]
+    fn a_delete_of_an_image_already_gone_is_done() {
+        let refused = |reason: &str| {
+            already_gone_is_done(Call::new(
+                Outcome::Rejected {
+                    reason: reason.into(),
+                },
+                Some(200),
+                Some("2000002001".into()),
+            ))
+            .outcome
+        };
+        assert_eq!(
+            refused("kingdee delete: 图片不存在 (errcode 2000002001)"),
+            Outcome::Done(())
+        );
+        assert!(matches!(
+            refused("kingdee delete: url不能为空 (errcode 2000002001)"),
+            Outcome::Rejected { .. }
+        ));
+    }
+
     #[test]
     fn gateway_codes_map_to_the_taxonomy() {
         assert!(matches!(class(519, Some(4002)), Outcome::VendorDown { .. }));
