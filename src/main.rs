@@ -125,10 +125,24 @@ fn init_logging(format: LogFormat) {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
+    limit_malloc_arenas();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Blocking work is the journal (one writer) and reading files: a few threads keep up,
+        // and each thread more would cost memory, not speed.
+        .max_blocking_threads(8)
         .build()
         .context("cannot start the async runtime")
+}
+
+/// glibc gives every thread that allocates an arena of its own, which keeps memory that a
+/// backlog once needed; two are plenty for a daemon whose work is I/O.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator tunable; called before any other thread starts.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
 }
 
 fn load(path: &Path) -> Result<Config> {

@@ -59,6 +59,8 @@ const REMOVAL_GRACE: Duration = Duration::from_secs(1);
 /// Removals wait for pending new files (which may be their new names) at most this long.
 const REMOVAL_MAX_WAIT: Duration = Duration::from_secs(60);
 const ROOT_CHECK: Duration = Duration::from_secs(2);
+/// A folder created or moved in is walked again this long after it was first seen.
+const REWALK_AFTER: Duration = Duration::from_millis(500);
 /// Deletes are counted against `max_deletes` over this window, however slowly files vanish.
 const REMOVAL_WINDOW: Duration = Duration::from_secs(3600);
 /// A journal write that failed is tried again after this long.
@@ -150,6 +152,9 @@ pub struct WatchTask {
     paused: Option<String>,
     watcher: Option<Box<dyn notify::Watcher + Send + Sync>>,
     event_tx: Option<mpsc::UnboundedSender<events::WatchEvent>>,
+    /// Folders created or moved in, walked again once a moment later: a file created in one
+    /// before the watcher covered it, and after the first walk, has no event of its own.
+    rewalks: Vec<(PathBuf, Instant)>,
 }
 
 impl WatchTask {
@@ -170,6 +175,7 @@ impl WatchTask {
             paused: None,
             watcher: None,
             event_tx: None,
+            rewalks: Vec::new(),
         }
     }
 
@@ -258,10 +264,8 @@ impl WatchTask {
                     due.max(earliest + REMOVAL_MAX_WAIT)
                 }
             });
-        match (settle, removals) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let rewalk = self.rewalks.iter().map(|(_, at)| *at).min();
+        [settle, removals, rewalk].into_iter().flatten().min()
     }
 
     /// Looks at the root: whether it is there, and whether it is the folder the journal knows
@@ -456,19 +460,10 @@ impl WatchTask {
         match std::fs::symlink_metadata(path) {
             Ok(meta) if meta.is_dir() && self.config.recursive => {
                 // A folder created or moved in: notify watches it from now on, but what it already
-                // holds produced no events. A big tree is walked off the executor's threads.
-                let (root, dir, config) = (
-                    self.root().to_path_buf(),
-                    path.to_path_buf(),
-                    self.config.clone(),
-                );
-                let files = tokio::task::spawn_blocking(move || walk::files(&root, &dir, &config))
-                    .await
-                    .unwrap_or_default();
-                for (file, _) in files {
-                    self.removals.remove(&file);
-                    self.settle.touch(&file, Sighting::Closed, Instant::now());
-                }
+                // holds produced no events.
+                self.walk_new_folder(path).await;
+                self.rewalks
+                    .push((path.to_path_buf(), Instant::now() + REWALK_AFTER));
             }
             Ok(meta) if meta.is_dir() => {}
             Ok(meta) if self.config.filter.accepts(relative) => {
@@ -479,6 +474,52 @@ impl WatchTask {
                 self.settle.touch(path, sighting, Instant::now());
             }
             _ => {}
+        }
+    }
+
+    /// Puts what a folder holds in the tracker. A big tree is walked off the executor's threads.
+    async fn walk_new_folder(&mut self, dir: &Path) {
+        let (root, dir, config) = (
+            self.root().to_path_buf(),
+            dir.to_path_buf(),
+            self.config.clone(),
+        );
+        let files = tokio::task::spawn_blocking(move || walk::files(&root, &dir, &config))
+            .await
+            .unwrap_or_default();
+        for (file, _) in files {
+            self.removals.remove(&file);
+            self.settle.touch(&file, Sighting::Scanned, Instant::now());
+        }
+    }
+
+    /// The second look at a new folder: only what neither the tracker nor the journal has yet.
+    async fn rewalk_folder(&mut self, dir: &Path) {
+        let (root, walked, config) = (
+            self.root().to_path_buf(),
+            dir.to_path_buf(),
+            self.config.clone(),
+        );
+        let files = tokio::task::spawn_blocking(move || walk::files(&root, &walked, &config))
+            .await
+            .unwrap_or_default();
+        let dir_text = dir.display().to_string();
+        let Ok(known) = self
+            .ctx
+            .journal
+            .call(move |j| j.known_under(&dir_text))
+            .await
+        else {
+            return;
+        };
+        let known: HashMap<PathBuf, Option<Stamp>> = known
+            .into_iter()
+            .map(|k| (PathBuf::from(k.path), k.stamp))
+            .collect();
+        for (file, stamp) in files {
+            if !self.settle.contains(&file) && known.get(&file) != Some(&Some(stamp)) {
+                self.settle.touch(&file, Sighting::Scanned, Instant::now());
+            }
         }
     }
 
@@ -494,6 +535,14 @@ impl WatchTask {
     async fn on_tick(&mut self) {
         if self.paused.is_some() {
             return;
+        }
+        let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.rewalks)
+            .into_iter()
+            .partition(|(_, at)| *at <= now);
+        self.rewalks = later;
+        for (dir, _) in due {
+            self.rewalk_folder(&dir).await;
         }
         let ready = self.settle.take_ready(Instant::now(), examine::stat);
         for path in ready {

@@ -108,6 +108,10 @@ impl Settle {
         self.pending.is_empty()
     }
 
+    pub fn contains(&self, path: &Path) -> bool {
+        self.pending.contains_key(path)
+    }
+
     /// When `take_ready` next has something to do: at once for a path not looked at yet, at the
     /// end of its quiet period for a closed one. A file still open waits for its next event, and
     /// a changing one is looked at again a period after the change was seen.
