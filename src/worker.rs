@@ -417,6 +417,7 @@ async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duration>) {
             }
             JobResult::Defer {
                 not_before: now_ms() + wait.as_millis() as i64,
+                reason: format!("{reason}; waiting, not counted as a failure"),
             }
         }
     };

@@ -116,6 +116,7 @@ pub enum JobResult {
     /// towards `give_up_after`.
     Defer {
         not_before: i64,
+        reason: String,
     },
     /// Back to the queue untouched (vendor paused, daemon stopping).
     Release,
@@ -368,12 +369,18 @@ impl Journal {
                     Finished::Stale
                 }
             }
-            JobResult::Defer { not_before } => {
+            JobResult::Defer { not_before, reason } => {
                 tx.execute(
                     "UPDATE jobs SET state = 'queued', lease_until = NULL, not_before = ?2
                      WHERE id = ?1",
                     params![job.id, not_before],
                 )?;
+                if file.wants_upload(job) || file.awaits_delete(job) {
+                    tx.execute(
+                        "UPDATE files SET error = ?2 WHERE id = ?1",
+                        params![job.file_id, reason],
+                    )?;
+                }
                 Finished::Released
             }
             JobResult::Release => {
