@@ -54,7 +54,7 @@ fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
     for kill in 0..KILLS {
         for _ in 0..15 {
             let bytes = picture(10_000 + next);
-            let (dir, name) = if next % 2 == 0 {
+            let (dir, name) = if next.is_multiple_of(2) {
                 (h.drop.clone(), format!("f{next:03}.png"))
             } else {
                 (kingdee_drop.clone(), format!("k{next:03}.png"))
