@@ -340,6 +340,7 @@ async fn token(State(sandbox): State<Sandbox>, body: Bytes) -> Response {
         let (token, expires) = reusable.unwrap_or_else(|| {
             let token = format!("t-g{}", random_text(40));
             state.feishu.tokens.insert(token.clone(), now + ttl);
+            state.issued.push(token.clone());
             state.feishu.latest = Some(token.clone());
             (token, now + ttl)
         });

@@ -381,6 +381,7 @@ async fn token(
         let token = format!("sbx-{:032x}", fastrand::u128(..));
         let expires = now_ms() + state.options.kingdee_token_ttl.as_millis() as i64;
         state.kingdee.tokens.insert(token.clone(), expires);
+        state.issued.push(token.clone());
         Ok(json!({"app-token": token, "expires": expires, "domain": account.domain}))
     })();
     sandbox.answer(&method, TOKEN_PATH, arrived, result)

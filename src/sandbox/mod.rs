@@ -106,6 +106,8 @@ struct State {
     faults: VecDeque<Fault>,
     /// URLs deleted, in order, each once: what a delete really removed.
     deleted: Vec<String>,
+    /// Every access token handed out, so tests can prove none reached a log.
+    issued: Vec<String>,
     log: Vec<Logged>,
 }
 
@@ -136,6 +138,7 @@ impl Sandbox {
             next_image: 1,
             faults: VecDeque::new(),
             deleted: Vec::new(),
+            issued: Vec::new(),
             log: Vec::new(),
         };
         let sandbox = Sandbox {
@@ -204,6 +207,19 @@ impl Sandbox {
             .iter()
             .filter(|l| l.path.ends_with("image_upload") && l.errcode == Some(0))
             .count()
+    }
+
+    /// Every secret the daemon may hold for this sandbox: the accounts' secrets and each access
+    /// token issued. None of them may ever appear in a log line or an error.
+    pub fn secrets(&self) -> Vec<String> {
+        let state = self.lock();
+        let mut secrets = vec![
+            state.options.kingdee.client_secret.clone(),
+            state.options.kingdee.app_secret.clone(),
+            state.options.feishu.app_secret.clone(),
+        ];
+        secrets.extend(state.issued.iter().cloned());
+        secrets
     }
 
     /// The images deleted so far, by URL, in order: each appears once, when it was really removed.

@@ -345,6 +345,18 @@ impl Drop for Harness {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // Every test's daemon log is checked: no configured secret and no token the sandbox
+        // issued may appear in it.
+        if !std::thread::panicking() {
+            let log = self.log();
+            for secret in self.sandbox.secrets() {
+                assert!(
+                    !log.contains(&secret),
+                    "a secret reached the daemon's log: …{}…",
+                    &secret[..secret.len().min(4)]
+                );
+            }
+        }
     }
 }
 
