@@ -68,6 +68,16 @@ pub enum JournalError {
         found: i64,
         known: i64,
     },
+    #[error(
+        "{path} is not an imgsyncd journal (it holds other tables and no journal schema); \
+         it was left untouched: point `journal:` at another file"
+    )]
+    Foreign { path: PathBuf },
+    #[error(
+        "{path} is not an imgsyncd journal ({reason}); it was left untouched: move it aside \
+         (a new journal is created) or restore a backup"
+    )]
+    Unreadable { path: PathBuf, reason: String },
     #[error("journal query failed: {0}")]
     Sql(#[from] rusqlite::Error),
 }
@@ -133,8 +143,11 @@ impl Journal {
             source,
         })?;
         let mut journal = Journal { conn };
-        journal.configure(path)?;
-        journal.migrate(path)?;
+        journal
+            .refuse_foreign(path)
+            .and_then(|()| journal.configure(path))
+            .and_then(|()| journal.migrate(path))
+            .map_err(|e| not_a_database(path, e))?;
         Ok(journal)
     }
 
@@ -204,6 +217,23 @@ impl Journal {
         Ok(journal)
     }
 
+    /// A database with tables but no journal schema belongs to someone else: it is left as it is
+    /// (not even switched to WAL).
+    fn refuse_foreign(&self, path: &Path) -> Result<()> {
+        let found: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let tables: i64 = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))?;
+        if found == 0 && tables > 0 {
+            return Err(JournalError::Foreign {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(())
+    }
+
     fn configure(&self, path: &Path) -> Result<()> {
         let open_err = |source| JournalError::Open {
             path: path.to_path_buf(),
@@ -258,6 +288,25 @@ impl Journal {
             .conn
             .query_row("SELECT id FROM files WHERE path = ?1", [path], |r| r.get(0))
             .optional()?)
+    }
+}
+
+/// SQLite's "file is not a database" said as what it means to the operator.
+fn not_a_database(path: &Path, error: JournalError) -> JournalError {
+    let code = match &error {
+        JournalError::Open {
+            source: rusqlite::Error::SqliteFailure(e, _),
+            ..
+        }
+        | JournalError::Sql(rusqlite::Error::SqliteFailure(e, _)) => Some(e.code),
+        _ => None,
+    };
+    match code {
+        Some(rusqlite::ErrorCode::NotADatabase) => JournalError::Unreadable {
+            path: path.to_path_buf(),
+            reason: "the file is not a database, or is damaged".into(),
+        },
+        _ => error,
     }
 }
 

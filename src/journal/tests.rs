@@ -751,3 +751,30 @@ fn a_root_identity_is_kept_and_release_held_accepts_the_root_as_it_is() {
     j.release_held(ABSENT).unwrap();
     assert_eq!(j.root_identity("/w").unwrap(), None);
 }
+
+#[test]
+fn a_foreign_or_damaged_file_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let foreign = dir.path().join("photos.sqlite3");
+    {
+        let conn = Connection::open(&foreign).unwrap();
+        conn.execute_batch("CREATE TABLE photos (x)").unwrap();
+    }
+    let before = std::fs::read(&foreign).unwrap();
+    let err = Journal::open(&foreign).unwrap_err().to_string();
+    assert!(err.contains("is not an imgsyncd journal"), "{err}");
+    assert!(
+        std::fs::read(&foreign).unwrap() == before,
+        "the file was changed"
+    );
+
+    let damaged = dir.path().join("damaged.sqlite3");
+    let garbage: Vec<u8> = (0..5000u32).map(|i| (i * 7919 % 251) as u8).collect();
+    std::fs::write(&damaged, &garbage).unwrap();
+    let err = Journal::open(&damaged).unwrap_err().to_string();
+    assert!(err.contains("not a database, or is damaged"), "{err}");
+    assert!(
+        std::fs::read(&damaged).unwrap() == garbage,
+        "the file was changed"
+    );
+}
