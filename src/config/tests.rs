@@ -169,6 +169,7 @@ fn the_example_config_is_valid() {
         .unwrap()
         .replace("${KINGDEE_CLIENT_SECRET}", "client-secret")
         .replace("${FEISHU_APP_SECRET}", "feishu-secret")
+        .replace("${JIANDAOYUN_API_KEY}", "jiandaoyun-key")
         .replace(
             "/run/credentials/imgsyncd.service/kingdee_app_secret",
             &secret.display().to_string(),
@@ -178,6 +179,15 @@ fn the_example_config_is_valid() {
     assert_eq!(config.watches[0].path, PathBuf::from("/srv/drop/products"));
     assert_eq!(config.vendors["wiki"].settings.kind(), VendorKind::Feishu);
     assert_eq!(config.watches[1].on_remove, OnRemove::Keep);
+    let forms = jiandaoyun(&config);
+    assert_eq!(forms.watch_roots, [PathBuf::from("/srv/drop/forms")]);
+    let record = forms.create_record.as_ref().unwrap();
+    assert_eq!(record.image_widget, "_widget_1432728651402");
+    assert_eq!(
+        record.fields["_widget_1432728651404"].to_string(),
+        "{width}×{height} px"
+    );
+    assert_eq!(config.watches[2].on_remove, OnRemove::Keep);
 }
 
 const FEISHU: &str = "\
