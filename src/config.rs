@@ -3,6 +3,7 @@
 
 mod locate;
 mod secret;
+mod template;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use globset::{GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 
 pub use secret::Secret;
+pub use template::{Placeholder, Template};
 
 /// Where the daemon looks when neither `-c` nor `IMGSYNCD_CONFIG` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/imgsyncd/daemon.yaml";
@@ -93,6 +95,9 @@ impl VendorKind {
     fn no_delete_reason(self) -> &'static str {
         match self {
             VendorKind::Feishu => "feishu lingo has no file delete API",
+            VendorKind::Jiandaoyun => {
+                "jiandaoyun has no file delete API (a key lives as long as the record that holds it)"
+            }
             _ => "this vendor has no delete API",
         }
     }
@@ -118,6 +123,7 @@ impl VendorKind {
 pub enum VendorSettings {
     Kingdee(KingdeeConfig),
     Feishu(FeishuConfig),
+    Jiandaoyun(JiandaoyunConfig),
 }
 
 impl VendorSettings {
@@ -125,6 +131,7 @@ impl VendorSettings {
         match self {
             VendorSettings::Kingdee(_) => VendorKind::Kingdee,
             VendorSettings::Feishu(_) => VendorKind::Feishu,
+            VendorSettings::Jiandaoyun(_) => VendorKind::Jiandaoyun,
         }
     }
 }
@@ -144,6 +151,25 @@ pub struct KingdeeConfig {
 pub struct FeishuConfig {
     pub app_id: String,
     pub app_secret: Secret,
+}
+
+/// A Jiandaoyun (简道云) form: files go up against its upload tokens and, with `create_record`, each
+/// gets a record of its own that holds its key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JiandaoyunConfig {
+    pub api_key: Secret,
+    pub app_id: String,
+    pub entry_id: String,
+    pub create_record: Option<CreateRecord>,
+    /// The roots of the watches feeding this vendor, for `{relpath}` (filled in from `watches`).
+    pub watch_roots: Vec<PathBuf>,
+}
+
+/// One form record per file: the image widget gets the file's key, each field its template.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreateRecord {
+    pub image_widget: String,
+    pub fields: BTreeMap<String, Template>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -265,6 +291,15 @@ struct RawVendor {
     api_key: Option<String>,
     api_key_file: Option<PathBuf>,
     entry_id: Option<String>,
+    create_record: Option<RawCreateRecord>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCreateRecord {
+    image_widget: Option<String>,
+    #[serde(default)]
+    fields: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -374,6 +409,13 @@ impl Ctx<'_> {
                         other.path.display()
                     ),
                 ));
+            }
+            if let Some(VendorConfig {
+                settings: VendorSettings::Jiandaoyun(j),
+                ..
+            }) = vendors.get_mut(&watch.vendor)
+            {
+                j.watch_roots.push(watch.path.clone());
             }
             watches.push(watch);
         }
@@ -519,6 +561,7 @@ impl Ctx<'_> {
                         ("api_key", raw.api_key.is_some()),
                         ("api_key_file", raw.api_key_file.is_some()),
                         ("entry_id", raw.entry_id.is_some()),
+                        ("create_record", raw.create_record.is_some()),
                     ],
                 )?;
                 VendorSettings::Kingdee(KingdeeConfig {
@@ -554,6 +597,7 @@ impl Ctx<'_> {
                         ("api_key", raw.api_key.is_some()),
                         ("api_key_file", raw.api_key_file.is_some()),
                         ("entry_id", raw.entry_id.is_some()),
+                        ("create_record", raw.create_record.is_some()),
                     ],
                 )?;
                 VendorSettings::Feishu(FeishuConfig {
@@ -567,13 +611,30 @@ impl Ctx<'_> {
                 })
             }
             VendorKind::Jiandaoyun => {
-                return Err(self.invalid(
-                    &format!("{prefix}.kind"),
-                    format!(
-                        "`{}` is not supported by this build yet; kingdee and feishu are",
-                        kind.as_str()
-                    ),
-                ));
+                self.forbid(
+                    &prefix,
+                    kind,
+                    &[
+                        ("client_id", raw.client_id.is_some()),
+                        ("client_secret", raw.client_secret.is_some()),
+                        ("client_secret_file", raw.client_secret_file.is_some()),
+                        ("app_key", raw.app_key.is_some()),
+                        ("app_secret", raw.app_secret.is_some()),
+                        ("app_secret_file", raw.app_secret_file.is_some()),
+                        ("domain", raw.domain.is_some()),
+                        ("save_temp", raw.save_temp.is_some()),
+                    ],
+                )?;
+                VendorSettings::Jiandaoyun(JiandaoyunConfig {
+                    api_key: self.secret(&prefix, "api_key", raw.api_key, raw.api_key_file)?,
+                    app_id: self.required(&format!("{prefix}.app_id"), raw.app_id)?,
+                    entry_id: self.required(&format!("{prefix}.entry_id"), raw.entry_id)?,
+                    create_record: raw
+                        .create_record
+                        .map(|r| self.create_record(&prefix, r))
+                        .transpose()?,
+                    watch_roots: Vec::new(),
+                })
             }
         };
         Ok(VendorConfig {
@@ -583,6 +644,52 @@ impl Ctx<'_> {
             per_minute: raw.per_minute,
             settings,
         })
+    }
+
+    /// `create_record`: an image widget and templated fields, each a widget name.
+    fn create_record(
+        &self,
+        prefix: &str,
+        raw: RawCreateRecord,
+    ) -> Result<CreateRecord, ConfigError> {
+        let prefix = format!("{prefix}.create_record");
+        let image_key = format!("{prefix}.image_widget");
+        let image_widget = self.required(&image_key, raw.image_widget)?;
+        self.widget_name(&image_key, &image_widget)?;
+        let mut fields = BTreeMap::new();
+        for (widget, text) in raw.fields {
+            let key = format!("{prefix}.fields.{widget}");
+            self.widget_name(&key, &widget)?;
+            if widget == image_widget {
+                return Err(self.invalid(
+                    &key,
+                    "is the image_widget; the image widget holds the file's key",
+                ));
+            }
+            let text = self.expand(&key, &text)?;
+            let template = Template::parse(&text).map_err(|message| self.invalid(&key, message))?;
+            fields.insert(widget, template);
+        }
+        Ok(CreateRecord {
+            image_widget,
+            fields,
+        })
+    }
+
+    /// A widget's name as Jiandaoyun gives it (`_widget_1432728651402`, or an alias).
+    fn widget_name(&self, key: &str, name: &str) -> Result<(), ConfigError> {
+        let fine = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if fine {
+            Ok(())
+        } else {
+            Err(self.invalid(
+                key,
+                format!("`{name}` is not a widget name like _widget_1432728651402"),
+            ))
+        }
     }
 
     fn forbid(

@@ -345,12 +345,13 @@ async fn run_dev() -> Result<ExitCode> {
         .collect();
     let config = setup.config_path.display();
     emit(&format!(
-        "imgsyncd dev mode: the vendor sandbox (Kingdee, Feishu lingo) listens on {}\n\
+        "imgsyncd dev mode: the vendor sandbox (Kingdee, Feishu lingo, Jiandaoyun) listens on {}\n\
          \n{}\n  \
          see what happened  cargo run --release -- -c {config} files\n  \
          overall state      cargo run --release -- -c {config} status\n\
          \nThe sandbox keeps uploads in memory; open a recorded Kingdee URL to see the image \
-         (Feishu files: GET /open-apis/lingo/v1/files/<file_token>/download with a token). \
+         (Feishu files: GET /open-apis/lingo/v1/files/<file_token>/download with a token; \
+         Jiandaoyun keys: GET /qiniu-sandbox/files/<key>, and each gets a form record). \
          Ctrl-C stops.\n",
         setup.sandbox.base_url(),
         drops.join("\n")
@@ -378,9 +379,12 @@ async fn sandbox(listen: &str) -> Result<ExitCode> {
         .with_context(|| format!("cannot listen on {listen}"))?;
     let account = &options.kingdee;
     let feishu = &options.feishu;
+    let jiandaoyun = &options.jiandaoyun;
     emit(&format!(
         "sandbox on {}\nkingdee: client_id {} client_secret {} app_key {} app_secret {} domain {}\n\
-         feishu: app_id {} app_secret {} (lingo: {} uploads a second, {} a minute)",
+         feishu: app_id {} app_secret {} (lingo: {} uploads a second, {} a minute)\n\
+         jiandaoyun: api_key {} app_id {} entry_id {} (upload tokens live {}; {} calls a second \
+         per interface, {} in all)",
         sandbox.base_url(),
         account.client_id,
         account.client_secret,
@@ -391,6 +395,12 @@ async fn sandbox(listen: &str) -> Result<ExitCode> {
         feishu.app_secret,
         options.feishu_per_second,
         options.feishu_per_minute,
+        jiandaoyun.api_key,
+        jiandaoyun.app_id,
+        jiandaoyun.entry_id,
+        humantime::format_duration(options.jiandaoyun_token_ttl),
+        options.jiandaoyun_per_second,
+        options.jiandaoyun_company_per_second,
     ));
     tokio::select! {
         served = serve => served.context("the sandbox stopped")?,

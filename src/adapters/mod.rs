@@ -2,6 +2,7 @@
 //! the same taxonomy ([`Outcome`]) and paces itself with its vendor's documented limits.
 
 pub mod feishu;
+pub mod jiandaoyun;
 pub mod kingdee;
 mod outcome;
 mod ratelimit;
@@ -173,6 +174,7 @@ impl UploadRequest<'_> {
 pub enum Adapter {
     Kingdee(kingdee::Kingdee),
     Feishu(feishu::Feishu),
+    Jiandaoyun(jiandaoyun::Jiandaoyun),
 }
 
 impl Adapter {
@@ -192,6 +194,14 @@ impl Adapter {
                 config.per_second,
                 config.per_minute,
             )),
+            VendorSettings::Jiandaoyun(j) => Adapter::Jiandaoyun(jiandaoyun::Jiandaoyun::new(
+                &config.name,
+                &config.base_url,
+                j.clone(),
+                http,
+                config.per_second,
+                config.per_minute,
+            )),
         }
     }
 
@@ -199,18 +209,23 @@ impl Adapter {
         match self {
             Adapter::Kingdee(_) => VendorKind::Kingdee,
             Adapter::Feishu(_) => VendorKind::Feishu,
+            Adapter::Jiandaoyun(_) => VendorKind::Jiandaoyun,
         }
     }
 
     /// Whether a live copy of the same bytes may serve another file instead of an upload.
     pub fn reuses_copies(&self) -> bool {
-        true
+        match self {
+            Adapter::Jiandaoyun(j) => j.reuses_copies(),
+            _ => true,
+        }
     }
 
     pub fn limits(&self) -> Limits {
         match self {
             Adapter::Kingdee(_) => kingdee::LIMITS,
             Adapter::Feishu(_) => feishu::LIMITS,
+            Adapter::Jiandaoyun(_) => jiandaoyun::LIMITS,
         }
     }
 
@@ -218,6 +233,7 @@ impl Adapter {
         match self {
             Adapter::Kingdee(k) => k.upload(request).await,
             Adapter::Feishu(f) => f.upload(request).await,
+            Adapter::Jiandaoyun(j) => j.upload(request).await,
         }
     }
 
@@ -233,6 +249,13 @@ impl Adapter {
                 None,
                 None,
             ),
+            Adapter::Jiandaoyun(_) => Call::new(
+                Outcome::Rejected {
+                    reason: "jiandaoyun has no file delete API; the key is kept".into(),
+                },
+                None,
+                None,
+            ),
         }
     }
 
@@ -240,6 +263,7 @@ impl Adapter {
         match self {
             Adapter::Kingdee(k) => k.check_online().await,
             Adapter::Feishu(f) => f.check_online().await,
+            Adapter::Jiandaoyun(j) => j.check_online().await,
         }
     }
 
@@ -248,6 +272,7 @@ impl Adapter {
         match self {
             Adapter::Kingdee(k) => k.forget_failures().await,
             Adapter::Feishu(f) => f.forget_failures().await,
+            Adapter::Jiandaoyun(j) => j.forget_failures().await,
         }
     }
 }

@@ -169,6 +169,7 @@ fn the_example_config_is_valid() {
         .unwrap()
         .replace("${KINGDEE_CLIENT_SECRET}", "client-secret")
         .replace("${FEISHU_APP_SECRET}", "feishu-secret")
+        .replace("${JIANDAOYUN_API_KEY}", "jiandaoyun-key")
         .replace(
             "/run/credentials/imgsyncd.service/kingdee_app_secret",
             &secret.display().to_string(),
@@ -178,6 +179,15 @@ fn the_example_config_is_valid() {
     assert_eq!(config.watches[0].path, PathBuf::from("/srv/drop/products"));
     assert_eq!(config.vendors["wiki"].settings.kind(), VendorKind::Feishu);
     assert_eq!(config.watches[1].on_remove, OnRemove::Keep);
+    let forms = jiandaoyun(&config);
+    assert_eq!(forms.watch_roots, [PathBuf::from("/srv/drop/forms")]);
+    let record = forms.create_record.as_ref().unwrap();
+    assert_eq!(record.image_widget, "_widget_1432728651402");
+    assert_eq!(
+        record.fields["_widget_1432728651404"].to_string(),
+        "{width}×{height} px"
+    );
+    assert_eq!(config.watches[2].on_remove, OnRemove::Keep);
 }
 
 const FEISHU: &str = "\
@@ -295,5 +305,196 @@ fn a_feishu_vendor_needs_its_app_id_and_no_foreign_keys() {
     assert_eq!(
         err,
         "/etc/imgsyncd/daemon.yaml:5: vendors.wiki.per_second: must be at least 1"
+    );
+}
+
+const JIANDAOYUN: &str = "\
+journal: /var/lib/imgsyncd/journal.sqlite3
+vendors:
+  forms:
+    kind: jiandaoyun
+    api_key: s3cret-jdy-key
+    app_id: 59264073a2a60c0c08e20bfb
+    entry_id: 59264073a2a60c0c08e20bfd
+    create_record:
+      image_widget: _widget_1432728651402
+      fields:
+        _widget_1432728651403: \"{filename}\"
+        _widget_1432728651404: \"{width}×{height} px, {size} bytes\"
+watches:
+  - path: /srv/drop/forms
+    vendor: forms
+  - path: /srv/drop/more-forms
+    vendor: forms
+";
+
+fn jiandaoyun(config: &Config) -> &JiandaoyunConfig {
+    match &config.vendors["forms"].settings {
+        VendorSettings::Jiandaoyun(j) => j,
+        other => panic!("forms is not a jiandaoyun vendor: {other:?}"),
+    }
+}
+
+#[test]
+fn a_jiandaoyun_vendor_gets_its_defaults_and_its_record_template() {
+    let config = parse(JIANDAOYUN).unwrap();
+    let forms = &config.vendors["forms"];
+    assert_eq!(forms.settings.kind(), VendorKind::Jiandaoyun);
+    assert_eq!(forms.base_url, "https://api.jiandaoyun.com");
+    assert_eq!((forms.per_second, forms.per_minute), (None, None));
+    let j = jiandaoyun(&config);
+    assert_eq!(j.api_key.expose(), "s3cret-jdy-key");
+    assert_eq!(j.app_id, "59264073a2a60c0c08e20bfb");
+    assert_eq!(j.entry_id, "59264073a2a60c0c08e20bfd");
+    assert_eq!(
+        j.watch_roots,
+        [
+            PathBuf::from("/srv/drop/forms"),
+            PathBuf::from("/srv/drop/more-forms")
+        ],
+        "the roots feeding it, for {{relpath}}"
+    );
+    let record = j.create_record.as_ref().unwrap();
+    assert_eq!(record.image_widget, "_widget_1432728651402");
+    let fill = |p: Placeholder| match p {
+        Placeholder::Width => "640".to_string(),
+        Placeholder::Height => "480".to_string(),
+        other => other.name().to_string(),
+    };
+    assert_eq!(
+        record.fields["_widget_1432728651404"].render(fill),
+        "640×480 px, size bytes"
+    );
+    assert_eq!(
+        record.fields["_widget_1432728651403"].render(fill),
+        "filename"
+    );
+    for watch in &config.watches {
+        assert_eq!(watch.on_remove, OnRemove::Keep, "jiandaoyun cannot delete");
+        assert!(!watch.filter.accepts(Path::new("favicon.ico")));
+        assert!(watch.filter.accepts(Path::new("a/Photo.JPG")));
+    }
+    let debug = format!("{config:?}");
+    assert!(!debug.contains("s3cret"), "{debug}");
+}
+
+#[test]
+fn create_record_is_optional_and_the_rate_can_be_lowered() {
+    let text = JIANDAOYUN
+        .split("    create_record:")
+        .next()
+        .unwrap()
+        .to_string()
+        + "    per_second: 5\n    base_url: https://jdy.example.com/\nwatches:\n  - path: /srv/drop/forms\n    vendor: forms\n";
+    let config = parse(&text).unwrap();
+    let forms = &config.vendors["forms"];
+    assert_eq!(forms.per_second, Some(5));
+    assert_eq!(forms.base_url, "https://jdy.example.com");
+    assert_eq!(jiandaoyun(&config).create_record, None);
+}
+
+#[test]
+fn an_unknown_placeholder_names_its_line_and_field() {
+    let text = JIANDAOYUN.replace("{width}×", "{widht}×");
+    assert_eq!(
+        parse(&text).unwrap_err().to_string(),
+        "/etc/imgsyncd/daemon.yaml:12: vendors.forms.create_record.fields._widget_1432728651404: \
+         unknown placeholder `{widht}`; known: {filename} {path} {relpath} {sha256} {size} \
+         {width} {height}"
+    );
+    let text = JIANDAOYUN.replace("\"{filename}\"", "\"{filename\"");
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(
+        err.starts_with(
+            "/etc/imgsyncd/daemon.yaml:11: vendors.forms.create_record.fields._widget_1432728651403: \
+             unterminated placeholder"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_record_needs_its_image_widget_apart_from_its_fields() {
+    let text = JIANDAOYUN.replace("      image_widget: _widget_1432728651402\n", "");
+    assert_eq!(
+        parse(&text).unwrap_err().to_string(),
+        "/etc/imgsyncd/daemon.yaml:8: vendors.forms.create_record.image_widget: is required"
+    );
+    let text = JIANDAOYUN.replace("_widget_1432728651403:", "_widget_1432728651402:");
+    assert_eq!(
+        parse(&text).unwrap_err().to_string(),
+        "/etc/imgsyncd/daemon.yaml:11: vendors.forms.create_record.fields._widget_1432728651402: \
+         is the image_widget; the image widget holds the file's key"
+    );
+    let text = JIANDAOYUN.replace(
+        "image_widget: _widget_1432728651402",
+        "image_widget: \"a b\"",
+    );
+    assert_eq!(
+        parse(&text).unwrap_err().to_string(),
+        "/etc/imgsyncd/daemon.yaml:9: vendors.forms.create_record.image_widget: \
+         `a b` is not a widget name like _widget_1432728651402"
+    );
+    let text = JIANDAOYUN.replace("      fields:", "      widgets: {}\n      fields:");
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(err.contains("unknown field `widgets`"), "{err}");
+}
+
+#[test]
+fn on_remove_delete_is_refused_for_jiandaoyun_naming_the_line() {
+    let text = JIANDAOYUN.replace(
+        "    vendor: forms\n  - path: /srv/drop/more-forms",
+        "    vendor: forms\n    on_remove: delete\n  - path: /srv/drop/more-forms",
+    );
+    assert_eq!(
+        parse(&text).unwrap_err().to_string(),
+        "/etc/imgsyncd/daemon.yaml:16: watches[0].on_remove: jiandaoyun has no file delete API \
+         (a key lives as long as the record that holds it); use `keep` (the default for a \
+         jiandaoyun vendor)"
+    );
+}
+
+#[test]
+fn a_jiandaoyun_key_from_the_environment_or_a_file_and_no_foreign_keys() {
+    let text = JIANDAOYUN.replace("s3cret-jdy-key", "${IMGSYNCD_TEST_JDY_SURELY_UNSET}");
+    assert_eq!(
+        parse(&text).unwrap_err().to_string(),
+        "/etc/imgsyncd/daemon.yaml:5: vendors.forms.api_key: \
+         environment variable IMGSYNCD_TEST_JDY_SURELY_UNSET is not set"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("jdy_api_key");
+    std::fs::write(&key, "from-a-file\n").unwrap();
+    let text = JIANDAOYUN.replace(
+        "api_key: s3cret-jdy-key",
+        &format!("api_key_file: {}", key.display()),
+    );
+    assert_eq!(
+        jiandaoyun(&parse(&text).unwrap()).api_key.expose(),
+        "from-a-file"
+    );
+    let text = JIANDAOYUN.replace("    api_key: s3cret-jdy-key\n", "");
+    assert_eq!(
+        parse(&text).unwrap_err().to_string(),
+        "/etc/imgsyncd/daemon.yaml:3: vendors.forms.api_key: \
+         is required (or api_key_file with the path of a file holding it)"
+    );
+    let text = JIANDAOYUN.replace("    entry_id: 59264073a2a60c0c08e20bfd\n", "");
+    assert_eq!(
+        parse(&text).unwrap_err().to_string(),
+        "/etc/imgsyncd/daemon.yaml:3: vendors.forms.entry_id: is required"
+    );
+    let text = JIANDAOYUN.replace("    app_id:", "    app_secret: x\n    app_id:");
+    assert_eq!(
+        parse(&text).unwrap_err().to_string(),
+        "/etc/imgsyncd/daemon.yaml:6: vendors.forms.app_secret: is not a key of a jiandaoyun vendor"
+    );
+    let text = FEISHU.replace(
+        "    app_secret: s3cret-feishu\n",
+        "    app_secret: s3cret-feishu\n    create_record:\n      image_widget: _widget_1\n",
+    );
+    assert_eq!(
+        parse(&text).unwrap_err().to_string(),
+        "/etc/imgsyncd/daemon.yaml:7: vendors.wiki.create_record: is not a key of a feishu vendor"
     );
 }

@@ -3,6 +3,7 @@
 //! against it would prove nothing.
 
 mod feishu;
+mod jiandaoyun;
 mod kingdee;
 mod multipart;
 
@@ -17,6 +18,10 @@ use axum::response::{IntoResponse, Response};
 use tokio::net::TcpListener;
 
 pub use feishu::{FeishuAccount, FeishuFile};
+pub use jiandaoyun::{
+    JdyEndpoint, JdyRecord, JdyRefusal, JdyStats, JdyTransaction, JdyUpload, JiandaoyunAccount,
+    QINIU_FILE_PATH, QINIU_UPLOAD_PATH,
+};
 pub use kingdee::KingdeeAccount;
 
 /// How the sandbox behaves; the defaults are the vendors' documented limits.
@@ -35,6 +40,15 @@ pub struct SandboxOptions {
     /// Lingo uploads allowed in any second and in any minute (documented: 50 and 1000).
     pub feishu_per_second: usize,
     pub feishu_per_minute: usize,
+    pub jiandaoyun: JiandaoyunAccount,
+    /// How long Jiandaoyun's upload tokens and their transaction live (the real ones: 1 h).
+    pub jiandaoyun_token_ttl: Duration,
+    /// The `fsizeLimit` of the issued upload tokens, in bytes (Jiandaoyun's sample: 200 MB).
+    pub jiandaoyun_fsize_limit: u64,
+    /// Calls a second to each interface (get_upload_token, the upload, data/create; documented: 20)
+    /// and to all of them together (the company's 50).
+    pub jiandaoyun_per_second: usize,
+    pub jiandaoyun_company_per_second: usize,
 }
 
 impl Default for SandboxOptions {
@@ -48,6 +62,11 @@ impl Default for SandboxOptions {
             feishu_token_ttl: Duration::from_secs(7200),
             feishu_per_second: 50,
             feishu_per_minute: 1000,
+            jiandaoyun: JiandaoyunAccount::default(),
+            jiandaoyun_token_ttl: Duration::from_secs(3600),
+            jiandaoyun_fsize_limit: 200 * 1024 * 1024,
+            jiandaoyun_per_second: 20,
+            jiandaoyun_company_per_second: 50,
         }
     }
 }
@@ -101,6 +120,7 @@ struct State {
     base_url: String,
     kingdee: kingdee::KingdeeState,
     feishu: feishu::FeishuState,
+    jiandaoyun: jiandaoyun::JiandaoyunState,
     images: BTreeMap<String, StoredImage>,
     next_image: u64,
     faults: VecDeque<Fault>,
@@ -134,6 +154,7 @@ impl Sandbox {
             base_url: format!("http://{addr}"),
             kingdee: kingdee::KingdeeState::default(),
             feishu: feishu::FeishuState::default(),
+            jiandaoyun: jiandaoyun::JiandaoyunState::default(),
             images: BTreeMap::new(),
             next_image: 1,
             faults: VecDeque::new(),
@@ -148,6 +169,7 @@ impl Sandbox {
         let router = Router::new()
             .merge(kingdee::routes())
             .merge(feishu::routes())
+            .merge(jiandaoyun::routes())
             .layer(DefaultBodyLimit::max(64 * 1024 * 1024))
             .with_state(sandbox.clone());
         let serve = async move { axum::serve(listener, router).await };

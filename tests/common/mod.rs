@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use imgsyncd::sandbox::{FeishuAccount, KingdeeAccount, Sandbox, SandboxOptions};
+use imgsyncd::sandbox::{
+    FeishuAccount, JiandaoyunAccount, KingdeeAccount, Sandbox, SandboxOptions,
+};
 use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_imgsyncd");
@@ -28,6 +30,24 @@ pub struct Options {
     /// Feed the drop folder to a Feishu lingo vendor named `wiki` instead of Kingdee's `erp`
     /// (which stays configured, with no watch).
     pub feishu: Option<FeishuVendor>,
+    /// Feed the drop folder to a Jiandaoyun vendor named `forms` instead (Kingdee's `erp` stays
+    /// configured, with no watch).
+    pub jiandaoyun: Option<JiandaoyunVendor>,
+}
+
+/// The image widget and the text widget of the record `forms` creates with `create_record`.
+pub const IMAGE_WIDGET: &str = "_widget_1432728651402";
+pub const NAME_WIDGET: &str = "_widget_1432728651403";
+
+/// How the Jiandaoyun vendor `forms` is configured.
+#[derive(Debug, Clone, Default)]
+pub struct JiandaoyunVendor {
+    /// The API key, app and form the daemon is configured with (the sandbox's by default).
+    pub account: Option<JiandaoyunAccount>,
+    /// One record per file: the key in [`IMAGE_WIDGET`], `{relpath}` in [`NAME_WIDGET`].
+    pub create_record: bool,
+    /// More lines under the vendor, e.g. `"    per_second: 10\n"`.
+    pub extra: &'static str,
 }
 
 /// How the Feishu vendor `wiki` is configured.
@@ -50,6 +70,7 @@ impl Default for Options {
             watch_extra: "",
             as_nobody: false,
             feishu: None,
+            jiandaoyun: None,
         }
     }
 }
@@ -119,7 +140,31 @@ impl Harness {
         self.write_config_with(&account, Some(feishu));
     }
 
+    /// Writes the config with the given Jiandaoyun account (the drop folder feeds `forms`).
+    pub fn write_jiandaoyun_config(&self, jiandaoyun: &JiandaoyunAccount) {
+        let account = self
+            .options
+            .account
+            .clone()
+            .unwrap_or_else(|| self.sandbox.options().kingdee);
+        self.write_config_full(&account, None, Some(jiandaoyun));
+    }
+
     fn write_config_with(&self, account: &KingdeeAccount, feishu: Option<&FeishuAccount>) {
+        let jiandaoyun = self.options.jiandaoyun.as_ref().map(|j| {
+            j.account
+                .clone()
+                .unwrap_or_else(|| self.sandbox.options().jiandaoyun)
+        });
+        self.write_config_full(account, feishu, jiandaoyun.as_ref());
+    }
+
+    fn write_config_full(
+        &self,
+        account: &KingdeeAccount,
+        feishu: Option<&FeishuAccount>,
+        jiandaoyun: Option<&JiandaoyunAccount>,
+    ) {
         let (feishu_vendor, watched) = match feishu {
             Some(app) => (
                 format!(
@@ -134,11 +179,36 @@ impl Harness {
             ),
             None => (String::new(), "erp"),
         };
+        let (jiandaoyun_vendor, watched) = match (jiandaoyun, &self.options.jiandaoyun) {
+            (Some(jdy), Some(vendor)) => {
+                let record = if vendor.create_record {
+                    format!(
+                        "    create_record:\n      image_widget: {IMAGE_WIDGET}\n      fields:\n        \
+                         {NAME_WIDGET}: \"{{relpath}}\"\n"
+                    )
+                } else {
+                    String::new()
+                };
+                (
+                    format!(
+                        "  forms:\n    kind: jiandaoyun\n    base_url: {base}\n    api_key: {key}\n    \
+                         app_id: {app}\n    entry_id: {entry}\n{record}{extra}",
+                        base = self.sandbox.base_url(),
+                        key = jdy.api_key,
+                        app = jdy.app_id,
+                        entry = jdy.entry_id,
+                        extra = vendor.extra,
+                    ),
+                    "forms",
+                )
+            }
+            _ => (String::new(), watched),
+        };
         let text = format!(
             "journal: {journal}\nworkers: {workers}\nsettle: {settle}\nrescan: 1h\nmax_deletes: {max}\n\
              vendors:\n  erp:\n    kind: kingdee\n    base_url: {base}\n    client_id: \"{id}\"\n    \
              client_secret: {secret}\n    app_key: {key}\n    app_secret: {app_secret}\n    domain: {domain}\n\
-             {feishu_vendor}watches:\n  - path: {drop}\n    vendor: {watched}\n{extra}",
+             {feishu_vendor}{jiandaoyun_vendor}watches:\n  - path: {drop}\n    vendor: {watched}\n{extra}",
             journal = self.dir.path().join("journal.sqlite3").display(),
             workers = self.options.workers,
             settle = self.options.settle,
@@ -305,6 +375,15 @@ impl Harness {
             .feishu_files()
             .get(&token)
             .map(|f| f.bytes.clone())
+    }
+
+    /// The bytes Jiandaoyun holds under the key the journal recorded for `name`.
+    pub fn jiandaoyun_bytes(&self, name: &str) -> Option<Vec<u8>> {
+        let key = self.file(name)?["key"].as_str()?.to_string();
+        self.sandbox
+            .jiandaoyun_uploads()
+            .get(&key)
+            .map(|u| u.bytes.clone())
     }
 
     /// The bytes the sandbox holds at the URL the journal recorded for `name`.

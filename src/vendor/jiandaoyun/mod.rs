@@ -1,0 +1,882 @@
+//! Jiandaoyun (简道云): a file goes up with a single-use upload token from a batch of 100 that one
+//! `get_upload_token` call (with a fresh `transaction_id`) hands out, as a multipart form to the
+//! token's own `url` (Qiniu's form upload); the answer's `key` is what the journal keeps. Keys die
+//! with their transaction after an hour unless a form record holds them, so with `create_record`
+//! each file also gets a record (`data/create`, same transaction) before it counts as synced.
+//! Jiandaoyun has no delete API. The only place that knows Jiandaoyun's wire format on the client side.
+
+pub mod policy;
+pub mod pool;
+
+use std::cell::OnceCell;
+use std::collections::HashMap;
+use std::ops::RangeInclusive;
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use reqwest::multipart::{Form, Part};
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+use tracing::{info, warn};
+
+use self::pool::{Batch, TokenPool, Transaction, UploadToken};
+use super::outcome::{Call, Outcome};
+use super::ratelimit::Pacer;
+use super::{Limits, UploadRequest, epoch_ms, human_size, retry_after};
+use crate::config::{CreateRecord, JiandaoyunConfig, Placeholder};
+use crate::image::ImageFormat;
+use crate::journal::Remote;
+
+pub const TOKEN_PATH: &str = "/api/v5/app/entry/file/get_upload_token";
+pub const CREATE_PATH: &str = "/api/v5/app/entry/data/create";
+/// Tokens one `get_upload_token` call hands out.
+pub const TOKENS_PER_CALL: usize = 100;
+
+/// Rate limited. Jiandaoyun answers HTTP 400 with one of these; which of the two is the
+/// per-interface and which the company-wide limit is not documented, so both are met the same
+/// way: wait at least a second, and hold every call that could be counted.
+pub const ERR_RATE_LIMITED: i64 = 8303;
+pub const ERR_COMPANY_RATE_LIMITED: i64 = 8304;
+/// The API key is refused: invalid (8301), disabled or without permission (8302, 17052–17054).
+pub const KEY_REFUSED: &[i64] = &[8301, 8302, 17_052, 17_053, 17_054];
+/// The app or the form does not exist, or the key may not use it.
+pub const APP_OR_FORM_REFUSED: &[i64] = &[17_018, 3000, 2004];
+/// The company's attachment quota is used up.
+pub const QUOTA_EXHAUSTED: RangeInclusive<i64> = 7216..=7219;
+/// The `transaction_id` is refused: malformed, expired, or not the one the file was uploaded with.
+pub const ERR_TRANSACTION: i64 = 17_025;
+/// "Upload failed": worth another try.
+pub const ERR_UPLOAD_FAILED: i64 = 17_027;
+
+/// What Jiandaoyun's image widget takes. It documents no size limit; its tokens carry one
+/// (`fsizeLimit`, 200 MB in its sample), checked per file before sending. 50 MB bounds what a
+/// worker holds in memory.
+pub const LIMITS: Limits = Limits {
+    vendor: "Jiandaoyun",
+    formats: &[
+        ImageFormat::Jpeg,
+        ImageFormat::Png,
+        ImageFormat::Gif,
+        ImageFormat::Bmp,
+        ImageFormat::Webp,
+    ],
+    min_bytes: 1,
+    max_bytes: 50 * 1024 * 1024,
+    min_px: None,
+    max_px: None,
+};
+
+/// Each interface (get_upload_token, the upload, data/create): 20 calls a second.
+pub const DEFAULT_PER_SECOND: u32 = 20;
+/// All calls of one company (one API key) together: 50 a second.
+pub const COMPANY_PER_SECOND: u32 = 50;
+
+/// How long a failed token fetch is remembered before the endpoint is asked again.
+const TOKEN_COOL_DOWN: Duration = Duration::from_secs(30);
+/// A rate limit is waited out for at least this long (Jiandaoyun: "wait ≥ 1 s").
+const MIN_RATE_WAIT: Duration = Duration::from_secs(1);
+/// Tokens one file may go through (each refused as spent or expired) before the job is retried later.
+const MAX_TOKENS_PER_FILE: usize = 5;
+
+/// The calls the adapter makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Token,
+    Upload,
+    Create,
+}
+
+impl Endpoint {
+    fn what(self) -> &'static str {
+        match self {
+            Endpoint::Token => "get_upload_token",
+            Endpoint::Upload => "upload",
+            Endpoint::Create => "data/create",
+        }
+    }
+}
+
+/// What an answer means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Ok,
+    /// The token is spent or refused: take another one at once (`whole_transaction`: every token
+    /// of its transaction is dead too).
+    NextToken {
+        reason: String,
+        whole_transaction: bool,
+    },
+    Fail(Outcome<()>),
+}
+
+#[derive(Debug)]
+struct Pacers {
+    token: Pacer,
+    upload: Pacer,
+    create: Pacer,
+    /// Shared by every vendor with the same API key (the company's limit).
+    company: Arc<Pacer>,
+}
+
+#[derive(Debug)]
+pub struct Jiandaoyun {
+    /// The configured vendor's name, for reasons ("too large for forms").
+    name: String,
+    base_url: String,
+    config: JiandaoyunConfig,
+    http: reqwest::Client,
+    pool: TokenPool<Call<()>>,
+    /// Boxed: three pacers' windows would make every `Adapter` this large.
+    pacers: Box<Pacers>,
+}
+
+/// An answer as read off the wire: Jiandaoyun's `{code, msg}`, Qiniu's `{error}`, or a success.
+struct Answer {
+    status: u16,
+    wait: Option<Duration>,
+    json: Value,
+    body: Vec<u8>,
+}
+
+/// What became of one try with one token.
+enum Sent {
+    Stored(String),
+    Spent {
+        reason: String,
+        whole_transaction: bool,
+        status: u16,
+    },
+    Failed(Call<Remote>),
+}
+
+impl Jiandaoyun {
+    pub fn new(
+        name: &str,
+        base_url: &str,
+        config: JiandaoyunConfig,
+        http: reqwest::Client,
+        per_second: Option<u32>,
+        per_minute: Option<u32>,
+    ) -> Jiandaoyun {
+        let per_second = per_second.unwrap_or(DEFAULT_PER_SECOND);
+        let per_minute = per_minute.unwrap_or(per_second.saturating_mul(60));
+        let pacer = || Pacer::new(per_second, per_minute);
+        let company = company_pacer(config.api_key.expose());
+        Jiandaoyun {
+            name: name.to_string(),
+            base_url: base_url.trim_end_matches('/').to_string(),
+            config,
+            http,
+            pool: TokenPool::default(),
+            pacers: Box::new(Pacers {
+                token: pacer(),
+                upload: pacer(),
+                create: pacer(),
+                company,
+            }),
+        }
+    }
+
+    /// Whether a live key of the same bytes may serve another file: not when each file needs a
+    /// record of its own.
+    pub fn reuses_copies(&self) -> bool {
+        self.config.create_record.is_none()
+    }
+
+    /// After a reload: a remembered token failure may have been fixed.
+    pub async fn forget_failures(&self) {
+        self.pool.clear_failure().await;
+    }
+
+    /// `check --online`: fetch one batch of upload tokens (not kept).
+    pub async fn check_online(&self) -> Call<()> {
+        match self.fetch_tokens().await {
+            Ok(_) => Call::new(Outcome::Done(()), Some(200), None),
+            Err((call, _)) => call,
+        }
+    }
+
+    /// Upload tokens waiting in the pool.
+    pub async fn pooled_tokens(&self) -> usize {
+        self.pool.waiting().await
+    }
+
+    async fn pace(&self, endpoint: Endpoint) {
+        match endpoint {
+            Endpoint::Token => self.pacers.token.ready().await,
+            Endpoint::Upload => self.pacers.upload.ready().await,
+            Endpoint::Create => self.pacers.create.ready().await,
+        }
+        self.pacers.company.ready().await;
+    }
+
+    /// After a rate-limited answer, nothing more goes to that interface (or, for a company-wide
+    /// limit, to Jiandaoyun) until the window reopens.
+    fn hold_after<T>(&self, endpoint: Endpoint, answer: &Answer, outcome: &Outcome<T>) {
+        let Outcome::Retry {
+            after: Some(after), ..
+        } = outcome
+        else {
+            return;
+        };
+        let code = answer.code();
+        let company = code == Some(ERR_COMPANY_RATE_LIMITED) || answer.status == 429;
+        let interface = company
+            || code == Some(ERR_RATE_LIMITED)
+            || (endpoint == Endpoint::Upload && answer.status == 573);
+        if interface {
+            match endpoint {
+                Endpoint::Token => self.pacers.token.hold(*after),
+                Endpoint::Upload => self.pacers.upload.hold(*after),
+                Endpoint::Create => self.pacers.create.hold(*after),
+            }
+        }
+        if company {
+            self.pacers.company.hold(*after);
+        }
+    }
+
+    /// One `get_upload_token` call with a fresh transaction; a failure comes with how long to
+    /// wait before asking again.
+    async fn fetch_tokens(&self) -> Result<Batch, (Call<()>, Duration)> {
+        let transaction_id = policy::uuid_v4();
+        let body = json!({
+            "app_id": self.config.app_id,
+            "entry_id": self.config.entry_id,
+            "transaction_id": transaction_id,
+        });
+        self.pace(Endpoint::Token).await;
+        let sent_at = epoch_ms();
+        let response = self
+            .http
+            .post(format!("{}{TOKEN_PATH}", self.base_url))
+            .bearer_auth(self.config.api_key.expose())
+            .json(&body)
+            .send()
+            .await;
+        let answer = match Answer::receive(response).await {
+            Ok(answer) => answer,
+            Err(call) => return Err((call, TOKEN_COOL_DOWN)),
+        };
+        let outcome = match answer.verdict(Endpoint::Token) {
+            Verdict::Ok => match self.read_batch(&answer, &transaction_id, sent_at) {
+                Ok(batch) => return Ok(batch),
+                Err(outcome) => outcome,
+            },
+            Verdict::NextToken { reason, .. } => Outcome::Retry {
+                after: None,
+                reason,
+            },
+            Verdict::Fail(outcome) => outcome,
+        };
+        self.hold_after(Endpoint::Token, &answer, &outcome);
+        let cool_down = match &outcome {
+            Outcome::Retry {
+                after: Some(after), ..
+            } => *after,
+            _ => TOKEN_COOL_DOWN,
+        };
+        let outcome = match outcome {
+            // A refused token request is not cured by asking again.
+            Outcome::Reauth { reason } | Outcome::Rejected { reason } => {
+                Outcome::VendorDown { reason }
+            }
+            other => other,
+        };
+        Err((answer.call(outcome), cool_down))
+    }
+
+    /// The tokens of a successful `get_upload_token` answer, each with its deadline (from its
+    /// put-policy, within the transaction's hour) and the margin that keeps it from being handed
+    /// out near its end.
+    fn read_batch(
+        &self,
+        answer: &Answer,
+        transaction_id: &str,
+        sent_at: i64,
+    ) -> Result<Batch, Outcome<()>> {
+        let pairs: Vec<(String, String)> = answer
+            .json
+            .get("token_and_url_list")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|pair| {
+                let url = pair.get("url")?.as_str()?.trim();
+                let token = pair.get("token")?.as_str()?.trim();
+                let web = url.starts_with("https://") || url.starts_with("http://");
+                (web && !token.is_empty()).then(|| (url.to_string(), token.to_string()))
+            })
+            .collect();
+        if pairs.is_empty() {
+            return Err(Outcome::Retry {
+                after: None,
+                reason: format!(
+                    "jiandaoyun get_upload_token: the answer has no usable token_and_url_list: {}",
+                    answer.snippet()
+                ),
+            });
+        }
+        let terms: Vec<(String, String, i64, Option<u64>)> = pairs
+            .into_iter()
+            .map(|(url, token)| {
+                let (deadline, fsize_limit) = policy::terms(&token, sent_at);
+                (url, token, deadline, fsize_limit)
+            })
+            .collect();
+        let earliest = terms.iter().map(|t| t.2).min().unwrap_or(sent_at);
+        let transaction = Arc::new(Transaction {
+            id: transaction_id.to_string(),
+            deadline_ms: earliest.min(sent_at + policy::DOCUMENTED_LIFETIME_MS),
+        });
+        let now = epoch_ms();
+        if transaction.deadline_ms <= now {
+            return Err(Outcome::VendorDown {
+                reason: format!(
+                    "jiandaoyun get_upload_token: the tokens it issued died {} ago by this host's \
+                     clock; the clock is off: fix NTP",
+                    humantime::format_duration(Duration::from_secs(
+                        ((now - transaction.deadline_ms) / 1000).max(1) as u64
+                    ))
+                ),
+            });
+        }
+        let tokens: Vec<UploadToken> = terms
+            .into_iter()
+            .map(|(url, token, deadline, fsize_limit)| {
+                let deadline_ms = deadline.min(transaction.deadline_ms);
+                UploadToken {
+                    url,
+                    token: crate::config::Secret::new(token),
+                    transaction: Arc::clone(&transaction),
+                    fsize_limit,
+                    deadline_ms,
+                    usable_until_ms: deadline_ms - policy::margin_ms(deadline_ms - sent_at),
+                }
+            })
+            .filter(|t| t.usable_until_ms > now)
+            .collect();
+        let count = tokens.len();
+        let batch = Batch::of(tokens).ok_or_else(|| Outcome::Retry {
+            after: None,
+            reason: "jiandaoyun get_upload_token: every token it issued was too near its deadline \
+                     to be used"
+                .to_string(),
+        })?;
+        info!(
+            vendor = %self.name,
+            transaction_id = %transaction.id,
+            tokens = count,
+            "fetched upload tokens; their transaction ends in {}",
+            humantime::format_duration(Duration::from_secs(
+                ((transaction.deadline_ms - now) / 1000).max(0) as u64
+            ))
+        );
+        Ok(batch)
+    }
+
+    /// Uploads the file (and, with `create_record`, creates its record). A token Qiniu refuses as
+    /// spent or expired is dropped and the next one taken at once, without failing the job.
+    pub async fn upload(&self, request: &UploadRequest<'_>) -> Call<Remote> {
+        let size = request.bytes.len() as u64;
+        let mut last = None;
+        for _ in 0..MAX_TOKENS_PER_FILE {
+            let token = match self.pool.take(|| self.fetch_tokens()).await {
+                Ok(token) => token,
+                Err(call) => return call.cast(),
+            };
+            if let Some(limit) = token.fsize_limit.filter(|limit| size > *limit) {
+                self.pool.give_back(token).await;
+                return Call::new(
+                    Outcome::Rejected {
+                        reason: self.too_large(size, limit),
+                    },
+                    None,
+                    None,
+                );
+            }
+            match self.send(&token, request).await {
+                Sent::Stored(key) => return self.finish(&token, key, request).await,
+                Sent::Failed(call) => return call,
+                Sent::Spent {
+                    reason,
+                    whole_transaction,
+                    status,
+                } => {
+                    let dropped = if whole_transaction {
+                        self.pool.discard_transaction(&token.transaction.id).await
+                    } else {
+                        0
+                    };
+                    warn!(
+                        vendor = %self.name,
+                        path = %request.path.display(),
+                        "{reason}: that upload token is spent{}; taking another",
+                        if whole_transaction {
+                            format!(", and with it the {dropped} left of its transaction")
+                        } else {
+                            String::new()
+                        }
+                    );
+                    last = Some((reason, status));
+                }
+            }
+        }
+        let (reason, status) = last.unwrap_or_default();
+        Call::new(
+            Outcome::Retry {
+                after: None,
+                reason: format!(
+                    "{MAX_TOKENS_PER_FILE} upload tokens in a row were refused (the last: {reason})"
+                ),
+            },
+            Some(status),
+            None,
+        )
+    }
+
+    fn too_large(&self, size: u64, limit: u64) -> String {
+        let (shown, bound) = (human_size(size), human_size(limit));
+        let (shown, bound) = if shown == bound {
+            (format!("{size} bytes"), format!("{bound} ({limit} bytes)"))
+        } else {
+            (shown, bound)
+        };
+        format!(
+            "too large for {}: {shown}: above the {bound} its Jiandaoyun upload tokens take (fsizeLimit)",
+            self.name
+        )
+    }
+
+    /// One try: the file, as multipart `token` then `file`, to the token's own `url`.
+    async fn send(&self, token: &UploadToken, request: &UploadRequest<'_>) -> Sent {
+        let form = upload_form(
+            token.token.expose(),
+            &request.file_name_with_suffix(),
+            request.format,
+            request.bytes,
+        );
+        self.pace(Endpoint::Upload).await;
+        let response = self.http.post(&token.url).multipart(form).send().await;
+        let answer = match Answer::receive(response).await {
+            Ok(answer) => answer,
+            Err(call) => return Sent::Failed(call),
+        };
+        match answer.verdict(Endpoint::Upload) {
+            Verdict::Ok => match answer.json.get("key").and_then(Value::as_str) {
+                Some(key) if !key.is_empty() => Sent::Stored(key.to_string()),
+                // The file may well be stored: sending it again could store it twice. Stop and
+                // let a person look.
+                _ => Sent::Failed(answer.call(Outcome::VendorDown {
+                    reason: format!(
+                        "jiandaoyun accepted the upload but its answer has no key: {}; not sent \
+                         again until it answers as documented",
+                        answer.snippet()
+                    ),
+                })),
+            },
+            Verdict::NextToken {
+                reason,
+                whole_transaction,
+            } => Sent::Spent {
+                reason,
+                whole_transaction,
+                status: answer.status,
+            },
+            Verdict::Fail(outcome) => {
+                self.hold_after(Endpoint::Upload, &answer, &outcome);
+                Sent::Failed(answer.call(outcome).cast())
+            }
+        }
+    }
+
+    /// The key is stored: without `create_record` that is the result (usable until the
+    /// transaction ends); with it, the record that keeps the key is created first.
+    async fn finish(
+        &self,
+        token: &UploadToken,
+        key: String,
+        request: &UploadRequest<'_>,
+    ) -> Call<Remote> {
+        let transaction = &token.transaction;
+        let remote = Remote {
+            reference: key,
+            transaction_id: Some(transaction.id.clone()),
+            expires_at: Some(transaction.deadline_ms),
+            record_id: None,
+        };
+        let Some(record) = &self.config.create_record else {
+            return Call::new(Outcome::Done(remote), Some(200), None);
+        };
+        let key = remote.reference.clone();
+        let again = "; the file is sent again with a fresh token";
+        if epoch_ms() >= transaction.deadline_ms {
+            return Call::new(
+                Outcome::Retry {
+                    after: None,
+                    reason: format!(
+                        "uploaded as key {key}, but its transaction ended before the record could \
+                         be created{again}"
+                    ),
+                },
+                Some(200),
+                None,
+            );
+        }
+        let data = record_data(record, &key, request, &self.config.watch_roots);
+        let call = self.create(transaction, data).await;
+        match call.outcome {
+            Outcome::Done(record_id) => Call::new(
+                Outcome::Done(Remote {
+                    record_id: Some(record_id),
+                    // The record holds the key: it does not die with the transaction.
+                    expires_at: None,
+                    ..remote
+                }),
+                call.http_status,
+                call.vendor_code,
+            ),
+            Outcome::Retry { after, reason } => Call::new(
+                Outcome::Retry {
+                    after,
+                    reason: format!(
+                        "uploaded as key {key}, but its record could not be created: {reason}{again}"
+                    ),
+                },
+                call.http_status,
+                call.vendor_code,
+            ),
+            other => Call::new(other, call.http_status, call.vendor_code).cast(),
+        }
+    }
+
+    /// `data/create` in the transaction the key was uploaded with; the new record's `_id`.
+    async fn create(&self, transaction: &Transaction, data: Value) -> Call<String> {
+        let body = json!({
+            "app_id": self.config.app_id,
+            "entry_id": self.config.entry_id,
+            "transaction_id": transaction.id,
+            "data": data,
+        });
+        self.pace(Endpoint::Create).await;
+        let response = self
+            .http
+            .post(format!("{}{CREATE_PATH}", self.base_url))
+            .bearer_auth(self.config.api_key.expose())
+            .json(&body)
+            .send()
+            .await;
+        let answer = match Answer::receive(response).await {
+            Ok(answer) => answer,
+            Err(call) => return call,
+        };
+        let outcome = match answer.verdict(Endpoint::Create) {
+            Verdict::Ok => match answer.json.pointer("/data/_id").and_then(Value::as_str) {
+                Some(id) if !id.is_empty() => return answer.call(Outcome::Done(id.to_string())),
+                // The record may exist: creating it again could make two. Stop and let a person look.
+                _ => Outcome::VendorDown {
+                    reason: format!(
+                        "jiandaoyun created a record but its answer has no data._id: {}; not sent \
+                         again until it answers as documented",
+                        answer.snippet()
+                    ),
+                },
+            },
+            Verdict::NextToken { reason, .. } => Outcome::Retry {
+                after: None,
+                reason,
+            },
+            Verdict::Fail(outcome) => outcome,
+        };
+        if answer.code() == Some(ERR_TRANSACTION) {
+            // The transaction is dead (or was never the key's): none of its tokens is any use.
+            self.pool.discard_transaction(&transaction.id).await;
+        }
+        self.hold_after(Endpoint::Create, &answer, &outcome);
+        answer.call(outcome).cast()
+    }
+}
+
+/// The company-wide pacer of the API key `key`: vendors sharing a key share its 50 calls a second.
+fn company_pacer(key: &str) -> Arc<Pacer> {
+    static PACERS: OnceLock<Mutex<HashMap<String, Weak<Pacer>>>> = OnceLock::new();
+    let id = hex(&Sha256::digest(key.as_bytes()));
+    let mut pacers = PACERS
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    pacers.retain(|_, pacer| pacer.strong_count() > 0);
+    if let Some(pacer) = pacers.get(&id).and_then(Weak::upgrade) {
+        return pacer;
+    }
+    let pacer = Arc::new(Pacer::new(
+        COMPANY_PER_SECOND,
+        COMPANY_PER_SECOND.saturating_mul(60),
+    ));
+    pacers.insert(id, Arc::downgrade(&pacer));
+    pacer
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Answer {
+    async fn receive<T>(
+        response: Result<reqwest::Response, reqwest::Error>,
+    ) -> Result<Answer, Call<T>> {
+        let response = response.map_err(|e| Call::network(&e))?;
+        let status = response.status().as_u16();
+        let wait = retry_after(response.headers());
+        let body = response.bytes().await.map_err(|e| Call::network(&e))?;
+        Ok(Answer {
+            status,
+            wait,
+            json: serde_json::from_slice(&body).unwrap_or(Value::Null),
+            body: body.to_vec(),
+        })
+    }
+
+    /// Jiandaoyun's `code` (a number, or a number in a string).
+    fn code(&self) -> Option<i64> {
+        match self.json.get("code")? {
+            Value::Number(n) => n.as_i64(),
+            Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        }
+    }
+
+    /// Qiniu's `error`.
+    fn error(&self) -> Option<&str> {
+        self.json.get("error").and_then(Value::as_str)
+    }
+
+    /// What the vendor said: `msg`, `error`, or the start of the body.
+    fn message(&self) -> String {
+        self.json
+            .get("msg")
+            .and_then(Value::as_str)
+            .or(self.error())
+            .map(String::from)
+            .unwrap_or_else(|| self.snippet())
+    }
+
+    fn snippet(&self) -> String {
+        let head = &self.body[..self.body.len().min(1200)];
+        String::from_utf8_lossy(head).chars().take(300).collect()
+    }
+
+    fn verdict(&self, endpoint: Endpoint) -> Verdict {
+        classify(
+            endpoint,
+            self.status,
+            self.code(),
+            self.error().is_some(),
+            &self.message(),
+            self.wait,
+        )
+    }
+
+    fn call<T>(&self, outcome: Outcome<T>) -> Call<T> {
+        Call::new(
+            outcome,
+            Some(self.status),
+            self.code().filter(|c| *c != 0).map(|c| c.to_string()),
+        )
+    }
+}
+
+/// Every answer Jiandaoyun (`{code, msg}`) and Qiniu (`{error}`) give, in the taxonomy.
+/// `qiniu_error`: the body had an `error` field.
+pub fn classify(
+    endpoint: Endpoint,
+    status: u16,
+    code: Option<i64>,
+    qiniu_error: bool,
+    message: &str,
+    wait: Option<Duration>,
+) -> Verdict {
+    let what = endpoint.what();
+    let said = match code {
+        Some(code) => format!("jiandaoyun {what}: {message} (code {code}, HTTP {status})"),
+        None => format!("jiandaoyun {what}: HTTP {status}: {message}"),
+    };
+    let fail = |outcome| Verdict::Fail(outcome);
+    let retry = |reason: String| {
+        fail(Outcome::Retry {
+            after: wait,
+            reason,
+        })
+    };
+    let rate_limited = || {
+        let after = wait.unwrap_or(MIN_RATE_WAIT).max(MIN_RATE_WAIT);
+        fail(Outcome::Retry {
+            after: Some(after),
+            reason: format!(
+                "{said}: rate limited; the window reopens in {}s",
+                after.as_secs()
+            ),
+        })
+    };
+    let vendor_down = |hint: &str| {
+        fail(Outcome::VendorDown {
+            reason: format!("{said}; {hint}"),
+        })
+    };
+    if let Some(code) = code.filter(|c| *c != 0) {
+        return match code {
+            ERR_RATE_LIMITED | ERR_COMPANY_RATE_LIMITED => rate_limited(),
+            c if KEY_REFUSED.contains(&c) => vendor_down(
+                "jiandaoyun refused the API key: check api_key (Open Platform » API keys, \
+                 开放平台 » 密钥管理): it must exist, be enabled and be allowed to use the app",
+            ),
+            c if APP_OR_FORM_REFUSED.contains(&c) => vendor_down(
+                "check app_id and entry_id (the form's address holds both) and that the API key \
+                 may use that app",
+            ),
+            c if QUOTA_EXHAUSTED.contains(&c) => vendor_down(
+                "the company's attachment quota is used up: files stay queued until it is raised",
+            ),
+            ERR_TRANSACTION => fail(Outcome::Retry {
+                after: None,
+                reason: format!("{said}; its transaction is refused (expired or not the key's)"),
+            }),
+            _ => retry(said),
+        };
+    }
+    if (200..300).contains(&status) && !qiniu_error {
+        return Verdict::Ok;
+    }
+    match (endpoint, status) {
+        (_, 429) => rate_limited(),
+        (Endpoint::Upload, 401) => Verdict::NextToken {
+            whole_transaction: message.to_ascii_lowercase().contains("expired"),
+            reason: said,
+        },
+        (Endpoint::Upload, 579 | 614) => Verdict::NextToken {
+            reason: said,
+            whole_transaction: false,
+        },
+        (Endpoint::Upload, 403 | 413) => fail(Outcome::Rejected { reason: said }),
+        (Endpoint::Upload, 573) => rate_limited(),
+        (Endpoint::Upload, 631) => vendor_down(
+            "the storage bucket behind Jiandaoyun's uploads does not exist: files stay queued",
+        ),
+        (_, 500..) => retry(said),
+        (Endpoint::Token | Endpoint::Create, 401 | 403 | 404) => vendor_down("check base_url"),
+        _ => retry(said),
+    }
+}
+
+/// The multipart body: `token`, then `file` last with the file's name and image type. Both parts
+/// are in memory, so the length is known and the request carries a Content-Length.
+pub fn upload_form(token: &str, name: &str, format: ImageFormat, bytes: &[u8]) -> Form {
+    // The filename parameter is a quoted string in a header: keep it to characters that need no escape.
+    let filename: String = name
+        .chars()
+        .map(|c| {
+            if c.is_control() || c == '"' || c == '\\' {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    let file = Part::bytes(bytes.to_vec())
+        .file_name(filename)
+        .mime_str(&format!("image/{}", format.mime_subtype()))
+        .expect("an image MIME type parses");
+    Form::new()
+        .percent_encode_noop()
+        .text("token", token.to_string())
+        .part("file", file)
+}
+
+/// The record's `data`: the image widget holds the key, each field its template filled in for
+/// this file.
+pub fn record_data(
+    record: &CreateRecord,
+    key: &str,
+    request: &UploadRequest<'_>,
+    watch_roots: &[std::path::PathBuf],
+) -> Value {
+    let facts = Facts::new(request, watch_roots);
+    let mut data = Map::new();
+    data.insert(record.image_widget.clone(), json!({ "value": [key] }));
+    for (widget, template) in &record.fields {
+        let value = template.render(|p| facts.get(p));
+        data.insert(widget.clone(), json!({ "value": value }));
+    }
+    Value::Object(data)
+}
+
+/// What the templates may say about a file, worked out when first asked for.
+struct Facts<'a> {
+    request: &'a UploadRequest<'a>,
+    watch_roots: &'a [std::path::PathBuf],
+    sha256: OnceCell<String>,
+    size: OnceCell<(String, String)>,
+}
+
+impl<'a> Facts<'a> {
+    fn new(request: &'a UploadRequest<'a>, watch_roots: &'a [std::path::PathBuf]) -> Self {
+        Facts {
+            request,
+            watch_roots,
+            sha256: OnceCell::new(),
+            size: OnceCell::new(),
+        }
+    }
+
+    fn get(&self, placeholder: Placeholder) -> String {
+        let path = self.request.path;
+        match placeholder {
+            Placeholder::Filename => path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            Placeholder::Path => path.display().to_string(),
+            Placeholder::Relpath => relpath(path, self.watch_roots),
+            Placeholder::Sha256 => self
+                .sha256
+                .get_or_init(|| hex(&Sha256::digest(self.request.bytes)))
+                .clone(),
+            Placeholder::Size => self.request.bytes.len().to_string(),
+            Placeholder::Width => self.dimensions().0.clone(),
+            Placeholder::Height => self.dimensions().1.clone(),
+        }
+    }
+
+    fn dimensions(&self) -> &(String, String) {
+        self.size.get_or_init(|| {
+            crate::image::inspect(self.request.bytes)
+                .map(|info| (info.width.to_string(), info.height.to_string()))
+                .unwrap_or_default()
+        })
+    }
+}
+
+/// `path` relative to the root of the watch it is under (`/` between folders), or its file name
+/// when no configured root holds it.
+pub fn relpath(path: &Path, watch_roots: &[std::path::PathBuf]) -> String {
+    watch_roots
+        .iter()
+        .filter_map(|root| path.strip_prefix(root).ok())
+        .min_by_key(|rest| rest.components().count())
+        .filter(|rest| rest.components().next().is_some())
+        .map(|rest| {
+            rest.components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join("/")
+        })
+        .unwrap_or_else(|| {
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
+}
+
+#[cfg(test)]
+mod tests;
