@@ -210,7 +210,7 @@ fn a_file_above_the_tokens_fsize_limit_is_rejected_unsent() {
         row["error"],
         format!(
             "too large for forms: {}: above the 29.3 KB its Jiandaoyun upload tokens take (fsizeLimit)",
-            imgsyncd::vendor::human_size(big.len() as u64)
+            imgsyncd::adapters::human_size(big.len() as u64)
         )
     );
     let stats = h.sandbox.jiandaoyun_stats();

@@ -256,23 +256,44 @@ fn a_held_file_keeps_its_twins_copy() {
         max_deletes: 2,
         ..Options::default()
     });
+    // b.png lives in a second watch of the same vendor, whose removals are counted apart.
+    let other_watch = h.dir.path().join("other-watch");
+    std::fs::create_dir_all(&other_watch).unwrap();
+    let config = std::fs::read_to_string(&h.config_path).unwrap()
+        + &format!("  - path: {}\n    vendor: erp\n", other_watch.display());
+    std::fs::write(&h.config_path, config).unwrap();
     h.start();
     h.drop_file("a.png", &png(600));
     h.wait_state("a.png", "synced");
-    h.drop_file("b.png", &png(600));
-    h.wait_state("b.png", "synced");
     let shared = url_of(&h, "a.png");
-    assert_eq!(url_of(&h, "b.png"), shared);
-    sync_all(&h, &names("other", 2), 610);
-    for name in ["a.png", "other-00.png", "other-01.png"] {
+    let b = other_watch.join("b.png");
+    std::fs::write(&b, png(600)).unwrap();
+    let b_text = b.display().to_string();
+    let b_state = |h: &Harness| {
+        h.files()
+            .into_iter()
+            .find(|f| f["path"] == b_text.as_str())
+            .and_then(|f| f["state"].as_str().map(String::from))
+    };
+    h.wait_for("b.png synced", |h| b_state(h).as_deref() == Some("synced"));
+    let others = names("other", 2);
+    sync_all(&h, &others, 610);
+    // Two removals fill the window of max_deletes = 2; a.png's is then held.
+    for name in &others {
         std::fs::remove_file(h.path(name)).unwrap();
     }
-    h.wait_for("the burst to be held", |h| h.status()["held_deletes"] == 3);
-    std::fs::remove_file(h.path("b.png")).unwrap();
-    h.wait_state("b.png", "removed");
+    h.wait_for("the two deletes", |h| h.sandbox.deleted().len() == 2);
+    std::fs::remove_file(h.path("a.png")).unwrap();
+    h.wait_for("a.png's removal to be held", |h| {
+        h.status()["held_deletes"] == 1
+    });
+    std::fs::remove_file(&b).unwrap();
+    h.wait_for("b.png removed", |h| {
+        b_state(h).as_deref() == Some("removed")
+    });
     settle_time();
     assert!(held_by_vendor(&h, &shared), "the held a.png still uses it");
-    assert!(h.sandbox.deleted().is_empty());
+    assert_eq!(h.sandbox.deleted().len(), 2, "only the two others");
 }
 
 /// Case 6b: Releasing held deletes never deletes a copy a live file uses.

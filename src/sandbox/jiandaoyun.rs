@@ -23,12 +23,12 @@ use sha2::{Digest, Sha256};
 
 use super::multipart;
 use super::{Fault, Logged, Sandbox, Window};
-use crate::journal::now_ms;
-use crate::vendor::jiandaoyun::policy::{encode, uuid_v4};
-use crate::vendor::jiandaoyun::{
+use crate::adapters::jiandaoyun::policy::{encode, uuid_v4};
+use crate::adapters::jiandaoyun::{
     CREATE_PATH, ERR_COMPANY_RATE_LIMITED, ERR_RATE_LIMITED, ERR_TRANSACTION, TOKEN_PATH,
     TOKENS_PER_CALL,
 };
+use crate::journal::now_ms;
 
 /// Where the issued tokens send files: the sandbox's own Qiniu-style form upload.
 pub const QINIU_UPLOAD_PATH: &str = "/qiniu-sandbox/upload";
@@ -353,6 +353,25 @@ impl Sandbox {
             Some(Fault::Delay(d)) => {
                 tokio::time::sleep(d).await;
                 Ok(())
+            }
+            // Lost answers and missing URLs are emulated for Kingdee's gateway only.
+            Some(Fault::LoseAnswer(status)) => Err(Refusal {
+                status,
+                code: None,
+                message: "lost answer (injected; not carried out by this emulator)".into(),
+            }),
+            Some(Fault::NoUrl) => Err(Refusal {
+                status: 502,
+                code: None,
+                message: "NoUrl is a Kingdee fault (injected)".into(),
+            }),
+            Some(Fault::Later(wait, _)) => {
+                tokio::time::sleep(wait).await;
+                Err(Refusal {
+                    status: 502,
+                    code: None,
+                    message: "a slow fault (injected)".into(),
+                })
             }
         }
     }

@@ -98,7 +98,7 @@ fn rate_limits_wait_at_least_a_second() {
             wait.map(Duration::from_secs),
         );
         match verdict {
-            Verdict::Fail(Outcome::Retry {
+            Verdict::Fail(Outcome::Throttled {
                 after: Some(after),
                 reason,
             }) => {
@@ -680,7 +680,7 @@ async fn a_qiniu_rate_limit_holds_the_next_upload() {
     let jdy = adapter_at(&base);
     let call = jdy.upload(&request("/d/a.png", &png(16, 8, 8))).await;
     assert!(
-        matches!(call.outcome, Outcome::Retry { after: Some(d), .. } if d == Duration::from_secs(2)),
+        matches!(call.outcome, Outcome::Throttled { after: Some(d), .. } if d == Duration::from_secs(2)),
         "{call:?}"
     );
     assert_eq!(call.http_status, Some(573));

@@ -214,7 +214,7 @@ impl Jiandaoyun {
     /// After a rate-limited answer, nothing more goes to that interface (or, for a company-wide
     /// limit, to Jiandaoyun) until the window reopens.
     fn hold_after<T>(&self, endpoint: Endpoint, answer: &Answer, outcome: &Outcome<T>) {
-        let Outcome::Retry {
+        let Outcome::Throttled {
             after: Some(after), ..
         } = outcome
         else {
@@ -711,7 +711,7 @@ pub fn classify(
     };
     let rate_limited = || {
         let after = wait.unwrap_or(MIN_RATE_WAIT).max(MIN_RATE_WAIT);
-        fail(Outcome::Retry {
+        fail(Outcome::Throttled {
             after: Some(after),
             reason: format!(
                 "{said}: rate limited; the window reopens in {}s",
