@@ -17,11 +17,8 @@ pub use template::{Placeholder, Template};
 
 /// Where the daemon looks when neither `-c` nor `IMGSYNCD_CONFIG` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/imgsyncd/daemon.yaml";
-pub const DEFAULT_INCLUDE: &[&str] = &["*.jpg", "*.jpeg", "*.png", "*.gif", "*.bmp", "*.webp"];
-/// Feishu lingo also takes icons.
-pub const DEFAULT_INCLUDE_FEISHU: &[&str] = &[
-    "*.jpg", "*.jpeg", "*.png", "*.gif", "*.bmp", "*.webp", "*.ico",
-];
+pub use crate::adapters::VendorKind;
+pub use crate::adapters::kind::DEFAULT_INCLUDE;
 pub const DEFAULT_EXCLUDE: &[&str] = &[".*", "*.tmp", "*.part", "*~"];
 
 #[derive(Debug, thiserror::Error)]
@@ -68,55 +65,6 @@ pub struct VendorConfig {
     pub per_second: Option<u32>,
     pub per_minute: Option<u32>,
     pub settings: VendorSettings,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VendorKind {
-    Kingdee,
-    Feishu,
-    Jiandaoyun,
-}
-
-impl VendorKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            VendorKind::Kingdee => "kingdee",
-            VendorKind::Feishu => "feishu",
-            VendorKind::Jiandaoyun => "jiandaoyun",
-        }
-    }
-
-    /// Whether the vendor offers an API to delete what was uploaded.
-    pub fn can_delete(self) -> bool {
-        matches!(self, VendorKind::Kingdee)
-    }
-
-    /// Why `on_remove: delete` cannot be honoured for this vendor.
-    fn no_delete_reason(self) -> &'static str {
-        match self {
-            VendorKind::Feishu => "feishu lingo has no file delete API",
-            VendorKind::Jiandaoyun => {
-                "jiandaoyun has no file delete API (a key lives as long as the record that holds it)"
-            }
-            _ => "this vendor has no delete API",
-        }
-    }
-
-    /// The file names a watch takes when it gives no `include`: what the vendor accepts.
-    pub fn default_include(self) -> &'static [&'static str] {
-        match self {
-            VendorKind::Feishu => DEFAULT_INCLUDE_FEISHU,
-            _ => DEFAULT_INCLUDE,
-        }
-    }
-
-    fn default_base_url(self) -> &'static str {
-        match self {
-            VendorKind::Kingdee => "https://api.kingdee.com",
-            VendorKind::Feishu => "https://open.feishu.cn",
-            VendorKind::Jiandaoyun => "https://api.jiandaoyun.com",
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -292,6 +240,30 @@ struct RawVendor {
     api_key_file: Option<PathBuf>,
     entry_id: Option<String>,
     create_record: Option<RawCreateRecord>,
+}
+
+impl RawVendor {
+    /// The vendor-specific keys this vendor's YAML gives, for checking against its kind's.
+    fn given_keys(&self) -> Vec<&'static str> {
+        [
+            ("client_id", self.client_id.is_some()),
+            ("client_secret", self.client_secret.is_some()),
+            ("client_secret_file", self.client_secret_file.is_some()),
+            ("app_key", self.app_key.is_some()),
+            ("app_secret", self.app_secret.is_some()),
+            ("app_secret_file", self.app_secret_file.is_some()),
+            ("domain", self.domain.is_some()),
+            ("save_temp", self.save_temp.is_some()),
+            ("app_id", self.app_id.is_some()),
+            ("api_key", self.api_key.is_some()),
+            ("api_key_file", self.api_key_file.is_some()),
+            ("entry_id", self.entry_id.is_some()),
+            ("create_record", self.create_record.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(key, given)| given.then_some(key))
+        .collect()
+    }
 }
 
 #[derive(Deserialize)]
@@ -522,17 +494,24 @@ impl Ctx<'_> {
 
     fn vendor(&self, name: &str, raw: RawVendor) -> Result<VendorConfig, ConfigError> {
         let prefix = format!("vendors.{name}");
-        let kind = match raw.kind.as_str() {
-            "kingdee" => VendorKind::Kingdee,
-            "feishu" => VendorKind::Feishu,
-            "jiandaoyun" => VendorKind::Jiandaoyun,
-            other => {
-                return Err(self.invalid(
-                    &format!("{prefix}.kind"),
-                    format!("unknown kind `{other}`; expected kingdee, feishu or jiandaoyun"),
-                ));
-            }
+        let Some(kind) = VendorKind::parse(&raw.kind) else {
+            let known: Vec<&str> = VendorKind::ALL.iter().map(|k| k.as_str()).collect();
+            return Err(self.invalid(
+                &format!("{prefix}.kind"),
+                format!("unknown kind `{}`; expected {}", raw.kind, known.join(", ")),
+            ));
         };
+        // Each kind names the keys it takes (its adapter's SPEC); any other is a mistake.
+        if let Some(key) = raw
+            .given_keys()
+            .into_iter()
+            .find(|key| !kind.spec().config_keys.contains(key))
+        {
+            return Err(self.invalid(
+                &format!("{prefix}.{key}"),
+                format!("is not a key of a {} vendor", kind.as_str()),
+            ));
+        }
         let base_url = match raw.base_url {
             Some(url) => self.expand(&format!("{prefix}.base_url"), &url)?,
             None => kind.default_base_url().to_string(),
@@ -552,90 +531,43 @@ impl Ctx<'_> {
             }
         }
         let settings = match kind {
-            VendorKind::Kingdee => {
-                self.forbid(
+            VendorKind::Kingdee => VendorSettings::Kingdee(KingdeeConfig {
+                client_id: self.required(&format!("{prefix}.client_id"), raw.client_id)?,
+                client_secret: self.secret(
                     &prefix,
-                    kind,
-                    &[
-                        ("app_id", raw.app_id.is_some()),
-                        ("api_key", raw.api_key.is_some()),
-                        ("api_key_file", raw.api_key_file.is_some()),
-                        ("entry_id", raw.entry_id.is_some()),
-                        ("create_record", raw.create_record.is_some()),
-                    ],
-                )?;
-                VendorSettings::Kingdee(KingdeeConfig {
-                    client_id: self.required(&format!("{prefix}.client_id"), raw.client_id)?,
-                    client_secret: self.secret(
-                        &prefix,
-                        "client_secret",
-                        raw.client_secret,
-                        raw.client_secret_file,
-                    )?,
-                    app_key: self.required(&format!("{prefix}.app_key"), raw.app_key)?,
-                    app_secret: self.secret(
-                        &prefix,
-                        "app_secret",
-                        raw.app_secret,
-                        raw.app_secret_file,
-                    )?,
-                    domain: self.required(&format!("{prefix}.domain"), raw.domain)?,
-                    save_temp: raw.save_temp.unwrap_or(false),
-                })
-            }
-            VendorKind::Feishu => {
-                self.forbid(
+                    "client_secret",
+                    raw.client_secret,
+                    raw.client_secret_file,
+                )?,
+                app_key: self.required(&format!("{prefix}.app_key"), raw.app_key)?,
+                app_secret: self.secret(
                     &prefix,
-                    kind,
-                    &[
-                        ("client_id", raw.client_id.is_some()),
-                        ("client_secret", raw.client_secret.is_some()),
-                        ("client_secret_file", raw.client_secret_file.is_some()),
-                        ("app_key", raw.app_key.is_some()),
-                        ("domain", raw.domain.is_some()),
-                        ("save_temp", raw.save_temp.is_some()),
-                        ("api_key", raw.api_key.is_some()),
-                        ("api_key_file", raw.api_key_file.is_some()),
-                        ("entry_id", raw.entry_id.is_some()),
-                        ("create_record", raw.create_record.is_some()),
-                    ],
-                )?;
-                VendorSettings::Feishu(FeishuConfig {
-                    app_id: self.required(&format!("{prefix}.app_id"), raw.app_id)?,
-                    app_secret: self.secret(
-                        &prefix,
-                        "app_secret",
-                        raw.app_secret,
-                        raw.app_secret_file,
-                    )?,
-                })
-            }
-            VendorKind::Jiandaoyun => {
-                self.forbid(
+                    "app_secret",
+                    raw.app_secret,
+                    raw.app_secret_file,
+                )?,
+                domain: self.required(&format!("{prefix}.domain"), raw.domain)?,
+                save_temp: raw.save_temp.unwrap_or(false),
+            }),
+            VendorKind::Feishu => VendorSettings::Feishu(FeishuConfig {
+                app_id: self.required(&format!("{prefix}.app_id"), raw.app_id)?,
+                app_secret: self.secret(
                     &prefix,
-                    kind,
-                    &[
-                        ("client_id", raw.client_id.is_some()),
-                        ("client_secret", raw.client_secret.is_some()),
-                        ("client_secret_file", raw.client_secret_file.is_some()),
-                        ("app_key", raw.app_key.is_some()),
-                        ("app_secret", raw.app_secret.is_some()),
-                        ("app_secret_file", raw.app_secret_file.is_some()),
-                        ("domain", raw.domain.is_some()),
-                        ("save_temp", raw.save_temp.is_some()),
-                    ],
-                )?;
-                VendorSettings::Jiandaoyun(JiandaoyunConfig {
-                    api_key: self.secret(&prefix, "api_key", raw.api_key, raw.api_key_file)?,
-                    app_id: self.required(&format!("{prefix}.app_id"), raw.app_id)?,
-                    entry_id: self.required(&format!("{prefix}.entry_id"), raw.entry_id)?,
-                    create_record: raw
-                        .create_record
-                        .map(|r| self.create_record(&prefix, r))
-                        .transpose()?,
-                    watch_roots: Vec::new(),
-                })
-            }
+                    "app_secret",
+                    raw.app_secret,
+                    raw.app_secret_file,
+                )?,
+            }),
+            VendorKind::Jiandaoyun => VendorSettings::Jiandaoyun(JiandaoyunConfig {
+                api_key: self.secret(&prefix, "api_key", raw.api_key, raw.api_key_file)?,
+                app_id: self.required(&format!("{prefix}.app_id"), raw.app_id)?,
+                entry_id: self.required(&format!("{prefix}.entry_id"), raw.entry_id)?,
+                create_record: raw
+                    .create_record
+                    .map(|r| self.create_record(&prefix, r))
+                    .transpose()?,
+                watch_roots: Vec::new(),
+            }),
         };
         Ok(VendorConfig {
             name: name.to_string(),
@@ -692,21 +624,6 @@ impl Ctx<'_> {
         }
     }
 
-    fn forbid(
-        &self,
-        prefix: &str,
-        kind: VendorKind,
-        keys: &[(&str, bool)],
-    ) -> Result<(), ConfigError> {
-        match keys.iter().find(|(_, present)| *present) {
-            Some((key, _)) => Err(self.invalid(
-                &format!("{prefix}.{key}"),
-                format!("is not a key of a {} vendor", kind.as_str()),
-            )),
-            None => Ok(()),
-        }
-    }
-
     fn watch(
         &self,
         index: usize,
@@ -739,7 +656,9 @@ impl Ctx<'_> {
                     &format!("{prefix}.on_remove"),
                     format!(
                         "{}; use `keep` (the default for a {} vendor)",
-                        kind.no_delete_reason(),
+                        kind.spec()
+                            .no_delete
+                            .unwrap_or("this vendor has no delete API"),
                         kind.as_str()
                     ),
                 ));

@@ -3,6 +3,7 @@
 
 pub mod feishu;
 pub mod jiandaoyun;
+pub mod kind;
 pub mod kingdee;
 mod outcome;
 mod ratelimit;
@@ -15,9 +16,10 @@ use std::time::Duration;
 
 pub use outcome::{Call, Outcome};
 
-use crate::config::{VendorConfig, VendorKind, VendorSettings};
+use crate::config::{VendorConfig, VendorSettings};
 use crate::image::{ImageFormat, ImageInfo};
 use crate::journal::Remote;
+pub use kind::{KindSpec, VendorKind};
 
 /// What a vendor accepts; files outside it are rejected before any request is made.
 #[derive(Debug, Clone, Copy)]
@@ -222,11 +224,7 @@ impl Adapter {
     }
 
     pub fn limits(&self) -> Limits {
-        match self {
-            Adapter::Kingdee(_) => kingdee::LIMITS,
-            Adapter::Feishu(_) => feishu::LIMITS,
-            Adapter::Jiandaoyun(_) => jiandaoyun::LIMITS,
-        }
+        self.kind().spec().limits
     }
 
     pub async fn upload(&self, request: &UploadRequest<'_>) -> Call<Remote> {

@@ -10,11 +10,7 @@ use super::{FileState, Journal, Result, now_ms, rfc3339};
 /// The contract's field for a remote copy's reference, by vendor kind: Kingdee answers a URL,
 /// Feishu a file_token, Jiandaoyun a key.
 pub fn reference_field(kind: &str) -> &'static str {
-    match kind {
-        "feishu" => "file_token",
-        "jiandaoyun" => "key",
-        _ => "url",
-    }
+    crate::adapters::VendorKind::parse(kind).map_or("url", |k| k.spec().reference_field)
 }
 
 /// One row of `files --json`; the contract's field names.

@@ -2,6 +2,7 @@
 //! tenant_access_token, get a `file_token`. Lingo has no API to delete a file, so nothing is deleted.
 //! The only place that knows Feishu's wire format on the client side.
 
+use crate::adapters::kind::KindSpec;
 use std::path::Path;
 use std::time::Duration;
 
@@ -43,6 +44,19 @@ pub const NO_PERMISSION: &[i64] = &[99_991_672, 99_991_676];
 pub const MAX_NAME_CHARS: usize = 100;
 
 /// What lingo takes: six formats, each side 320–4096 px, 3 KB–10 MB.
+/// What Feishu lingo is, for the rest of the daemon. Lingo also takes icons.
+pub const SPEC: KindSpec = KindSpec {
+    name: "feishu",
+    default_base_url: "https://open.feishu.cn",
+    no_delete: Some("feishu lingo has no file delete API"),
+    reference_field: "file_token",
+    default_include: &[
+        "*.jpg", "*.jpeg", "*.png", "*.gif", "*.bmp", "*.webp", "*.ico",
+    ],
+    limits: LIMITS,
+    config_keys: &["app_id", "app_secret", "app_secret_file"],
+};
+
 pub const LIMITS: Limits = Limits {
     vendor: "Feishu",
     formats: &[

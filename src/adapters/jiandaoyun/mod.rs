@@ -8,6 +8,7 @@
 pub mod policy;
 pub mod pool;
 
+use crate::adapters::kind::{DEFAULT_INCLUDE, KindSpec};
 use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::ops::RangeInclusive;
@@ -52,6 +53,25 @@ pub const ERR_UPLOAD_FAILED: i64 = 17_027;
 /// What Jiandaoyun's image widget takes. It documents no size limit; its tokens carry one
 /// (`fsizeLimit`, 200 MB in its sample), checked per file before sending. 50 MB bounds what a
 /// worker holds in memory.
+/// What Jiandaoyun is, for the rest of the daemon.
+pub const SPEC: KindSpec = KindSpec {
+    name: "jiandaoyun",
+    default_base_url: "https://api.jiandaoyun.com",
+    no_delete: Some(
+        "jiandaoyun has no file delete API (a key lives as long as the record that holds it)",
+    ),
+    reference_field: "key",
+    default_include: DEFAULT_INCLUDE,
+    limits: LIMITS,
+    config_keys: &[
+        "api_key",
+        "api_key_file",
+        "app_id",
+        "entry_id",
+        "create_record",
+    ],
+};
+
 pub const LIMITS: Limits = Limits {
     vendor: "Jiandaoyun",
     formats: &[

@@ -3,6 +3,7 @@
 
 pub mod sign;
 
+use crate::adapters::kind::{DEFAULT_INCLUDE, KindSpec};
 use std::time::Duration;
 
 use base64::Engine;
@@ -29,6 +30,26 @@ pub const ERR_APP_AUTH: i64 = 1_030_002_006;
 
 /// What Kingdee takes. It documents no size limit; 10 MB keeps the base64 JSON body (~13.4 MB)
 /// well inside what gateways accept.
+/// What Kingdee is, for the rest of the daemon.
+pub const SPEC: KindSpec = KindSpec {
+    name: "kingdee",
+    default_base_url: "https://api.kingdee.com",
+    no_delete: None,
+    reference_field: "url",
+    default_include: DEFAULT_INCLUDE,
+    limits: LIMITS,
+    config_keys: &[
+        "client_id",
+        "client_secret",
+        "client_secret_file",
+        "app_key",
+        "app_secret",
+        "app_secret_file",
+        "domain",
+        "save_temp",
+    ],
+};
+
 pub const LIMITS: Limits = Limits {
     vendor: "Kingdee",
     formats: &[
