@@ -210,9 +210,10 @@ fn execute(cli: Cli) -> Result<ExitCode> {
 }
 
 /// The journal for `status`, `files` and `history`: read only, so an operator who may only read
-/// it can use them, and they never change it.
+/// it can use them, and they never change it. The config's secrets are not needed for that, and
+/// may be the daemon's alone (`${CREDENTIALS_DIRECTORY}`), so they are not read.
 fn read_journal(config_path: &Path) -> Result<Journal> {
-    let config = load(config_path)?;
+    let config = Config::load_without_secrets(config_path)?;
     Ok(Journal::open_read_only(&config.journal)?)
 }
 
