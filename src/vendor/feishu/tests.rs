@@ -77,7 +77,7 @@ fn a_rate_limit_waits_as_long_as_the_gateway_says() {
             "upload",
             wait,
         ) {
-            Some(Outcome::Retry { after, reason }) => {
+            Some(Outcome::Throttled { after, reason }) => {
                 assert_eq!(after, wait, "{status} {code:?}");
                 assert!(reason.contains("rate limited"), "{reason}");
             }
@@ -86,7 +86,7 @@ fn a_rate_limit_waits_as_long_as_the_gateway_says() {
     }
     assert!(matches!(
         classify::<()>(429, None, "", "upload", None),
-        Some(Outcome::Retry { after: Some(d), .. }) if d == Duration::from_secs(1)
+        Some(Outcome::Throttled { after: Some(d), .. }) if d == Duration::from_secs(1)
     ));
 }
 
@@ -363,7 +363,7 @@ async fn a_success_without_a_file_token_is_never_sent_again() {
         .upload(&request("/d/a.png", &bytes, ImageFormat::Png))
         .await;
     match call.outcome {
-        Outcome::VendorDown { reason } => assert!(
+        Outcome::Unconfirmed { reason } => assert!(
             reason
                 .starts_with("feishu accepted the upload but its answer has no data.file_token: {"),
             "{reason}"
@@ -389,7 +389,7 @@ async fn a_429_carries_the_reset_and_holds_the_next_upload() {
         .upload(&request("/d/a.png", &bytes, ImageFormat::Png))
         .await;
     assert!(
-        matches!(call.outcome, Outcome::Retry { after: Some(d), .. } if d == Duration::from_secs(2)),
+        matches!(call.outcome, Outcome::Throttled { after: Some(d), .. } if d == Duration::from_secs(2)),
         "{call:?}"
     );
     assert_eq!(call.vendor_code.as_deref(), Some("99991400"));
