@@ -13,6 +13,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{Config, ConfigError, VendorConfig, WatchConfig};
 use crate::journal::{FileFilter, FileState, Journal, JournalError, JournalHandle};
+use crate::service::{Heartbeat, Notes};
 use crate::throttle::LogThrottle;
 use crate::vendor::{Adapter, VendorSet, http_client};
 use crate::watch::{WatchCommand, WatchContext, WatchTask};
@@ -22,7 +23,7 @@ use crate::worker::{Outages, PoolMode, WorkerContext, retry_log_throttle, run_po
 pub enum DaemonError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error(transparent)]
+    #[error("{}", crate::diagnose::journal(.0))]
     Journal(#[from] JournalError),
     #[error(
         "another imgsyncd is already running on the journal {0} (stop it first; `status` and `files` work alongside it)"
@@ -36,6 +37,12 @@ pub enum DaemonError {
     },
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
+    #[error("cannot serve metrics on {address} (the config's `metrics`): {source}")]
+    Metrics {
+        address: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Holds the journal's lock file: one daemon (or `scan`) per journal.
@@ -107,6 +114,10 @@ struct Daemon {
     retry_log: Arc<LogThrottle>,
     outages: Arc<Outages>,
     watches: Vec<RunningWatch>,
+    heartbeat: Arc<Heartbeat>,
+    notes: Arc<Notes>,
+    /// The metrics endpoint: the configured address and its server.
+    metrics: Option<(std::net::SocketAddr, JoinHandle<()>)>,
 }
 
 impl Daemon {
@@ -120,6 +131,64 @@ impl Daemon {
             retry_log: retry_log_throttle(),
             outages: Arc::default(),
             watches: Vec::new(),
+            heartbeat: Arc::default(),
+            notes: Arc::default(),
+            metrics: None,
+        }
+    }
+
+    /// Serves `/metrics` where the config says (nothing when it says nothing).
+    async fn serve_metrics(&mut self) -> Result<(), DaemonError> {
+        let wanted = self.config.metrics;
+        if self.metrics.as_ref().map(|(a, _)| *a) == wanted {
+            return Ok(());
+        }
+        let Some(address) = wanted else {
+            if let Some((_, server)) = self.metrics.take() {
+                server.abort();
+                info!("metrics no longer served");
+            }
+            return Ok(());
+        };
+        let (_, server) =
+            crate::metrics::serve(address, self.journal.clone(), Arc::clone(&self.vendors))
+                .await
+                .map_err(|source| DaemonError::Metrics { address, source })?;
+        if let Some((_, old)) = self.metrics.replace((address, server)) {
+            old.abort();
+        }
+        Ok(())
+    }
+
+    /// Waits until each of `watches` is set up (watcher started, first reconcile done). A long
+    /// first reconcile (a big tree) asks systemd for more start-up time as it goes.
+    async fn wait_for_watches(&self, watches: &[usize]) {
+        let mut waiting = Vec::new();
+        for &index in watches {
+            let (answer, ready) = tokio::sync::oneshot::channel();
+            if self.watches[index]
+                .commands
+                .send(WatchCommand::Ready(answer))
+                .is_ok()
+            {
+                waiting.push((self.watches[index].config.path.clone(), ready));
+            }
+        }
+        let total = waiting.len();
+        for (done, (path, ready)) in waiting.into_iter().enumerate() {
+            tokio::pin!(ready);
+            loop {
+                tokio::select! {
+                    _ = &mut ready => break,
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => {
+                        crate::service::extend_start(std::time::Duration::from_secs(30));
+                        crate::service::status(&format!(
+                            "setting up watches: {done} of {total} ready; reconciling {} with the journal",
+                            path.display()
+                        ));
+                    }
+                }
+            }
         }
     }
 
@@ -160,6 +229,7 @@ impl Daemon {
             give_up_after: self.config.give_up_after,
             retry_log: Arc::clone(&self.retry_log),
             outages: Arc::clone(&self.outages),
+            heartbeat: Arc::clone(&self.heartbeat),
         }
     }
 
@@ -167,6 +237,11 @@ impl Daemon {
         let adapter = self.vendors.get(&config.vendor)?;
         let (commands, receiver) = mpsc::unbounded_channel();
         let task = WatchTask::new(config.clone(), self.watch_context(), &adapter);
+        let mode = match config.poll {
+            Some(_) => crate::metrics::WatchMode::Poll,
+            None => crate::metrics::WatchMode::Inotify,
+        };
+        crate::metrics::watch_mode(&config.path, &config.vendor, mode);
         info!(
             watch = %config.path.display(), vendor = %config.vendor,
             mode = if config.poll.is_some() { "poll" } else { "inotify" },
@@ -183,6 +258,7 @@ impl Daemon {
         for watch in self.watches.drain(..) {
             let _ = watch.commands.send(WatchCommand::Stop);
             let _ = watch.task.await;
+            crate::metrics::watch_stopped(&watch.config.path);
         }
     }
 
@@ -196,11 +272,15 @@ impl Daemon {
         }
     }
 
-    /// SIGHUP: a new config takes effect without dropping jobs; a bad one is logged and ignored.
+    /// SIGHUP: a new config takes effect without dropping jobs; a bad one is logged, shown in
+    /// STATUS= and ignored.
     async fn reload(&mut self) {
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+        crate::service::reloading();
         match Config::load(&self.config.source) {
-            Err(e) => error!("reload refused, keeping the running config: {e}"),
+            Err(e) => {
+                error!("reload refused, keeping the running config: {e}");
+                self.notes.reload(Some(e.to_string()));
+            }
             Ok(mut new) => {
                 if new.journal != self.config.journal {
                     warn!(
@@ -235,6 +315,7 @@ impl Daemon {
                     info!(watch = %watch.config.path.display(), "watch removed or changed: stopping it");
                     let _ = watch.commands.send(WatchCommand::Stop);
                     let _ = watch.task.await;
+                    crate::metrics::watch_stopped(&watch.config.path);
                 }
                 self.config = new;
                 for watch in &kept {
@@ -248,15 +329,23 @@ impl Daemon {
                     .filter(|w| !self.watches.iter().any(|r| &r.config == *w))
                     .cloned()
                     .collect();
+                let first_fresh = self.watches.len();
                 for config in fresh {
                     if let Some(running) = self.start_watch(config) {
                         self.watches.push(running);
                     }
                 }
+                let started: Vec<usize> = (first_fresh..self.watches.len()).collect();
+                self.wait_for_watches(&started).await;
+                if let Err(e) = self.serve_metrics().await {
+                    error!("{e}; the metrics endpoint stays as it was");
+                    self.config.metrics = self.metrics.as_ref().map(|(a, _)| *a);
+                }
                 if let Err(e) = self.journal.call(|j| j.probe_paused_now()).await {
                     error!("cannot reset vendor pauses: {e}");
                 }
                 self.wake.notify_one();
+                self.notes.reload(None);
                 info!(
                     watches = self.watches.len(),
                     vendors = self.config.vendors.len(),
@@ -265,7 +354,8 @@ impl Daemon {
                 );
             }
         }
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        crate::service::ready("reloaded");
+        crate::service::changed();
     }
 }
 
@@ -316,17 +406,22 @@ fn open_journal(config: &Config) -> Result<(JournalLock, JournalHandle), DaemonE
     Ok((lock, JournalHandle::new(journal)))
 }
 
-/// The daemon, in the foreground, until SIGTERM or SIGINT.
+/// The daemon, in the foreground, until SIGTERM or SIGINT. systemd hears READY=1 only once the
+/// journal is open, the metrics endpoint bound and every watch set up.
 pub async fn run(config: Config) -> Result<(), DaemonError> {
     let mut signals = signals()?;
+    crate::service::status("starting: opening the journal");
     let (_lock, journal) = open_journal(&config)?;
     let mut daemon = Daemon::new(config, journal);
     daemon.set_vendors(&BTreeMap::new(), &daemon.config.vendors.clone());
+    daemon.serve_metrics().await?;
     for watch in daemon.config.watches.clone() {
         if let Some(running) = daemon.start_watch(watch) {
             daemon.watches.push(running);
         }
     }
+    let all: Vec<usize> = (0..daemon.watches.len()).collect();
+    daemon.wait_for_watches(&all).await;
     let (stop, stopped) = watch::channel(false);
     let pool = tokio::spawn(run_pool(
         daemon.worker_context(),
@@ -334,7 +429,44 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         PoolMode::Daemon,
         stopped,
     ));
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    let mut background = vec![
+        tokio::spawn(crate::logging::summarise(
+            Arc::clone(crate::logging::storms()),
+            crate::logging::Summary::Storms,
+        )),
+        tokio::spawn(crate::logging::summarise(
+            Arc::clone(&daemon.retry_log),
+            crate::logging::Summary::Retries,
+        )),
+    ];
+    let glance = daemon
+        .journal
+        .call(|j| j.glance())
+        .await
+        .unwrap_or_default();
+    let first_status = crate::service::compose(&glance, &crate::metrics::watches(), &daemon.notes);
+    crate::service::ready(&first_status);
+    background.push(tokio::spawn(crate::service::keep_status(
+        daemon.journal.clone(),
+        Arc::clone(&daemon.notes),
+        first_status,
+    )));
+    if let Some(interval) = crate::service::watchdog_interval() {
+        background.push(tokio::spawn(crate::service::watchdog(
+            interval,
+            daemon.journal.clone(),
+            Arc::clone(&daemon.heartbeat),
+            Arc::clone(&daemon.notes),
+        )));
+    }
+    if let Some(what) = crate::service::test_wedge() {
+        background.push(tokio::spawn(crate::service::wedge(
+            what,
+            std::time::Duration::from_secs(1),
+            daemon.journal.clone(),
+            Arc::clone(&daemon.heartbeat),
+        )));
+    }
     info!(
         watches = daemon.watches.len(),
         vendors = daemon.config.vendors.len(),
@@ -350,10 +482,16 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         }
     }
     info!("stopping: no new jobs are taken");
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    crate::service::stopping();
+    for task in background {
+        task.abort();
+    }
     daemon.stop_watches().await;
     let _ = stop.send(true);
     let _ = pool.await;
+    if let Some((_, server)) = daemon.metrics.take() {
+        server.abort();
+    }
     info!("stopped");
     Ok(())
 }

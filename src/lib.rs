@@ -7,10 +7,14 @@
 pub mod config;
 pub mod daemon;
 pub mod dev;
+pub mod diagnose;
 pub mod image;
 pub mod journal;
+pub mod logging;
+pub mod metrics;
 pub mod report;
 pub mod sandbox;
+pub mod service;
 pub mod throttle;
 pub mod vendor;
 pub mod watch;
