@@ -354,7 +354,7 @@ impl Daemon {
                 );
             }
         }
-        crate::service::ready("reloaded");
+        crate::service::ready(None);
         crate::service::changed();
     }
 }
@@ -445,7 +445,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         .await
         .unwrap_or_default();
     let first_status = crate::service::compose(&glance, &crate::metrics::watches(), &daemon.notes);
-    crate::service::ready(&first_status);
+    crate::service::ready(Some(&first_status));
     background.push(tokio::spawn(crate::service::keep_status(
         daemon.journal.clone(),
         Arc::clone(&daemon.notes),

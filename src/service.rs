@@ -29,9 +29,13 @@ fn send(states: &[NotifyState]) {
     }
 }
 
-/// READY=1 (with the status line that goes with it).
-pub fn ready(status: &str) {
-    send(&[NotifyState::Ready, NotifyState::Status(status)]);
+/// READY=1, with the status line that goes with it at start-up (after a reload the status
+/// keeper says what changed, if anything did).
+pub fn ready(status: Option<&str>) {
+    match status {
+        Some(line) => send(&[NotifyState::Ready, NotifyState::Status(line)]),
+        None => send(&[NotifyState::Ready]),
+    }
 }
 
 /// RELOADING=1 with MONOTONIC_USEC, as `Type=notify-reload` and newer managers expect.
