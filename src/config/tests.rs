@@ -170,7 +170,7 @@ fn the_example_config_is_valid() {
         .replace("${KINGDEE_CLIENT_SECRET}", "client-secret")
         .replace("${FEISHU_APP_SECRET}", "feishu-secret")
         .replace(
-            "/run/credentials/imgsyncd.service/kingdee_app_secret",
+            "${CREDENTIALS_DIRECTORY}/kingdee_app_secret",
             &secret.display().to_string(),
         );
     let config = parse(&text).unwrap();
@@ -178,6 +178,13 @@ fn the_example_config_is_valid() {
     assert_eq!(config.watches[0].path, PathBuf::from("/srv/drop/products"));
     assert_eq!(config.vendors["wiki"].settings.kind(), VendorKind::Feishu);
     assert_eq!(config.watches[1].on_remove, OnRemove::Keep);
+    assert_eq!(config.metrics, None, "metrics are off unless set");
+    let with_metrics =
+        parse(&text.replace("# metrics: 127.0.0.1:9464", "metrics: 127.0.0.1:9464")).unwrap();
+    assert_eq!(
+        with_metrics.metrics,
+        Some("127.0.0.1:9464".parse().unwrap())
+    );
 }
 
 const FEISHU: &str = "\
