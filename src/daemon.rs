@@ -23,17 +23,18 @@ use crate::worker::{Outages, PoolMode, WorkerContext, retry_log_throttle, run_po
 pub enum DaemonError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("{}", crate::diagnose::journal(.0))]
-    Journal(#[from] JournalError),
+    /// The journal's error with what to do about it, as one message (no chain of causes
+    /// repeating it).
+    #[error("{0}")]
+    Journal(String),
     #[error(
         "another imgsyncd is already running on the journal {0} (stop it first; `status` and `files` work alongside it)"
     )]
     Locked(PathBuf),
-    #[error("cannot lock {path}: {source}")]
+    #[error("cannot lock {}: {error}{}", path.display(), lock_advice(error))]
     Lock {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
@@ -45,6 +46,23 @@ pub enum DaemonError {
     },
 }
 
+impl From<JournalError> for DaemonError {
+    fn from(error: JournalError) -> Self {
+        DaemonError::Journal(crate::diagnose::journal(&error))
+    }
+}
+
+fn lock_advice(error: &std::io::Error) -> &'static str {
+    match error.kind() {
+        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+            ": the daemon's user may not write the journal's folder (the unit's \
+             StateDirectory=imgsyncd gives it /var/lib/imgsyncd; check ownership and mount)"
+        }
+        std::io::ErrorKind::StorageFull => ": the disk holding the journal is full",
+        _ => "",
+    }
+}
+
 /// Holds the journal's lock file: one daemon (or `scan`) per journal.
 #[derive(Debug)]
 pub struct JournalLock(#[allow(dead_code)] File);
@@ -52,9 +70,9 @@ pub struct JournalLock(#[allow(dead_code)] File);
 pub fn lock_journal(journal: &Path) -> Result<JournalLock, DaemonError> {
     let path = PathBuf::from(format!("{}.lock", journal.display()));
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|source| DaemonError::Lock {
+        std::fs::create_dir_all(dir).map_err(|error| DaemonError::Lock {
             path: path.clone(),
-            source,
+            error,
         })?;
     }
     let file = File::options()
@@ -62,9 +80,9 @@ pub fn lock_journal(journal: &Path) -> Result<JournalLock, DaemonError> {
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(|source| DaemonError::Lock {
+        .map_err(|error| DaemonError::Lock {
             path: path.clone(),
-            source,
+            error,
         })?;
     match file.try_lock() {
         Ok(()) => {
@@ -75,7 +93,7 @@ pub fn lock_journal(journal: &Path) -> Result<JournalLock, DaemonError> {
             Ok(JournalLock(file))
         }
         Err(std::fs::TryLockError::WouldBlock) => Err(DaemonError::Locked(journal.to_path_buf())),
-        Err(std::fs::TryLockError::Error(source)) => Err(DaemonError::Lock { path, source }),
+        Err(std::fs::TryLockError::Error(error)) => Err(DaemonError::Lock { path, error }),
     }
 }
 
@@ -392,8 +410,17 @@ fn signals() -> Result<mpsc::UnboundedReceiver<Signal>, DaemonError> {
 
 fn open_journal(config: &Config) -> Result<(JournalLock, JournalHandle), DaemonError> {
     let lock = lock_journal(&config.journal)?;
-    let mut journal = Journal::open(&config.journal)?;
-    let requeued = journal.requeue_running()?;
+    // Every failure names the journal, once, with what to do.
+    let named = |e: JournalError| match e {
+        JournalError::Sql(_) => DaemonError::Journal(format!(
+            "journal {}: {}",
+            config.journal.display(),
+            crate::diagnose::journal(&e)
+        )),
+        other => other.into(),
+    };
+    let mut journal = Journal::open(&config.journal).map_err(named)?;
+    let requeued = journal.requeue_running().map_err(named)?;
     if requeued > 0 {
         warn!(
             requeued,
@@ -401,8 +428,8 @@ fn open_journal(config: &Config) -> Result<(JournalLock, JournalHandle), DaemonE
         );
     }
     // A start is like a reload: paused vendors are tried again at once, watches check their folders.
-    journal.probe_paused_now()?;
-    journal.clear_watch_pauses()?;
+    journal.probe_paused_now().map_err(named)?;
+    journal.clear_watch_pauses().map_err(named)?;
     Ok((lock, JournalHandle::new(journal)))
 }
 

@@ -15,6 +15,38 @@ use crate::journal::JournalError;
 // ---- inotify ------------------------------------------------------------------------------------
 
 const MAX_USER_WATCHES: &str = "/proc/sys/fs/inotify/max_user_watches";
+/// The same limit for this user namespace (a container's): both apply, the lower one first.
+const USERNS_MAX_WATCHES: &str = "/proc/sys/user/max_inotify_watches";
+
+/// The inotify watch limits in force: the system's and this user namespace's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WatchLimits {
+    pub system: Option<u64>,
+    pub namespace: Option<u64>,
+}
+
+impl WatchLimits {
+    fn read() -> WatchLimits {
+        let read = |path: &str| {
+            std::fs::read_to_string(path)
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+        };
+        WatchLimits {
+            system: read(MAX_USER_WATCHES),
+            namespace: read(USERNS_MAX_WATCHES),
+        }
+    }
+
+    /// The user namespace's limit when it is the one that binds.
+    fn namespace_binds(&self) -> Option<u64> {
+        match (self.system, self.namespace) {
+            (Some(system), Some(ns)) if ns < system => Some(ns),
+            (None, Some(ns)) => Some(ns),
+            _ => None,
+        }
+    }
+}
 
 /// The inotify watches held by the process whose `/proc` folder is `proc_pid`: the `inotify wd:`
 /// lines of the fdinfo of each of its inotify descriptors.
@@ -78,35 +110,45 @@ pub fn suggested_max_watches(in_use: u64, folders: u64) -> u64 {
 
 /// The inotify limit and its use, measured, with what to set.
 pub fn inotify_advice(
-    limit: Option<u64>,
+    limits: WatchLimits,
     by_user: u64,
     by_us: Option<u64>,
     root: &Path,
     folders: u64,
 ) -> String {
-    let limit_text = limit.map_or_else(
-        || "fs.inotify.max_user_watches (unreadable here)".to_string(),
-        |l| format!("fs.inotify.max_user_watches is {l}"),
-    );
     let ours = by_us.map_or_else(String::new, |n| format!(" ({n} by imgsyncd)"));
     let suggest = suggested_max_watches(by_user, folders);
+    let (limit_text, fix) = match limits.namespace_binds() {
+        Some(ns) => (
+            format!("this user namespace's user.max_inotify_watches is {ns}"),
+            format!(
+                "set user.max_inotify_watches={suggest} where the namespace (the container) is \
+                 made, and fs.inotify.max_user_watches at least as high on the host"
+            ),
+        ),
+        None => (
+            limits.system.map_or_else(
+                || "fs.inotify.max_user_watches (unreadable here)".to_string(),
+                |l| format!("fs.inotify.max_user_watches is {l}"),
+            ),
+            format!(
+                "set fs.inotify.max_user_watches={suggest} \
+                 (`sysctl -w fs.inotify.max_user_watches={suggest}`, and the line \
+                 `fs.inotify.max_user_watches={suggest}` in /etc/sysctl.d/90-imgsyncd.conf to keep it)"
+            ),
+        ),
+    };
     format!(
         "out of inotify watches: {limit_text}, this user's processes hold {by_user}{ours}, and {} \
-         has {folders} folders to watch: set fs.inotify.max_user_watches={suggest} \
-         (`sysctl -w fs.inotify.max_user_watches={suggest}`, and the line \
-         `fs.inotify.max_user_watches={suggest}` in /etc/sysctl.d/90-imgsyncd.conf to keep it), \
-         or give this watch `poll:`",
+         has {folders} folders to watch: {fix}, or give this watch `poll:`",
         root.display()
     )
 }
 
 /// [`inotify_advice`] measured now for the watch on `root`.
 pub fn out_of_inotify_watches(root: &Path) -> String {
-    let limit = std::fs::read_to_string(MAX_USER_WATCHES)
-        .ok()
-        .and_then(|t| t.trim().parse().ok());
     inotify_advice(
-        limit,
+        WatchLimits::read(),
         inotify_watches_of_user(),
         inotify_watches_of(Path::new("/proc/self")),
         root,
@@ -157,9 +199,14 @@ pub fn journal_advice(error: &JournalError) -> Option<&'static str> {
 
 /// The error with its advice.
 pub fn journal(error: &JournalError) -> String {
+    let text = match error {
+        // "journal query failed: …" says nothing the advice does not say better.
+        JournalError::Sql(e) if journal_advice(error).is_some() => e.to_string(),
+        _ => error.to_string(),
+    };
     match journal_advice(error) {
-        Some(advice) => format!("{error}: {advice}"),
-        None => error.to_string(),
+        Some(advice) => format!("{text}: {advice}"),
+        None => text,
     }
 }
 
@@ -218,7 +265,11 @@ mod tests {
 
     #[test]
     fn the_advice_measures_and_says_what_to_set() {
-        let text = inotify_advice(Some(8192), 8190, Some(8000), Path::new("/srv/drop"), 12_000);
+        let system = WatchLimits {
+            system: Some(8192),
+            namespace: Some(8192),
+        };
+        let text = inotify_advice(system, 8190, Some(8000), Path::new("/srv/drop"), 12_000);
         assert_eq!(
             text,
             "out of inotify watches: fs.inotify.max_user_watches is 8192, this user's processes \
@@ -228,6 +279,19 @@ mod tests {
              to keep it), or give this watch `poll:`"
         );
         assert_eq!(suggested_max_watches(500_000, 300_000), 2_097_152);
+        let container = WatchLimits {
+            system: Some(524_288),
+            namespace: Some(20),
+        };
+        let text = inotify_advice(container, 20, Some(20), Path::new("/srv/drop"), 31);
+        assert!(
+            text.starts_with(
+                "out of inotify watches: this user namespace's user.max_inotify_watches is 20, \
+                 this user's processes hold 20 (20 by imgsyncd), and /srv/drop has 31 folders \
+                 to watch: set user.max_inotify_watches=524288 where the namespace"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -380,3 +380,160 @@ fn metrics_after_a_sync_match_what_the_vendor_received() {
     );
     assert!(body.contains("# TYPE imgsyncd_request_duration_seconds histogram"));
 }
+
+#[test]
+fn a_refused_timestamp_compares_the_clock_with_kingdees() {
+    let mut h = Harness::new();
+    h.sandbox.inject([imgsyncd::sandbox::Fault::Gateway(4006)]);
+    h.start();
+    h.drop_file("late.png", &png(831));
+    h.wait_for("the vendor to be paused", |h| {
+        h.status()["paused_vendors"]
+            .as_array()
+            .is_some_and(|p| !p.is_empty())
+    });
+    let reason = h.status()["paused_vendors"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The sandbox runs on this host's clock: its Date header agrees to the second.
+    assert!(reason.contains("(errcode 4006)"), "{reason}");
+    assert!(
+        reason.contains("this host's clock agrees with Kingdee's Date header"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_read_only_journal_is_one_clear_message() {
+    if !common::running_as_root() {
+        eprintln!("skipped: needs root to run the daemon as another user");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let h = Harness::with(common::Options {
+        as_nobody: true,
+        ..common::Options::default()
+    });
+    // The journal exists (made by root) but its folder and file are not the daemon's to write.
+    let out = Command::new(BIN)
+        .args(["-c", h.config_path.to_str().unwrap(), "scan"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::set_permissions(h.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        h.dir.path().join("journal.sqlite3.lock"),
+        std::fs::Permissions::from_mode(0o666),
+    )
+    .unwrap();
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            BIN,
+            "-c",
+        ])
+        .arg(&h.config_path)
+        .args(["run", "--log-format", "text"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let message: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("imgsyncd: "))
+        .collect();
+    assert_eq!(message.len(), 1, "{stderr}");
+    let message = message[0];
+    assert!(
+        message.starts_with(&format!(
+            "imgsyncd: journal {}: attempt to write a readonly database: the journal is read-only",
+            h.dir.path().join("journal.sqlite3").display()
+        )),
+        "{message}"
+    );
+    assert!(!message.contains("Error code"), "said once: {message}");
+    // Nothing was harmed: the journal still reads.
+    assert_eq!(h.status()["files"]["synced"], 0);
+}
+
+/// Out of inotify watches: the log says how many are allowed and in use, how many the folder
+/// needs and what to set, and the watch is polled instead. The limit is lowered for the daemon
+/// alone, in a user namespace of its own (Linux 5.11+); where that cannot be made, there is
+/// nothing to check.
+#[test]
+fn out_of_inotify_watches_says_what_to_set_and_polls() {
+    let probe = Command::new("unshare")
+        .args([
+            "-U",
+            "-r",
+            "sh",
+            "-c",
+            "echo 20 > /proc/sys/user/max_inotify_watches",
+        ])
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: cannot lower the inotify limit in a user namespace here");
+        return;
+    }
+    let h = Harness::new();
+    for i in 0..30 {
+        std::fs::create_dir_all(h.path(&format!("folder-{i:02}"))).unwrap();
+    }
+    h.drop_file("folder-07/early.png", &png(841));
+    let log_path = h.dir.path().join("inotify.log");
+    let mut child = Command::new("unshare")
+        .args([
+            "-U",
+            "-r",
+            "sh",
+            "-c",
+            "echo 20 > /proc/sys/user/max_inotify_watches && exec \"$1\" -c \"$2\" run --log-format text",
+            "sh",
+            BIN,
+            h.config_path.to_str().unwrap(),
+        ])
+        .env("IMGSYNCD_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !log().contains("imgsyncd running") {
+        assert!(Instant::now() < deadline, "{}", log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    h.wait_state("folder-07/early.png", "synced");
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    child.wait().unwrap();
+    let log = log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("cannot watch the folder with inotify"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        line.contains(
+            "out of inotify watches: this user namespace's user.max_inotify_watches is 20, \
+             this user's processes hold"
+        ),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!(
+            "and {} has 31 folders to watch: set user.max_inotify_watches=524288",
+            h.drop.display()
+        )),
+        "{line}"
+    );
+    assert!(line.contains("polling it every 30s instead"), "{line}");
+    assert!(line.contains(" ERROR "), "{line}");
+}
