@@ -465,6 +465,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             Arc::clone(&daemon.retry_log),
             crate::logging::Summary::Retries,
         )),
+        tokio::spawn(crate::logging::summarise(
+            Arc::clone(crate::logging::journal_trouble()),
+            crate::logging::Summary::JournalTrouble,
+        )),
     ];
     let glance = daemon
         .journal

@@ -210,11 +210,14 @@ pub fn journal(error: &JournalError) -> String {
     }
 }
 
-/// Logs a journal write that failed and will be tried again, a few a minute at most: a full disk
-/// would otherwise log once per file and retry.
+/// Logs a journal write that failed and will be tried again: once a minute for each kind of
+/// trouble (a full disk would otherwise log once per file and retry); the rest are counted and
+/// summarised ([`crate::logging::journal_trouble`]).
 pub fn journal_write_failed(doing: &str, path: &str, error: &JournalError) {
-    let verdict =
-        crate::logging::storms().check("journal write failures", std::time::Instant::now());
+    let kind = journal_advice(error)
+        .and_then(|advice| advice.split(':').next())
+        .unwrap_or("other errors");
+    let verdict = crate::logging::journal_trouble().check(kind, std::time::Instant::now());
     if verdict != crate::throttle::Verdict::Suppress {
         error!(path = %path, "cannot {doing} (will try again): {}", journal(error));
     }

@@ -152,6 +152,14 @@ pub fn storms() -> &'static Arc<LogThrottle> {
     &STORMS
 }
 
+/// Throttles failed journal writes: one line a minute per kind of trouble (keys: the advice's
+/// first clause, "the disk holding the journal is full"), the rest summarised.
+pub fn journal_trouble() -> &'static Arc<LogThrottle> {
+    static TROUBLE: LazyLock<Arc<LogThrottle>> =
+        LazyLock::new(|| Arc::new(LogThrottle::new(Duration::from_secs(60), 1)));
+    &TROUBLE
+}
+
 /// The key for a vendor's rejections in [`storms`].
 pub fn rejections_of(vendor: &str) -> String {
     format!("rejections for {vendor}")
@@ -169,6 +177,8 @@ pub enum Summary {
     Storms,
     /// The worker's retry lines (keys `vendor: reason`), summarised as warnings.
     Retries,
+    /// [`journal_trouble`]: failed journal writes, summarised as errors.
+    JournalTrouble,
 }
 
 /// Writes one line per key that held lines back, once its window has ended. Idle, it waits for
@@ -189,6 +199,10 @@ pub async fn summarise(throttle: Arc<LogThrottle>, kind: Summary) {
                         Summary::Retries => {
                             warn!("{count} more retries were not logged in the last minute: {key}")
                         }
+                        Summary::JournalTrouble => error!(
+                            "{count} more journal writes failed in the last minute ({key}); \
+                             each is tried again until it succeeds"
+                        ),
                     }
                 }
             }

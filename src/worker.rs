@@ -249,7 +249,10 @@ async fn claim(
             Ok(Some((Claimed::Job(job), probe))) => return Some((job, probe)),
             Ok(Some((settled, _))) => log_settled(&settled),
             Err(e) => {
-                error!("cannot claim a job: {e}");
+                // A journal that cannot be written (disk full) is asked again in a second, not
+                // in a loop, and said so a few times a minute.
+                crate::diagnose::journal_write_failed("claim a job", "", &e);
+                tokio::time::sleep(Duration::from_secs(1)).await;
                 return None;
             }
         }

@@ -537,3 +537,110 @@ fn out_of_inotify_watches_says_what_to_set_and_polls() {
     assert!(line.contains("polling it every 30s instead"), "{line}");
     assert!(line.contains(" ERROR "), "{line}");
 }
+
+/// A full disk under the journal: the daemon says so a few times with what to do, loses nothing,
+/// and carries on once there is room. The journal sits on a small tmpfs in a mount namespace of
+/// the daemon's own, filled and emptied from inside it (nsenter); where that cannot be made,
+/// there is nothing to check.
+#[test]
+fn a_full_disk_under_the_journal_is_said_once_and_loses_nothing() {
+    let probe = Command::new("unshare")
+        .args(["-m", "sh", "-c", "mount -t tmpfs tmpfs /mnt"])
+        .status();
+    let nsenter = Command::new("nsenter").arg("--version").output();
+    if !probe.is_ok_and(|s| s.success()) || !nsenter.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: cannot build a mount namespace (or no nsenter) here");
+        return;
+    }
+    let h = Harness::new();
+    let state = h.dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let config = std::fs::read_to_string(&h.config_path).unwrap();
+    let journal = h.dir.path().join("journal.sqlite3").display().to_string();
+    let moved = state.join("journal.sqlite3").display().to_string();
+    std::fs::write(&h.config_path, config.replace(&journal, &moved)).unwrap();
+    let log_path = h.dir.path().join("full.log");
+    let mut child = Command::new("unshare")
+        .args([
+            "-m",
+            "sh",
+            "-c",
+            "mount -t tmpfs -o size=2m tmpfs \"$1\" && exec \"$2\" -c \"$3\" run --log-format text",
+            "sh",
+            state.to_str().unwrap(),
+            BIN,
+            h.config_path.to_str().unwrap(),
+        ])
+        .env("IMGSYNCD_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    let inside = |script: &str| {
+        Command::new("nsenter")
+            .args(["-t", &pid, "-m", "sh", "-c", script, "sh"])
+            .arg(&state)
+            .arg(BIN)
+            .arg(&h.config_path)
+            .output()
+            .unwrap()
+    };
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let wait = |what: &str, done: &dyn Fn(&str) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !done(&log()) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}\n{}",
+                log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait("the start", &|l| l.contains("imgsyncd running"));
+    h.drop_file("before.png", &png(851));
+    wait("the first upload", &|l| {
+        l.matches("uploaded: url").count() == 1
+    });
+
+    inside("cat /dev/zero > \"$1/filler\" 2>/dev/null; true");
+    for i in 0..5 {
+        h.drop_file(&format!("during-{i}.png"), &png(860 + i));
+    }
+    wait("the full disk to be reported", &|l| {
+        l.contains("the disk holding the journal is full")
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    let reports = log()
+        .matches("the disk holding the journal is full")
+        .count();
+    assert_eq!(
+        reports,
+        1,
+        "said once, not once per file and retry:\n{}",
+        log()
+    );
+    assert_eq!(
+        h.sandbox.uploads(),
+        1,
+        "nothing sent that could not be recorded"
+    );
+
+    inside("rm \"$1/filler\"");
+    wait("every file once there is room", &|l| {
+        l.matches("uploaded: url").count() == 6
+    });
+    let files = inside("\"$2\" -c \"$3\" files --json");
+    assert!(
+        files.status.success(),
+        "{}",
+        String::from_utf8_lossy(&files.stderr)
+    );
+    let files: Vec<Value> = serde_json::from_slice(&files.stdout).unwrap();
+    assert_eq!(files.len(), 6, "{files:#?}");
+    assert!(files.iter().all(|f| f["state"] == "synced"), "{files:#?}");
+    assert_eq!(h.sandbox.uploads(), 6);
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    child.wait().unwrap();
+}
