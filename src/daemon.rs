@@ -36,13 +36,13 @@ pub enum DaemonError {
         path: PathBuf,
         error: std::io::Error,
     },
+    // The causes are in the messages, so they are not chained (the CLI would print them twice).
     #[error("cannot install signal handlers: {0}")]
-    Signals(#[source] std::io::Error),
-    #[error("cannot serve metrics on {address} (the config's `metrics`): {source}")]
+    Signals(std::io::Error),
+    #[error("cannot serve metrics on {address} (the config's `metrics`): {error}")]
     Metrics {
         address: std::net::SocketAddr,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -171,7 +171,7 @@ impl Daemon {
         let (_, server) =
             crate::metrics::serve(address, self.journal.clone(), Arc::clone(&self.vendors))
                 .await
-                .map_err(|source| DaemonError::Metrics { address, source })?;
+                .map_err(|error| DaemonError::Metrics { address, error })?;
         if let Some((_, old)) = self.metrics.replace((address, server)) {
             old.abort();
         }
