@@ -93,9 +93,33 @@ impl Notes {
         changed();
     }
 
+    /// Which loops do not answer (`None`: all do). Only a change is worth a new status.
     fn unresponsive(&self, what: Option<String>) {
-        self.with(|n| n.unresponsive = what);
-        changed();
+        let changed_now = self.with(|n| {
+            let changed_now = n.unresponsive != what;
+            n.unresponsive = what;
+            changed_now
+        });
+        if changed_now {
+            changed();
+        }
+    }
+
+    /// What the notes say, as the leading parts of the status line.
+    fn parts(&self) -> Vec<String> {
+        self.with(|n| {
+            let mut parts = Vec::new();
+            if let Some(what) = &n.unresponsive {
+                parts.push(format!("NOT RESPONDING: {what}"));
+            }
+            if let Some(why) = &n.reload_refused {
+                parts.push(format!(
+                    "reload refused, running the previous config: {}",
+                    clip(why, 160)
+                ));
+            }
+            parts
+        })
     }
 }
 
@@ -111,18 +135,7 @@ fn clip(text: &str, max: usize) -> String {
 
 /// The STATUS= line: what is pending, what is paused and why, what is watched.
 pub fn compose(glance: &Glance, watches: &[(PathBuf, String, WatchMode)], notes: &Notes) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    notes.with(|n| {
-        if let Some(what) = &n.unresponsive {
-            parts.push(format!("NOT RESPONDING: {what}"));
-        }
-        if let Some(why) = &n.reload_refused {
-            parts.push(format!(
-                "reload refused, running the previous config: {}",
-                clip(why, 160)
-            ));
-        }
-    });
+    let mut parts = notes.parts();
     let mut counts = Vec::new();
     if glance.pending > 0 {
         counts.push(format!("{} pending", glance.pending));
@@ -168,6 +181,13 @@ pub fn compose(glance: &Glance, watches: &[(PathBuf, String, WatchMode)], notes:
     parts.join("; ")
 }
 
+/// The status line when the journal cannot be read: the notes, then why.
+fn without_journal(notes: &Notes, why: String) -> String {
+    let mut parts = notes.parts();
+    parts.push(why);
+    parts.join("; ")
+}
+
 /// Keeps STATUS= up to date: it is recomputed when something [`changed`] (a burst is taken in
 /// together), and sent only when it reads differently. No timer runs while nothing happens.
 pub async fn keep_status(journal: JournalHandle, notes: Arc<Notes>, mut last: String) {
@@ -178,8 +198,8 @@ pub async fn keep_status(journal: JournalHandle, notes: Arc<Notes>, mut last: St
             .await
         {
             Ok(Ok(glance)) => compose(&glance, &crate::metrics::watches(), &notes),
-            Ok(Err(e)) => format!("cannot read the journal: {e}"),
-            Err(_) => "the journal does not answer".to_string(),
+            Ok(Err(e)) => without_journal(&notes, format!("cannot read the journal: {e}")),
+            Err(_) => without_journal(&notes, "the journal does not answer".to_string()),
         };
         if line != last {
             status(&line);
@@ -341,17 +361,27 @@ pub async fn watchdog(
         } else {
             Some(pool_silent_since.get_or_insert_with(Instant::now).elapsed() + deadline)
         };
-        let mut trouble = Vec::new();
+        let seconds = |d: Duration| {
+            humantime::format_duration(Duration::from_secs(d.as_secs().max(1))).to_string()
+        };
+        // (for the log, with how long; for STATUS=, which stays the same while it lasts)
+        let mut trouble: Vec<(String, &str)> = Vec::new();
         if let Err(for_how_long) = journal_ok {
-            trouble.push(format!(
-                "the journal writer has not answered for {}",
-                humantime::format_duration(Duration::from_secs(for_how_long.as_secs().max(1)))
+            trouble.push((
+                format!(
+                    "the journal writer has not answered for {}",
+                    seconds(for_how_long)
+                ),
+                "the journal writer does not answer",
             ));
         }
         if let Some(for_how_long) = pool_silent {
-            trouble.push(format!(
-                "the worker pool has not answered for {}",
-                humantime::format_duration(Duration::from_secs(for_how_long.as_secs().max(1)))
+            trouble.push((
+                format!(
+                    "the worker pool has not answered for {}",
+                    seconds(for_how_long)
+                ),
+                "the worker pool does not answer",
             ));
         }
         if trouble.is_empty() {
@@ -362,14 +392,16 @@ pub async fn watchdog(
                 failing = false;
             }
         } else {
-            let what = trouble.join(" and ");
+            let logged: Vec<&str> = trouble.iter().map(|(l, _)| l.as_str()).collect();
+            let shown: Vec<&str> = trouble.iter().map(|(_, s)| *s).collect();
             if !failing {
                 error!(
-                    "watchdog: {what}: not telling systemd we are alive, so it restarts the \
-                     service when WatchdogSec= runs out"
+                    "watchdog: {}: not telling systemd we are alive, so it restarts the \
+                     service when WatchdogSec= runs out",
+                    logged.join(" and ")
                 );
             }
-            notes.unresponsive(Some(what));
+            notes.unresponsive(Some(shown.join(" and ")));
             failing = true;
         }
     }
