@@ -168,10 +168,11 @@ impl Daemon {
             }
             return Ok(());
         };
-        let (_, server) =
-            crate::metrics::serve(address, self.journal.clone(), Arc::clone(&self.vendors))
-                .await
-                .map_err(|error| DaemonError::Metrics { address, error })?;
+        let vendors = Arc::clone(&self.vendors);
+        let names: crate::metrics::VendorNames = Arc::new(move || vendors.names());
+        let (_, server) = crate::metrics::serve(address, self.journal.clone(), names)
+            .await
+            .map_err(|error| DaemonError::Metrics { address, error })?;
         if let Some((_, old)) = self.metrics.replace((address, server)) {
             old.abort();
         }

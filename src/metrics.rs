@@ -24,7 +24,6 @@ use prometheus_client::registry::{Registry, Unit};
 use tracing::{error, info};
 
 use crate::journal::{FileState, JobOp, JournalHandle};
-use crate::vendor::VendorSet;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VendorLabels {
@@ -382,9 +381,9 @@ fn publish_watches() {
 /// The metrics in the OpenMetrics text format (what Prometheus scrapes), with what the journal
 /// knows read now. A journal that does not answer in time leaves its gauges out rather than
 /// serving stale numbers.
-pub async fn render(journal: &JournalHandle, vendors: &VendorSet) -> String {
+pub async fn render(journal: &JournalHandle, vendors: &VendorNames) -> String {
     let m = global();
-    let names = vendors.names();
+    let names = vendors();
     let read = tokio::time::timeout(Duration::from_secs(10), journal.call(|j| j.status())).await;
     m.files.clear();
     m.paused.clear();
@@ -429,6 +428,9 @@ pub async fn render(journal: &JournalHandle, vendors: &VendorSet) -> String {
     out
 }
 
+/// The configured vendors' names, as they are now (a reload changes them).
+pub type VendorNames = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
+
 /// The content type of [`render`]'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -436,7 +438,7 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 pub async fn serve(
     address: SocketAddr,
     journal: JournalHandle,
-    vendors: Arc<VendorSet>,
+    vendors: VendorNames,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     use axum::routing::get;
     let listener = tokio::net::TcpListener::bind(address).await?;
