@@ -3,8 +3,6 @@
 //! The path of one file: [`watch`] sees it and waits until it is complete, [`image`] says what it
 //! is, [`journal`] records it and queues the work, [`worker`] carries the work out through a
 //! [`vendor`] adapter. [`daemon`] wires them together; [`sandbox`] emulates the vendors.
-//! [`service`] speaks to systemd (readiness, status, watchdog), [`logging`] and [`metrics`] tell
-//! an operator what happens, [`diagnose`] what to do when something stands in the way.
 
 pub mod config;
 pub mod daemon;
