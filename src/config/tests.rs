@@ -215,6 +215,19 @@ fn the_journals_readers_need_no_secrets() {
 }
 
 #[test]
+fn the_example_configs_metrics_line_works_once_uncommented() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/daemon.example.yaml"))
+        .unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("# metrics: "))
+        .expect("the example shows `metrics`");
+    let uncommented = line.trim_start_matches("# ");
+    let config = parse(&format!("{uncommented}\n{GOOD}")).unwrap();
+    assert_eq!(config.metrics, Some("127.0.0.1:9464".parse().unwrap()));
+}
+
+#[test]
 fn a_missing_required_key_points_at_its_vendor() {
     let err = parse(&GOOD.replace("    app_key: bVZgAZOv1\n", ""))
         .unwrap_err()
@@ -279,13 +292,6 @@ fn the_example_config_is_valid() {
     assert_eq!(config.watches[0].path, PathBuf::from("/srv/drop/products"));
     assert_eq!(config.vendors["wiki"].settings.kind(), VendorKind::Feishu);
     assert_eq!(config.watches[1].on_remove, OnRemove::Keep);
-    assert_eq!(config.metrics, None, "metrics are off unless set");
-    let with_metrics =
-        parse(&text.replace("# metrics: 127.0.0.1:9464", "metrics: 127.0.0.1:9464")).unwrap();
-    assert_eq!(
-        with_metrics.metrics,
-        Some("127.0.0.1:9464".parse().unwrap())
-    );
 }
 
 const FEISHU: &str = "\
