@@ -54,6 +54,8 @@ pub struct Config {
     pub rescan: Duration,
     pub give_up_after: Duration,
     pub max_deletes: usize,
+    /// Where `/metrics` is served (Prometheus text format); `None`: not served.
+    pub metrics: Option<std::net::SocketAddr>,
     pub vendors: BTreeMap<String, VendorConfig>,
     pub watches: Vec<WatchConfig>,
 }
@@ -212,6 +214,7 @@ struct RawConfig {
     rescan: Option<String>,
     give_up_after: Option<String>,
     max_deletes: Option<usize>,
+    metrics: Option<String>,
     #[serde(default)]
     vendors: BTreeMap<String, RawVendor>,
     #[serde(default)]
@@ -298,8 +301,24 @@ impl Config {
         Config::parse(&text, path)
     }
 
+    /// Reads the config at `path` for the journal's readers (`status`, `files`, `history`): every
+    /// key is checked but secrets are not read, so an operator who may not read the daemon's
+    /// credentials (`${CREDENTIALS_DIRECTORY}`, a secret file) can still look at the journal. The
+    /// secrets it holds are empty.
+    pub fn load_without_secrets(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse_with(&text, path, false)
+    }
+
     /// Parses `text` as if it were read from `path` (which names errors and anchors relative paths).
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        Config::parse_with(text, path, true)
+    }
+
+    fn parse_with(text: &str, path: &Path, read_secrets: bool) -> Result<Config, ConfigError> {
         let ctx = Ctx {
             file: path.display().to_string(),
             text,
@@ -307,6 +326,7 @@ impl Config {
                 .parent()
                 .map(Path::to_path_buf)
                 .unwrap_or_else(|| PathBuf::from(".")),
+            read_secrets,
         };
         let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| ctx.syntax(&e))?;
         ctx.build(raw, path)
@@ -317,6 +337,8 @@ struct Ctx<'a> {
     file: String,
     text: &'a str,
     base_dir: PathBuf,
+    /// False for the journal's readers: secrets are neither expanded nor read.
+    read_secrets: bool,
 }
 
 impl Ctx<'_> {
@@ -361,6 +383,10 @@ impl Ctx<'_> {
         if rescan < Duration::from_secs(1) {
             return Err(self.invalid("rescan", "must be at least 1s"));
         }
+        let metrics = match raw.metrics {
+            None => None,
+            Some(text) => Some(self.metrics_address(&self.expand("metrics", &text)?)?),
+        };
         let mut vendors = BTreeMap::new();
         for (name, raw_vendor) in raw.vendors {
             let vendor = self.vendor(&name, raw_vendor)?;
@@ -399,8 +425,34 @@ impl Ctx<'_> {
             rescan,
             give_up_after,
             max_deletes: raw.max_deletes.unwrap_or(100),
+            metrics,
             vendors,
             watches,
+        })
+    }
+
+    /// `metrics:`: `127.0.0.1:9464`, `[::1]:9464`, `localhost:9464`, or a port alone (on loopback).
+    /// Port 0 takes a free port (the log says which).
+    fn metrics_address(&self, text: &str) -> Result<std::net::SocketAddr, ConfigError> {
+        use std::net::{Ipv4Addr, SocketAddr};
+        let text = text.trim();
+        let parsed = if let Ok(port) = text.parse::<u16>() {
+            Some(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+        } else if let Some(port) = text.strip_prefix("localhost:") {
+            port.parse::<u16>()
+                .ok()
+                .map(|port| SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+        } else {
+            text.parse::<SocketAddr>().ok()
+        };
+        parsed.ok_or_else(|| {
+            self.invalid(
+                "metrics",
+                format!(
+                    "`{text}` is not an address to listen on like 127.0.0.1:9464 \
+                     (or a port alone, which listens on 127.0.0.1)"
+                ),
+            )
         })
     }
 
@@ -435,13 +487,25 @@ impl Ctx<'_> {
                 self.invalid(key, "unterminated ${…} reference (missing `}`)".to_string())
             })?;
             let var = &after[..end];
+            // systemd sets CREDENTIALS_DIRECTORY for a unit with `LoadCredential=`; by hand it
+            // is unset, which deserves more than "not set".
+            let hint = if var == "CREDENTIALS_DIRECTORY" {
+                " (systemd sets it for a unit with LoadCredential=; outside systemd, set it to the \
+                 folder holding the secrets)"
+            } else {
+                ""
+            };
             match std::env::var(var) {
                 Ok(v) if !v.is_empty() => out.push_str(&v),
                 Ok(_) => {
-                    return Err(self.invalid(key, format!("environment variable {var} is empty")));
+                    return Err(
+                        self.invalid(key, format!("environment variable {var} is empty{hint}"))
+                    );
                 }
                 Err(_) => {
-                    return Err(self.invalid(key, format!("environment variable {var} is not set")));
+                    return Err(
+                        self.invalid(key, format!("environment variable {var} is not set{hint}"))
+                    );
                 }
             }
             rest = &after[end + 1..];
@@ -472,10 +536,15 @@ impl Ctx<'_> {
                 &format!("{prefix}.{key}_file"),
                 format!("give either {key} or {key}_file, not both"),
             )),
+            (Some(_), None) | (None, Some(_)) if !self.read_secrets => {
+                Ok(Secret::new(String::new()))
+            }
             (Some(v), None) => Ok(Secret::new(self.required(&full, Some(v))?)),
             (None, Some(path)) => {
                 let file_key = format!("{prefix}.{key}_file");
-                let path = self.resolve_path(&path);
+                // `${VAR}` works in the path too: `${CREDENTIALS_DIRECTORY}/kingdee_app_secret`.
+                let expanded = self.expand(&file_key, &path.to_string_lossy())?;
+                let path = self.resolve_path(Path::new(&expanded));
                 let text = std::fs::read_to_string(&path).map_err(|e| {
                     self.invalid(&file_key, format!("cannot read {}: {e}", path.display()))
                 })?;

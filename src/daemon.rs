@@ -14,6 +14,7 @@ use tracing::{error, info, warn};
 use crate::adapters::{Adapter, VendorSet, http_client};
 use crate::config::{Config, ConfigError, VendorConfig, WatchConfig};
 use crate::journal::{FileFilter, FileState, Journal, JournalError, JournalHandle};
+use crate::service::{Heartbeat, Notes};
 use crate::throttle::LogThrottle;
 use crate::watch::{WatchCommand, WatchContext, WatchTask};
 use crate::worker::{Outages, PoolMode, WorkerContext, retry_log_throttle, run_pool};
@@ -22,20 +23,44 @@ use crate::worker::{Outages, PoolMode, WorkerContext, retry_log_throttle, run_po
 pub enum DaemonError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error(transparent)]
-    Journal(#[from] JournalError),
+    /// The journal's error with what to do about it, as one message (no chain of causes
+    /// repeating it).
+    #[error("{0}")]
+    Journal(String),
     #[error(
         "another imgsyncd is already running on the journal {0} (stop it first; `status` and `files` work alongside it)"
     )]
     Locked(PathBuf),
-    #[error("cannot lock {path}: {source}")]
+    #[error("cannot lock {}: {error}{}", path.display(), lock_advice(error))]
     Lock {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
+    // The causes are in the messages, so they are not chained (the CLI would print them twice).
     #[error("cannot install signal handlers: {0}")]
-    Signals(#[source] std::io::Error),
+    Signals(std::io::Error),
+    #[error("cannot serve metrics on {address} (the config's `metrics`): {error}")]
+    Metrics {
+        address: std::net::SocketAddr,
+        error: std::io::Error,
+    },
+}
+
+impl From<JournalError> for DaemonError {
+    fn from(error: JournalError) -> Self {
+        DaemonError::Journal(crate::diagnose::journal(&error))
+    }
+}
+
+fn lock_advice(error: &std::io::Error) -> &'static str {
+    match error.kind() {
+        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+            ": the daemon's user may not write the journal's folder (the unit's \
+             StateDirectory=imgsyncd gives it /var/lib/imgsyncd; check ownership and mount)"
+        }
+        std::io::ErrorKind::StorageFull => ": the disk holding the journal is full",
+        _ => "",
+    }
 }
 
 /// Holds the journal's lock file: one daemon (or `scan`) per journal.
@@ -45,9 +70,9 @@ pub struct JournalLock(#[allow(dead_code)] File);
 pub fn lock_journal(journal: &Path) -> Result<JournalLock, DaemonError> {
     let path = PathBuf::from(format!("{}.lock", journal.display()));
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|source| DaemonError::Lock {
+        std::fs::create_dir_all(dir).map_err(|error| DaemonError::Lock {
             path: path.clone(),
-            source,
+            error,
         })?;
     }
     let file = File::options()
@@ -55,9 +80,9 @@ pub fn lock_journal(journal: &Path) -> Result<JournalLock, DaemonError> {
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(|source| DaemonError::Lock {
+        .map_err(|error| DaemonError::Lock {
             path: path.clone(),
-            source,
+            error,
         })?;
     match file.try_lock() {
         Ok(()) => {
@@ -68,7 +93,7 @@ pub fn lock_journal(journal: &Path) -> Result<JournalLock, DaemonError> {
             Ok(JournalLock(file))
         }
         Err(std::fs::TryLockError::WouldBlock) => Err(DaemonError::Locked(journal.to_path_buf())),
-        Err(std::fs::TryLockError::Error(source)) => Err(DaemonError::Lock { path, source }),
+        Err(std::fs::TryLockError::Error(error)) => Err(DaemonError::Lock { path, error }),
     }
 }
 
@@ -107,6 +132,10 @@ struct Daemon {
     retry_log: Arc<LogThrottle>,
     outages: Arc<Outages>,
     watches: Vec<RunningWatch>,
+    heartbeat: Arc<Heartbeat>,
+    notes: Arc<Notes>,
+    /// The metrics endpoint: the configured address and its server.
+    metrics: Option<(std::net::SocketAddr, JoinHandle<()>)>,
 }
 
 impl Daemon {
@@ -120,6 +149,65 @@ impl Daemon {
             retry_log: retry_log_throttle(),
             outages: Arc::default(),
             watches: Vec::new(),
+            heartbeat: Arc::default(),
+            notes: Arc::default(),
+            metrics: None,
+        }
+    }
+
+    /// Serves `/metrics` where the config says (nothing when it says nothing).
+    async fn serve_metrics(&mut self) -> Result<(), DaemonError> {
+        let wanted = self.config.metrics;
+        if self.metrics.as_ref().map(|(a, _)| *a) == wanted {
+            return Ok(());
+        }
+        let Some(address) = wanted else {
+            if let Some((_, server)) = self.metrics.take() {
+                server.abort();
+                info!("metrics no longer served");
+            }
+            return Ok(());
+        };
+        let vendors = Arc::clone(&self.vendors);
+        let names: crate::metrics::VendorNames = Arc::new(move || vendors.names());
+        let (_, server) = crate::metrics::serve(address, self.journal.clone(), names)
+            .await
+            .map_err(|error| DaemonError::Metrics { address, error })?;
+        if let Some((_, old)) = self.metrics.replace((address, server)) {
+            old.abort();
+        }
+        Ok(())
+    }
+
+    /// Waits until each of `watches` is set up (watcher started, first reconcile done). A long
+    /// first reconcile (a big tree) asks systemd for more start-up time as it goes.
+    async fn wait_for_watches(&self, watches: &[usize]) {
+        let mut waiting = Vec::new();
+        for &index in watches {
+            let (answer, ready) = tokio::sync::oneshot::channel();
+            if self.watches[index]
+                .commands
+                .send(WatchCommand::Ready(answer))
+                .is_ok()
+            {
+                waiting.push((self.watches[index].config.path.clone(), ready));
+            }
+        }
+        let total = waiting.len();
+        for (done, (path, ready)) in waiting.into_iter().enumerate() {
+            tokio::pin!(ready);
+            loop {
+                tokio::select! {
+                    _ = &mut ready => break,
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => {
+                        crate::service::extend_start(std::time::Duration::from_secs(30));
+                        crate::service::status(&format!(
+                            "setting up watches: {done} of {total} ready; reconciling {} with the journal",
+                            path.display()
+                        ));
+                    }
+                }
+            }
         }
     }
 
@@ -160,6 +248,7 @@ impl Daemon {
             give_up_after: self.config.give_up_after,
             retry_log: Arc::clone(&self.retry_log),
             outages: Arc::clone(&self.outages),
+            heartbeat: Arc::clone(&self.heartbeat),
         }
     }
 
@@ -167,6 +256,11 @@ impl Daemon {
         let adapter = self.vendors.get(&config.vendor)?;
         let (commands, receiver) = mpsc::unbounded_channel();
         let task = WatchTask::new(config.clone(), self.watch_context(), &adapter);
+        let mode = match config.poll {
+            Some(_) => crate::metrics::WatchMode::Poll,
+            None => crate::metrics::WatchMode::Inotify,
+        };
+        crate::metrics::watch_mode(&config.path, &config.vendor, mode);
         info!(
             watch = %config.path.display(), vendor = %config.vendor,
             mode = if config.poll.is_some() { "poll" } else { "inotify" },
@@ -183,6 +277,7 @@ impl Daemon {
         for watch in self.watches.drain(..) {
             let _ = watch.commands.send(WatchCommand::Stop);
             let _ = watch.task.await;
+            crate::metrics::watch_stopped(&watch.config.path);
         }
     }
 
@@ -196,11 +291,15 @@ impl Daemon {
         }
     }
 
-    /// SIGHUP: a new config takes effect without dropping jobs; a bad one is logged and ignored.
+    /// SIGHUP: a new config takes effect without dropping jobs; a bad one is logged, shown in
+    /// STATUS= and ignored.
     async fn reload(&mut self) {
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+        crate::service::reloading();
         match Config::load(&self.config.source) {
-            Err(e) => error!("reload refused, keeping the running config: {e}"),
+            Err(e) => {
+                error!("reload refused, keeping the running config: {e}");
+                self.notes.reload(Some(e.to_string()));
+            }
             Ok(mut new) => {
                 if new.journal != self.config.journal {
                     warn!(
@@ -235,6 +334,7 @@ impl Daemon {
                     info!(watch = %watch.config.path.display(), "watch removed or changed: stopping it");
                     let _ = watch.commands.send(WatchCommand::Stop);
                     let _ = watch.task.await;
+                    crate::metrics::watch_stopped(&watch.config.path);
                 }
                 self.config = new;
                 for watch in &kept {
@@ -248,15 +348,23 @@ impl Daemon {
                     .filter(|w| !self.watches.iter().any(|r| &r.config == *w))
                     .cloned()
                     .collect();
+                let first_fresh = self.watches.len();
                 for config in fresh {
                     if let Some(running) = self.start_watch(config) {
                         self.watches.push(running);
                     }
                 }
+                let started: Vec<usize> = (first_fresh..self.watches.len()).collect();
+                self.wait_for_watches(&started).await;
+                if let Err(e) = self.serve_metrics().await {
+                    error!("{e}; the metrics endpoint stays as it was");
+                    self.config.metrics = self.metrics.as_ref().map(|(a, _)| *a);
+                }
                 if let Err(e) = self.journal.call(|j| j.probe_paused_now()).await {
                     error!("cannot reset vendor pauses: {e}");
                 }
                 self.wake.notify_one();
+                self.notes.reload(None);
                 info!(
                     watches = self.watches.len(),
                     vendors = self.config.vendors.len(),
@@ -265,7 +373,8 @@ impl Daemon {
                 );
             }
         }
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        crate::service::ready(None);
+        crate::service::changed();
     }
 }
 
@@ -302,8 +411,17 @@ fn signals() -> Result<mpsc::UnboundedReceiver<Signal>, DaemonError> {
 
 fn open_journal(config: &Config) -> Result<(JournalLock, JournalHandle), DaemonError> {
     let lock = lock_journal(&config.journal)?;
-    let mut journal = Journal::open(&config.journal)?;
-    let requeued = journal.requeue_running()?;
+    // Every failure names the journal, once, with what to do.
+    let named = |e: JournalError| match e {
+        JournalError::Sql(_) => DaemonError::Journal(format!(
+            "journal {}: {}",
+            config.journal.display(),
+            crate::diagnose::journal(&e)
+        )),
+        other => other.into(),
+    };
+    let mut journal = Journal::open(&config.journal).map_err(named)?;
+    let requeued = journal.requeue_running().map_err(named)?;
     if requeued > 0 {
         warn!(
             requeued,
@@ -311,22 +429,27 @@ fn open_journal(config: &Config) -> Result<(JournalLock, JournalHandle), DaemonE
         );
     }
     // A start is like a reload: paused vendors are tried again at once, watches check their folders.
-    journal.probe_paused_now()?;
-    journal.clear_watch_pauses()?;
+    journal.probe_paused_now().map_err(named)?;
+    journal.clear_watch_pauses().map_err(named)?;
     Ok((lock, JournalHandle::new(journal)))
 }
 
-/// The daemon, in the foreground, until SIGTERM or SIGINT.
+/// The daemon, in the foreground, until SIGTERM or SIGINT. systemd hears READY=1 only once the
+/// journal is open, the metrics endpoint bound and every watch set up.
 pub async fn run(config: Config) -> Result<(), DaemonError> {
     let mut signals = signals()?;
+    crate::service::status("starting: opening the journal");
     let (_lock, journal) = open_journal(&config)?;
     let mut daemon = Daemon::new(config, journal);
     daemon.set_vendors(&BTreeMap::new(), &daemon.config.vendors.clone());
+    daemon.serve_metrics().await?;
     for watch in daemon.config.watches.clone() {
         if let Some(running) = daemon.start_watch(watch) {
             daemon.watches.push(running);
         }
     }
+    let all: Vec<usize> = (0..daemon.watches.len()).collect();
+    daemon.wait_for_watches(&all).await;
     let (stop, stopped) = watch::channel(false);
     let pool = tokio::spawn(run_pool(
         daemon.worker_context(),
@@ -334,7 +457,48 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         PoolMode::Daemon,
         stopped,
     ));
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    let mut background = vec![
+        tokio::spawn(crate::logging::summarise(
+            Arc::clone(crate::logging::storms()),
+            crate::logging::Summary::Storms,
+        )),
+        tokio::spawn(crate::logging::summarise(
+            Arc::clone(&daemon.retry_log),
+            crate::logging::Summary::Retries,
+        )),
+        tokio::spawn(crate::logging::summarise(
+            Arc::clone(crate::logging::journal_trouble()),
+            crate::logging::Summary::JournalTrouble,
+        )),
+    ];
+    let glance = daemon
+        .journal
+        .call(|j| j.glance())
+        .await
+        .unwrap_or_default();
+    let first_status = crate::service::compose(&glance, &crate::metrics::watches(), &daemon.notes);
+    crate::service::ready(Some(&first_status));
+    background.push(tokio::spawn(crate::service::keep_status(
+        daemon.journal.clone(),
+        Arc::clone(&daemon.notes),
+        first_status,
+    )));
+    if let Some(interval) = crate::service::watchdog_interval() {
+        background.push(tokio::spawn(crate::service::watchdog(
+            interval,
+            daemon.journal.clone(),
+            Arc::clone(&daemon.heartbeat),
+            Arc::clone(&daemon.notes),
+        )));
+    }
+    if let Some(what) = crate::service::test_wedge() {
+        background.push(tokio::spawn(crate::service::wedge(
+            what,
+            std::time::Duration::from_secs(1),
+            daemon.journal.clone(),
+            Arc::clone(&daemon.heartbeat),
+        )));
+    }
     info!(
         watches = daemon.watches.len(),
         vendors = daemon.config.vendors.len(),
@@ -350,10 +514,16 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         }
     }
     info!("stopping: no new jobs are taken");
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    crate::service::stopping();
+    for task in background {
+        task.abort();
+    }
     daemon.stop_watches().await;
     let _ = stop.send(true);
     let _ = pool.await;
+    if let Some((_, server)) = daemon.metrics.take() {
+        server.abort();
+    }
     info!("stopped");
     Ok(())
 }

@@ -4,11 +4,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
 use imgsyncd::adapters::{Adapter, Outcome, http_client};
 use imgsyncd::config::{Config, DEFAULT_CONFIG_PATH};
 use imgsyncd::journal::{FileFilter, FileState, Journal, RetryOutcome};
+use imgsyncd::logging::{self, LogFormat};
 use imgsyncd::sandbox::{Sandbox, SandboxOptions};
 use imgsyncd::{daemon, dev, report};
 
@@ -33,6 +34,8 @@ enum Command {
         /// Run against the built-in sandbox with no config and no credentials, in ./imgsyncd-dev/.
         #[arg(long)]
         dev: bool,
+        /// auto: journald's native fields under systemd, else text; text: no colour off a terminal
+        /// or with NO_COLOR; json: one object a line.
         #[arg(long, value_enum, default_value_t = LogFormat::Auto)]
         log_format: LogFormat,
     },
@@ -80,13 +83,6 @@ enum Command {
     },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Auto,
-    Text,
-    Json,
-}
-
 fn parse_state(text: &str) -> Result<FileState, String> {
     FileState::parse(text)
         .ok_or_else(|| format!("`{text}` is not one of pending, synced, rejected, failed, removed"))
@@ -98,29 +94,13 @@ fn main() -> ExitCode {
         Command::Run { log_format, .. } => *log_format,
         _ => LogFormat::Auto,
     };
-    init_logging(log_format);
+    logging::init(log_format);
     match execute(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("imgsyncd: {e:#}");
             ExitCode::from(2)
         }
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("IMGSYNCD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false);
-    let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Auto if under_journald => builder.without_time().with_ansi(false).init(),
-        LogFormat::Auto => builder.init(),
-        LogFormat::Text => builder.with_ansi(false).init(),
     }
 }
 
@@ -173,12 +153,21 @@ fn execute(cli: Cli) -> Result<ExitCode> {
             })
         }
         Command::Status { json } => {
-            let journal = read_journal(&cli.config)?;
-            let status = journal.status()?;
+            let config = Config::load_without_secrets(&cli.config)?;
+            let journal = Journal::open_read_only(&config.journal)?;
+            let pid = daemon::journal_holder(&config.journal);
+            let status = report::StatusReport {
+                status: journal.status()?,
+                oldest_pending: journal.oldest_pending()?,
+                daemon: report::DaemonState {
+                    running: pid.is_some(),
+                    pid,
+                },
+            };
             if json {
                 emit(&serde_json::to_string_pretty(&status)?);
             } else {
-                emit(&report::status(&status));
+                emit(&report::status_report(&status));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -224,9 +213,10 @@ fn execute(cli: Cli) -> Result<ExitCode> {
 }
 
 /// The journal for `status`, `files` and `history`: read only, so an operator who may only read
-/// it can use them, and they never change it.
+/// it can use them, and they never change it. The config's secrets are not needed for that, and
+/// may be the daemon's alone (`${CREDENTIALS_DIRECTORY}`), so they are not read.
 fn read_journal(config_path: &Path) -> Result<Journal> {
-    let config = load(config_path)?;
+    let config = Config::load_without_secrets(config_path)?;
     Ok(Journal::open_read_only(&config.journal)?)
 }
 

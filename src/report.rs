@@ -2,7 +2,55 @@
 
 use std::fmt::Write;
 
-use crate::journal::{FileRow, HistoryRow, Status};
+use serde::Serialize;
+
+use crate::journal::{FileRow, HistoryRow, OldestPending, Status};
+
+/// Whether a daemon holds the journal (`status --json`'s `daemon`).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DaemonState {
+    pub running: bool,
+    /// The pid in the journal's lock file while a daemon (or `scan`) holds it.
+    pub pid: Option<u32>,
+}
+
+/// `status --json`: the journal's [`Status`] with what only the CLI can add.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    #[serde(flatten)]
+    pub status: Status,
+    /// The file whose job has waited longest (null when the queue is empty).
+    pub oldest_pending: Option<OldestPending>,
+    pub daemon: DaemonState,
+}
+
+/// `status`: whether the daemon runs, then the journal's overview.
+pub fn status_report(report: &StatusReport) -> String {
+    let mut out = match report.daemon.pid {
+        Some(pid) => format!("daemon: running (pid {pid})\n"),
+        None => "daemon: not running (no process holds the journal)\n".to_string(),
+    };
+    out.push_str(&status(&report.status));
+    if let Some(oldest) = &report.oldest_pending {
+        let retried = match oldest.attempts {
+            0 => String::new(),
+            n => format!(", {n} attempts so far"),
+        };
+        let line = format!(
+            "oldest pending: {} ({} to {}, queued {}{retried})",
+            oldest.path, oldest.op, oldest.vendor, oldest.since
+        );
+        // Right after the queue line.
+        match out
+            .find("\nqueue:")
+            .and_then(|at| out[at + 1..].find('\n').map(|e| at + 1 + e + 1))
+        {
+            Some(end) => out.insert_str(end, &format!("  {line}\n")),
+            None => out.push_str(&format!("{line}\n")),
+        }
+    }
+    out
+}
 
 pub fn status(status: &Status) -> String {
     let mut out = String::new();

@@ -42,6 +42,8 @@ pub struct WorkerContext {
     /// Retry lines per vendor and error, so an outage with a large backlog cannot flood the log.
     pub retry_log: Arc<LogThrottle>,
     pub outages: Arc<Outages>,
+    /// Answered from every wait of the pool's loop, so the systemd watchdog knows it turns.
+    pub heartbeat: Arc<crate::service::Heartbeat>,
 }
 
 /// After this many calls in a row fail for want of an answer (network, timeout, 5xx), the vendor
@@ -94,8 +96,12 @@ pub async fn run_pool(
         if *stop.borrow() {
             break;
         }
+        if ctx.heartbeat.is_wedged() {
+            std::future::pending::<()>().await; // the test hook's wedge (service::test_wedge)
+        }
         let permit = tokio::select! {
             permit = Arc::clone(&permits).acquire_owned() => permit.expect("the semaphore is never closed"),
+            _ = ctx.heartbeat.pinged() => { ctx.heartbeat.answer(); continue }
             _ = stop.changed() => break,
         };
         while tasks.try_join_next().is_some() {}
@@ -107,7 +113,7 @@ pub async fn run_pool(
                 let running = Arc::clone(&running);
                 tasks.spawn(async move {
                     let id = job.id;
-                    process(&ctx, job, probe).await;
+                    crate::metrics::scoped(job.vendor.clone(), process(&ctx, job, probe)).await;
                     lock(&running).remove(&id);
                     drop(permit);
                 });
@@ -122,6 +128,7 @@ pub async fn run_pool(
                     _ = ctx.wake.notified() => {}
                     _ = sleep_until_epoch_ms(due.unwrap_or(i64::MAX)), if due.is_some() => {}
                     Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                    _ = ctx.heartbeat.pinged() => ctx.heartbeat.answer(),
                     _ = stop.changed() => break,
                 }
             }
@@ -242,7 +249,10 @@ async fn claim(
             Ok(Some((Claimed::Job(job), probe))) => return Some((job, probe)),
             Ok(Some((settled, _))) => log_settled(&settled),
             Err(e) => {
-                error!("cannot claim a job: {e}");
+                // A journal that cannot be written (disk full) is asked again in a second, not
+                // in a loop, and said so a few times a minute.
+                crate::diagnose::journal_write_failed("claim a job", "", &e);
+                tokio::time::sleep(Duration::from_secs(1)).await;
                 return None;
             }
         }
@@ -298,6 +308,7 @@ async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duration>) {
     let shown = job.path.as_str();
     let vendor = job.vendor.as_str();
     let op = job.op.as_str();
+    let (id, attempt_no) = (job.id, job.attempts + 1);
     let outcome = circuit_breaker(ctx, vendor, probe, &call);
     // A probe answered by anything but a refusal of us means the vendor takes our calls again.
     if probe.is_some() && !matches!(outcome, Outcome::VendorDown { .. }) {
@@ -312,6 +323,7 @@ async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duration>) {
                     info!(
                         path = %shown,
                         vendor = %vendor,
+                        outcome = "uploaded", job = id, attempt = attempt_no,
                         remote = %remote.reference,
                         "uploaded: {} {}",
                         reference_field(adapter.kind().as_str()),
@@ -328,6 +340,7 @@ async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duration>) {
                     info!(
                         path = %shown,
                         vendor = %vendor,
+                        outcome = "deleted", job = id, attempt = attempt_no,
                         remote = job.remote_ref.as_deref().unwrap_or(""),
                         "{what}"
                     );
@@ -355,6 +368,7 @@ async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duration>) {
                     path = %shown,
                     vendor = %vendor,
                     op = %op,
+                    outcome = "retry", job = id, attempt = attempt_no,
                     "{reason}; retrying in {}{more}",
                     humantime::format_duration(round(wait))
                 );
@@ -369,8 +383,9 @@ async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duration>) {
             attempt.outcome = "retry".into();
             attempt.message = Some(format!("{reason} (a fresh token was refused too)"));
             warn!(
-                path = %shown,
-                vendor = %vendor, op = %op, "{reason}: a fresh token was refused too; retrying later"
+                path = %shown, vendor = %vendor, op = %op,
+                outcome = "retry", job = id, attempt = attempt_no,
+                "{reason}: a fresh token was refused too; retrying later"
             );
             JobResult::Retry {
                 not_before: now_ms() + backoff(job.attempts, None).as_millis() as i64,
@@ -381,7 +396,15 @@ async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duration>) {
         Outcome::Rejected { reason } => {
             attempt.outcome = "rejected".into();
             attempt.message = Some(reason.clone());
-            warn!(path = %shown, vendor = %vendor, op = %op, "rejected by the vendor: {reason}");
+            if let Verdict::Log { .. } = crate::logging::storms()
+                .check(&crate::logging::rejections_of(vendor), Instant::now())
+            {
+                error!(
+                    path = %shown, vendor = %vendor, op = %op,
+                    outcome = "rejected", job = id, attempt = attempt_no,
+                    "rejected by the vendor: {reason}"
+                );
+            }
             JobResult::Rejected(reason)
         }
         Outcome::VendorDown { reason } => {
@@ -411,6 +434,7 @@ async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duration>) {
             {
                 warn!(
                     vendor = %vendor,
+                    outcome = "throttled", job = id,
                     "{reason}; waiting {} (not counted as a failure)",
                     humantime::format_duration(round(wait))
                 );
@@ -421,6 +445,7 @@ async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duration>) {
             }
         }
     };
+    crate::metrics::job_done(vendor, job.op, &attempt.outcome);
     record(ctx, &job, result, Some(attempt)).await;
 }
 
@@ -433,12 +458,17 @@ async fn pause(
     reason: &str,
 ) {
     let interval = probe.map_or(FIRST_PROBE, |d| (d * 2).min(MAX_PROBE));
-    error!(
-        vendor = %vendor,
-        path = %path,
-        "vendor {vendor} paused: {reason}; its jobs stay queued behind one probe, the next in {} (or at once after a reload)",
-        humantime::format_duration(interval)
-    );
+    if let Verdict::Log { .. } =
+        crate::logging::storms().check(&crate::logging::pauses_of(vendor), Instant::now())
+    {
+        error!(
+            vendor = %vendor,
+            path = %path,
+            outcome = "vendor_paused",
+            "vendor {vendor} paused: {reason}; its jobs stay queued behind one probe, the next in {} (or at once after a reload)",
+            humantime::format_duration(interval)
+        );
+    }
     let (v, r) = (vendor.to_string(), reason.to_string());
     if let Err(e) = ctx
         .journal
@@ -575,11 +605,7 @@ async fn record(ctx: &WorkerContext, job: &Job, result: JobResult, attempt: Opti
         {
             Ok(outcome) => break outcome,
             Err(e) => {
-                error!(
-                    path = %job.path,
-                    "cannot record the outcome: {e}; trying again in {}",
-                    humantime::format_duration(wait)
-                );
+                crate::diagnose::journal_write_failed("record the outcome", &job.path, &e);
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(30));
             }
@@ -587,7 +613,7 @@ async fn record(ctx: &WorkerContext, job: &Job, result: JobResult, attempt: Opti
     };
     match outcome {
         Finished::GaveUp => error!(
-            path = %job.path, vendor = %job.vendor,
+            path = %job.path, vendor = %job.vendor, outcome = "failed", job = job.id,
             "failed: transient errors for longer than give_up_after; `imgsyncd retry --failed` queues it again"
         ),
         Finished::Stale => info!(

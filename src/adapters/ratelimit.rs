@@ -76,6 +76,8 @@ impl Pacer {
 
     /// Waits until one more request may go, and counts it.
     pub async fn ready(&self) {
+        let asked = Instant::now();
+        let mut waited = false;
         loop {
             let now = Instant::now();
             let free_at = {
@@ -88,10 +90,14 @@ impl Pacer {
                     for window in &mut state.windows {
                         window.sent.push_back(now);
                     }
+                    if waited {
+                        crate::metrics::rate_limit_wait(now - asked);
+                    }
                     return;
                 }
                 free_at
             };
+            waited = true;
             tokio::time::sleep_until(free_at).await;
         }
     }

@@ -59,7 +59,9 @@ impl<E: Clone> TokenCache<E> {
             }
             _ => {}
         }
-        match fetch().await {
+        let fetched = fetch().await;
+        crate::metrics::token_refresh(fetched.is_ok());
+        match fetched {
             Ok(token) => {
                 let value = token.value.clone();
                 *slot = Slot::Valid(token);

@@ -114,6 +114,120 @@ fn a_bad_duration_is_named() {
 }
 
 #[test]
+fn metrics_is_off_unless_set_and_loopback_for_a_bare_port() {
+    assert_eq!(parse(GOOD).unwrap().metrics, None);
+    let with = |value: &str| parse(&format!("metrics: {value}\n{GOOD}"));
+    assert_eq!(
+        with("127.0.0.1:9464").unwrap().metrics,
+        Some("127.0.0.1:9464".parse().unwrap())
+    );
+    assert_eq!(
+        with("9464").unwrap().metrics,
+        Some("127.0.0.1:9464".parse().unwrap())
+    );
+    assert_eq!(
+        with("localhost:9464").unwrap().metrics,
+        Some("127.0.0.1:9464".parse().unwrap())
+    );
+    assert_eq!(
+        with("\"[::1]:9464\"").unwrap().metrics,
+        Some("[::1]:9464".parse().unwrap())
+    );
+    assert_eq!(
+        with("0.0.0.0:9464").unwrap().metrics,
+        Some("0.0.0.0:9464".parse().unwrap()),
+        "another address when set so"
+    );
+}
+
+#[test]
+fn a_bad_metrics_address_names_the_line_and_the_key() {
+    let text = GOOD.replace(
+        "settle: 500ms\n",
+        "settle: 500ms\nmetrics: 127.0.0.1:http\n",
+    );
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(
+        err.starts_with(
+            "/etc/imgsyncd/daemon.yaml:4: metrics: `127.0.0.1:http` is not an address to listen on"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_secret_file_path_expands_variables_like_credentials_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("kingdee_app_secret"), "from-credentials\n").unwrap();
+    // A variable no other test sets, so tests running at once do not disturb each other.
+    // SAFETY: set once, before it is read, and read only by this test.
+    unsafe { std::env::set_var("IMGSYNCD_TEST_CREDS_DIR", dir.path()) };
+    let text = GOOD.replace(
+        "app_secret: s3cret-app",
+        "app_secret_file: ${IMGSYNCD_TEST_CREDS_DIR}/kingdee_app_secret",
+    );
+    let config = parse(&text).unwrap();
+    let VendorSettings::Kingdee(k) = &config.vendors["erp"].settings else {
+        panic!("erp is a kingdee vendor")
+    };
+    assert_eq!(k.app_secret.expose(), "from-credentials");
+}
+
+#[test]
+fn an_unset_credentials_directory_is_named_with_its_line_and_a_hint() {
+    if std::env::var_os("CREDENTIALS_DIRECTORY").is_some() {
+        return; // running under systemd with credentials: nothing to show
+    }
+    let text = GOOD.replace(
+        "app_secret: s3cret-app",
+        "app_secret_file: ${CREDENTIALS_DIRECTORY}/kingdee_app_secret",
+    );
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(
+        err.starts_with(
+            "/etc/imgsyncd/daemon.yaml:10: vendors.erp.app_secret_file: \
+             environment variable CREDENTIALS_DIRECTORY is not set (systemd sets it"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_journals_readers_need_no_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("daemon.yaml");
+    let text = GOOD
+        .replace(
+            "app_secret: s3cret-app",
+            "app_secret_file: ${CREDENTIALS_DIRECTORY}/kingdee_app_secret",
+        )
+        .replace("s3cret-client", "${IMGSYNCD_TEST_SURELY_UNSET}");
+    std::fs::write(&path, &text).unwrap();
+    assert!(Config::load(&path).is_err());
+    let config = Config::load_without_secrets(&path).unwrap();
+    assert_eq!(
+        config.journal,
+        PathBuf::from("/var/lib/imgsyncd/journal.sqlite3")
+    );
+    // Everything else is still checked.
+    std::fs::write(&path, text.replace("500ms", "fast")).unwrap();
+    assert!(Config::load_without_secrets(&path).is_err());
+}
+
+#[test]
+fn the_example_configs_metrics_line_works_once_uncommented() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/daemon.example.yaml"))
+        .unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("# metrics: "))
+        .expect("the example shows `metrics`");
+    let uncommented = line.trim_start_matches("# ");
+    let config = parse(&format!("{uncommented}\n{GOOD}")).unwrap();
+    assert_eq!(config.metrics, Some("127.0.0.1:9464".parse().unwrap()));
+}
+
+#[test]
 fn a_missing_required_key_points_at_its_vendor() {
     let err = parse(&GOOD.replace("    app_key: bVZgAZOv1\n", ""))
         .unwrap_err()
@@ -171,7 +285,7 @@ fn the_example_config_is_valid() {
         .replace("${FEISHU_APP_SECRET}", "feishu-secret")
         .replace("${JIANDAOYUN_API_KEY}", "jiandaoyun-key")
         .replace(
-            "/run/credentials/imgsyncd.service/kingdee_app_secret",
+            "${CREDENTIALS_DIRECTORY}/kingdee_app_secret",
             &secret.display().to_string(),
         );
     let config = parse(&text).unwrap();

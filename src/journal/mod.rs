@@ -4,6 +4,7 @@
 //! One writer (the daemon holds one connection behind a mutex); CLI readers open their own.
 
 mod copies;
+mod glance;
 mod handle;
 mod jobs;
 mod observe;
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
+pub use glance::{Glance, OldestPending};
 pub use handle::JournalHandle;
 pub use observe::{FileStamp, KnownFile, Observation, Observed, RejectedFile};
 pub use pauses::VendorPause;

@@ -1,6 +1,6 @@
 //! notify's events turned into the three things a watch cares about. Everything else is noise.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
 use notify::{Event, EventKind, RecursiveMode, Watcher};
@@ -31,8 +31,9 @@ pub fn start(
     tx: UnboundedSender<WatchEvent>,
 ) -> notify::Result<Box<dyn Watcher + Send + Sync>> {
     let polling = poll.is_some();
+    let root = watch.path.clone();
     let handler = move |result: notify::Result<Event>| {
-        for event in translate(result, polling) {
+        for event in translate(result, polling, &root) {
             let _ = tx.send(event);
         }
     };
@@ -53,27 +54,26 @@ pub fn start(
     Ok(watcher)
 }
 
-/// A user-facing explanation of a watch error, with the fix where there is one.
-pub fn explain(error: &notify::Error) -> String {
+/// A user-facing explanation of a watch error on the watch of `root`, with the fix where there
+/// is one (out of inotify watches: the limit, its use and what to set it to).
+pub fn explain(error: &notify::Error, root: &Path) -> String {
     match &error.kind {
-        notify::ErrorKind::MaxFilesWatch => {
-            "out of inotify watches: raise fs.inotify.max_user_watches \
-             (e.g. `sysctl fs.inotify.max_user_watches=524288`) or use `poll:` for this watch"
-                .to_string()
-        }
+        notify::ErrorKind::MaxFilesWatch => crate::diagnose::out_of_inotify_watches(root),
         _ => error.to_string(),
     }
 }
 
-fn translate(result: notify::Result<Event>, polling: bool) -> Vec<WatchEvent> {
+fn translate(result: notify::Result<Event>, polling: bool, root: &Path) -> Vec<WatchEvent> {
     let event = match result {
         Ok(event) => event,
         Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) && !polling => {
-            return vec![WatchEvent::Failed { why: explain(&e) }];
+            return vec![WatchEvent::Failed {
+                why: explain(&e, root),
+            }];
         }
         Err(e) => {
             return vec![WatchEvent::Rescan {
-                why: format!("watch error: {}", explain(&e)),
+                why: format!("watch error: {}", explain(&e, root)),
             }];
         }
     };

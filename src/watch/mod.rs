@@ -52,6 +52,8 @@ pub struct WatchContext {
 pub enum WatchCommand {
     Rescan,
     Stop,
+    /// Answered once the watch is set up (its watcher started and its first reconcile done).
+    Ready(tokio::sync::oneshot::Sender<()>),
 }
 
 /// A removal is acted on this long after the settle period, so a rename's new name is seen first.
@@ -205,6 +207,7 @@ impl WatchTask {
             tokio::select! {
                 command = commands.recv() => match command {
                     Some(WatchCommand::Rescan) => self.reconcile(Sighting::Scanned).await,
+                    Some(WatchCommand::Ready(answer)) => { let _ = answer.send(()); }
                     Some(WatchCommand::Stop) | None => break,
                 },
                 Some(event) = events.recv() => match event {
@@ -217,6 +220,7 @@ impl WatchTask {
                         );
                         if let Some(tx) = &self.event_tx {
                             self.watcher = events::start(&self.config, Some(events::FALLBACK_POLL), tx.clone()).ok();
+                            crate::metrics::watch_polled(self.root());
                         }
                         self.reconcile(Sighting::Closed).await;
                     }
@@ -381,6 +385,7 @@ impl WatchTask {
             if let Err(e) = result {
                 error!("cannot record the watch's pause: {e}");
             }
+            crate::service::changed();
         });
     }
 
@@ -391,19 +396,27 @@ impl WatchTask {
             .ok()
             .map(|meta| (meta.dev(), meta.ino()));
         let error = match events::start(&self.config, self.config.poll, tx.clone()) {
-            Ok(watcher) => return Some(watcher),
+            Ok(watcher) => {
+                let mode = match self.config.poll {
+                    Some(_) => crate::metrics::WatchMode::Poll,
+                    None => crate::metrics::WatchMode::Inotify,
+                };
+                crate::metrics::watch_mode(self.root(), &self.config.vendor, mode);
+                return Some(watcher);
+            }
             Err(e) => e,
         };
         if self.config.poll.is_some() {
-            error!(watch = %self.root().display(), "cannot poll the folder: {}; relying on rescans", events::explain(&error));
+            error!(watch = %self.root().display(), "cannot poll the folder: {}; relying on rescans", events::explain(&error, self.root()));
             return None;
         }
         match events::start(&self.config, Some(events::FALLBACK_POLL), tx.clone()) {
             Ok(watcher) => {
+                crate::metrics::watch_polled(self.root());
                 error!(
                     watch = %self.root().display(),
                     "cannot watch the folder with inotify: {}; polling it every {} instead",
-                    events::explain(&error),
+                    events::explain(&error, self.root()),
                     humantime::format_duration(events::FALLBACK_POLL)
                 );
                 Some(watcher)
@@ -412,8 +425,8 @@ impl WatchTask {
                 error!(
                     watch = %self.root().display(),
                     "cannot watch the folder: {}; nor poll it: {}; relying on rescans every {}",
-                    events::explain(&error),
-                    events::explain(&poll_error),
+                    events::explain(&error, self.root()),
+                    events::explain(&poll_error, self.root()),
                     humantime::format_duration(self.ctx.rescan)
                 );
                 None
@@ -555,11 +568,15 @@ impl WatchTask {
             .removals
             .values()
             .any(|r| now.duration_since(r.since) >= REMOVAL_MAX_WAIT);
-        if self.settle.is_empty() || overdue {
+        let any_due = self.removals.values().any(waited_enough);
+        if any_due && (self.settle.is_empty() || overdue) {
+            // A burst (`rm -rf`, a sync tool) is decided together, so the guards see all of it:
+            // everything that vanished up to a grace period after the first one that is due.
+            let slack = now + REMOVAL_GRACE;
             let due: Vec<PathBuf> = self
                 .removals
                 .iter()
-                .filter(|(_, r)| waited_enough(r))
+                .filter(|(_, r)| slack.duration_since(r.since) >= self.ctx.settle + REMOVAL_GRACE)
                 .map(|(p, _)| p.clone())
                 .collect();
             if !due.is_empty() {
@@ -637,12 +654,22 @@ impl WatchTask {
         self.ctx.wake_workers.notify_one();
         match result {
             Ok(true) => {
-                warn!(path = %path.display(), vendor = %self.config.vendor, "rejected: {log_reason}");
+                crate::metrics::file_examined(&self.config.vendor, "rejected");
+                let key = crate::logging::rejections_of(&self.config.vendor);
+                if crate::logging::storms().check(&key, Instant::now())
+                    != crate::throttle::Verdict::Suppress
+                {
+                    error!(path = %path.display(), vendor = %self.config.vendor, outcome = "rejected", "rejected: {log_reason}");
+                }
                 true
             }
             Ok(false) => true,
             Err(e) => {
-                error!(path = %path.display(), "cannot record the rejection (will try again): {e}");
+                crate::diagnose::journal_write_failed(
+                    "record the rejection",
+                    &path.display().to_string(),
+                    &e,
+                );
                 false
             }
         }
@@ -690,10 +717,13 @@ impl WatchTask {
         let shown = path.display();
         let vendor = &self.config.vendor;
         self.ctx.wake_workers.notify_one();
+        if let Ok(Observed::Queued | Observed::Changed | Observed::RestoredAfterDelete) = &result {
+            crate::metrics::file_examined(vendor, "taken");
+        }
         match result {
             Ok(Observed::Unchanged) => {}
             Ok(Observed::Queued) => info!(
-                path = %shown, vendor = %vendor, size = stamp.size, format = %info.format,
+                path = %shown, vendor = %vendor, size = stamp.size, format = %info.format, outcome = "taken",
                 "taken: queued for upload"
             ),
             Ok(Observed::Changed) => info!(
@@ -713,7 +743,7 @@ impl WatchTask {
                 "back on disk but its remote copy is deleted (or being deleted): queued for upload"
             ),
             Err(e) => {
-                error!(path = %shown, "cannot record the file (will try again): {e}");
+                crate::diagnose::journal_write_failed("record the file", &shown.to_string(), &e);
                 return false;
             }
         }

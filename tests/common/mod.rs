@@ -226,6 +226,12 @@ impl Harness {
     }
 
     pub fn start(&mut self) {
+        self.start_with("text", &[]);
+    }
+
+    /// Starts the daemon with `--log-format log_format` and more environment variables, and
+    /// waits until it says it runs.
+    pub fn start_with(&mut self, log_format: &str, env: &[(&str, &str)]) {
         assert!(self.daemon.is_none(), "the daemon is already running");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -239,9 +245,10 @@ impl Harness {
                 self.config_path.to_str().unwrap(),
                 "run",
                 "--log-format",
-                "text",
+                log_format,
             ])
             .env("IMGSYNCD_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -252,7 +259,12 @@ impl Harness {
         });
     }
 
-    fn signal(&self, signal: &str) {
+    /// The running daemon's pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(Child::id)
+    }
+
+    pub fn signal(&self, signal: &str) {
         let pid = self.daemon.as_ref().expect("a running daemon").id();
         let status = Command::new("kill")
             .args([signal, &pid.to_string()])

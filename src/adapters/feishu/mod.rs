@@ -140,6 +140,7 @@ impl Feishu {
             "app_id": self.config.app_id,
             "app_secret": self.config.app_secret.expose(),
         });
+        let started = std::time::Instant::now();
         let response = self
             .http
             .post(format!("{}{TOKEN_PATH}", self.base_url))
@@ -147,7 +148,9 @@ impl Feishu {
             .body(body.to_string())
             .send()
             .await;
-        let answer = match Answer::receive(response).await {
+        let answer = Answer::receive(response).await;
+        crate::metrics::request("token", started);
+        let answer = match answer {
             Ok(answer) => answer,
             Err(call) => return Err((call, TOKEN_COOL_DOWN)),
         };
@@ -221,6 +224,7 @@ impl Feishu {
         };
         let form = upload_form(&lingo_name(request), request.bytes);
         self.pacer.ready().await;
+        let started = std::time::Instant::now();
         let response = self
             .http
             .post(format!("{}{UPLOAD_PATH}", self.base_url))
@@ -228,7 +232,9 @@ impl Feishu {
             .multipart(form)
             .send()
             .await;
-        let answer = match Answer::receive(response).await {
+        let answer = Answer::receive(response).await;
+        crate::metrics::request("upload", started);
+        let answer = match answer {
             Ok(answer) => answer,
             Err(call) => return call,
         };

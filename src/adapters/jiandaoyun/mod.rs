@@ -268,6 +268,7 @@ impl Jiandaoyun {
         });
         self.pace(Endpoint::Token).await;
         let sent_at = epoch_ms();
+        let started = std::time::Instant::now();
         let response = self
             .http
             .post(format!("{}{TOKEN_PATH}", self.base_url))
@@ -275,7 +276,9 @@ impl Jiandaoyun {
             .json(&body)
             .send()
             .await;
-        let answer = match Answer::receive(response).await {
+        let answer = Answer::receive(response).await;
+        crate::metrics::request("get_upload_token", started);
+        let answer = match answer {
             Ok(answer) => answer,
             Err(call) => return Err((call, TOKEN_COOL_DOWN)),
         };
@@ -478,8 +481,11 @@ impl Jiandaoyun {
             request.bytes,
         );
         self.pace(Endpoint::Upload).await;
+        let started = std::time::Instant::now();
         let response = self.http.post(&token.url).multipart(form).send().await;
-        let answer = match Answer::receive(response).await {
+        let answer = Answer::receive(response).await;
+        crate::metrics::request("upload", started);
+        let answer = match answer {
             Ok(answer) => answer,
             Err(call) => return Sent::Failed(call),
         };
@@ -488,10 +494,9 @@ impl Jiandaoyun {
                 Some(key) if !key.is_empty() => Sent::Stored(key.to_string()),
                 // The file may well be stored: sending it again could store it twice. Stop and
                 // let a person look.
-                _ => Sent::Failed(answer.call(Outcome::VendorDown {
+                _ => Sent::Failed(answer.call(Outcome::Unconfirmed {
                     reason: format!(
-                        "jiandaoyun accepted the upload but its answer has no key: {}; not sent \
-                         again until it answers as documented",
+                        "jiandaoyun accepted the upload but its answer has no key: {}",
                         answer.snippet()
                     ),
                 })),
@@ -580,6 +585,7 @@ impl Jiandaoyun {
             "data": data,
         });
         self.pace(Endpoint::Create).await;
+        let started = std::time::Instant::now();
         let response = self
             .http
             .post(format!("{}{CREATE_PATH}", self.base_url))
@@ -587,7 +593,9 @@ impl Jiandaoyun {
             .json(&body)
             .send()
             .await;
-        let answer = match Answer::receive(response).await {
+        let answer = Answer::receive(response).await;
+        crate::metrics::request("data_create", started);
+        let answer = match answer {
             Ok(answer) => answer,
             Err(call) => return call,
         };

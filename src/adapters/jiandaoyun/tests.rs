@@ -646,7 +646,7 @@ async fn a_success_without_a_key_is_never_sent_again() {
         .upload(&request("/d/a.png", &png(14, 8, 8)))
         .await;
     match call.outcome {
-        Outcome::VendorDown { reason } => assert!(
+        Outcome::Unconfirmed { reason } => assert!(
             reason.starts_with("jiandaoyun accepted the upload but its answer has no key: {"),
             "{reason}"
         ),

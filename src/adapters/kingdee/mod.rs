@@ -65,6 +65,9 @@ pub const LIMITS: Limits = Limits {
     max_px: None,
 };
 
+/// What a 4006 (timestamp refused) says when the vendor's clock is not known.
+const CLOCK_HINT: &str = "; this host's clock is off by more than 5 minutes: fix NTP";
+
 /// How long a failed token fetch is remembered before the endpoint is asked again.
 const TOKEN_COOL_DOWN: Duration = Duration::from_secs(30);
 
@@ -155,6 +158,7 @@ impl Kingdee {
             ("app_key", self.config.app_key.as_str()),
             ("app_signature", app_signature.as_str()),
         ];
+        let started = std::time::Instant::now();
         let response = self
             .http
             .get(format!("{}{TOKEN_PATH}", self.base_url))
@@ -179,6 +183,7 @@ impl Kingdee {
             })
         })
         .await;
+        crate::metrics::request("token", started);
         let cool_down = match &call.outcome {
             Outcome::Retry {
                 after: Some(after), ..
@@ -242,6 +247,7 @@ impl Kingdee {
             "save_temp": if self.config.save_temp { "true" } else { "false" },
         });
         self.pacer.ready().await;
+        let started = std::time::Instant::now();
         let response = self
             .http
             .post(format!("{}{UPLOAD_PATH}", self.base_url))
@@ -261,6 +267,7 @@ impl Kingdee {
             })
         })
         .await;
+        crate::metrics::request("upload", started);
         self.forget_refused_token(&call, &token).await;
         call
     }
@@ -271,6 +278,7 @@ impl Kingdee {
             Err(call) => return call,
         };
         self.pacer.ready().await;
+        let started = std::time::Instant::now();
         let response = self
             .http
             .delete(format!("{}{DELETE_PATH}", self.base_url))
@@ -279,6 +287,7 @@ impl Kingdee {
             .send()
             .await;
         let call = answer(response, "delete", |_| Ok(())).await;
+        crate::metrics::request("delete", started);
         self.forget_refused_token(&call, &token).await;
         already_gone_is_done(call)
     }
@@ -322,6 +331,7 @@ async fn answer<T>(
     };
     let status = response.status().as_u16();
     let wait = retry_after(response.headers());
+    let skew = crate::diagnose::clock_skew_ms(response.headers(), epoch_ms());
     let body = match response.bytes().await {
         Ok(b) => b,
         Err(e) => return Call::network(&e),
@@ -332,7 +342,14 @@ async fn answer<T>(
         .as_ref()
         .and_then(|r| r.description.clone())
         .unwrap_or_else(|| snippet(&body));
-    let outcome = classify(status, code, &description, what, wait).unwrap_or_else(|| {
+    let outcome = classify(status, code, &description, what, wait).map(|outcome| match outcome {
+        // 4006: the timestamp we signed is off; the answer's Date header says by how much.
+        Outcome::VendorDown { reason } if code == Some(4006) => Outcome::VendorDown {
+            reason: reason.replace(CLOCK_HINT, &crate::diagnose::clock_advice("Kingdee", skew)),
+        },
+        other => other,
+    });
+    let outcome = outcome.unwrap_or_else(|| {
         match reply.as_ref().map(|r| on_success(&r.data)) {
             Some(Ok(value)) => Outcome::Done(value),
             // The vendor said yes: what it stored cannot be named, and sending again would store
@@ -375,7 +392,7 @@ fn classify<T>(
         },
         (519, Some(c @ 4001..=4008)) => {
             let hint = if c == 4006 {
-                "; this host's clock is off by more than 5 minutes: fix NTP"
+                CLOCK_HINT
             } else {
                 "; check client_id and client_secret"
             };

@@ -1,0 +1,371 @@
+//! Errors an operator can act on: what went wrong, measured where it can be, and what to do.
+//!
+//! - out of inotify watches: how many the limit allows, how many this user's processes hold (from
+//!   `/proc/*/fdinfo`), how many folders the watch has, and what to set the limit to;
+//! - a journal that cannot be written: read-only, disk full, locked, damaged — one sentence each;
+//! - a vendor that refuses our timestamp: how far this host's clock is from the vendor's, read from
+//!   the answer's `Date` header.
+
+use std::path::Path;
+
+use tracing::error;
+
+use crate::journal::JournalError;
+
+// ---- inotify ------------------------------------------------------------------------------------
+
+const MAX_USER_WATCHES: &str = "/proc/sys/fs/inotify/max_user_watches";
+/// The same limit for this user namespace (a container's): both apply, the lower one first.
+const USERNS_MAX_WATCHES: &str = "/proc/sys/user/max_inotify_watches";
+
+/// The inotify watch limits in force: the system's and this user namespace's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WatchLimits {
+    pub system: Option<u64>,
+    pub namespace: Option<u64>,
+}
+
+impl WatchLimits {
+    fn read() -> WatchLimits {
+        let read = |path: &str| {
+            std::fs::read_to_string(path)
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+        };
+        WatchLimits {
+            system: read(MAX_USER_WATCHES),
+            namespace: read(USERNS_MAX_WATCHES),
+        }
+    }
+
+    /// The user namespace's limit when it is the one that binds.
+    fn namespace_binds(&self) -> Option<u64> {
+        match (self.system, self.namespace) {
+            (Some(system), Some(ns)) if ns < system => Some(ns),
+            (None, Some(ns)) => Some(ns),
+            _ => None,
+        }
+    }
+}
+
+/// The inotify watches held by the process whose `/proc` folder is `proc_pid`: the `inotify wd:`
+/// lines of the fdinfo of each of its inotify descriptors.
+pub fn inotify_watches_of(proc_pid: &Path) -> Option<u64> {
+    let fds = std::fs::read_dir(proc_pid.join("fd")).ok()?;
+    let mut watches = 0;
+    for fd in fds.flatten() {
+        let is_inotify = std::fs::read_link(fd.path())
+            .is_ok_and(|target| target.as_os_str() == "anon_inode:inotify");
+        if !is_inotify {
+            continue;
+        }
+        if let Ok(info) = std::fs::read_to_string(proc_pid.join("fdinfo").join(fd.file_name())) {
+            watches += info
+                .lines()
+                .filter(|l| l.starts_with("inotify wd:"))
+                .count() as u64;
+        }
+    }
+    Some(watches)
+}
+
+/// The inotify watches held by every process of this user that we may look into (the limit is
+/// per user).
+fn inotify_watches_of_user() -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .filter(|e| e.metadata().is_ok_and(|m| m.uid() == uid))
+        .filter_map(|e| inotify_watches_of(&e.path()))
+        .sum()
+}
+
+/// Folders under `root` (itself included), each of which a recursive inotify watch needs a watch
+/// for. Counting stops at a million.
+fn folders_under(root: &Path) -> u64 {
+    walkdir::WalkDir::new(root)
+        .follow_links(false)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_dir())
+        .take(1_000_000)
+        .count() as u64
+}
+
+/// What to set `fs.inotify.max_user_watches` to: room for twice what is needed now, a power of
+/// two, never below the common 524288.
+pub fn suggested_max_watches(in_use: u64, folders: u64) -> u64 {
+    ((in_use + folders) * 2).next_power_of_two().max(524_288)
+}
+
+/// The inotify limit and its use, measured, with what to set.
+pub fn inotify_advice(
+    limits: WatchLimits,
+    by_user: u64,
+    by_us: Option<u64>,
+    root: &Path,
+    folders: u64,
+) -> String {
+    let ours = by_us.map_or_else(String::new, |n| format!(" ({n} by imgsyncd)"));
+    let suggest = suggested_max_watches(by_user, folders);
+    let (limit_text, fix) = match limits.namespace_binds() {
+        Some(ns) => (
+            format!("this user namespace's user.max_inotify_watches is {ns}"),
+            format!(
+                "set user.max_inotify_watches={suggest} where the namespace (the container) is \
+                 made, and fs.inotify.max_user_watches at least as high on the host"
+            ),
+        ),
+        None => (
+            limits.system.map_or_else(
+                || "fs.inotify.max_user_watches (unreadable here)".to_string(),
+                |l| format!("fs.inotify.max_user_watches is {l}"),
+            ),
+            format!(
+                "set fs.inotify.max_user_watches={suggest} \
+                 (`sysctl -w fs.inotify.max_user_watches={suggest}`, and the line \
+                 `fs.inotify.max_user_watches={suggest}` in /etc/sysctl.d/90-imgsyncd.conf to keep it)"
+            ),
+        ),
+    };
+    format!(
+        "out of inotify watches: {limit_text}, this user's processes hold {by_user}{ours}, and {} \
+         has {folders} folders to watch: {fix}, or give this watch `poll:`",
+        root.display()
+    )
+}
+
+/// [`inotify_advice`] measured now for the watch on `root`.
+pub fn out_of_inotify_watches(root: &Path) -> String {
+    inotify_advice(
+        WatchLimits::read(),
+        inotify_watches_of_user(),
+        inotify_watches_of(Path::new("/proc/self")),
+        root,
+        folders_under(root),
+    )
+}
+
+// ---- the journal --------------------------------------------------------------------------------
+
+/// What a journal error means for the operator, in one sentence, when it is one they can fix.
+pub fn journal_advice(error: &JournalError) -> Option<&'static str> {
+    use rusqlite::ErrorCode;
+    let sqlite = match error {
+        JournalError::Open { source, .. } | JournalError::Sql(source) => source,
+        _ => return None,
+    };
+    let rusqlite::Error::SqliteFailure(failure, _) = sqlite else {
+        return None;
+    };
+    Some(match failure.code {
+        ErrorCode::ReadOnly => {
+            "the journal is read-only to the daemon (its file or folder is not writable by the \
+             daemon's user, or the filesystem is mounted read-only): the unit's \
+             StateDirectory=imgsyncd gives it /var/lib/imgsyncd; check ownership and mount"
+        }
+        ErrorCode::DiskFull => {
+            "the disk holding the journal is full: free some space; nothing is lost, every \
+             outcome and file waits and is recorded once there is room"
+        }
+        ErrorCode::CannotOpen => {
+            "the journal file cannot be opened: check that its folder exists and the daemon's \
+             user may write it"
+        }
+        ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => {
+            "the journal is held by another process for longer than 10s (an `imgsyncd retry`, a \
+             backup tool holding a lock?)"
+        }
+        ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt => {
+            "the journal file is damaged or not a journal: stop the daemon and restore it from a \
+             backup (or move it aside to start afresh, which uploads every file again)"
+        }
+        ErrorCode::PermissionDenied => {
+            "the daemon may not access the journal: check the ownership of the file and its folder"
+        }
+        _ => return None,
+    })
+}
+
+/// The error with its advice.
+pub fn journal(error: &JournalError) -> String {
+    let text = match error {
+        // "journal query failed: …" says nothing the advice does not say better.
+        JournalError::Sql(e) if journal_advice(error).is_some() => e.to_string(),
+        _ => error.to_string(),
+    };
+    match journal_advice(error) {
+        Some(advice) => format!("{text}: {advice}"),
+        None => text,
+    }
+}
+
+/// Logs a journal write that failed and will be tried again: once a minute for each kind of
+/// trouble (a full disk would otherwise log once per file and retry); the rest are counted and
+/// summarised ([`crate::logging::journal_trouble`]).
+pub fn journal_write_failed(doing: &str, path: &str, error: &JournalError) {
+    let kind = journal_advice(error)
+        .and_then(|advice| advice.split(':').next())
+        .unwrap_or("other errors");
+    let verdict = crate::logging::journal_trouble().check(kind, std::time::Instant::now());
+    if verdict != crate::throttle::Verdict::Suppress {
+        error!(path = %path, "cannot {doing} (will try again): {}", journal(error));
+    }
+}
+
+// ---- clocks -------------------------------------------------------------------------------------
+
+/// How far this host's clock (`now_ms`) is ahead of the vendor's (its answer's `Date` header),
+/// in milliseconds; `None` without a readable header.
+pub fn clock_skew_ms(headers: &reqwest::header::HeaderMap, now_ms: i64) -> Option<i64> {
+    let date = headers.get(reqwest::header::DATE)?.to_str().ok()?;
+    let theirs = httpdate::parse_http_date(date).ok()?;
+    let theirs_ms = theirs
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_millis() as i64;
+    Some(now_ms - theirs_ms)
+}
+
+/// The hint for a refused timestamp: by how much and which way the clock is off, when known.
+pub fn clock_advice(vendor: &str, skew_ms: Option<i64>) -> String {
+    match skew_ms {
+        // The Date header has whole seconds.
+        Some(skew) if skew.abs() >= 2_000 => {
+            let by = humantime::format_duration(std::time::Duration::from_secs(
+                (skew.unsigned_abs() / 1000).max(1),
+            ));
+            let way = if skew > 0 { "ahead of" } else { "behind" };
+            format!(
+                "; this host's clock is {by} {way} {vendor}'s (from its Date header): fix NTP \
+                 (`timedatectl set-ntp true`, chrony)"
+            )
+        }
+        Some(_) => format!(
+            "; this host's clock agrees with {vendor}'s Date header to the second, so the \
+             timestamp was refused for another reason (a proxy delaying requests?)"
+        ),
+        None => format!(
+            "; this host's clock is off by more than 5 minutes from {vendor}'s: fix NTP \
+             (`timedatectl set-ntp true`, chrony)"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_advice_measures_and_says_what_to_set() {
+        let system = WatchLimits {
+            system: Some(8192),
+            namespace: Some(8192),
+        };
+        let text = inotify_advice(system, 8190, Some(8000), Path::new("/srv/drop"), 12_000);
+        assert_eq!(
+            text,
+            "out of inotify watches: fs.inotify.max_user_watches is 8192, this user's processes \
+             hold 8190 (8000 by imgsyncd), and /srv/drop has 12000 folders to watch: set \
+             fs.inotify.max_user_watches=524288 (`sysctl -w fs.inotify.max_user_watches=524288`, \
+             and the line `fs.inotify.max_user_watches=524288` in /etc/sysctl.d/90-imgsyncd.conf \
+             to keep it), or give this watch `poll:`"
+        );
+        assert_eq!(suggested_max_watches(500_000, 300_000), 2_097_152);
+        let container = WatchLimits {
+            system: Some(524_288),
+            namespace: Some(20),
+        };
+        let text = inotify_advice(container, 20, Some(20), Path::new("/srv/drop"), 31);
+        assert!(
+            text.starts_with(
+                "out of inotify watches: this user namespace's user.max_inotify_watches is 20, \
+                 this user's processes hold 20 (20 by imgsyncd), and /srv/drop has 31 folders \
+                 to watch: set user.max_inotify_watches=524288 where the namespace"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn our_own_inotify_watches_are_counted() {
+        use notify::Watcher;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        let before = inotify_watches_of(Path::new("/proc/self")).unwrap();
+        let mut watcher =
+            notify::RecommendedWatcher::new(|_| {}, notify::Config::default()).unwrap();
+        watcher
+            .watch(dir.path(), notify::RecursiveMode::Recursive)
+            .unwrap();
+        let during = inotify_watches_of(Path::new("/proc/self")).unwrap();
+        // Tests run at once may hold watches of their own: at least our three folders more.
+        assert!(during >= before + 3, "{before} then {during}");
+        assert_eq!(folders_under(dir.path()), 3);
+        drop(watcher);
+    }
+
+    #[test]
+    fn journal_errors_say_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.sqlite3");
+        drop(crate::journal::Journal::open(&path).unwrap());
+        // Read-only: a connection that may not write.
+        let conn = rusqlite::Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        let e = JournalError::Sql(conn.execute("DELETE FROM files", []).unwrap_err());
+        assert!(
+            journal(&e).contains("read-only to the daemon"),
+            "{}",
+            journal(&e)
+        );
+        // Full: a database that may not grow.
+        let conn = rusqlite::Connection::open(dir.path().join("full.sqlite3")).unwrap();
+        conn.execute_batch("CREATE TABLE t (x BLOB); PRAGMA max_page_count = 2;")
+            .unwrap();
+        let full = conn
+            .execute("INSERT INTO t VALUES (zeroblob(100000))", [])
+            .unwrap_err();
+        let e = JournalError::Sql(full);
+        assert!(
+            journal(&e).contains("disk holding the journal is full"),
+            "{}",
+            journal(&e)
+        );
+        assert!(journal(&e).contains("nothing is lost"));
+    }
+
+    #[test]
+    fn a_refused_timestamp_says_how_far_off_the_clock_is() {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::DATE,
+            "Sun, 06 Nov 1994 08:49:37 GMT".parse().unwrap(),
+        );
+        let theirs = 784_111_777_000;
+        let ahead = clock_skew_ms(&headers, theirs + 7 * 60_000 + 12_000);
+        assert_eq!(ahead, Some(432_000));
+        assert_eq!(
+            clock_advice("Kingdee", ahead),
+            "; this host's clock is 7m 12s ahead of Kingdee's (from its Date header): fix NTP \
+             (`timedatectl set-ntp true`, chrony)"
+        );
+        let behind = clock_skew_ms(&headers, theirs - 3_600_000);
+        assert!(clock_advice("Kingdee", behind).contains("1h behind Kingdee's"));
+        assert!(clock_advice("Kingdee", Some(400)).contains("agrees with Kingdee's"));
+        assert!(clock_advice("Kingdee", None).contains("more than 5 minutes"));
+    }
+}

@@ -1,0 +1,446 @@
+//! The daemon as systemd sees it: the notify protocol heard on a datagram socket of the test's
+//! own (READY, STATUS, RELOADING with MONOTONIC_USEC, STOPPING, WATCHDOG), the watchdog going
+//! quiet when a loop is wedged, reloads that add and remove watches, and `status` telling
+//! whether the daemon runs.
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Harness, png};
+
+/// The service manager's end of NOTIFY_SOCKET: every datagram, with when it came.
+struct Manager {
+    path: PathBuf,
+    heard: Arc<Mutex<Vec<(Instant, String)>>>,
+}
+
+impl Manager {
+    fn listen(dir: &Path) -> Manager {
+        let path = dir.join("notify.sock");
+        let socket = UnixDatagram::bind(&path).expect("bind the notify socket");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let heard: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
+        let sink = Arc::clone(&heard);
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            // Ends when the test (and its folder) is gone: the socket errors or nobody reads.
+            for _ in 0..(120 * 10) {
+                match socket.recv(&mut buf) {
+                    Ok(n) => sink
+                        .lock()
+                        .unwrap()
+                        .push((Instant::now(), String::from_utf8_lossy(&buf[..n]).into())),
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(_) => break,
+                }
+            }
+        });
+        Manager { path, heard }
+    }
+
+    fn socket(&self) -> &str {
+        self.path.to_str().unwrap()
+    }
+
+    fn messages(&self) -> Vec<(Instant, String)> {
+        self.heard.lock().unwrap().clone()
+    }
+
+    /// Messages with a line `key=…`, with the value.
+    fn with(&self, key: &str) -> Vec<(Instant, String, String)> {
+        self.messages()
+            .into_iter()
+            .filter_map(|(at, m)| {
+                let value = m
+                    .lines()
+                    .find_map(|l| l.strip_prefix(&format!("{key}=")))?
+                    .to_string();
+                Some((at, value, m))
+            })
+            .collect()
+    }
+
+    fn wait_for(&self, what: &str, done: impl Fn(&Manager) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !done(self) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; heard: {:#?}",
+                self.messages()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn pings_between(&self, from: Instant, to: Instant) -> usize {
+        self.with("WATCHDOG")
+            .iter()
+            .filter(|(at, v, _)| v == "1" && *at >= from && *at < to)
+            .count()
+    }
+}
+
+fn monotonic_usec() -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000 + ts.tv_nsec as i128 / 1000
+}
+
+#[test]
+fn systemd_hears_ready_status_reload_stopping_and_watchdog_pings() {
+    let mut h = Harness::new();
+    let manager = Manager::listen(h.dir.path());
+    h.start_with(
+        "text",
+        &[
+            ("NOTIFY_SOCKET", manager.socket()),
+            ("WATCHDOG_USEC", "1000000"),
+        ],
+    );
+    manager.wait_for("READY=1", |m| !m.with("READY").is_empty());
+    let log = h.log();
+    let reconciled = log.find("reconciled with the journal").expect(&log);
+    let running = log.find("imgsyncd running").unwrap();
+    assert!(
+        reconciled < running,
+        "READY comes once the watch is set up:\n{log}"
+    );
+    let (ready_at, _, ready) = manager.with("READY")[0].clone();
+    assert!(
+        ready.contains("STATUS=idle, nothing pending; watching 1 folder"),
+        "{ready}"
+    );
+    assert!(
+        manager
+            .with("STATUS")
+            .iter()
+            .any(|(at, v, _)| *at <= ready_at && v.starts_with("starting")),
+        "a status while starting: {:#?}",
+        manager.messages()
+    );
+
+    // The watchdog: pinged every half of WATCHDOG_USEC while the loops answer.
+    std::thread::sleep(Duration::from_millis(2200));
+    let pings = manager.pings_between(ready_at, Instant::now());
+    assert!(
+        (2..=8).contains(&pings),
+        "about one ping each 0.5 s: {pings}"
+    );
+
+    // STATUS changes with what the daemon does, and only then.
+    std::fs::write(h.path("notes.jpg"), b"not an image at all").unwrap();
+    h.wait_state("notes.jpg", "rejected");
+    manager.wait_for("a status that counts the rejection", |m| {
+        m.with("STATUS")
+            .iter()
+            .any(|(_, v, _)| v.contains("1 rejected"))
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let quiet_from = Instant::now();
+    std::thread::sleep(Duration::from_millis(2000));
+    assert!(
+        manager
+            .with("STATUS")
+            .iter()
+            .all(|(at, _, _)| *at < quiet_from),
+        "no status refresh while nothing changes: {:#?}",
+        manager.with("STATUS")
+    );
+    let statuses: Vec<String> = manager
+        .with("STATUS")
+        .into_iter()
+        .filter(|(_, _, m)| !m.contains("READY=1"))
+        .map(|(_, v, _)| v)
+        .collect();
+    assert!(
+        statuses.windows(2).all(|w| w[0] != w[1]),
+        "a status is sent only when it reads differently: {statuses:#?}"
+    );
+
+    // A reload: RELOADING=1 with the monotonic clock, then READY=1 with the new watch set up.
+    let second = h.dir.path().join("second");
+    std::fs::create_dir_all(&second).unwrap();
+    let good = std::fs::read_to_string(&h.config_path).unwrap()
+        + &format!("  - path: {}\n    vendor: erp\n", second.display());
+    std::fs::write(&h.config_path, &good).unwrap();
+    let before = monotonic_usec();
+    let reload_from = Instant::now();
+    h.reload();
+    manager.wait_for("READY=1 after the reload", |m| {
+        m.with("READY").iter().any(|(at, _, _)| *at > reload_from)
+    });
+    let (reloading_at, _, reloading) = manager
+        .with("RELOADING")
+        .into_iter()
+        .find(|(at, _, _)| *at >= reload_from)
+        .expect("RELOADING=1");
+    let usec: i128 = reloading
+        .lines()
+        .find_map(|l| l.strip_prefix("MONOTONIC_USEC="))
+        .expect(&reloading)
+        .parse()
+        .unwrap();
+    assert!(
+        usec >= before && usec <= monotonic_usec(),
+        "MONOTONIC_USEC is CLOCK_MONOTONIC at the reload: {usec} vs {before}"
+    );
+    let (ready_again, _, _) = manager
+        .with("READY")
+        .into_iter()
+        .find(|(at, _, _)| *at > reload_from)
+        .unwrap();
+    assert!(ready_again >= reloading_at);
+    manager.wait_for("a status with both watches", |m| {
+        m.with("STATUS")
+            .iter()
+            .any(|(at, v, _)| *at > reload_from && v.contains("watching 2 folders"))
+    });
+
+    // A bad config is refused, and STATUS says so.
+    std::fs::write(&h.config_path, "workers: 0\n").unwrap();
+    let refused_from = Instant::now();
+    h.reload();
+    manager.wait_for("a status saying the reload was refused", |m| {
+        m.with("STATUS").iter().any(|(at, v, _)| {
+            *at > refused_from
+                && v.starts_with("reload refused, running the previous config: ")
+                && v.contains("workers: must be between 1 and 64")
+        })
+    });
+    assert!(
+        manager
+            .with("READY")
+            .iter()
+            .any(|(at, _, _)| *at > refused_from),
+        "READY=1 follows a refused reload too"
+    );
+    std::fs::write(&h.config_path, &good).unwrap();
+
+    // Stopping.
+    let stop_from = Instant::now();
+    assert!(h.stop().success());
+    let stopping = manager.with("STOPPING");
+    assert!(
+        stopping
+            .iter()
+            .any(|(at, v, _)| *at > stop_from && v == "1"),
+        "{:#?}",
+        manager.messages()
+    );
+}
+
+#[test]
+fn no_watchdog_pings_unless_the_manager_asks_this_process() {
+    let mut h = Harness::new();
+    let manager = Manager::listen(h.dir.path());
+    // Not asked at all.
+    h.start_with("text", &[("NOTIFY_SOCKET", manager.socket())]);
+    manager.wait_for("READY=1", |m| !m.with("READY").is_empty());
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(h.stop().success());
+    // Asked, but for another process (WATCHDOG_PID is not ours).
+    h.start_with(
+        "text",
+        &[
+            ("NOTIFY_SOCKET", manager.socket()),
+            ("WATCHDOG_USEC", "400000"),
+            ("WATCHDOG_PID", "1"),
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(h.stop().success());
+    assert!(
+        manager.with("WATCHDOG").is_empty(),
+        "{:#?}",
+        manager.messages()
+    );
+    assert_eq!(manager.with("READY").len(), 2);
+}
+
+/// Runs the daemon with the test hook wedging `what` a second after READY; returns the time of
+/// READY and the daemon's log once the pings should have stopped.
+fn wedged(what: &str) -> (Harness, Manager, Instant) {
+    let mut h = Harness::new();
+    let manager = Manager::listen(h.dir.path());
+    h.start_with(
+        "text",
+        &[
+            ("NOTIFY_SOCKET", manager.socket()),
+            ("WATCHDOG_USEC", "600000"),
+            ("IMGSYNCD_TEST_WEDGE", what),
+        ],
+    );
+    manager.wait_for("READY=1", |m| !m.with("READY").is_empty());
+    let ready_at = manager.with("READY")[0].0;
+    std::thread::sleep(
+        (ready_at + Duration::from_millis(4500)).saturating_duration_since(Instant::now()),
+    );
+    (h, manager, ready_at)
+}
+
+#[test]
+fn a_wedged_journal_writer_stops_the_watchdog_pings() {
+    let (h, manager, ready) = wedged("journal");
+    assert!(
+        manager.pings_between(ready, ready + Duration::from_millis(900)) >= 1,
+        "pings while the journal answers: {:#?}",
+        manager.messages()
+    );
+    assert_eq!(
+        manager.pings_between(ready + Duration::from_millis(2000), Instant::now()),
+        0,
+        "no pings once the journal writer is wedged: {:#?}\n{}",
+        manager.messages(),
+        h.log()
+    );
+    let log = h.log();
+    assert!(log.contains("test hook IMGSYNCD_TEST_WEDGE"), "{log}");
+    assert!(
+        log.contains("watchdog: the journal writer has not answered for"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_wedged_worker_pool_stops_the_watchdog_pings() {
+    let (h, manager, ready) = wedged("pool");
+    assert!(
+        manager.pings_between(ready, ready + Duration::from_millis(900)) >= 1,
+        "pings while the pool answers: {:#?}",
+        manager.messages()
+    );
+    assert_eq!(
+        manager.pings_between(ready + Duration::from_millis(2000), Instant::now()),
+        0,
+        "no pings once the pool is wedged: {:#?}\n{}",
+        manager.messages(),
+        h.log()
+    );
+    let log = h.log();
+    assert!(
+        log.contains("watchdog: the worker pool has not answered for"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("the journal writer has not answered"),
+        "only the pool is blamed: {log}"
+    );
+    assert!(
+        manager
+            .with("STATUS")
+            .iter()
+            .any(|(_, v, _)| v.starts_with("NOT RESPONDING: the worker pool")),
+        "{:#?}",
+        manager.messages()
+    );
+}
+
+#[test]
+fn a_reload_adds_and_removes_watches_and_keeps_jobs() {
+    let mut h = Harness::new();
+    h.start();
+    h.drop_file("first.png", &png(601));
+    h.wait_state("first.png", "synced");
+    let second = h.dir.path().join("second");
+    std::fs::create_dir_all(&second).unwrap();
+    std::fs::write(second.join("there.png"), png(602)).unwrap();
+    let original = std::fs::read_to_string(&h.config_path).unwrap();
+    let first_watch = format!("  - path: {}\n    vendor: erp\n", h.drop.display());
+    let second_watch = format!("  - path: {}\n    vendor: erp\n", second.display());
+    std::fs::write(&h.config_path, original.clone() + &second_watch).unwrap();
+    h.reload();
+    let there = second.join("there.png").display().to_string();
+    h.wait_for("the added watch's file to sync", |h| {
+        h.files()
+            .iter()
+            .any(|f| f["path"] == there.as_str() && f["state"] == "synced")
+    });
+
+    // Remove the first watch: its folder is no longer looked at, its files keep their records.
+    assert!(original.contains(&first_watch), "{original}");
+    std::fs::write(
+        &h.config_path,
+        original.replace(&first_watch, "") + &second_watch,
+    )
+    .unwrap();
+    h.reload();
+    h.wait_for("the removed watch to stop", |h| {
+        h.log().contains("watch removed or changed: stopping it")
+    });
+    h.wait_for("the reload to finish", |h| {
+        h.log().matches("config reloaded from").count() >= 2
+    });
+    h.drop_file("unwatched.png", &png(603));
+    std::fs::write(second.join("still.png"), png(604)).unwrap();
+    let still = second.join("still.png").display().to_string();
+    h.wait_for("the remaining watch to take a new file", |h| {
+        h.files()
+            .iter()
+            .any(|f| f["path"] == still.as_str() && f["state"] == "synced")
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        h.file("unwatched.png"),
+        None,
+        "the removed watch takes nothing"
+    );
+    assert_eq!(
+        h.state("first.png").as_deref(),
+        Some("synced"),
+        "removing a watch deletes nothing"
+    );
+    assert_eq!(h.deletes_at_sandbox(), 0);
+    assert_eq!(h.sandbox.uploads(), 3);
+}
+
+#[test]
+fn status_says_whether_the_daemon_runs_and_names_the_oldest_pending_file() {
+    let mut h = Harness::new();
+    // The vendor holds its answers, so files stay pending while we look.
+    h.sandbox
+        .inject((0..2).map(|_| imgsyncd::sandbox::Fault::Delay(Duration::from_secs(6))));
+    h.start();
+    let pid = h.pid().unwrap();
+    h.drop_file("slow.png", &png(701));
+    h.wait_for("the file to be queued", |h| {
+        h.log().contains("taken: queued for upload")
+    });
+    let status = h.status();
+    assert_eq!(status["daemon"]["running"], true);
+    assert_eq!(status["daemon"]["pid"], pid);
+    assert_eq!(
+        status["oldest_pending"]["path"],
+        h.path("slow.png").display().to_string()
+    );
+    assert_eq!(status["oldest_pending"]["vendor"], "erp");
+    assert_eq!(status["oldest_pending"]["op"], "upload");
+    let text = h.cli(&["status"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.starts_with(&format!("daemon: running (pid {pid})\n")),
+        "{text}"
+    );
+    assert!(text.contains("  oldest pending: "), "{text}");
+    h.wait_state("slow.png", "synced");
+    assert!(h.stop().success());
+    let status = h.status();
+    assert_eq!(status["daemon"]["running"], false);
+    assert_eq!(status["daemon"]["pid"], serde_json::Value::Null);
+    assert_eq!(status["oldest_pending"], serde_json::Value::Null);
+    let text = h.cli(&["status"]);
+    assert!(String::from_utf8_lossy(&text.stdout).starts_with("daemon: not running"));
+}
