@@ -80,6 +80,14 @@ pub fn status(status: &Status) -> String {
             let _ = writeln!(out, "queue: empty");
         }
     }
+    if status.expired_keys > 0 {
+        let _ = writeln!(
+            out,
+            "{} synced files hold keys that have expired (past their transaction's hour, no record \
+             holds them): the vendor no longer honours them; `imgsyncd retry PATH` uploads one anew",
+            status.expired_keys
+        );
+    }
     if status.held_deletes > 0 {
         let _ = writeln!(
             out,

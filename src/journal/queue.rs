@@ -456,6 +456,11 @@ impl Journal {
                         RetryOutcome::Reexamined
                     }
                 }
+                Some((id, state, _)) if state == "synced" && copy_expired(&tx, id)? => {
+                    // A key past its hour: the vendor no longer honours it; send the file anew.
+                    requeue_file(&tx, id)?;
+                    RetryOutcome::Queued
+                }
                 Some((_, state, _)) => RetryOutcome::NotFailed(state),
             };
             out.push((path.clone(), outcome));
@@ -710,6 +715,16 @@ fn set_removed(tx: &Transaction<'_>, file_id: i64, note: Option<&str>) -> Result
         params![file_id, note, now_ms()],
     )?;
     Ok(())
+}
+
+/// Whether the file's remote copy has expired (a Jiandaoyun key past its transaction's hour).
+fn copy_expired(tx: &Transaction<'_>, file_id: i64) -> Result<bool> {
+    Ok(tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM files f JOIN remote_copies c ON c.id = f.copy_id
+           WHERE f.id = ?1 AND c.expires_at IS NOT NULL AND c.expires_at <= ?2)",
+        params![file_id, now_ms()],
+        |r| r.get(0),
+    )?)
 }
 
 fn requeue_file(tx: &Transaction<'_>, file_id: i64) -> Result<()> {

@@ -102,6 +102,9 @@ pub struct Status {
     pub paused_watches: Vec<PausedWatch>,
     pub queued_jobs: u64,
     pub held_deletes: u64,
+    /// Synced files whose remote copy has expired (a Jiandaoyun key past its transaction's hour,
+    /// with no record holding it): the vendor no longer honours it.
+    pub expired_keys: u64,
     pub recent_errors: Vec<RecentError>,
     /// The most recent rejected or failed files (at most 10), with why.
     pub problems: Vec<Problem>,
@@ -224,6 +227,12 @@ impl Journal {
             [],
             |r| r.get(0),
         )?;
+        let expired_keys: i64 = self.conn.query_row(
+            "SELECT COUNT(*) FROM files f JOIN remote_copies c ON c.id = f.copy_id
+             WHERE f.state = 'synced' AND c.expires_at IS NOT NULL AND c.expires_at <= ?1",
+            [now],
+            |r| r.get(0),
+        )?;
         let paused_vendors = self
             .pauses()?
             .into_iter()
@@ -255,6 +264,7 @@ impl Journal {
             paused_vendors,
             queued_jobs: queued_jobs as u64,
             held_deletes: held_deletes as u64,
+            expired_keys: expired_keys as u64,
             recent_errors: self.recent_errors(10)?,
             problems: self.problems(10)?,
         })

@@ -778,3 +778,28 @@ fn a_foreign_or_damaged_file_is_refused_and_left_untouched() {
         "the file was changed"
     );
 }
+
+#[test]
+fn an_expired_key_is_counted_never_reused_and_retry_sends_the_file_anew() {
+    let mut f = fixture();
+    let j = &mut f.journal;
+    j.observe(&obs("/w/a.png", "aa"), PRESENT).unwrap();
+    let job = claim(j).unwrap();
+    j.finish(
+        &job,
+        &JobResult::Uploaded(Remote {
+            reference: "key-1".into(),
+            transaction_id: Some("tx-1".into()),
+            expires_at: Some(now_ms() - 1),
+            record_id: None,
+        }),
+        None,
+    )
+    .unwrap();
+    assert_eq!(j.status().unwrap().expired_keys, 1);
+    // The same bytes elsewhere are uploaded, not handed the dead key.
+    j.observe(&obs("/w/b.png", "aa"), PRESENT).unwrap();
+    assert_eq!(claim(j).unwrap().path, "/w/b.png");
+    let outcome = j.retry_paths(&["/w/a.png".to_string()]).unwrap();
+    assert_eq!(outcome[0].1, RetryOutcome::Queued);
+}
