@@ -18,7 +18,10 @@ pub use template::{Placeholder, Template};
 /// Where the daemon looks when neither `-c` nor `IMGSYNCD_CONFIG` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/imgsyncd/daemon.yaml";
 pub use crate::adapters::VendorKind;
+pub use crate::adapters::feishu::FeishuConfig;
+pub use crate::adapters::jiandaoyun::{CreateRecord, JiandaoyunConfig};
 pub use crate::adapters::kind::DEFAULT_INCLUDE;
+pub use crate::adapters::kingdee::KingdeeConfig;
 pub const DEFAULT_EXCLUDE: &[&str] = &[".*", "*.tmp", "*.part", "*~"];
 
 #[derive(Debug, thiserror::Error)]
@@ -84,42 +87,6 @@ impl VendorSettings {
             VendorSettings::Jiandaoyun(_) => VendorKind::Jiandaoyun,
         }
     }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct KingdeeConfig {
-    pub client_id: String,
-    pub client_secret: Secret,
-    pub app_key: String,
-    pub app_secret: Secret,
-    pub domain: String,
-    pub save_temp: bool,
-}
-
-/// A Feishu (or Lark) self-built app: its tenant_access_token uploads to lingo.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FeishuConfig {
-    pub app_id: String,
-    pub app_secret: Secret,
-}
-
-/// A Jiandaoyun (简道云) form: files go up against its upload tokens and, with `create_record`, each
-/// gets a record of its own that holds its key.
-#[derive(Debug, Clone, PartialEq)]
-pub struct JiandaoyunConfig {
-    pub api_key: Secret,
-    pub app_id: String,
-    pub entry_id: String,
-    pub create_record: Option<CreateRecord>,
-    /// The roots of the watches feeding this vendor, for `{relpath}` (filled in from `watches`).
-    pub watch_roots: Vec<PathBuf>,
-}
-
-/// One form record per file: the image widget gets the file's key, each field its template.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CreateRecord {
-    pub image_widget: String,
-    pub fields: BTreeMap<String, Template>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -287,6 +254,60 @@ struct RawWatch {
     include: Option<Vec<String>>,
     exclude: Option<Vec<String>>,
     poll: Option<String>,
+}
+
+/// A vendor's own keys, handed to the adapter that knows what they mean; read with the config's
+/// rules (`${VAR}`, `<key>_file` secrets, errors that name the file, the line and the key).
+pub struct VendorKeys<'a> {
+    ctx: &'a Ctx<'a>,
+    prefix: String,
+    raw: &'a mut RawVendor,
+}
+
+impl VendorKeys<'_> {
+    /// A text value that must be given and not be empty.
+    pub fn required(&mut self, key: &str) -> Result<String, ConfigError> {
+        let value = match key {
+            "client_id" => self.raw.client_id.take(),
+            "app_key" => self.raw.app_key.take(),
+            "domain" => self.raw.domain.take(),
+            "app_id" => self.raw.app_id.take(),
+            "entry_id" => self.raw.entry_id.take(),
+            _ => None,
+        };
+        self.ctx.required(&format!("{}.{key}", self.prefix), value)
+    }
+
+    /// A secret given inline (`key`) or as a file (`key_file`).
+    pub fn secret(&mut self, key: &str) -> Result<Secret, ConfigError> {
+        let (inline, file) = match key {
+            "client_secret" => (
+                self.raw.client_secret.take(),
+                self.raw.client_secret_file.take(),
+            ),
+            "app_secret" => (self.raw.app_secret.take(), self.raw.app_secret_file.take()),
+            "api_key" => (self.raw.api_key.take(), self.raw.api_key_file.take()),
+            _ => (None, None),
+        };
+        self.ctx.secret(&self.prefix, key, inline, file)
+    }
+
+    /// A yes/no value; `None` when not given.
+    pub fn flag(&mut self, key: &str) -> Option<bool> {
+        match key {
+            "save_temp" => self.raw.save_temp.take(),
+            _ => None,
+        }
+    }
+
+    /// `create_record`: the image widget and the templated fields of a record per file.
+    pub fn create_record(&mut self) -> Result<Option<CreateRecord>, ConfigError> {
+        self.raw
+            .create_record
+            .take()
+            .map(|raw| self.ctx.create_record(&self.prefix, raw))
+            .transpose()
+    }
 }
 
 // ---- loading -----------------------------------------------------------------------------------
@@ -561,7 +582,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn vendor(&self, name: &str, raw: RawVendor) -> Result<VendorConfig, ConfigError> {
+    fn vendor(&self, name: &str, mut raw: RawVendor) -> Result<VendorConfig, ConfigError> {
         let prefix = format!("vendors.{name}");
         let Some(kind) = VendorKind::parse(&raw.kind) else {
             let known: Vec<&str> = VendorKind::ALL.iter().map(|k| k.as_str()).collect();
@@ -581,7 +602,7 @@ impl Ctx<'_> {
                 format!("is not a key of a {} vendor", kind.as_str()),
             ));
         }
-        let base_url = match raw.base_url {
+        let base_url = match raw.base_url.take() {
             Some(url) => self.expand(&format!("{prefix}.base_url"), &url)?,
             None => kind.default_base_url().to_string(),
         };
@@ -599,45 +620,12 @@ impl Ctx<'_> {
                 return Err(self.invalid(&format!("{prefix}.{key}"), "must be at least 1"));
             }
         }
-        let settings = match kind {
-            VendorKind::Kingdee => VendorSettings::Kingdee(KingdeeConfig {
-                client_id: self.required(&format!("{prefix}.client_id"), raw.client_id)?,
-                client_secret: self.secret(
-                    &prefix,
-                    "client_secret",
-                    raw.client_secret,
-                    raw.client_secret_file,
-                )?,
-                app_key: self.required(&format!("{prefix}.app_key"), raw.app_key)?,
-                app_secret: self.secret(
-                    &prefix,
-                    "app_secret",
-                    raw.app_secret,
-                    raw.app_secret_file,
-                )?,
-                domain: self.required(&format!("{prefix}.domain"), raw.domain)?,
-                save_temp: raw.save_temp.unwrap_or(false),
-            }),
-            VendorKind::Feishu => VendorSettings::Feishu(FeishuConfig {
-                app_id: self.required(&format!("{prefix}.app_id"), raw.app_id)?,
-                app_secret: self.secret(
-                    &prefix,
-                    "app_secret",
-                    raw.app_secret,
-                    raw.app_secret_file,
-                )?,
-            }),
-            VendorKind::Jiandaoyun => VendorSettings::Jiandaoyun(JiandaoyunConfig {
-                api_key: self.secret(&prefix, "api_key", raw.api_key, raw.api_key_file)?,
-                app_id: self.required(&format!("{prefix}.app_id"), raw.app_id)?,
-                entry_id: self.required(&format!("{prefix}.entry_id"), raw.entry_id)?,
-                create_record: raw
-                    .create_record
-                    .map(|r| self.create_record(&prefix, r))
-                    .transpose()?,
-                watch_roots: Vec::new(),
-            }),
+        let mut keys = VendorKeys {
+            ctx: self,
+            prefix: prefix.clone(),
+            raw: &mut raw,
         };
+        let settings = kind.read_settings(&mut keys)?;
         Ok(VendorConfig {
             name: name.to_string(),
             base_url: base_url.trim_end_matches('/').to_string(),

@@ -4,6 +4,7 @@
 //! `SPEC`; adding a vendor is a new folder under `src/adapters/` and a line here.
 
 use super::{Limits, feishu, jiandaoyun, kingdee};
+use crate::config::{ConfigError, VendorKeys, VendorSettings};
 
 /// The facts about one kind of vendor.
 #[derive(Debug)]
@@ -67,6 +68,17 @@ impl VendorKind {
 
     pub fn default_base_url(self) -> &'static str {
         self.spec().default_base_url
+    }
+
+    /// The vendor's own keys, read by the adapter that knows what they mean.
+    pub fn read_settings(self, keys: &mut VendorKeys<'_>) -> Result<VendorSettings, ConfigError> {
+        Ok(match self {
+            VendorKind::Kingdee => VendorSettings::Kingdee(kingdee::KingdeeConfig::read(keys)?),
+            VendorKind::Feishu => VendorSettings::Feishu(feishu::FeishuConfig::read(keys)?),
+            VendorKind::Jiandaoyun => {
+                VendorSettings::Jiandaoyun(jiandaoyun::JiandaoyunConfig::read(keys)?)
+            }
+        })
     }
 }
 

@@ -2,7 +2,10 @@
 //! tenant_access_token, get a `file_token`. Lingo has no API to delete a file, so nothing is deleted.
 //! The only place that knows Feishu's wire format on the client side.
 
+mod config;
+
 use crate::adapters::kind::KindSpec;
+pub use config::FeishuConfig;
 use std::path::Path;
 use std::time::Duration;
 
@@ -15,7 +18,7 @@ use super::outcome::{Call, Outcome};
 use super::ratelimit::Pacer;
 use super::token::{Token, TokenCache};
 use super::{Limits, UploadRequest, epoch_ms, retry_after};
-use crate::config::{FeishuConfig, Secret};
+use crate::config::Secret;
 use crate::image::ImageFormat;
 use crate::journal::Remote;
 

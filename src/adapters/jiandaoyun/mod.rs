@@ -8,7 +8,10 @@
 pub mod policy;
 pub mod pool;
 
+mod config;
+
 use crate::adapters::kind::{DEFAULT_INCLUDE, KindSpec};
+pub use config::{CreateRecord, JiandaoyunConfig};
 use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::ops::RangeInclusive;
@@ -25,7 +28,7 @@ use self::pool::{Batch, TokenPool, Transaction, UploadToken};
 use super::outcome::{Call, Outcome};
 use super::ratelimit::Pacer;
 use super::{Limits, UploadRequest, epoch_ms, human_size, retry_after};
-use crate::config::{CreateRecord, JiandaoyunConfig, Placeholder};
+use crate::config::Placeholder;
 use crate::image::ImageFormat;
 use crate::journal::Remote;
 

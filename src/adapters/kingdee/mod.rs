@@ -3,7 +3,10 @@
 
 pub mod sign;
 
+mod config;
+
 use crate::adapters::kind::{DEFAULT_INCLUDE, KindSpec};
+pub use config::KingdeeConfig;
 use std::time::Duration;
 
 use base64::Engine;
@@ -15,7 +18,7 @@ use super::outcome::{Call, Outcome};
 use super::ratelimit::Pacer;
 use super::token::{Token, TokenCache, expiry_ms, refresh_point};
 use super::{Limits, UploadRequest, epoch_ms, retry_after};
-use crate::config::{KingdeeConfig, Secret};
+use crate::config::Secret;
 use crate::image::ImageFormat;
 use crate::journal::Remote;
 
