@@ -2,6 +2,7 @@
 //! the same taxonomy ([`Outcome`]) and paces itself with its vendor's documented limits.
 
 pub mod feishu;
+pub mod http;
 pub mod jiandaoyun;
 pub mod kind;
 pub mod kingdee;
@@ -12,13 +13,13 @@ mod token;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 pub use outcome::{Call, Outcome};
 
 use crate::config::{VendorConfig, VendorSettings};
 use crate::image::{ImageFormat, ImageInfo};
 use crate::journal::Remote;
+pub use http::http_client;
 pub use kind::{KindSpec, VendorKind};
 
 /// What a vendor accepts; files outside it are rejected before any request is made.
@@ -295,32 +296,6 @@ impl VendorSet {
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Adapter>>> {
         self.0.read().unwrap_or_else(|p| p.into_inner())
     }
-}
-
-/// The HTTP client every adapter shares: rustls, bounded connect and total times.
-pub fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(120))
-        .user_agent(concat!("imgsyncd/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .unwrap_or_default()
-}
-
-/// `Retry-After` (seconds) or Feishu's `x-ogw-ratelimit-reset`.
-pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    ["retry-after", "x-ogw-ratelimit-reset"]
-        .iter()
-        .find_map(|name| {
-            headers
-                .get(*name)?
-                .to_str()
-                .ok()?
-                .trim()
-                .parse::<u64>()
-                .ok()
-        })
-        .map(Duration::from_secs)
 }
 
 pub(crate) fn epoch_ms() -> i64 {

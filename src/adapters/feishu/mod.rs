@@ -4,6 +4,7 @@
 
 mod config;
 
+use crate::adapters::http::{self, Received};
 use crate::adapters::kind::KindSpec;
 pub use config::FeishuConfig;
 use std::path::Path;
@@ -17,7 +18,7 @@ use serde_json::{Value, json};
 use super::outcome::{Call, Outcome};
 use super::ratelimit::Pacer;
 use super::token::{Token, TokenCache};
-use super::{Limits, UploadRequest, epoch_ms, retry_after};
+use super::{Limits, UploadRequest, epoch_ms};
 use crate::config::Secret;
 use crate::image::ImageFormat;
 use crate::journal::Remote;
@@ -278,15 +279,14 @@ impl Answer {
     async fn receive<T>(
         response: Result<reqwest::Response, reqwest::Error>,
     ) -> Result<Answer, Call<T>> {
-        let response = response.map_err(|e| Call::network(&e))?;
-        let status = response.status().as_u16();
-        let wait = retry_after(response.headers());
-        let body = response.bytes().await.map_err(|e| Call::network(&e))?;
+        let Received {
+            status, wait, body, ..
+        } = http::receive(response).await?;
         Ok(Answer {
             status,
             wait,
             reply: serde_json::from_slice(&body).ok(),
-            body: body.to_vec(),
+            body,
         })
     }
 

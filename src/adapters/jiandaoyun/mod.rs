@@ -10,6 +10,7 @@ pub mod pool;
 
 mod config;
 
+use crate::adapters::http::{self, Received};
 use crate::adapters::kind::{DEFAULT_INCLUDE, KindSpec};
 pub use config::{CreateRecord, JiandaoyunConfig};
 use std::cell::OnceCell;
@@ -27,7 +28,7 @@ use tracing::{info, warn};
 use self::pool::{Batch, TokenPool, Transaction, UploadToken};
 use super::outcome::{Call, Outcome};
 use super::ratelimit::Pacer;
-use super::{Limits, UploadRequest, epoch_ms, human_size, retry_after};
+use super::{Limits, UploadRequest, epoch_ms, human_size};
 use crate::config::Placeholder;
 use crate::image::ImageFormat;
 use crate::journal::Remote;
@@ -657,15 +658,14 @@ impl Answer {
     async fn receive<T>(
         response: Result<reqwest::Response, reqwest::Error>,
     ) -> Result<Answer, Call<T>> {
-        let response = response.map_err(|e| Call::network(&e))?;
-        let status = response.status().as_u16();
-        let wait = retry_after(response.headers());
-        let body = response.bytes().await.map_err(|e| Call::network(&e))?;
+        let Received {
+            status, wait, body, ..
+        } = http::receive(response).await?;
         Ok(Answer {
             status,
             wait,
             json: serde_json::from_slice(&body).unwrap_or(Value::Null),
-            body: body.to_vec(),
+            body,
         })
     }
 

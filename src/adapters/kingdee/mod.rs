@@ -5,6 +5,7 @@ pub mod sign;
 
 mod config;
 
+use crate::adapters::http::{self, Received};
 use crate::adapters::kind::{DEFAULT_INCLUDE, KindSpec};
 pub use config::KingdeeConfig;
 use std::time::Duration;
@@ -17,7 +18,7 @@ use serde_json::json;
 use super::outcome::{Call, Outcome};
 use super::ratelimit::Pacer;
 use super::token::{Token, TokenCache, expiry_ms, refresh_point};
-use super::{Limits, UploadRequest, epoch_ms, retry_after};
+use super::{Limits, UploadRequest, epoch_ms};
 use crate::config::Secret;
 use crate::image::ImageFormat;
 use crate::journal::Remote;
@@ -328,17 +329,16 @@ async fn answer<T>(
     what: &str,
     on_success: impl FnOnce(&serde_json::Value) -> Result<T, &'static str>,
 ) -> Call<T> {
-    let response = match response {
-        Ok(r) => r,
-        Err(e) => return Call::network(&e),
+    let Received {
+        status,
+        wait,
+        headers,
+        body,
+    } = match http::receive(response).await {
+        Ok(received) => received,
+        Err(call) => return call,
     };
-    let status = response.status().as_u16();
-    let wait = retry_after(response.headers());
-    let skew = crate::diagnose::clock_skew_ms(response.headers(), epoch_ms());
-    let body = match response.bytes().await {
-        Ok(b) => b,
-        Err(e) => return Call::network(&e),
-    };
+    let skew = crate::diagnose::clock_skew_ms(&headers, epoch_ms());
     let reply: Option<Reply> = serde_json::from_slice(&body).ok();
     let code = reply.as_ref().and_then(|r| r.errcode);
     let description = reply
