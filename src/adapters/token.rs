@@ -9,6 +9,8 @@ use tokio::sync::Mutex;
 
 use crate::config::Secret;
 
+use super::outcome::{Call, Outcome};
+
 use super::epoch_ms;
 
 #[derive(Debug, Clone)]
@@ -92,6 +94,36 @@ impl<E: Clone> TokenCache<E> {
             *slot = Slot::Empty;
         }
     }
+}
+
+/// A token fetch answered with `outcome`, as the cache takes it: the token, or the failure and how
+/// long to remember it (the wait the vendor asked for, else `cool_down`). A refused token request
+/// is never cured by asking again: the credentials are wrong, so the vendor is down for us.
+pub fn fetched<T>(
+    outcome: Outcome<T>,
+    cool_down: Duration,
+    call: impl FnOnce(Outcome<()>) -> Call<()>,
+) -> Result<T, (Call<()>, Duration)> {
+    let waited = match &outcome {
+        Outcome::Retry {
+            after: Some(after), ..
+        }
+        | Outcome::Throttled {
+            after: Some(after), ..
+        } => *after,
+        _ => cool_down,
+    };
+    let failure = match outcome {
+        Outcome::Done(value) => return Ok(value),
+        Outcome::Reauth { reason } | Outcome::Rejected { reason } => Outcome::VendorDown { reason },
+        Outcome::Retry { after, reason } | Outcome::Throttled { after, reason } => {
+            Outcome::Retry { after, reason }
+        }
+        Outcome::VendorDown { reason } | Outcome::Unconfirmed { reason } => {
+            Outcome::VendorDown { reason }
+        }
+    };
+    Err((call(failure), waited))
 }
 
 /// When to refresh a token that expires at `expires_ms`: ten minutes early, or a fifth of a short

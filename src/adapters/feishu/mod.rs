@@ -4,9 +4,8 @@
 
 mod config;
 
-use crate::adapters::http::{self, Received};
-use crate::adapters::kind::KindSpec;
 pub use config::FeishuConfig;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -15,9 +14,11 @@ use reqwest::multipart::{Form, Part};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::http::{self, Received};
+use super::kind::KindSpec;
 use super::outcome::{Call, Outcome};
 use super::ratelimit::Pacer;
-use super::token::{Token, TokenCache};
+use super::token::{self, Token, TokenCache};
 use super::{Limits, UploadRequest, epoch_ms};
 use crate::config::Secret;
 use crate::image::ImageFormat;
@@ -179,29 +180,7 @@ impl Feishu {
                 },
             }
         });
-        let cool_down = match &outcome {
-            Outcome::Retry {
-                after: Some(after), ..
-            }
-            | Outcome::Throttled {
-                after: Some(after), ..
-            } => *after,
-            _ => TOKEN_COOL_DOWN,
-        };
-        let failure = |outcome| Err((answer.call(outcome), cool_down));
-        match outcome {
-            Outcome::Done(token) => Ok(token),
-            // A refused token request is not cured by asking again.
-            Outcome::Reauth { reason } | Outcome::Rejected { reason } => {
-                failure(Outcome::VendorDown { reason })
-            }
-            Outcome::Retry { after, reason } | Outcome::Throttled { after, reason } => {
-                failure(Outcome::Retry { after, reason })
-            }
-            Outcome::VendorDown { reason } | Outcome::Unconfirmed { reason } => {
-                failure(Outcome::VendorDown { reason })
-            }
-        }
+        token::fetched(outcome, TOKEN_COOL_DOWN, |outcome| answer.call(outcome))
     }
 
     async fn token(&self) -> Result<Secret, Call<()>> {

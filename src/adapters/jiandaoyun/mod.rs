@@ -10,9 +10,8 @@ pub mod pool;
 
 mod config;
 
-use crate::adapters::http::{self, Received};
-use crate::adapters::kind::{DEFAULT_INCLUDE, KindSpec};
 pub use config::{CreateRecord, JiandaoyunConfig};
+
 use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::ops::RangeInclusive;
@@ -26,6 +25,8 @@ use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use self::pool::{Batch, TokenPool, Transaction, UploadToken};
+use super::http::{self, Received};
+use super::kind::{DEFAULT_INCLUDE, KindSpec};
 use super::outcome::{Call, Outcome};
 use super::ratelimit::Pacer;
 use super::{Limits, UploadRequest, epoch_ms, human_size};

@@ -5,9 +5,8 @@ pub mod sign;
 
 mod config;
 
-use crate::adapters::http::{self, Received};
-use crate::adapters::kind::{DEFAULT_INCLUDE, KindSpec};
 pub use config::KingdeeConfig;
+
 use std::time::Duration;
 
 use base64::Engine;
@@ -15,9 +14,11 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::http::{self, Received};
+use super::kind::{DEFAULT_INCLUDE, KindSpec};
 use super::outcome::{Call, Outcome};
 use super::ratelimit::Pacer;
-use super::token::{Token, TokenCache, expiry_ms, refresh_point};
+use super::token::{self, Token, TokenCache, expiry_ms, refresh_point};
 use super::{Limits, UploadRequest, epoch_ms};
 use crate::config::Secret;
 use crate::image::ImageFormat;
@@ -188,34 +189,10 @@ impl Kingdee {
         })
         .await;
         crate::metrics::request("token", started);
-        let cool_down = match &call.outcome {
-            Outcome::Retry {
-                after: Some(after), ..
-            }
-            | Outcome::Throttled {
-                after: Some(after), ..
-            } => *after,
-            _ => TOKEN_COOL_DOWN,
-        };
-        let failure = |outcome| {
-            Err((
-                Call::new(outcome, call.http_status, call.vendor_code.clone()),
-                cool_down,
-            ))
-        };
-        match call.outcome {
-            Outcome::Done(token) => Ok(token),
-            // A refused token request is never cured by asking again: the app key is wrong.
-            Outcome::Reauth { reason } | Outcome::Rejected { reason } => {
-                failure(Outcome::VendorDown { reason })
-            }
-            Outcome::Retry { after, reason } | Outcome::Throttled { after, reason } => {
-                failure(Outcome::Retry { after, reason })
-            }
-            Outcome::VendorDown { reason } | Outcome::Unconfirmed { reason } => {
-                failure(Outcome::VendorDown { reason })
-            }
-        }
+        let (status, code) = (call.http_status, call.vendor_code.clone());
+        token::fetched(call.outcome, TOKEN_COOL_DOWN, |outcome| {
+            Call::new(outcome, status, code)
+        })
     }
 
     async fn token(&self) -> Result<Secret, Call<()>> {
