@@ -1,5 +1,5 @@
 //! kill -9 at random moments (seeded, so a failure can be replayed) while files are dropped into
-//! watches of two vendors, restarted each time: every file ends synced, once in the journal, with
+//! watches of all three vendors, restarted each time: every file ends synced, once in the journal, with
 //! its exact bytes at the vendor, and no upload is repeated beyond the jobs in flight at a kill.
 
 mod common;
@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{FeishuVendor, Harness, Options, image};
+use common::{FeishuVendor, Harness, JiandaoyunVendor, Options, image};
 use imgsyncd::sandbox::SandboxOptions;
 
 const KILLS: usize = 10;
@@ -31,6 +31,10 @@ fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
     let mut h = Harness::with(Options {
         workers: WORKERS,
         feishu: Some(FeishuVendor::default()),
+        jiandaoyun: Some(JiandaoyunVendor {
+            create_record: true,
+            ..JiandaoyunVendor::default()
+        }),
         // Every restart fetches a new app-token; Kingdee's ~2 a minute would make ten restarts
         // a test of patience rather than of crashes.
         sandbox: SandboxOptions {
@@ -39,11 +43,15 @@ fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
         },
         ..Options::default()
     });
-    // The drop folder feeds Feishu (`wiki`); a second folder feeds Kingdee (`erp`).
+    // The drop folder feeds Jiandaoyun (`forms`, a record per file); two more feed Kingdee
+    // (`erp`) and Feishu (`wiki`).
     let kingdee_drop = h.dir.path().join("kingdee");
+    let feishu_drop = h.dir.path().join("feishu");
     std::fs::create_dir_all(&kingdee_drop).unwrap();
+    std::fs::create_dir_all(&feishu_drop).unwrap();
     let config = std::fs::read_to_string(&h.config_path).unwrap()
-        + &format!("  - path: {}\n    vendor: erp\n", kingdee_drop.display());
+        + &format!("  - path: {}\n    vendor: erp\n", kingdee_drop.display())
+        + &format!("  - path: {}\n    vendor: wiki\n", feishu_drop.display());
     std::fs::write(&h.config_path, config).unwrap();
     let staging = h.dir.path().join("staging-crash");
     std::fs::create_dir_all(&staging).unwrap();
@@ -54,10 +62,10 @@ fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
     for kill in 0..KILLS {
         for _ in 0..15 {
             let bytes = picture(10_000 + next);
-            let (dir, name) = if next.is_multiple_of(2) {
-                (h.drop.clone(), format!("f{next:03}.png"))
-            } else {
-                (kingdee_drop.clone(), format!("k{next:03}.png"))
+            let (dir, name) = match next % 3 {
+                0 => (feishu_drop.clone(), format!("f{next:03}.png")),
+                1 => (kingdee_drop.clone(), format!("k{next:03}.png")),
+                _ => (h.drop.clone(), format!("j{next:03}.png")),
             };
             std::fs::write(staging.join(&name), &bytes).unwrap();
             std::fs::rename(staging.join(&name), dir.join(&name)).unwrap();
@@ -80,19 +88,31 @@ fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
     assert_eq!(paths.len(), expected.len(), "each path once in the journal");
     let images = h.sandbox.images();
     let lingo = h.sandbox.feishu_files();
+    let forms = h.sandbox.jiandaoyun_uploads();
     for (path, bytes) in &expected {
         let row = files
             .iter()
             .find(|f| f["path"] == path.display().to_string().as_str())
             .unwrap();
-        let held = match (row["url"].as_str(), row["file_token"].as_str()) {
-            (Some(url), _) => images.get(url).map(|i| i.bytes.clone()),
-            (_, Some(token)) => lingo.get(token).map(|f| f.bytes.clone()),
+        let held = match (
+            row["url"].as_str(),
+            row["file_token"].as_str(),
+            row["key"].as_str(),
+        ) {
+            (Some(url), _, _) => images.get(url).map(|i| i.bytes.clone()),
+            (_, Some(token), _) => lingo.get(token).map(|f| f.bytes.clone()),
+            (_, _, Some(key)) => {
+                assert!(
+                    row["record_id"].is_string(),
+                    "a record holds the key: {row}"
+                );
+                forms.get(key).map(|u| u.bytes.clone())
+            }
             _ => None,
         };
         assert_eq!(held.as_ref(), Some(bytes), "{row}");
     }
-    let uploads = h.sandbox.uploads() + lingo.len();
+    let uploads = h.sandbox.uploads() + lingo.len() + forms.len();
     let allowed = expected.len() + KILLS * WORKERS;
     assert!(
         uploads <= allowed,
