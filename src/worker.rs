@@ -220,15 +220,9 @@ async fn claim(
                                 .all(|p| &p.vendor != v || p.next_probe_at <= now)
                         })
                         .collect();
-                    // The least busy vendor first: one vendor's backlog never starves another.
-                    let mut claimed = None;
-                    for vendor in &claimable {
-                        claimed = j.claim(std::slice::from_ref(vendor), LEASE_MS)?;
-                        if claimed.is_some() {
-                            break;
-                        }
-                    }
-                    let Some(claimed) = claimed else {
+                    // Tried in order, the least busy vendor first: one vendor's backlog never
+                    // starves another.
+                    let Some(claimed) = j.claim(&claimable, LEASE_MS)? else {
                         return Ok(None);
                     };
                     let Claimed::Job(job) = &claimed else {

@@ -96,6 +96,10 @@ impl<E: Clone> TokenCache<E> {
     }
 }
 
+/// How long a failed token fetch is remembered before the endpoint is asked again, when the
+/// vendor named no wait of its own.
+pub const TOKEN_COOL_DOWN: Duration = Duration::from_secs(30);
+
 /// A token fetch answered with `outcome`, as the cache takes it: the token, or the failure and how
 /// long to remember it (the wait the vendor asked for, else `cool_down`). A refused token request
 /// is never cured by asking again: the credentials are wrong, so the vendor is down for us.
@@ -116,9 +120,8 @@ pub fn fetched<T>(
     let failure = match outcome {
         Outcome::Done(value) => return Ok(value),
         Outcome::Reauth { reason } | Outcome::Rejected { reason } => Outcome::VendorDown { reason },
-        Outcome::Retry { after, reason } | Outcome::Throttled { after, reason } => {
-            Outcome::Retry { after, reason }
-        }
+        Outcome::Retry { after, reason } => Outcome::Retry { after, reason },
+        Outcome::Throttled { after, reason } => Outcome::Throttled { after, reason },
         Outcome::VendorDown { reason } | Outcome::Unconfirmed { reason } => {
             Outcome::VendorDown { reason }
         }

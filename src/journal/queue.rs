@@ -6,6 +6,7 @@
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::copies::{self, NewCopy};
+use super::removal::set_removed;
 use super::{Journal, Result, jobs, now_ms};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -704,15 +705,6 @@ fn set_file_outcome(tx: &Transaction<'_>, file_id: i64, state: &str, reason: &st
         "UPDATE files SET state = ?2, error = ?3, attempts = attempts + 1, updated_at = ?4
          WHERE id = ?1",
         params![file_id, state, reason, now_ms()],
-    )?;
-    Ok(())
-}
-
-fn set_removed(tx: &Transaction<'_>, file_id: i64, note: Option<&str>) -> Result<()> {
-    tx.execute(
-        "UPDATE files SET state = 'removed', removal = NULL, error = ?2, updated_at = ?3
-         WHERE id = ?1",
-        params![file_id, note, now_ms()],
     )?;
     Ok(())
 }

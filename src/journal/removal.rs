@@ -72,7 +72,7 @@ impl Journal {
         for (path, row) in rows {
             jobs::drop_queued(&tx, row.id, &["upload"])?;
             let outcome = match (&hold, batch.policy) {
-                (_, RemovalPolicy::Keep) => set_removed(&tx, row.id, None)?,
+                (_, RemovalPolicy::Keep) => removed(&tx, row.id)?,
                 (Some(reason), RemovalPolicy::Delete) if copies::is_live(&tx, row.copy_id)? => {
                     tx.execute(
                         "UPDATE files SET removal = 'held', error = ?2, updated_at = ?3
@@ -213,12 +213,19 @@ fn hold_reason(
     Ok(None)
 }
 
-fn set_removed(tx: &Transaction<'_>, file_id: i64, note: Option<&str>) -> Result<MissingOutcome> {
+/// The file's removal is finished; `note` says why its copy was kept, if it was.
+pub(super) fn set_removed(tx: &Transaction<'_>, file_id: i64, note: Option<&str>) -> Result<()> {
     tx.execute(
         "UPDATE files SET state = 'removed', removal = NULL, error = ?2, updated_at = ?3
          WHERE id = ?1",
         params![file_id, note, now_ms()],
     )?;
+    Ok(())
+}
+
+/// Marked removed, nothing at the vendor to touch.
+fn removed(tx: &Transaction<'_>, file_id: i64) -> Result<MissingOutcome> {
+    set_removed(tx, file_id, None)?;
     Ok(MissingOutcome::Removed)
 }
 
@@ -226,7 +233,7 @@ fn set_removed(tx: &Transaction<'_>, file_id: i64, note: Option<&str>) -> Result
 fn remove_and_delete(tx: &Transaction<'_>, row: &Existing) -> Result<MissingOutcome> {
     let copy_id = match row.copy_id {
         Some(id) if copies::is_live(tx, Some(id))? => id,
-        _ => return set_removed(tx, row.id, None),
+        _ => return removed(tx, row.id),
     };
     let delete_unused: bool = tx.query_row(
         "SELECT delete_unused FROM files WHERE id = ?1",
@@ -234,7 +241,7 @@ fn remove_and_delete(tx: &Transaction<'_>, row: &Existing) -> Result<MissingOutc
         |r| r.get(0),
     )?;
     if !delete_unused {
-        return set_removed(tx, row.id, None);
+        return removed(tx, row.id);
     }
     if let Some(other) = copies::user(tx, copy_id, Some(row.id))? {
         set_removed(
@@ -246,7 +253,7 @@ fn remove_and_delete(tx: &Transaction<'_>, row: &Existing) -> Result<MissingOutc
     }
     if copies::delete_pending(tx, copy_id)? {
         // Another file's removal already queued it.
-        return set_removed(tx, row.id, None);
+        return removed(tx, row.id);
     }
     tx.execute(
         "UPDATE files SET state = 'pending', removal = 'delete', error = NULL, updated_at = ?2

@@ -18,7 +18,7 @@ use super::http::{self, Received};
 use super::kind::KindSpec;
 use super::outcome::{Call, Outcome};
 use super::ratelimit::Pacer;
-use super::token::{self, Token, TokenCache};
+use super::token::{self, TOKEN_COOL_DOWN, Token, TokenCache};
 use super::{Limits, UploadRequest, epoch_ms};
 use crate::config::Secret;
 use crate::image::ImageFormat;
@@ -82,8 +82,6 @@ pub const LIMITS: Limits = Limits {
 pub const DEFAULT_PER_SECOND: u32 = 50;
 pub const DEFAULT_PER_MINUTE: u32 = 1000;
 
-/// How long a failed token fetch is remembered before the endpoint is asked again.
-const TOKEN_COOL_DOWN: Duration = Duration::from_secs(30);
 /// A token is refreshed a tenth of its lifetime early, but never more than this early.
 const MAX_REFRESH_MARGIN_MS: i64 = 10 * 60 * 1000;
 /// When a 429 comes without `x-ogw-ratelimit-reset`.

@@ -29,6 +29,7 @@ use super::http::{self, Received};
 use super::kind::{DEFAULT_INCLUDE, KindSpec};
 use super::outcome::{Call, Outcome};
 use super::ratelimit::Pacer;
+use super::token::{self, TOKEN_COOL_DOWN};
 use super::{Limits, UploadRequest, epoch_ms, human_size};
 use crate::config::Placeholder;
 use crate::image::ImageFormat;
@@ -97,8 +98,6 @@ pub const DEFAULT_PER_SECOND: u32 = 20;
 /// All calls of one company (one API key) together: 50 a second.
 pub const COMPANY_PER_SECOND: u32 = 50;
 
-/// How long a failed token fetch is remembered before the endpoint is asked again.
-const TOKEN_COOL_DOWN: Duration = Duration::from_secs(30);
 /// A rate limit is waited out for at least this long (Jiandaoyun: "wait ≥ 1 s").
 const MIN_RATE_WAIT: Duration = Duration::from_secs(1);
 /// Tokens one file may go through (each refused as spent or expired) before the job is retried later.
@@ -299,20 +298,17 @@ impl Jiandaoyun {
             Verdict::Fail(outcome) => outcome,
         };
         self.hold_after(Endpoint::Token, &answer, &outcome);
-        let cool_down = match &outcome {
-            Outcome::Retry {
-                after: Some(after), ..
-            } => *after,
-            _ => TOKEN_COOL_DOWN,
-        };
-        let outcome = match outcome {
-            // A refused token request is not cured by asking again.
-            Outcome::Reauth { reason } | Outcome::Rejected { reason } => {
-                Outcome::VendorDown { reason }
-            }
-            other => other,
-        };
-        Err((answer.call(outcome), cool_down))
+        match token::fetched(outcome, TOKEN_COOL_DOWN, |outcome| answer.call(outcome)) {
+            Err(failure) => Err(failure),
+            // Only a batch read off the answer is a success.
+            Ok(()) => Err((
+                answer.call(Outcome::Retry {
+                    after: None,
+                    reason: "jiandaoyun get_upload_token: a success without a batch".into(),
+                }),
+                TOKEN_COOL_DOWN,
+            )),
+        }
     }
 
     /// The tokens of a successful `get_upload_token` answer, each with its deadline (from its

@@ -18,7 +18,7 @@ use super::http::{self, Received};
 use super::kind::{DEFAULT_INCLUDE, KindSpec};
 use super::outcome::{Call, Outcome};
 use super::ratelimit::Pacer;
-use super::token::{self, Token, TokenCache, expiry_ms, refresh_point};
+use super::token::{self, TOKEN_COOL_DOWN, Token, TokenCache, expiry_ms, refresh_point};
 use super::{Limits, UploadRequest, epoch_ms};
 use crate::config::Secret;
 use crate::image::ImageFormat;
@@ -72,9 +72,6 @@ pub const LIMITS: Limits = Limits {
 
 /// What a 4006 (timestamp refused) says when the vendor's clock is not known.
 const CLOCK_HINT: &str = "; this host's clock is off by more than 5 minutes: fix NTP";
-
-/// How long a failed token fetch is remembered before the endpoint is asked again.
-const TOKEN_COOL_DOWN: Duration = Duration::from_secs(30);
 
 /// Conservative defaults under the community figure of 500 requests a minute per account set.
 pub const DEFAULT_PER_SECOND: u32 = 5;
