@@ -76,6 +76,13 @@ pub struct KnownFile {
     pub needs_work: bool,
 }
 
+impl KnownFile {
+    /// Whether the file on disk with `stamp` is what the journal holds, with nothing left to do.
+    pub fn unchanged(&self, stamp: &FileStamp) -> bool {
+        !self.removal_pending && !self.needs_work && self.stamp.as_ref() == Some(stamp)
+    }
+}
+
 pub(super) struct Existing {
     pub id: i64,
     pub state: String,

@@ -492,15 +492,7 @@ impl WatchTask {
 
     /// Puts what a folder holds in the tracker. A big tree is walked off the executor's threads.
     async fn walk_new_folder(&mut self, dir: &Path) {
-        let (root, dir, config) = (
-            self.root().to_path_buf(),
-            dir.to_path_buf(),
-            self.config.clone(),
-        );
-        let files = tokio::task::spawn_blocking(move || walk::files(&root, &dir, &config))
-            .await
-            .unwrap_or_default();
-        for (file, _) in files {
+        for (file, _) in self.walk(dir).await {
             self.removals.remove(&file);
             self.settle.touch(&file, Sighting::Scanned, Instant::now());
         }
@@ -508,32 +500,46 @@ impl WatchTask {
 
     /// The second look at a new folder: only what neither the tracker nor the journal has yet.
     async fn rewalk_folder(&mut self, dir: &Path) {
-        let (root, walked, config) = (
+        let Ok((files, known)) = self.disk_and_journal(dir).await else {
+            return;
+        };
+        for (file, stamp) in files {
+            let unchanged = known.get(&file).is_some_and(|k| k.unchanged(&stamp));
+            if !self.settle.contains(&file) && !unchanged {
+                self.settle.touch(&file, Sighting::Scanned, Instant::now());
+            }
+        }
+    }
+
+    /// The accepted files under `dir` (walked off the executor's threads), with their stamps.
+    async fn walk(&self, dir: &Path) -> Vec<(PathBuf, Stamp)> {
+        let (root, dir, config) = (
             self.root().to_path_buf(),
             dir.to_path_buf(),
             self.config.clone(),
         );
-        let files = tokio::task::spawn_blocking(move || walk::files(&root, &walked, &config))
+        tokio::task::spawn_blocking(move || walk::files(&root, &dir, &config))
             .await
-            .unwrap_or_default();
+            .unwrap_or_default()
+    }
+
+    /// What is on disk under `dir`, and what the journal knows there, by path.
+    async fn disk_and_journal(
+        &self,
+        dir: &Path,
+    ) -> crate::journal::Result<(Vec<(PathBuf, Stamp)>, HashMap<PathBuf, KnownFile>)> {
+        let on_disk = self.walk(dir).await;
         let dir_text = dir.display().to_string();
-        let Ok(known) = self
+        let known = self
             .ctx
             .journal
             .call(move |j| j.known_under(&dir_text))
-            .await
-        else {
-            return;
-        };
-        let known: HashMap<PathBuf, Option<Stamp>> = known
+            .await?;
+        let known = known
             .into_iter()
-            .map(|k| (PathBuf::from(k.path), k.stamp))
+            .map(|k| (PathBuf::from(&k.path), k))
             .collect();
-        for (file, stamp) in files {
-            if !self.settle.contains(&file) && known.get(&file) != Some(&Some(stamp)) {
-                self.settle.touch(&file, Sighting::Scanned, Instant::now());
-            }
-        }
+        Ok((on_disk, known))
     }
 
     fn gone(&mut self, path: &Path) {
@@ -894,33 +900,17 @@ impl WatchTask {
             return;
         }
         let root = self.root().to_path_buf();
-        let config = self.config.clone();
-        let on_disk = tokio::task::spawn_blocking(move || walk::files(&root, &root, &config))
-            .await
-            .unwrap_or_default();
-        let root_text = self.root().display().to_string();
-        let known = match self
-            .ctx
-            .journal
-            .call(move |j| j.known_under(&root_text))
-            .await
-        {
-            Ok(known) => known,
+        let (on_disk, known) = match self.disk_and_journal(&root).await {
+            Ok(found) => found,
             Err(e) => {
                 error!(watch = %self.root().display(), "cannot read the journal: {e}");
                 return;
             }
         };
-        let known: HashMap<PathBuf, _> = known
-            .into_iter()
-            .map(|k| (PathBuf::from(&k.path), k))
-            .collect();
         let now = Instant::now();
         let mut fresh = 0;
         for (path, stamp) in &on_disk {
-            let unchanged = known.get(path).is_some_and(|k| {
-                !k.removal_pending && !k.needs_work && k.stamp.as_ref() == Some(stamp)
-            });
+            let unchanged = known.get(path).is_some_and(|k| k.unchanged(stamp));
             if !unchanged {
                 fresh += 1;
                 self.removals.remove(path);
