@@ -2,6 +2,7 @@
 //! may be synced to it and whether the same bytes can reuse it are all answered here, from the
 //! table, never from a file's own columns.
 
+use super::sql::CachedSql;
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::{Result, now_ms};
@@ -25,7 +26,7 @@ pub struct NewCopy<'a> {
 /// is live again, whatever the journal thought of it.
 pub(super) fn record(tx: &Transaction<'_>, copy: &NewCopy<'_>) -> Result<i64> {
     let now = now_ms();
-    let id = tx.query_row(
+    let id = tx.cached_query_row(
         "INSERT INTO remote_copies (vendor, kind, remote_ref, sha256, transaction_id, expires_at,
            record_id, state, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?8, 'live', ?7)
@@ -46,7 +47,7 @@ pub(super) fn record(tx: &Transaction<'_>, copy: &NewCopy<'_>) -> Result<i64> {
         |r| r.get(0),
     )?;
     // A delete queued for it before it came back would destroy what was just returned.
-    tx.execute(
+    tx.cached_execute(
         "DELETE FROM jobs WHERE copy_id = ?1 AND state = 'queued'",
         [id],
     )?;
@@ -55,7 +56,7 @@ pub(super) fn record(tx: &Transaction<'_>, copy: &NewCopy<'_>) -> Result<i64> {
 
 /// The state of a copy: live, deleting or deleted.
 pub(super) fn state(tx: &Transaction<'_>, copy_id: i64) -> Result<String> {
-    Ok(tx.query_row(
+    Ok(tx.cached_query_row(
         "SELECT state FROM remote_copies WHERE id = ?1",
         [copy_id],
         |r| r.get(0),
@@ -77,7 +78,7 @@ pub(super) fn user(
     except: Option<i64>,
 ) -> Result<Option<String>> {
     Ok(tx
-        .query_row(
+        .cached_query_row(
             "SELECT f.path FROM files f, remote_copies c
              WHERE c.id = ?1 AND f.id IS NOT ?2
                AND (f.removal IS NULL OR f.removal = 'held') AND f.state != 'removed'
@@ -93,7 +94,7 @@ pub(super) fn user(
 /// A live copy of these bytes at this vendor that will not expire soon.
 pub(super) fn reusable(tx: &Transaction<'_>, vendor: &str, sha256: &str) -> Result<Option<i64>> {
     Ok(tx
-        .query_row(
+        .cached_query_row(
             "SELECT id FROM remote_copies
              WHERE vendor = ?1 AND sha256 = ?2 AND state = 'live'
                AND (expires_at IS NULL OR expires_at > ?3)
@@ -107,7 +108,7 @@ pub(super) fn reusable(tx: &Transaction<'_>, vendor: &str, sha256: &str) -> Resu
 /// A delete was sent: from now on the copy's fate is unknown until the vendor answers, so no file
 /// may be synced to it.
 pub(super) fn mark_deleting(tx: &Transaction<'_>, copy_id: i64) -> Result<()> {
-    tx.execute(
+    tx.cached_execute(
         "UPDATE remote_copies SET state = 'deleting' WHERE id = ?1 AND state = 'live'",
         [copy_id],
     )?;
@@ -115,7 +116,7 @@ pub(super) fn mark_deleting(tx: &Transaction<'_>, copy_id: i64) -> Result<()> {
 }
 
 pub(super) fn mark_deleted(tx: &Transaction<'_>, copy_id: i64) -> Result<()> {
-    tx.execute(
+    tx.cached_execute(
         "UPDATE remote_copies SET state = 'deleted', deleted_at = ?2 WHERE id = ?1",
         params![copy_id, now_ms()],
     )?;
@@ -124,7 +125,7 @@ pub(super) fn mark_deleted(tx: &Transaction<'_>, copy_id: i64) -> Result<()> {
 
 /// Whether a delete of the copy is queued or running.
 pub(super) fn delete_pending(tx: &Transaction<'_>, copy_id: i64) -> Result<bool> {
-    Ok(tx.query_row(
+    Ok(tx.cached_query_row(
         "SELECT EXISTS (SELECT 1 FROM jobs WHERE copy_id = ?1)",
         [copy_id],
         |r| r.get(0),
@@ -137,7 +138,7 @@ pub(super) fn withdraw_delete(tx: &Transaction<'_>, copy_id: i64) -> Result<bool
     if state(tx, copy_id)? != "live" {
         return Ok(false);
     }
-    tx.execute(
+    tx.cached_execute(
         "DELETE FROM jobs WHERE copy_id = ?1 AND state = 'queued'",
         [copy_id],
     )?;

@@ -1,6 +1,7 @@
 //! Small reads for the daemon's own reports: the STATUS= line systemd shows and the oldest
 //! pending file `status` names. Each is a few indexed counts, cheap enough to run at every change.
 
+use super::sql::CachedSql;
 use rusqlite::OptionalExtension;
 use serde::Serialize;
 
@@ -37,10 +38,12 @@ pub struct OldestPending {
 impl Journal {
     pub fn glance(&self) -> Result<Glance> {
         let count = |sql: &str| -> Result<u64> {
-            Ok(self.conn.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64)
+            Ok(self
+                .conn
+                .cached_query_row(sql, [], |r| r.get::<_, i64>(0))? as u64)
         };
         let pairs = |sql: &str| -> Result<Vec<(String, String)>> {
-            let mut stmt = self.conn.prepare(sql)?;
+            let mut stmt = self.conn.prepare_cached(sql)?;
             let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)
         };
@@ -58,7 +61,7 @@ impl Journal {
     pub fn oldest_pending(&self) -> Result<Option<OldestPending>> {
         Ok(self
             .conn
-            .query_row(
+            .cached_query_row(
                 "SELECT f.path, j.vendor, j.op, j.created_at, j.attempts
                  FROM jobs j JOIN files f ON f.id = j.file_id
                  ORDER BY j.created_at, j.id LIMIT 1",

@@ -1,5 +1,6 @@
 //! The job rows every other part of the journal queues and drops.
 
+use super::sql::CachedSql;
 use rusqlite::{Transaction, params};
 
 use super::{Result, now_ms};
@@ -13,7 +14,7 @@ pub(super) fn queue(
     copy_id: Option<i64>,
 ) -> Result<()> {
     let now = now_ms();
-    tx.execute(
+    tx.cached_execute(
         "INSERT INTO jobs (file_id, op, vendor, sha256, copy_id, state, not_before, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?6)",
         params![file_id, op, vendor, sha256, copy_id, now],
@@ -24,7 +25,7 @@ pub(super) fn queue(
 /// Drops the queued (not running) jobs of `ops` for a file.
 pub(super) fn drop_queued(tx: &Transaction<'_>, file_id: i64, ops: &[&str]) -> Result<()> {
     for op in ops {
-        tx.execute(
+        tx.cached_execute(
             "DELETE FROM jobs WHERE file_id = ?1 AND op = ?2 AND state = 'queued'",
             params![file_id, op],
         )?;
@@ -33,7 +34,7 @@ pub(super) fn drop_queued(tx: &Transaction<'_>, file_id: i64, ops: &[&str]) -> R
 }
 
 pub(super) fn has_job(tx: &Transaction<'_>, file_id: i64, op: &str) -> Result<bool> {
-    Ok(tx.query_row(
+    Ok(tx.cached_query_row(
         "SELECT EXISTS (SELECT 1 FROM jobs WHERE file_id = ?1 AND op = ?2)",
         params![file_id, op],
         |r| r.get(0),
@@ -41,6 +42,6 @@ pub(super) fn has_job(tx: &Transaction<'_>, file_id: i64, op: &str) -> Result<bo
 }
 
 pub(super) fn remove(tx: &Transaction<'_>, job_id: i64) -> Result<()> {
-    tx.execute("DELETE FROM jobs WHERE id = ?1", [job_id])?;
+    tx.cached_execute("DELETE FROM jobs WHERE id = ?1", [job_id])?;
     Ok(())
 }

@@ -12,11 +12,13 @@ mod pauses;
 mod queue;
 mod removal;
 mod report;
+mod sql;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use sql::CachedSql;
 
 pub use glance::{Glance, OldestPending};
 pub use handle::JournalHandle;
@@ -245,6 +247,8 @@ impl Journal {
             .busy_timeout(Duration::from_secs(10))
             .map_err(open_err)?;
         self.conn
+            .set_prepared_statement_cache_capacity(sql::STATEMENT_CACHE);
+        self.conn
             .execute_batch(
                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
             )
@@ -288,7 +292,7 @@ impl Journal {
     fn file_id(&self, path: &str) -> Result<Option<i64>> {
         Ok(self
             .conn
-            .query_row("SELECT id FROM files WHERE path = ?1", [path], |r| r.get(0))
+            .cached_query_row("SELECT id FROM files WHERE path = ?1", [path], |r| r.get(0))
             .optional()?)
     }
 }

@@ -1,5 +1,6 @@
 //! The watcher's side of the journal: what was seen on disk, and what it means for the record.
 
+use super::sql::CachedSql;
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::{FileState, Journal, Result, copies, jobs, now_ms};
@@ -134,7 +135,7 @@ pub(super) fn stamp_from(
 
 pub(super) fn existing(tx: &Transaction<'_>, path: &str) -> Result<Option<Existing>> {
     Ok(tx
-        .query_row(
+        .cached_query_row(
             &format!("{EXISTING} WHERE path = ?1"),
             [path],
             read_existing,
@@ -143,7 +144,7 @@ pub(super) fn existing(tx: &Transaction<'_>, path: &str) -> Result<Option<Existi
 }
 
 fn set_stamp(tx: &Transaction<'_>, id: i64, stamp: Option<&FileStamp>) -> Result<()> {
-    tx.execute(
+    tx.cached_execute(
         "UPDATE files SET size = ?2, mtime_ns = ?3, ctime_ns = ?4, inode = ?5, dev = ?6
          WHERE id = ?1",
         params![
@@ -204,7 +205,7 @@ impl Journal {
             Some(row) => {
                 let copy_id = back_on_disk(&tx, &row)?;
                 jobs::drop_queued(&tx, row.id, &["upload"])?;
-                tx.execute(
+                tx.cached_execute(
                     "UPDATE files SET state = 'rejected', error = ?2, sha256 = NULL, format = NULL,
                        width = NULL, height = NULL, removal = NULL, copy_id = ?3, vendor = ?4,
                        kind = ?5, watch_root = ?6, delete_unused = ?7, updated_at = ?8
@@ -224,7 +225,7 @@ impl Journal {
                 true
             }
             None => {
-                tx.execute(
+                tx.cached_execute(
                     "INSERT INTO files (path, watch_root, vendor, kind, state, error,
                        delete_unused, created_at, updated_at)
                      VALUES (?1, ?2, ?3, ?4, 'rejected', ?5, ?6, ?7, ?7)",
@@ -258,7 +259,7 @@ impl Journal {
     }
 
     fn known_where(&self, condition: &str, value: &str) -> Result<Vec<KnownFile>> {
-        let mut stmt = self.conn.prepare(&format!(
+        let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT path, size, mtime_ns, ctime_ns, inode, dev, state, removal IS NOT NULL,
                state = 'pending' AND removal IS NULL
                  AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.file_id = files.id)
@@ -312,7 +313,7 @@ fn observe_known(tx: &Transaction<'_>, obs: &Observation<'_>, row: Existing) -> 
         same_content && copy_id.is_some() && copy_sha(tx, copy_id)?.as_deref() == Some(obs.sha256);
     if synced_to_own_copy {
         jobs::drop_queued(tx, row.id, &["upload"])?;
-        tx.execute(
+        tx.cached_execute(
             "UPDATE files SET state = 'synced', removal = NULL, error = NULL, copy_id = ?2,
                watch_root = ?3, delete_unused = ?4, updated_at = ?5 WHERE id = ?1",
             params![row.id, copy_id, obs.watch_root, obs.delete_unused, now],
@@ -332,7 +333,7 @@ fn observe_known(tx: &Transaction<'_>, obs: &Observation<'_>, row: Existing) -> 
 
 fn copy_sha(tx: &Transaction<'_>, copy_id: Option<i64>) -> Result<Option<String>> {
     let Some(id) = copy_id else { return Ok(None) };
-    Ok(tx.query_row(
+    Ok(tx.cached_query_row(
         "SELECT sha256 FROM remote_copies WHERE id = ?1",
         [id],
         |r| r.get(0),
@@ -353,7 +354,7 @@ fn moved_twin(
     obs: &Observation<'_>,
     is_present: &dyn Fn(&str) -> bool,
 ) -> Result<Option<Twin>> {
-    let mut stmt = tx.prepare(
+    let mut stmt = tx.prepare_cached(
         "SELECT f.id, f.path, f.removal, f.copy_id FROM files f
          LEFT JOIN remote_copies c ON c.id = f.copy_id
          WHERE f.vendor = ?1 AND f.sha256 = ?2 AND f.state IN ('pending', 'synced', 'failed')
@@ -387,7 +388,7 @@ fn moved_twin(
 
 fn move_record(tx: &Transaction<'_>, twin: &Twin, obs: &Observation<'_>) -> Result<()> {
     // A record whose delete was queued went back to `pending`; with its copy it is synced again.
-    tx.execute(
+    tx.cached_execute(
         "UPDATE files SET path = ?2, watch_root = ?3, removal = NULL, delete_unused = ?4,
            error = CASE WHEN removal IS NULL THEN error ELSE NULL END,
            state = CASE WHEN removal IS NOT NULL AND copy_id IS NOT NULL THEN 'synced'
@@ -407,7 +408,7 @@ fn move_record(tx: &Transaction<'_>, twin: &Twin, obs: &Observation<'_>) -> Resu
 
 fn insert_pending(tx: &Transaction<'_>, obs: &Observation<'_>) -> Result<()> {
     let now = now_ms();
-    tx.execute(
+    tx.cached_execute(
         "INSERT INTO files (path, watch_root, vendor, kind, state, created_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5)",
         params![obs.path, obs.watch_root, obs.vendor, obs.kind, now],
@@ -425,7 +426,7 @@ fn set_new_content(
     obs: &Observation<'_>,
     copy_id: Option<i64>,
 ) -> Result<()> {
-    tx.execute(
+    tx.cached_execute(
         "UPDATE files SET state = 'pending', watch_root = ?2, vendor = ?3, kind = ?4,
            sha256 = ?5, format = ?6, width = ?7, height = ?8, copy_id = ?9, removal = NULL,
            attempts = 0, error = NULL, delete_unused = ?10, updated_at = ?11, reuse_copies = ?12

@@ -1,5 +1,6 @@
 //! Pauses: vendors that refuse us, and watches whose folder cannot be trusted, as `status` shows them.
 
+use super::sql::CachedSql;
 use rusqlite::params;
 
 use super::{Journal, Result, now_ms};
@@ -16,7 +17,7 @@ pub struct VendorPause {
 impl Journal {
     pub fn pause_vendor(&mut self, vendor: &str, reason: &str, probe_in_ms: i64) -> Result<()> {
         let now = now_ms();
-        self.conn.execute(
+        self.conn.cached_execute(
             "INSERT INTO vendor_pauses (vendor, reason, since, next_probe_at, probe_interval_ms)
              VALUES (?1, ?2, ?3, ?3 + ?4, ?4)
              ON CONFLICT (vendor) DO UPDATE SET reason = ?2, next_probe_at = ?3 + ?4,
@@ -30,12 +31,12 @@ impl Journal {
     pub fn resume_vendor(&mut self, vendor: &str) -> Result<bool> {
         Ok(self
             .conn
-            .execute("DELETE FROM vendor_pauses WHERE vendor = ?1", [vendor])?
+            .cached_execute("DELETE FROM vendor_pauses WHERE vendor = ?1", [vendor])?
             > 0)
     }
 
     pub fn pauses(&self) -> Result<Vec<VendorPause>> {
-        let mut stmt = self.conn.prepare(
+        let mut stmt = self.conn.prepare_cached(
             "SELECT vendor, reason, since, next_probe_at, probe_interval_ms FROM vendor_pauses
              ORDER BY vendor",
         )?;
@@ -53,7 +54,7 @@ impl Journal {
 
     /// Records that the watch on `root` is paused, and why (its folder vanished or was unmounted).
     pub fn pause_watch(&mut self, root: &str, reason: &str) -> Result<()> {
-        self.conn.execute(
+        self.conn.cached_execute(
             "INSERT INTO watch_pauses (root, reason, since) VALUES (?1, ?2, ?3)
              ON CONFLICT (root) DO UPDATE SET reason = ?2",
             params![root, reason, now_ms()],
@@ -63,20 +64,20 @@ impl Journal {
 
     pub fn resume_watch(&mut self, root: &str) -> Result<()> {
         self.conn
-            .execute("DELETE FROM watch_pauses WHERE root = ?1", [root])?;
+            .cached_execute("DELETE FROM watch_pauses WHERE root = ?1", [root])?;
         Ok(())
     }
 
     /// At a start every watch checks its folder afresh.
     pub fn clear_watch_pauses(&mut self) -> Result<()> {
-        self.conn.execute("DELETE FROM watch_pauses", [])?;
+        self.conn.cached_execute("DELETE FROM watch_pauses", [])?;
         Ok(())
     }
 
     /// Makes every paused vendor due for a probe now (after a reload).
     pub fn probe_paused_now(&mut self) -> Result<()> {
         self.conn
-            .execute("UPDATE vendor_pauses SET next_probe_at = ?1", [now_ms()])?;
+            .cached_execute("UPDATE vendor_pauses SET next_probe_at = ?1", [now_ms()])?;
         Ok(())
     }
 }

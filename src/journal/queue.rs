@@ -3,6 +3,7 @@
 //! the state it was decided for: when the file has moved on (new content, removed), the result
 //! is recorded for the copy it produced and nothing else.
 
+use super::sql::CachedSql;
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::copies::{self, NewCopy};
@@ -148,7 +149,7 @@ struct FileNow {
 }
 
 fn file_now(tx: &Transaction<'_>, file_id: i64) -> Result<FileNow> {
-    Ok(tx.query_row(
+    Ok(tx.cached_query_row(
         "SELECT sha256, vendor, kind, state, removal, copy_id, delete_unused, reuse_copies
          FROM files WHERE id = ?1",
         [file_id],
@@ -188,7 +189,7 @@ impl Journal {
     /// After a start: the daemon that held `running` jobs is gone, so they go back to the queue now
     /// rather than when their lease runs out.
     pub fn requeue_running(&mut self) -> Result<usize> {
-        Ok(self.conn.execute(
+        Ok(self.conn.cached_execute(
             "UPDATE jobs SET state = 'queued', lease_until = NULL WHERE state = 'running'",
             [],
         )?)
@@ -213,7 +214,7 @@ impl Journal {
         // A lease run out (a daemon that died without a restart) first, then the job due longest
         // ago. An upload of bytes already in flight waits, to reuse what that upload returns.
         let id: Option<i64> = tx
-            .query_row(
+            .cached_query_row(
                 "SELECT id FROM jobs WHERE vendor = ?1 AND state = 'running' AND lease_until < ?2
                  LIMIT 1",
                 params![vendor, now],
@@ -223,7 +224,7 @@ impl Journal {
         let id = match id {
             Some(id) => Some(id),
             None => tx
-                .query_row(
+                .cached_query_row(
                     "SELECT j.id FROM jobs j
                      WHERE j.vendor = ?1 AND j.state = 'queued' AND j.not_before <= ?2
                        AND NOT (j.op = 'upload' AND j.sha256 IN (
@@ -239,7 +240,7 @@ impl Journal {
         let Some(id) = id else {
             return Ok(None);
         };
-        let mut job = tx.query_row(
+        let mut job = tx.cached_query_row(
             "UPDATE jobs SET state = 'running', lease_until = ?2 + ?3 WHERE id = ?1
              RETURNING id, file_id, op, vendor, sha256, copy_id, attempts, first_failure_at",
             params![id, now, lease_ms],
@@ -260,7 +261,7 @@ impl Journal {
                 })
             },
         )?;
-        let (path, size, format): (String, Option<i64>, Option<String>) = tx.query_row(
+        let (path, size, format): (String, Option<i64>, Option<String>) = tx.cached_query_row(
             "SELECT path, size, format FROM files WHERE id = ?1",
             [job.file_id],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
@@ -284,7 +285,7 @@ impl Journal {
         for vendor in vendors {
             let queued: Option<i64> = self
                 .conn
-                .query_row(
+                .cached_query_row(
                     "SELECT j.not_before FROM jobs j
                      WHERE j.vendor = ?1 AND j.state = 'queued'
                        AND NOT (j.op = 'upload' AND j.sha256 IN (
@@ -297,13 +298,13 @@ impl Journal {
                 .optional()?;
             let probe: Option<i64> = self
                 .conn
-                .query_row(
+                .cached_query_row(
                     "SELECT next_probe_at FROM vendor_pauses WHERE vendor = ?1",
                     [vendor],
                     |r| r.get(0),
                 )
                 .optional()?;
-            let lease: Option<i64> = self.conn.query_row(
+            let lease: Option<i64> = self.conn.cached_query_row(
                 "SELECT MIN(lease_until) FROM jobs WHERE vendor = ?1 AND state = 'running'",
                 [vendor],
                 |r| r.get(0),
@@ -319,7 +320,7 @@ impl Journal {
     /// A vendor that answers again after an outage: its jobs start afresh, so the time it was
     /// down does not count towards `give_up_after`.
     pub fn restart_outage_clock(&mut self, vendor: &str) -> Result<()> {
-        self.conn.execute(
+        self.conn.cached_execute(
             "UPDATE jobs SET first_failure_at = NULL, not_before = MIN(not_before, ?2)
              WHERE vendor = ?1 AND state = 'queued'",
             params![vendor, now_ms()],
@@ -371,13 +372,13 @@ impl Journal {
                 }
             }
             JobResult::Defer { not_before, reason } => {
-                tx.execute(
+                tx.cached_execute(
                     "UPDATE jobs SET state = 'queued', lease_until = NULL, not_before = ?2
                      WHERE id = ?1",
                     params![job.id, not_before],
                 )?;
                 if file.wants_upload(job) || file.awaits_delete(job) {
-                    tx.execute(
+                    tx.cached_execute(
                         "UPDATE files SET error = ?2 WHERE id = ?1",
                         params![job.file_id, reason],
                     )?;
@@ -385,7 +386,7 @@ impl Journal {
                 Finished::Released
             }
             JobResult::Release => {
-                tx.execute(
+                tx.cached_execute(
                     "UPDATE jobs SET state = 'queued', lease_until = NULL WHERE id = ?1",
                     [job.id],
                 )?;
@@ -400,7 +401,7 @@ impl Journal {
     pub fn release(&mut self, job_ids: &[i64]) -> Result<()> {
         let tx = self.write()?;
         for id in job_ids {
-            tx.execute(
+            tx.cached_execute(
                 "UPDATE jobs SET state = 'queued', lease_until = NULL WHERE id = ?1 AND state = 'running'",
                 [id],
             )?;
@@ -413,7 +414,7 @@ impl Journal {
     pub fn retry_failed(&mut self) -> Result<usize> {
         let tx = self.write()?;
         let ids: Vec<i64> = {
-            let mut stmt = tx.prepare("SELECT id FROM files WHERE state = 'failed'")?;
+            let mut stmt = tx.prepare_cached("SELECT id FROM files WHERE state = 'failed'")?;
             stmt.query_map([], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?
         };
@@ -431,7 +432,7 @@ impl Journal {
         let mut out = Vec::new();
         for path in paths {
             let row: Option<(i64, String, bool)> = tx
-                .query_row(
+                .cached_query_row(
                     "SELECT id, state, sha256 IS NOT NULL FROM files WHERE path = ?1",
                     [path],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
@@ -450,7 +451,7 @@ impl Journal {
                     } else {
                         // Forget the stamp: the next scan sees the file as changed and classifies
                         // it afresh; the record and its history stay.
-                        tx.execute(
+                        tx.cached_execute(
                             "UPDATE files SET size = NULL, mtime_ns = NULL WHERE id = ?1",
                             [id],
                         )?;
@@ -496,7 +497,7 @@ fn claim_upload(tx: &Transaction<'_>, job: Job) -> Result<Claimed> {
     let Some(copy_id) = reusable else {
         return Ok(Claimed::Job(job));
     };
-    let reference: String = tx.query_row(
+    let reference: String = tx.cached_query_row(
         "SELECT remote_ref FROM remote_copies WHERE id = ?1",
         [copy_id],
         |r| r.get(0),
@@ -557,7 +558,7 @@ fn claim_delete(tx: &Transaction<'_>, mut job: Job) -> Result<Claimed> {
         }
         _ => {}
     }
-    job.remote_ref = Some(tx.query_row(
+    job.remote_ref = Some(tx.cached_query_row(
         "SELECT remote_ref FROM remote_copies WHERE id = ?1",
         [copy_id],
         |r| r.get(0),
@@ -566,7 +567,7 @@ fn claim_delete(tx: &Transaction<'_>, mut job: Job) -> Result<Claimed> {
 }
 
 fn record_attempt(tx: &Transaction<'_>, file_id: i64, op: JobOp, attempt: &Attempt) -> Result<()> {
-    tx.execute(
+    tx.cached_execute(
         "INSERT INTO attempts (file_id, op, at, outcome, http_status, vendor_code, message,
            duration_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -587,7 +588,7 @@ fn record_attempt(tx: &Transaction<'_>, file_id: i64, op: JobOp, attempt: &Attem
 /// The file is synced to `copy_id`; the copy it pointed at before is deleted if nothing uses it
 /// and the file's watch deletes what it no longer needs.
 fn sync_to(tx: &Transaction<'_>, file_id: i64, file: &FileNow, copy_id: i64) -> Result<()> {
-    tx.execute(
+    tx.cached_execute(
         "UPDATE files SET state = 'synced', copy_id = ?2, error = NULL, attempts = attempts + 1,
            updated_at = ?3 WHERE id = ?1",
         params![file_id, copy_id, now_ms()],
@@ -651,7 +652,7 @@ fn finish_delete(tx: &Transaction<'_>, job: &Job, file: &FileNow) -> Result<Fini
         copies::mark_deleted(tx, copy_id)?;
     }
     if file.awaits_delete(job) {
-        tx.execute(
+        tx.cached_execute(
             "UPDATE files SET state = 'removed', removal = NULL, error = NULL,
                attempts = attempts + 1, updated_at = ?2 WHERE id = ?1",
             params![job.file_id, now_ms()],
@@ -686,13 +687,13 @@ fn finish_retry(
         }
         return Ok(Finished::GaveUp);
     }
-    tx.execute(
+    tx.cached_execute(
         "UPDATE jobs SET state = 'queued', lease_until = NULL, not_before = ?2,
            attempts = attempts + 1, first_failure_at = ?3 WHERE id = ?1",
         params![job.id, not_before, first],
     )?;
     if serves_file {
-        tx.execute(
+        tx.cached_execute(
             "UPDATE files SET error = ?2, attempts = attempts + 1, updated_at = ?3 WHERE id = ?1",
             params![job.file_id, reason, now],
         )?;
@@ -701,7 +702,7 @@ fn finish_retry(
 }
 
 fn set_file_outcome(tx: &Transaction<'_>, file_id: i64, state: &str, reason: &str) -> Result<()> {
-    tx.execute(
+    tx.cached_execute(
         "UPDATE files SET state = ?2, error = ?3, attempts = attempts + 1, updated_at = ?4
          WHERE id = ?1",
         params![file_id, state, reason, now_ms()],
@@ -711,7 +712,7 @@ fn set_file_outcome(tx: &Transaction<'_>, file_id: i64, state: &str, reason: &st
 
 /// Whether the file's remote copy has expired (a Jiandaoyun key past its transaction's hour).
 fn copy_expired(tx: &Transaction<'_>, file_id: i64) -> Result<bool> {
-    Ok(tx.query_row(
+    Ok(tx.cached_query_row(
         "SELECT EXISTS (SELECT 1 FROM files f JOIN remote_copies c ON c.id = f.copy_id
            WHERE f.id = ?1 AND c.expires_at IS NOT NULL AND c.expires_at <= ?2)",
         params![file_id, now_ms()],
@@ -733,7 +734,7 @@ fn requeue_file(tx: &Transaction<'_>, file_id: i64) -> Result<()> {
             None,
         )?;
     }
-    tx.execute(
+    tx.cached_execute(
         "UPDATE files SET state = 'pending', error = NULL, updated_at = ?2 WHERE id = ?1",
         params![file_id, now_ms()],
     )?;

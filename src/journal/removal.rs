@@ -2,6 +2,7 @@
 //! the guards here — a copy still used by another file is kept, and removals past `max_deletes`
 //! within a sliding window (or past half a watch's files) are held for an operator.
 
+use super::sql::CachedSql;
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::observe::{Existing, existing};
@@ -74,7 +75,7 @@ impl Journal {
             let outcome = match (&hold, batch.policy) {
                 (_, RemovalPolicy::Keep) => removed(&tx, row.id)?,
                 (Some(reason), RemovalPolicy::Delete) if copies::is_live(&tx, row.copy_id)? => {
-                    tx.execute(
+                    tx.cached_execute(
                         "UPDATE files SET removal = 'held', error = ?2, updated_at = ?3
                          WHERE id = ?1",
                         params![row.id, reason, now_ms()],
@@ -84,7 +85,7 @@ impl Journal {
                 _ => {
                     let outcome = remove_and_delete(&tx, &row)?;
                     if outcome == MissingOutcome::DeleteQueued {
-                        tx.execute(
+                        tx.cached_execute(
                             "INSERT INTO removal_log (watch_root, at) VALUES (?1, ?2)",
                             params![batch.watch_root, now_ms()],
                         )?;
@@ -94,7 +95,7 @@ impl Journal {
             };
             outcomes.push((path, outcome));
         }
-        tx.execute(
+        tx.cached_execute(
             "DELETE FROM removal_log WHERE at < ?1",
             [now_ms() - batch.window_ms],
         )?;
@@ -109,7 +110,7 @@ impl Journal {
         let tx = self.write()?;
         let held: Vec<String> = {
             let mut stmt =
-                tx.prepare("SELECT path FROM files WHERE removal = 'held' ORDER BY id")?;
+                tx.prepare_cached("SELECT path FROM files WHERE removal = 'held' ORDER BY id")?;
             stmt.query_map([], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?
         };
@@ -119,20 +120,20 @@ impl Journal {
                 continue;
             };
             if is_present(&path) {
-                tx.execute(
+                tx.cached_execute(
                     "UPDATE files SET removal = NULL, error = NULL, updated_at = ?2 WHERE id = ?1",
                     params![row.id, now_ms()],
                 )?;
                 continue;
             }
             // Decided one at a time: the file released before this one no longer uses the copy.
-            tx.execute("UPDATE files SET removal = NULL WHERE id = ?1", [row.id])?;
+            tx.cached_execute("UPDATE files SET removal = NULL WHERE id = ?1", [row.id])?;
             if remove_and_delete(&tx, &row)? == MissingOutcome::DeleteQueued {
                 queued += 1;
             }
         }
-        tx.execute("DELETE FROM watch_roots", [])?;
-        tx.execute("DELETE FROM watch_pauses", [])?;
+        tx.cached_execute("DELETE FROM watch_roots", [])?;
+        tx.cached_execute("DELETE FROM watch_pauses", [])?;
         tx.commit()?;
         Ok(queued)
     }
@@ -141,7 +142,7 @@ impl Journal {
     pub fn root_identity(&self, root: &str) -> Result<Option<(u64, u64)>> {
         Ok(self
             .conn
-            .query_row(
+            .cached_query_row(
                 "SELECT dev, inode FROM watch_roots WHERE root = ?1",
                 [root],
                 |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
@@ -150,7 +151,7 @@ impl Journal {
     }
 
     pub fn set_root_identity(&mut self, root: &str, dev: u64, inode: u64) -> Result<()> {
-        self.conn.execute(
+        self.conn.cached_execute(
             "INSERT INTO watch_roots (root, dev, inode, updated_at) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (root) DO UPDATE SET dev = ?2, inode = ?3, updated_at = ?4",
             params![root, dev as i64, inode as i64, now_ms()],
@@ -180,7 +181,7 @@ fn hold_reason(
         return Ok(None);
     }
     let since = now_ms() - batch.window_ms;
-    let recent: i64 = tx.query_row(
+    let recent: i64 = tx.cached_query_row(
         "SELECT COUNT(*) FROM removal_log WHERE watch_root = ?1 AND at >= ?2",
         params![batch.watch_root, since],
         |r| r.get(0),
@@ -197,7 +198,7 @@ fn hold_reason(
         )));
     }
     let prefix = format!("{}/", batch.watch_root.trim_end_matches('/'));
-    let watched: i64 = tx.query_row(
+    let watched: i64 = tx.cached_query_row(
         "SELECT COUNT(*) FROM files WHERE substr(path, 1, length(?1)) = ?1
            AND state != 'removed' AND removal IS NULL",
         [&prefix],
@@ -215,7 +216,7 @@ fn hold_reason(
 
 /// The file's removal is finished; `note` says why its copy was kept, if it was.
 pub(super) fn set_removed(tx: &Transaction<'_>, file_id: i64, note: Option<&str>) -> Result<()> {
-    tx.execute(
+    tx.cached_execute(
         "UPDATE files SET state = 'removed', removal = NULL, error = ?2, updated_at = ?3
          WHERE id = ?1",
         params![file_id, note, now_ms()],
@@ -235,7 +236,7 @@ fn remove_and_delete(tx: &Transaction<'_>, row: &Existing) -> Result<MissingOutc
         Some(id) if copies::is_live(tx, Some(id))? => id,
         _ => return removed(tx, row.id),
     };
-    let delete_unused: bool = tx.query_row(
+    let delete_unused: bool = tx.cached_query_row(
         "SELECT delete_unused FROM files WHERE id = ?1",
         [row.id],
         |r| r.get(0),
@@ -255,7 +256,7 @@ fn remove_and_delete(tx: &Transaction<'_>, row: &Existing) -> Result<MissingOutc
         // Another file's removal already queued it.
         return removed(tx, row.id);
     }
-    tx.execute(
+    tx.cached_execute(
         "UPDATE files SET state = 'pending', removal = 'delete', error = NULL, updated_at = ?2
          WHERE id = ?1",
         params![row.id, now_ms()],

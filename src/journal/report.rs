@@ -1,5 +1,6 @@
 //! The journal read back for people and scripts: `status`, `files` and `history`.
 
+use super::sql::CachedSql;
 use std::collections::BTreeMap;
 
 use rusqlite::params;
@@ -119,7 +120,7 @@ fn empty_counts() -> BTreeMap<String, u64> {
 
 impl Journal {
     pub fn files(&self, filter: &FileFilter) -> Result<Vec<FileRow>> {
-        let mut stmt = self.conn.prepare(
+        let mut stmt = self.conn.prepare_cached(
             "SELECT f.path, f.vendor, f.kind, f.state, f.size, f.sha256, c.remote_ref,
                c.transaction_id, c.expires_at, c.state, f.attempts, f.error, f.updated_at,
                f.format, f.width, f.height, c.record_id
@@ -173,7 +174,7 @@ impl Journal {
         let Some(file_id) = self.file_id(path)? else {
             return Ok(None);
         };
-        let mut stmt = self.conn.prepare(
+        let mut stmt = self.conn.prepare_cached(
             "SELECT at, op, outcome, http_status, vendor_code, message, duration_ms
              FROM attempts WHERE file_id = ?1 ORDER BY at, id",
         )?;
@@ -195,9 +196,9 @@ impl Journal {
         let mut files = empty_counts();
         let mut by_vendor: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
         {
-            let mut stmt = self
-                .conn
-                .prepare("SELECT vendor, state, COUNT(*) FROM files GROUP BY vendor, state")?;
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT vendor, state, COUNT(*) FROM files GROUP BY vendor, state",
+            )?;
             let rows = stmt.query_map([], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
@@ -218,16 +219,16 @@ impl Journal {
         let now = now_ms();
         let oldest: Option<i64> =
             self.conn
-                .query_row("SELECT MIN(created_at) FROM jobs", [], |r| r.get(0))?;
-        let queued_jobs: i64 = self
-            .conn
-            .query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0))?;
-        let held_deletes: i64 = self.conn.query_row(
+                .cached_query_row("SELECT MIN(created_at) FROM jobs", [], |r| r.get(0))?;
+        let queued_jobs: i64 =
+            self.conn
+                .cached_query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0))?;
+        let held_deletes: i64 = self.conn.cached_query_row(
             "SELECT COUNT(*) FROM files WHERE removal = 'held'",
             [],
             |r| r.get(0),
         )?;
-        let expired_keys: i64 = self.conn.query_row(
+        let expired_keys: i64 = self.conn.cached_query_row(
             "SELECT COUNT(*) FROM files f JOIN remote_copies c ON c.id = f.copy_id
              WHERE f.state = 'synced' AND c.expires_at IS NOT NULL AND c.expires_at <= ?1",
             [now],
@@ -246,7 +247,7 @@ impl Journal {
         let paused_watches = {
             let mut stmt = self
                 .conn
-                .prepare("SELECT root, reason, since FROM watch_pauses ORDER BY root")?;
+                .prepare_cached("SELECT root, reason, since FROM watch_pauses ORDER BY root")?;
             stmt.query_map([], |r| {
                 Ok(PausedWatch {
                     path: r.get(0)?,
@@ -271,7 +272,7 @@ impl Journal {
     }
 
     fn problems(&self, limit: i64) -> Result<Vec<Problem>> {
-        let mut stmt = self.conn.prepare(
+        let mut stmt = self.conn.prepare_cached(
             "SELECT f.path, f.vendor, f.state, f.error, f.updated_at, c.remote_ref
              FROM files f LEFT JOIN remote_copies c ON c.id = f.copy_id AND c.state = 'live'
              WHERE f.state IN ('rejected', 'failed')
@@ -291,7 +292,7 @@ impl Journal {
     }
 
     fn recent_errors(&self, limit: i64) -> Result<Vec<RecentError>> {
-        let mut stmt = self.conn.prepare(
+        let mut stmt = self.conn.prepare_cached(
             "SELECT a.at, f.path, f.vendor, a.op, a.outcome, a.message
              FROM attempts a JOIN files f ON f.id = a.file_id
              WHERE a.outcome NOT IN ('uploaded', 'deleted', 'deduplicated')

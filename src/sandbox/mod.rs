@@ -182,6 +182,7 @@ impl Sandbox {
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
+                .thread_name("sandbox")
                 .enable_all()
                 .build()
                 .expect("a tokio runtime for the sandbox");
