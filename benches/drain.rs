@@ -9,6 +9,7 @@
 //! 10 000; `IMGSYNCD_BENCH_N=…` picks others).
 
 use std::io::Cursor;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -135,8 +136,15 @@ fn daemon(files: &[Vec<u8>]) -> (Duration, u64) {
     )
     .unwrap();
     let log = dir.path().join("daemon.log");
-    let mut child = Command::new(BIN)
+    // IMGSYNCD_BENCH_WRAP="strace -f -c -o /tmp/s.txt" (or perf record …) runs the daemon under a
+    // profiler; the CPU and RSS printed are then the wrapper's.
+    let wrap = std::env::var("IMGSYNCD_BENCH_WRAP").unwrap_or_default();
+    let mut command: Vec<&str> = wrap.split_whitespace().collect();
+    command.push(BIN);
+    let mut child = Command::new(command[0])
+        .args(&command[1..])
         .args(["-c", config.to_str().unwrap(), "run"])
+        .process_group(0)
         .env("IMGSYNCD_LOG", "info")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
@@ -187,7 +195,7 @@ fn daemon(files: &[Vec<u8>]) -> (Duration, u64) {
         files.len()
     );
     let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", "--", &format!("-{}", child.id())])
         .status();
     let _ = child.wait();
     (elapsed, peak_kib)

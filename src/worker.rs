@@ -208,7 +208,7 @@ async fn claim(
         names.sort_by_key(|v| in_flight.get(v).copied().unwrap_or(0));
         let result = ctx
             .journal
-            .call(
+            .write(
                 move |j| -> crate::journal::Result<Option<(Claimed, Option<Duration>)>> {
                     let now = now_ms();
                     let pauses = j.pauses()?;
@@ -594,7 +594,7 @@ async fn record(ctx: &WorkerContext, job: &Job, result: JobResult, attempt: Opti
         let (j, r, a) = (job.clone(), result.clone(), attempt.clone());
         match ctx
             .journal
-            .call(move |journal| journal.finish(&j, &r, a.as_ref()))
+            .write(move |journal| journal.finish(&j, &r, a.as_ref()))
             .await
         {
             Ok(outcome) => break outcome,

@@ -3,7 +3,7 @@
 //! table, never from a file's own columns.
 
 use super::sql::CachedSql;
-use rusqlite::{OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{Result, now_ms};
 
@@ -24,7 +24,7 @@ pub struct NewCopy<'a> {
 
 /// Records a copy the vendor now holds and returns its id. A reference the vendor hands out again
 /// is live again, whatever the journal thought of it.
-pub(super) fn record(tx: &Transaction<'_>, copy: &NewCopy<'_>) -> Result<i64> {
+pub(super) fn record(tx: &Connection, copy: &NewCopy<'_>) -> Result<i64> {
     let now = now_ms();
     let id = tx.cached_query_row(
         "INSERT INTO remote_copies (vendor, kind, remote_ref, sha256, transaction_id, expires_at,
@@ -55,7 +55,7 @@ pub(super) fn record(tx: &Transaction<'_>, copy: &NewCopy<'_>) -> Result<i64> {
 }
 
 /// The state of a copy: live, deleting or deleted.
-pub(super) fn state(tx: &Transaction<'_>, copy_id: i64) -> Result<String> {
+pub(super) fn state(tx: &Connection, copy_id: i64) -> Result<String> {
     Ok(tx.cached_query_row(
         "SELECT state FROM remote_copies WHERE id = ?1",
         [copy_id],
@@ -63,7 +63,7 @@ pub(super) fn state(tx: &Transaction<'_>, copy_id: i64) -> Result<String> {
     )?)
 }
 
-pub(super) fn is_live(tx: &Transaction<'_>, copy_id: Option<i64>) -> Result<bool> {
+pub(super) fn is_live(tx: &Connection, copy_id: Option<i64>) -> Result<bool> {
     match copy_id {
         None => Ok(false),
         Some(id) => Ok(state(tx, id)? == "live"),
@@ -72,11 +72,7 @@ pub(super) fn is_live(tx: &Transaction<'_>, copy_id: Option<i64>) -> Result<bool
 
 /// A file other than `except` that still needs the copy: one that points at it and is on disk or
 /// whose removal is held, or one waiting to upload the same bytes (it would reuse the copy).
-pub(super) fn user(
-    tx: &Transaction<'_>,
-    copy_id: i64,
-    except: Option<i64>,
-) -> Result<Option<String>> {
+pub(super) fn user(tx: &Connection, copy_id: i64, except: Option<i64>) -> Result<Option<String>> {
     Ok(tx
         .cached_query_row(
             "SELECT f.path FROM files f, remote_copies c
@@ -92,7 +88,7 @@ pub(super) fn user(
 }
 
 /// A live copy of these bytes at this vendor that will not expire soon.
-pub(super) fn reusable(tx: &Transaction<'_>, vendor: &str, sha256: &str) -> Result<Option<i64>> {
+pub(super) fn reusable(tx: &Connection, vendor: &str, sha256: &str) -> Result<Option<i64>> {
     Ok(tx
         .cached_query_row(
             "SELECT id FROM remote_copies
@@ -107,7 +103,7 @@ pub(super) fn reusable(tx: &Transaction<'_>, vendor: &str, sha256: &str) -> Resu
 
 /// A delete was sent: from now on the copy's fate is unknown until the vendor answers, so no file
 /// may be synced to it.
-pub(super) fn mark_deleting(tx: &Transaction<'_>, copy_id: i64) -> Result<()> {
+pub(super) fn mark_deleting(tx: &Connection, copy_id: i64) -> Result<()> {
     tx.cached_execute(
         "UPDATE remote_copies SET state = 'deleting' WHERE id = ?1 AND state = 'live'",
         [copy_id],
@@ -115,7 +111,7 @@ pub(super) fn mark_deleting(tx: &Transaction<'_>, copy_id: i64) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn mark_deleted(tx: &Transaction<'_>, copy_id: i64) -> Result<()> {
+pub(super) fn mark_deleted(tx: &Connection, copy_id: i64) -> Result<()> {
     tx.cached_execute(
         "UPDATE remote_copies SET state = 'deleted', deleted_at = ?2 WHERE id = ?1",
         params![copy_id, now_ms()],
@@ -124,7 +120,7 @@ pub(super) fn mark_deleted(tx: &Transaction<'_>, copy_id: i64) -> Result<()> {
 }
 
 /// Whether a delete of the copy is queued or running.
-pub(super) fn delete_pending(tx: &Transaction<'_>, copy_id: i64) -> Result<bool> {
+pub(super) fn delete_pending(tx: &Connection, copy_id: i64) -> Result<bool> {
     Ok(tx.cached_query_row(
         "SELECT EXISTS (SELECT 1 FROM jobs WHERE copy_id = ?1)",
         [copy_id],
@@ -134,7 +130,7 @@ pub(super) fn delete_pending(tx: &Transaction<'_>, copy_id: i64) -> Result<bool>
 
 /// Withdraws a delete that was queued but never sent: the copy is certainly still there.
 /// Returns false when the delete was already sent (the copy may be gone).
-pub(super) fn withdraw_delete(tx: &Transaction<'_>, copy_id: i64) -> Result<bool> {
+pub(super) fn withdraw_delete(tx: &Connection, copy_id: i64) -> Result<bool> {
     if state(tx, copy_id)? != "live" {
         return Ok(false);
     }

@@ -1,32 +1,271 @@
 //! The daemon's one writer: a connection behind a mutex, called from async code on the blocking pool
 //! so SQLite never stalls the executor's threads.
+//!
+//! Writes that arrive together are committed together (group commit): every commit costs locks and
+//! a write of each changed page to the WAL, which cost more than the statements themselves when the
+//! watch, the pool and four workers each record one file at a time. A caller is answered only once
+//! the group's transaction is committed, so nothing acts on a write that could still be undone.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::Journal;
+use tokio::sync::oneshot;
 
-#[derive(Debug, Clone)]
-pub struct JournalHandle(Arc<Mutex<Journal>>);
+use super::{Journal, JournalError, Result};
+
+/// A write waiting for the next group, and what answers its caller once the group is committed.
+type Queued = Box<dyn FnOnce(&mut Journal) -> Box<dyn Answer> + Send>;
+
+#[derive(Clone)]
+pub struct JournalHandle {
+    journal: Arc<Mutex<Journal>>,
+    queued: Arc<Mutex<Vec<Queued>>>,
+}
+
+impl std::fmt::Debug for JournalHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JournalHandle").finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 impl JournalHandle {
     pub fn new(journal: Journal) -> JournalHandle {
-        JournalHandle(Arc::new(Mutex::new(journal)))
+        JournalHandle {
+            journal: Arc::new(Mutex::new(journal)),
+            queued: Arc::default(),
+        }
     }
 
-    /// Runs `f` with the journal on a blocking thread.
+    /// Runs `f` with the journal on a blocking thread (reads, and writes that must stand alone).
     pub async fn call<R, F>(&self, f: F) -> R
     where
         R: Send + 'static,
         F: FnOnce(&mut Journal) -> R + Send + 'static,
     {
-        let inner = Arc::clone(&self.0);
+        let inner = Arc::clone(&self.journal);
+        tokio::task::spawn_blocking(move || f(&mut lock(&inner)))
+            .await
+            .expect("a journal call panicked")
+    }
+
+    /// Runs the write `f` in one transaction with whatever other writes are waiting, each in a
+    /// savepoint of its own: a write that fails takes back only its own changes. Its result is
+    /// returned once the group is committed; if the commit fails, every write of the group fails
+    /// with that error.
+    pub async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Journal) -> Result<T> + Send + 'static,
+    {
+        let (to, answer) = oneshot::channel();
+        lock(&self.queued).push(Box::new(move |journal: &mut Journal| {
+            Box::new(Pending {
+                result: f(journal),
+                to,
+            }) as Box<dyn Answer>
+        }));
+        let (journal, queued) = (Arc::clone(&self.journal), Arc::clone(&self.queued));
         tokio::task::spawn_blocking(move || {
-            let mut journal = inner
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            f(&mut journal)
+            let mut journal = lock(&journal);
+            // Another thread may have taken this write into its group already: then it is answered.
+            let group = std::mem::take(&mut *lock(&queued));
+            if !group.is_empty() {
+                journal.write_group(group);
+            }
         })
         .await
-        .expect("a journal call panicked")
+        .expect("a journal write panicked");
+        answer.await.expect("a group answers each of its writes")
+    }
+}
+
+impl Journal {
+    fn write_group(&mut self, group: Vec<Queued>) {
+        let alone = |journal: &mut Journal, write: Queued| write(journal).answer(None);
+        if group.len() == 1 || self.conn.execute_batch("BEGIN IMMEDIATE").is_err() {
+            // Nothing to group (or no transaction to group in): each write on its own.
+            group.into_iter().for_each(|write| alone(self, write));
+            return;
+        }
+        let mut done: Vec<Box<dyn Answer>> = Vec::with_capacity(group.len());
+        let mut rest = group.into_iter();
+        for write in rest.by_ref() {
+            let answer = write(self);
+            let undone = self.conn.is_autocommit();
+            let cause = answer.failure();
+            done.push(answer);
+            if undone {
+                // SQLite took the whole transaction back (disk full, I/O error): every write of the
+                // group so far is undone and says so; the rest go on their own.
+                let cause = cause.unwrap_or_else(|| rolled_back("an earlier write failed"));
+                done.into_iter().for_each(|a| a.answer(Some(&cause)));
+                rest.for_each(|write| alone(self, write));
+                return;
+            }
+        }
+        let commit = self.conn.execute_batch("COMMIT");
+        if commit.is_err() && !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        let failed = commit.err();
+        done.into_iter().for_each(|a| a.answer(failed.as_ref()));
+    }
+}
+
+/// A write's result, held until its group is committed.
+trait Answer: Send {
+    /// Answers the caller: its own result, or `undone`'s error if the group was not committed.
+    fn answer(self: Box<Self>, undone: Option<&rusqlite::Error>);
+    /// The SQLite error the write failed with, if it did.
+    fn failure(&self) -> Option<rusqlite::Error>;
+}
+
+struct Pending<T> {
+    result: Result<T>,
+    to: oneshot::Sender<Result<T>>,
+}
+
+impl<T: Send> Answer for Pending<T> {
+    fn answer(self: Box<Self>, undone: Option<&rusqlite::Error>) {
+        let result = match (self.result, undone) {
+            (Ok(_), Some(error)) => Err(JournalError::Sql(copy(error))),
+            (result, _) => result,
+        };
+        let _ = self.to.send(result);
+    }
+
+    fn failure(&self) -> Option<rusqlite::Error> {
+        match &self.result {
+            Err(JournalError::Sql(error)) => Some(copy(error)),
+            _ => None,
+        }
+    }
+}
+
+/// The same error for another caller: SQLite's code (what the diagnosis reads) and its message.
+fn copy(error: &rusqlite::Error) -> rusqlite::Error {
+    match error {
+        rusqlite::Error::SqliteFailure(code, message) => {
+            rusqlite::Error::SqliteFailure(*code, message.clone())
+        }
+        other => rolled_back(&other.to_string()),
+    }
+}
+
+fn rolled_back(why: &str) -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+        Some(format!("the write was undone with its group: {why}")),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::sql::CachedSql;
+
+    fn journal() -> (tempfile::TempDir, Journal) {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(&dir.path().join("journal.sqlite3")).unwrap();
+        (dir, journal)
+    }
+
+    /// A write for a group, and the receiver of its answer.
+    fn queued<T, F>(f: F) -> (Queued, oneshot::Receiver<Result<T>>)
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Journal) -> Result<T> + Send + 'static,
+    {
+        let (to, answer) = oneshot::channel();
+        let write: Queued = Box::new(move |j: &mut Journal| {
+            Box::new(Pending { result: f(j), to }) as Box<dyn Answer>
+        });
+        (write, answer)
+    }
+
+    fn paused(journal: &Journal) -> Vec<String> {
+        journal
+            .pauses()
+            .unwrap()
+            .into_iter()
+            .map(|p| p.vendor)
+            .collect()
+    }
+
+    #[test]
+    fn a_failed_write_takes_back_only_its_own_changes() {
+        let (_dir, mut journal) = journal();
+        let (a, a_answer) = queued(|j| j.pause_vendor("a", "down", 1000));
+        let (b, b_answer) = queued(|j| -> Result<()> {
+            let tx = j.write()?;
+            tx.cached_execute(
+                "INSERT INTO vendor_pauses (vendor, reason, since, next_probe_at, probe_interval_ms)
+                 VALUES ('b', 'x', 0, 0, 0)",
+                [],
+            )?;
+            // Fails after its change, without committing it.
+            Err(JournalError::Sql(rusqlite::Error::QueryReturnedNoRows))
+        });
+        let (c, c_answer) = queued(|j| j.pause_vendor("c", "down", 1000));
+        journal.write_group(vec![a, b, c]);
+        assert!(a_answer.blocking_recv().unwrap().is_ok());
+        assert!(b_answer.blocking_recv().unwrap().is_err());
+        assert!(c_answer.blocking_recv().unwrap().is_ok());
+        assert_eq!(paused(&journal), ["a", "c"]);
+        assert!(
+            journal.conn.is_autocommit(),
+            "the group's transaction ended"
+        );
+    }
+
+    #[test]
+    fn a_group_sqlite_took_back_answers_every_write_in_it_as_failed() {
+        let (_dir, mut journal) = journal();
+        let (a, a_answer) = queued(|j| j.pause_vendor("a", "down", 1000));
+        // As SQLite does on a full disk: the whole transaction is rolled back under the group.
+        let (b, b_answer) = queued(|j| -> Result<()> {
+            j.conn.execute_batch("ROLLBACK")?;
+            Err(JournalError::Sql(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+                None,
+            )))
+        });
+        let (c, c_answer) = queued(|j| j.pause_vendor("c", "down", 1000));
+        journal.write_group(vec![a, b, c]);
+        let a_error = a_answer.blocking_recv().unwrap().unwrap_err();
+        assert!(
+            crate::diagnose::journal_advice(&a_error).is_some_and(|a| a.contains("disk")),
+            "the undone write reports the cause: {a_error}"
+        );
+        assert!(b_answer.blocking_recv().unwrap().is_err());
+        assert!(
+            c_answer.blocking_recv().unwrap().is_ok(),
+            "the rest go alone"
+        );
+        assert_eq!(paused(&journal), ["c"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_are_each_answered_once_committed() {
+        let (_dir, journal) = journal();
+        let handle = JournalHandle::new(journal);
+        let writes = (0..50).map(|i| {
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                handle
+                    .write(move |j| j.pause_vendor(&format!("v{i}"), "down", 1000))
+                    .await
+            })
+        });
+        for write in writes.collect::<Vec<_>>() {
+            write.await.unwrap().unwrap();
+        }
+        let count = handle.call(|j| j.pauses().unwrap().len()).await;
+        assert_eq!(count, 50);
     }
 }

@@ -1,12 +1,12 @@
 //! The job rows every other part of the journal queues and drops.
 
 use super::sql::CachedSql;
-use rusqlite::{Transaction, params};
+use rusqlite::{Connection, params};
 
 use super::{Result, now_ms};
 
 pub(super) fn queue(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     file_id: i64,
     op: &str,
     vendor: &str,
@@ -23,7 +23,7 @@ pub(super) fn queue(
 }
 
 /// Drops the queued (not running) jobs of `ops` for a file.
-pub(super) fn drop_queued(tx: &Transaction<'_>, file_id: i64, ops: &[&str]) -> Result<()> {
+pub(super) fn drop_queued(tx: &Connection, file_id: i64, ops: &[&str]) -> Result<()> {
     for op in ops {
         tx.cached_execute(
             "DELETE FROM jobs WHERE file_id = ?1 AND op = ?2 AND state = 'queued'",
@@ -33,7 +33,7 @@ pub(super) fn drop_queued(tx: &Transaction<'_>, file_id: i64, ops: &[&str]) -> R
     Ok(())
 }
 
-pub(super) fn has_job(tx: &Transaction<'_>, file_id: i64, op: &str) -> Result<bool> {
+pub(super) fn has_job(tx: &Connection, file_id: i64, op: &str) -> Result<bool> {
     Ok(tx.cached_query_row(
         "SELECT EXISTS (SELECT 1 FROM jobs WHERE file_id = ?1 AND op = ?2)",
         params![file_id, op],
@@ -41,7 +41,7 @@ pub(super) fn has_job(tx: &Transaction<'_>, file_id: i64, op: &str) -> Result<bo
     )?)
 }
 
-pub(super) fn remove(tx: &Transaction<'_>, job_id: i64) -> Result<()> {
+pub(super) fn remove(tx: &Connection, job_id: i64) -> Result<()> {
     tx.cached_execute("DELETE FROM jobs WHERE id = ?1", [job_id])?;
     Ok(())
 }

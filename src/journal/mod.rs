@@ -248,6 +248,14 @@ impl Journal {
             .map_err(open_err)?;
         self.conn
             .set_prepared_statement_cache_capacity(sql::STATEMENT_CACHE);
+        // One plan per statement, whatever values are bound: without this SQLite recompiles a
+        // cached statement whenever a bound value might change its plan, which was most of them.
+        self.conn
+            .set_db_config(
+                rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+                true,
+            )
+            .map_err(open_err)?;
         self.conn
             .execute_batch(
                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
@@ -283,10 +291,17 @@ impl Journal {
             .query_row("PRAGMA user_version", [], |r| r.get(0))?)
     }
 
-    fn write(&mut self) -> Result<rusqlite::Transaction<'_>> {
-        Ok(self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?)
+    /// A write transaction of its own, or, inside a group of writes committed together (see
+    /// [`JournalHandle::write`]), a savepoint: a write that fails takes back only its own changes.
+    fn write(&mut self) -> Result<sql::Write<'_>> {
+        Ok(if self.conn.is_autocommit() {
+            sql::Write::Own(
+                self.conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)?,
+            )
+        } else {
+            sql::Write::Nested(self.conn.savepoint()?)
+        })
     }
 
     fn file_id(&self, path: &str) -> Result<Option<i64>> {

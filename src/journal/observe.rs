@@ -1,7 +1,7 @@
 //! The watcher's side of the journal: what was seen on disk, and what it means for the record.
 
 use super::sql::CachedSql;
-use rusqlite::{OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{FileState, Journal, Result, copies, jobs, now_ms};
 
@@ -133,7 +133,7 @@ pub(super) fn stamp_from(
     })
 }
 
-pub(super) fn existing(tx: &Transaction<'_>, path: &str) -> Result<Option<Existing>> {
+pub(super) fn existing(tx: &Connection, path: &str) -> Result<Option<Existing>> {
     Ok(tx
         .cached_query_row(
             &format!("{EXISTING} WHERE path = ?1"),
@@ -143,7 +143,7 @@ pub(super) fn existing(tx: &Transaction<'_>, path: &str) -> Result<Option<Existi
         .optional()?)
 }
 
-fn set_stamp(tx: &Transaction<'_>, id: i64, stamp: Option<&FileStamp>) -> Result<()> {
+fn set_stamp(tx: &Connection, id: i64, stamp: Option<&FileStamp>) -> Result<()> {
     tx.cached_execute(
         "UPDATE files SET size = ?2, mtime_ns = ?3, ctime_ns = ?4, inode = ?5, dev = ?6
          WHERE id = ?1",
@@ -282,7 +282,7 @@ impl Journal {
 
 /// A file seen on disk again after it was gone: its removal is withdrawn. Returns the copy the
 /// file may still point at: its own if that is live and no delete of it was sent, else none.
-fn back_on_disk(tx: &Transaction<'_>, row: &Existing) -> Result<Option<i64>> {
+fn back_on_disk(tx: &Connection, row: &Existing) -> Result<Option<i64>> {
     let Some(copy_id) = row.copy_id else {
         return Ok(None);
     };
@@ -292,7 +292,7 @@ fn back_on_disk(tx: &Transaction<'_>, row: &Existing) -> Result<Option<i64>> {
     Ok(copies::is_live(tx, Some(copy_id))?.then_some(copy_id))
 }
 
-fn observe_known(tx: &Transaction<'_>, obs: &Observation<'_>, row: Existing) -> Result<Observed> {
+fn observe_known(tx: &Connection, obs: &Observation<'_>, row: Existing) -> Result<Observed> {
     let now = now_ms();
     let same_content = row.sha256.as_deref() == Some(obs.sha256) && row.vendor == obs.vendor;
     let was_gone = row.removal.is_some() || row.state == "removed";
@@ -331,7 +331,7 @@ fn observe_known(tx: &Transaction<'_>, obs: &Observation<'_>, row: Existing) -> 
     })
 }
 
-fn copy_sha(tx: &Transaction<'_>, copy_id: Option<i64>) -> Result<Option<String>> {
+fn copy_sha(tx: &Connection, copy_id: Option<i64>) -> Result<Option<String>> {
     let Some(id) = copy_id else { return Ok(None) };
     Ok(tx.cached_query_row(
         "SELECT sha256 FROM remote_copies WHERE id = ?1",
@@ -350,7 +350,7 @@ struct Twin {
 /// A record of the same bytes for the same vendor whose file is gone: the file was renamed.
 /// A record whose copy is being deleted is no twin: the rename is uploaded afresh.
 fn moved_twin(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     obs: &Observation<'_>,
     is_present: &dyn Fn(&str) -> bool,
 ) -> Result<Option<Twin>> {
@@ -386,7 +386,7 @@ fn moved_twin(
     Ok(None)
 }
 
-fn move_record(tx: &Transaction<'_>, twin: &Twin, obs: &Observation<'_>) -> Result<()> {
+fn move_record(tx: &Connection, twin: &Twin, obs: &Observation<'_>) -> Result<()> {
     // A record whose delete was queued went back to `pending`; with its copy it is synced again.
     tx.cached_execute(
         "UPDATE files SET path = ?2, watch_root = ?3, removal = NULL, delete_unused = ?4,
@@ -406,7 +406,7 @@ fn move_record(tx: &Transaction<'_>, twin: &Twin, obs: &Observation<'_>) -> Resu
     set_stamp(tx, twin.id, Some(&obs.stamp))
 }
 
-fn insert_pending(tx: &Transaction<'_>, obs: &Observation<'_>) -> Result<()> {
+fn insert_pending(tx: &Connection, obs: &Observation<'_>) -> Result<()> {
     let now = now_ms();
     tx.cached_execute(
         "INSERT INTO files (path, watch_root, vendor, kind, state, created_at, updated_at)
@@ -421,7 +421,7 @@ fn insert_pending(tx: &Transaction<'_>, obs: &Observation<'_>) -> Result<()> {
 /// Records `obs` as the file's content, waiting to be sent. `copy_id` is the last good copy,
 /// kept until the new content is synced.
 fn set_new_content(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     id: i64,
     obs: &Observation<'_>,
     copy_id: Option<i64>,

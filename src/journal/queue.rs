@@ -4,7 +4,7 @@
 //! is recorded for the copy it produced and nothing else.
 
 use super::sql::CachedSql;
-use rusqlite::{OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::copies::{self, NewCopy};
 use super::removal::set_removed;
@@ -148,7 +148,7 @@ struct FileNow {
     reuse_copies: bool,
 }
 
-fn file_now(tx: &Transaction<'_>, file_id: i64) -> Result<FileNow> {
+fn file_now(tx: &Connection, file_id: i64) -> Result<FileNow> {
     Ok(tx.cached_query_row(
         "SELECT sha256, vendor, kind, state, removal, copy_id, delete_unused, reuse_copies
          FROM files WHERE id = ?1",
@@ -480,7 +480,7 @@ pub enum RetryOutcome {
     Unknown,
 }
 
-fn claim_upload(tx: &Transaction<'_>, job: Job) -> Result<Claimed> {
+fn claim_upload(tx: &Connection, job: Job) -> Result<Claimed> {
     let file = file_now(tx, job.file_id)?;
     if !file.wants_upload(&job) {
         jobs::remove(tx, job.id)?;
@@ -520,7 +520,7 @@ fn claim_upload(tx: &Transaction<'_>, job: Job) -> Result<Claimed> {
     })
 }
 
-fn claim_delete(tx: &Transaction<'_>, mut job: Job) -> Result<Claimed> {
+fn claim_delete(tx: &Connection, mut job: Job) -> Result<Claimed> {
     let Some(copy_id) = job.copy_id else {
         jobs::remove(tx, job.id)?;
         return Ok(Claimed::Dropped {
@@ -566,7 +566,7 @@ fn claim_delete(tx: &Transaction<'_>, mut job: Job) -> Result<Claimed> {
     Ok(Claimed::Job(job))
 }
 
-fn record_attempt(tx: &Transaction<'_>, file_id: i64, op: JobOp, attempt: &Attempt) -> Result<()> {
+fn record_attempt(tx: &Connection, file_id: i64, op: JobOp, attempt: &Attempt) -> Result<()> {
     tx.cached_execute(
         "INSERT INTO attempts (file_id, op, at, outcome, http_status, vendor_code, message,
            duration_ms)
@@ -587,7 +587,7 @@ fn record_attempt(tx: &Transaction<'_>, file_id: i64, op: JobOp, attempt: &Attem
 
 /// The file is synced to `copy_id`; the copy it pointed at before is deleted if nothing uses it
 /// and the file's watch deletes what it no longer needs.
-fn sync_to(tx: &Transaction<'_>, file_id: i64, file: &FileNow, copy_id: i64) -> Result<()> {
+fn sync_to(tx: &Connection, file_id: i64, file: &FileNow, copy_id: i64) -> Result<()> {
     tx.cached_execute(
         "UPDATE files SET state = 'synced', copy_id = ?2, error = NULL, attempts = attempts + 1,
            updated_at = ?3 WHERE id = ?1",
@@ -601,7 +601,7 @@ fn sync_to(tx: &Transaction<'_>, file_id: i64, file: &FileNow, copy_id: i64) -> 
 
 /// Queues the delete of a copy no file uses, when the file's watch deletes what it leaves behind.
 fn delete_if_unused(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     file_id: i64,
     vendor: &str,
     copy_id: i64,
@@ -617,12 +617,7 @@ fn delete_if_unused(
     Ok(())
 }
 
-fn finish_upload(
-    tx: &Transaction<'_>,
-    job: &Job,
-    file: &FileNow,
-    remote: &Remote,
-) -> Result<Finished> {
+fn finish_upload(tx: &Connection, job: &Job, file: &FileNow, remote: &Remote) -> Result<Finished> {
     jobs::remove(tx, job.id)?;
     let copy_id = copies::record(
         tx,
@@ -646,7 +641,7 @@ fn finish_upload(
     Ok(Finished::Stale)
 }
 
-fn finish_delete(tx: &Transaction<'_>, job: &Job, file: &FileNow) -> Result<Finished> {
+fn finish_delete(tx: &Connection, job: &Job, file: &FileNow) -> Result<Finished> {
     jobs::remove(tx, job.id)?;
     if let Some(copy_id) = job.copy_id {
         copies::mark_deleted(tx, copy_id)?;
@@ -662,7 +657,7 @@ fn finish_delete(tx: &Transaction<'_>, job: &Job, file: &FileNow) -> Result<Fini
 }
 
 fn finish_retry(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     job: &Job,
     file: &FileNow,
     not_before: i64,
@@ -701,7 +696,7 @@ fn finish_retry(
     Ok(Finished::Retrying)
 }
 
-fn set_file_outcome(tx: &Transaction<'_>, file_id: i64, state: &str, reason: &str) -> Result<()> {
+fn set_file_outcome(tx: &Connection, file_id: i64, state: &str, reason: &str) -> Result<()> {
     tx.cached_execute(
         "UPDATE files SET state = ?2, error = ?3, attempts = attempts + 1, updated_at = ?4
          WHERE id = ?1",
@@ -711,7 +706,7 @@ fn set_file_outcome(tx: &Transaction<'_>, file_id: i64, state: &str, reason: &st
 }
 
 /// Whether the file's remote copy has expired (a Jiandaoyun key past its transaction's hour).
-fn copy_expired(tx: &Transaction<'_>, file_id: i64) -> Result<bool> {
+fn copy_expired(tx: &Connection, file_id: i64) -> Result<bool> {
     Ok(tx.cached_query_row(
         "SELECT EXISTS (SELECT 1 FROM files f JOIN remote_copies c ON c.id = f.copy_id
            WHERE f.id = ?1 AND c.expires_at IS NOT NULL AND c.expires_at <= ?2)",
@@ -720,7 +715,7 @@ fn copy_expired(tx: &Transaction<'_>, file_id: i64) -> Result<bool> {
     )?)
 }
 
-fn requeue_file(tx: &Transaction<'_>, file_id: i64) -> Result<()> {
+fn requeue_file(tx: &Connection, file_id: i64) -> Result<()> {
     let file = file_now(tx, file_id)?;
     if file.removal.as_deref() == Some("delete") {
         jobs::queue(tx, file_id, "delete", &file.vendor, None, file.copy_id)?;

@@ -3,7 +3,7 @@
 //! within a sliding window (or past half a watch's files) are held for an operator.
 
 use super::sql::CachedSql;
-use rusqlite::{OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::observe::{Existing, existing};
 use super::{Journal, Result, copies, jobs, now_ms};
@@ -162,7 +162,7 @@ impl Journal {
 
 /// Why this batch's deletes must wait for an operator, if they must.
 fn hold_reason(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     batch: &RemovalBatch<'_>,
     rows: &[(String, Existing)],
 ) -> Result<Option<String>> {
@@ -215,7 +215,7 @@ fn hold_reason(
 }
 
 /// The file's removal is finished; `note` says why its copy was kept, if it was.
-pub(super) fn set_removed(tx: &Transaction<'_>, file_id: i64, note: Option<&str>) -> Result<()> {
+pub(super) fn set_removed(tx: &Connection, file_id: i64, note: Option<&str>) -> Result<()> {
     tx.cached_execute(
         "UPDATE files SET state = 'removed', removal = NULL, error = ?2, updated_at = ?3
          WHERE id = ?1",
@@ -225,13 +225,13 @@ pub(super) fn set_removed(tx: &Transaction<'_>, file_id: i64, note: Option<&str>
 }
 
 /// Marked removed, nothing at the vendor to touch.
-fn removed(tx: &Transaction<'_>, file_id: i64) -> Result<MissingOutcome> {
+fn removed(tx: &Connection, file_id: i64) -> Result<MissingOutcome> {
     set_removed(tx, file_id, None)?;
     Ok(MissingOutcome::Removed)
 }
 
 /// The file is gone for good: its copy is deleted at the vendor unless something still uses it.
-fn remove_and_delete(tx: &Transaction<'_>, row: &Existing) -> Result<MissingOutcome> {
+fn remove_and_delete(tx: &Connection, row: &Existing) -> Result<MissingOutcome> {
     let copy_id = match row.copy_id {
         Some(id) if copies::is_live(tx, Some(id))? => id,
         _ => return removed(tx, row.id),

@@ -3,6 +3,7 @@
 
 mod events;
 pub mod examine;
+mod intake;
 pub mod settle;
 mod walk;
 
@@ -17,11 +18,9 @@ use tracing::{error, info, warn};
 
 use crate::adapters::{Adapter, Limits};
 use crate::config::{OnRemove, VendorKind, WatchConfig};
-use crate::journal::{
-    JournalHandle, KnownFile, MissingOutcome, Observation, Observed, RejectedFile, RemovalBatch,
-    RemovalPolicy,
-};
+use crate::journal::{JournalHandle, KnownFile, MissingOutcome, RemovalBatch, RemovalPolicy};
 use examine::Examined;
+use intake::{Found, Intake, Recorded, log_observed};
 use settle::{Settle, Sighting, Stamp};
 
 /// The journal records paths as text: a name that is not UTF-8 could not be found again, so it is
@@ -67,6 +66,8 @@ const REWALK_AFTER: Duration = Duration::from_millis(500);
 const REMOVAL_WINDOW: Duration = Duration::from_secs(3600);
 /// A journal write that failed is tried again after this long.
 const JOURNAL_RETRY: Duration = Duration::from_secs(1);
+/// Settled files examined and recorded together: one journal write for the lot.
+const TAKE_BATCH: usize = 256;
 
 async fn sleep_until(deadline: Option<Instant>) {
     if let Some(deadline) = deadline {
@@ -564,9 +565,7 @@ impl WatchTask {
             self.rewalk_folder(&dir).await;
         }
         let ready = self.settle.take_ready(Instant::now(), examine::stat);
-        for path in ready {
-            self.take(path).await;
-        }
+        self.take_all(ready).await;
         let now = Instant::now();
         let waited_enough =
             |r: &PendingRemoval| now.duration_since(r.since) >= self.ctx.settle + REMOVAL_GRACE;
@@ -595,88 +594,103 @@ impl WatchTask {
         }
     }
 
-    /// Examines a settled file and records what it is.
-    async fn take(&mut self, path: PathBuf) {
-        let root = self.root().to_path_buf();
-        let vendor = self.config.vendor.clone();
-        let limits = self.limits;
-        let examined = {
-            let path = path.clone();
-            tokio::task::spawn_blocking(move || examine::examine(&root, &path, &vendor, &limits))
-                .await
-                .unwrap_or(Examined::Skip)
-        };
-        let recorded = match examined {
-            Examined::Skip => true,
-            Examined::Gone => {
-                self.removals
-                    .insert(path.clone(), PendingRemoval::new(Instant::now()));
-                true
-            }
-            Examined::Changing => {
-                self.settle.touch(&path, Sighting::Closed, Instant::now());
-                true
-            }
-            Examined::Reject { reason, stamp } => {
-                self.record_rejection(path.clone(), reason, stamp).await
-            }
-            Examined::Image {
-                stamp,
-                sha256,
-                info,
-            } => self.record_image(path.clone(), stamp, sha256, info).await,
-        };
-        if !recorded {
-            // The journal could not take it (locked, full): the file is looked at again later,
-            // never forgotten.
-            tokio::time::sleep(JOURNAL_RETRY).await;
-            self.settle.touch(&path, Sighting::Closed, Instant::now());
+    /// Examines settled files and records what each is, a batch at a time: the examining off the
+    /// executor's threads, the recording in one journal write for the batch.
+    async fn take_all(&mut self, paths: Vec<PathBuf>) {
+        let mut paths = paths.into_iter().peekable();
+        while paths.peek().is_some() {
+            let batch: Vec<PathBuf> = paths.by_ref().take(TAKE_BATCH).collect();
+            self.take_batch(batch).await;
         }
     }
 
-    /// Records a refusal; false when the journal could not record it.
-    async fn record_rejection(&self, path: PathBuf, reason: String, stamp: Option<Stamp>) -> bool {
-        let watch_root = self.root().display().to_string();
-        let vendor = self.config.vendor.clone();
-        let kind = self.kind.as_str();
-        let delete_unused = self.delete_unused();
-        let path_text = path.display().to_string();
-        let log_reason = reason.clone();
-        let result = self
+    async fn take_batch(&mut self, paths: Vec<PathBuf>) {
+        let (root, vendor, limits) = (
+            self.root().to_path_buf(),
+            self.config.vendor.clone(),
+            self.limits,
+        );
+        let examined = tokio::task::spawn_blocking(move || {
+            paths
+                .into_iter()
+                .map(|path| {
+                    let examined = examine::examine(&root, &path, &vendor, &limits);
+                    (path, examined)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        let mut found = Vec::new();
+        for (path, examined) in examined {
+            match examined {
+                Examined::Skip => {}
+                Examined::Gone => {
+                    self.removals
+                        .insert(path, PendingRemoval::new(Instant::now()));
+                }
+                Examined::Changing => self.settle.touch(&path, Sighting::Closed, Instant::now()),
+                Examined::Reject { reason, stamp } => found.push(Found::Refused {
+                    path,
+                    reason,
+                    stamp,
+                }),
+                Examined::Image {
+                    stamp,
+                    sha256,
+                    info,
+                } => found.push(Found::Image {
+                    path,
+                    stamp,
+                    sha256,
+                    info,
+                }),
+            }
+        }
+        if found.is_empty() {
+            return;
+        }
+        let paths: Vec<PathBuf> = found.iter().map(|f| f.path().to_path_buf()).collect();
+        let intake = Intake {
+            watch_root: self.root().display().to_string(),
+            vendor: self.config.vendor.clone(),
+            kind: self.kind.as_str(),
+            delete_unused: self.delete_unused(),
+            reuse_copies: self.reuse_copies,
+        };
+        let recorded = self
             .ctx
             .journal
-            .call(move |j| {
-                j.reject(&RejectedFile {
-                    path: &path_text,
-                    watch_root: &watch_root,
-                    vendor: &vendor,
-                    kind,
-                    stamp,
-                    reason: &reason,
-                    delete_unused,
-                })
+            .write(move |j| {
+                Ok(found
+                    .into_iter()
+                    .map(|f| {
+                        let outcome = intake.record(j, &f);
+                        (f, outcome)
+                    })
+                    .collect::<Vec<_>>())
             })
             .await;
         self.ctx.wake_workers.notify_one();
-        match result {
-            Ok(true) => {
-                crate::metrics::file_examined(&self.config.vendor, "rejected");
-                let key = crate::logging::rejections_of(&self.config.vendor);
-                if crate::logging::storms().check(&key, Instant::now())
-                    != crate::throttle::Verdict::Suppress
-                {
-                    error!(path = %path.display(), vendor = %self.config.vendor, outcome = "rejected", "rejected: {log_reason}");
-                }
-                true
-            }
-            Ok(false) => true,
+        let unrecorded: Vec<PathBuf> = match recorded {
+            Ok(outcomes) => outcomes
+                .into_iter()
+                .filter_map(|(found, outcome)| {
+                    let recorded = self.log_recorded(&found, outcome);
+                    (!recorded).then(|| found.path().to_path_buf())
+                })
+                .collect(),
             Err(e) => {
-                crate::diagnose::journal_write_failed(
-                    "record the rejection",
-                    &path.display().to_string(),
-                    &e,
-                );
-                false
+                crate::diagnose::journal_write_failed("record the files", "", &e);
+                paths
+            }
+        };
+        if !unrecorded.is_empty() {
+            // The journal could not take them (locked, full): they are looked at again later,
+            // never forgotten.
+            tokio::time::sleep(JOURNAL_RETRY).await;
+            for path in unrecorded {
+                self.settle.touch(&path, Sighting::Closed, Instant::now());
             }
         }
     }
@@ -686,68 +700,24 @@ impl WatchTask {
         self.kind.can_delete() && self.config.on_remove == OnRemove::Delete
     }
 
-    /// Records a complete image; false when the journal could not record it.
-    async fn record_image(
-        &self,
-        path: PathBuf,
-        stamp: Stamp,
-        sha256: String,
-        info: crate::image::ImageInfo,
-    ) -> bool {
-        let watch_root = self.root().display().to_string();
-        let vendor = self.config.vendor.clone();
-        let kind = self.kind.as_str();
-        let delete_unused = self.delete_unused();
-        let reuse_copies = self.reuse_copies;
-        let path_text = path.display().to_string();
-        let result = self
-            .ctx
-            .journal
-            .call(move |j| {
-                let observation = Observation {
-                    path: &path_text,
-                    watch_root: &watch_root,
-                    vendor: &vendor,
-                    kind,
-                    stamp,
-                    sha256: &sha256,
-                    format: info.format.mime_subtype(),
-                    width: info.width,
-                    height: info.height,
-                    delete_unused,
-                    reuse_copies,
-                };
-                j.observe(&observation, &|p| std::fs::symlink_metadata(p).is_ok())
-            })
-            .await;
-        let shown = path.display();
+    /// Logs what the journal made of a file; false when it could not record it.
+    fn log_recorded(&self, found: &Found, outcome: crate::journal::Result<Recorded>) -> bool {
+        let shown = found.path().display();
         let vendor = &self.config.vendor;
-        self.ctx.wake_workers.notify_one();
-        if let Ok(Observed::Queued | Observed::Changed | Observed::RestoredAfterDelete) = &result {
-            crate::metrics::file_examined(vendor, "taken");
-        }
-        match result {
-            Ok(Observed::Unchanged) => {}
-            Ok(Observed::Queued) => info!(
-                path = %shown, vendor = %vendor, size = stamp.size, format = %info.format, outcome = "taken",
-                "taken: queued for upload"
-            ),
-            Ok(Observed::Changed) => info!(
-                path = %shown, vendor = %vendor, size = stamp.size,
-                "content changed: queued for upload; the old remote copy is replaced once it is synced"
-            ),
-            Ok(Observed::Moved { from }) => info!(
-                path = %shown, vendor = %vendor, from = %from,
-                "renamed: record moved, nothing sent"
-            ),
-            Ok(Observed::Restored) => info!(
-                path = %shown, vendor = %vendor,
-                "back on disk with its remote copy still there: synced again, nothing sent"
-            ),
-            Ok(Observed::RestoredAfterDelete) => info!(
-                path = %shown, vendor = %vendor,
-                "back on disk but its remote copy is deleted (or being deleted): queued for upload"
-            ),
+        match outcome {
+            Ok(Recorded::Refused { changed }) => {
+                if changed {
+                    crate::metrics::file_examined(vendor, "rejected");
+                    let key = crate::logging::rejections_of(vendor);
+                    if crate::logging::storms().check(&key, Instant::now())
+                        != crate::throttle::Verdict::Suppress
+                        && let Found::Refused { reason, .. } = found
+                    {
+                        error!(path = %shown, vendor = %vendor, outcome = "rejected", "rejected: {reason}");
+                    }
+                }
+            }
+            Ok(Recorded::Image(observed)) => log_observed(found, vendor, observed),
             Err(e) => {
                 crate::diagnose::journal_write_failed("record the file", &shown.to_string(), &e);
                 return false;
@@ -947,9 +917,8 @@ impl WatchTask {
     /// One pass for `imgsyncd scan`: reconcile, then take every file and removal at once.
     pub async fn scan_once(&mut self) {
         self.reconcile(Sighting::Scanned).await;
-        for path in self.settle.drain() {
-            self.take(path).await;
-        }
+        let settled = self.settle.drain();
+        self.take_all(settled).await;
         let removals: Vec<(PathBuf, PendingRemoval)> = self.removals.drain().collect();
         if !removals.is_empty() {
             self.process_removals(removals).await;
