@@ -347,7 +347,12 @@ impl Sandbox {
                 .position(|(e, _)| *e == endpoint)
                 .and_then(|at| faults.remove(at))
                 .map(|(_, f)| f)
-                .or_else(|| state.chaos.draw())
+                // Drawn faults are for business calls: get_upload_token is a token call.
+                .or_else(|| {
+                    (endpoint != JdyEndpoint::Token)
+                        .then(|| state.chaos.draw())
+                        .flatten()
+                })
         };
         match fault {
             None => Ok(false),

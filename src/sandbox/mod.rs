@@ -50,7 +50,7 @@ pub struct SandboxOptions {
     /// and to all of them together (the company's 50).
     pub jiandaoyun_per_second: usize,
     pub jiandaoyun_company_per_second: usize,
-    /// The share of business calls (and all of Jiandaoyun's) answered with a fault drawn from
+    /// The share of business calls (uploads, deletes, data/create; not token calls) answered with a fault drawn from
     /// `failure_mix`, when no fault was queued for them: 0 (the default) for none, 0.3 for 30 %.
     pub failure_rate: f64,
     /// The seed of those draws, so a run can be replayed (which call gets which fault still
