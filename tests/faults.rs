@@ -66,7 +66,9 @@ fn the_sandbox_faults_are_what_they_say() {
     let post = || client.post(&url).body("not a form").send();
     runtime.block_on(async {
         sandbox.inject_jiandaoyun(JdyEndpoint::Upload, [Fault::Reset]);
-        let error = post().await.expect_err("a dropped connection answers nothing");
+        let error = post()
+            .await
+            .expect_err("a dropped connection answers nothing");
         assert!(!error.is_timeout(), "{error:?}");
         let last = sandbox.log().last().cloned().unwrap();
         assert_eq!((last.path.as_str(), last.status), (QINIU_UPLOAD_PATH, 0));
@@ -168,10 +170,10 @@ fn a_connection_reset_mid_upload_is_retried() {
     // Kingdee and Feishu draw from one queue of faults: one at a time.
     for (i, vendor) in ALL.into_iter().enumerate() {
         match vendor {
-            Vendor::Jiandaoyun => t
-                .h
-                .sandbox
-                .inject_jiandaoyun(JdyEndpoint::Upload, [Fault::Reset]),
+            Vendor::Jiandaoyun => {
+                t.h.sandbox
+                    .inject_jiandaoyun(JdyEndpoint::Upload, [Fault::Reset])
+            }
             _ => t.h.sandbox.inject([Fault::Reset]),
         }
         let bytes = picture(2000 + i as u32);
@@ -187,7 +189,11 @@ fn a_connection_reset_mid_upload_is_retried() {
                 .is_some_and(|m| m.contains("transport error")),
             "{history:?}"
         );
-        assert_eq!(t.copies(vendor), 1, "{vendor:?}: the dropped call stored nothing");
+        assert_eq!(
+            t.copies(vendor),
+            1,
+            "{vendor:?}: the dropped call stored nothing"
+        );
         expected.push((path, bytes));
     }
     t.assert_all_synced(&expected);
@@ -212,10 +218,10 @@ fn stalled(fault: Fault, what: &str) {
         let mut paths = Vec::new();
         for vendor in vendors {
             match vendor {
-                Vendor::Jiandaoyun => t
-                    .h
-                    .sandbox
-                    .inject_jiandaoyun(JdyEndpoint::Upload, [fault.clone()]),
+                Vendor::Jiandaoyun => {
+                    t.h.sandbox
+                        .inject_jiandaoyun(JdyEndpoint::Upload, [fault.clone()])
+                }
                 _ => t.h.sandbox.inject([fault.clone()]),
             }
             let bytes = picture(3000 + phase as u32 * 10 + paths.len() as u32);
@@ -251,13 +257,12 @@ fn stalled(fault: Fault, what: &str) {
     let row = t.wait_state(&path, "removed");
     assert_eq!(row["remote_deleted"], true, "{row}");
     assert_eq!(t.h.sandbox.deleted(), [url], "deleted once");
-    let deletes = t
-        .h
-        .sandbox
-        .log()
-        .iter()
-        .filter(|l| l.path == kingdee::DELETE_PATH)
-        .count();
+    let deletes =
+        t.h.sandbox
+            .log()
+            .iter()
+            .filter(|l| l.path == kingdee::DELETE_PATH)
+            .count();
     assert_eq!(deletes, 2, "the stalled delete and its retry");
     t.assert_all_synced(&expected);
 }
@@ -355,7 +360,10 @@ fn a_vendor_down_for_a_while_is_held_behind_one_probe_then_drained() {
     t.start(Some(TIMEOUT));
     t.h.wait_for("every vendor to be paused as down", |h| {
         let status = h.status();
-        let paused = status["paused_vendors"].as_array().cloned().unwrap_or_default();
+        let paused = status["paused_vendors"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         paused.len() == 3
             && paused.iter().all(|p| {
                 p["reason"]
@@ -364,10 +372,7 @@ fn a_vendor_down_for_a_while_is_held_behind_one_probe_then_drained() {
                     .contains("does not answer")
             })
     });
-    let before: Vec<usize> = ALL
-        .iter()
-        .map(|v| business_requests(&t.h, *v))
-        .collect();
+    let before: Vec<usize> = ALL.iter().map(|v| business_requests(&t.h, *v)).collect();
     for (vendor, tried) in ALL.iter().zip(&before) {
         // Five failures make an outage; the workers' calls already in flight may add one each.
         assert!(
@@ -377,10 +382,7 @@ fn a_vendor_down_for_a_while_is_held_behind_one_probe_then_drained() {
     }
     // The outage: no call at all while the probe is not due.
     std::thread::sleep(Duration::from_secs(5));
-    let during: Vec<usize> = ALL
-        .iter()
-        .map(|v| business_requests(&t.h, *v))
-        .collect();
+    let during: Vec<usize> = ALL.iter().map(|v| business_requests(&t.h, *v)).collect();
     assert_eq!(during, before, "no calls to a vendor that is down");
     assert_eq!(t.h.status()["files"]["failed"], 0);
 

@@ -124,7 +124,10 @@ impl Three {
         if !record.keys.iter().any(|k| k == key) {
             return None;
         }
-        sandbox.jiandaoyun_uploads().get(key).map(|u| u.bytes.clone())
+        sandbox
+            .jiandaoyun_uploads()
+            .get(key)
+            .map(|u| u.bytes.clone())
     }
 
     /// How many copies the vendor ever stored (Kingdee: including those deleted since).

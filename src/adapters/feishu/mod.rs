@@ -219,7 +219,9 @@ impl Feishu {
             Ok(answer) => answer,
             Err(call) => return call,
         };
-        let outcome = answer.unread_success("upload").or_else(|| answer.failure("upload"));
+        let outcome = answer
+            .unread_success("upload")
+            .or_else(|| answer.failure("upload"));
         let outcome = outcome.unwrap_or_else(|| {
             let file_token = answer
                 .reply
