@@ -335,6 +335,15 @@ fn a_success_of_unexpected_shape_waits_for_a_person_and_sends_nothing_twice() {
     for path in [&k, &j, &f, &r] {
         assert_eq!(t.state(path).as_deref(), Some("failed"));
     }
+    let log = t.h.log();
+    let failed: Vec<&str> = log.lines().filter(|l| l.contains("failed: ")).collect();
+    assert_eq!(failed.len(), 4, "one line per file: {failed:#?}");
+    for line in failed {
+        assert!(
+            line.contains("the vendor may hold it") && !line.contains("transient errors"),
+            "the log says why, not a give-up it was not: {line}"
+        );
+    }
 }
 
 /// A vendor that drops every connection for a while: after a few calls it is taken as down and
@@ -372,6 +381,8 @@ fn a_vendor_down_for_a_while_is_held_behind_one_probe_then_drained() {
                     .contains("does not answer")
             })
     });
+    // Calls already in flight when the last vendor was held end (reset at once) first.
+    std::thread::sleep(Duration::from_secs(1));
     let before: Vec<usize> = ALL.iter().map(|v| business_requests(&t.h, *v)).collect();
     for (vendor, tried) in ALL.iter().zip(&before) {
         // Five failures make an outage; the workers' calls already in flight may add one each.
