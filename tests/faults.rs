@@ -201,6 +201,59 @@ fn a_connection_reset_mid_upload_is_retried() {
     assert_eq!(dropped, 3, "one connection dropped per vendor");
 }
 
+/// A burst of rate-limit answers, each asking to wait (`Retry-After`; Feishu's
+/// `x-ogw-ratelimit-reset`; Qiniu's 573 for a Jiandaoyun upload): the daemon waits as long as it
+/// was asked before calling again, counts none of them as a failed attempt, and syncs the file.
+#[test]
+fn a_burst_of_429s_with_retry_after_is_waited_out() {
+    const BURST: usize = 2;
+    let wait = Duration::from_secs(2);
+    let mut t = Three::new(Options::default());
+    t.start(Some(TIMEOUT));
+    let phases: [&[Vendor]; 2] = [&[Vendor::Kingdee, Vendor::Jiandaoyun], &[Vendor::Feishu]];
+    let mut expected = Vec::new();
+    for (phase, vendors) in phases.into_iter().enumerate() {
+        let mut paths = Vec::new();
+        for vendor in vendors {
+            let burst = vec![Fault::Throttled(wait); BURST];
+            match vendor {
+                Vendor::Jiandaoyun => t.h.sandbox.inject_jiandaoyun(JdyEndpoint::Upload, burst),
+                _ => t.h.sandbox.inject(burst),
+            }
+            let bytes = picture(6000 + phase as u32 * 10 + paths.len() as u32);
+            let path = t.drop(*vendor, &format!("burst-{vendor:?}.png"), &bytes);
+            paths.push((*vendor, path.clone()));
+            expected.push((path, bytes));
+        }
+        for (vendor, path) in paths {
+            let row = t.wait_state(&path, "synced");
+            assert_eq!(row["attempts"], 1, "a 429 is not a failed attempt: {row}");
+            let upload = match vendor {
+                Vendor::Kingdee => kingdee::UPLOAD_PATH,
+                Vendor::Feishu => feishu::UPLOAD_PATH,
+                Vendor::Jiandaoyun => QINIU_UPLOAD_PATH,
+            };
+            let calls: Vec<i64> =
+                t.h.sandbox
+                    .log()
+                    .iter()
+                    .filter(|l| l.path == upload)
+                    .map(|l| l.at_ms)
+                    .collect();
+            assert_eq!(calls.len(), BURST + 1, "{vendor:?}: {calls:?}");
+            for pair in calls.windows(2) {
+                assert!(
+                    pair[1] - pair[0] >= wait.as_millis() as i64 - 100,
+                    "{vendor:?} called again {} ms after being asked to wait {wait:?}",
+                    pair[1] - pair[0]
+                );
+            }
+        }
+    }
+    t.assert_all_synced(&expected);
+    assert_eq!(t.h.status()["files"]["failed"], 0);
+}
+
 /// A call the vendor carries out but answers only after the client's timeout (`hold`), or whose
 /// body never arrives (`trickle`): the daemon abandons it, retries, and records the copy it was
 /// told of; the copy the vendor stored meanwhile is the one duplicate that call may leave. A
