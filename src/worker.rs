@@ -605,12 +605,17 @@ async fn record(ctx: &WorkerContext, job: &Job, result: JobResult, attempt: Opti
             }
         }
     };
-    match outcome {
-        Finished::GaveUp => error!(
+    match (outcome, &result) {
+        // An unconfirmed upload fails at once, for its own reason (what to check, what to run).
+        (Finished::GaveUp, JobResult::Fail(reason)) => error!(
+            path = %job.path, vendor = %job.vendor, outcome = "failed", job = job.id,
+            "failed: {reason}"
+        ),
+        (Finished::GaveUp, _) => error!(
             path = %job.path, vendor = %job.vendor, outcome = "failed", job = job.id,
             "failed: transient errors for longer than give_up_after; `imgsyncd retry --failed` queues it again"
         ),
-        Finished::Stale => info!(
+        (Finished::Stale, _) => info!(
             path = %job.path,
             "the file moved on while this job ran: its result is recorded for the remote copy only"
         ),

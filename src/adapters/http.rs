@@ -5,14 +5,43 @@ use std::time::Duration;
 
 use super::outcome::Call;
 
+/// How long a connection may take to open.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a whole request may take, from connecting until the answer's body is read: a vendor
+/// that stalls (no answer, or a body trickled) is given up on and the call retried.
+pub const TOTAL_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// The HTTP client every adapter shares: rustls, bounded connect and total times.
 pub fn http_client() -> reqwest::Client {
+    let (connect, total) = match test_timeout() {
+        Some(total) => (CONNECT_TIMEOUT.min(total), total),
+        None => (CONNECT_TIMEOUT, TOTAL_TIMEOUT),
+    };
+    // No fallback to a default client: it would have no timeouts at all, and one stalled
+    // vendor would hold a worker for good.
     reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(120))
+        .connect_timeout(connect)
+        .timeout(total)
         .user_agent(concat!("imgsyncd/", env!("CARGO_PKG_VERSION")))
         .build()
-        .unwrap_or_default()
+        .expect("the HTTP client (rustls, no system configuration) builds")
+}
+
+/// The test hook `IMGSYNCD_TEST_HTTP_TIMEOUT=3s`: the total timeout of every vendor call (and the
+/// connect timeout, if shorter), so the end-to-end tests can meet a stalled vendor without
+/// waiting two minutes. Read only by debug builds (the tests'); a release build ignores it and
+/// keeps [`TOTAL_TIMEOUT`].
+fn test_timeout() -> Option<Duration> {
+    if !cfg!(debug_assertions) {
+        return None;
+    }
+    let value = std::env::var("IMGSYNCD_TEST_HTTP_TIMEOUT").ok()?;
+    let timeout = humantime::parse_duration(value.trim()).ok()?;
+    tracing::warn!(
+        "test hook IMGSYNCD_TEST_HTTP_TIMEOUT: vendor calls time out after {}",
+        humantime::format_duration(timeout)
+    );
+    Some(timeout)
 }
 
 /// An answer as it came off the wire, before a vendor reads it.

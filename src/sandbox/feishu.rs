@@ -13,6 +13,7 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 use super::multipart::{self, FormPart};
+use super::wire::{self, Wire};
 use super::{Fault, Logged, Sandbox, Window};
 use crate::adapters::feishu::{
     DOWNLOAD_PATH, ERR_INVALID_PARAM, ERR_NETWORK, ERR_RATE_LIMITED, TOKEN_PATH, UPLOAD_PATH,
@@ -172,7 +173,7 @@ impl Sandbox {
                 method: "POST".into(),
                 path: path.to_string(),
                 status,
-                errcode: Some(code),
+                errcode: (status != 0).then_some(code),
                 at_ms: arrived_ms,
             });
             if path == UPLOAD_PATH {
@@ -264,11 +265,12 @@ impl Sandbox {
         Ok(())
     }
 
-    /// An injected fault, answered the way Feishu answers that kind of trouble.
-    async fn feishu_fault(&self) -> Result<(), Refusal> {
-        let fault = self.lock().faults.pop_front();
+    /// An injected fault, answered the way Feishu answers that kind of trouble; `Ok(true)`: carry
+    /// the call out, but answer its success in the wrong shape.
+    async fn feishu_fault(&self) -> Result<bool, Refusal> {
+        let fault = self.lock().next_fault();
         match fault {
-            None => Ok(()),
+            None => Ok(false),
             Some(Fault::Gateway(code)) => Err(refusal(
                 status_of(code),
                 code,
@@ -282,8 +284,28 @@ impl Sandbox {
             )),
             Some(Fault::Delay(d)) => {
                 tokio::time::sleep(d).await;
-                Ok(())
+                Ok(false)
             }
+            Some(Fault::Reset) => {
+                wire::mark(Wire::Cut);
+                Err(refusal(0, 0, "connection dropped (injected)"))
+            }
+            Some(Fault::SlowAnswer(d)) => {
+                wire::mark(Wire::Hold(d));
+                Ok(false)
+            }
+            Some(Fault::SlowBody(d)) => {
+                wire::mark(Wire::Trickle(d));
+                Ok(false)
+            }
+            Some(Fault::Throttled(d)) => Err(Refusal {
+                headers: vec![
+                    ("x-ogw-ratelimit-limit", "50".into()),
+                    ("x-ogw-ratelimit-reset", d.as_secs().max(1).to_string()),
+                ],
+                ..refusal(429, ERR_RATE_LIMITED, "request trigger frequency limit")
+            }),
+            Some(Fault::WrongShape) => Ok(true),
             // Lost answers are emulated for Kingdee's gateway only; here they fail loudly.
             Some(Fault::LoseAnswer(status)) => Err(refusal(
                 status,
@@ -367,7 +389,7 @@ async fn upload(
         }
         sandbox.feishu_bearer(&headers)?;
         sandbox.feishu_admit()?;
-        sandbox.feishu_fault().await?;
+        let wrong_shape = sandbox.feishu_fault().await?;
         let content_type = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
@@ -411,6 +433,14 @@ async fn upload(
             fields: parts.iter().map(|p| p.name.clone()).collect(),
             bytes: file.data.clone(),
         });
+        if wrong_shape {
+            // Stored, but answered in another API's shape: no `code`, no `data.file_token`.
+            return Ok(json!({
+                "StatusCode": 0,
+                "StatusMessage": "success",
+                "data": {"fileToken": file_token}
+            }));
+        }
         Ok(json!({"code": 0, "msg": "success", "data": {"file_token": file_token}}))
     }
     .await;

@@ -22,6 +22,7 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use super::multipart;
+use super::wire::{self, Wire};
 use super::{Fault, Logged, Sandbox, Window};
 use crate::adapters::jiandaoyun::policy::{encode, uuid_v4};
 use crate::adapters::jiandaoyun::{
@@ -257,6 +258,16 @@ impl Sandbox {
         let mut state = self.lock();
         let (status, errcode, body) = match result {
             Ok(body) => (200, (endpoint != JdyEndpoint::Upload).then_some(0), body),
+            Err(r) if r.status == 0 => {
+                state.jiandaoyun.refusals.push(JdyRefusal {
+                    endpoint,
+                    status: 0,
+                    code: None,
+                    message: r.message.clone(),
+                    at_ms: arrived_ms,
+                });
+                (0, None, Value::Null)
+            }
             Err(r) => {
                 state.jiandaoyun.refusals.push(JdyRefusal {
                     endpoint,
@@ -325,8 +336,9 @@ impl Sandbox {
         }
     }
 
-    /// An injected fault for `endpoint`, answered the way that service answers that trouble.
-    async fn jdy_fault(&self, endpoint: JdyEndpoint) -> Result<(), Refusal> {
+    /// An injected fault for `endpoint`, answered the way that service answers that trouble;
+    /// `Ok(true)`: carry the call out, but answer its success in the wrong shape.
+    async fn jdy_fault(&self, endpoint: JdyEndpoint) -> Result<bool, Refusal> {
         let fault = {
             let mut state = self.lock();
             let faults = &mut state.jiandaoyun.faults;
@@ -335,9 +347,15 @@ impl Sandbox {
                 .position(|(e, _)| *e == endpoint)
                 .and_then(|at| faults.remove(at))
                 .map(|(_, f)| f)
+                // Drawn faults are for business calls: get_upload_token is a token call.
+                .or_else(|| {
+                    (endpoint != JdyEndpoint::Token)
+                        .then(|| state.chaos.draw())
+                        .flatten()
+                })
         };
         match fault {
-            None => Ok(()),
+            None => Ok(false),
             Some(Fault::Gateway(code)) | Some(Fault::Business(code)) => {
                 let status = if code == 429 { 429 } else { 400 };
                 Err(jdy(status, code, "injected error"))
@@ -352,8 +370,33 @@ impl Sandbox {
             }),
             Some(Fault::Delay(d)) => {
                 tokio::time::sleep(d).await;
-                Ok(())
+                Ok(false)
             }
+            Some(Fault::Reset) => {
+                wire::mark(Wire::Cut);
+                Err(Refusal {
+                    status: 0,
+                    code: None,
+                    message: "connection dropped (injected)".into(),
+                })
+            }
+            Some(Fault::SlowAnswer(d)) => {
+                wire::mark(Wire::Hold(d));
+                Ok(false)
+            }
+            Some(Fault::SlowBody(d)) => {
+                wire::mark(Wire::Trickle(d));
+                Ok(false)
+            }
+            Some(Fault::Throttled(d)) => {
+                wire::mark(Wire::Header("retry-after", d.as_secs().max(1).to_string()));
+                Err(if endpoint == JdyEndpoint::Upload {
+                    qiniu(573, qiniu_error(573))
+                } else {
+                    jdy(429, ERR_RATE_LIMITED, "超出请求频率限制")
+                })
+            }
+            Some(Fault::WrongShape) => Ok(true),
             // Lost answers and missing URLs are emulated for Kingdee's gateway only.
             Some(Fault::LoseAnswer(status)) => Err(Refusal {
                 status,
@@ -548,7 +591,7 @@ async fn get_upload_token(
         }
         sandbox.jdy_bearer(&headers)?;
         sandbox.jdy_admit(JdyEndpoint::Token)?;
-        sandbox.jdy_fault(JdyEndpoint::Token).await?;
+        let wrong_shape = sandbox.jdy_fault(JdyEndpoint::Token).await?;
         let request: Value = serde_json::from_slice(&body).map_err(|_| invalid_request())?;
         if !request.is_object() {
             return Err(invalid_request());
@@ -559,7 +602,11 @@ async fn get_upload_token(
             .and_then(Value::as_str)
             .filter(|t| valid_transaction_id(t))
             .ok_or_else(|| jdy(400, ERR_TRANSACTION, "The transaction_id is invalid."))?;
-        Ok(sandbox.jdy_issue(transaction_id))
+        let issued = sandbox.jdy_issue(transaction_id);
+        if wrong_shape {
+            return Ok(json!({ "tokens": issued["token_and_url_list"] }));
+        }
+        Ok(issued)
     }
     .await;
     sandbox.jdy_answer(JdyEndpoint::Token, TOKEN_PATH, arrived, result)
@@ -578,7 +625,7 @@ async fn upload(
             return Err(qiniu(405, "method not allowed"));
         }
         sandbox.jdy_admit(JdyEndpoint::Upload)?;
-        sandbox.jdy_fault(JdyEndpoint::Upload).await?;
+        let wrong_shape = sandbox.jdy_fault(JdyEndpoint::Upload).await?;
         let content_type = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
@@ -666,6 +713,10 @@ async fn upload(
             base64::engine::general_purpose::URL_SAFE_NO_PAD
                 .encode(&Sha256::digest(&file.data)[..20])
         );
+        if wrong_shape {
+            // Stored, but the answer names it otherwise: no `key`.
+            return Ok(json!({"fkey": key, "hash": hash, "fname": filename, "fsize": size}));
+        }
         Ok(json!({"key": key, "hash": hash, "name": filename, "size": size}))
     }
     .await;
@@ -686,7 +737,7 @@ async fn create(
         }
         sandbox.jdy_bearer(&headers)?;
         sandbox.jdy_admit(JdyEndpoint::Create)?;
-        sandbox.jdy_fault(JdyEndpoint::Create).await?;
+        let wrong_shape = sandbox.jdy_fault(JdyEndpoint::Create).await?;
         let request: Value = serde_json::from_slice(&body).map_err(|_| invalid_request())?;
         sandbox.jdy_app_and_form(&request)?;
         let transaction_id = match request.get("transaction_id") {
@@ -772,6 +823,12 @@ async fn create(
             at_ms: arrived,
         });
         state.stats.records += 1;
+        if wrong_shape {
+            // Made, but answered without `data._id`.
+            let id = answer.remove("_id").unwrap_or_default();
+            answer.insert("id".into(), id);
+            return Ok(json!({ "record": answer }));
+        }
         Ok(json!({ "data": answer }))
     }
     .await;

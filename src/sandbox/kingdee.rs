@@ -12,6 +12,7 @@ use axum::routing::{delete, get, post};
 use base64::Engine;
 use serde_json::{Value, json};
 
+use super::wire::{self, Wire};
 use super::{Fault, Logged, Nonces, Sandbox, StoredImage, Window, json_reply};
 use crate::adapters::kingdee::{DELETE_PATH, ERR_APP_AUTH, TOKEN_PATH, UPLOAD_PATH, sign};
 use crate::journal::now_ms;
@@ -79,6 +80,9 @@ struct Aftermath {
     lose_answer: Option<u16>,
     /// An upload answered as a success without its URL.
     no_url: bool,
+    /// A success answered in a shape that is not Kingdee's (no `errcode`, the result under
+    /// other names).
+    wrong_shape: bool,
 }
 
 /// A refusal: the status and body the gateway answers with.
@@ -128,7 +132,7 @@ impl Sandbox {
             method: method.to_string(),
             path: path.to_string(),
             status,
-            errcode: Some(errcode),
+            errcode: (status != 0).then_some(errcode),
             at_ms: arrived_ms,
         });
         json_reply(status, body)
@@ -144,6 +148,16 @@ impl Sandbox {
         result: Result<Value, Refusal>,
         aftermath: Aftermath,
     ) -> Response {
+        if let (true, Ok(data)) = (aftermath.wrong_shape, &result) {
+            self.lock().log.push(Logged {
+                method: method.to_string(),
+                path: path.to_string(),
+                status: 200,
+                errcode: None,
+                at_ms: arrived_ms,
+            });
+            return json_reply(200, json!({"code": 0, "msg": "success", "result": data}));
+        }
         let Some(status) = aftermath.lose_answer else {
             return self.answer(method, path, arrived_ms, result);
         };
@@ -267,7 +281,7 @@ impl Sandbox {
                     description: "请求过于频繁，请稍后再试".into(),
                 });
             }
-            state.faults.pop_front()
+            state.next_fault()
         };
         let fault = match fault {
             Some(Fault::Later(wait, then)) => {
@@ -300,6 +314,34 @@ impl Sandbox {
                 Ok(Aftermath::default())
             }
             Some(Fault::Later(..)) => Ok(Aftermath::default()),
+            Some(Fault::Reset) => {
+                wire::mark(Wire::Cut);
+                Err(Refusal {
+                    status: 0,
+                    errcode: 0,
+                    description: "connection dropped (injected)".into(),
+                })
+            }
+            Some(Fault::SlowAnswer(d)) => {
+                wire::mark(Wire::Hold(d));
+                Ok(Aftermath::default())
+            }
+            Some(Fault::SlowBody(d)) => {
+                wire::mark(Wire::Trickle(d));
+                Ok(Aftermath::default())
+            }
+            Some(Fault::Throttled(d)) => {
+                wire::mark(Wire::Header("retry-after", d.as_secs().max(1).to_string()));
+                Err(Refusal {
+                    status: 429,
+                    errcode: 429,
+                    description: "请求过于频繁，请稍后再试".into(),
+                })
+            }
+            Some(Fault::WrongShape) => Ok(Aftermath {
+                wrong_shape: true,
+                ..Aftermath::default()
+            }),
         }
     }
 

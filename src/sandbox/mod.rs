@@ -6,6 +6,7 @@ mod feishu;
 mod jiandaoyun;
 mod kingdee;
 mod multipart;
+mod wire;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -49,6 +50,14 @@ pub struct SandboxOptions {
     /// and to all of them together (the company's 50).
     pub jiandaoyun_per_second: usize,
     pub jiandaoyun_company_per_second: usize,
+    /// The share of business calls (uploads, deletes, data/create; not token calls) answered with a fault drawn from
+    /// `failure_mix`, when no fault was queued for them: 0 (the default) for none, 0.3 for 30 %.
+    pub failure_rate: f64,
+    /// The seed of those draws, so a run can be replayed (which call gets which fault still
+    /// depends on the order the calls arrive in).
+    pub failure_seed: u64,
+    /// The faults drawn from; [`Fault::transient_mix`] by default.
+    pub failure_mix: Vec<Fault>,
 }
 
 impl Default for SandboxOptions {
@@ -67,12 +76,15 @@ impl Default for SandboxOptions {
             jiandaoyun_fsize_limit: 200 * 1024 * 1024,
             jiandaoyun_per_second: 20,
             jiandaoyun_company_per_second: 50,
+            failure_rate: 0.0,
+            failure_seed: 0,
+            failure_mix: Fault::transient_mix(),
         }
     }
 }
 
 /// A failure the next business call (of any vendor) answers with, for exercising the daemon's
-/// error handling.
+/// error handling. Each vendor answers it the way that vendor answers that kind of trouble.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
     /// Kingdee: HTTP 519 with this gateway errcode. Feishu: this code with the HTTP status the
@@ -90,6 +102,57 @@ pub enum Fault {
     NoUrl,
     /// Wait this long, then answer with the other fault (a slow refusal).
     Later(Duration, Box<Fault>),
+    /// Take the request in, do nothing, and drop the connection without an answer (a TCP reset).
+    Reset,
+    /// Carry the call out, then hold the answer this long: past the client's timeout, it never
+    /// learns what was done.
+    SlowAnswer(Duration),
+    /// Carry the call out, send the status and headers at once, then the body one byte every
+    /// this long (and anything more on that connection as slowly).
+    SlowBody(Duration),
+    /// The vendor's own rate-limit answer (Kingdee: 429; Feishu: 429 with 99991400; Jiandaoyun:
+    /// 429 with 8303, Qiniu: 573), asking to wait this long (`Retry-After`; Feishu:
+    /// `x-ogw-ratelimit-reset`), in whole seconds.
+    Throttled(Duration),
+    /// Carry the call out, then answer a success whose JSON is not the documented shape: the
+    /// fields the client reads are missing or named otherwise (Kingdee and Feishu: no `errcode` /
+    /// `code`, the result under other names; Qiniu: no `key`; data/create: no `data._id`;
+    /// get_upload_token: no `token_and_url_list`).
+    WrongShape,
+}
+
+impl Fault {
+    /// Transient trouble a client must ride out without losing or failing a file: 5xx, a
+    /// dropped connection, a rate-limit burst.
+    pub fn transient_mix() -> Vec<Fault> {
+        vec![
+            Fault::Http(503),
+            Fault::Http(502),
+            Fault::Reset,
+            Fault::Throttled(Duration::from_secs(1)),
+        ]
+    }
+}
+
+/// Random faults: a share of calls, drawn with a seeded generator.
+#[derive(Debug)]
+struct Chaos {
+    rate: f64,
+    mix: Vec<Fault>,
+    rng: fastrand::Rng,
+    /// Every fault drawn, in order.
+    drawn: Vec<Fault>,
+}
+
+impl Chaos {
+    fn draw(&mut self) -> Option<Fault> {
+        if self.mix.is_empty() || self.rng.f64() >= self.rate {
+            return None;
+        }
+        let fault = self.mix[self.rng.usize(..self.mix.len())].clone();
+        self.drawn.push(fault.clone());
+        Some(fault)
+    }
 }
 
 /// An image the sandbox holds, as the vendor would.
@@ -107,6 +170,7 @@ pub struct StoredImage {
 pub struct Logged {
     pub method: String,
     pub path: String,
+    /// 0: nothing was answered (the connection was dropped).
     pub status: u16,
     /// Kingdee's `errcode`, Feishu's `code`.
     pub errcode: Option<i64>,
@@ -124,6 +188,8 @@ struct State {
     images: BTreeMap<String, StoredImage>,
     next_image: u64,
     faults: VecDeque<Fault>,
+    chaos: Chaos,
+    holds: wire::Holds,
     /// URLs deleted, in order, each once: what a delete really removed.
     deleted: Vec<String>,
     /// Every access token handed out, so tests can prove none reached a log.
@@ -149,6 +215,12 @@ impl Sandbox {
     )> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        let chaos = Chaos {
+            rate: options.failure_rate,
+            mix: options.failure_mix.clone(),
+            rng: fastrand::Rng::with_seed(options.failure_seed),
+            drawn: Vec::new(),
+        };
         let state = State {
             options,
             base_url: format!("http://{addr}"),
@@ -158,6 +230,8 @@ impl Sandbox {
             images: BTreeMap::new(),
             next_image: 1,
             faults: VecDeque::new(),
+            chaos,
+            holds: wire::Holds::default(),
             deleted: Vec::new(),
             issued: Vec::new(),
             log: Vec::new(),
@@ -170,9 +244,19 @@ impl Sandbox {
             .merge(kingdee::routes())
             .merge(feishu::routes())
             .merge(jiandaoyun::routes())
+            .layer(axum::middleware::from_fn_with_state(
+                sandbox.clone(),
+                wire::layer,
+            ))
             .layer(DefaultBodyLimit::max(64 * 1024 * 1024))
             .with_state(sandbox.clone());
-        let serve = async move { axum::serve(listener, router).await };
+        let serve = async move {
+            axum::serve(
+                wire::Listener(listener),
+                router.into_make_service_with_connect_info::<wire::Conn>(),
+            )
+            .await
+        };
         Ok((sandbox, serve))
     }
 
@@ -255,6 +339,38 @@ impl Sandbox {
         self.lock().faults.extend(faults);
     }
 
+    /// From now on, this share of business calls is answered with a fault drawn from the
+    /// options' `failure_mix` (0 stops it).
+    pub fn set_failure_rate(&self, rate: f64) {
+        self.lock().chaos.rate = rate;
+    }
+
+    /// The faults drawn at random so far, in order.
+    pub fn faults_drawn(&self) -> Vec<Fault> {
+        self.lock().chaos.drawn.clone()
+    }
+
+    /// Answers to requests for `path` (e.g. `/jdy/v2/bd/material_picture`) are held `hold` after
+    /// the call was carried out, until [`Sandbox::release`]: a test can act while one is in flight.
+    pub fn hold(&self, path: &str, hold: Duration) {
+        self.lock().holds.held.insert(path.to_string(), hold);
+    }
+
+    /// Answers for `path` go out at once again (those already held keep their wait).
+    pub fn release(&self, path: &str) {
+        self.lock().holds.held.remove(path);
+    }
+
+    /// Requests for `path` whose answer is being held now (by [`Sandbox::hold`] or a fault).
+    pub fn holding(&self, path: &str) -> usize {
+        self.lock().holds.holding.get(path).copied().unwrap_or(0)
+    }
+
+    /// Requests for `path` being served now: arrived, not yet answered nor held.
+    pub fn serving(&self, path: &str) -> usize {
+        self.lock().holds.serving.get(path).copied().unwrap_or(0)
+    }
+
     /// Invalidates every issued token of every vendor (as a vendor-side rotation would).
     pub fn revoke_tokens(&self) {
         self.lock().kingdee.tokens.clear();
@@ -291,6 +407,13 @@ impl Sandbox {
     /// Changes the credentials the sandbox accepts (to simulate a rotated secret).
     pub fn set_kingdee_account(&self, account: KingdeeAccount) {
         self.lock().options.kingdee = account;
+    }
+}
+
+impl State {
+    /// The fault the next business call answers with: the next one queued, or one drawn.
+    fn next_fault(&mut self) -> Option<Fault> {
+        self.faults.pop_front().or_else(|| self.chaos.draw())
     }
 }
 

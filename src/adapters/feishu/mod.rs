@@ -219,7 +219,10 @@ impl Feishu {
             Ok(answer) => answer,
             Err(call) => return call,
         };
-        let outcome = answer.failure("upload").unwrap_or_else(|| {
+        let outcome = answer
+            .unread_success("upload")
+            .or_else(|| answer.failure("upload"));
+        let outcome = outcome.unwrap_or_else(|| {
             let file_token = answer
                 .reply
                 .as_ref()
@@ -269,6 +272,21 @@ impl Answer {
 
     fn code(&self) -> Option<i64> {
         self.reply.as_ref().and_then(|r| r.code)
+    }
+
+    /// A 2xx whose JSON has no `code` is no answer Feishu documents: whether the call was carried
+    /// out cannot be read. For a call that stores something, sending it again could store it
+    /// twice, so it is unconfirmed rather than retried.
+    fn unread_success<T>(&self, what: &str) -> Option<Outcome<T>> {
+        ((200..300).contains(&self.status) && self.reply.is_some() && self.code().is_none()).then(
+            || Outcome::Unconfirmed {
+                reason: format!(
+                    "feishu {what}: HTTP {} with an answer that has no code: {}",
+                    self.status,
+                    self.snippet()
+                ),
+            },
+        )
     }
 
     fn call<T>(&self, outcome: Outcome<T>) -> Call<T> {

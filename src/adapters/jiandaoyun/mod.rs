@@ -603,11 +603,11 @@ impl Jiandaoyun {
         let outcome = match answer.verdict(Endpoint::Create) {
             Verdict::Ok => match answer.json.pointer("/data/_id").and_then(Value::as_str) {
                 Some(id) if !id.is_empty() => return answer.call(Outcome::Done(id.to_string())),
-                // The record may exist: creating it again could make two. Stop and let a person look.
-                _ => Outcome::VendorDown {
+                // The record may exist: creating it again could make two. The file waits for a
+                // person (and the vendor is paused), as an upload whose key cannot be read does.
+                _ => Outcome::Unconfirmed {
                     reason: format!(
-                        "jiandaoyun created a record but its answer has no data._id: {}; not sent \
-                         again until it answers as documented",
+                        "jiandaoyun created a record but its answer has no data._id: {}",
                         answer.snippet()
                     ),
                 },

@@ -168,7 +168,7 @@ impl Kingdee {
             .headers(self.signed_headers("GET", TOKEN_PATH, &params))
             .send()
             .await;
-        let call = answer(response, "fetch the app-token", |data| {
+        let call = answer(response, "fetch the app-token", false, |data| {
             let token = data
                 .get("app-token")
                 .and_then(|t| t.as_str())
@@ -233,7 +233,7 @@ impl Kingdee {
             .body(body.to_string())
             .send()
             .await;
-        let call = answer(response, "upload", |data| {
+        let call = answer(response, "upload", true, |data| {
             let url = data
                 .pointer("/rows/0/url")
                 .and_then(|u| u.as_str())
@@ -264,7 +264,8 @@ impl Kingdee {
             .body(json!({ "url": url }).to_string())
             .send()
             .await;
-        let call = answer(response, "delete", |_| Ok(())).await;
+        // A delete may be sent again: an image already gone counts as deleted.
+        let call = answer(response, "delete", false, |_| Ok(())).await;
         crate::metrics::request("delete", started);
         self.forget_refused_token(&call, &token).await;
         already_gone_is_done(call)
@@ -297,10 +298,12 @@ fn already_gone_is_done(call: Call<()>) -> Call<()> {
     }
 }
 
-/// Reads an answer and classifies it; `on_success` extracts the result from `data`.
+/// Reads an answer and classifies it; `on_success` extracts the result from `data`. `stores`: the
+/// call stores something, so a success that cannot be read must not be sent again.
 async fn answer<T>(
     response: Result<reqwest::Response, reqwest::Error>,
     what: &str,
+    stores: bool,
     on_success: impl FnOnce(&serde_json::Value) -> Result<T, &'static str>,
 ) -> Call<T> {
     let Received {
@@ -319,6 +322,15 @@ async fn answer<T>(
         .as_ref()
         .and_then(|r| r.description.clone())
         .unwrap_or_else(|| snippet(&body));
+    // HTTP 200 with JSON that has no errcode is no answer Kingdee documents: whether the call was
+    // carried out cannot be read (a call that stores nothing is simply retried).
+    if stores && status == 200 && code.is_none() && reply.is_some() {
+        let reason = format!(
+            "kingdee {what}: HTTP 200 with an answer that has no errcode: {}",
+            snippet(&body)
+        );
+        return Call::new(Outcome::Unconfirmed { reason }, Some(status), None);
+    }
     let outcome = classify(status, code, &description, what, wait).map(|outcome| match outcome {
         // 4006: the timestamp we signed is off; the answer's Date header says by how much.
         Outcome::VendorDown { reason } if code == Some(4006) => Outcome::VendorDown {
