@@ -118,15 +118,45 @@ pub fn init(format: LogFormat) {
 }
 
 fn text(ansi: bool, time: bool) -> BoxedLayer {
+    use tracing_subscriber::field::MakeExt;
+    // A file name may hold a line break or an escape sequence: written raw it would split the
+    // line (or forge another one), so control characters in any field are escaped.
+    let fields = tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
+        let raw = format!("{value:?}");
+        let text = escape_controls(&raw);
+        match field.name() {
+            "message" => write!(w, "{text}"),
+            name => write!(w, "{}={text}", name.trim_start_matches("r#")),
+        }
+    })
+    .delimited(" ");
     let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false)
-        .with_ansi(ansi);
+        .with_ansi(ansi)
+        .fmt_fields(fields);
     if time {
         Box::new(layer)
     } else {
         Box::new(layer.without_time())
     }
+}
+
+/// `text` with every control character written as its escape (`\n`, `\u{1b}`): one event, one line.
+pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
 }
 
 fn journald() -> std::io::Result<BoxedLayer> {
@@ -237,6 +267,15 @@ mod tests {
         assert!(!ansi(false, None), "a pipe or a file gets no escape codes");
         assert!(!ansi(true, Some("1")));
         assert!(ansi(true, Some("")), "an empty NO_COLOR does not count");
+    }
+
+    #[test]
+    fn control_characters_are_escaped_so_a_line_stays_one_line() {
+        assert_eq!(escape_controls("plain ü 商品.png"), "plain ü 商品.png");
+        assert_eq!(
+            escape_controls("a\nb\r\t\u{1b}[31m"),
+            "a\\nb\\r\\t\\u{1b}[31m"
+        );
     }
 
     #[test]
