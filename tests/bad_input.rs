@@ -2,6 +2,21 @@
 //! 127.0.0.1 and is judged three ways: the state the journal ends in (`files --json`), the one log
 //! line that says why, and every good file of the same drop synced with its exact bytes at the
 //! vendor. Cases share daemon runs (one drop folder holds many of them) to keep the file fast.
+//!
+//! | run | cases |
+//! | --- | --- |
+//! | 1 `bad_content_…` (Kingdee, as `nobody`) | text named `.jpg`; empty; truncated jpeg; corrupt png header; tiff; an icon (Kingdee refuses it); 11 MB; a 200 MB sparse file (never read: peak RSS); unreadable; a name not UTF-8 (skipped, said once); good files named with spaces, unicode, a line break, quotes, 255 bytes; the same bytes under two names; a hard link |
+//! | 2 `special_files_…` (Kingdee) | symlinks out of the watch, into it, in a loop, to nothing; a FIFO; a unix socket; a folder named `x.jpg` (its content synced) |
+//! | 3 `feishu_…` (Feishu lingo) | below 320 px; above 4096 px; below 3 KB; above 10 MB; an icon and a 124-character name (taken, the name shortened); SIGHUP with a broken config (refused, file:line: key, the daemon runs on) then a good one (a new watch); the same bytes for two vendors |
+//! | 4 `jiandaoyun_…` (Jiandaoyun) | a 200 MB sparse file (above the 50 MB a worker may hold; never read: peak RSS); an icon |
+//! | 5 `files_changed_…` (Kingdee) | replaced and truncated while the upload is held at the vendor; deleted while queued; modified after sync (old copy deleted once the new one is synced); the watch root replaced by another folder |
+//! | 6 `a_root_hidden_…` (Kingdee) | the watch root hidden by an empty tmpfs mount, then unmounted |
+//! | 7 `ten_thousand_…` (Kingdee) | 10 000 files while the daemon is stopped: the inotify queue overflows, a rescan finds them all |
+//!
+//! Covered elsewhere and not repeated: the watch root removed (`failures`:
+//! `a_vanished_watch_root_…`; `remote_copies` case 17), a queued file replaced by a FIFO
+//! (`remote_copies` case 18), content rewritten with size and mtime kept (case 13), a file still
+//! being written (case 14), a file removed during its upload and a crash (case 11).
 
 mod common;
 
@@ -57,10 +72,11 @@ fn as_logged(name: &str) -> String {
 
 /// The log lines about `name` (its `path` field) that contain `text`.
 fn lines_about(h: &Harness, name: &str, text: &str) -> Vec<String> {
-    let shown = format!("path={} ", as_logged(&h.path(name).display().to_string()));
+    let shown = format!("path={}", as_logged(&h.path(name).display().to_string()));
+    let about = |l: &str| l.ends_with(&shown) || l.contains(&format!("{shown} "));
     h.log()
         .lines()
-        .filter(|l| l.contains(&shown) && l.contains(text))
+        .filter(|l| about(l) && l.contains(text))
         .map(String::from)
         .collect()
 }
@@ -388,7 +404,8 @@ fn feishu_limits_and_reloads() {
         "huge-bytes.jpg",
         &padded(image(Fmt::Jpeg, 42, 400, 400), 11 << 20),
     );
-    let long = format!("{}.png", "长".repeat(60));
+    // 124 characters (204 bytes): lingo takes at most 100, so the name sent is shortened.
+    let long = format!("{}{}.png", "长".repeat(40), "n".repeat(80));
     let shared = image(Fmt::Png, 43, 400, 400);
     let goods = [
         good("square.png", shared.clone()),
@@ -414,6 +431,15 @@ fn feishu_limits_and_reloads() {
         ),
     ];
     check(&h, &cases, &goods, Harness::feishu_bytes);
+    let token = h.file(&long).unwrap()["file_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sent = h.sandbox.feishu_files()[&token].name.clone();
+    assert!(
+        sent.chars().count() <= 100 && sent.ends_with(".png"),
+        "{sent}"
+    );
 
     // A broken config is refused with its file, line and key; the running one goes on.
     let config = std::fs::read_to_string(&h.config_path).unwrap();
@@ -512,8 +538,8 @@ fn files_changed_during_upload_or_after_sync_end_true() {
 
     // Both workers' uploads are held at the vendor while the files change under them.
     h.sandbox.inject([
-        Fault::Delay(Duration::from_secs(5)),
-        Fault::Delay(Duration::from_secs(5)),
+        Fault::Delay(Duration::from_secs(6)),
+        Fault::Delay(Duration::from_secs(6)),
     ]);
     let (swap_v1, swap_v2, cut_v1, vanish) = (png(61), png(62), png(63), png(64));
     h.drop_file("swap.png", &swap_v1);
@@ -522,7 +548,7 @@ fn files_changed_during_upload_or_after_sync_end_true() {
     h.wait_state("cut.png", "pending");
     h.drop_file("vanish.png", &vanish);
     h.wait_state("vanish.png", "pending");
-    std::thread::sleep(Duration::from_millis(1000));
+    std::thread::sleep(Duration::from_millis(1500));
     h.drop_file("swap.png", &swap_v2);
     let cut = std::fs::OpenOptions::new()
         .write(true)
@@ -549,6 +575,11 @@ fn files_changed_during_upload_or_after_sync_end_true() {
         &[good("swap.png", swap_v2)],
         Harness::remote_bytes,
     );
+    // Both changes really happened during the upload: its answer came for content gone since.
+    for name in ["swap.png", "cut.png"] {
+        let stale = lines_about(&h, name, "the file moved on while this job ran");
+        assert_eq!(stale.len(), 1, "{name}\n{}", h.log());
+    }
     assert!(
         !h.sandbox.images().values().any(|i| i.bytes == vanish),
         "a file deleted before its upload is never sent"
