@@ -119,7 +119,7 @@ pub fn init(format: LogFormat) {
 
 fn text(ansi: bool, time: bool) -> BoxedLayer {
     let layer = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(OneLine { ansi })
         .with_target(false)
         .with_ansi(ansi);
     if time {
@@ -127,6 +127,58 @@ fn text(ansi: bool, time: bool) -> BoxedLayer {
     } else {
         Box::new(layer.without_time())
     }
+}
+
+/// Stderr for the text log, one event a line. The formatter hands each event over whole, in one
+/// write; a line break or another control character inside it (a file name may hold one) is
+/// written as its escape, so it can neither split the line nor forge another. The colours' own
+/// escape sequences are kept on a terminal.
+struct OneLine {
+    ansi: bool,
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for OneLine {
+    type Writer = OneLine;
+
+    fn make_writer(&'a self) -> OneLine {
+        OneLine { ansi: self.ansi }
+    }
+}
+
+impl std::io::Write for OneLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        let body = text.strip_suffix('\n').unwrap_or(&text);
+        let mut line = escape_controls(body, self.ansi).into_owned();
+        if body.len() < text.len() {
+            line.push('\n');
+        }
+        std::io::stderr().write_all(line.as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+/// `text` with every control character written as its escape (`\n`, `\u{1b}`), but for ESC
+/// when `keep_esc` (the colours of a terminal).
+pub fn escape_controls(text: &str, keep_esc: bool) -> std::borrow::Cow<'_, str> {
+    let escaped = |c: char| c.is_control() && !(keep_esc && c == '\u{1b}');
+    if !text.chars().any(escaped) {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| {
+            if escaped(c) {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
 }
 
 fn journald() -> std::io::Result<BoxedLayer> {
@@ -237,6 +289,19 @@ mod tests {
         assert!(!ansi(false, None), "a pipe or a file gets no escape codes");
         assert!(!ansi(true, Some("1")));
         assert!(ansi(true, Some("")), "an empty NO_COLOR does not count");
+    }
+
+    #[test]
+    fn control_characters_are_escaped_so_a_line_stays_one_line() {
+        assert_eq!(
+            escape_controls("plain ü 商品.png", false),
+            "plain ü 商品.png"
+        );
+        assert_eq!(
+            escape_controls("a\nb\r\t\u{1b}[31m", false),
+            "a\\nb\\r\\t\\u{1b}[31m"
+        );
+        assert_eq!(escape_controls("\u{1b}[31mred\n", true), "\u{1b}[31mred\\n");
     }
 
     #[test]

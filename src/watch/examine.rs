@@ -204,15 +204,19 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 fn symlink_reason(root: &Path, path: &Path) -> String {
     let target = std::fs::read_link(path).unwrap_or_default();
-    let resolved: Option<PathBuf> = std::fs::canonicalize(path).ok();
+    let resolved: std::io::Result<PathBuf> = std::fs::canonicalize(path);
     let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
     match resolved {
-        None => format!("dangling symlink (to {}); not followed", target.display()),
-        Some(real) if real.starts_with(&root) => format!(
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => format!(
+            "symlink loop (to {}): it never reaches a file; not followed",
+            target.display()
+        ),
+        Err(_) => format!("dangling symlink (to {}); not followed", target.display()),
+        Ok(real) if real.starts_with(&root) => format!(
             "symlink to {} inside the watch; not followed (the target is synced itself)",
             real.display()
         ),
-        Some(real) => format!(
+        Ok(real) => format!(
             "symlink leads outside the watch (to {}); not followed",
             real.display()
         ),

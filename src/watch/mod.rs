@@ -24,10 +24,17 @@ use intake::{Found, Intake, Recorded, log_observed};
 use settle::{Settle, Sighting, Stamp};
 
 /// The journal records paths as text: a name that is not UTF-8 could not be found again, so it is
-/// skipped, with a line that says how to make it acceptable.
+/// skipped, with a line that says how to make it acceptable (once: every event and every walk
+/// meets it again).
 fn utf8_or_warn(path: &Path) -> bool {
+    static WARNED: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<PathBuf>>> =
+        std::sync::LazyLock::new(Default::default);
     if path.to_str().is_some() {
         return true;
+    }
+    let mut warned = WARNED.lock().unwrap_or_else(|p| p.into_inner());
+    if !warned.insert(path.to_path_buf()) {
+        return false;
     }
     warn!(
         path = %path.display(),
