@@ -379,7 +379,11 @@ fn classify<T>(
         }
         (519, Some(4009..=4011)) => Outcome::Reauth { reason: said(code) },
         (519, Some(4012)) => Outcome::VendorDown {
-            reason: format!("{}; the app has no permission for this API", said(code)),
+            reason: format!(
+                "{}; the app has no permission for this API in the account set it named: check \
+                 domain (the account set's address) and that the app is authorised for it",
+                said(code)
+            ),
         },
         (519, _) => retry(said(code)),
         (200, Some(ERR_SYSTEM)) => retry(said(code)),
