@@ -261,6 +261,11 @@ impl Sandbox {
         self.lock().faults.extend(faults);
     }
 
+    /// Injected failures not yet taken by a call (0: every one has met its request).
+    pub fn pending_faults(&self) -> usize {
+        self.lock().faults.len()
+    }
+
     /// Invalidates every issued token of every vendor (as a vendor-side rotation would).
     pub fn revoke_tokens(&self) {
         self.lock().kingdee.tokens.clear();
