@@ -84,7 +84,10 @@ fn a_full_journal_disk_stops_the_work_loses_nothing_and_resumes_when_space_retur
     let journal = journal_dir.join("journal.sqlite3");
     let config = std::fs::read_to_string(&h.config_path).unwrap();
     let config = config.replacen(
-        &format!("journal: {}", h.dir.path().join("journal.sqlite3").display()),
+        &format!(
+            "journal: {}",
+            h.dir.path().join("journal.sqlite3").display()
+        ),
         &format!("journal: {}", journal.display()),
         1,
     );
@@ -114,7 +117,9 @@ fn a_full_journal_disk_stops_the_work_loses_nothing_and_resumes_when_space_retur
         h.drop_file(&name, &bytes);
         expected.push((name, bytes));
     }
-    h.wait_for("four uploads in flight", |h| h.sandbox.pending_faults() == 0);
+    h.wait_for("four uploads in flight", |h| {
+        h.sandbox.pending_faults() == 0
+    });
     let filler = journal_dir.join("filler");
     let log_before = h.log().len();
     let took = fill(&filler);
@@ -152,7 +157,11 @@ fn a_full_journal_disk_stops_the_work_loses_nothing_and_resumes_when_space_retur
     );
     for i in 0..4 {
         let name = format!("inflight-{i}.png");
-        assert_ne!(h.state(&name).as_deref(), Some("synced"), "{name}: not recorded yet");
+        assert_ne!(
+            h.state(&name).as_deref(),
+            Some("synced"),
+            "{name}: not recorded yet"
+        );
     }
     eprintln!("the line: {}", said[0]);
     let loud: Vec<&str> = log[log_before..]
@@ -251,11 +260,7 @@ fn a_second_daemon_on_the_same_journal_refuses_to_start() {
         );
         assert!(stderr.contains(&expected), "{}: {stderr}", verb[0]);
         assert!(stderr.contains("stop it first"), "{stderr}");
-        assert_eq!(
-            stderr.trim().lines().count(),
-            1,
-            "one clear line: {stderr}"
-        );
+        assert_eq!(stderr.trim().lines().count(), 1, "one clear line: {stderr}");
     }
     // The first daemon was not disturbed, and still serves.
     h.drop_file("two.png", &png(302));

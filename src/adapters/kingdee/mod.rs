@@ -168,23 +168,7 @@ impl Kingdee {
             .headers(self.signed_headers("GET", TOKEN_PATH, &params))
             .send()
             .await;
-        let call = answer(response, "fetch the app-token", |data| {
-            let token = data
-                .get("app-token")
-                .and_then(|t| t.as_str())
-                .filter(|t| !t.is_empty())
-                .ok_or("the answer has no data.app-token")?;
-            let now = epoch_ms();
-            let expires = data
-                .get("expires")
-                .and_then(|e| e.as_i64())
-                .map_or(now + 24 * 3600 * 1000, |e| expiry_ms(now, e));
-            Ok(Token {
-                value: Secret::new(token),
-                refresh_at_ms: refresh_point(now, expires),
-            })
-        })
-        .await;
+        let call = answer(response, "fetch the app-token", token_of).await;
         crate::metrics::request("token", started);
         let (status, code) = (call.http_status, call.vendor_code.clone());
         token::fetched(call.outcome, TOKEN_COOL_DOWN, |outcome| {
@@ -233,18 +217,7 @@ impl Kingdee {
             .body(body.to_string())
             .send()
             .await;
-        let call = answer(response, "upload", |data| {
-            let url = data
-                .pointer("/rows/0/url")
-                .and_then(|u| u.as_str())
-                .filter(|u| !u.is_empty())
-                .ok_or("the answer has no data.rows[0].url")?;
-            Ok(Remote {
-                reference: url.to_string(),
-                ..Remote::default()
-            })
-        })
-        .await;
+        let call = answer(response, "upload", url_of).await;
         crate::metrics::request("upload", started);
         self.forget_refused_token(&call, &token).await;
         call
@@ -284,7 +257,7 @@ impl Kingdee {
 
 /// A delete the vendor refuses because the image does not exist has nothing left to do: an
 /// earlier attempt deleted it and its answer was lost, or someone else did.
-fn already_gone_is_done(call: Call<()>) -> Call<()> {
+pub(crate) fn already_gone_is_done(call: Call<()>) -> Call<()> {
     match &call.outcome {
         Outcome::Rejected { reason }
             if ["不存在", "not exist", "not found", "no such"]
@@ -297,9 +270,52 @@ fn already_gone_is_done(call: Call<()>) -> Call<()> {
     }
 }
 
+/// The app-token in a successful token answer's `data`, refreshed early.
+pub(crate) fn token_of(data: &serde_json::Value) -> Result<Token, &'static str> {
+    let token = data
+        .get("app-token")
+        .and_then(|t| t.as_str())
+        .filter(|t| !t.is_empty())
+        .ok_or("the answer has no data.app-token")?;
+    let now = epoch_ms();
+    let expires = data
+        .get("expires")
+        .and_then(|e| e.as_i64())
+        .map_or(now + 24 * 3600 * 1000, |e| expiry_ms(now, e));
+    Ok(Token {
+        value: Secret::new(token),
+        refresh_at_ms: refresh_point(now, expires),
+    })
+}
+
+/// The URL in a successful upload answer's `data`.
+pub(crate) fn url_of(data: &serde_json::Value) -> Result<Remote, &'static str> {
+    let url = data
+        .pointer("/rows/0/url")
+        .and_then(|u| u.as_str())
+        .filter(|u| !u.is_empty())
+        .ok_or("the answer has no data.rows[0].url")?;
+    Ok(Remote {
+        reference: url.to_string(),
+        ..Remote::default()
+    })
+}
+
 /// Reads an answer and classifies it; `on_success` extracts the result from `data`.
 async fn answer<T>(
     response: Result<reqwest::Response, reqwest::Error>,
+    what: &str,
+    on_success: impl FnOnce(&serde_json::Value) -> Result<T, &'static str>,
+) -> Call<T> {
+    match http::receive(response).await {
+        Ok(received) => read(received, what, on_success),
+        Err(call) => call,
+    }
+}
+
+/// An answer as it came off the wire, classified; `on_success` extracts the result from `data`.
+pub(crate) fn read<T>(
+    received: Received,
     what: &str,
     on_success: impl FnOnce(&serde_json::Value) -> Result<T, &'static str>,
 ) -> Call<T> {
@@ -308,10 +324,7 @@ async fn answer<T>(
         wait,
         headers,
         body,
-    } = match http::receive(response).await {
-        Ok(received) => received,
-        Err(call) => return call,
-    };
+    } = received;
     let skew = crate::diagnose::clock_skew_ms(&headers, epoch_ms());
     let reply: Option<Reply> = serde_json::from_slice(&body).ok();
     let code = reply.as_ref().and_then(|r| r.errcode);
