@@ -61,7 +61,7 @@ fn fill(path: &Path) -> u64 {
 
 fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|stat| !stat.split(' ').nth(2).is_some_and(|state| state == "Z"))
+        .is_ok_and(|stat| stat.split(' ').nth(2).is_none_or(|state| state != "Z"))
 }
 
 #[test]
