@@ -9,7 +9,7 @@
 //! Ignored by default (it takes minutes):
 //!
 //! ```sh
-//! IMGSYNCD_SOAK_SECS=600 cargo test --release --test soak -- --ignored --nocapture
+//! IMGSYNCD_SOAK_SECS=600 cargo test --test soak -- --ignored --nocapture
 //! ```
 //!
 //! `IMGSYNCD_SOAK_SEED=N` replays another sequence of operations.
@@ -214,7 +214,7 @@ impl Churn {
 }
 
 #[test]
-#[ignore = "a soak of minutes: IMGSYNCD_SOAK_SECS=600 cargo test --release --test soak -- --ignored"]
+#[ignore = "a soak of minutes: IMGSYNCD_SOAK_SECS=600 cargo test --test soak -- --ignored"]
 fn a_long_churn_with_faults_and_kills_ends_with_every_file_where_it_belongs() {
     let duration = Duration::from_secs(env_u64("IMGSYNCD_SOAK_SECS", 600));
     let seed = env_u64("IMGSYNCD_SOAK_SEED", 20261127);
