@@ -223,6 +223,41 @@ pub fn journal_write_failed(doing: &str, path: &str, error: &JournalError) {
     }
 }
 
+/// Below this much free space on the journal's filesystem, `status` says the journal cannot take
+/// more: SQLite needs a few pages for each write, its WAL grows in pages too.
+pub const JOURNAL_DISK_LOW: u64 = 1024 * 1024;
+
+/// What `status` says about the disk holding `journal` when it is (nearly) full, or `None` while it
+/// has room (or its space cannot be read). The daemon cannot record that in the journal itself, so
+/// `status` measures it.
+pub fn journal_disk(journal: &Path) -> Option<String> {
+    let folder = journal
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let free = free_bytes(folder)?;
+    (free < JOURNAL_DISK_LOW).then(|| {
+        format!(
+            "the disk holding the journal ({}) is full: {} free: free some space; nothing is lost, \
+             files dropped meanwhile are taken once there is room",
+            folder.display(),
+            crate::adapters::human_size(free)
+        )
+    })
+}
+
+/// Bytes an unprivileged user may still write on the filesystem holding `path`.
+fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs writes into the struct we own; the path is a valid C string.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
+        return None;
+    }
+    Some((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+}
+
 // ---- clocks -------------------------------------------------------------------------------------
 
 /// How far this host's clock (`now_ms`) is ahead of the vendor's (its answer's `Date` header),

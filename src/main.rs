@@ -163,6 +163,7 @@ fn execute(cli: Cli) -> Result<ExitCode> {
                     running: pid.is_some(),
                     pid,
                 },
+                journal_disk_full: imgsyncd::diagnose::journal_disk(&config.journal),
             };
             if json {
                 emit(&serde_json::to_string_pretty(&status)?);

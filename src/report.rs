@@ -22,6 +22,9 @@ pub struct StatusReport {
     /// The file whose job has waited longest (null when the queue is empty).
     pub oldest_pending: Option<OldestPending>,
     pub daemon: DaemonState,
+    /// Set while the disk holding the journal is full: what that means and what to do (files
+    /// dropped meanwhile are not in the counts until there is room to record them).
+    pub journal_disk_full: Option<String>,
 }
 
 /// `status`: whether the daemon runs, then the journal's overview.
@@ -30,6 +33,9 @@ pub fn status_report(report: &StatusReport) -> String {
         Some(pid) => format!("daemon: running (pid {pid})\n"),
         None => "daemon: not running (no process holds the journal)\n".to_string(),
     };
+    if let Some(full) = &report.journal_disk_full {
+        out.push_str(&format!("JOURNAL DISK FULL: {full}\n"));
+    }
     out.push_str(&status(&report.status));
     if let Some(oldest) = &report.oldest_pending {
         let retried = match oldest.attempts {

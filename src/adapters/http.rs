@@ -72,7 +72,7 @@ pub async fn receive<T>(
 }
 
 /// `Retry-After` (seconds) or Feishu's `x-ogw-ratelimit-reset`.
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     ["retry-after", "x-ogw-ratelimit-reset"]
         .iter()
         .find_map(|name| {

@@ -10,6 +10,9 @@ mod outcome;
 mod ratelimit;
 mod token;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, RwLock};

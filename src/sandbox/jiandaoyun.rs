@@ -169,6 +169,8 @@ pub(super) struct JiandaoyunState {
     windows: HashMap<JdyEndpoint, Window>,
     company: Window,
     faults: VecDeque<(JdyEndpoint, Fault)>,
+    /// While set, `get_upload_token` answers this attachment-quota code (7216–7219).
+    quota_exhausted: Option<i64>,
 }
 
 pub(super) fn routes() -> Router<Sandbox> {
@@ -436,7 +438,7 @@ impl Sandbox {
     fn jdy_issue(&self, transaction_id: &str) -> Value {
         let mut guard = self.lock();
         let state = &mut *guard;
-        let now = now_ms();
+        let now = now_ms() + state.clock_offset_ms;
         let options = &state.options;
         let ttl = to_ms(options.jiandaoyun_token_ttl);
         let fsize_limit = options.jiandaoyun_fsize_limit;
@@ -535,6 +537,12 @@ impl Sandbox {
         self.lock().options.jiandaoyun = account;
     }
 
+    /// Until called again with `None`, `get_upload_token` answers HTTP 400 with this code of the
+    /// attachment quota (7216–7219), as Jiandaoyun does once a company's attachments fill its plan.
+    pub fn exhaust_jiandaoyun_quota(&self, code: Option<i64>) {
+        self.lock().jiandaoyun.quota_exhausted = code;
+    }
+
     /// Queues failures for the next calls to `endpoint`, in order.
     pub fn inject_jiandaoyun(
         &self,
@@ -571,7 +579,7 @@ impl Sandbox {
     /// Every issued token dies now, whatever its policy says (as if this host's clock were behind
     /// Qiniu's): the next upload with one is answered 401 `expired token`.
     pub fn expire_jiandaoyun_tokens(&self) {
-        let now = now_ms();
+        let now = self.clock_ms();
         for token in self.lock().jiandaoyun.tokens.values_mut() {
             token.expires_ms = token.expires_ms.min(now);
         }
@@ -597,6 +605,13 @@ async fn get_upload_token(
             return Err(invalid_request());
         }
         sandbox.jdy_app_and_form(&request)?;
+        if let Some(code) = sandbox.lock().jiandaoyun.quota_exhausted {
+            return Err(jdy(
+                400,
+                code,
+                "附件容量已超出上限 (attachment quota exhausted)",
+            ));
+        }
         let transaction_id = request
             .get("transaction_id")
             .and_then(Value::as_str)
@@ -661,8 +676,8 @@ async fn upload(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
         let mut guard = sandbox.lock();
+        let now = now_ms() + guard.clock_offset_ms;
         let state = &mut guard.jiandaoyun;
-        let now = now_ms();
         let issued = state
             .tokens
             .get_mut(token.trim())
@@ -761,6 +776,7 @@ async fn create(
         }
         let mut guard = sandbox.lock();
         let base = guard.base_url.clone();
+        let now = now_ms() + guard.clock_offset_ms;
         let state = &mut guard.jiandaoyun;
         if !keys.is_empty() {
             let transaction = transaction_id
@@ -773,7 +789,7 @@ async fn create(
                         "The files were not uploaded in this transaction.",
                     )
                 })?;
-            if transaction.deadline_ms <= now_ms() {
+            if transaction.deadline_ms <= now {
                 return Err(jdy(400, ERR_TRANSACTION, "The transaction has expired."));
             }
             if let Some(stranger) = keys.iter().find(|k| !transaction.keys.contains(k)) {

@@ -204,7 +204,7 @@ impl Sandbox {
             ));
         }
         let timestamp = header("X-Api-TimeStamp");
-        let now = now_ms();
+        let now = now_ms() + state.clock_offset_ms;
         match timestamp.parse::<i64>() {
             Ok(ts) if (now - ts).abs() <= CLOCK_WINDOW_MS => {}
             _ => {

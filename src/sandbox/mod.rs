@@ -195,6 +195,8 @@ struct State {
     /// Every access token handed out, so tests can prove none reached a log.
     issued: Vec<String>,
     log: Vec<Logged>,
+    /// How far the vendors' clock runs ahead of this host's (negative: behind), in ms.
+    clock_offset_ms: i64,
 }
 
 /// A running sandbox; clones share it.
@@ -235,6 +237,7 @@ impl Sandbox {
             deleted: Vec::new(),
             issued: Vec::new(),
             log: Vec::new(),
+            clock_offset_ms: 0,
         };
         let sandbox = Sandbox {
             state: Arc::new(Mutex::new(state)),
@@ -249,6 +252,10 @@ impl Sandbox {
                 wire::layer,
             ))
             .layer(DefaultBodyLimit::max(64 * 1024 * 1024))
+            .layer(axum::middleware::map_response_with_state(
+                sandbox.clone(),
+                vendor_date,
+            ))
             .with_state(sandbox.clone());
         let serve = async move {
             axum::serve(
@@ -371,6 +378,11 @@ impl Sandbox {
         self.lock().holds.serving.get(path).copied().unwrap_or(0)
     }
 
+    /// Injected failures not yet taken by a call (0: every one has met its request).
+    pub fn pending_faults(&self) -> usize {
+        self.lock().faults.len()
+    }
+
     /// Invalidates every issued token of every vendor (as a vendor-side rotation would).
     pub fn revoke_tokens(&self) {
         self.lock().kingdee.tokens.clear();
@@ -408,6 +420,41 @@ impl Sandbox {
     pub fn set_kingdee_account(&self, account: KingdeeAccount) {
         self.lock().options.kingdee = account;
     }
+
+    /// Sets the vendors' clock `ms` ahead of this host's (negative: behind), as a host whose
+    /// clock drifted would see them: Kingdee's timestamp window, Jiandaoyun's token deadlines
+    /// and every answer's `Date` header follow it. 0 puts it right again.
+    pub fn set_clock_offset_ms(&self, ms: i64) {
+        self.lock().clock_offset_ms = ms;
+    }
+
+    /// The vendors' clock, epoch ms.
+    fn clock_ms(&self) -> i64 {
+        crate::journal::now_ms() + self.lock().clock_offset_ms
+    }
+}
+
+/// The `Date` header by the vendors' clock, when it is set off this host's (otherwise the
+/// server's own, which agrees).
+async fn vendor_date(
+    axum::extract::State(sandbox): axum::extract::State<Sandbox>,
+    mut response: Response,
+) -> Response {
+    let offset = sandbox.lock().clock_offset_ms;
+    if offset != 0 {
+        let at = std::time::SystemTime::now()
+            .checked_add(Duration::from_millis(offset.max(0) as u64))
+            .and_then(|t| t.checked_sub(Duration::from_millis((-offset).max(0) as u64)));
+        if let Some(value) = at
+            .map(httpdate::fmt_http_date)
+            .and_then(|d| axum::http::HeaderValue::from_str(&d).ok())
+        {
+            response
+                .headers_mut()
+                .insert(axum::http::header::DATE, value);
+        }
+    }
+    response
 }
 
 impl State {

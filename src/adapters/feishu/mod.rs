@@ -110,7 +110,7 @@ struct Reply {
 }
 
 /// An answer as read off the wire.
-struct Answer {
+pub(crate) struct Answer {
     status: u16,
     wait: Option<Duration>,
     reply: Option<Reply>,
@@ -157,27 +157,7 @@ impl Feishu {
             Ok(answer) => answer,
             Err(call) => return Err((call, TOKEN_COOL_DOWN)),
         };
-        let outcome = answer.failure("token").unwrap_or_else(|| {
-            let reply = answer.reply.as_ref();
-            match reply.and_then(|r| r.tenant_access_token.as_deref()) {
-                Some(token) if !token.is_empty() => {
-                    let now = epoch_ms();
-                    // `expire` is the seconds the token has left; without one, assume the usual 2 h.
-                    let expire = reply.and_then(|r| r.expire).unwrap_or(7200);
-                    Outcome::Done(Token {
-                        value: Secret::new(token),
-                        refresh_at_ms: refresh_at(now, expire),
-                    })
-                }
-                _ => Outcome::Retry {
-                    after: None,
-                    reason: format!(
-                        "feishu token: the answer has no tenant_access_token: {}",
-                        answer.snippet()
-                    ),
-                },
-            }
-        });
+        let outcome = answer.token();
         token::fetched(outcome, TOKEN_COOL_DOWN, |outcome| answer.call(outcome))
     }
 
@@ -219,31 +199,7 @@ impl Feishu {
             Ok(answer) => answer,
             Err(call) => return call,
         };
-        let outcome = answer
-            .unread_success("upload")
-            .or_else(|| answer.failure("upload"));
-        let outcome = outcome.unwrap_or_else(|| {
-            let file_token = answer
-                .reply
-                .as_ref()
-                .and_then(|r| r.data.get("file_token"))
-                .and_then(Value::as_str)
-                .filter(|t| !t.is_empty());
-            match file_token {
-                Some(file_token) => Outcome::Done(Remote {
-                    reference: file_token.to_string(),
-                    ..Remote::default()
-                }),
-                // The file may well be stored: sending it again could store it twice. Stop and
-                // let a person look.
-                None => Outcome::Unconfirmed {
-                    reason: format!(
-                        "feishu accepted the upload but its answer has no data.file_token: {}",
-                        answer.snippet()
-                    ),
-                },
-            }
-        });
+        let outcome = answer.uploaded();
         match &outcome {
             Outcome::Reauth { .. } => self.token.invalidate(&token).await,
             Outcome::Throttled {
@@ -259,14 +215,73 @@ impl Answer {
     async fn receive<T>(
         response: Result<reqwest::Response, reqwest::Error>,
     ) -> Result<Answer, Call<T>> {
+        Ok(Answer::of(http::receive(response).await?))
+    }
+
+    /// An answer as it came off the wire, its JSON read when it is JSON.
+    pub(crate) fn of(received: Received) -> Answer {
         let Received {
             status, wait, body, ..
-        } = http::receive(response).await?;
-        Ok(Answer {
+        } = received;
+        Answer {
             status,
             wait,
             reply: serde_json::from_slice(&body).ok(),
             body,
+        }
+    }
+
+    /// A token answer: the tenant_access_token and when to refresh it, or the failure.
+    pub(crate) fn token(&self) -> Outcome<Token> {
+        self.failure("token").unwrap_or_else(|| {
+            let reply = self.reply.as_ref();
+            match reply.and_then(|r| r.tenant_access_token.as_deref()) {
+                Some(token) if !token.is_empty() => {
+                    let now = epoch_ms();
+                    // `expire` is the seconds the token has left; without one, assume the usual 2 h.
+                    let expire = reply.and_then(|r| r.expire).unwrap_or(7200);
+                    Outcome::Done(Token {
+                        value: Secret::new(token),
+                        refresh_at_ms: refresh_at(now, expire),
+                    })
+                }
+                _ => Outcome::Retry {
+                    after: None,
+                    reason: format!(
+                        "feishu token: the answer has no tenant_access_token: {}",
+                        self.snippet()
+                    ),
+                },
+            }
+        })
+    }
+
+    /// An upload answer: the file_token, or the failure.
+    pub(crate) fn uploaded(&self) -> Outcome<Remote> {
+        let outcome = self
+            .unread_success("upload")
+            .or_else(|| self.failure("upload"));
+        outcome.unwrap_or_else(|| {
+            let file_token = self
+                .reply
+                .as_ref()
+                .and_then(|r| r.data.get("file_token"))
+                .and_then(Value::as_str)
+                .filter(|t| !t.is_empty());
+            match file_token {
+                Some(file_token) => Outcome::Done(Remote {
+                    reference: file_token.to_string(),
+                    ..Remote::default()
+                }),
+                // The file may well be stored: sending it again could store it twice. Stop and
+                // let a person look.
+                None => Outcome::Unconfirmed {
+                    reason: format!(
+                        "feishu accepted the upload but its answer has no data.file_token: {}",
+                        self.snippet()
+                    ),
+                },
+            }
         })
     }
 
@@ -289,7 +304,7 @@ impl Answer {
         )
     }
 
-    fn call<T>(&self, outcome: Outcome<T>) -> Call<T> {
+    pub(crate) fn call<T>(&self, outcome: Outcome<T>) -> Call<T> {
         Call::new(
             outcome,
             Some(self.status),
@@ -430,8 +445,9 @@ pub fn classify<T>(
 /// When to refresh a token that has `expire` seconds left at `now_ms`: a tenth of its lifetime
 /// early, at most ten minutes early (a 2 h token: at 1 h 50 min; a 60 s one: at 54 s).
 pub fn refresh_at(now_ms: i64, expire: i64) -> i64 {
+    // `expire` is the vendor's number: however large, it must not wrap into the past.
     let lifetime = expire.max(0).saturating_mul(1000);
-    now_ms + lifetime - (lifetime / 10).min(MAX_REFRESH_MARGIN_MS)
+    now_ms.saturating_add(lifetime) - (lifetime / 10).min(MAX_REFRESH_MARGIN_MS)
 }
 
 /// The `name` lingo gets: the file's name, with an image extension (the content's, when the name

@@ -156,7 +156,7 @@ pub struct Jiandaoyun {
 }
 
 /// An answer as read off the wire: Jiandaoyun's `{code, msg}`, Qiniu's `{error}`, or a success.
-struct Answer {
+pub(crate) struct Answer {
     status: u16,
     wait: Option<Duration>,
     json: Value,
@@ -164,7 +164,7 @@ struct Answer {
 }
 
 /// What became of one try with one token.
-enum Sent {
+pub(crate) enum Sent {
     Stored(String),
     Spent {
         reason: String,
@@ -314,7 +314,7 @@ impl Jiandaoyun {
     /// The tokens of a successful `get_upload_token` answer, each with its deadline (from its
     /// put-policy, within the transaction's hour) and the margin that keeps it from being handed
     /// out near its end.
-    fn read_batch(
+    pub(crate) fn read_batch(
         &self,
         answer: &Answer,
         transaction_id: &str,
@@ -352,7 +352,7 @@ impl Jiandaoyun {
         let earliest = terms.iter().map(|t| t.2).min().unwrap_or(sent_at);
         let transaction = Arc::new(Transaction {
             id: transaction_id.to_string(),
-            deadline_ms: earliest.min(sent_at + policy::DOCUMENTED_LIFETIME_MS),
+            deadline_ms: earliest.min(sent_at.saturating_add(policy::DOCUMENTED_LIFETIME_MS)),
         });
         let now = epoch_ms();
         if transaction.deadline_ms <= now {
@@ -361,7 +361,7 @@ impl Jiandaoyun {
                     "jiandaoyun get_upload_token: the tokens it issued died {} ago by this host's \
                      clock; the clock is off: fix NTP",
                     humantime::format_duration(Duration::from_secs(
-                        ((now - transaction.deadline_ms) / 1000).max(1) as u64
+                        (now.saturating_sub(transaction.deadline_ms) / 1000).max(1) as u64
                     ))
                 ),
             });
@@ -490,31 +490,11 @@ impl Jiandaoyun {
             Ok(answer) => answer,
             Err(call) => return Sent::Failed(call),
         };
-        match answer.verdict(Endpoint::Upload) {
-            Verdict::Ok => match answer.json.get("key").and_then(Value::as_str) {
-                Some(key) if !key.is_empty() => Sent::Stored(key.to_string()),
-                // The file may well be stored: sending it again could store it twice. Stop and
-                // let a person look.
-                _ => Sent::Failed(answer.call(Outcome::Unconfirmed {
-                    reason: format!(
-                        "jiandaoyun accepted the upload but its answer has no key: {}",
-                        answer.snippet()
-                    ),
-                })),
-            },
-            Verdict::NextToken {
-                reason,
-                whole_transaction,
-            } => Sent::Spent {
-                reason,
-                whole_transaction,
-                status: answer.status,
-            },
-            Verdict::Fail(outcome) => {
-                self.hold_after(Endpoint::Upload, &answer, &outcome);
-                Sent::Failed(answer.call(outcome).cast())
-            }
+        let sent = sent(&answer);
+        if let Sent::Failed(call) = &sent {
+            self.hold_after(Endpoint::Upload, &answer, &call.outcome);
         }
+        sent
     }
 
     /// The key is stored: without `create_record` that is the result (usable until the
@@ -600,23 +580,9 @@ impl Jiandaoyun {
             Ok(answer) => answer,
             Err(call) => return call,
         };
-        let outcome = match answer.verdict(Endpoint::Create) {
-            Verdict::Ok => match answer.json.pointer("/data/_id").and_then(Value::as_str) {
-                Some(id) if !id.is_empty() => return answer.call(Outcome::Done(id.to_string())),
-                // The record may exist: creating it again could make two. The file waits for a
-                // person (and the vendor is paused), as an upload whose key cannot be read does.
-                _ => Outcome::Unconfirmed {
-                    reason: format!(
-                        "jiandaoyun created a record but its answer has no data._id: {}",
-                        answer.snippet()
-                    ),
-                },
-            },
-            Verdict::NextToken { reason, .. } => Outcome::Retry {
-                after: None,
-                reason,
-            },
-            Verdict::Fail(outcome) => outcome,
+        let outcome = match created(&answer) {
+            Ok(id) => return answer.call(Outcome::Done(id)),
+            Err(failure) => failure,
         };
         if answer.code() == Some(ERR_TRANSACTION) {
             // The transaction is dead (or was never the key's): none of its tokens is any use.
@@ -647,6 +613,54 @@ fn company_pacer(key: &str) -> Arc<Pacer> {
     pacer
 }
 
+/// What an upload answer says: the key the file is stored under, a spent token, or the failure.
+pub(crate) fn sent(answer: &Answer) -> Sent {
+    match answer.verdict(Endpoint::Upload) {
+        Verdict::Ok => match answer.json.get("key").and_then(Value::as_str) {
+            Some(key) if !key.is_empty() => Sent::Stored(key.to_string()),
+            // The file may well be stored: sending it again could store it twice. Stop and
+            // let a person look.
+            _ => Sent::Failed(answer.call(Outcome::Unconfirmed {
+                reason: format!(
+                    "jiandaoyun accepted the upload but its answer has no key: {}",
+                    answer.snippet()
+                ),
+            })),
+        },
+        Verdict::NextToken {
+            reason,
+            whole_transaction,
+        } => Sent::Spent {
+            reason,
+            whole_transaction,
+            status: answer.status,
+        },
+        Verdict::Fail(outcome) => Sent::Failed(answer.call(outcome).cast()),
+    }
+}
+
+/// What a `data/create` answer says: the new record's `_id`, or the failure.
+pub(crate) fn created(answer: &Answer) -> Result<String, Outcome<()>> {
+    Err(match answer.verdict(Endpoint::Create) {
+        Verdict::Ok => match answer.json.pointer("/data/_id").and_then(Value::as_str) {
+            Some(id) if !id.is_empty() => return Ok(id.to_string()),
+            // The record may exist: creating it again could make two. The file waits for a
+            // person (and the vendor is paused), as an upload whose key cannot be read does.
+            _ => Outcome::Unconfirmed {
+                reason: format!(
+                    "jiandaoyun created a record but its answer has no data._id: {}",
+                    answer.snippet()
+                ),
+            },
+        },
+        Verdict::NextToken { reason, .. } => Outcome::Retry {
+            after: None,
+            reason,
+        },
+        Verdict::Fail(outcome) => outcome,
+    })
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -655,15 +669,20 @@ impl Answer {
     async fn receive<T>(
         response: Result<reqwest::Response, reqwest::Error>,
     ) -> Result<Answer, Call<T>> {
+        Ok(Answer::of(http::receive(response).await?))
+    }
+
+    /// An answer as it came off the wire, its JSON read when it is JSON.
+    pub(crate) fn of(received: Received) -> Answer {
         let Received {
             status, wait, body, ..
-        } = http::receive(response).await?;
-        Ok(Answer {
+        } = received;
+        Answer {
             status,
             wait,
             json: serde_json::from_slice(&body).unwrap_or(Value::Null),
             body,
-        })
+        }
     }
 
     /// Jiandaoyun's `code` (a number, or a number in a string).

@@ -168,23 +168,7 @@ impl Kingdee {
             .headers(self.signed_headers("GET", TOKEN_PATH, &params))
             .send()
             .await;
-        let call = answer(response, "fetch the app-token", false, |data| {
-            let token = data
-                .get("app-token")
-                .and_then(|t| t.as_str())
-                .filter(|t| !t.is_empty())
-                .ok_or("the answer has no data.app-token")?;
-            let now = epoch_ms();
-            let expires = data
-                .get("expires")
-                .and_then(|e| e.as_i64())
-                .map_or(now + 24 * 3600 * 1000, |e| expiry_ms(now, e));
-            Ok(Token {
-                value: Secret::new(token),
-                refresh_at_ms: refresh_point(now, expires),
-            })
-        })
-        .await;
+        let call = answer(response, "fetch the app-token", false, token_of).await;
         crate::metrics::request("token", started);
         let (status, code) = (call.http_status, call.vendor_code.clone());
         token::fetched(call.outcome, TOKEN_COOL_DOWN, |outcome| {
@@ -233,18 +217,7 @@ impl Kingdee {
             .body(body.to_string())
             .send()
             .await;
-        let call = answer(response, "upload", true, |data| {
-            let url = data
-                .pointer("/rows/0/url")
-                .and_then(|u| u.as_str())
-                .filter(|u| !u.is_empty())
-                .ok_or("the answer has no data.rows[0].url")?;
-            Ok(Remote {
-                reference: url.to_string(),
-                ..Remote::default()
-            })
-        })
-        .await;
+        let call = answer(response, "upload", true, url_of).await;
         crate::metrics::request("upload", started);
         self.forget_refused_token(&call, &token).await;
         call
@@ -285,7 +258,7 @@ impl Kingdee {
 
 /// A delete the vendor refuses because the image does not exist has nothing left to do: an
 /// earlier attempt deleted it and its answer was lost, or someone else did.
-fn already_gone_is_done(call: Call<()>) -> Call<()> {
+pub(crate) fn already_gone_is_done(call: Call<()>) -> Call<()> {
     match &call.outcome {
         Outcome::Rejected { reason }
             if ["不存在", "not exist", "not found", "no such"]
@@ -298,10 +271,55 @@ fn already_gone_is_done(call: Call<()>) -> Call<()> {
     }
 }
 
+/// The app-token in a successful token answer's `data`, refreshed early.
+pub(crate) fn token_of(data: &serde_json::Value) -> Result<Token, &'static str> {
+    let token = data
+        .get("app-token")
+        .and_then(|t| t.as_str())
+        .filter(|t| !t.is_empty())
+        .ok_or("the answer has no data.app-token")?;
+    let now = epoch_ms();
+    let expires = data
+        .get("expires")
+        .and_then(|e| e.as_i64())
+        .map_or(now + 24 * 3600 * 1000, |e| expiry_ms(now, e));
+    Ok(Token {
+        value: Secret::new(token),
+        refresh_at_ms: refresh_point(now, expires),
+    })
+}
+
+/// The URL in a successful upload answer's `data`.
+pub(crate) fn url_of(data: &serde_json::Value) -> Result<Remote, &'static str> {
+    let url = data
+        .pointer("/rows/0/url")
+        .and_then(|u| u.as_str())
+        .filter(|u| !u.is_empty())
+        .ok_or("the answer has no data.rows[0].url")?;
+    Ok(Remote {
+        reference: url.to_string(),
+        ..Remote::default()
+    })
+}
+
 /// Reads an answer and classifies it; `on_success` extracts the result from `data`. `stores`: the
 /// call stores something, so a success that cannot be read must not be sent again.
 async fn answer<T>(
     response: Result<reqwest::Response, reqwest::Error>,
+    what: &str,
+    stores: bool,
+    on_success: impl FnOnce(&serde_json::Value) -> Result<T, &'static str>,
+) -> Call<T> {
+    match http::receive(response).await {
+        Ok(received) => read(received, what, stores, on_success),
+        Err(call) => call,
+    }
+}
+
+/// An answer as it came off the wire, classified; `on_success` extracts the result from `data`.
+/// `stores`: the call stores something, so a success that cannot be read must not be sent again.
+pub(crate) fn read<T>(
+    received: Received,
     what: &str,
     stores: bool,
     on_success: impl FnOnce(&serde_json::Value) -> Result<T, &'static str>,
@@ -311,10 +329,7 @@ async fn answer<T>(
         wait,
         headers,
         body,
-    } = match http::receive(response).await {
-        Ok(received) => received,
-        Err(call) => return call,
-    };
+    } = received;
     let skew = crate::diagnose::clock_skew_ms(&headers, epoch_ms());
     let reply: Option<Reply> = serde_json::from_slice(&body).ok();
     let code = reply.as_ref().and_then(|r| r.errcode);
@@ -391,7 +406,11 @@ fn classify<T>(
         }
         (519, Some(4009..=4011)) => Outcome::Reauth { reason: said(code) },
         (519, Some(4012)) => Outcome::VendorDown {
-            reason: format!("{}; the app has no permission for this API", said(code)),
+            reason: format!(
+                "{}; the app has no permission for this API in the account set it named: check \
+                 domain (the account set's address) and that the app is authorised for it",
+                said(code)
+            ),
         },
         (519, _) => retry(said(code)),
         (200, Some(ERR_SYSTEM)) => retry(said(code)),
