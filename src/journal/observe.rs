@@ -249,24 +249,60 @@ impl Journal {
 
     /// The file the journal holds at `path`, unless it considers it removed.
     pub fn known_file(&self, path: &str) -> Result<Option<KnownFile>> {
-        Ok(self.known_where("path = ?1", path)?.into_iter().next())
+        Ok(self.known_where("path = ?1", [path])?.into_iter().next())
+    }
+
+    /// What the journal holds at each of `paths` (a batch of a walk), in the same order.
+    pub fn known_files(&self, paths: &[String]) -> Result<Vec<Option<KnownFile>>> {
+        paths.iter().map(|p| self.known_file(p)).collect()
     }
 
     /// The files the journal holds under `root` that it does not consider removed.
     pub fn known_under(&self, root: &str) -> Result<Vec<KnownFile>> {
-        let prefix = format!("{}/", root.trim_end_matches('/'));
-        self.known_where("substr(path, 1, length(?1)) = ?1", &prefix)
+        let (from, to) = path_range(root);
+        self.known_where("path >= ?1 AND path < ?2", [from, to])
     }
 
-    fn known_where(&self, condition: &str, value: &str) -> Result<Vec<KnownFile>> {
+    /// At most `limit` of [`Journal::known_under`], in path order, after the path `after`: the
+    /// journal's side of a big watch, a page at a time.
+    pub fn known_under_page(
+        &self,
+        root: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<KnownFile>> {
+        let (from, to) = path_range(root);
+        self.known_where(
+            "path >= ?1 AND path < ?2 AND path > ?3 ORDER BY path LIMIT ?4",
+            params![from, to, after, limit as i64],
+        )
+    }
+
+    /// How many files under `root` the journal holds as present (not removed, no removal pending).
+    pub fn count_present_under(&self, root: &str) -> Result<usize> {
+        let (from, to) = path_range(root);
+        let count: i64 = self.conn.cached_query_row(
+            "SELECT COUNT(*) FROM files
+             WHERE path >= ?1 AND path < ?2 AND state != 'removed' AND removal IS NULL",
+            [from, to],
+            |r| r.get(0),
+        )?;
+        Ok(count as usize)
+    }
+
+    fn known_where(
+        &self,
+        condition: &str,
+        values: impl rusqlite::Params,
+    ) -> Result<Vec<KnownFile>> {
         let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT path, size, mtime_ns, ctime_ns, inode, dev, state, removal IS NOT NULL,
                state = 'pending' AND removal IS NULL
                  AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.file_id = files.id)
              FROM files
-             WHERE {condition} AND state != 'removed'"
+             WHERE state != 'removed' AND {condition}"
         ))?;
-        let rows = stmt.query_map([value], |r| {
+        let rows = stmt.query_map(values, |r| {
             let state: String = r.get(6)?;
             Ok(KnownFile {
                 path: r.get(0)?,
@@ -278,6 +314,13 @@ impl Journal {
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
+}
+
+/// The paths under `root` as a range of text, so the path index finds them: from `root/` up to
+/// `root0` ('0' is the character after '/').
+fn path_range(root: &str) -> (String, String) {
+    let root = root.trim_end_matches('/');
+    (format!("{root}/"), format!("{root}0"))
 }
 
 /// A file seen on disk again after it was gone: its removal is withdrawn. Returns the copy the

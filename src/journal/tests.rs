@@ -803,3 +803,37 @@ fn an_expired_key_is_counted_never_reused_and_retry_sends_the_file_anew() {
     let outcome = j.retry_paths(&["/w/a.png".to_string()]).unwrap();
     assert_eq!(outcome[0].1, RetryOutcome::Queued);
 }
+
+#[test]
+fn a_watch_is_read_a_page_at_a_time_and_only_its_own_paths() {
+    let mut f = fixture();
+    let j = &mut f.journal;
+    // "/w2" and "/w.old" sort around "/w/…" but are other folders.
+    for (i, path) in ["/w/a.png", "/w/b/c.png", "/w/d.png", "/w2/x.png", "/w.old/y.png"]
+        .iter()
+        .enumerate()
+    {
+        j.observe(&obs(path, &format!("sha{i}")), ABSENT).unwrap();
+    }
+    let mut pages = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page = j.known_under_page("/w", &after, 2).unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.path.clone();
+        pages.push(page.into_iter().map(|k| k.path).collect::<Vec<_>>());
+    }
+    assert_eq!(
+        pages,
+        [vec!["/w/a.png", "/w/b/c.png"], vec!["/w/d.png"]],
+        "in path order, two at a time, nothing of /w2 or /w.old"
+    );
+    assert_eq!(j.count_present_under("/w").unwrap(), 3);
+    assert_eq!(j.count_present_under("/w/").unwrap(), 3);
+    assert_eq!(j.known_under("/w").unwrap().len(), 3);
+    let found = j
+        .known_files(&["/w/d.png".into(), "/w/none.png".into()])
+        .unwrap();
+    assert_eq!(found[0].as_ref().map(|k| k.path.as_str()), Some("/w/d.png"));
+    assert!(found[1].is_none());
+}

@@ -75,6 +75,17 @@ const REMOVAL_WINDOW: Duration = Duration::from_secs(3600);
 const JOURNAL_RETRY: Duration = Duration::from_secs(1);
 /// Settled files examined and recorded together: one journal write for the lot.
 const TAKE_BATCH: usize = 256;
+/// A reconcile reads the folder, and the journal's side of it, this many files at a time.
+const RECONCILE_BATCH: usize = 1024;
+
+/// Whether a file found by a scan has been still for `period` already: neither its content nor
+/// its metadata changed since (its mtime and ctime are that old).
+fn quiet_for(stamp: &Stamp, period: Duration) -> bool {
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64);
+    now_ns - stamp.mtime_ns.max(stamp.ctime_ns) >= period.as_nanos() as i64
+}
 
 async fn sleep_until(deadline: Option<Instant>) {
     if let Some(deadline) = deadline {
@@ -870,55 +881,135 @@ impl WatchTask {
         true
     }
 
-    /// Compares the folder with the journal: new and changed files go to the settle tracker,
-    /// vanished ones to the removals. `sighting` is how the files found count for the tracker.
+    /// Compares the folder with the journal: new and changed files are taken (at once when they
+    /// are already quiet, else through the settle tracker), vanished ones go to the removals.
+    /// `sighting` is how the files found count for the tracker. Both sides are read a batch at a
+    /// time, so a big watch is never held in memory whole.
     pub async fn reconcile(&mut self, sighting: Sighting) {
         if let RootState::Missing = self.check_root().await {
             return;
         }
-        let root = self.root().to_path_buf();
-        let (on_disk, known) = match self.disk_and_journal(&root).await {
-            Ok(found) => found,
-            Err(e) => {
-                error!(watch = %self.root().display(), "cannot read the journal: {e}");
-                return;
-            }
+        let Some((on_disk, fresh)) = self.reconcile_disk(sighting).await else {
+            return;
         };
-        let now = Instant::now();
-        let mut fresh = 0;
-        for (path, stamp) in &on_disk {
-            let unchanged = known.get(path).is_some_and(|k| k.unchanged(stamp));
-            if !unchanged {
+        let vanished = self.reconcile_journal(on_disk == 0).await;
+        info!(
+            watch = %self.root().display(),
+            on_disk, new_or_changed = fresh, vanished,
+            "reconciled with the journal"
+        );
+    }
+
+    /// What is on disk, a batch at a time, against what the journal holds at those paths.
+    /// Returns how many files are on disk and how many of them are new or changed.
+    async fn reconcile_disk(&mut self, sighting: Sighting) -> Option<(usize, usize)> {
+        let (found, mut batches) = mpsc::channel(2);
+        let (root, config) = (self.root().to_path_buf(), self.config.clone());
+        let walker = tokio::task::spawn_blocking(move || {
+            walk::in_batches(&root, &root, &config, RECONCILE_BATCH, |batch| {
+                found.blocking_send(batch).is_ok()
+            });
+        });
+        let (mut on_disk, mut fresh) = (0, 0);
+        let mut failed = false;
+        while let Some(batch) = batches.recv().await {
+            on_disk += batch.len();
+            let paths: Vec<String> = batch.iter().map(|(p, _)| p.display().to_string()).collect();
+            let known = match self.ctx.journal.call(move |j| j.known_files(&paths)).await {
+                Ok(known) => known,
+                Err(e) => {
+                    error!(watch = %self.root().display(), "cannot read the journal: {e}");
+                    failed = true;
+                    break;
+                }
+            };
+            let now = Instant::now();
+            let mut quiet = Vec::new();
+            for ((path, stamp), known) in batch.into_iter().zip(known) {
+                if known.is_some_and(|k| k.unchanged(&stamp)) {
+                    continue;
+                }
                 fresh += 1;
-                self.removals.remove(path);
-                self.settle.touch(path, sighting, now);
+                self.removals.remove(&path);
+                // A file no event said is open, untouched for the settle period already: the
+                // tracker would only wait to see what its stamp already says.
+                if !self.settle.contains(&path) && quiet_for(&stamp, self.ctx.settle) {
+                    quiet.push(path);
+                } else {
+                    self.settle.touch(&path, sighting, now);
+                }
             }
+            self.take_all(quiet).await;
         }
-        let on_disk: HashMap<&PathBuf, ()> = on_disk.iter().map(|(p, _)| (p, ())).collect();
-        let live = known.values().filter(|k| !k.removal_pending).count();
+        drop(batches);
+        let _ = walker.await;
+        (!failed).then_some((on_disk, fresh))
+    }
+
+    /// The files the journal holds under the root that are gone from disk, a page at a time:
+    /// each becomes a pending removal, decided later with its guards. `found_none`: the walk
+    /// found no file at all. Returns how many vanished.
+    async fn reconcile_journal(&mut self, found_none: bool) -> usize {
+        let root = self.root().display().to_string();
         // A known root found empty is an unmounted share or a mistake far more often than a
         // folder emptied on purpose: its removals wait for an operator.
-        let hold = (on_disk.is_empty() && live > 0).then(|| {
-            format!("the watch folder is empty, but the journal knows {live} files in it (an unmounted share?)")
-        });
-        let mut vanished = 0;
-        for (path, k) in &known {
-            if !on_disk.contains_key(path) && !k.removal_pending {
+        let hold = if found_none {
+            let r = root.clone();
+            match self
+                .ctx
+                .journal
+                .call(move |j| j.count_present_under(&r))
+                .await
+            {
+                Ok(live) if live > 0 => Some(format!(
+                    "the watch folder is empty, but the journal knows {live} files in it (an unmounted share?)"
+                )),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        let now = Instant::now();
+        let (mut after, mut vanished) = (String::new(), 0);
+        loop {
+            let (r, a) = (root.clone(), after.clone());
+            let page = match self
+                .ctx
+                .journal
+                .call(move |j| j.known_under_page(&r, &a, RECONCILE_BATCH))
+                .await
+            {
+                Ok(page) => page,
+                Err(e) => {
+                    error!(watch = %root, "cannot read the journal: {e}");
+                    break;
+                }
+            };
+            let Some(last) = page.last() else {
+                break;
+            };
+            after = last.path.clone();
+            // Anything but "it is there" is for the removal to decide (gone, unreadable, unmounted).
+            let missing = tokio::task::spawn_blocking(move || {
+                page.into_iter()
+                    .filter(|k| !k.removal_pending && std::fs::symlink_metadata(&k.path).is_err())
+                    .map(|k| PathBuf::from(k.path))
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default();
+            for path in missing {
                 vanished += 1;
                 let removal = self
                     .removals
-                    .entry(path.clone())
+                    .entry(path)
                     .or_insert(PendingRemoval::new(now));
                 if hold.is_some() {
                     removal.hold = hold.clone();
                 }
             }
         }
-        info!(
-            watch = %self.root().display(),
-            on_disk = on_disk.len(), new_or_changed = fresh, vanished,
-            "reconciled with the journal"
-        );
+        vanished
     }
 
     /// One pass for `imgsyncd scan`: reconcile, then take every file and removal at once.

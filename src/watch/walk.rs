@@ -12,12 +12,29 @@ use crate::config::WatchConfig;
 
 /// Every accepted non-directory entry under `dir` (inside the watch at `root`), with its stamp.
 pub fn files(root: &Path, dir: &Path, watch: &WatchConfig) -> Vec<(PathBuf, Stamp)> {
+    let mut out = Vec::new();
+    in_batches(root, dir, watch, usize::MAX, |batch| {
+        out.extend(batch);
+        true
+    });
+    out
+}
+
+/// The same, handed to `take` a batch of at most `size` at a time, so a big tree is never held in
+/// memory whole; stops early when `take` returns false.
+pub fn in_batches(
+    root: &Path,
+    dir: &Path,
+    watch: &WatchConfig,
+    size: usize,
+    mut take: impl FnMut(Vec<(PathBuf, Stamp)>) -> bool,
+) {
     let depth_left = if watch.recursive {
         usize::MAX
     } else {
         // A non-recursive watch sees only the root's own entries.
         if dir != root {
-            return Vec::new();
+            return;
         }
         1
     };
@@ -28,7 +45,7 @@ pub fn files(root: &Path, dir: &Path, watch: &WatchConfig) -> Vec<(PathBuf, Stam
         .filter_entry(|e| {
             e.depth() == 0 || !(e.file_type().is_dir() && watch.filter.excludes_dir(e.file_name()))
         });
-    let mut out = Vec::new();
+    let mut batch = Vec::new();
     for entry in walker {
         let entry = match entry {
             Ok(entry) => entry,
@@ -50,8 +67,13 @@ pub fn files(root: &Path, dir: &Path, watch: &WatchConfig) -> Vec<(PathBuf, Stam
             continue;
         }
         if let Ok(meta) = entry.metadata() {
-            out.push((entry.path().to_path_buf(), stamp(&meta)));
+            batch.push((entry.path().to_path_buf(), stamp(&meta)));
+        }
+        if batch.len() >= size && !take(std::mem::take(&mut batch)) {
+            return;
         }
     }
-    out
+    if !batch.is_empty() {
+        take(batch);
+    }
 }
