@@ -87,8 +87,9 @@ impl JournalHandle {
 impl Journal {
     fn write_group(&mut self, group: Vec<Queued>) {
         let alone = |journal: &mut Journal, write: Queued| write(journal).answer(None);
-        if group.len() == 1 || self.conn.execute_batch("BEGIN IMMEDIATE").is_err() {
-            // Nothing to group (or no transaction to group in): each write on its own.
+        // Even a group of one: a write may be many (a batch of files), each in a savepoint.
+        if self.conn.execute_batch("BEGIN IMMEDIATE").is_err() {
+            // No transaction to group in (the journal is busy or failing): each write on its own.
             group.into_iter().for_each(|write| alone(self, write));
             return;
         }

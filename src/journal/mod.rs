@@ -36,6 +36,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0001_init.sql"),
     include_str!("../../migrations/0002_watch_pauses.sql"),
     include_str!("../../migrations/0003_remote_copies.sql"),
+    include_str!("../../migrations/0004_drop_jobs_ready.sql"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -256,9 +257,12 @@ impl Journal {
                 true,
             )
             .map_err(open_err)?;
+        // temp_store: a savepoint (each write of a group) keeps the pages it changes in a
+        // sub-journal, which would otherwise be a temporary file written page by page.
         self.conn
             .execute_batch(
-                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;
+                 PRAGMA temp_store = MEMORY;",
             )
             .map_err(open_err)
     }

@@ -451,13 +451,33 @@ fn move_record(tx: &Connection, twin: &Twin, obs: &Observation<'_>) -> Result<()
 
 fn insert_pending(tx: &Connection, obs: &Observation<'_>) -> Result<()> {
     let now = now_ms();
+    // One statement for the whole row: a new file is the common case of every drop.
     tx.cached_execute(
-        "INSERT INTO files (path, watch_root, vendor, kind, state, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5)",
-        params![obs.path, obs.watch_root, obs.vendor, obs.kind, now],
+        "INSERT INTO files (path, watch_root, vendor, kind, state, sha256, format, width, height,
+           attempts, delete_unused, reuse_copies, size, mtime_ns, ctime_ns, inode, dev,
+           created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8, 0, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
+           ?16, ?16)",
+        params![
+            obs.path,
+            obs.watch_root,
+            obs.vendor,
+            obs.kind,
+            obs.sha256,
+            obs.format,
+            obs.width,
+            obs.height,
+            obs.delete_unused,
+            obs.reuse_copies,
+            obs.stamp.size as i64,
+            obs.stamp.mtime_ns,
+            obs.stamp.ctime_ns,
+            obs.stamp.inode as i64,
+            obs.stamp.dev as i64,
+            now
+        ],
     )?;
     let id = tx.last_insert_rowid();
-    set_new_content(tx, id, obs, None)?;
     jobs::queue(tx, id, "upload", obs.vendor, Some(obs.sha256), None)
 }
 

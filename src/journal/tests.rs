@@ -809,9 +809,15 @@ fn a_watch_is_read_a_page_at_a_time_and_only_its_own_paths() {
     let mut f = fixture();
     let j = &mut f.journal;
     // "/w2" and "/w.old" sort around "/w/…" but are other folders.
-    for (i, path) in ["/w/a.png", "/w/b/c.png", "/w/d.png", "/w2/x.png", "/w.old/y.png"]
-        .iter()
-        .enumerate()
+    for (i, path) in [
+        "/w/a.png",
+        "/w/b/c.png",
+        "/w/d.png",
+        "/w2/x.png",
+        "/w.old/y.png",
+    ]
+    .iter()
+    .enumerate()
     {
         j.observe(&obs(path, &format!("sha{i}")), ABSENT).unwrap();
     }
