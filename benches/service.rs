@@ -3,7 +3,7 @@
 //! vendor. Each figure is printed beside a baseline measured in the same run.
 //!
 //! Run: `cargo bench --bench service` (all scenarios), or name some:
-//! `cargo bench --bench service -- idle down memory latency`. Sizes default to what runs in a few
+//! `cargo bench --bench service -- idle down memory latency startup`. Sizes default to what runs in a few
 //! minutes on 2 cores; `IMGSYNCD_BENCH_FULL=1` uses the issue's sizes (100 000 files).
 
 use std::path::{Path, PathBuf};
@@ -110,11 +110,16 @@ impl Daemon {
     }
 
     fn start(&mut self) {
+        self.start_with(&[]);
+    }
+
+    fn start_with(&mut self, env: &[(&str, &Path)]) {
         let child = Command::new(BIN)
             .arg("-c")
             .arg(self.dir.path().join("daemon.yaml"))
             .args(["run", "--log-format", "text"])
             .env("IMGSYNCD_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -342,18 +347,77 @@ fn latency() {
     );
 }
 
+/// Already-synced files, the daemon restarted: the time to READY=1 (read off its notify socket, as
+/// systemd does). Baseline: `find DROPS -type f -printf '%s %T@\n'` on the same warm tree, the
+/// least any start-up that looks at every file can do.
+fn startup() {
+    let files: u32 = if full() { 100_000 } else { 20_000 };
+    let sandbox = unlimited_sandbox();
+    let mut daemon = Daemon::new(&sandbox.base_url(), 3, "500ms");
+    for w in 0..3 {
+        write_files(&daemon.drop_dir(w), files / 3, w as u32 * 1_000_000);
+    }
+    let expected = u64::from(files / 3 * 3);
+    daemon.start();
+    daemon.wait_count("synced", expected, Duration::from_secs(1800));
+    daemon.stop();
+    let drops: Vec<PathBuf> = (0..3).map(|w| daemon.drop_dir(w)).collect();
+    let find = || {
+        let started = Instant::now();
+        Command::new("find")
+            .args(&drops)
+            .args(["-type", "f", "-printf", "%s %T@\n"])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        started.elapsed()
+    };
+    let _ = find();
+    let base = [find(), find(), find()].into_iter().min().unwrap();
+    let socket_path = daemon.dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(600)))
+        .unwrap();
+    let started = Instant::now();
+    daemon.start_with(&[("NOTIFY_SOCKET", &socket_path)]);
+    let mut message = [0u8; 4096];
+    loop {
+        let n = socket
+            .recv(&mut message)
+            .expect("READY=1 within 10 minutes");
+        if String::from_utf8_lossy(&message[..n])
+            .lines()
+            .any(|l| l == "READY=1")
+        {
+            break;
+        }
+    }
+    let ready = started.elapsed();
+    std::thread::sleep(Duration::from_secs(2));
+    println!(
+        "startup: {expected} synced files in 3 watches: READY=1 after {:.2} s; find over the same \
+         warm tree {:.2} s = {:.2}× (target ≤ 2×); uploads since the restart: {}",
+        ready.as_secs_f64(),
+        base.as_secs_f64(),
+        ready.as_secs_f64() / base.as_secs_f64(),
+        (sandbox.uploads() as u64).saturating_sub(expected)
+    );
+}
+
 fn main() {
     let chosen: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let all = ["idle", "down", "memory", "latency"];
+    let all = ["idle", "down", "memory", "latency", "startup"];
     for name in all {
         if chosen.is_empty() || chosen.iter().any(|c| c == name) {
             match name {
                 "idle" => idle(),
                 "down" => down(),
                 "memory" => memory(),
+                "startup" => startup(),
                 _ => latency(),
             }
         }

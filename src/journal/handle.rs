@@ -12,8 +12,8 @@ use tokio::sync::oneshot;
 
 use super::{Journal, JournalError, Result};
 
-/// A write waiting for the next group, and what answers its caller once the group is committed.
-type Queued = Box<dyn FnOnce(&mut Journal) -> Box<dyn Answer> + Send>;
+/// A write waiting for the next group.
+type Queued = Box<dyn Waiting>;
 
 #[derive(Clone)]
 pub struct JournalHandle {
@@ -63,12 +63,7 @@ impl JournalHandle {
         F: FnOnce(&mut Journal) -> Result<T> + Send + 'static,
     {
         let (to, answer) = oneshot::channel();
-        lock(&self.queued).push(Box::new(move |journal: &mut Journal| {
-            Box::new(Pending {
-                result: f(journal),
-                to,
-            }) as Box<dyn Answer>
-        }));
+        lock(&self.queued).push(Box::new(QueuedWrite { f, to }));
         let (journal, queued) = (Arc::clone(&self.journal), Arc::clone(&self.queued));
         tokio::task::spawn_blocking(move || {
             let mut journal = lock(&journal);
@@ -86,26 +81,26 @@ impl JournalHandle {
 
 impl Journal {
     fn write_group(&mut self, group: Vec<Queued>) {
-        let alone = |journal: &mut Journal, write: Queued| write(journal).answer(None);
         // Even a group of one: a write may be many (a batch of files), each in a savepoint.
-        if self.conn.execute_batch("BEGIN IMMEDIATE").is_err() {
-            // No transaction to group in (the journal is busy or failing): each write on its own.
-            group.into_iter().for_each(|write| alone(self, write));
+        if let Err(cause) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+            // The journal is busy past its timeout, or failing: every write is answered so, and
+            // its caller tries again as it would after any failed write.
+            group.into_iter().for_each(|write| write.refuse(&cause));
             return;
         }
         let mut done: Vec<Box<dyn Answer>> = Vec::with_capacity(group.len());
         let mut rest = group.into_iter();
         for write in rest.by_ref() {
-            let answer = write(self);
+            let answer = write.run(self);
             let undone = self.conn.is_autocommit();
             let cause = answer.failure();
             done.push(answer);
             if undone {
                 // SQLite took the whole transaction back (disk full, I/O error): every write of the
-                // group so far is undone and says so; the rest go on their own.
+                // group is undone, or not run, and says so with the cause.
                 let cause = cause.unwrap_or_else(|| rolled_back("an earlier write failed"));
                 done.into_iter().for_each(|a| a.answer(Some(&cause)));
-                rest.for_each(|write| alone(self, write));
+                rest.for_each(|write| write.refuse(&cause));
                 return;
             }
         }
@@ -115,6 +110,36 @@ impl Journal {
         }
         let failed = commit.err();
         done.into_iter().for_each(|a| a.answer(failed.as_ref()));
+    }
+}
+
+/// A write waiting for its group.
+trait Waiting: Send {
+    /// Carries the write out (inside the group's transaction); its answer waits for the commit.
+    fn run(self: Box<Self>, journal: &mut Journal) -> Box<dyn Answer>;
+    /// Answers the caller with `cause` without carrying the write out.
+    fn refuse(self: Box<Self>, cause: &rusqlite::Error);
+}
+
+struct QueuedWrite<T, F> {
+    f: F,
+    to: oneshot::Sender<Result<T>>,
+}
+
+impl<T, F> Waiting for QueuedWrite<T, F>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut Journal) -> Result<T> + Send,
+{
+    fn run(self: Box<Self>, journal: &mut Journal) -> Box<dyn Answer> {
+        Box::new(Pending {
+            result: (self.f)(journal),
+            to: self.to,
+        })
+    }
+
+    fn refuse(self: Box<Self>, cause: &rusqlite::Error) {
+        let _ = self.to.send(Err(JournalError::Sql(copy(cause))));
     }
 }
 
@@ -183,10 +208,7 @@ mod tests {
         F: FnOnce(&mut Journal) -> Result<T> + Send + 'static,
     {
         let (to, answer) = oneshot::channel();
-        let write: Queued = Box::new(move |j: &mut Journal| {
-            Box::new(Pending { result: f(j), to }) as Box<dyn Answer>
-        });
-        (write, answer)
+        (Box::new(QueuedWrite { f, to }), answer)
     }
 
     fn paused(journal: &Journal) -> Vec<String> {
@@ -225,6 +247,26 @@ mod tests {
     }
 
     #[test]
+    fn a_journal_too_busy_to_begin_refuses_the_group_without_running_it() {
+        let (dir, mut journal) = journal();
+        let other = rusqlite::Connection::open(dir.path().join("journal.sqlite3")).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        journal
+            .conn
+            .busy_timeout(std::time::Duration::ZERO)
+            .unwrap();
+        let (a, a_answer) = queued(|j| j.pause_vendor("a", "down", 1000));
+        journal.write_group(vec![a]);
+        let error = a_answer.blocking_recv().unwrap().unwrap_err();
+        assert!(
+            crate::diagnose::journal_advice(&error).is_some_and(|a| a.contains("held by another")),
+            "{error}"
+        );
+        other.execute_batch("ROLLBACK").unwrap();
+        assert!(paused(&journal).is_empty());
+    }
+
+    #[test]
     fn a_group_sqlite_took_back_answers_every_write_in_it_as_failed() {
         let (_dir, mut journal) = journal();
         let (a, a_answer) = queued(|j| j.pause_vendor("a", "down", 1000));
@@ -244,11 +286,12 @@ mod tests {
             "the undone write reports the cause: {a_error}"
         );
         assert!(b_answer.blocking_recv().unwrap().is_err());
+        let c_error = c_answer.blocking_recv().unwrap().unwrap_err();
         assert!(
-            c_answer.blocking_recv().unwrap().is_ok(),
-            "the rest go alone"
+            crate::diagnose::journal_advice(&c_error).is_some_and(|a| a.contains("disk")),
+            "the rest are refused with the cause, to be tried again: {c_error}"
         );
-        assert_eq!(paused(&journal), ["c"]);
+        assert!(paused(&journal).is_empty());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
