@@ -105,32 +105,37 @@ pub async fn run_pool(
             _ = stop.changed() => break,
         };
         while tasks.try_join_next().is_some() {}
+        // Every free slot is filled by one claim: one journal write for the lot.
+        let mut slots = vec![permit];
+        while let Ok(more) = Arc::clone(&permits).try_acquire_owned() {
+            slots.push(more);
+        }
         let in_flight = vendors_in_flight(&running);
-        match claim(&ctx, in_flight).await {
-            Some((job, probe)) => {
-                lock(&running).insert(job.id, job.vendor.clone());
-                let ctx = ctx.clone();
-                let running = Arc::clone(&running);
-                tasks.spawn(async move {
-                    let id = job.id;
-                    crate::metrics::scoped(job.vendor.clone(), process(&ctx, job, probe)).await;
-                    lock(&running).remove(&id);
-                    drop(permit);
-                });
-            }
-            None => {
+        let jobs = claim(&ctx, in_flight, slots.len()).await;
+        let claimed_any = !jobs.is_empty();
+        for ((job, probe), permit) in jobs.into_iter().zip(slots.drain(..)) {
+            lock(&running).insert(job.id, job.vendor.clone());
+            let ctx = ctx.clone();
+            let running = Arc::clone(&running);
+            tasks.spawn(async move {
+                let id = job.id;
+                crate::metrics::scoped(job.vendor.clone(), process(&ctx, job, probe)).await;
+                lock(&running).remove(&id);
                 drop(permit);
-                if mode == PoolMode::Drain && tasks.is_empty() {
-                    break;
-                }
-                let due = next_due(&ctx).await;
-                tokio::select! {
-                    _ = ctx.wake.notified() => {}
-                    _ = sleep_until_epoch_ms(due.unwrap_or(i64::MAX)), if due.is_some() => {}
-                    Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-                    _ = ctx.heartbeat.pinged() => ctx.heartbeat.answer(),
-                    _ = stop.changed() => break,
-                }
+            });
+        }
+        drop(slots);
+        if !claimed_any {
+            if mode == PoolMode::Drain && tasks.is_empty() {
+                break;
+            }
+            let due = next_due(&ctx).await;
+            tokio::select! {
+                _ = ctx.wake.notified() => {}
+                _ = sleep_until_epoch_ms(due.unwrap_or(i64::MAX)), if due.is_some() => {}
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                _ = ctx.heartbeat.pinged() => ctx.heartbeat.answer(),
+                _ = stop.changed() => break,
             }
         }
     }
@@ -195,62 +200,79 @@ async fn finish_in_flight(
     }
 }
 
-/// The next due job of a vendor that is not paused (or whose probe is due). A job of a paused
-/// vendor is its probe: the next probe is pushed back so only one goes at a time. Jobs the journal
-/// settles by itself (the same bytes already uploaded, a file that moved on) are logged and
-/// skipped.
+/// Up to `want` due jobs, in one journal write, each of the least busy vendor that has one due and
+/// is not paused (or whose probe is due). A job of a paused vendor is its probe: the next probe is
+/// pushed back so only one goes at a time. Jobs the journal settles by itself (the same bytes
+/// already uploaded, a file that moved on) are logged and skipped.
 async fn claim(
     ctx: &WorkerContext,
     in_flight: HashMap<String, usize>,
-) -> Option<(Job, Option<Duration>)> {
-    loop {
-        let mut names = ctx.vendors.names();
-        names.sort_by_key(|v| in_flight.get(v).copied().unwrap_or(0));
-        let result = ctx
-            .journal
-            .write(
-                move |j| -> crate::journal::Result<Option<(Claimed, Option<Duration>)>> {
-                    let now = now_ms();
-                    let pauses = j.pauses()?;
-                    let claimable: Vec<String> = names
-                        .into_iter()
-                        .filter(|v| {
-                            pauses
-                                .iter()
-                                .all(|p| &p.vendor != v || p.next_probe_at <= now)
-                        })
-                        .collect();
-                    // Tried in order, the least busy vendor first: one vendor's backlog never
-                    // starves another.
-                    let Some(claimed) = j.claim(&claimable, LEASE_MS)? else {
-                        return Ok(None);
-                    };
-                    let Claimed::Job(job) = &claimed else {
-                        return Ok(Some((claimed, None)));
-                    };
-                    let pause = pauses.iter().find(|p| p.vendor == job.vendor);
-                    if let Some(pause) = pause {
-                        j.pause_vendor(&job.vendor, &pause.reason, pause.probe_interval_ms)?;
+    want: usize,
+) -> Vec<(Job, Option<Duration>)> {
+    let names = ctx.vendors.names();
+    let result = ctx
+        .journal
+        .write(move |j| {
+            let mut in_flight = in_flight;
+            let (mut jobs, mut settled) = (Vec::new(), Vec::new());
+            while jobs.len() < want {
+                let mut names = names.clone();
+                names.sort_by_key(|v| in_flight.get(v).copied().unwrap_or(0));
+                match claim_one(j, names)? {
+                    None => break,
+                    Some((Claimed::Job(job), probe)) => {
+                        *in_flight.entry(job.vendor.clone()).or_default() += 1;
+                        jobs.push((job, probe));
                     }
-                    let probe =
-                        pause.map(|p| Duration::from_millis(p.probe_interval_ms.max(0) as u64));
-                    Ok(Some((claimed, probe)))
-                },
-            )
-            .await;
-        match result {
-            Ok(None) => return None,
-            Ok(Some((Claimed::Job(job), probe))) => return Some((job, probe)),
-            Ok(Some((settled, _))) => log_settled(&settled),
-            Err(e) => {
-                // A journal that cannot be written (disk full) is asked again in a second, not
-                // in a loop, and said so a few times a minute.
-                crate::diagnose::journal_write_failed("claim a job", "", &e);
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                return None;
+                    Some((other, _)) => settled.push(other),
+                }
             }
+            Ok((jobs, settled))
+        })
+        .await;
+    match result {
+        Ok((jobs, settled)) => {
+            settled.iter().for_each(log_settled);
+            jobs
+        }
+        Err(e) => {
+            // A journal that cannot be written (disk full) is asked again in a second, not in a
+            // loop, and said so a few times a minute.
+            crate::diagnose::journal_write_failed("claim a job", "", &e);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Vec::new()
         }
     }
+}
+
+/// The next due job of `names` (tried in order: the least busy vendor first, so one vendor's
+/// backlog never starves another), with the probe interval when it is a paused vendor's probe.
+fn claim_one(
+    j: &mut crate::journal::Journal,
+    names: Vec<String>,
+) -> crate::journal::Result<Option<(Claimed, Option<Duration>)>> {
+    let now = now_ms();
+    let pauses = j.pauses()?;
+    let claimable: Vec<String> = names
+        .into_iter()
+        .filter(|v| {
+            pauses
+                .iter()
+                .all(|p| &p.vendor != v || p.next_probe_at <= now)
+        })
+        .collect();
+    let Some(claimed) = j.claim(&claimable, LEASE_MS)? else {
+        return Ok(None);
+    };
+    let Claimed::Job(job) = &claimed else {
+        return Ok(Some((claimed, None)));
+    };
+    let pause = pauses.iter().find(|p| p.vendor == job.vendor);
+    if let Some(pause) = pause {
+        j.pause_vendor(&job.vendor, &pause.reason, pause.probe_interval_ms)?;
+    }
+    let probe = pause.map(|p| Duration::from_millis(p.probe_interval_ms.max(0) as u64));
+    Ok(Some((claimed, probe)))
 }
 
 fn log_settled(settled: &Claimed) {

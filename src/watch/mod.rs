@@ -78,6 +78,16 @@ const TAKE_BATCH: usize = 256;
 /// A reconcile reads the folder, and the journal's side of it, this many files at a time.
 const RECONCILE_BATCH: usize = 1024;
 
+/// What a reconcile's pass over the disk found.
+#[derive(Debug, Default)]
+struct DiskPass {
+    on_disk: usize,
+    /// Of those, new or changed.
+    fresh: usize,
+    /// Of those, files the journal holds as present (not removed, no removal pending).
+    known_present: usize,
+}
+
 /// Whether a file found by a scan has been still for `period` already: neither its content nor
 /// its metadata changed since (its mtime and ctime are that old).
 fn quiet_for(stamp: &Stamp, period: Duration) -> bool {
@@ -889,10 +899,11 @@ impl WatchTask {
         if let RootState::Missing = self.check_root().await {
             return;
         }
-        let Some((on_disk, fresh)) = self.reconcile_disk(sighting).await else {
+        let Some(disk) = self.reconcile_disk(sighting).await else {
             return;
         };
-        let vanished = self.reconcile_journal(on_disk == 0).await;
+        let (on_disk, fresh) = (disk.on_disk, disk.fresh);
+        let vanished = self.reconcile_journal(disk).await;
         info!(
             watch = %self.root().display(),
             on_disk, new_or_changed = fresh, vanished,
@@ -901,8 +912,7 @@ impl WatchTask {
     }
 
     /// What is on disk, a batch at a time, against what the journal holds at those paths.
-    /// Returns how many files are on disk and how many of them are new or changed.
-    async fn reconcile_disk(&mut self, sighting: Sighting) -> Option<(usize, usize)> {
+    async fn reconcile_disk(&mut self, sighting: Sighting) -> Option<DiskPass> {
         let (found, mut batches) = mpsc::channel(2);
         let (root, config) = (self.root().to_path_buf(), self.config.clone());
         let walker = tokio::task::spawn_blocking(move || {
@@ -910,10 +920,10 @@ impl WatchTask {
                 found.blocking_send(batch).is_ok()
             });
         });
-        let (mut on_disk, mut fresh) = (0, 0);
+        let mut pass = DiskPass::default();
         let mut failed = false;
         while let Some(batch) = batches.recv().await {
-            on_disk += batch.len();
+            pass.on_disk += batch.len();
             let paths: Vec<String> = batch.iter().map(|(p, _)| p.display().to_string()).collect();
             let known = match self.ctx.journal.call(move |j| j.known_files(&paths)).await {
                 Ok(known) => known,
@@ -926,10 +936,13 @@ impl WatchTask {
             let now = Instant::now();
             let mut quiet = Vec::new();
             for ((path, stamp), known) in batch.into_iter().zip(known) {
+                if known.as_ref().is_some_and(|k| !k.removal_pending) {
+                    pass.known_present += 1;
+                }
                 if known.is_some_and(|k| k.unchanged(&stamp)) {
                     continue;
                 }
-                fresh += 1;
+                pass.fresh += 1;
                 self.removals.remove(&path);
                 // A file no event said is open, untouched for the settle period already: the
                 // tracker would only wait to see what its stamp already says.
@@ -943,32 +956,38 @@ impl WatchTask {
         }
         drop(batches);
         let _ = walker.await;
-        (!failed).then_some((on_disk, fresh))
+        (!failed).then_some(pass)
     }
 
     /// The files the journal holds under the root that are gone from disk, a page at a time:
-    /// each becomes a pending removal, decided later with its guards. `found_none`: the walk
-    /// found no file at all. Returns how many vanished.
-    async fn reconcile_journal(&mut self, found_none: bool) -> usize {
+    /// each becomes a pending removal, decided later with its guards. Returns how many vanished.
+    async fn reconcile_journal(&mut self, disk: DiskPass) -> usize {
         let root = self.root().display().to_string();
+        let r = root.clone();
+        let present = match self
+            .ctx
+            .journal
+            .call(move |j| j.count_present_under(&r))
+            .await
+        {
+            Ok(present) => present,
+            Err(e) => {
+                error!(watch = %root, "cannot read the journal: {e}");
+                return 0;
+            }
+        };
+        if disk.known_present >= present {
+            // Every file the journal holds here was found on disk: nothing vanished, and the
+            // journal's side needs no reading.
+            return 0;
+        }
         // A known root found empty is an unmounted share or a mistake far more often than a
         // folder emptied on purpose: its removals wait for an operator.
-        let hold = if found_none {
-            let r = root.clone();
-            match self
-                .ctx
-                .journal
-                .call(move |j| j.count_present_under(&r))
-                .await
-            {
-                Ok(live) if live > 0 => Some(format!(
-                    "the watch folder is empty, but the journal knows {live} files in it (an unmounted share?)"
-                )),
-                _ => None,
-            }
-        } else {
-            None
-        };
+        let hold = (disk.on_disk == 0).then(|| {
+            format!(
+                "the watch folder is empty, but the journal knows {present} files in it (an unmounted share?)"
+            )
+        });
         let now = Instant::now();
         let (mut after, mut vanished) = (String::new(), 0);
         loop {
