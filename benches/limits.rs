@@ -27,6 +27,8 @@ use std::time::{Duration, Instant};
 use imgsyncd::adapters::{feishu, jiandaoyun};
 use imgsyncd::sandbox::{Logged, QINIU_UPLOAD_PATH, Sandbox, SandboxOptions};
 
+mod common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_imgsyncd");
 
 /// The window shortened by `IMGSYNCD_BENCH_LIMITS_SECS`, if it is set.
@@ -61,31 +63,7 @@ fn base_png() -> Vec<u8> {
 fn png(base: &[u8], seed: u32) -> Vec<u8> {
     let head = format!("seed\0{seed} ");
     let pad = 4096usize.saturating_sub(base.len() + 12 + head.len());
-    let text = format!("{head}{}", ".".repeat(pad));
-    let mut chunk = Vec::new();
-    chunk.extend_from_slice(&(text.len() as u32).to_be_bytes());
-    chunk.extend_from_slice(b"tEXt");
-    chunk.extend_from_slice(text.as_bytes());
-    let crc = crc32(&chunk[4..]);
-    chunk.extend_from_slice(&crc.to_be_bytes());
-    let mut bytes = base.to_vec();
-    bytes.splice(33..33, chunk);
-    bytes
-}
-
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = 0xFFFF_FFFFu32;
-    for byte in data {
-        crc ^= u32::from(*byte);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
+    common::with_text(base, &format!("{head}{}", ".".repeat(pad)))
 }
 
 /// The backlog, checked against both vendors' limits (as the daemon checks them before sending).

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use imgsyncd::sandbox::{Sandbox, SandboxOptions};
 
+mod common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_imgsyncd");
 const CLK_TCK: f64 = 100.0;
 
@@ -28,32 +30,8 @@ fn png(seed: u32) -> Vec<u8> {
     image::DynamicImage::ImageRgb8(img)
         .write_to(&mut out, image::ImageFormat::Png)
         .unwrap();
-    let mut bytes = out.into_inner();
     // Another seed, another IDAT-independent tail: the same pixels differ in a text chunk.
-    let text = format!("seed\0{seed}");
-    let mut chunk = Vec::new();
-    chunk.extend_from_slice(&(text.len() as u32).to_be_bytes());
-    chunk.extend_from_slice(b"tEXt");
-    chunk.extend_from_slice(text.as_bytes());
-    let crc = crc32(&chunk[4..]);
-    chunk.extend_from_slice(&crc.to_be_bytes());
-    bytes.splice(33..33, chunk);
-    bytes
-}
-
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = 0xFFFF_FFFFu32;
-    for byte in data {
-        crc ^= u32::from(*byte);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
+    common::with_text(&out.into_inner(), &format!("seed\0{seed}"))
 }
 
 fn write_files(dir: &Path, n: u32, first_seed: u32) {

@@ -1,0 +1,31 @@
+//! What the benches share: distinct valid PNGs cheaply, by tagging the same pixels.
+
+/// `png` with a tEXt chunk carrying `text` put right after IHDR: another text, other bytes, the
+/// same pixels (no re-encoding per file).
+pub fn with_text(png: &[u8], text: &str) -> Vec<u8> {
+    let mut chunk = Vec::new();
+    chunk.extend_from_slice(&(text.len() as u32).to_be_bytes());
+    chunk.extend_from_slice(b"tEXt");
+    chunk.extend_from_slice(text.as_bytes());
+    let crc = crc32(&chunk[4..]);
+    chunk.extend_from_slice(&crc.to_be_bytes());
+    let mut bytes = png.to_vec();
+    // 8 bytes of signature, then IHDR: 4 length, 4 type, 13 data, 4 CRC.
+    bytes.splice(33..33, chunk);
+    bytes
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for byte in data {
+        crc ^= u32::from(*byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
