@@ -3,12 +3,14 @@
 //! its exact bytes at the vendor, and no upload is repeated beyond the jobs in flight at a kill.
 
 mod common;
+#[path = "common/three.rs"]
+mod three;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{FeishuVendor, Harness, JiandaoyunVendor, Options, image};
-use imgsyncd::sandbox::SandboxOptions;
+use common::Options;
+use three::{Three, Vendor, picture};
 
 const KILLS: usize = 10;
 const WORKERS: usize = 4;
@@ -20,64 +22,37 @@ fn seed() -> u64 {
         .unwrap_or(20261123)
 }
 
-/// A picture lingo takes (320 px and more a side, over 3 KB) or Kingdee takes.
-fn picture(seed: u32) -> Vec<u8> {
-    image(image::ImageFormat::Png, seed, 330, 330)
-}
-
 #[test]
 fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
     let mut rng = fastrand::Rng::with_seed(seed());
-    let mut h = Harness::with(Options {
+    // Jiandaoyun with a record per file, Kingdee and lingo on folders of their own; Kingdee
+    // hands out tokens freely, or ten restarts would test patience rather than crashes.
+    let mut three = Three::new(Options {
         workers: WORKERS,
-        feishu: Some(FeishuVendor::default()),
-        jiandaoyun: Some(JiandaoyunVendor {
-            create_record: true,
-            ..JiandaoyunVendor::default()
-        }),
-        // Every restart fetches a new app-token; Kingdee's ~2 a minute would make ten restarts
-        // a test of patience rather than of crashes.
-        sandbox: SandboxOptions {
-            kingdee_token_per_minute: 100,
-            ..SandboxOptions::default()
-        },
         ..Options::default()
     });
-    // The drop folder feeds Jiandaoyun (`forms`, a record per file); two more feed Kingdee
-    // (`erp`) and Feishu (`wiki`).
-    let kingdee_drop = h.dir.path().join("kingdee");
-    let feishu_drop = h.dir.path().join("feishu");
-    std::fs::create_dir_all(&kingdee_drop).unwrap();
-    std::fs::create_dir_all(&feishu_drop).unwrap();
-    let config = std::fs::read_to_string(&h.config_path).unwrap()
-        + &format!("  - path: {}\n    vendor: erp\n", kingdee_drop.display())
-        + &format!("  - path: {}\n    vendor: wiki\n", feishu_drop.display());
-    std::fs::write(&h.config_path, config).unwrap();
-    let staging = h.dir.path().join("staging-crash");
-    std::fs::create_dir_all(&staging).unwrap();
 
     let mut expected = Vec::new();
     let mut next = 0u32;
-    h.start();
+    three.start(None);
     for kill in 0..KILLS {
         for _ in 0..15 {
             let bytes = picture(10_000 + next);
-            let (dir, name) = match next % 3 {
-                0 => (feishu_drop.clone(), format!("f{next:03}.png")),
-                1 => (kingdee_drop.clone(), format!("k{next:03}.png")),
-                _ => (h.drop.clone(), format!("j{next:03}.png")),
+            let (vendor, name) = match next % 3 {
+                0 => (Vendor::Feishu, format!("f{next:03}.png")),
+                1 => (Vendor::Kingdee, format!("k{next:03}.png")),
+                _ => (Vendor::Jiandaoyun, format!("j{next:03}.png")),
             };
-            std::fs::write(staging.join(&name), &bytes).unwrap();
-            std::fs::rename(staging.join(&name), dir.join(&name)).unwrap();
-            expected.push((dir.join(&name), bytes));
+            expected.push((three.drop(vendor, &name, &bytes), bytes));
             next += 1;
             std::thread::sleep(Duration::from_millis(rng.u64(0..40)));
         }
         std::thread::sleep(Duration::from_millis(rng.u64(100..1500)));
-        h.kill9();
+        three.h.kill9();
         eprintln!("kill {} after {next} files", kill + 1);
-        h.start();
+        three.start(None);
     }
+    let h = &three.h;
     h.wait_for("every file to be synced", |h| {
         let files = h.files();
         files.len() == expected.len() && files.iter().all(|f| f["state"] == "synced")
@@ -86,33 +61,16 @@ fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
     let files = h.files();
     let paths: BTreeSet<&str> = files.iter().map(|f| f["path"].as_str().unwrap()).collect();
     assert_eq!(paths.len(), expected.len(), "each path once in the journal");
-    let images = h.sandbox.images();
-    let lingo = h.sandbox.feishu_files();
-    let forms = h.sandbox.jiandaoyun_uploads();
     for (path, bytes) in &expected {
         let row = files
             .iter()
             .find(|f| f["path"] == path.display().to_string().as_str())
             .unwrap();
-        let held = match (
-            row["url"].as_str(),
-            row["file_token"].as_str(),
-            row["key"].as_str(),
-        ) {
-            (Some(url), _, _) => images.get(url).map(|i| i.bytes.clone()),
-            (_, Some(token), _) => lingo.get(token).map(|f| f.bytes.clone()),
-            (_, _, Some(key)) => {
-                assert!(
-                    row["record_id"].is_string(),
-                    "a record holds the key: {row}"
-                );
-                forms.get(key).map(|u| u.bytes.clone())
-            }
-            _ => None,
-        };
-        assert_eq!(held.as_ref(), Some(bytes), "{row}");
+        // Jiandaoyun: only if the record the journal names exists and holds that key.
+        assert_eq!(three.held(row).as_ref(), Some(bytes), "{row}");
     }
-    let uploads = h.sandbox.uploads() + lingo.len() + forms.len();
+    let uploads =
+        h.sandbox.uploads() + h.sandbox.feishu_files().len() + h.sandbox.jiandaoyun_uploads().len();
     let allowed = expected.len() + KILLS * WORKERS;
     assert!(
         uploads <= allowed,
