@@ -15,6 +15,8 @@
 //! `IMGSYNCD_SOAK_SEED=N` replays another sequence of operations.
 
 mod common;
+#[path = "common/three.rs"]
+mod three;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -22,9 +24,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{FeishuVendor, Harness, JiandaoyunVendor, Options, image};
-use imgsyncd::sandbox::{Fault, JdyEndpoint, Sandbox, SandboxOptions};
+use common::{Options, image};
+use imgsyncd::sandbox::{Fault, JdyEndpoint, Sandbox};
 use serde_json::Value;
+use three::{ALL as VENDORS, Three, Vendor};
 
 const WORKERS: usize = 4;
 /// About one call in ten fails.
@@ -36,15 +39,6 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .and_then(|s| s.parse().ok())
         .unwrap_or(default)
 }
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Vendor {
-    Kingdee,
-    Feishu,
-    Jiandaoyun,
-}
-
-const VENDORS: [Vendor; 3] = [Vendor::Kingdee, Vendor::Feishu, Vendor::Jiandaoyun];
 
 /// A picture the vendor takes, different per seed (lingo wants 320 px a side and 3 KB).
 fn picture(vendor: Vendor, seed: u32) -> Vec<u8> {
@@ -219,30 +213,15 @@ fn a_long_churn_with_faults_and_kills_ends_with_every_file_where_it_belongs() {
     let duration = Duration::from_secs(env_u64("IMGSYNCD_SOAK_SECS", 600));
     let seed = env_u64("IMGSYNCD_SOAK_SEED", 20261127);
     eprintln!("soak: {duration:?}, seed {seed}");
-    let mut h = Harness::with(Options {
+    // Jiandaoyun (a record per file) on the harness's drop folder, Kingdee and lingo on folders
+    // of their own; Kingdee hands out tokens freely, for every restart fetches one.
+    let mut three = Three::new(Options {
         workers: WORKERS,
         max_deletes: 1_000_000,
-        feishu: Some(FeishuVendor::default()),
-        jiandaoyun: Some(JiandaoyunVendor {
-            create_record: true,
-            ..JiandaoyunVendor::default()
-        }),
-        sandbox: SandboxOptions {
-            // Every restart fetches a new app-token.
-            kingdee_token_per_minute: 1000,
-            ..SandboxOptions::default()
-        },
         ..Options::default()
     });
-    // The harness's drop folder feeds Jiandaoyun (`forms`); two more feed Kingdee and lingo.
-    let kingdee_drop = h.dir.path().join("kingdee");
-    let feishu_drop = h.dir.path().join("feishu");
-    std::fs::create_dir_all(&kingdee_drop).unwrap();
-    std::fs::create_dir_all(&feishu_drop).unwrap();
-    let config = std::fs::read_to_string(&h.config_path).unwrap()
-        + &format!("  - path: {}\n    vendor: erp\n", kingdee_drop.display())
-        + &format!("  - path: {}\n    vendor: wiki\n", feishu_drop.display());
-    std::fs::write(&h.config_path, config).unwrap();
+    let dirs = BTreeMap::from(VENDORS.map(|v| (v, three.folder(v).to_path_buf())));
+    let h = &mut three.h;
     let staging = h.dir.path().join("staging-soak");
     std::fs::create_dir_all(&staging).unwrap();
 
@@ -255,11 +234,7 @@ fn a_long_churn_with_faults_and_kills_ends_with_every_file_where_it_belongs() {
     let mut churn = Churn {
         rng: fastrand::Rng::with_seed(seed),
         staging,
-        dirs: BTreeMap::from([
-            (Vendor::Kingdee, kingdee_drop),
-            (Vendor::Feishu, feishu_drop),
-            (Vendor::Jiandaoyun, h.drop.clone()),
-        ]),
+        dirs,
         present: BTreeMap::new(),
         next: 0,
         counts: BTreeMap::new(),
@@ -344,10 +319,9 @@ fn a_long_churn_with_faults_and_kills_ends_with_every_file_where_it_belongs() {
         std::thread::sleep(Duration::from_secs(1));
     }
 
+    let h = &three.h;
     let files = h.files();
     let images = h.sandbox.images();
-    let lingo = h.sandbox.feishu_files();
-    let forms = h.sandbox.jiandaoyun_uploads();
     let mut in_use = BTreeSet::new();
     for (path, (vendor, bytes)) in &churn.present {
         let shown = path.display().to_string();
@@ -357,24 +331,12 @@ fn a_long_churn_with_faults_and_kills_ends_with_every_file_where_it_belongs() {
             .collect();
         assert_eq!(rows.len(), 1, "{shown} once in the journal");
         let row = rows[0];
-        let held = match vendor {
-            Vendor::Kingdee => {
-                let url = row["url"].as_str().unwrap();
-                in_use.insert(url.to_string());
-                images.get(url).map(|i| i.bytes.clone())
-            }
-            Vendor::Feishu => lingo
-                .get(row["file_token"].as_str().unwrap())
-                .map(|f| f.bytes.clone()),
-            Vendor::Jiandaoyun => {
-                assert!(row["record_id"].is_string(), "a record holds it: {row}");
-                forms
-                    .get(row["key"].as_str().unwrap())
-                    .map(|u| u.bytes.clone())
-            }
-        };
+        if *vendor == Vendor::Kingdee {
+            in_use.insert(row["url"].as_str().unwrap().to_string());
+        }
+        // Jiandaoyun: only if the record the journal names exists and holds that key.
         assert_eq!(
-            held.as_ref(),
+            three.held(row).as_ref(),
             Some(bytes),
             "exact bytes at the vendor: {row}"
         );

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::common::{FeishuVendor, Harness, JiandaoyunVendor, Options, image};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Vendor {
     Kingdee,
     Feishu,
