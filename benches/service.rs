@@ -381,6 +381,11 @@ fn startup() {
         ready.as_secs_f64() / base.as_secs_f64(),
         (sandbox.uploads() as u64).saturating_sub(expected)
     );
+    if std::env::var_os("IMGSYNCD_BENCH_KEEP").is_some() {
+        daemon.stop();
+        let kept = std::mem::replace(&mut daemon.dir, tempfile::tempdir().unwrap()).keep();
+        println!("kept the tree and journal in {}", kept.display());
+    }
 }
 
 fn main() {

@@ -843,3 +843,42 @@ fn a_watch_is_read_a_page_at_a_time_and_only_its_own_paths() {
     assert_eq!(found[0].as_ref().map(|k| k.path.as_str()), Some("/w/d.png"));
     assert!(found[1].is_none());
 }
+
+#[test]
+fn a_walks_batch_is_looked_up_by_range_or_path_by_path_when_the_range_is_crowded() {
+    let mut f = fixture();
+    let j = &mut f.journal;
+    for i in 0..40 {
+        j.observe(&obs(&format!("/w/m/{i:02}.png"), &format!("m{i}")), ABSENT)
+            .unwrap();
+    }
+    j.observe(&obs("/w/a.png", "a"), ABSENT).unwrap();
+    j.observe(&obs("/w/z.png", "z"), ABSENT).unwrap();
+    j.observe(&obs("/w/q/gone.png", "g"), ABSENT).unwrap();
+    missing(j, "/w/q/gone.png");
+    let paths = |ps: &[&str]| ps.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+    let found_paths = |found: Vec<Option<KnownFile>>| {
+        found
+            .into_iter()
+            .map(|k| k.map(|k| k.path))
+            .collect::<Vec<_>>()
+    };
+    // A narrow batch, out of path order, with a path the journal does not hold.
+    let narrow = j
+        .known_files(&paths(&["/w/m/07.png", "/w/m/03.png", "/w/m/new.png"]))
+        .unwrap();
+    assert_eq!(
+        found_paths(narrow),
+        [Some("/w/m/07.png".into()), Some("/w/m/03.png".into()), None]
+    );
+    // Forty rows lie between these two: more than the range read takes, so path by path.
+    let crowded = j
+        .known_files(&paths(&["/w/z.png", "/w/a.png", "/w/q/gone.png"]))
+        .unwrap();
+    assert_eq!(
+        found_paths(crowded),
+        [Some("/w/z.png".into()), Some("/w/a.png".into()), None],
+        "a removed file is not known"
+    );
+    assert!(j.known_files(&[]).unwrap().is_empty());
+}
