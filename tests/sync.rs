@@ -206,6 +206,40 @@ fn a_folder_moved_in_brings_its_whole_content() {
     assert_eq!(h.sandbox.uploads(), 3);
 }
 
+/// Each folder is watched on its own: one made and filled at once, one renamed inside the watch
+/// and one made inside that are all covered, so what is written into them later is seen by its
+/// events (the rescan is an hour away, and the second look at a new folder long past).
+#[test]
+fn folders_made_renamed_and_nested_are_watched_all_the_way_down() {
+    let mut h = Harness::new();
+    h.start();
+    std::fs::create_dir_all(h.path("a/b/c")).unwrap();
+    std::fs::write(h.path("a/b/c/deep.png"), png(81)).unwrap();
+    std::fs::write(h.path("a/top.png"), png(82)).unwrap();
+    h.wait_state("a/b/c/deep.png", "synced");
+    h.wait_state("a/top.png", "synced");
+    std::thread::sleep(Duration::from_millis(1500));
+    std::fs::write(h.path("a/b/c/second.png"), png(83)).unwrap();
+    h.wait_state("a/b/c/second.png", "synced");
+
+    std::fs::rename(h.path("a"), h.path("z")).unwrap();
+    h.wait_state("z/b/c/deep.png", "synced");
+    std::thread::sleep(Duration::from_millis(1500));
+    std::fs::write(h.path("z/b/c/later.png"), png(84)).unwrap();
+    h.wait_state("z/b/c/later.png", "synced");
+    std::fs::create_dir(h.path("z/b/c/d")).unwrap();
+    std::fs::write(h.path("z/b/c/d/last.png"), png(85)).unwrap();
+    h.wait_state("z/b/c/d/last.png", "synced");
+    std::fs::remove_file(h.path("z/b/c/later.png")).unwrap();
+    h.wait_state("z/b/c/later.png", "removed");
+    assert_eq!(
+        h.sandbox.uploads(),
+        5,
+        "each file once; the rename sent nothing"
+    );
+    assert!(h.file("a/b/c/deep.png").is_none(), "the old paths are gone");
+}
+
 #[test]
 fn changes_made_while_stopped_are_reconciled_at_start() {
     let mut h = Harness::new();

@@ -1,6 +1,8 @@
 //! notify's events turned into the three things a watch cares about. Everything else is noise.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
 use notify::{Event, EventKind, RecursiveMode, Watcher};
@@ -24,20 +26,70 @@ pub enum WatchEvent {
 /// How often a watch whose inotify setup failed is polled instead.
 pub const FALLBACK_POLL: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Starts inotify (or a polling watcher when `poll` is given) feeding `tx`.
+/// A running watcher. inotify watches folder by folder: for a recursive watch, each folder is
+/// added by the walk that enters it, before the walk reads it, so a file created meanwhile is
+/// either listed or reported. notify's own recursive set-up would walk the tree a second time
+/// and stat every file in it, which doubled the cost of a start.
+pub struct Watching {
+    watcher: Mutex<Box<dyn Watcher + Send + Sync>>,
+    /// Whether each folder must be added (inotify on a recursive watch); a poller, or a watch of
+    /// the root's own entries, covers what it should by itself.
+    per_folder: bool,
+    /// Set once inotify ran out of watches: the watch is told once, and stops adding folders.
+    exhausted: AtomicBool,
+    root: PathBuf,
+    tx: UnboundedSender<WatchEvent>,
+}
+
+impl Watching {
+    /// Whether folders are added one by one (inotify), so running out of watches leaves some
+    /// uncovered.
+    pub fn per_folder(&self) -> bool {
+        self.per_folder
+    }
+
+    /// Makes sure the folder `dir` is watched. Out of inotify watches, the watch is told (once)
+    /// so it can fall back to polling.
+    pub fn cover(&self, dir: &Path) {
+        if !self.per_folder || self.exhausted.load(Ordering::Relaxed) {
+            return;
+        }
+        let added = self
+            .watcher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .watch(dir, RecursiveMode::NonRecursive);
+        match added {
+            Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
+                if !self.exhausted.swap(true, Ordering::Relaxed) {
+                    let why = explain(&e, &self.root);
+                    let _ = self.tx.send(WatchEvent::Failed { why });
+                }
+            }
+            // A folder gone since it was listed needs no watch; one that cannot be read is
+            // reported by the walk.
+            Err(_) | Ok(()) => {}
+        }
+    }
+}
+
+/// Starts inotify (or a polling watcher when `poll` is given) feeding `tx`. With inotify on a
+/// recursive watch only the root is watched at first: the walk that follows covers the rest.
 pub fn start(
     watch: &WatchConfig,
     poll: Option<std::time::Duration>,
     tx: UnboundedSender<WatchEvent>,
-) -> notify::Result<Box<dyn Watcher + Send + Sync>> {
+) -> notify::Result<Watching> {
     let polling = poll.is_some();
     let root = watch.path.clone();
+    let events = tx.clone();
     let handler = move |result: notify::Result<Event>| {
         for event in translate(result, polling, &root) {
-            let _ = tx.send(event);
+            let _ = events.send(event);
         }
     };
-    let mode = if watch.recursive {
+    let per_folder = watch.recursive && !polling;
+    let mode = if watch.recursive && polling {
         RecursiveMode::Recursive
     } else {
         RecursiveMode::NonRecursive
@@ -51,7 +103,13 @@ pub fn start(
         None => Box::new(notify::RecommendedWatcher::new(handler, base)?),
     };
     watcher.watch(&watch.path, mode)?;
-    Ok(watcher)
+    Ok(Watching {
+        watcher: Mutex::new(watcher),
+        per_folder,
+        exhausted: AtomicBool::new(false),
+        root: watch.path.clone(),
+        tx,
+    })
 }
 
 /// A user-facing explanation of a watch error on the watch of `root`, with the fix where there

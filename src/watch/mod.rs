@@ -181,7 +181,7 @@ pub struct WatchTask {
     /// Why the root cannot be trusted for removals (replaced, remounted), while it is so.
     replaced: Option<String>,
     paused: Option<String>,
-    watcher: Option<Box<dyn notify::Watcher + Send + Sync>>,
+    watcher: Option<Arc<events::Watching>>,
     event_tx: Option<mpsc::UnboundedSender<events::WatchEvent>>,
     /// Folders created or moved in, walked again once a moment later: a file created in one
     /// before the watcher covered it, and after the first walk, has no event of its own.
@@ -227,9 +227,6 @@ impl WatchTask {
         // Only a root in trouble (missing, or not the folder the journal knows) is looked at on
         // a timer; otherwise events about the root and every reconcile look at it.
         let mut root_check = tokio::time::interval(ROOT_CHECK);
-        // Set once inotify ran out of watches and polling took over; later failures queued by the
-        // old watcher are only rescans.
-        let mut polling_fallback = false;
         loop {
             let deadline = self.next_deadline();
             let root_in_trouble = self.paused.is_some() || self.replaced.is_some();
@@ -240,15 +237,15 @@ impl WatchTask {
                     Some(WatchCommand::Stop) | None => break,
                 },
                 Some(event) = events.recv() => match event {
-                    events::WatchEvent::Failed { why } if !polling_fallback => {
-                        polling_fallback = true;
+                    // Failures queued by a watcher already replaced by a poller are only rescans.
+                    events::WatchEvent::Failed { why } if self.watcher.as_ref().is_some_and(|w| w.per_folder()) => {
                         error!(
                             watch = %self.root().display(),
-                            "inotify cannot cover the folder any more: {why}; polling it every {} instead",
+                            "cannot watch the folder with inotify: {why}; polling it every {} instead",
                             humantime::format_duration(events::FALLBACK_POLL)
                         );
                         if let Some(tx) = &self.event_tx {
-                            self.watcher = events::start(&self.config, Some(events::FALLBACK_POLL), tx.clone()).ok();
+                            self.watcher = events::start(&self.config, Some(events::FALLBACK_POLL), tx.clone()).ok().map(Arc::new);
                             crate::metrics::watch_polled(self.root());
                         }
                         self.reconcile(Sighting::Closed).await;
@@ -419,7 +416,7 @@ impl WatchTask {
     }
 
     /// Starts the watch's event source; when inotify cannot be set up, polling takes its place.
-    fn start_watcher(&mut self) -> Option<Box<dyn notify::Watcher + Send + Sync>> {
+    fn start_watcher(&mut self) -> Option<Arc<events::Watching>> {
         let tx = self.event_tx.clone()?;
         self.watching_id = std::fs::metadata(self.root())
             .ok()
@@ -431,7 +428,7 @@ impl WatchTask {
                     None => crate::metrics::WatchMode::Inotify,
                 };
                 crate::metrics::watch_mode(self.root(), &self.config.vendor, mode);
-                return Some(watcher);
+                return Some(Arc::new(watcher));
             }
             Err(e) => e,
         };
@@ -448,7 +445,7 @@ impl WatchTask {
                     events::explain(&error, self.root()),
                     humantime::format_duration(events::FALLBACK_POLL)
                 );
-                Some(watcher)
+                Some(Arc::new(watcher))
             }
             Err(poll_error) => {
                 error!(
@@ -547,7 +544,8 @@ impl WatchTask {
             dir.to_path_buf(),
             self.config.clone(),
         );
-        tokio::task::spawn_blocking(move || walk::files(&root, &dir, &config))
+        let watching = self.watcher.clone();
+        tokio::task::spawn_blocking(move || walk::files(&root, &dir, &config, watching.as_deref()))
             .await
             .unwrap_or_default()
     }
@@ -915,8 +913,10 @@ impl WatchTask {
     async fn reconcile_disk(&mut self, sighting: Sighting) -> Option<DiskPass> {
         let (found, mut batches) = mpsc::channel(2);
         let (root, config) = (self.root().to_path_buf(), self.config.clone());
+        let watching = self.watcher.clone();
         let walker = tokio::task::spawn_blocking(move || {
-            walk::in_batches(&root, &root, &config, RECONCILE_BATCH, |batch| {
+            let watching = watching.as_deref();
+            walk::in_batches(&root, &root, &config, watching, RECONCILE_BATCH, |batch| {
                 found.blocking_send(batch).is_ok()
             });
         });

@@ -6,14 +6,21 @@ use std::path::{Path, PathBuf};
 use tracing::warn;
 use walkdir::WalkDir;
 
+use super::events::Watching;
 use super::examine::stamp;
 use super::settle::Stamp;
 use crate::config::WatchConfig;
 
 /// Every accepted non-directory entry under `dir` (inside the watch at `root`), with its stamp.
-pub fn files(root: &Path, dir: &Path, watch: &WatchConfig) -> Vec<(PathBuf, Stamp)> {
+/// Each folder entered is first covered by `watching`, when there is a watcher.
+pub fn files(
+    root: &Path,
+    dir: &Path,
+    watch: &WatchConfig,
+    watching: Option<&Watching>,
+) -> Vec<(PathBuf, Stamp)> {
     let mut out = Vec::new();
-    in_batches(root, dir, watch, usize::MAX, |batch| {
+    in_batches(root, dir, watch, watching, usize::MAX, |batch| {
         out.extend(batch);
         true
     });
@@ -26,6 +33,7 @@ pub fn in_batches(
     root: &Path,
     dir: &Path,
     watch: &WatchConfig,
+    watching: Option<&Watching>,
     size: usize,
     mut take: impl FnMut(Vec<(PathBuf, Stamp)>) -> bool,
 ) {
@@ -55,6 +63,11 @@ pub fn in_batches(
             }
         };
         if entry.file_type().is_dir() {
+            // The walk has opened the folder but reads it only after this: watched first, a
+            // file created in it meanwhile is listed, reported, or both.
+            if let Some(watching) = watching {
+                watching.cover(entry.path());
+            }
             continue;
         }
         let Ok(relative) = entry.path().strip_prefix(root) else {
