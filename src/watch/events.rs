@@ -124,6 +124,7 @@ pub fn explain(error: &notify::Error, root: &Path) -> String {
 fn translate(result: notify::Result<Event>, polling: bool, root: &Path) -> Vec<WatchEvent> {
     let event = match result {
         Ok(event) => event,
+        // notify reports running out of watches here only for watches it adds itself.
         Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) && !polling => {
             return vec![WatchEvent::Failed {
                 why: explain(&e, root),
@@ -152,6 +153,19 @@ fn translate(result: notify::Result<Event>, polling: bool, root: &Path) -> Vec<W
             .iter()
             .map(|p| seen(p, Sighting::Closed))
             .collect(),
+        // A folder's own "moved" (inotify's MOVE_SELF: no rename cookie) says again what its
+        // parent's "moved from" said, under whatever path notify last knew it by; only the root
+        // has no parent to say it.
+        EventKind::Modify(ModifyKind::Name(RenameMode::From))
+            if event.tracker().is_none() && !polling =>
+        {
+            event
+                .paths
+                .iter()
+                .filter(|p| p.as_path() == root)
+                .map(gone)
+                .collect()
+        }
         EventKind::Modify(ModifyKind::Name(RenameMode::From)) => {
             event.paths.iter().map(gone).collect()
         }
@@ -193,5 +207,40 @@ fn translate(result: notify::Result<Event>, polling: bool, root: &Path) -> Vec<W
             .collect(),
         EventKind::Remove(_) => event.paths.iter().map(gone).collect(),
         _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn moved_from(path: &str, cookie: Option<usize>) -> Event {
+        let event = Event::new(EventKind::Modify(ModifyKind::Name(RenameMode::From)))
+            .add_path(PathBuf::from(path));
+        match cookie {
+            Some(cookie) => event.set_tracker(cookie),
+            None => event,
+        }
+    }
+
+    fn gone_paths(events: Vec<WatchEvent>) -> Vec<PathBuf> {
+        events
+            .into_iter()
+            .map(|e| match e {
+                WatchEvent::Gone { path } => path,
+                other => panic!("not a removal: {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_folders_own_move_is_left_to_its_parents_event_but_the_roots_is_not() {
+        let root = Path::new("/w");
+        let parents = translate(Ok(moved_from("/w/a", Some(7))), false, root);
+        assert_eq!(gone_paths(parents), [PathBuf::from("/w/a")]);
+        let own = translate(Ok(moved_from("/w/a", None)), false, root);
+        assert!(gone_paths(own).is_empty(), "said already by the parent");
+        let roots = translate(Ok(moved_from("/w", None)), false, root);
+        assert_eq!(gone_paths(roots), [PathBuf::from("/w")]);
     }
 }

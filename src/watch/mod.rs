@@ -183,8 +183,9 @@ pub struct WatchTask {
     paused: Option<String>,
     watcher: Option<Arc<events::Watching>>,
     event_tx: Option<mpsc::UnboundedSender<events::WatchEvent>>,
-    /// Folders created or moved in, walked again once a moment later: a file created in one
-    /// before the watcher covered it, and after the first walk, has no event of its own.
+    /// Folders created or moved in, walked again once a moment later: events about a folder that
+    /// race with its first walk (its watch re-added while notify still removes the one of the
+    /// path it was moved from) may leave it briefly unwatched.
     rewalks: Vec<(PathBuf, Instant)>,
 }
 
@@ -498,8 +499,8 @@ impl WatchTask {
         self.removals.remove(path);
         match std::fs::symlink_metadata(path) {
             Ok(meta) if meta.is_dir() && self.config.recursive => {
-                // A folder created or moved in: notify watches it from now on, but what it already
-                // holds produced no events.
+                // A folder created or moved in: the walk watches it (and every folder inside)
+                // from now on, and takes what it already holds, which produced no events.
                 self.walk_new_folder(path).await;
                 self.rewalks
                     .push((path.to_path_buf(), Instant::now() + REWALK_AFTER));

@@ -28,7 +28,8 @@ pub fn files(
 }
 
 /// The same, handed to `take` a batch of at most `size` at a time, so a big tree is never held in
-/// memory whole; stops early when `take` returns false.
+/// memory whole; stops early when `take` returns false (but still covers every folder, so a
+/// reconcile cut short by the journal leaves no folder unwatched).
 pub fn in_batches(
     root: &Path,
     dir: &Path,
@@ -46,6 +47,10 @@ pub fn in_batches(
         }
         1
     };
+    if dir != root && inside_excluded(root, dir, watch) {
+        return;
+    }
+    // No sorting: a sorted walk reads a folder whole when it opens it, before `cover` below.
     let walker = WalkDir::new(dir)
         .follow_links(false)
         .max_depth(depth_left)
@@ -54,6 +59,8 @@ pub fn in_batches(
             e.depth() == 0 || !(e.file_type().is_dir() && watch.filter.excludes_dir(e.file_name()))
         });
     let mut batch = Vec::new();
+    // Once `take` wants no more, the walk goes on only to cover the folders still unwatched.
+    let mut collecting = true;
     for entry in walker {
         let entry = match entry {
             Ok(entry) => entry,
@@ -70,6 +77,12 @@ pub fn in_batches(
             }
             continue;
         }
+        if !collecting {
+            if watching.is_none() {
+                return;
+            }
+            continue;
+        }
         let Ok(relative) = entry.path().strip_prefix(root) else {
             continue;
         };
@@ -83,10 +96,57 @@ pub fn in_batches(
             batch.push((entry.path().to_path_buf(), stamp(&meta)));
         }
         if batch.len() >= size && !take(std::mem::take(&mut batch)) {
-            return;
+            collecting = false;
         }
     }
-    if !batch.is_empty() {
+    if collecting && !batch.is_empty() {
         take(batch);
+    }
+}
+
+/// Whether `dir` lies in (or is) a folder the watch excludes.
+fn inside_excluded(root: &Path, dir: &Path, watch: &WatchConfig) -> bool {
+    dir.strip_prefix(root).is_ok_and(|relative| {
+        relative
+            .components()
+            .any(|c| watch.filter.excludes_dir(c.as_os_str()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(root: &Path) -> WatchConfig {
+        let yaml = format!(
+            "vendors:\n  v:\n    kind: kingdee\n    client_id: c\n    client_secret: s\n    \
+             app_key: k\n    app_secret: a\n    domain: d\nwatches:\n  - path: {}\n    vendor: v\n",
+            root.display()
+        );
+        crate::config::Config::parse(&yaml, Path::new("daemon.yaml"))
+            .unwrap()
+            .watches
+            .remove(0)
+    }
+
+    #[test]
+    fn a_walk_cut_short_stops_taking_and_nothing_under_an_excluded_folder_is_walked() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for sub in ["a", "b", ".hidden/c"] {
+            std::fs::create_dir_all(root.join(sub)).unwrap();
+            for i in 0..3 {
+                std::fs::write(root.join(sub).join(format!("{i}.png")), b"x").unwrap();
+            }
+        }
+        let watch = config(root);
+        let mut batches = 0;
+        in_batches(root, root, &watch, None, 2, |_| {
+            batches += 1;
+            false
+        });
+        assert_eq!(batches, 1, "nothing is handed over once take said stop");
+        assert_eq!(files(root, root, &watch, None).len(), 6, "not the excluded");
+        assert!(files(root, &root.join(".hidden/c"), &watch, None).is_empty());
     }
 }
