@@ -6,6 +6,8 @@
 //! watch, the pool and four workers each record one file at a time. A caller is answered only once
 //! the group's transaction is committed, so nothing acts on a write that could still be undone.
 
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::oneshot;
@@ -19,6 +21,8 @@ type Queued = Box<dyn Waiting>;
 pub struct JournalHandle {
     journal: Arc<Mutex<Journal>>,
     queued: Arc<Mutex<Vec<Queued>>>,
+    /// Whether a writer is at work on the queue.
+    draining: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for JournalHandle {
@@ -38,6 +42,7 @@ impl JournalHandle {
         JournalHandle {
             journal: Arc::new(Mutex::new(journal)),
             queued: Arc::default(),
+            draining: Arc::default(),
         }
     }
 
@@ -64,18 +69,38 @@ impl JournalHandle {
     {
         let (to, answer) = oneshot::channel();
         lock(&self.queued).push(Box::new(QueuedWrite { f, to }));
-        let (journal, queued) = (Arc::clone(&self.journal), Arc::clone(&self.queued));
-        tokio::task::spawn_blocking(move || {
-            let mut journal = lock(&journal);
-            // Another thread may have taken this write into its group already: then it is answered.
-            let group = std::mem::take(&mut *lock(&queued));
+        // One writer at a time drains the queue; a write that finds one at work only waits.
+        // Waking a blocking thread for every write, to find its write already taken, cost more
+        // switching between threads than the writes themselves.
+        if !self.draining.swap(true, Ordering::AcqRel) {
+            let handle = self.clone();
+            tokio::task::spawn_blocking(move || handle.drain());
+        }
+        answer.await.unwrap_or(Err(JournalError::Interrupted))
+    }
+
+    /// Commits the queued writes a group at a time until none is left.
+    fn drain(&self) {
+        loop {
+            let group = std::mem::take(&mut *lock(&self.queued));
             if !group.is_empty() {
-                journal.write_group(group);
+                let mut journal = lock(&self.journal);
+                let written =
+                    std::panic::catch_unwind(AssertUnwindSafe(|| journal.write_group(group)));
+                if written.is_err() && !journal.conn.is_autocommit() {
+                    // A bug in one write (its panic is in the log): the group is taken back and
+                    // its callers told, so the journal and the writes after it go on.
+                    let _ = journal.conn.execute_batch("ROLLBACK");
+                }
+                continue;
             }
-        })
-        .await
-        .expect("a journal write panicked");
-        answer.await.expect("a group answers each of its writes")
+            self.draining.store(false, Ordering::Release);
+            // A write queued after the take saw this writer at work and started none: go on
+            // with it, unless a new writer already has.
+            if lock(&self.queued).is_empty() || self.draining.swap(true, Ordering::AcqRel) {
+                return;
+            }
+        }
     }
 }
 
@@ -311,5 +336,37 @@ mod tests {
         }
         let count = handle.call(|j| j.pauses().unwrap().len()).await;
         assert_eq!(count, 50);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_that_panics_fails_its_caller_and_the_writes_after_it_still_commit() {
+        let (_dir, journal) = journal();
+        let handle = JournalHandle::new(journal);
+        let h = handle.clone();
+        let panicked = tokio::spawn(async move {
+            h.write(|_| -> Result<()> { panic!("a bug in a write") })
+                .await
+        })
+        .await;
+        assert!(
+            matches!(panicked, Ok(Err(JournalError::Interrupted))),
+            "its caller is told, not answered as if it had committed: {panicked:?}"
+        );
+        for round in 0..3 {
+            let writes: Vec<_> = (0..20)
+                .map(|i| {
+                    let handle = handle.clone();
+                    tokio::spawn(async move {
+                        handle
+                            .write(move |j| j.pause_vendor(&format!("r{round}v{i}"), "down", 1))
+                            .await
+                    })
+                })
+                .collect();
+            for write in writes {
+                write.await.unwrap().unwrap();
+            }
+        }
+        assert_eq!(handle.call(|j| j.pauses().unwrap().len()).await, 60);
     }
 }

@@ -85,6 +85,10 @@ pub enum JournalError {
     Unreadable { path: PathBuf, reason: String },
     #[error("journal query failed: {0}")]
     Sql(#[from] rusqlite::Error),
+    #[error(
+        "a journal write was cut short by a bug in imgsyncd (its panic is in the log above);          its group was taken back and is tried again"
+    )]
+    Interrupted,
 }
 
 pub type Result<T> = std::result::Result<T, JournalError>;
