@@ -527,15 +527,7 @@ impl WatchTask {
 
     /// The second look at a new folder: only what neither the tracker nor the journal has yet.
     async fn rewalk_folder(&mut self, dir: &Path) {
-        let Ok((files, known)) = self.disk_and_journal(dir).await else {
-            return;
-        };
-        for (file, stamp) in files {
-            let unchanged = known.get(&file).is_some_and(|k| k.unchanged(&stamp));
-            if !self.settle.contains(&file) && !unchanged {
-                self.settle.touch(&file, Sighting::Scanned, Instant::now());
-            }
-        }
+        let _ = self.compare_folder(dir, Sighting::Scanned).await;
     }
 
     /// The accepted files under `dir` (walked off the executor's threads), with their stamps.
@@ -549,25 +541,6 @@ impl WatchTask {
         tokio::task::spawn_blocking(move || walk::files(&root, &dir, &config, watching.as_deref()))
             .await
             .unwrap_or_default()
-    }
-
-    /// What is on disk under `dir`, and what the journal knows there, by path.
-    async fn disk_and_journal(
-        &self,
-        dir: &Path,
-    ) -> crate::journal::Result<(Vec<(PathBuf, Stamp)>, HashMap<PathBuf, KnownFile>)> {
-        let on_disk = self.walk(dir).await;
-        let dir_text = dir.display().to_string();
-        let known = self
-            .ctx
-            .journal
-            .call(move |j| j.known_under(&dir_text))
-            .await?;
-        let known = known
-            .into_iter()
-            .map(|k| (PathBuf::from(&k.path), k))
-            .collect();
-        Ok((on_disk, known))
     }
 
     fn gone(&mut self, path: &Path) {
@@ -898,7 +871,8 @@ impl WatchTask {
         if let RootState::Missing = self.check_root().await {
             return;
         }
-        let Some(disk) = self.reconcile_disk(sighting).await else {
+        let root = self.root().to_path_buf();
+        let Some(disk) = self.compare_folder(&root, sighting).await else {
             return;
         };
         let (on_disk, fresh) = (disk.on_disk, disk.fresh);
@@ -910,14 +884,21 @@ impl WatchTask {
         );
     }
 
-    /// What is on disk, a batch at a time, against what the journal holds at those paths.
-    async fn reconcile_disk(&mut self, sighting: Sighting) -> Option<DiskPass> {
+    /// What is on disk under `dir`, a batch at a time, against what the journal holds at those
+    /// paths: new and changed files are taken at once when already quiet, else tracked as
+    /// `sighting`. A file the tracker already follows is left to it, unless events were lost
+    /// (`Closed`: what the scan finds counts as closed).
+    async fn compare_folder(&mut self, dir: &Path, sighting: Sighting) -> Option<DiskPass> {
         let (found, mut batches) = mpsc::channel(2);
-        let (root, config) = (self.root().to_path_buf(), self.config.clone());
+        let (root, dir, config) = (
+            self.root().to_path_buf(),
+            dir.to_path_buf(),
+            self.config.clone(),
+        );
         let watching = self.watcher.clone();
         let walker = tokio::task::spawn_blocking(move || {
             let watching = watching.as_deref();
-            walk::in_batches(&root, &root, &config, watching, RECONCILE_BATCH, |batch| {
+            walk::in_batches(&root, &dir, &config, watching, RECONCILE_BATCH, |batch| {
                 found.blocking_send(batch).is_ok()
             });
         });
@@ -945,9 +926,13 @@ impl WatchTask {
                 }
                 pass.fresh += 1;
                 self.removals.remove(&path);
-                // A file no event said is open, untouched for the settle period already: the
-                // tracker would only wait to see what its stamp already says.
-                if !self.settle.contains(&path) && quiet_for(&stamp, self.ctx.settle) {
+                if self.settle.contains(&path) {
+                    if sighting == Sighting::Closed {
+                        self.settle.touch(&path, sighting, now);
+                    }
+                } else if quiet_for(&stamp, self.ctx.settle) {
+                    // No event said it is open, and it has been untouched for the settle period
+                    // already: the tracker would only wait to see what its stamp already says.
                     quiet.push(path);
                 } else {
                     self.settle.touch(&path, sighting, now);
