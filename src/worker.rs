@@ -116,11 +116,18 @@ pub async fn run_pool(
         for ((job, probe), permit) in jobs.into_iter().zip(slots.drain(..)) {
             lock(&running).insert(job.id, job.vendor.clone());
             let ctx = ctx.clone();
-            let running = Arc::clone(&running);
+            let slot = Slot {
+                running: Arc::clone(&running),
+                stop: stop.clone(),
+            };
             tasks.spawn(async move {
-                let id = job.id;
-                crate::metrics::scoped(job.vendor.clone(), process(&ctx, job, probe)).await;
-                lock(&running).remove(&id);
+                // The slot goes on with the job claimed along with each outcome, while there is one.
+                let mut next = Some((job, probe));
+                while let Some((job, probe)) = next.take() {
+                    let (id, vendor) = (job.id, job.vendor.clone());
+                    next = crate::metrics::scoped(vendor, process(&ctx, job, probe, &slot)).await;
+                    lock(&slot.running).remove(&id);
+                }
                 drop(permit);
             });
         }
@@ -212,23 +219,7 @@ async fn claim(
     let names = ctx.vendors.names();
     let result = ctx
         .journal
-        .write(move |j| {
-            let mut in_flight = in_flight;
-            let (mut jobs, mut settled) = (Vec::new(), Vec::new());
-            while jobs.len() < want {
-                let mut names = names.clone();
-                names.sort_by_key(|v| in_flight.get(v).copied().unwrap_or(0));
-                match claim_one(j, names)? {
-                    None => break,
-                    Some((Claimed::Job(job), probe)) => {
-                        *in_flight.entry(job.vendor.clone()).or_default() += 1;
-                        jobs.push((job, probe));
-                    }
-                    Some((other, _)) => settled.push(other),
-                }
-            }
-            Ok((jobs, settled))
-        })
+        .write(move |j| claim_due(j, names, in_flight, want))
         .await;
     match result {
         Ok((jobs, settled)) => {
@@ -243,6 +234,38 @@ async fn claim(
             Vec::new()
         }
     }
+}
+
+/// Claimed jobs (with their probe intervals), and the jobs the journal settled by itself.
+type Claims = (Vec<(Job, Option<Duration>)>, Vec<Claimed>);
+
+/// Up to `want` due jobs of `names`, each of the least busy vendor (by `in_flight`) that has one.
+fn claim_due(
+    j: &mut crate::journal::Journal,
+    names: Vec<String>,
+    mut in_flight: HashMap<String, usize>,
+    want: usize,
+) -> crate::journal::Result<Claims> {
+    let (mut jobs, mut settled) = (Vec::new(), Vec::new());
+    while jobs.len() < want {
+        let mut names = names.clone();
+        names.sort_by_key(|v| in_flight.get(v).copied().unwrap_or(0));
+        match claim_one(j, names)? {
+            None => break,
+            Some((Claimed::Job(job), probe)) => {
+                *in_flight.entry(job.vendor.clone()).or_default() += 1;
+                jobs.push((job, probe));
+            }
+            Some((other, _)) => settled.push(other),
+        }
+    }
+    Ok((jobs, settled))
+}
+
+/// A worker's slot: what it needs to claim its next job itself.
+struct Slot {
+    running: Arc<Mutex<HashMap<i64, String>>>,
+    stop: watch::Receiver<bool>,
 }
 
 /// The next due job of `names` (tried in order: the least busy vendor first, so one vendor's
@@ -294,18 +317,21 @@ fn log_settled(settled: &Claimed) {
 }
 
 /// Carries out one job and records what came of it.
-async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duration>) {
+async fn process(
+    ctx: &WorkerContext,
+    job: Job,
+    probe: Option<Duration>,
+    slot: &Slot,
+) -> Option<(Job, Option<Duration>)> {
     let Some(adapter) = ctx.vendors.get(&job.vendor) else {
-        record(ctx, &job, JobResult::Release, None).await;
-        return;
+        return record(ctx, &job, JobResult::Release, None, slot).await;
     };
     let started = Instant::now();
     let call = match job.op {
         JobOp::Upload => match upload(ctx, &adapter, &job).await {
             Ok(call) => call,
             Err(early) => {
-                record(ctx, &job, early.result, Some(early.attempt)).await;
-                return;
+                return record(ctx, &job, early.result, Some(early.attempt), slot).await;
             }
         },
         JobOp::Delete | JobOp::DeleteOld => {
@@ -462,7 +488,7 @@ async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duration>) {
         }
     };
     crate::metrics::job_done(vendor, job.op, &attempt.outcome);
-    record(ctx, &job, result, Some(attempt)).await;
+    record(ctx, &job, result, Some(attempt), slot).await
 }
 
 /// Pauses the vendor: its jobs stay queued behind one probe, tried at growing intervals.
@@ -610,15 +636,43 @@ async fn resume(ctx: &WorkerContext, vendor: &str) {
 /// waits: an outcome is never dropped, or the job would sit `running` until its lease ran out and
 /// be sent again. Meanwhile this worker's slot stays taken, so a journal that stays unwritable
 /// stops the daemon from taking more work.
-async fn record(ctx: &WorkerContext, job: &Job, result: JobResult, attempt: Option<Attempt>) {
+///
+/// The slot's next job is claimed in a write submitted right behind the outcome's, so both go in
+/// one commit; it is returned (already counted as running) unless the daemon is stopping.
+async fn record(
+    ctx: &WorkerContext,
+    job: &Job,
+    result: JobResult,
+    attempt: Option<Attempt>,
+    slot: &Slot,
+) -> Option<(Job, Option<Duration>)> {
+    let (j, r, a) = (job.clone(), result.clone(), attempt.clone());
+    let mut recording = Some(
+        ctx.journal
+            .submit(move |journal| journal.finish(&j, &r, a.as_ref())),
+    );
+    let next = (!*slot.stop.borrow()).then(|| {
+        let mut in_flight = vendors_in_flight(&slot.running);
+        // This slot's own job ends with this write.
+        if let Some(count) = in_flight.get_mut(&job.vendor) {
+            *count = count.saturating_sub(1);
+        }
+        let names = ctx.vendors.names();
+        ctx.journal
+            .submit(move |journal| claim_due(journal, names, in_flight, 1))
+    });
     let mut wait = Duration::from_millis(250);
     let outcome = loop {
-        let (j, r, a) = (job.clone(), result.clone(), attempt.clone());
-        match ctx
-            .journal
-            .write(move |journal| journal.finish(&j, &r, a.as_ref()))
-            .await
-        {
+        let written = match recording.take() {
+            Some(submitted) => submitted.await,
+            None => {
+                let (j, r, a) = (job.clone(), result.clone(), attempt.clone());
+                ctx.journal
+                    .write(move |journal| journal.finish(&j, &r, a.as_ref()))
+                    .await
+            }
+        };
+        match written {
             Ok(outcome) => break outcome,
             Err(e) => {
                 crate::diagnose::journal_write_failed("record the outcome", &job.path, &e);
@@ -644,6 +698,15 @@ async fn record(ctx: &WorkerContext, job: &Job, result: JobResult, attempt: Opti
         _ => {}
     }
     ctx.wake.notify_one();
+    let (jobs, settled) = match next?.await {
+        Ok(claims) => claims,
+        // The pool claims for the slot instead, with its own handling of a failing journal.
+        Err(_) => return None,
+    };
+    settled.iter().for_each(log_settled);
+    let next = jobs.into_iter().next()?;
+    lock(&slot.running).insert(next.0.id, next.0.vendor.clone());
+    Some(next)
 }
 
 /// Exponential backoff with jitter from 2 s to 15 min; never sooner than the vendor asked.

@@ -67,6 +67,16 @@ impl JournalHandle {
         T: Send + 'static,
         F: FnOnce(&mut Journal) -> Result<T> + Send + 'static,
     {
+        self.submit(f).await
+    }
+
+    /// [`JournalHandle::write`], queued at once rather than when first awaited: writes submitted
+    /// one after the other, before any is awaited, go in the same group.
+    pub fn submit<T, F>(&self, f: F) -> impl Future<Output = Result<T>> + Send + 'static
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Journal) -> Result<T> + Send + 'static,
+    {
         let (to, answer) = oneshot::channel();
         lock(&self.queued).push(Box::new(QueuedWrite { f, to }));
         // One writer at a time drains the queue; a write that finds one at work only waits.
@@ -76,7 +86,7 @@ impl JournalHandle {
             let handle = self.clone();
             tokio::task::spawn_blocking(move || handle.drain());
         }
-        answer.await.unwrap_or(Err(JournalError::Interrupted))
+        async move { answer.await.unwrap_or(Err(JournalError::Interrupted)) }
     }
 
     /// Commits the queued writes a group at a time until none is left.
