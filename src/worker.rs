@@ -79,10 +79,11 @@ pub enum PoolMode {
 
 /// Runs `workers` concurrent transfers until `stop` turns true (or, draining, the queue is empty).
 ///
-/// Between jobs the pool sleeps until the next job falls due or it is woken (a file queued, a
-/// transfer ended): an idle daemon does not poll the journal. Each free slot goes to the vendor with
-/// the fewest transfers in flight that has a job due, so a slow or rate-limited vendor's backlog
-/// never holds up another vendor's files.
+/// A slot that ends a job claims its next one itself, along with recording the outcome; the pool
+/// claims for slots that found nothing. Between jobs the pool sleeps until the next job falls due
+/// or it is woken (a file queued, a transfer ended): an idle daemon does not poll the journal.
+/// Each claim takes the vendor with the fewest transfers in flight that has a job due, so a slow
+/// or rate-limited vendor's backlog never holds up another vendor's files.
 pub async fn run_pool(
     ctx: WorkerContext,
     workers: usize,
@@ -126,7 +127,12 @@ pub async fn run_pool(
                 while let Some((job, probe)) = next.take() {
                     let (id, vendor) = (job.id, job.vendor.clone());
                     next = crate::metrics::scoped(vendor, process(&ctx, job, probe, &slot)).await;
-                    lock(&slot.running).remove(&id);
+                    // Out before the next goes in: the next may be this very job, due again.
+                    let mut running = lock(&slot.running);
+                    running.remove(&id);
+                    if let Some((job, _)) = &next {
+                        running.insert(job.id, job.vendor.clone());
+                    }
                 }
                 drop(permit);
             });
@@ -638,7 +644,8 @@ async fn resume(ctx: &WorkerContext, vendor: &str) {
 /// stops the daemon from taking more work.
 ///
 /// The slot's next job is claimed in a write submitted right behind the outcome's, so both go in
-/// one commit; it is returned (already counted as running) unless the daemon is stopping.
+/// one commit, and returned. It goes back to the queue instead when the outcome could not be
+/// recorded at the first try (the slot takes no more work until it is) or the daemon is stopping.
 async fn record(
     ctx: &WorkerContext,
     job: &Job,
@@ -646,12 +653,12 @@ async fn record(
     attempt: Option<Attempt>,
     slot: &Slot,
 ) -> Option<(Job, Option<Duration>)> {
-    let (j, r, a) = (job.clone(), result.clone(), attempt.clone());
-    let mut recording = Some(
-        ctx.journal
-            .submit(move |journal| journal.finish(&j, &r, a.as_ref())),
-    );
-    let next = (!*slot.stop.borrow()).then(|| {
+    let finish = |journal: &JournalHandle| {
+        let (j, r, a) = (job.clone(), result.clone(), attempt.clone());
+        journal.submit(move |journal| journal.finish(&j, &r, a.as_ref()))
+    };
+    let first = finish(&ctx.journal);
+    let claim = (!*slot.stop.borrow()).then(|| {
         let mut in_flight = vendors_in_flight(&slot.running);
         // This slot's own job ends with this write.
         if let Some(count) = in_flight.get_mut(&job.vendor) {
@@ -661,23 +668,25 @@ async fn record(
         ctx.journal
             .submit(move |journal| claim_due(journal, names, in_flight, 1))
     });
+    let mut written = first.await;
+    let mut next = match claim {
+        Some(claim) => claimed(claim.await),
+        None => None,
+    };
+    if (written.is_err() || *slot.stop.borrow())
+        && let Some((job, _)) = next.take()
+    {
+        release(ctx, job.id).await;
+    }
     let mut wait = Duration::from_millis(250);
     let outcome = loop {
-        let written = match recording.take() {
-            Some(submitted) => submitted.await,
-            None => {
-                let (j, r, a) = (job.clone(), result.clone(), attempt.clone());
-                ctx.journal
-                    .write(move |journal| journal.finish(&j, &r, a.as_ref()))
-                    .await
-            }
-        };
         match written {
             Ok(outcome) => break outcome,
             Err(e) => {
                 crate::diagnose::journal_write_failed("record the outcome", &job.path, &e);
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(30));
+                written = finish(&ctx.journal).await;
             }
         }
     };
@@ -698,15 +707,26 @@ async fn record(
         _ => {}
     }
     ctx.wake.notify_one();
-    let (jobs, settled) = match next?.await {
-        Ok(claims) => claims,
-        // The pool claims for the slot instead, with its own handling of a failing journal.
-        Err(_) => return None,
-    };
+    next
+}
+
+/// The job a slot's claim found, if any; what the journal settled by itself is logged. A claim
+/// that failed leaves the slot to the pool, which handles a failing journal.
+fn claimed(answer: crate::journal::Result<Claims>) -> Option<(Job, Option<Duration>)> {
+    let (jobs, settled) = answer.ok()?;
     settled.iter().for_each(log_settled);
-    let next = jobs.into_iter().next()?;
-    lock(&slot.running).insert(next.0.id, next.0.vendor.clone());
-    Some(next)
+    jobs.into_iter().next()
+}
+
+/// Puts a claimed job this slot will not run back in the queue. If even that cannot be written,
+/// its lease runs out and another slot takes it: never two at once.
+async fn release(ctx: &WorkerContext, id: i64) {
+    if let Err(e) = ctx.journal.write(move |j| j.release(&[id])).await {
+        error!(
+            job = id,
+            "cannot put a claimed job back in the queue: {e}; it is taken again when its lease runs out"
+        );
+    }
 }
 
 /// Exponential backoff with jitter from 2 s to 15 min; never sooner than the vendor asked.

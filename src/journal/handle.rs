@@ -72,7 +72,7 @@ impl JournalHandle {
 
     /// [`JournalHandle::write`], queued at once rather than when first awaited: writes submitted
     /// one after the other, before any is awaited, go in the same group.
-    pub fn submit<T, F>(&self, f: F) -> impl Future<Output = Result<T>> + Send + 'static
+    pub fn submit<T, F>(&self, f: F) -> impl Future<Output = Result<T>> + Send + use<T, F>
     where
         T: Send + 'static,
         F: FnOnce(&mut Journal) -> Result<T> + Send + 'static,

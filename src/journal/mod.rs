@@ -86,7 +86,8 @@ pub enum JournalError {
     #[error("journal query failed: {0}")]
     Sql(#[from] rusqlite::Error),
     #[error(
-        "a journal write was cut short by a bug in imgsyncd (its panic is in the log above);          its group was taken back and is tried again"
+        "a journal write was cut short by a bug in imgsyncd (its panic is in the log above); \
+         its whole group was taken back"
     )]
     Interrupted,
 }
