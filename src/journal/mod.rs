@@ -264,10 +264,13 @@ impl Journal {
             .map_err(open_err)?;
         // temp_store: a savepoint (each write of a group) keeps the pages it changes in a
         // sub-journal, which would otherwise be a temporary file written page by page.
+        // cache_size: the page cache fills up to its size once the journal outgrows it, so it is
+        // most of what a big backlog adds to the daemon's memory; 1 MiB instead of SQLite's 2 MiB
+        // cost nothing measurable at start-up or in the drain (the OS caches the file anyway).
         self.conn
             .execute_batch(
                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;
-                 PRAGMA temp_store = MEMORY;",
+                 PRAGMA temp_store = MEMORY; PRAGMA cache_size = -1024;",
             )
             .map_err(open_err)
     }
