@@ -312,7 +312,7 @@ impl Journal {
                     .transaction_with_behavior(TransactionBehavior::Immediate)?,
             )
         } else {
-            sql::Write::Nested(self.conn.savepoint()?)
+            sql::Write::Nested(sql::Nested::begin(&self.conn)?)
         })
     }
 
