@@ -124,12 +124,8 @@ pub fn explain(error: &notify::Error, root: &Path) -> String {
 fn translate(result: notify::Result<Event>, polling: bool, root: &Path) -> Vec<WatchEvent> {
     let event = match result {
         Ok(event) => event,
-        // notify reports running out of watches here only for watches it adds itself.
-        Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) && !polling => {
-            return vec![WatchEvent::Failed {
-                why: explain(&e, root),
-            }];
-        }
+        // Running out of inotify watches is not among these: notify adds no watch of its own
+        // (folders are watched one by one), so `Watching::cover` is where it shows.
         Err(e) => {
             return vec![WatchEvent::Rescan {
                 why: format!("watch error: {}", explain(&e, root)),
