@@ -2,8 +2,9 @@
 //! class alone decides what happens next: done, retry with backoff, refresh the token, reject the
 //! file, or pause the vendor with its jobs kept.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -50,14 +51,19 @@ pub struct WorkerContext {
 /// is taken as down: its jobs wait behind one probe instead of each being tried in turn.
 const OUTAGE_AFTER: u32 = 5;
 
-/// Consecutive failed calls per vendor: the circuit breaker's memory.
+/// Consecutive failed calls per vendor: the circuit breaker's memory; and when each vendor was
+/// last paused, so a job claimed before its vendor's pause is put back rather than sent.
 #[derive(Debug, Default)]
-pub struct Outages(Mutex<HashMap<String, u32>>);
+pub struct Outages {
+    failures: Mutex<HashMap<String, u32>>,
+    /// Pauses made so far, and the count when each vendor was last paused.
+    pauses: Mutex<(u64, HashMap<String, u64>)>,
+}
 
 impl Outages {
     /// Counts a call's outcome; returns how many calls in a row have now failed.
     fn record(&self, vendor: &str, failed: bool) -> u32 {
-        let mut counts = lock(&self.0);
+        let mut counts = lock(&self.failures);
         if failed {
             let count = counts.entry(vendor.to_string()).or_default();
             *count += 1;
@@ -66,6 +72,28 @@ impl Outages {
             counts.remove(vendor);
             0
         }
+    }
+
+    /// Pauses made so far: taken before a claim, to ask [`Outages::paused_since`] before its job runs.
+    fn pauses(&self) -> u64 {
+        lock(&self.pauses).0
+    }
+
+    /// Counts a pause of `vendor`, once it is recorded in the journal: a claim asked for after
+    /// this sees the pause in the journal; one asked for before it is caught by `paused_since`.
+    fn paused(&self, vendor: &str) {
+        let mut pauses = lock(&self.pauses);
+        pauses.0 += 1;
+        let count = pauses.0;
+        pauses.1.insert(vendor.to_string(), count);
+    }
+
+    /// Whether `vendor` was paused after the count was `pauses`.
+    fn paused_since(&self, vendor: &str, pauses: u64) -> bool {
+        lock(&self.pauses)
+            .1
+            .get(vendor)
+            .is_some_and(|at| *at > pauses)
     }
 }
 
@@ -114,26 +142,15 @@ pub async fn run_pool(
         let in_flight = vendors_in_flight(&running);
         let jobs = claim(&ctx, in_flight, slots.len()).await;
         let claimed_any = !jobs.is_empty();
-        for ((job, probe), permit) in jobs.into_iter().zip(slots.drain(..)) {
-            lock(&running).insert(job.id, job.vendor.clone());
-            let ctx = ctx.clone();
+        for (claim, permit) in jobs.into_iter().zip(slots.drain(..)) {
+            lock(&running).insert(claim.job.id, claim.job.vendor.clone());
             let slot = Slot {
+                ctx: ctx.clone(),
                 running: Arc::clone(&running),
                 stop: stop.clone(),
             };
             tasks.spawn(async move {
-                // The slot goes on with the job claimed along with each outcome, while there is one.
-                let mut next = Some((job, probe));
-                while let Some((job, probe)) = next.take() {
-                    let (id, vendor) = (job.id, job.vendor.clone());
-                    next = crate::metrics::scoped(vendor, process(&ctx, job, probe, &slot)).await;
-                    // Out before the next goes in: the next may be this very job, due again.
-                    let mut running = lock(&slot.running);
-                    running.remove(&id);
-                    if let Some((job, _)) = &next {
-                        running.insert(job.id, job.vendor.clone());
-                    }
-                }
+                slot.run(claim).await;
                 drop(permit);
             });
         }
@@ -217,21 +234,15 @@ async fn finish_in_flight(
 /// is not paused (or whose probe is due). A job of a paused vendor is its probe: the next probe is
 /// pushed back so only one goes at a time. Jobs the journal settles by itself (the same bytes
 /// already uploaded, a file that moved on) are logged and skipped.
-async fn claim(
-    ctx: &WorkerContext,
-    in_flight: HashMap<String, usize>,
-    want: usize,
-) -> Vec<(Job, Option<Duration>)> {
+async fn claim(ctx: &WorkerContext, in_flight: HashMap<String, usize>, want: usize) -> Vec<Claim> {
     let names = ctx.vendors.names();
+    let pauses = ctx.outages.pauses();
     let result = ctx
         .journal
         .write(move |j| claim_due(j, names, in_flight, want))
         .await;
     match result {
-        Ok((jobs, settled)) => {
-            settled.iter().for_each(log_settled);
-            jobs
-        }
+        Ok(claims) => claimed(claims, pauses),
         Err(e) => {
             // A journal that cannot be written (disk full) is asked again in a second, not in a
             // loop, and said so a few times a minute.
@@ -268,10 +279,74 @@ fn claim_due(
     Ok((jobs, settled))
 }
 
-/// A worker's slot: what it needs to claim its next job itself.
+/// A claimed job, waiting for its slot.
+struct Claim {
+    job: Job,
+    /// The probe interval, when the job is a paused vendor's probe.
+    probe: Option<Duration>,
+    /// [`Outages::pauses`] when the claim was asked for: a pause since then puts the job back.
+    pauses: u64,
+}
+
+/// How many claimed jobs a slot keeps waiting behind the one it runs.
+const AHEAD: usize = 1;
+
+/// The recording of a slot's last outcome, which brings the jobs claimed along with it.
+type Recording<'a> = Pin<Box<dyn Future<Output = Vec<Claim>> + Send + 'a>>;
+
+/// A worker's slot: runs one transfer at a time and claims its next jobs itself.
 struct Slot {
+    ctx: WorkerContext,
     running: Arc<Mutex<HashMap<i64, String>>>,
     stop: watch::Receiver<bool>,
+}
+
+impl Slot {
+    /// Runs `first`, then the jobs claimed along with each outcome, until none comes.
+    ///
+    /// A slot keeps [`AHEAD`] claimed job waiting: each outcome is recorded (and the next job
+    /// claimed, in the same commit) while that job runs, so a transfer never waits for a commit
+    /// and the journal's groups grow with the load.
+    async fn run(&self, first: Claim) {
+        let mut ahead = VecDeque::from([first]);
+        let mut recording: Option<Recording<'_>> = None;
+        loop {
+            let Some(claim) = ahead.pop_front() else {
+                match recording.take() {
+                    Some(recorded) => {
+                        ahead.extend(recorded.await);
+                        continue;
+                    }
+                    None => return,
+                }
+            };
+            let vendor = claim.job.vendor.clone();
+            if *self.stop.borrow() || self.ctx.outages.paused_since(&vendor, claim.pauses) {
+                // Stopping, or its vendor was paused since this job was claimed: it goes back
+                // unsent, to wait behind the vendor's probe.
+                self.put_back(&claim.job).await;
+                continue;
+            }
+            let transfer =
+                crate::metrics::scoped(vendor, process(&self.ctx, claim.job, claim.probe));
+            let earlier = async {
+                match recording.take() {
+                    Some(recorded) => recorded.await,
+                    None => Vec::new(),
+                }
+            };
+            let (decided, claimed) = tokio::join!(transfer, earlier);
+            ahead.extend(claimed);
+            let want = (AHEAD + 1).saturating_sub(ahead.len());
+            recording = Some(Box::pin(self.record(decided, want)));
+        }
+    }
+
+    /// Releases a claimed job this slot will not run.
+    async fn put_back(&self, job: &Job) {
+        release(&self.ctx, job.id).await;
+        lock(&self.running).remove(&job.id);
+    }
 }
 
 /// The next due job of `names` (tried in order: the least busy vendor first, so one vendor's
@@ -322,22 +397,32 @@ fn log_settled(settled: &Claimed) {
     }
 }
 
-/// Carries out one job and records what came of it.
-async fn process(
-    ctx: &WorkerContext,
+/// What came of a job, to be recorded.
+struct Decided {
     job: Job,
-    probe: Option<Duration>,
-    slot: &Slot,
-) -> Option<(Job, Option<Duration>)> {
+    result: JobResult,
+    attempt: Option<Attempt>,
+}
+
+/// Carries out one job and decides what came of it.
+async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duration>) -> Decided {
     let Some(adapter) = ctx.vendors.get(&job.vendor) else {
-        return record(ctx, &job, JobResult::Release, None, slot).await;
+        return Decided {
+            job,
+            result: JobResult::Release,
+            attempt: None,
+        };
     };
     let started = Instant::now();
     let call = match job.op {
         JobOp::Upload => match upload(ctx, &adapter, &job).await {
             Ok(call) => call,
             Err(early) => {
-                return record(ctx, &job, early.result, Some(early.attempt), slot).await;
+                return Decided {
+                    job,
+                    result: early.result,
+                    attempt: Some(early.attempt),
+                };
             }
         },
         JobOp::Delete | JobOp::DeleteOld => {
@@ -494,7 +579,11 @@ async fn process(
         }
     };
     crate::metrics::job_done(vendor, job.op, &attempt.outcome);
-    record(ctx, &job, result, Some(attempt), slot).await
+    Decided {
+        job,
+        result,
+        attempt: Some(attempt),
+    }
 }
 
 /// Pauses the vendor: its jobs stay queued behind one probe, tried at growing intervals.
@@ -525,6 +614,7 @@ async fn pause(
     {
         error!("cannot record the pause: {e}");
     }
+    ctx.outages.paused(vendor);
 }
 
 /// A vendor that has not answered several calls in a row (or whose probe went unanswered) is
@@ -638,87 +728,99 @@ async fn resume(ctx: &WorkerContext, vendor: &str) {
     }
 }
 
-/// Records the outcome. A journal that cannot take it (locked, full) is asked again with growing
-/// waits: an outcome is never dropped, or the job would sit `running` until its lease ran out and
-/// be sent again. Meanwhile this worker's slot stays taken, so a journal that stays unwritable
-/// stops the daemon from taking more work.
-///
-/// The slot's next job is claimed in a write submitted right behind the outcome's, so both go in
-/// one commit, and returned. It goes back to the queue instead when the outcome could not be
-/// recorded at the first try (the slot takes no more work until it is) or the daemon is stopping.
-async fn record(
-    ctx: &WorkerContext,
-    job: &Job,
-    result: JobResult,
-    attempt: Option<Attempt>,
-    slot: &Slot,
-) -> Option<(Job, Option<Duration>)> {
-    let finish = |journal: &JournalHandle| {
-        let (j, r, a) = (job.clone(), result.clone(), attempt.clone());
-        journal.submit(move |journal| journal.finish(&j, &r, a.as_ref()))
-    };
-    let first = finish(&ctx.journal);
-    let claim = (!*slot.stop.borrow()).then(|| {
-        let mut in_flight = vendors_in_flight(&slot.running);
-        // This slot's own job ends with this write.
-        if let Some(count) = in_flight.get_mut(&job.vendor) {
-            *count = count.saturating_sub(1);
-        }
-        let names = ctx.vendors.names();
-        ctx.journal
-            .submit(move |journal| claim_due(journal, names, in_flight, 1))
-    });
-    let mut written = first.await;
-    let mut next = match claim {
-        Some(claim) => claimed(claim.await),
-        None => None,
-    };
-    if (written.is_err() || *slot.stop.borrow())
-        && let Some((job, _)) = next.take()
-    {
-        release(ctx, job.id).await;
-    }
-    let mut wait = Duration::from_millis(250);
-    let outcome = loop {
-        match written {
-            Ok(outcome) => break outcome,
-            Err(e) => {
-                crate::diagnose::journal_write_failed("record the outcome", &job.path, &e);
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(30));
-                written = finish(&ctx.journal).await;
+impl Slot {
+    /// Records the outcome. A journal that cannot take it (locked, full) is asked again with
+    /// growing waits: an outcome is never dropped, or the job would sit `running` until its lease
+    /// ran out and be sent again. Meanwhile this slot takes no more work, so a journal that stays
+    /// unwritable stops the daemon from taking more.
+    ///
+    /// Up to `want` next jobs are claimed in a write submitted right behind the outcome's, so both
+    /// go in one commit, and returned. They go back to the queue instead when the outcome could
+    /// not be recorded at the first try or the daemon is stopping.
+    async fn record(&self, decided: Decided, want: usize) -> Vec<Claim> {
+        let Decided {
+            job,
+            result,
+            attempt,
+        } = decided;
+        let ctx = &self.ctx;
+        let finish = |journal: &JournalHandle| {
+            let (j, r, a) = (job.clone(), result.clone(), attempt.clone());
+            journal.submit(move |journal| journal.finish(&j, &r, a.as_ref()))
+        };
+        let first = finish(&ctx.journal);
+        let pauses = ctx.outages.pauses();
+        let claim = (want > 0 && !*self.stop.borrow()).then(|| {
+            let mut in_flight = vendors_in_flight(&self.running);
+            // This slot's own job ends with this write.
+            if let Some(count) = in_flight.get_mut(&job.vendor) {
+                *count = count.saturating_sub(1);
+            }
+            let names = ctx.vendors.names();
+            ctx.journal
+                .submit(move |journal| claim_due(journal, names, in_flight, want))
+        });
+        let mut written = first.await;
+        let mut next = match claim {
+            Some(claim) => claim.await.map(|c| claimed(c, pauses)).unwrap_or_default(),
+            None => Vec::new(),
+        };
+        {
+            // Out before the next go in: the next may be this very job, due again.
+            let mut running = lock(&self.running);
+            running.remove(&job.id);
+            for claim in &next {
+                running.insert(claim.job.id, claim.job.vendor.clone());
             }
         }
-    };
-    match (outcome, &result) {
-        // An unconfirmed upload fails at once, for its own reason (what to check, what to run).
-        (Finished::GaveUp, JobResult::Fail(reason)) => error!(
-            path = %job.path, vendor = %job.vendor, outcome = "failed", job = job.id,
-            "failed: {reason}"
-        ),
-        (Finished::GaveUp, _) => error!(
-            path = %job.path, vendor = %job.vendor, outcome = "failed", job = job.id,
-            "failed: transient errors for longer than give_up_after; `imgsyncd retry --failed` queues it again"
-        ),
-        (Finished::Stale, _) => info!(
-            path = %job.path,
-            "the file moved on while this job ran: its result is recorded for the remote copy only"
-        ),
-        _ => {}
+        if written.is_err() || *self.stop.borrow() {
+            for claim in std::mem::take(&mut next) {
+                self.put_back(&claim.job).await;
+            }
+        }
+        let mut wait = Duration::from_millis(250);
+        let outcome = loop {
+            match written {
+                Ok(outcome) => break outcome,
+                Err(e) => {
+                    crate::diagnose::journal_write_failed("record the outcome", &job.path, &e);
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(30));
+                    written = finish(&ctx.journal).await;
+                }
+            }
+        };
+        match (outcome, &result) {
+            // An unconfirmed upload fails at once, for its own reason (what to check, what to run).
+            (Finished::GaveUp, JobResult::Fail(reason)) => error!(
+                path = %job.path, vendor = %job.vendor, outcome = "failed", job = job.id,
+                "failed: {reason}"
+            ),
+            (Finished::GaveUp, _) => error!(
+                path = %job.path, vendor = %job.vendor, outcome = "failed", job = job.id,
+                "failed: transient errors for longer than give_up_after; `imgsyncd retry --failed` queues it again"
+            ),
+            (Finished::Stale, _) => info!(
+                path = %job.path,
+                "the file moved on while this job ran: its result is recorded for the remote copy only"
+            ),
+            _ => {}
+        }
+        ctx.wake.notify_one();
+        next
     }
-    ctx.wake.notify_one();
-    next
 }
 
-/// The job a slot's claim found, if any; what the journal settled by itself is logged. A claim
-/// that failed leaves the slot to the pool, which handles a failing journal.
-fn claimed(answer: crate::journal::Result<Claims>) -> Option<(Job, Option<Duration>)> {
-    let (jobs, settled) = answer.ok()?;
+/// The jobs a claim found, claimed when the pause count was `pauses`; what the journal settled by
+/// itself is logged.
+fn claimed((jobs, settled): Claims, pauses: u64) -> Vec<Claim> {
     settled.iter().for_each(log_settled);
-    jobs.into_iter().next()
+    jobs.into_iter()
+        .map(|(job, probe)| Claim { job, probe, pauses })
+        .collect()
 }
 
-/// Puts a claimed job this slot will not run back in the queue. If even that cannot be written,
+/// Puts a claimed job a slot will not run back in the queue. If even that cannot be written,
 /// its lease runs out and another slot takes it: never two at once.
 async fn release(ctx: &WorkerContext, id: i64) {
     if let Err(e) = ctx.journal.write(move |j| j.release(&[id])).await {
