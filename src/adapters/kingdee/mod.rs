@@ -84,6 +84,7 @@ pub struct Kingdee {
     http: reqwest::Client,
     token: TokenCache<Call<()>>,
     pacer: Pacer,
+    nonces: sign::Nonces,
 }
 
 #[derive(Deserialize)]
@@ -111,11 +112,12 @@ impl Kingdee {
                 per_second.unwrap_or(DEFAULT_PER_SECOND),
                 per_minute.unwrap_or(DEFAULT_PER_MINUTE),
             ),
+            nonces: sign::Nonces::default(),
         }
     }
 
     fn signed_headers(&self, method: &str, path: &str, params: &[(&str, &str)]) -> HeaderMap {
-        let nonce = fastrand::u64(1_000_000_000..=9_999_999_999).to_string();
+        let nonce = self.nonces.next().to_string();
         let timestamp = epoch_ms().to_string();
         let signature = sign::signature(
             self.config.client_secret.expose(),
@@ -257,13 +259,16 @@ impl Kingdee {
 }
 
 /// A delete the vendor refuses because the image does not exist has nothing left to do: an
-/// earlier attempt deleted it and its answer was lost, or someone else did.
+/// earlier attempt deleted it and its answer was lost, or someone else did. Only Kingdee's own
+/// answer (HTTP 200 with its error code) says so: a proxy's 413 page is no word on the image.
 pub(crate) fn already_gone_is_done(call: Call<()>) -> Call<()> {
     match &call.outcome {
         Outcome::Rejected { reason }
-            if ["不存在", "not exist", "not found", "no such"]
-                .iter()
-                .any(|marker| reason.to_lowercase().contains(marker)) =>
+            if call.http_status == Some(200)
+                && call.vendor_code.is_some()
+                && ["不存在", "not exist", "not found", "no such"]
+                    .iter()
+                    .any(|marker| reason.to_lowercase().contains(marker)) =>
         {
             Call::new(Outcome::Done(()), call.http_status, call.vendor_code)
         }
@@ -394,6 +399,8 @@ fn classify<T>(
             after: wait,
             reason: format!("kingdee {what}: rate limited (HTTP 429)"),
         },
+        // A nonce seen before inside the gateway's window: the next call signs a fresh one.
+        (519, Some(4007)) => retry(format!("{}; sent again with a fresh nonce", said(code))),
         (519, Some(c @ 4001..=4008)) => {
             let hint = if c == 4006 {
                 CLOCK_HINT
@@ -474,6 +481,18 @@ mod tests {
             refused("kingdee delete: url不能为空 (errcode 2000002001)"),
             Outcome::Rejected { .. }
         ));
+        // Not Kingdee's answer: a proxy's page that happens to say "not found".
+        let proxy = Call::new(
+            Outcome::Rejected {
+                reason: "kingdee delete: HTTP 413: 图片不存在".into(),
+            },
+            Some(413),
+            None,
+        );
+        assert!(matches!(
+            already_gone_is_done(proxy).outcome,
+            Outcome::Rejected { .. }
+        ));
     }
 
     #[test]
@@ -481,6 +500,9 @@ mod tests {
         assert!(matches!(class(519, Some(4002)), Outcome::VendorDown { .. }));
         assert!(
             matches!(class(519, Some(4006)), Outcome::VendorDown { reason } if reason.contains("clock"))
+        );
+        assert!(
+            matches!(class(519, Some(4007)), Outcome::Retry { reason, .. } if reason.contains("fresh nonce"))
         );
         assert!(matches!(class(519, Some(4011)), Outcome::Reauth { .. }));
         assert!(matches!(class(519, Some(4012)), Outcome::VendorDown { .. }));
