@@ -21,8 +21,11 @@ use crate::journal::{
 use crate::throttle::{LogThrottle, Verdict};
 use crate::watch::examine::{ReadError, read_regular, sha256_hex};
 
-/// A claimed job stays ours this long; a crashed daemon's jobs are requeued at the next start anyway.
-const LEASE_MS: i64 = 10 * 60 * 1000;
+/// A claimed job stays ours this long. It may wait behind its slot's transfer before its own runs,
+/// and each is bounded by a few request timeouts (two minutes each), so this is well past both:
+/// a job taken again while a slot still holds it would be sent twice. The lease only gives back
+/// jobs this daemon lost track of; a start requeues a crashed daemon's at once.
+const LEASE_MS: i64 = 30 * 60 * 1000;
 /// In-flight transfers get this long to finish at shutdown before they are released to the queue.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 const FIRST_PROBE: Duration = Duration::from_secs(30);
