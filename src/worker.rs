@@ -242,7 +242,7 @@ async fn claim(ctx: &WorkerContext, in_flight: HashMap<String, usize>, want: usi
     let pauses = ctx.outages.pauses();
     let result = ctx
         .journal
-        .write(move |j| claim_due(j, names, in_flight, want))
+        .write(move |j| claim_due(j, names, in_flight, want, ClaimFor::Slots))
         .await;
     match result {
         Ok(claims) => claimed(claims, pauses),
@@ -259,21 +259,58 @@ async fn claim(ctx: &WorkerContext, in_flight: HashMap<String, usize>, want: usi
 /// Claimed jobs (with their probe intervals), and the jobs the journal settled by itself.
 type Claims = (Vec<(Job, Option<Duration>)>, Vec<Claimed>);
 
-/// Up to `want` due jobs of `names`, each of the least busy vendor (by `in_flight`) that has one.
+/// Whom claimed jobs are for.
+#[derive(Debug, Clone)]
+enum ClaimFor {
+    /// Free slots, one job each.
+    Slots,
+    /// One slot, to run one after another behind a transfer of vendor `behind` (if any). A job
+    /// waits only behind its own vendor's transfers: a slow vendor never holds up another's files.
+    Queue { behind: Option<String> },
+}
+
+/// Up to `want` due jobs of `names`. For free slots, each is of the least busy vendor (by
+/// `in_flight`) that has one; a slot's queue takes the least busy vendor's job first and then
+/// only jobs of the vendor it waits behind.
 fn claim_due(
     j: &mut crate::journal::Journal,
     names: Vec<String>,
     mut in_flight: HashMap<String, usize>,
     want: usize,
+    claim_for: ClaimFor,
 ) -> crate::journal::Result<Claims> {
     let (mut jobs, mut settled) = (Vec::new(), Vec::new());
+    let queue = matches!(claim_for, ClaimFor::Queue { .. });
+    let mut behind = match claim_for {
+        ClaimFor::Slots => None,
+        ClaimFor::Queue { behind } => behind,
+    };
     while jobs.len() < want {
-        let mut names = names.clone();
-        names.sort_by_key(|v| in_flight.get(v).copied().unwrap_or(0));
-        match claim_one(j, names)? {
+        let names = match &behind {
+            Some(vendor) => vec![vendor.clone()],
+            None => {
+                let mut names = names.clone();
+                names.sort_by_key(|v| in_flight.get(v).copied().unwrap_or(0));
+                names
+            }
+        };
+        let step = match claim_one(j, names) {
+            Ok(step) => step,
+            Err(e) if jobs.is_empty() && settled.is_empty() => return Err(e),
+            // What was claimed is committed with the group: it goes to its slot, or nobody would
+            // know it is claimed until its lease ran out.
+            Err(e) => {
+                error!("cannot claim more jobs: {e}");
+                break;
+            }
+        };
+        match step {
             None => break,
             Some((Claimed::Job(job), probe)) => {
                 *in_flight.entry(job.vendor.clone()).or_default() += 1;
+                if queue {
+                    behind = Some(job.vendor.clone());
+                }
                 jobs.push((job, probe));
             }
             Some((other, _)) => settled.push(other),
@@ -309,7 +346,8 @@ impl Slot {
     ///
     /// A slot keeps [`AHEAD`] claimed job waiting: each outcome is recorded (and the next job
     /// claimed, in the same commit) while that job runs, so a transfer never waits for a commit
-    /// and the journal's groups grow with the load.
+    /// and the journal's groups grow with the load. A job waits only behind a transfer of its own
+    /// vendor, so a slow vendor holds up none of another's.
     async fn run(&self, first: Claim) {
         let mut ahead = VecDeque::from([first]);
         let mut recording: Option<Recording<'_>> = None;
@@ -341,7 +379,9 @@ impl Slot {
             let (decided, claimed) = tokio::join!(transfer, earlier);
             ahead.extend(claimed);
             let want = (AHEAD + 1).saturating_sub(ahead.len());
-            recording = Some(Box::pin(self.record(decided, want)));
+            // What is claimed now runs after the last job ahead, so only its vendor's jobs.
+            let behind = ahead.back().map(|claim| claim.job.vendor.clone());
+            recording = Some(Box::pin(self.record(decided, want, behind)));
         }
     }
 
@@ -738,9 +778,10 @@ impl Slot {
     /// unwritable stops the daemon from taking more.
     ///
     /// Up to `want` next jobs are claimed in a write submitted right behind the outcome's, so both
-    /// go in one commit, and returned. They go back to the queue instead when the outcome could
-    /// not be recorded at the first try or the daemon is stopping.
-    async fn record(&self, decided: Decided, want: usize) -> Vec<Claim> {
+    /// go in one commit, and returned; behind a job of vendor `behind`, only that vendor's
+    /// ([`ClaimFor::Queue`]). They go back to the queue instead when the outcome could not be
+    /// recorded at the first try or the daemon is stopping.
+    async fn record(&self, decided: Decided, want: usize, behind: Option<String>) -> Vec<Claim> {
         let Decided {
             job,
             result,
@@ -760,8 +801,9 @@ impl Slot {
                 *count = count.saturating_sub(1);
             }
             let names = ctx.vendors.names();
-            ctx.journal
-                .submit(move |journal| claim_due(journal, names, in_flight, want))
+            ctx.journal.submit(move |journal| {
+                claim_due(journal, names, in_flight, want, ClaimFor::Queue { behind })
+            })
         });
         let mut written = first.await;
         let mut next = match claim {
@@ -859,6 +901,72 @@ mod tests {
             assert!(d >= Duration::from_secs(1));
         }
         assert!(backoff(5, None) >= Duration::from_secs(32));
+    }
+
+    /// A journal with `n` files queued for each of vendors "a" and "b", each file its own bytes.
+    fn queued(n: usize) -> (tempfile::TempDir, crate::journal::Journal) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut journal = crate::journal::Journal::open(&dir.path().join("j.sqlite3")).unwrap();
+        for vendor in ["a", "b"] {
+            for i in 0..n {
+                let (path, sha) = (format!("/w/{vendor}{i}.png"), format!("{vendor}{i:063}"));
+                let obs = crate::journal::Observation {
+                    path: &path,
+                    watch_root: "/w",
+                    vendor,
+                    kind: "kingdee",
+                    stamp: crate::journal::FileStamp {
+                        size: 100,
+                        mtime_ns: 1,
+                        ctime_ns: 1,
+                        inode: i as u64,
+                        dev: 1,
+                    },
+                    sha256: &sha,
+                    format: "png",
+                    width: 10,
+                    height: 10,
+                    delete_unused: true,
+                    reuse_copies: true,
+                };
+                journal.observe(&obs, &|_| true).unwrap();
+            }
+        }
+        (dir, journal)
+    }
+
+    fn vendors_of(claims: &Claims) -> Vec<String> {
+        claims.0.iter().map(|(job, _)| job.vendor.clone()).collect()
+    }
+
+    #[test]
+    fn a_slots_queue_holds_only_jobs_of_the_vendor_it_waits_behind() {
+        let (_dir, mut j) = queued(3);
+        let names = vec!["a".to_string(), "b".to_string()];
+        // Behind a transfer of "b": only "b", though "a" has none in flight.
+        let behind_b = ClaimFor::Queue {
+            behind: Some("b".into()),
+        };
+        let claims = claim_due(&mut j, names.clone(), HashMap::new(), 2, behind_b).unwrap();
+        assert_eq!(vendors_of(&claims), ["b", "b"]);
+        // Behind nothing: the least busy vendor first, then that vendor's jobs only.
+        let busy_a = HashMap::from([("a".to_string(), 3)]);
+        let fresh = ClaimFor::Queue { behind: None };
+        let claims = claim_due(&mut j, names.clone(), busy_a, 2, fresh).unwrap();
+        assert_eq!(vendors_of(&claims), ["b"], "b has one job left");
+        // Free slots each run their own job: the least busy vendor each time.
+        let claims = claim_due(&mut j, names, HashMap::new(), 2, ClaimFor::Slots).unwrap();
+        assert_eq!(vendors_of(&claims), ["a", "a"]);
+    }
+
+    #[test]
+    fn free_slots_share_the_vendors_out() {
+        let (_dir, mut j) = queued(3);
+        let names = vec!["a".to_string(), "b".to_string()];
+        let claims = claim_due(&mut j, names, HashMap::new(), 4, ClaimFor::Slots).unwrap();
+        let mut vendors = vendors_of(&claims);
+        vendors.sort();
+        assert_eq!(vendors, ["a", "a", "b", "b"]);
     }
 
     #[test]
