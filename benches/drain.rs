@@ -21,6 +21,8 @@ use imgsyncd::config::{KingdeeConfig, Secret};
 use imgsyncd::image::ImageFormat;
 use imgsyncd::sandbox::{Sandbox, SandboxOptions};
 
+mod common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_imgsyncd");
 
 fn png(seed: u32) -> Vec<u8> {
@@ -89,7 +91,7 @@ fn baseline(files: &[Vec<u8>]) -> Duration {
             Some(100_000),
             Some(1_000_000),
         ));
-        let cpu0 = cpu_seconds("self");
+        let cpu0 = common::cpu_seconds("self");
         let started = Instant::now();
         let paths = write_all(dir.path(), files);
         let queue = Arc::new(std::sync::Mutex::new(paths));
@@ -118,7 +120,7 @@ fn baseline(files: &[Vec<u8>]) -> Duration {
         assert_eq!(sandbox.uploads(), files.len());
         eprintln!(
             "client, writer and sandbox CPU: {:.2} s",
-            cpu_seconds("self") - cpu0
+            common::cpu_seconds("self") - cpu0
         );
         started.elapsed()
     })
@@ -179,7 +181,7 @@ fn daemon(files: &[Vec<u8>]) -> (Duration, u64) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let cpu0 = cpu_seconds("self");
+    let cpu0 = common::cpu_seconds("self");
     let started = Instant::now();
     write_all(&drop, files);
     while sandbox.uploads() < files.len() {
@@ -191,7 +193,7 @@ fn daemon(files: &[Vec<u8>]) -> (Duration, u64) {
     }
     let elapsed = started.elapsed();
     // Beside the daemon's: what the client's run spent on writing and serving is spent here too.
-    let bench_cpu = cpu_seconds("self") - cpu0;
+    let bench_cpu = common::cpu_seconds("self") - cpu0;
     let status =
         std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
     let peak_kib = status
@@ -201,7 +203,7 @@ fn daemon(files: &[Vec<u8>]) -> (Duration, u64) {
         .unwrap_or(0);
     eprintln!(
         "daemon CPU: {:.2} s for {} files; writer and sandbox CPU: {bench_cpu:.2} s",
-        cpu_seconds(&child.id().to_string()),
+        common::cpu_seconds(&child.id().to_string()),
         files.len()
     );
     let _ = Command::new("kill")
@@ -209,21 +211,6 @@ fn daemon(files: &[Vec<u8>]) -> (Duration, u64) {
         .status();
     let _ = child.wait();
     (elapsed, peak_kib)
-}
-
-/// User and system CPU seconds of process `pid` ("self" for this one), from `/proc/PID/stat`.
-fn cpu_seconds(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = fields.get(11..13).map_or(0.0, |f| {
-        f.iter().filter_map(|t| t.parse::<f64>().ok()).sum()
-    });
-    ticks / 100.0
 }
 
 fn main() {

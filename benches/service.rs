@@ -15,7 +15,6 @@ use imgsyncd::sandbox::{Sandbox, SandboxOptions};
 mod common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_imgsyncd");
-const CLK_TCK: f64 = 100.0;
 
 fn full() -> bool {
     std::env::var("IMGSYNCD_BENCH_FULL").is_ok_and(|v| v == "1")
@@ -120,15 +119,7 @@ impl Daemon {
 
     /// User + system CPU seconds so far.
     fn cpu_s(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .unwrap()
-            .1
-            .split_whitespace()
-            .collect();
-        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-        ticks / CLK_TCK
+        common::cpu_seconds(&self.pid().to_string())
     }
 
     /// Context switches per thread: how often each woke.

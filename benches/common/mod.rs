@@ -1,4 +1,7 @@
-//! What the benches share: distinct valid PNGs cheaply, by tagging the same pixels.
+//! What the benches share: distinct valid PNGs cheaply, by tagging the same pixels, and a
+//! process's CPU time.
+// Each bench is a crate of its own and uses only some of these.
+#![allow(dead_code)]
 
 /// `png` with a tEXt chunk carrying `text` put right after IHDR: another text, other bytes, the
 /// same pixels (no re-encoding per file).
@@ -28,4 +31,19 @@ fn crc32(data: &[u8]) -> u32 {
         }
     }
     !crc
+}
+
+/// User and system CPU seconds of process `pid` so far ("self" for the bench's own), from
+/// `/proc/PID/stat`.
+pub fn cpu_seconds(pid: &str) -> f64 {
+    const CLK_TCK: f64 = 100.0;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / CLK_TCK
 }
