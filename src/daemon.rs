@@ -13,7 +13,7 @@ use tracing::{error, info, warn};
 
 use crate::adapters::{Adapter, VendorSet, http_client};
 use crate::config::{Config, ConfigError, VendorConfig, WatchConfig};
-use crate::journal::{FileFilter, FileState, Journal, JournalError, JournalHandle};
+use crate::journal::{FileFilter, FileState, Journal, JournalError, JournalHandle, path_text};
 use crate::service::{Heartbeat, Notes};
 use crate::throttle::LogThrottle;
 use crate::watch::{WatchCommand, WatchContext, WatchTask};
@@ -577,10 +577,11 @@ pub async fn scan(config: Config) -> Result<ScanReport, DaemonError> {
     for state in FileState::ALL {
         report.counts.insert(state.as_str(), 0);
     }
-    for file in files
-        .iter()
-        .filter(|f| roots.iter().any(|r| Path::new(&f.path).starts_with(r)))
-    {
+    for file in files.iter().filter(|f| {
+        roots
+            .iter()
+            .any(|r| path_text::to_path(&f.path).starts_with(r))
+    }) {
         if let Some(state) = FileState::parse(&file.state) {
             *report.counts.entry(state.as_str()).or_default() += 1;
         }

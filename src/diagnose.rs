@@ -219,7 +219,7 @@ pub fn journal_write_failed(doing: &str, path: &str, error: &JournalError) {
         .unwrap_or("other errors");
     let verdict = crate::logging::journal_trouble().check(kind, std::time::Instant::now());
     if verdict != crate::throttle::Verdict::Suppress {
-        error!(path = %path, "cannot {doing} (will try again): {}", journal(error));
+        error!(path = %crate::journal::path_text::shown(path), "cannot {doing} (will try again): {}", journal(error));
     }
 }
 

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 
 use imgsyncd::adapters::{Adapter, Outcome, http_client};
 use imgsyncd::config::{Config, DEFAULT_CONFIG_PATH};
-use imgsyncd::journal::{FileFilter, FileState, Journal, RetryOutcome};
+use imgsyncd::journal::{FileFilter, FileState, Journal, RetryOutcome, path_text};
 use imgsyncd::logging::{self, LogFormat};
 use imgsyncd::sandbox::{Sandbox, SandboxOptions};
 use imgsyncd::{daemon, dev, report};
@@ -194,7 +194,7 @@ fn execute(cli: Cli) -> Result<ExitCode> {
             let journal = read_journal(&cli.config)?;
             let path = journal_path(&path);
             let Some(rows) = journal.history(&path)? else {
-                bail!("the journal has no file {path}");
+                bail!("the journal has no file {}", path_text::shown(&path));
             };
             if json {
                 emit(&serde_json::to_string_pretty(&rows)?);
@@ -223,10 +223,8 @@ fn read_journal(config_path: &Path) -> Result<Journal> {
 
 /// The absolute path the journal records for a path given on the command line.
 fn journal_path(path: &Path) -> String {
-    std::path::absolute(path)
-        .unwrap_or_else(|_| path.to_path_buf())
-        .display()
-        .to_string()
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    path_text::to_text(&absolute).into_owned()
 }
 
 fn retry(config_path: &Path, failed: bool, held: bool, paths: &[PathBuf]) -> Result<ExitCode> {
@@ -237,7 +235,8 @@ fn retry(config_path: &Path, failed: bool, held: bool, paths: &[PathBuf]) -> Res
         emit(&format!("{n} failed files queued again"));
         ExitCode::SUCCESS
     } else if held {
-        let n = journal.release_held(&|p| std::fs::symlink_metadata(p).is_ok())?;
+        let n =
+            journal.release_held(&|p| std::fs::symlink_metadata(path_text::to_path(p)).is_ok())?;
         emit(&format!(
             "{n} held deletes queued; every watch root is accepted as it now is"
         ));
@@ -260,6 +259,7 @@ fn retry_paths(journal: &mut Journal, paths: &[PathBuf]) -> Result<ExitCode> {
     let paths: Vec<String> = paths.iter().map(|p| journal_path(p)).collect();
     let mut code = ExitCode::SUCCESS;
     for (path, outcome) in journal.retry_paths(&paths)? {
+        let path = path_text::shown(&path);
         match outcome {
             RetryOutcome::Queued => emit(&format!("{path}: queued again")),
             RetryOutcome::Reexamined => emit(&format!(

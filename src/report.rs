@@ -4,6 +4,7 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
+use crate::journal::path_text::shown;
 use crate::journal::{FileRow, HistoryRow, OldestPending, Status};
 
 /// Whether a daemon holds the journal (`status --json`'s `daemon`).
@@ -44,7 +45,10 @@ pub fn status_report(report: &StatusReport) -> String {
         };
         let line = format!(
             "oldest pending: {} ({} to {}, queued {}{retried})",
-            oldest.path, oldest.op, oldest.vendor, oldest.since
+            shown(&oldest.path),
+            oldest.op,
+            oldest.vendor,
+            oldest.since
         );
         // Right after the queue line.
         match out
@@ -133,7 +137,7 @@ pub fn status(status: &Status) -> String {
                 out,
                 "  {} {}: {}{kept}",
                 p.state,
-                p.path,
+                shown(&p.path),
                 p.error.as_deref().unwrap_or("")
             );
         }
@@ -147,7 +151,7 @@ pub fn status(status: &Status) -> String {
                 e.at,
                 e.vendor,
                 e.op,
-                e.path,
+                shown(&e.path),
                 e.message.as_deref().unwrap_or(&e.outcome)
             );
         }
@@ -167,7 +171,10 @@ pub fn files(rows: &[FileRow]) -> String {
         let _ = write!(
             out,
             "{:<8} {:<10} {} {}",
-            row.state, row.vendor, row.path, result
+            row.state,
+            row.vendor,
+            shown(&row.path),
+            result
         );
         if row.remote_deleted == Some(true) {
             out.push_str(" (deleted at vendor)");
@@ -184,7 +191,7 @@ pub fn files(rows: &[FileRow]) -> String {
 }
 
 pub fn history(path: &str, rows: &[HistoryRow]) -> String {
-    let mut out = format!("{path}\n");
+    let mut out = format!("{}\n", shown(path));
     for row in rows {
         let _ = write!(out, "  {} {:<10} {:<13}", row.at, row.op, row.outcome);
         if let Some(status) = row.http_status {

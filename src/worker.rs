@@ -3,7 +3,6 @@
 //! file, or pause the vendor with its jobs kept.
 
 use std::collections::{HashMap, VecDeque};
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,7 +14,7 @@ use tracing::{error, info, warn};
 use crate::adapters::{Adapter, Call, Outcome, UploadRequest, VendorSet};
 use crate::image::ImageFormat;
 use crate::journal::{
-    Attempt, Claimed, Finished, Job, JobOp, JobResult, JournalHandle, Remote, now_ms,
+    Attempt, Claimed, Finished, Job, JobOp, JobResult, JournalHandle, Remote, now_ms, path_text,
     reference_field,
 };
 use crate::throttle::{LogThrottle, Verdict};
@@ -425,16 +424,16 @@ fn claim_one(
 fn log_settled(settled: &Claimed) {
     match settled {
         Claimed::Reused { path, reference } => info!(
-            path = %path, remote = %reference,
+            path = %path_text::shown(path), remote = %reference,
             "same bytes already at the vendor: synced to that copy, nothing sent"
         ),
         Claimed::Dropped { path, op } => info!(
-            path = %path, op = op.as_str(),
+            path = %path_text::shown(path), op = op.as_str(),
             "the file moved on since this job was queued: dropped"
         ),
         Claimed::Kept { path, user } => info!(
-            path = %path,
-            "delete withdrawn: {user} uses the remote copy again"
+            path = %path_text::shown(path),
+            "delete withdrawn: {} uses the remote copy again", path_text::shown(user)
         ),
         Claimed::Job(_) => {}
     }
@@ -481,7 +480,7 @@ async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duration>) -> Deci
         message: None,
         duration_ms,
     };
-    let shown = job.path.as_str();
+    let shown = path_text::shown(&job.path);
     let vendor = job.vendor.as_str();
     let op = job.op.as_str();
     let (id, attempt_no) = (job.id, job.attempts + 1);
@@ -586,7 +585,7 @@ async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duration>) -> Deci
         Outcome::VendorDown { reason } => {
             attempt.outcome = "vendor_paused".into();
             attempt.message = Some(reason.clone());
-            pause(ctx, vendor, shown, probe, &reason).await;
+            pause(ctx, vendor, &shown, probe, &reason).await;
             JobResult::Release
         }
         Outcome::Unconfirmed { reason } => {
@@ -595,7 +594,7 @@ async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duration>) -> Deci
             // does not go the same way.
             attempt.outcome = "unconfirmed".into();
             attempt.message = Some(reason.clone());
-            pause(ctx, vendor, shown, probe, &reason).await;
+            pause(ctx, vendor, &shown, probe, &reason).await;
             JobResult::Fail(format!(
                 "{reason}; the vendor may hold it: check there, then `imgsyncd retry {shown}` to send it again"
             ))
@@ -713,7 +712,7 @@ async fn upload(
             ..Attempt::default()
         },
     };
-    let path = std::path::PathBuf::from(&job.path);
+    let path = path_text::to_path(&job.path).into_owned();
     let max_bytes = adapter.limits().max_bytes;
     let read = tokio::task::spawn_blocking(move || read_regular(&path, max_bytes))
         .await
@@ -733,7 +732,7 @@ async fn upload(
         .and_then(ImageFormat::from_mime_subtype)
         .ok_or_else(|| wait_for_watcher("the journal has no format for this file".into()))?;
     let request = UploadRequest {
-        path: Path::new(&job.path),
+        path: &path_text::to_path(&job.path),
         bytes: &bytes,
         format,
     };
@@ -838,15 +837,15 @@ impl Slot {
         match (outcome, &result) {
             // An unconfirmed upload fails at once, for its own reason (what to check, what to run).
             (Finished::GaveUp, JobResult::Fail(reason)) => error!(
-                path = %job.path, vendor = %job.vendor, outcome = "failed", job = job.id,
+                path = %path_text::shown(&job.path), vendor = %job.vendor, outcome = "failed", job = job.id,
                 "failed: {reason}"
             ),
             (Finished::GaveUp, _) => error!(
-                path = %job.path, vendor = %job.vendor, outcome = "failed", job = job.id,
+                path = %path_text::shown(&job.path), vendor = %job.vendor, outcome = "failed", job = job.id,
                 "failed: transient errors for longer than give_up_after; `imgsyncd retry --failed` queues it again"
             ),
             (Finished::Stale, _) => info!(
-                path = %job.path,
+                path = %path_text::shown(&job.path),
                 "the file moved on while this job ran: its result is recorded for the remote copy only"
             ),
             _ => {}

@@ -447,3 +447,87 @@ fn a_hard_link_into_the_folder_is_taken_without_a_write() {
     h.wait_state("linked.png", "synced");
     assert_eq!(h.remote_bytes("linked.png").unwrap(), png(501));
 }
+
+/// A zip made on a Chinese Windows desktop unpacks to GBK names, which are not UTF-8: such a file
+/// is synced like any other, its record found again after a restart (so its copy is never taken
+/// for gone), renamed and removed like any other, and shown with `\xNN` for each odd byte.
+#[test]
+fn a_name_that_is_not_utf8_is_synced_renamed_and_removed_like_any_other() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+
+    let mut h = Harness::new();
+    h.start();
+    // 产品-图.jpg and 新/样.png in GBK.
+    let photo = h
+        .drop
+        .join(OsStr::from_bytes(b"\xb2\xfa\xc6\xb7-\xcd\xbc.jpg"));
+    let folder = h.drop.join(OsStr::from_bytes(b"\xd0\xc2"));
+    let nested = folder.join(OsStr::from_bytes(b"\xd1\xf9.png"));
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(&photo, jpeg(81)).unwrap();
+    std::fs::write(&nested, png(82)).unwrap();
+    // The journal's text: each byte that is not UTF-8 as U+10FF00 + the byte.
+    // (C6 B7 and CD BC happen to be valid UTF-8: Ʒ and ͼ, as `ls` shows them too.)
+    let drop = h.drop.display().to_string();
+    let text = |s: &str| format!("{drop}/{s}");
+    let photo_text = text("\u{10FFB2}\u{10FFFA}Ʒ-ͼ.jpg");
+    let nested_text = text("\u{10FFD0}\u{10FFC2}/\u{10FFD1}\u{10FFF9}.png");
+    let row = |h: &Harness, path: &str| h.files().into_iter().find(|f| f["path"] == path);
+    h.wait_for("both files to be synced", |h| {
+        [&photo_text, &nested_text]
+            .iter()
+            .all(|p| row(h, p).is_some_and(|r| r["state"] == "synced"))
+    });
+    let url = |h: &Harness, p: &str| row(h, p).unwrap()["url"].as_str().unwrap().to_string();
+    let images = h.sandbox.images();
+    assert_eq!(images[&url(&h, &photo_text)].bytes, jpeg(81));
+    assert_eq!(images[&url(&h, &nested_text)].bytes, png(82));
+
+    // People read the odd bytes as `ls -b` shows them: in the log, `files` and `history`.
+    let shown = format!("{drop}/\\xB2\\xFAƷ-ͼ.jpg");
+    assert!(h.log().contains(&shown), "{}", h.log());
+    let files = h.cli(&["files"]);
+    assert!(String::from_utf8_lossy(&files.stdout).contains(&shown));
+    let history = h
+        .command()
+        .arg("-c")
+        .arg(&h.config_path)
+        .arg("history")
+        .arg(&photo)
+        .output()
+        .unwrap();
+    assert!(history.status.success(), "{history:?}");
+    assert!(String::from_utf8_lossy(&history.stdout).starts_with(&shown));
+
+    // A restart finds both records again: nothing sent again, nothing taken for gone.
+    assert!(h.stop().success());
+    h.start();
+    h.wait_for("the restart's reconcile", |h| {
+        h.log().matches("reconciled with the journal").count() >= 2
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(h.sandbox.uploads(), 2, "nothing was uploaded again");
+    assert_eq!(h.deletes_at_sandbox(), 0, "nothing was deleted");
+    assert_eq!(row(&h, &photo_text).unwrap()["state"], "synced");
+
+    // Renamed to another GBK name (产品2.jpg): the record moves with its URL.
+    let before = url(&h, &photo_text);
+    let renamed = h.drop.join(OsStr::from_bytes(b"\xb2\xfa\xc6\xb72.jpg"));
+    std::fs::rename(&photo, &renamed).unwrap();
+    let renamed_text = text("\u{10FFB2}\u{10FFFA}Ʒ2.jpg");
+    h.wait_for("the record to move", |h| {
+        row(h, &renamed_text).is_some_and(|r| r["state"] == "synced")
+    });
+    assert_eq!(url(&h, &renamed_text), before);
+    assert_eq!(h.sandbox.uploads(), 2, "a rename sends nothing");
+
+    // Removed: its copy is deleted at the vendor, as for any name.
+    std::fs::remove_file(&nested).unwrap();
+    let nested_url = url(&h, &nested_text);
+    h.wait_for("the removal", |h| {
+        row(h, &nested_text).is_some_and(|r| r["state"] == "removed")
+    });
+    assert!(!h.sandbox.images().contains_key(&nested_url));
+    assert_eq!(h.deletes_at_sandbox(), 1);
+}

@@ -8,6 +8,7 @@ mod glance;
 mod handle;
 mod jobs;
 mod observe;
+pub mod path_text;
 mod pauses;
 mod queue;
 mod removal;

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use tracing::info;
 
 use crate::image::ImageInfo;
-use crate::journal::{Journal, Observation, Observed, RejectedFile, Result};
+use crate::journal::{Journal, Observation, Observed, RejectedFile, Result, path_text};
 
 use super::settle::Stamp;
 
@@ -56,7 +56,7 @@ pub(super) struct Intake {
 
 impl Intake {
     pub(super) fn record(&self, journal: &mut Journal, found: &Found) -> Result<Recorded> {
-        let path = found.path().display().to_string();
+        let path = path_text::to_text(found.path()).into_owned();
         match found {
             Found::Refused { reason, stamp, .. } => journal
                 .reject(&RejectedFile {
@@ -89,7 +89,9 @@ impl Intake {
                     reuse_copies: self.reuse_copies,
                 };
                 journal
-                    .observe(&observation, &|p| std::fs::symlink_metadata(p).is_ok())
+                    .observe(&observation, &|p| {
+                        std::fs::symlink_metadata(path_text::to_path(p)).is_ok()
+                    })
                     .map(Recorded::Image)
             }
         }
@@ -104,7 +106,7 @@ pub(super) fn log_observed(found: &Found, vendor: &str, observed: Observed) {
     else {
         return;
     };
-    let shown = path.display();
+    let shown = path_text::shown_path(path);
     if matches!(
         observed,
         Observed::Queued | Observed::Changed | Observed::RestoredAfterDelete
@@ -122,7 +124,7 @@ pub(super) fn log_observed(found: &Found, vendor: &str, observed: Observed) {
             "content changed: queued for upload; the old remote copy is replaced once it is synced"
         ),
         Observed::Moved { from } => info!(
-            path = %shown, vendor = %vendor, from = %from,
+            path = %shown, vendor = %vendor, from = %path_text::shown(&from),
             "renamed: record moved, nothing sent"
         ),
         Observed::Restored => info!(

@@ -18,30 +18,12 @@ use tracing::{error, info, warn};
 
 use crate::adapters::{Adapter, Limits};
 use crate::config::{OnRemove, VendorKind, WatchConfig};
-use crate::journal::{JournalHandle, KnownFile, MissingOutcome, RemovalBatch, RemovalPolicy};
+use crate::journal::{
+    JournalHandle, KnownFile, MissingOutcome, RemovalBatch, RemovalPolicy, path_text,
+};
 use examine::Examined;
 use intake::{Found, Intake, Recorded, log_observed};
 use settle::{Settle, Sighting, Stamp};
-
-/// The journal records paths as text: a name that is not UTF-8 could not be found again, so it is
-/// skipped, with a line that says how to make it acceptable (once: every event and every walk
-/// meets it again).
-fn utf8_or_warn(path: &Path) -> bool {
-    static WARNED: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<PathBuf>>> =
-        std::sync::LazyLock::new(Default::default);
-    if path.to_str().is_some() {
-        return true;
-    }
-    let mut warned = WARNED.lock().unwrap_or_else(|p| p.into_inner());
-    if !warned.insert(path.to_path_buf()) {
-        return false;
-    }
-    warn!(
-        path = %path.display(),
-        "skipped: the name is not valid UTF-8; rename the file to sync it"
-    );
-    false
-}
 
 /// What a watch task shares with the rest of the daemon.
 #[derive(Debug, Clone)]
@@ -493,9 +475,6 @@ impl WatchTask {
         let Some(relative) = self.relative(path) else {
             return;
         };
-        if !utf8_or_warn(path) {
-            return;
-        }
         self.removals.remove(path);
         match std::fs::symlink_metadata(path) {
             Ok(meta) if meta.is_dir() && self.config.recursive => {
@@ -702,7 +681,7 @@ impl WatchTask {
 
     /// Logs what the journal made of a file; false when it could not record it.
     fn log_recorded(&self, found: &Found, outcome: crate::journal::Result<Recorded>) -> bool {
-        let shown = found.path().display();
+        let shown = path_text::shown_path(found.path());
         let vendor = &self.config.vendor;
         match outcome {
             Ok(Recorded::Refused { changed }) => {
@@ -735,7 +714,7 @@ impl WatchTask {
         }
         let candidates: Vec<(String, Option<String>)> = due
             .iter()
-            .map(|(p, r)| (p.display().to_string(), r.hold.clone()))
+            .map(|(p, r)| (path_text::to_text(p).into_owned(), r.hold.clone()))
             .collect();
         let lookup: Vec<String> = candidates.iter().map(|(p, _)| p.clone()).collect();
         let known = match self
@@ -764,7 +743,8 @@ impl WatchTask {
                 .into_iter()
                 .filter(|k| !k.removal_pending)
                 .map(|k| {
-                    let presence = presence(&root, Path::new(&k.path), k.stamp.map(|s| s.dev));
+                    let presence =
+                        presence(&root, &path_text::to_path(&k.path), k.stamp.map(|s| s.dev));
                     (k.path, presence)
                 })
                 .collect::<Vec<_>>()
@@ -774,7 +754,9 @@ impl WatchTask {
         let hold_of = |path: &str| {
             candidates
                 .iter()
-                .filter(|(c, _)| path == c || Path::new(path).starts_with(c))
+                .filter(|(c, _)| {
+                    path == c || path_text::to_path(path).starts_with(path_text::to_path(c))
+                })
                 .find_map(|(_, hold)| hold.clone())
                 .or_else(|| self.replaced.clone())
         };
@@ -784,7 +766,7 @@ impl WatchTask {
                 Presence::Gone => gone.entry(hold_of(&path)).or_default().push(path),
                 Presence::Present => {}
                 Presence::Unknown(why) => warn!(
-                    path = %path, vendor = %self.config.vendor,
+                    path = %path_text::shown(&path), vendor = %self.config.vendor,
                     "cannot tell whether the file is gone ({why}); its remote copy is kept"
                 ),
             }
@@ -792,11 +774,12 @@ impl WatchTask {
         for (hold, paths) in gone {
             if !self.record_removals(paths.clone(), hold).await {
                 let now = Instant::now();
-                self.removals.extend(
-                    paths
-                        .into_iter()
-                        .map(|p| (PathBuf::from(p), PendingRemoval::new(now))),
-                );
+                self.removals.extend(paths.into_iter().map(|p| {
+                    (
+                        path_text::to_path(&p).into_owned(),
+                        PendingRemoval::new(now),
+                    )
+                }));
             }
         }
         self.ctx.wake_workers.notify_one();
@@ -846,6 +829,7 @@ impl WatchTask {
         }
         for (path, outcome) in outcomes {
             let vendor = &self.config.vendor;
+            let path = path_text::shown(&path);
             match outcome {
                 MissingOutcome::DeleteQueued => {
                     info!(path = %path, vendor = %vendor, "removed from disk: delete queued")
@@ -853,7 +837,7 @@ impl WatchTask {
                 MissingOutcome::Removed => info!(path = %path, vendor = %vendor, "removed"),
                 MissingOutcome::Shared { with } => info!(
                     path = %path, vendor = %vendor,
-                    "removed; remote copy kept because {with} still uses it"
+                    "removed; remote copy kept because {} still uses it", path_text::shown(&with)
                 ),
                 MissingOutcome::NotTracked
                 | MissingOutcome::Unchanged
@@ -906,7 +890,10 @@ impl WatchTask {
         let mut failed = false;
         while let Some(batch) = batches.recv().await {
             pass.on_disk += batch.len();
-            let paths: Vec<String> = batch.iter().map(|(p, _)| p.display().to_string()).collect();
+            let paths: Vec<String> = batch
+                .iter()
+                .map(|(p, _)| path_text::to_text(p).into_owned())
+                .collect();
             let known = match self.ctx.journal.call(move |j| j.known_files(&paths)).await {
                 Ok(known) => known,
                 Err(e) => {
@@ -997,8 +984,9 @@ impl WatchTask {
             // Anything but "it is there" is for the removal to decide (gone, unreadable, unmounted).
             let missing = tokio::task::spawn_blocking(move || {
                 page.into_iter()
-                    .filter(|k| !k.removal_pending && std::fs::symlink_metadata(&k.path).is_err())
-                    .map(|k| PathBuf::from(k.path))
+                    .map(|k| (k.removal_pending, path_text::to_path(&k.path).into_owned()))
+                    .filter(|(pending, path)| !pending && std::fs::symlink_metadata(path).is_err())
+                    .map(|(_, path)| path)
                     .collect::<Vec<_>>()
             })
             .await

@@ -86,9 +86,6 @@ pub fn in_batches(
         let Ok(relative) = entry.path().strip_prefix(root) else {
             continue;
         };
-        if !super::utf8_or_warn(entry.path()) {
-            continue;
-        }
         if !watch.filter.accepts(relative) {
             continue;
         }

@@ -306,7 +306,7 @@ impl Harness {
     }
 
     /// `imgsyncd`, as `nobody` when the options say so.
-    fn command(&self) -> Command {
+    pub fn command(&self) -> Command {
         if self.options.as_nobody {
             let mut command = Command::new("setpriv");
             command.args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN]);

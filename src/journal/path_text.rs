@@ -1,0 +1,150 @@
+//! How the journal writes a path as text, and reads it back, for every name a folder can hold.
+//!
+//! Linux names are bytes. A name that is not UTF-8 is common in drop folders: a zip made on a
+//! Chinese Windows desktop unpacks to GBK names (`\xB2\xFA\xC6\xB7.jpg` for 产品.jpg). The journal
+//! keeps paths as text, so each byte that is not part of valid UTF-8 is written as one character
+//! of Unicode's last private-use block (U+10FF80..U+10FFFF, the byte's own value in the low
+//! eight bits). A valid name maps to itself, so journals written before this need no change. The
+//! only names that do not map to themselves are those that already hold one of these 128
+//! characters: their bytes are escaped the same way, so reading back is exact for every name.
+//! A directory's text is a prefix of its files' texts, since `/` is never escaped.
+
+use std::borrow::Cow;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+
+/// The first character of the block that stands for raw bytes: U+10FF00 + byte, bytes 0x80..=0xFF.
+const ESCAPE_BASE: u32 = 0x10_FF00;
+const ESCAPED: std::ops::RangeInclusive<char> = '\u{10FF80}'..='\u{10FFFF}';
+
+/// The text the journal records for `path`.
+pub fn to_text(path: &Path) -> Cow<'_, str> {
+    let bytes = path.as_os_str().as_bytes();
+    match std::str::from_utf8(bytes) {
+        Ok(text) if !text.chars().any(|c| ESCAPED.contains(&c)) => Cow::Borrowed(text),
+        _ => Cow::Owned(escape(bytes)),
+    }
+}
+
+fn escape(bytes: &[u8]) -> String {
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match ESCAPED.contains(&c) {
+                true => c
+                    .encode_utf8(&mut [0; 4])
+                    .bytes()
+                    .for_each(|b| text.push(escaped(b))),
+                false => text.push(c),
+            }
+        }
+        chunk.invalid().iter().for_each(|&b| text.push(escaped(b)));
+    }
+    text
+}
+
+/// The character that stands for the byte `b` (always 0x80 or above: ASCII is valid UTF-8).
+fn escaped(b: u8) -> char {
+    char::from_u32(ESCAPE_BASE + u32::from(b)).expect("U+10FF80..U+10FFFF are characters")
+}
+
+/// The path the journal's `text` stands for.
+pub fn to_path(text: &str) -> Cow<'_, Path> {
+    if !text.chars().any(|c| ESCAPED.contains(&c)) {
+        return Cow::Borrowed(Path::new(text));
+    }
+    let mut bytes = Vec::with_capacity(text.len());
+    for c in text.chars() {
+        match ESCAPED.contains(&c) {
+            true => bytes.push((u32::from(c) - ESCAPE_BASE) as u8),
+            false => bytes.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
+        }
+    }
+    Cow::Owned(PathBuf::from(std::ffi::OsString::from_vec(bytes)))
+}
+
+/// The journal's `text` for a person to read: a byte that is not UTF-8 as `\xNN`, as `ls -b`
+/// shows it, so a log line or `status` names the file one can find.
+pub fn shown(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(|c| ESCAPED.contains(&c)) {
+        return Cow::Borrowed(text);
+    }
+    let path = to_path(text);
+    let mut out = String::with_capacity(text.len() * 2);
+    for chunk in path.as_os_str().as_bytes().utf8_chunks() {
+        out.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02X}"));
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// A path as a person reads it (see [`shown`]), for paths not yet in the journal.
+pub fn shown_path(path: &Path) -> String {
+    shown(&to_text(path)).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::ffi::OsStr;
+
+    fn path(bytes: &[u8]) -> PathBuf {
+        PathBuf::from(OsStr::from_bytes(bytes))
+    }
+
+    #[test]
+    fn a_valid_name_is_its_own_text() {
+        let p = Path::new("/srv/drop/产品 (1).jpg");
+        assert!(matches!(
+            to_text(p),
+            Cow::Borrowed("/srv/drop/产品 (1).jpg")
+        ));
+        assert_eq!(to_path("/srv/drop/产品 (1).jpg"), p);
+    }
+
+    #[test]
+    fn a_gbk_name_comes_back_byte_for_byte() {
+        let gbk = path(b"/srv/drop/\xB2\xFA\xC6\xB7.jpg");
+        let text = to_text(&gbk);
+        assert!(text.starts_with("/srv/drop/") && text.ends_with(".jpg"));
+        assert_eq!(to_path(&text), gbk);
+        // C6 B7 happens to be valid UTF-8 (Ʒ): `ls` shows it so too.
+        assert_eq!(shown(&text), "/srv/drop/\\xB2\\xFAƷ.jpg");
+    }
+
+    #[test]
+    fn a_name_holding_the_escape_characters_is_escaped_too() {
+        let odd = Path::new("/w/\u{10FFB2}.jpg");
+        let text = to_text(odd);
+        assert_ne!(text, "/w/\u{10FFB2}.jpg");
+        assert_eq!(to_path(&text), odd);
+        // and it differs from the raw byte it would otherwise be read back as
+        assert_ne!(text, to_text(&path(b"/w/\xB2.jpg")));
+    }
+
+    proptest! {
+        #[test]
+        fn every_name_reads_back_exactly(bytes in proptest::collection::vec(1u8.., 0..40)) {
+            let p = path(&bytes);
+            let text = to_text(&p);
+            prop_assert_eq!(to_path(&text), p.as_path());
+        }
+
+        #[test]
+        fn a_folder_text_is_a_prefix_of_its_files(
+            dir in proptest::collection::vec(1u8.., 1..20),
+            name in proptest::collection::vec(1u8.., 1..20),
+        ) {
+            let dir: Vec<u8> = dir.into_iter().filter(|&b| b != b'/').collect();
+            let name: Vec<u8> = name.into_iter().filter(|&b| b != b'/').collect();
+            prop_assume!(!dir.is_empty() && !name.is_empty());
+            let folder = path(&dir);
+            let file = folder.join(OsStr::from_bytes(&name));
+            let folder_text = format!("{}/", to_text(&folder));
+            prop_assert!(to_text(&file).starts_with(&folder_text));
+        }
+    }
+}
