@@ -596,7 +596,8 @@ async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duration>) -> Deci
             attempt.message = Some(reason.clone());
             pause(ctx, vendor, &shown, probe, &reason).await;
             JobResult::Fail(format!(
-                "{reason}; the vendor may hold it: check there, then `imgsyncd retry {shown}` to send it again"
+                "{reason}; the vendor may hold it: check there, then `imgsyncd retry {}` to send it again",
+                path_text::for_shell(&job.path)
             ))
         }
         Outcome::Throttled { after, reason } => {

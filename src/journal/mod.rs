@@ -38,7 +38,12 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0002_watch_pauses.sql"),
     include_str!("../../migrations/0003_remote_copies.sql"),
     include_str!("../../migrations/0004_drop_jobs_ready.sql"),
+    include_str!("../../migrations/0005_path_text.sql"),
 ];
+
+/// The schema from which paths are written by [`path_text`]; migrating to it rewrites the paths
+/// stored before.
+const PATHS_AS_TEXT: usize = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -138,6 +143,36 @@ impl std::fmt::Debug for Journal {
             .field("path", &self.conn.path())
             .finish()
     }
+}
+
+/// Every path and watch root stored before schema 5, written as [`path_text`] writes it. They
+/// were all valid UTF-8 and most read back as themselves; one holding a character that
+/// `path_text` now reads as a raw byte would otherwise stand for another name, and its file
+/// would be taken for gone.
+fn rewrite_paths_as_text(tx: &Connection) -> Result<()> {
+    const COLUMNS: [(&str, &str); 5] = [
+        ("files", "path"),
+        ("files", "watch_root"),
+        ("watch_roots", "root"),
+        ("watch_pauses", "root"),
+        ("removal_log", "watch_root"),
+    ];
+    for (table, column) in COLUMNS {
+        let stored: Vec<(i64, String)> = tx
+            .prepare(&format!("SELECT rowid, {column} FROM {table}"))?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        for (rowid, text) in stored {
+            let rewritten = path_text::to_text(Path::new(&text));
+            if rewritten != text {
+                tx.execute(
+                    &format!("UPDATE {table} SET {column} = ?1 WHERE rowid = ?2"),
+                    rusqlite::params![rewritten, rowid],
+                )?;
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Journal {
@@ -291,6 +326,9 @@ impl Journal {
         }
         for (index, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
             tx.execute_batch(sql)?;
+            if index + 1 == PATHS_AS_TEXT {
+                rewrite_paths_as_text(&tx)?;
+            }
             tx.pragma_update(None, "user_version", index as i64 + 1)?;
         }
         tx.commit()?;

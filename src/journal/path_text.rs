@@ -69,15 +69,37 @@ pub fn shown(text: &str) -> Cow<'_, str> {
     if !text.chars().any(|c| ESCAPED.contains(&c)) {
         return Cow::Borrowed(text);
     }
+    Cow::Owned(escaped_bytes(text, false))
+}
+
+/// `text`'s name with each byte that is not UTF-8 as `\xNN` and a backslash as `\\` (and, for
+/// bash's `$'…'`, a quote as `\'`).
+fn escaped_bytes(text: &str, quoted: bool) -> String {
     let path = to_path(text);
     let mut out = String::with_capacity(text.len() * 2);
     for chunk in path.as_os_str().as_bytes().utf8_chunks() {
-        out.push_str(chunk.valid());
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '\'' if quoted => out.push_str("\\'"),
+                c => out.push(c),
+            }
+        }
         for b in chunk.invalid() {
             out.push_str(&format!("\\x{b:02X}"));
         }
     }
-    Cow::Owned(out)
+    out
+}
+
+/// The journal's `text` as a shell argument to paste into a command we advise (`imgsyncd retry
+/// …`): as it is for a plain name, else in bash's `$'…'` quotes, which turn `\xNN` back into the
+/// byte.
+pub fn for_shell(text: &str) -> Cow<'_, str> {
+    match shown(text) {
+        Cow::Borrowed(plain) => Cow::Borrowed(plain),
+        Cow::Owned(_) => Cow::Owned(format!("$'{}'", escaped_bytes(text, true))),
+    }
 }
 
 /// A path as a person reads it (see [`shown`]), for paths not yet in the journal.
@@ -123,6 +145,14 @@ mod tests {
         assert_eq!(to_path(&text), odd);
         // and it differs from the raw byte it would otherwise be read back as
         assert_ne!(text, to_text(&path(b"/w/\xB2.jpg")));
+    }
+
+    #[test]
+    fn an_odd_name_is_advised_in_bash_quotes_and_a_plain_one_as_it_is() {
+        let odd = to_text(&path(b"/w/it's \\ \xB2.jpg")).into_owned();
+        assert_eq!(shown(&odd), "/w/it's \\\\ \\xB2.jpg");
+        assert_eq!(for_shell(&odd), "$'/w/it\\'s \\\\ \\xB2.jpg'");
+        assert_eq!(for_shell("/w/a b.jpg"), "/w/a b.jpg");
     }
 
     proptest! {

@@ -546,7 +546,10 @@ fn claim_delete(tx: &Connection, mut job: Job) -> Result<Claimed> {
                 // dropped): the delete is withdrawn before anything was sent.
                 jobs::remove(tx, job.id)?;
                 if file.awaits_delete(&job) {
-                    let note = format!("remote copy kept: {user} uses it");
+                    let note = format!(
+                        "remote copy kept: {} uses it",
+                        super::path_text::shown(&user)
+                    );
                     set_removed(tx, job.file_id, Some(&note))?;
                 }
                 return Ok(Claimed::Kept {

@@ -248,7 +248,10 @@ fn remove_and_delete(tx: &Connection, row: &Existing) -> Result<MissingOutcome> 
         set_removed(
             tx,
             row.id,
-            Some(&format!("remote copy kept: {other} still uses it")),
+            Some(&format!(
+                "remote copy kept: {} still uses it",
+                super::path_text::shown(&other)
+            )),
         )?;
         return Ok(MissingOutcome::Shared { with: other });
     }

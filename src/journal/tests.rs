@@ -698,6 +698,34 @@ fn a_schema_2_journal_is_migrated_with_its_copies() {
 }
 
 #[test]
+fn a_schema_4_path_holding_an_escape_character_is_rewritten_to_read_back_as_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.sqlite3");
+    let odd = "/w/\u{10FFB2}.png";
+    {
+        let conn = Connection::open(&path).unwrap();
+        for sql in &MIGRATIONS[..4] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 4).unwrap();
+        conn.execute(
+            "INSERT INTO files (path, watch_root, vendor, kind, state, size, mtime_ns, sha256,
+               created_at, updated_at)
+             VALUES (?1, '/w', 'erp', 'kingdee', 'synced', 1, 1, 'aa', 1, 1),
+                    ('/w/plain.png', '/w', 'erp', 'kingdee', 'synced', 1, 1, 'bb', 1, 1)",
+            [odd],
+        )
+        .unwrap();
+    }
+    let j = Journal::open(&path).unwrap();
+    let text = path_text::to_text(std::path::Path::new(odd)).into_owned();
+    assert_ne!(text, odd);
+    assert_eq!(state_of(&j, &text).state, "synced");
+    assert_eq!(path_text::to_path(&text), std::path::Path::new(odd));
+    assert_eq!(state_of(&j, "/w/plain.png").state, "synced");
+}
+
+#[test]
 fn the_read_only_journal_reads_and_refuses_to_write() {
     let mut f = fixture();
     synced(&mut f.journal, "/w/a.png", "aa", "https://img/1.png");

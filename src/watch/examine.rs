@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 use crate::adapters::Limits;
 use crate::image::{self, ImageInfo};
 use crate::journal::FileStamp as Stamp;
+use crate::journal::path_text;
 
 #[derive(Debug)]
 pub enum Examined {
@@ -154,7 +155,7 @@ pub fn examine(root: &Path, path: &Path, vendor: &str, limits: &Limits) -> Exami
             return Examined::Reject {
                 reason: format!(
                     "cannot read: permission denied; fix its permissions, then run `imgsyncd retry {}`",
-                    path.display()
+                    path_text::for_shell(&path_text::to_text(path))
                 ),
                 stamp: Some(stamp_now),
             };

@@ -242,7 +242,7 @@ impl WatchTask {
         }
         self.watcher = None;
         if self.paused.is_some() || self.replaced.is_some() {
-            let root = self.root().display().to_string();
+            let root = path_text::to_text(self.root()).into_owned();
             let _ = self.ctx.journal.call(move |j| j.resume_watch(&root)).await;
         }
     }
@@ -304,7 +304,7 @@ impl WatchTask {
         if self.root_id != Some(current) {
             // The journal is the authority: at a start, and after `retry --held` accepted a
             // replaced root, it holds what this root should be.
-            let root = self.root().display().to_string();
+            let root = path_text::to_text(self.root()).into_owned();
             let known = self
                 .ctx
                 .journal
@@ -313,7 +313,7 @@ impl WatchTask {
                 .unwrap_or(None);
             match known {
                 None => {
-                    let root = self.root().display().to_string();
+                    let root = path_text::to_text(self.root()).into_owned();
                     let recorded = self
                         .ctx
                         .journal
@@ -383,7 +383,7 @@ impl WatchTask {
     /// Tells the journal (and so `status`) that the watch paused (`Some(reason)`) or resumed.
     fn record_pause(&self, reason: Option<String>) {
         let journal = self.ctx.journal.clone();
-        let root = self.root().display().to_string();
+        let root = path_text::to_text(self.root()).into_owned();
         tokio::spawn(async move {
             let result = journal
                 .call(move |j| match reason {
@@ -631,7 +631,7 @@ impl WatchTask {
         }
         let paths: Vec<PathBuf> = found.iter().map(|f| f.path().to_path_buf()).collect();
         let intake = Intake {
-            watch_root: self.root().display().to_string(),
+            watch_root: path_text::to_text(self.root()).into_owned(),
             vendor: self.config.vendor.clone(),
             kind: self.kind.as_str(),
             delete_unused: self.delete_unused(),
@@ -787,7 +787,7 @@ impl WatchTask {
 
     /// Records removals in the journal, which decides each one; false when it could not.
     async fn record_removals(&self, paths: Vec<String>, hold: Option<String>) -> bool {
-        let watch_root = self.root().display().to_string();
+        let watch_root = path_text::to_text(self.root()).into_owned();
         let policy = match self.config.on_remove {
             OnRemove::Delete if self.kind.can_delete() => RemovalPolicy::Delete,
             _ => RemovalPolicy::Keep,
@@ -935,7 +935,7 @@ impl WatchTask {
     /// The files the journal holds under the root that are gone from disk, a page at a time:
     /// each becomes a pending removal, decided later with its guards. Returns how many vanished.
     async fn reconcile_journal(&mut self, disk: DiskPass) -> usize {
-        let root = self.root().display().to_string();
+        let root = path_text::to_text(self.root()).into_owned();
         let r = root.clone();
         let present = match self
             .ctx

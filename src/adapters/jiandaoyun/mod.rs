@@ -435,7 +435,7 @@ impl Jiandaoyun {
                     };
                     warn!(
                         vendor = %self.name,
-                        path = %request.path.display(),
+                        path = %crate::journal::path_text::shown_path(request.path),
                         "{reason}: that upload token is spent{}; taking another",
                         if whole_transaction {
                             format!(", and with it the {dropped} left of its transaction")
