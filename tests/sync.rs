@@ -483,6 +483,9 @@ fn a_name_that_is_not_utf8_is_synced_renamed_and_removed_like_any_other() {
     let images = h.sandbox.images();
     assert_eq!(images[&url(&h, &photo_text)].bytes, jpeg(81));
     assert_eq!(images[&url(&h, &nested_text)].bytes, png(82));
+    // The vendor is given the names the GBK bytes spell.
+    assert_eq!(images[&url(&h, &photo_text)].filename, "产品-图.jpg");
+    assert_eq!(images[&url(&h, &nested_text)].filename, "样.png");
 
     // People read the odd bytes as `ls -b` shows them: in the log, `files` and `history`.
     let shown = format!("{drop}/\\xB2\\xFAƷ-ͼ.jpg");

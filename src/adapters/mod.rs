@@ -6,6 +6,7 @@ pub mod http;
 pub mod jiandaoyun;
 pub mod kind;
 pub mod kingdee;
+pub mod name;
 mod outcome;
 mod ratelimit;
 mod token;
@@ -165,7 +166,7 @@ impl UploadRequest<'_> {
         let name = self
             .path
             .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
+            .map(|n| name::for_vendor(n).into_owned())
             .unwrap_or_else(|| "image".to_string());
         if Path::new(&name).extension().is_some() {
             name

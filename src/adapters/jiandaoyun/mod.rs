@@ -27,6 +27,7 @@ use tracing::{info, warn};
 use self::pool::{Batch, TokenPool, Transaction, UploadToken};
 use super::http::{self, Received};
 use super::kind::{DEFAULT_INCLUDE, KindSpec};
+use super::name::for_vendor;
 use super::outcome::{Call, Outcome};
 use super::ratelimit::Pacer;
 use super::token::{self, TOKEN_COOL_DOWN};
@@ -881,9 +882,14 @@ impl<'a> Facts<'a> {
         match placeholder {
             Placeholder::Filename => path
                 .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
+                .map(|n| for_vendor(n).into_owned())
                 .unwrap_or_default(),
-            Placeholder::Path => path.display().to_string(),
+            Placeholder::Path => path
+                .iter()
+                .map(|part| for_vendor(part).into_owned())
+                .collect::<std::path::PathBuf>()
+                .display()
+                .to_string(),
             Placeholder::Relpath => relpath(path, self.watch_roots),
             Placeholder::Sha256 => self
                 .sha256
@@ -914,13 +920,13 @@ pub fn relpath(path: &Path, watch_roots: &[std::path::PathBuf]) -> String {
         .filter(|rest| rest.components().next().is_some())
         .map(|rest| {
             rest.components()
-                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .map(|c| for_vendor(c.as_os_str()).into_owned())
                 .collect::<Vec<_>>()
                 .join("/")
         })
         .unwrap_or_else(|| {
             path.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
+                .map(|n| for_vendor(n).into_owned())
                 .unwrap_or_default()
         })
 }

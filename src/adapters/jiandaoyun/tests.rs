@@ -219,6 +219,35 @@ fn the_record_holds_the_key_and_the_filled_in_fields() {
     );
 }
 
+#[test]
+fn a_gbk_name_fills_the_fields_with_the_characters_it_spells() {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = png(2, 40, 30);
+    let mut fields = BTreeMap::new();
+    fields.insert(
+        "_widget_2".to_string(),
+        Template::parse("{filename} | {relpath} | {path}").unwrap(),
+    );
+    let record = CreateRecord {
+        image_widget: "_widget_1".into(),
+        fields,
+    };
+    // 新/产品.png in GBK, as a zip made on a Chinese Windows desktop unpacks it.
+    let path = Path::new(std::ffi::OsStr::from_bytes(
+        b"/srv/drop/\xd0\xc2/\xb2\xfa\xc6\xb7.png",
+    ));
+    let request = UploadRequest {
+        path,
+        bytes: &bytes,
+        format: ImageFormat::Png,
+    };
+    let data = record_data(&record, "k-1", &request, &[PathBuf::from("/srv/drop")]);
+    assert_eq!(
+        data["_widget_2"]["value"],
+        "产品.png | 新/产品.png | /srv/drop/新/产品.png"
+    );
+}
+
 // ---- against the sandbox ----------------------------------------------------------------------
 
 /// A real PNG of `w`×`h` noisy pixels.
