@@ -1,12 +1,12 @@
 //! notify's events turned into the three things a watch cares about. Everything else is noise.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
 use notify::{Event, EventKind, RecursiveMode, Watcher};
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::{self, error::TrySendError};
 
 use super::settle::Sighting;
 use crate::config::WatchConfig;
@@ -21,6 +21,90 @@ pub enum WatchEvent {
     Rescan { why: String },
     /// inotify can no longer cover the folder (out of watches): it must be polled instead.
     Failed { why: String },
+}
+
+/// How many events a watch queues before it stops queuing them and rescans instead. A burst the
+/// watch takes in more slowly than it comes (a catalogue import while the journal's disk is slow)
+/// then costs about a megabyte at most, not an entry in memory for every file of it.
+const QUEUED_EVENTS: usize = 8192;
+
+/// A watch's events, queued by the watcher's thread and the walk, taken by the watch.
+pub fn channel() -> (EventSender, EventReceiver) {
+    let (tx, rx) = mpsc::channel(QUEUED_EVENTS);
+    let lost = Arc::new(Lost::default());
+    (
+        EventSender {
+            tx,
+            lost: Arc::clone(&lost),
+        },
+        EventReceiver { rx, lost },
+    )
+}
+
+/// What could not be queued because the queue was full.
+#[derive(Debug, Default)]
+struct Lost {
+    /// Some event was dropped: the watch must rescan.
+    events: AtomicBool,
+    /// inotify ran out of watches: the watch must poll. Kept apart, as a rescan would not do.
+    failed: Mutex<Option<String>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct EventSender {
+    tx: mpsc::Sender<WatchEvent>,
+    lost: Arc<Lost>,
+}
+
+impl EventSender {
+    /// Queues `event` without waiting: the watcher's thread must keep draining the kernel's queue.
+    pub fn send(&self, event: WatchEvent) {
+        match self.tx.try_send(event) {
+            Ok(()) | Err(TrySendError::Closed(_)) => {}
+            Err(TrySendError::Full(WatchEvent::Failed { why })) => {
+                *self.lost.failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+            }
+            Err(TrySendError::Full(_)) => self.lost.events.store(true, Ordering::Release),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct EventReceiver {
+    rx: mpsc::Receiver<WatchEvent>,
+    lost: Arc<Lost>,
+}
+
+impl EventReceiver {
+    /// The next event. What was lost comes once the queue is empty, after every event queued
+    /// before it: a rescan counts what it finds as closed, and an open event older than the
+    /// rescan, taken after it, would leave a file waiting for a close that was dropped.
+    /// Something is lost only while the queue is full, so the queue is sure to run empty after
+    /// it. Cancel-safe.
+    pub async fn recv(&mut self) -> Option<WatchEvent> {
+        match self.rx.try_recv() {
+            Ok(event) => return Some(event),
+            Err(mpsc::error::TryRecvError::Disconnected) => return None,
+            Err(mpsc::error::TryRecvError::Empty) => {}
+        }
+        let failed = self
+            .lost
+            .failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(why) = failed {
+            return Some(WatchEvent::Failed { why });
+        }
+        if self.lost.events.swap(false, Ordering::AcqRel) {
+            return Some(WatchEvent::Rescan {
+                why: format!(
+                    "more than {QUEUED_EVENTS} events came faster than the watch took them in"
+                ),
+            });
+        }
+        self.rx.recv().await
+    }
 }
 
 /// How often a watch whose inotify setup failed is polled instead.
@@ -38,7 +122,7 @@ pub struct Watching {
     /// Set once inotify ran out of watches: the watch is told once, and stops adding folders.
     exhausted: AtomicBool,
     root: PathBuf,
-    tx: UnboundedSender<WatchEvent>,
+    tx: EventSender,
 }
 
 impl Watching {
@@ -63,7 +147,7 @@ impl Watching {
             Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
                 if !self.exhausted.swap(true, Ordering::Relaxed) {
                     let why = explain(&e, &self.root);
-                    let _ = self.tx.send(WatchEvent::Failed { why });
+                    self.tx.send(WatchEvent::Failed { why });
                 }
             }
             // A folder gone since it was listed needs no watch; one that cannot be read is
@@ -78,14 +162,14 @@ impl Watching {
 pub fn start(
     watch: &WatchConfig,
     poll: Option<std::time::Duration>,
-    tx: UnboundedSender<WatchEvent>,
+    tx: EventSender,
 ) -> notify::Result<Watching> {
     let polling = poll.is_some();
     let root = watch.path.clone();
     let events = tx.clone();
     let handler = move |result: notify::Result<Event>| {
         for event in translate(result, polling, &root) {
-            let _ = events.send(event);
+            events.send(event);
         }
     };
     let per_folder = watch.recursive && !polling;
@@ -209,6 +293,40 @@ fn translate(result: notify::Result<Event>, polling: bool, root: &Path) -> Vec<W
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn seen(n: usize) -> WatchEvent {
+        WatchEvent::Seen {
+            path: PathBuf::from(format!("/w/{n}.png")),
+            sighting: Sighting::Closed,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_events_for_one_rescan_after_what_was_queued() {
+        let (tx, mut rx) = channel();
+        for n in 0..QUEUED_EVENTS + 100 {
+            tx.send(seen(n));
+        }
+        tx.send(WatchEvent::Failed {
+            why: "out of watches".into(),
+        });
+        // What was queued before the queue filled comes first, in order, then what was lost.
+        for n in 0..QUEUED_EVENTS {
+            match rx.recv().await {
+                Some(WatchEvent::Seen { path, .. }) => {
+                    assert_eq!(path, PathBuf::from(format!("/w/{n}.png")))
+                }
+                other => panic!("event {n}: {other:?}"),
+            }
+        }
+        assert!(
+            matches!(rx.recv().await, Some(WatchEvent::Failed { why }) if why == "out of watches")
+        );
+        assert!(matches!(rx.recv().await, Some(WatchEvent::Rescan { .. })));
+        // One rescan for the lot.
+        tx.send(seen(0));
+        assert!(matches!(rx.recv().await, Some(WatchEvent::Seen { .. })));
+    }
 
     fn moved_from(path: &str, cookie: Option<usize>) -> Event {
         let event = Event::new(EventKind::Modify(ModifyKind::Name(RenameMode::From)))

@@ -164,7 +164,7 @@ pub struct WatchTask {
     replaced: Option<String>,
     paused: Option<String>,
     watcher: Option<Arc<events::Watching>>,
-    event_tx: Option<mpsc::UnboundedSender<events::WatchEvent>>,
+    event_tx: Option<events::EventSender>,
     /// Folders created or moved in, walked again once a moment later: events about a folder that
     /// race with its first walk (its watch re-added while notify still removes the one of the
     /// path it was moved from) may leave it briefly unwatched.
@@ -200,7 +200,7 @@ impl WatchTask {
     /// Runs until told to stop. Between events it sleeps until the next thing falls due (a file's
     /// quiet period ending, a removal's grace, the periodic rescan): an idle watch costs nothing.
     pub async fn run(mut self, mut commands: mpsc::UnboundedReceiver<WatchCommand>) {
-        let (event_tx, mut events) = mpsc::unbounded_channel();
+        let (event_tx, mut events) = events::channel();
         self.event_tx = Some(event_tx);
         self.verify_root().await;
         let mut rescan = tokio::time::interval_at(
