@@ -534,3 +534,38 @@ fn a_name_that_is_not_utf8_is_synced_renamed_and_removed_like_any_other() {
     assert!(!h.sandbox.images().contains_key(&nested_url));
     assert_eq!(h.deletes_at_sandbox(), 1);
 }
+
+/// More files than a scan tracks (1 024), written just before the start, so none is quiet yet
+/// when the start's walk finds them: the walk tracks the first ones and reads the folder again
+/// once the rest are quiet. Every file is synced with its bytes; the periodic rescan (1 h here)
+/// is not what takes the rest.
+#[test]
+fn a_burst_written_just_before_the_start_is_all_synced() {
+    const FILES: usize = 1_500;
+    let mut h = Harness::with(common::Options {
+        settle: "2s",
+        ..common::Options::default()
+    });
+    // A few contents, so the test measures intake, not Kingdee's upload pacing.
+    let contents: Vec<Vec<u8>> = (0..8).map(|i| png(90_000 + i)).collect();
+    let started = std::time::Instant::now();
+    for i in 0..FILES {
+        std::fs::write(h.path(&format!("b{i:04}.png")), &contents[i % 8]).unwrap();
+    }
+    h.start();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the files were meant to be found before they were quiet"
+    );
+    h.wait_for("every file synced", |h| {
+        h.status()["files"]["synced"].as_u64() == Some(FILES as u64)
+    });
+    assert_eq!(h.sandbox.uploads(), 8, "each content sent once");
+    let images = h.sandbox.images();
+    for row in h.files() {
+        let name = row["path"].as_str().unwrap().rsplit('/').next().unwrap();
+        let i: usize = name[1..5].parse().unwrap();
+        let url = row["url"].as_str().unwrap();
+        assert_eq!(images[url].bytes, contents[i % 8], "{name}");
+    }
+}
