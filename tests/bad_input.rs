@@ -680,7 +680,7 @@ fn a_root_hidden_by_an_empty_mount_deletes_nothing() {
 
 /// Catalogue 7 (Kingdee): 10 000 files dropped while the daemon is stopped (SIGSTOP), so the
 /// kernel's inotify queue overflows (16 384 events by default; each file makes three or more),
-/// and so does the watch's own (8 192): the overflow triggers a rescan and no file is lost.
+/// and so may the watch's own (65 536): the overflow triggers a rescan and no file is lost.
 #[test]
 fn ten_thousand_files_overflowing_the_event_queue_are_all_synced() {
     const FILES: usize = 10_000;
