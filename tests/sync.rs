@@ -354,6 +354,34 @@ fn scan_makes_one_pass_and_reports_with_its_exit_code() {
     assert_eq!(h.sandbox.uploads(), 1);
 }
 
+/// `imgsyncd scan` right after an unzip: more files still settling than one look tracks, and
+/// the one pass still takes every one of them.
+#[test]
+fn scan_right_after_a_burst_takes_every_file() {
+    const FILES: usize = 1_500;
+    let h = Harness::with(common::Options {
+        settle: "2s",
+        ..common::Options::default()
+    });
+    let contents: Vec<Vec<u8>> = (0..8).map(|i| png(91_000 + i)).collect();
+    for i in 0..FILES {
+        std::fs::write(h.path(&format!("s{i:04}.png")), &contents[i % 8]).unwrap();
+    }
+    let out = h.cli(&["scan"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        h.status()["files"]["synced"].as_u64(),
+        Some(FILES as u64),
+        "every file of the burst synced by the one pass"
+    );
+    assert_eq!(h.sandbox.uploads(), 8);
+}
+
 #[test]
 fn sighup_reloads_new_watches_without_dropping_jobs() {
     let mut h = Harness::new();

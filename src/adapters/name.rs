@@ -8,7 +8,8 @@ use std::os::unix::ffi::OsStrExt;
 /// `name` as text for the vendor. A name that is not UTF-8 is most often GBK, from a zip made
 /// on a Chinese Windows desktop: when its bytes are valid GB18030 (GBK's superset), the vendor
 /// gets the characters they spell (产品.jpg, not ��Ʒ.jpg); otherwise each byte that is not UTF-8
-/// becomes `�`.
+/// becomes `�`. A guess: Big5 or Shift-JIS names are mostly valid GB18030 too, and reach the
+/// vendor as other Chinese characters. The file itself is found by its exact bytes either way.
 pub fn for_vendor(name: &OsStr) -> Cow<'_, str> {
     let bytes = name.as_bytes();
     if let Ok(text) = std::str::from_utf8(bytes) {

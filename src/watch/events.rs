@@ -25,8 +25,8 @@ pub enum WatchEvent {
 
 /// How many events a watch queues before it stops queuing them and rescans instead: a burst the
 /// watch takes in more slowly than it comes (a catalogue import while the journal's disk is slow)
-/// then costs about 6 MB at most (some 100 bytes an event), not an entry in memory for every
-/// event of it. A file written makes three events, and the watch takes them in more slowly than
+/// then costs about 6 MB (some 100 bytes an event with a path of 60), not an entry in memory for
+/// every event of it. A file written makes three events, and the watch takes them in more slowly than
 /// a copy makes them: at 8 192, dropping 10 000 files at once overflowed the queue every time,
 /// and the rescan that follows made the drain 10 % slower. 65 536 holds such a drop whole.
 const QUEUED_EVENTS: usize = 65_536;
@@ -40,7 +40,11 @@ pub fn channel() -> (EventSender, EventReceiver) {
             tx,
             lost: Arc::clone(&lost),
         },
-        EventReceiver { rx, lost },
+        EventReceiver {
+            rx,
+            lost,
+            taken_since_loss: 0,
+        },
     )
 }
 
@@ -51,6 +55,8 @@ struct Lost {
     events: AtomicBool,
     /// inotify ran out of watches: the watch must poll. Kept apart, as a rescan would not do.
     failed: Mutex<Option<String>>,
+    /// Wakes a receiver that found the queue empty just before the loss was noted.
+    noted: tokio::sync::Notify,
 }
 
 #[derive(Debug, Clone)]
@@ -66,8 +72,12 @@ impl EventSender {
             Ok(()) | Err(TrySendError::Closed(_)) => {}
             Err(TrySendError::Full(WatchEvent::Failed { why })) => {
                 *self.lost.failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+                self.lost.noted.notify_one();
             }
-            Err(TrySendError::Full(_)) => self.lost.events.store(true, Ordering::Release),
+            Err(TrySendError::Full(_)) => {
+                self.lost.events.store(true, Ordering::Release);
+                self.lost.noted.notify_one();
+            }
         }
     }
 }
@@ -76,37 +86,66 @@ impl EventSender {
 pub struct EventReceiver {
     rx: mpsc::Receiver<WatchEvent>,
     lost: Arc<Lost>,
+    /// Events taken since a loss was seen: once the queue's worth is taken, every event queued
+    /// before the loss has been.
+    taken_since_loss: usize,
 }
 
 impl EventReceiver {
-    /// The next event. What was lost comes once the queue is empty, after every event queued
-    /// before it: a rescan counts what it finds as closed, and an open event older than the
-    /// rescan, taken after it, would leave a file waiting for a close that was dropped.
-    /// Something is lost only while the queue is full, so the queue is sure to run empty after
-    /// it. Cancel-safe.
+    /// The next event. What was lost comes after every event queued before it: a rescan counts
+    /// what it finds as closed, and an open event older than the rescan, taken after it, would
+    /// leave a file waiting for a close that was dropped. Something is lost only while the queue
+    /// is full, so that is once the queue runs empty or a queue's worth has been taken since,
+    /// whichever comes first (a flood may never let it run empty). Cancel-safe.
     pub async fn recv(&mut self) -> Option<WatchEvent> {
-        match self.rx.try_recv() {
-            Ok(event) => return Some(event),
-            Err(mpsc::error::TryRecvError::Disconnected) => return None,
-            Err(mpsc::error::TryRecvError::Empty) => {}
+        loop {
+            let lost = self.lost.events.load(Ordering::Acquire)
+                || self
+                    .lost
+                    .failed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_some();
+            if lost && self.taken_since_loss < QUEUED_EVENTS {
+                match self.rx.try_recv() {
+                    Ok(event) => {
+                        self.taken_since_loss += 1;
+                        return Some(event);
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => return None,
+                    Err(mpsc::error::TryRecvError::Empty) => {}
+                }
+            }
+            if let Some(what) = self.what_was_lost() {
+                self.taken_since_loss = 0;
+                return Some(what);
+            }
+            tokio::select! {
+                event = self.rx.recv() => return event,
+                () = self.lost.noted.notified() => {}
+            }
         }
+    }
+
+    /// A lost `Failed` (the watch then reconciles everything, so a lost rescan goes with it), or
+    /// a rescan for lost events.
+    fn what_was_lost(&self) -> Option<WatchEvent> {
         let failed = self
             .lost
             .failed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        if let Some(why) = failed {
-            return Some(WatchEvent::Failed { why });
-        }
-        if self.lost.events.swap(false, Ordering::AcqRel) {
-            return Some(WatchEvent::Rescan {
+        let events = self.lost.events.swap(false, Ordering::AcqRel);
+        match (failed, events) {
+            (Some(why), _) => Some(WatchEvent::Failed { why }),
+            (None, true) => Some(WatchEvent::Rescan {
                 why: format!(
                     "more than {QUEUED_EVENTS} events came faster than the watch took them in"
                 ),
-            });
+            }),
+            (None, false) => None,
         }
-        self.rx.recv().await
     }
 }
 
@@ -322,13 +361,44 @@ mod tests {
                 other => panic!("event {n}: {other:?}"),
             }
         }
+        // The lost Failed makes the watch reconcile everything: no rescan besides.
         assert!(
             matches!(rx.recv().await, Some(WatchEvent::Failed { why }) if why == "out of watches")
         );
-        assert!(matches!(rx.recv().await, Some(WatchEvent::Rescan { .. })));
-        // One rescan for the lot.
         tx.send(seen(0));
         assert!(matches!(rx.recv().await, Some(WatchEvent::Seen { .. })));
+    }
+
+    #[tokio::test]
+    async fn a_flood_that_never_lets_the_queue_run_empty_still_gets_its_rescan() {
+        let (tx, mut rx) = channel();
+        for n in 0..=QUEUED_EVENTS {
+            tx.send(seen(n));
+        }
+        // Every event queued before the loss is taken, while new ones keep coming.
+        for n in 0..QUEUED_EVENTS {
+            assert!(
+                matches!(rx.recv().await, Some(WatchEvent::Seen { path, .. }) if path == Path::new(&format!("/w/{n}.png")))
+            );
+            tx.send(seen(QUEUED_EVENTS + 1 + n));
+        }
+        assert!(matches!(rx.recv().await, Some(WatchEvent::Rescan { .. })));
+        assert!(matches!(rx.recv().await, Some(WatchEvent::Seen { .. })));
+    }
+
+    #[tokio::test]
+    async fn a_loss_noted_after_the_queue_ran_empty_wakes_the_receiver() {
+        let (tx, mut rx) = channel();
+        let waiting = tokio::spawn(async move { rx.recv().await });
+        tokio::task::yield_now().await;
+        // As if the queue had been full when this was tried, and drained since.
+        tx.lost.events.store(true, Ordering::Release);
+        tx.lost.noted.notify_one();
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("the receiver was woken")
+            .unwrap();
+        assert!(matches!(got, Some(WatchEvent::Rescan { .. })));
     }
 
     fn moved_from(path: &str, cookie: Option<usize>) -> Event {

@@ -51,11 +51,13 @@ const REMOVAL_MAX_WAIT: Duration = Duration::from_secs(60);
 const ROOT_CHECK: Duration = Duration::from_secs(2);
 /// A folder created or moved in is walked again this long after it was first seen.
 const REWALK_AFTER: Duration = Duration::from_millis(500);
-/// Files a scan puts in the settle tracker at most (events always go in). A scan right after a
+/// Files one scan puts in the settle tracker at most (events always go in). A scan right after a
 /// burst (the daemon started just after 20 000 files were written) finds most of them not quiet
 /// yet, and each tracked file costs about 370 bytes: peak memory with 20 000 pending varied from
 /// 1.05x to 1.54x the figure at 1 000 with how many were still within `settle`. Past this many,
-/// the folder is read again once they are quiet, and they are taken then.
+/// the folder is read again once they are quiet, and they are taken then. Counted per scan, not
+/// against the tracker's size: during an import the events alone may keep more than this many
+/// in it, and each scan would then ask for the folder to be read again.
 const SCANNED_TRACKED_MAX: usize = 1024;
 /// Deletes are counted against `max_deletes` over this window, however slowly files vanish.
 const REMOVAL_WINDOW: Duration = Duration::from_secs(3600);
@@ -171,9 +173,10 @@ pub struct WatchTask {
     paused: Option<String>,
     watcher: Option<Arc<events::Watching>>,
     event_tx: Option<events::EventSender>,
-    /// Folders created or moved in, walked again once a moment later: events about a folder that
-    /// race with its first walk (its watch re-added while notify still removes the one of the
-    /// path it was moved from) may leave it briefly unwatched.
+    /// Folders read again at a moment: one created or moved in, a moment later (events about a
+    /// folder that race with its first walk, its watch re-added while notify still removes the
+    /// one of the path it was moved from, may leave it briefly unwatched); one a scan found more
+    /// settling files in than it tracks, once they are quiet.
     rewalks: Vec<(PathBuf, Instant)>,
 }
 
@@ -382,6 +385,9 @@ impl WatchTask {
             self.removals.clear();
             self.record_pause(Some(problem.clone()));
         }
+        // The reconcile when the root is back reads everything again; a rewalk due meanwhile
+        // would only wake the paused watch over and over.
+        self.rewalks.clear();
         self.watching_id = None;
         self.paused = Some(problem);
     }
@@ -486,9 +492,8 @@ impl WatchTask {
             Ok(meta) if meta.is_dir() && self.config.recursive => {
                 // A folder created or moved in: the walk watches it (and every folder inside)
                 // from now on, and takes what it already holds, which produced no events.
-                self.walk_new_folder(path).await;
-                self.rewalks
-                    .push((path.to_path_buf(), Instant::now() + REWALK_AFTER));
+                let _ = self.compare_folder(path, Sighting::Scanned).await;
+                self.look_again(path, Instant::now() + REWALK_AFTER);
             }
             Ok(meta) if meta.is_dir() => {}
             Ok(meta) if self.config.filter.accepts(relative) => {
@@ -502,15 +507,8 @@ impl WatchTask {
         }
     }
 
-    /// Puts what a folder holds in the tracker. A big tree is walked off the executor's threads.
-    async fn walk_new_folder(&mut self, dir: &Path) {
-        for (file, _) in self.walk(dir).await {
-            self.removals.remove(&file);
-            self.settle.touch(&file, Sighting::Scanned, Instant::now());
-        }
-    }
-
-    /// `dir` is read again at `at` (once, however many times this is asked).
+    /// `dir` is read again at `at`, or later if it already is to be: once, however many times
+    /// this is asked.
     fn look_again(&mut self, dir: &Path, at: Instant) {
         match self.rewalks.iter_mut().find(|(d, _)| d == dir) {
             Some((_, when)) => *when = (*when).max(at),
@@ -523,24 +521,12 @@ impl WatchTask {
         let _ = self.compare_folder(dir, Sighting::Scanned).await;
     }
 
-    /// The accepted files under `dir` (walked off the executor's threads), with their stamps.
-    async fn walk(&self, dir: &Path) -> Vec<(PathBuf, Stamp)> {
-        let (root, dir, config) = (
-            self.root().to_path_buf(),
-            dir.to_path_buf(),
-            self.config.clone(),
-        );
-        let watching = self.watcher.clone();
-        tokio::task::spawn_blocking(move || walk::files(&root, &dir, &config, watching.as_deref()))
-            .await
-            .unwrap_or_default()
-    }
-
     fn gone(&mut self, path: &Path) {
         if self.relative(path).is_none() {
             return;
         }
         self.settle.forget_under(path);
+        self.rewalks.retain(|(dir, _)| !dir.starts_with(path));
         self.removals
             .insert(path.to_path_buf(), PendingRemoval::new(Instant::now()));
     }
@@ -903,6 +889,7 @@ impl WatchTask {
         });
         let mut pass = DiskPass::default();
         let mut failed = false;
+        let mut tracked = 0;
         while let Some(batch) = batches.recv().await {
             pass.on_disk += batch.len();
             let paths: Vec<String> = batch
@@ -937,8 +924,9 @@ impl WatchTask {
                     // No event said it is open, and it has been untouched for the settle period
                     // already: the tracker would only wait to see what its stamp already says.
                     quiet.push(path);
-                } else if self.settle.len() < SCANNED_TRACKED_MAX {
+                } else if tracked < SCANNED_TRACKED_MAX {
                     self.settle.touch(&path, sighting, now);
+                    tracked += 1;
                 } else {
                     look_again = true;
                 }
@@ -1031,6 +1019,16 @@ impl WatchTask {
         self.reconcile(Sighting::Scanned).await;
         let settled = self.settle.drain();
         self.take_all(settled).await;
+        // A scan tracks a bounded number of files still settling and leaves the rest for a
+        // second look (SCANNED_TRACKED_MAX); a one-shot scan takes those now, a tracker's worth
+        // at a time, until a look finds nothing more.
+        while !self.rewalks.is_empty() {
+            for (dir, _) in std::mem::take(&mut self.rewalks) {
+                let _ = self.compare_folder(&dir, Sighting::Scanned).await;
+                let settled = self.settle.drain();
+                self.take_all(settled).await;
+            }
+        }
         let removals: Vec<(PathBuf, PendingRemoval)> = self.removals.drain().collect();
         if !removals.is_empty() {
             self.process_removals(removals).await;

@@ -108,11 +108,6 @@ impl Settle {
         self.pending.is_empty()
     }
 
-    /// How many paths are tracked.
-    pub fn len(&self) -> usize {
-        self.pending.len()
-    }
-
     pub fn contains(&self, path: &Path) -> bool {
         self.pending.contains_key(path)
     }

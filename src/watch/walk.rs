@@ -12,7 +12,9 @@ use super::settle::Stamp;
 use crate::config::WatchConfig;
 
 /// Every accepted non-directory entry under `dir` (inside the watch at `root`), with its stamp.
-/// Each folder entered is first covered by `watching`, when there is a watcher.
+/// Each folder entered is first covered by `watching`, when there is a watcher. (The daemon reads
+/// folders only [`in_batches`]; this whole list is for tests.)
+#[cfg(test)]
 pub fn files(
     root: &Path,
     dir: &Path,
@@ -27,9 +29,11 @@ pub fn files(
     out
 }
 
-/// The same, handed to `take` a batch of at most `size` at a time, so a big tree is never held in
-/// memory whole; stops early when `take` returns false (but still covers every folder, so a
-/// reconcile cut short by the journal leaves no folder unwatched).
+/// Every accepted non-directory entry under `dir` (inside the watch at `root`) with its stamp,
+/// each folder first covered by `watching` when there is a watcher, handed to `take` a batch of
+/// at most `size` at a time, so a big tree is never held in memory whole; stops early when `take`
+/// returns false (but still covers every folder, so a reconcile cut short by the journal leaves
+/// no folder unwatched).
 pub fn in_batches(
     root: &Path,
     dir: &Path,
