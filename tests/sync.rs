@@ -344,6 +344,11 @@ fn scan_makes_one_pass_and_reports_with_its_exit_code() {
     assert_eq!(h.state("good.png").as_deref(), Some("synced"));
     assert_eq!(h.state("bad.jpg").as_deref(), Some("rejected"));
     std::fs::remove_file(h.path("bad.jpg")).unwrap();
+    scan_succeeds(&h);
+    assert_eq!(h.sandbox.uploads(), 1);
+}
+
+fn scan_succeeds(h: &Harness) {
     let out = h.cli(&["scan"]);
     assert_eq!(
         out.status.code(),
@@ -351,32 +356,39 @@ fn scan_makes_one_pass_and_reports_with_its_exit_code() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(h.sandbox.uploads(), 1);
+}
+
+/// Files in a burst: more than one scan tracks while they settle (1 024).
+const BURST: usize = 1_500;
+
+/// A burst of files as an unzip makes it, written within the harness's 2 s settle of what comes
+/// next: eight contents over and over, so the tests measure intake, not Kingdee's upload pacing.
+/// Returns the contents (file `{prefix}{i:04}.png` holds `contents[i % 8]`).
+fn burst(h: &Harness, prefix: &str, seed: u32) -> Vec<Vec<u8>> {
+    let contents: Vec<Vec<u8>> = (0..8).map(|i| png(seed + i)).collect();
+    for i in 0..BURST {
+        std::fs::write(h.path(&format!("{prefix}{i:04}.png")), &contents[i % 8]).unwrap();
+    }
+    contents
+}
+
+fn settling_for_2s() -> Harness {
+    Harness::with(common::Options {
+        settle: "2s",
+        ..common::Options::default()
+    })
 }
 
 /// `imgsyncd scan` right after an unzip: more files still settling than one look tracks, and
 /// the one pass still takes every one of them.
 #[test]
 fn scan_right_after_a_burst_takes_every_file() {
-    const FILES: usize = 1_500;
-    let h = Harness::with(common::Options {
-        settle: "2s",
-        ..common::Options::default()
-    });
-    let contents: Vec<Vec<u8>> = (0..8).map(|i| png(91_000 + i)).collect();
-    for i in 0..FILES {
-        std::fs::write(h.path(&format!("s{i:04}.png")), &contents[i % 8]).unwrap();
-    }
-    let out = h.cli(&["scan"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let h = settling_for_2s();
+    burst(&h, "s", 91_000);
+    scan_succeeds(&h);
     assert_eq!(
         h.status()["files"]["synced"].as_u64(),
-        Some(FILES as u64),
+        Some(BURST as u64),
         "every file of the burst synced by the one pass"
     );
     assert_eq!(h.sandbox.uploads(), 8);
@@ -569,24 +581,16 @@ fn a_name_that_is_not_utf8_is_synced_renamed_and_removed_like_any_other() {
 /// is not what takes the rest.
 #[test]
 fn a_burst_written_just_before_the_start_is_all_synced() {
-    const FILES: usize = 1_500;
-    let mut h = Harness::with(common::Options {
-        settle: "2s",
-        ..common::Options::default()
-    });
-    // A few contents, so the test measures intake, not Kingdee's upload pacing.
-    let contents: Vec<Vec<u8>> = (0..8).map(|i| png(90_000 + i)).collect();
+    let mut h = settling_for_2s();
     let started = std::time::Instant::now();
-    for i in 0..FILES {
-        std::fs::write(h.path(&format!("b{i:04}.png")), &contents[i % 8]).unwrap();
-    }
+    let contents = burst(&h, "b", 90_000);
     h.start();
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "the files were meant to be found before they were quiet"
     );
     h.wait_for("every file synced", |h| {
-        h.status()["files"]["synced"].as_u64() == Some(FILES as u64)
+        h.status()["files"]["synced"].as_u64() == Some(BURST as u64)
     });
     assert_eq!(h.sandbox.uploads(), 8, "each content sent once");
     let images = h.sandbox.images();
