@@ -578,9 +578,8 @@ pub async fn scan(config: Config) -> Result<ScanReport, DaemonError> {
         report.counts.insert(state.as_str(), 0);
     }
     for file in files.iter().filter(|f| {
-        roots
-            .iter()
-            .any(|r| path_text::to_path(&f.path).starts_with(r))
+        let path = path_text::to_path(&f.path);
+        roots.iter().any(|r| path.starts_with(r))
     }) {
         if let Some(state) = FileState::parse(&file.state) {
             *report.counts.entry(state.as_str()).or_default() += 1;

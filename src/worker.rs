@@ -279,10 +279,9 @@ fn claim_due(
     claim_for: ClaimFor,
 ) -> crate::journal::Result<Claims> {
     let (mut jobs, mut settled) = (Vec::new(), Vec::new());
-    let queue = matches!(claim_for, ClaimFor::Queue { .. });
-    let mut behind = match claim_for {
-        ClaimFor::Slots => None,
-        ClaimFor::Queue { behind } => behind,
+    let (queue, mut behind) = match claim_for {
+        ClaimFor::Slots => (false, None),
+        ClaimFor::Queue { behind } => (true, behind),
     };
     while jobs.len() < want {
         let names = match &behind {
@@ -715,7 +714,8 @@ async fn upload(
     };
     let path = path_text::to_path(&job.path).into_owned();
     let max_bytes = adapter.limits().max_bytes;
-    let read = tokio::task::spawn_blocking(move || read_regular(&path, max_bytes))
+    let file = path.clone();
+    let read = tokio::task::spawn_blocking(move || read_regular(&file, max_bytes))
         .await
         .unwrap_or_else(|e| Err(ReadError::Io(std::io::Error::other(e.to_string()))));
     let bytes = match read {
@@ -733,7 +733,7 @@ async fn upload(
         .and_then(ImageFormat::from_mime_subtype)
         .ok_or_else(|| wait_for_watcher("the journal has no format for this file".into()))?;
     let request = UploadRequest {
-        path: &path_text::to_path(&job.path),
+        path: &path,
         bytes: &bytes,
         format,
     };

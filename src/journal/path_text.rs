@@ -17,11 +17,16 @@ use std::path::{Path, PathBuf};
 const ESCAPE_BASE: u32 = 0x10_FF00;
 const ESCAPED: std::ops::RangeInclusive<char> = '\u{10FF80}'..='\u{10FFFF}';
 
+/// Whether `text` holds a character that stands for a raw byte (or is one escaped).
+fn has_escapes(text: &str) -> bool {
+    text.chars().any(|c| ESCAPED.contains(&c))
+}
+
 /// The text the journal records for `path`.
 pub fn to_text(path: &Path) -> Cow<'_, str> {
     let bytes = path.as_os_str().as_bytes();
     match std::str::from_utf8(bytes) {
-        Ok(text) if !text.chars().any(|c| ESCAPED.contains(&c)) => Cow::Borrowed(text),
+        Ok(text) if !has_escapes(text) => Cow::Borrowed(text),
         _ => Cow::Owned(escape(bytes)),
     }
 }
@@ -50,7 +55,7 @@ fn escaped(b: u8) -> char {
 
 /// The path the journal's `text` stands for.
 pub fn to_path(text: &str) -> Cow<'_, Path> {
-    if !text.chars().any(|c| ESCAPED.contains(&c)) {
+    if !has_escapes(text) {
         return Cow::Borrowed(Path::new(text));
     }
     let mut bytes = Vec::with_capacity(text.len());
@@ -66,7 +71,7 @@ pub fn to_path(text: &str) -> Cow<'_, Path> {
 /// The journal's `text` for a person to read: a byte that is not UTF-8 as `\xNN`, as `ls -b`
 /// shows it, so a log line or `status` names the file one can find.
 pub fn shown(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(|c| ESCAPED.contains(&c)) {
+    if !has_escapes(text) {
         return Cow::Borrowed(text);
     }
     Cow::Owned(escaped_bytes(text, false))
@@ -96,9 +101,9 @@ fn escaped_bytes(text: &str, quoted: bool) -> String {
 /// …`): as it is for a plain name, else in bash's `$'…'` quotes, which turn `\xNN` back into the
 /// byte.
 pub fn for_shell(text: &str) -> Cow<'_, str> {
-    match shown(text) {
-        Cow::Borrowed(plain) => Cow::Borrowed(plain),
-        Cow::Owned(_) => Cow::Owned(format!("$'{}'", escaped_bytes(text, true))),
+    match has_escapes(text) {
+        false => Cow::Borrowed(text),
+        true => Cow::Owned(format!("$'{}'", escaped_bytes(text, true))),
     }
 }
 

@@ -51,7 +51,8 @@ pub fn channel() -> (EventSender, EventReceiver) {
 /// What could not be queued because the queue was full.
 #[derive(Debug, Default)]
 struct Lost {
-    /// Some event was dropped: the watch must rescan.
+    /// Some event was dropped (a lost `Failed` too, so the receiver checks one flag per event):
+    /// the watch must rescan.
     events: AtomicBool,
     /// inotify ran out of watches: the watch must poll. Kept apart, as a rescan would not do.
     failed: Mutex<Option<String>>,
@@ -70,11 +71,10 @@ impl EventSender {
     pub fn send(&self, event: WatchEvent) {
         match self.tx.try_send(event) {
             Ok(()) | Err(TrySendError::Closed(_)) => {}
-            Err(TrySendError::Full(WatchEvent::Failed { why })) => {
-                *self.lost.failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
-                self.lost.noted.notify_one();
-            }
-            Err(TrySendError::Full(_)) => {
+            Err(TrySendError::Full(event)) => {
+                if let WatchEvent::Failed { why } = event {
+                    *self.lost.failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+                }
                 self.lost.events.store(true, Ordering::Release);
                 self.lost.noted.notify_one();
             }
@@ -99,26 +99,21 @@ impl EventReceiver {
     /// whichever comes first (a flood may never let it run empty). Cancel-safe.
     pub async fn recv(&mut self) -> Option<WatchEvent> {
         loop {
-            let lost = self.lost.events.load(Ordering::Acquire)
-                || self
-                    .lost
-                    .failed
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .is_some();
-            if lost && self.taken_since_loss < QUEUED_EVENTS {
-                match self.rx.try_recv() {
-                    Ok(event) => {
-                        self.taken_since_loss += 1;
-                        return Some(event);
+            if self.lost.events.load(Ordering::Acquire) {
+                if self.taken_since_loss < QUEUED_EVENTS {
+                    match self.rx.try_recv() {
+                        Ok(event) => {
+                            self.taken_since_loss += 1;
+                            return Some(event);
+                        }
+                        Err(mpsc::error::TryRecvError::Disconnected) => return None,
+                        Err(mpsc::error::TryRecvError::Empty) => {}
                     }
-                    Err(mpsc::error::TryRecvError::Disconnected) => return None,
-                    Err(mpsc::error::TryRecvError::Empty) => {}
                 }
-            }
-            if let Some(what) = self.what_was_lost() {
-                self.taken_since_loss = 0;
-                return Some(what);
+                if let Some(what) = self.what_was_lost() {
+                    self.taken_since_loss = 0;
+                    return Some(what);
+                }
             }
             tokio::select! {
                 event = self.rx.recv() => return event,
@@ -128,24 +123,26 @@ impl EventReceiver {
     }
 
     /// A lost `Failed` (the watch then reconciles everything, so a lost rescan goes with it), or
-    /// a rescan for lost events.
+    /// a rescan for lost events. The flag is cleared before `failed` is read: a `Failed` noted in
+    /// between sets the flag again, so it is never left behind.
     fn what_was_lost(&self) -> Option<WatchEvent> {
+        if !self.lost.events.swap(false, Ordering::AcqRel) {
+            return None;
+        }
         let failed = self
             .lost
             .failed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        let events = self.lost.events.swap(false, Ordering::AcqRel);
-        match (failed, events) {
-            (Some(why), _) => Some(WatchEvent::Failed { why }),
-            (None, true) => Some(WatchEvent::Rescan {
+        Some(match failed {
+            Some(why) => WatchEvent::Failed { why },
+            None => WatchEvent::Rescan {
                 why: format!(
                     "more than {QUEUED_EVENTS} events came faster than the watch took them in"
                 ),
-            }),
-            (None, false) => None,
-        }
+            },
+        })
     }
 }
 

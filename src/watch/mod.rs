@@ -206,6 +206,11 @@ impl WatchTask {
         &self.config.path
     }
 
+    /// The root as the journal records it (its watch_root, pauses and identity).
+    fn root_text(&self) -> String {
+        path_text::to_text(self.root()).into_owned()
+    }
+
     /// Runs until told to stop. Between events it sleeps until the next thing falls due (a file's
     /// quiet period ending, a removal's grace, the periodic rescan): an idle watch costs nothing.
     pub async fn run(mut self, mut commands: mpsc::UnboundedReceiver<WatchCommand>) {
@@ -251,7 +256,7 @@ impl WatchTask {
         }
         self.watcher = None;
         if self.paused.is_some() || self.replaced.is_some() {
-            let root = path_text::to_text(self.root()).into_owned();
+            let root = self.root_text();
             let _ = self.ctx.journal.call(move |j| j.resume_watch(&root)).await;
         }
     }
@@ -313,7 +318,7 @@ impl WatchTask {
         if self.root_id != Some(current) {
             // The journal is the authority: at a start, and after `retry --held` accepted a
             // replaced root, it holds what this root should be.
-            let root = path_text::to_text(self.root()).into_owned();
+            let root = self.root_text();
             let known = self
                 .ctx
                 .journal
@@ -322,7 +327,7 @@ impl WatchTask {
                 .unwrap_or(None);
             match known {
                 None => {
-                    let root = path_text::to_text(self.root()).into_owned();
+                    let root = self.root_text();
                     let recorded = self
                         .ctx
                         .journal
@@ -395,7 +400,7 @@ impl WatchTask {
     /// Tells the journal (and so `status`) that the watch paused (`Some(reason)`) or resumed.
     fn record_pause(&self, reason: Option<String>) {
         let journal = self.ctx.journal.clone();
-        let root = path_text::to_text(self.root()).into_owned();
+        let root = self.root_text();
         tokio::spawn(async move {
             let result = journal
                 .call(move |j| match reason {
@@ -631,7 +636,7 @@ impl WatchTask {
         }
         let paths: Vec<PathBuf> = found.iter().map(|f| f.path().to_path_buf()).collect();
         let intake = Intake {
-            watch_root: path_text::to_text(self.root()).into_owned(),
+            watch_root: self.root_text(),
             vendor: self.config.vendor.clone(),
             kind: self.kind.as_str(),
             delete_unused: self.delete_unused(),
@@ -712,11 +717,14 @@ impl WatchTask {
             RootState::Missing => return,
             RootState::Usable { .. } => {}
         }
-        let candidates: Vec<(String, Option<String>)> = due
+        let candidates: Vec<(PathBuf, Option<String>)> = due
             .iter()
-            .map(|(p, r)| (path_text::to_text(p).into_owned(), r.hold.clone()))
+            .map(|(p, r)| (p.clone(), r.hold.clone()))
             .collect();
-        let lookup: Vec<String> = candidates.iter().map(|(p, _)| p.clone()).collect();
+        let lookup: Vec<String> = candidates
+            .iter()
+            .map(|(p, _)| path_text::to_text(p).into_owned())
+            .collect();
         let known = match self
             .ctx
             .journal
@@ -752,11 +760,10 @@ impl WatchTask {
         .await
         .unwrap_or_default();
         let hold_of = |path: &str| {
+            let path = path_text::to_path(path);
             candidates
                 .iter()
-                .filter(|(c, _)| {
-                    path == c || path_text::to_path(path).starts_with(path_text::to_path(c))
-                })
+                .filter(|(c, _)| path.starts_with(c))
                 .find_map(|(_, hold)| hold.clone())
                 .or_else(|| self.replaced.clone())
         };
@@ -787,7 +794,7 @@ impl WatchTask {
 
     /// Records removals in the journal, which decides each one; false when it could not.
     async fn record_removals(&self, paths: Vec<String>, hold: Option<String>) -> bool {
-        let watch_root = path_text::to_text(self.root()).into_owned();
+        let watch_root = self.root_text();
         let policy = match self.config.on_remove {
             OnRemove::Delete if self.kind.can_delete() => RemovalPolicy::Delete,
             _ => RemovalPolicy::Keep,
@@ -873,9 +880,8 @@ impl WatchTask {
     /// `sighting`. A file the tracker already follows is left to it, unless events were lost
     /// (`Closed`: what the scan finds counts as closed).
     async fn compare_folder(&mut self, dir: &Path, sighting: Sighting) -> Option<DiskPass> {
-        let folder = dir.to_path_buf();
         let (found, mut batches) = mpsc::channel(2);
-        let (root, dir, config) = (
+        let (root, walked, config) = (
             self.root().to_path_buf(),
             dir.to_path_buf(),
             self.config.clone(),
@@ -883,9 +889,14 @@ impl WatchTask {
         let watching = self.watcher.clone();
         let walker = tokio::task::spawn_blocking(move || {
             let watching = watching.as_deref();
-            walk::in_batches(&root, &dir, &config, watching, RECONCILE_BATCH, |batch| {
-                found.blocking_send(batch).is_ok()
-            });
+            walk::in_batches(
+                &root,
+                &walked,
+                &config,
+                watching,
+                RECONCILE_BATCH,
+                |batch| found.blocking_send(batch).is_ok(),
+            );
         });
         let mut pass = DiskPass::default();
         let mut failed = false;
@@ -932,7 +943,7 @@ impl WatchTask {
                 }
             }
             if look_again {
-                self.look_again(&folder, now + self.ctx.settle);
+                self.look_again(dir, now + self.ctx.settle);
             }
             self.take_all(quiet).await;
         }
@@ -944,7 +955,7 @@ impl WatchTask {
     /// The files the journal holds under the root that are gone from disk, a page at a time:
     /// each becomes a pending removal, decided later with its guards. Returns how many vanished.
     async fn reconcile_journal(&mut self, disk: DiskPass) -> usize {
-        let root = path_text::to_text(self.root()).into_owned();
+        let root = self.root_text();
         let r = root.clone();
         let present = match self
             .ctx
@@ -1024,7 +1035,7 @@ impl WatchTask {
         // at a time, until a look finds nothing more.
         while !self.rewalks.is_empty() {
             for (dir, _) in std::mem::take(&mut self.rewalks) {
-                let _ = self.compare_folder(&dir, Sighting::Scanned).await;
+                self.rewalk_folder(&dir).await;
                 let settled = self.settle.drain();
                 self.take_all(settled).await;
             }
