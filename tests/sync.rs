@@ -358,7 +358,7 @@ fn scan_succeeds(h: &Harness) {
     );
 }
 
-/// Files in a burst: more than one scan tracks while they settle (1 024).
+/// Files in a burst: more than the settle tracker follows at once (1 024).
 const BURST: usize = 1_500;
 
 /// A burst of files as an unzip makes it, written within the harness's 2 s settle of what comes
@@ -579,6 +579,34 @@ fn a_name_that_is_not_utf8_is_synced_renamed_and_removed_like_any_other() {
 /// when the start's walk finds them: the walk tracks the first ones and reads the folder again
 /// once the rest are quiet. Every file is synced with its bytes; the periodic rescan (1 h here)
 /// is not what takes the rest.
+/// More files settling at once than the tracker follows: the ones left out are found when their
+/// folder is read again, and every file is synced with its own bytes, each content sent once.
+#[test]
+fn a_burst_written_into_a_running_watch_is_all_synced() {
+    let mut h = settling_for_2s();
+    h.start();
+    let started = std::time::Instant::now();
+    let contents = burst(&h, "r", 92_000);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the files were meant to be settling together"
+    );
+    h.wait_for("every file synced", |h| {
+        h.status()["files"]["synced"].as_u64() == Some(BURST as u64)
+    });
+    assert_eq!(h.sandbox.uploads(), 8, "each content sent once");
+    let images = h.sandbox.images();
+    for row in h.files() {
+        let name = row["path"].as_str().unwrap().rsplit('/').next().unwrap();
+        let i: usize = name[1..5].parse().unwrap();
+        assert_eq!(
+            images[row["url"].as_str().unwrap()].bytes,
+            contents[i % 8],
+            "{name}"
+        );
+    }
+}
+
 #[test]
 fn a_burst_written_just_before_the_start_is_all_synced() {
     let mut h = settling_for_2s();

@@ -51,14 +51,15 @@ const REMOVAL_MAX_WAIT: Duration = Duration::from_secs(60);
 const ROOT_CHECK: Duration = Duration::from_secs(2);
 /// A folder created or moved in is walked again this long after it was first seen.
 const REWALK_AFTER: Duration = Duration::from_millis(500);
-/// Files one scan puts in the settle tracker at most (events always go in). A scan right after a
-/// burst (the daemon started just after 20 000 files were written) finds most of them not quiet
-/// yet, and each tracked file costs about 370 bytes: peak memory with 20 000 pending varied from
-/// 1.05x to 1.54x the figure at 1 000 with how many were still within `settle`. Past this many,
-/// the folder is read again once they are quiet, and they are taken then. Counted per scan, not
-/// against the tracker's size: during an import the events alone may keep more than this many
-/// in it, and each scan would then ask for the folder to be read again.
-const SCANNED_TRACKED_MAX: usize = 1024;
+/// Files the settle tracker follows at most (each costs a few hundred bytes). Past this many, a
+/// file's folder is read again a settle period later, and what is quiet by then is taken without
+/// being tracked. Without it, the tracker held every file written but not yet taken: a scan right
+/// after a burst (the daemon started just after 20 000 files were written) found most of them
+/// not quiet yet, and a copy into a running watch that comes faster than files are examined and
+/// recorded (100 000 while the journal's disk is busy) kept up to 12 800 waiting. Peak memory
+/// then varied with timing, up to 1.54x (20 000 found at the start) and 1.40x (100 000 copied
+/// in) the figure at 1 000.
+const TRACKED_MAX: usize = 1024;
 /// Deletes are counted against `max_deletes` over this window, however slowly files vanish.
 const REMOVAL_WINDOW: Duration = Duration::from_secs(3600);
 /// A journal write that failed is tried again after this long.
@@ -506,7 +507,12 @@ impl WatchTask {
                 // So is a hard link to an existing file: linking it in writes nothing.
                 let complete = !meta.is_file() || meta.nlink() > 1;
                 let sighting = if complete { Sighting::Closed } else { sighting };
-                self.settle.touch(path, sighting, Instant::now());
+                let now = Instant::now();
+                if self.settle.contains(path) || self.settle.len() < TRACKED_MAX {
+                    self.settle.touch(path, sighting, now);
+                } else if let Some(dir) = path.parent() {
+                    self.look_again_by(dir, now + self.ctx.settle);
+                }
             }
             _ => {}
         }
@@ -518,6 +524,15 @@ impl WatchTask {
         match self.rewalks.iter_mut().find(|(d, _)| d == dir) {
             Some((_, when)) => *when = (*when).max(at),
             None => self.rewalks.push((dir.to_path_buf(), at)),
+        }
+    }
+
+    /// `dir` is read again at `at`, or sooner if it already is to be. Files left out of a full
+    /// tracker come on through a whole import: postponing the look for each would leave the first
+    /// of them waiting until the import ended.
+    fn look_again_by(&mut self, dir: &Path, at: Instant) {
+        if !self.rewalks.iter().any(|(d, _)| d == dir) {
+            self.rewalks.push((dir.to_path_buf(), at));
         }
     }
 
@@ -900,7 +915,6 @@ impl WatchTask {
         });
         let mut pass = DiskPass::default();
         let mut failed = false;
-        let mut tracked = 0;
         while let Some(batch) = batches.recv().await {
             pass.on_disk += batch.len();
             let paths: Vec<String> = batch
@@ -935,9 +949,8 @@ impl WatchTask {
                     // No event said it is open, and it has been untouched for the settle period
                     // already: the tracker would only wait to see what its stamp already says.
                     quiet.push(path);
-                } else if tracked < SCANNED_TRACKED_MAX {
+                } else if self.settle.len() < TRACKED_MAX {
                     self.settle.touch(&path, sighting, now);
-                    tracked += 1;
                 } else {
                     look_again = true;
                 }
@@ -1031,7 +1044,7 @@ impl WatchTask {
         let settled = self.settle.drain();
         self.take_all(settled).await;
         // A scan tracks a bounded number of files still settling and leaves the rest for a
-        // second look (SCANNED_TRACKED_MAX); a one-shot scan takes those now, a tracker's worth
+        // second look (TRACKED_MAX); a one-shot scan takes those now, a tracker's worth
         // at a time, until a look finds nothing more.
         while !self.rewalks.is_empty() {
             for (dir, _) in std::mem::take(&mut self.rewalks) {

@@ -4,6 +4,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use crate::journal::FileStamp as Stamp;
@@ -29,6 +30,8 @@ struct Pending {
     closed: bool,
     /// When it next needs a look; `None` while it waits for an event (still open).
     due: Option<Instant>,
+    /// When its one entry in the queue falls; `None` when it has none.
+    queued: Option<Instant>,
 }
 
 impl Pending {
@@ -40,17 +43,29 @@ impl Pending {
             (Some(_), false) => None,
         }
     }
+
+    /// Whether its queue entry must come sooner than it does: each event of a write moves the
+    /// deadline later, and a later deadline is found when the earlier entry falls due.
+    fn needs_queueing(&self) -> bool {
+        match (self.due, self.queued) {
+            (Some(due), Some(queued)) => due < queued,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
+    }
 }
 
 /// Paths waiting to be complete, and when each needs a look. The deadlines live in a queue, so a
 /// look costs in proportion to the paths that are due, not to all that are waiting: a drop of
-/// tens of thousands of files is taken at a steady rate.
+/// tens of thousands of files is taken at a steady rate. A path is held once, shared by the map
+/// and the queue, and has one entry in the queue however many events it had: the tracker holds
+/// the files of a whole burst, so each one's size is what a burst costs in memory.
 #[derive(Debug)]
 pub struct Settle {
     period: Duration,
-    pending: HashMap<PathBuf, Pending>,
-    /// (when, path); an entry whose path is gone or due at another time is stale and skipped.
-    queue: BinaryHeap<Reverse<(Instant, PathBuf)>>,
+    pending: HashMap<Arc<Path>, Pending>,
+    /// (when, path); an entry whose path is gone or queued at another time is stale and skipped.
+    queue: BinaryHeap<Reverse<(Instant, Arc<Path>)>>,
 }
 
 impl Settle {
@@ -64,13 +79,25 @@ impl Settle {
 
     /// Something happened to `path`.
     pub fn touch(&mut self, path: &Path, sighting: Sighting, now: Instant) {
-        let entry = self.pending.entry(path.to_path_buf()).or_insert(Pending {
-            stamp: None,
-            stable_since: now,
-            last_event: now,
-            closed: sighting != Sighting::Open,
-            due: None,
-        });
+        let (key, entry) = match self.pending.get_key_value(path) {
+            Some((key, _)) => {
+                let key = Arc::clone(key);
+                let entry = self.pending.get_mut(path).expect("just found");
+                (key, entry)
+            }
+            None => {
+                let key: Arc<Path> = Arc::from(path);
+                let entry = self.pending.entry(Arc::clone(&key)).or_insert(Pending {
+                    stamp: None,
+                    stable_since: now,
+                    last_event: now,
+                    closed: sighting != Sighting::Open,
+                    due: None,
+                    queued: None,
+                });
+                (key, entry)
+            }
+        };
         entry.last_event = now;
         match sighting {
             Sighting::Closed => entry.closed = true,
@@ -78,12 +105,19 @@ impl Settle {
             // A scan cannot see an open file descriptor: what inotify said stands.
             Sighting::Metadata | Sighting::Scanned => {}
         }
-        let due = entry.next_due(self.period);
-        if due != entry.due {
-            entry.due = due;
-            if let Some(due) = due {
-                self.queue.push(Reverse((due, path.to_path_buf())));
-            }
+        entry.due = entry.next_due(self.period);
+        Self::queue_entry(&mut self.queue, key, entry);
+    }
+
+    /// Puts `entry` in the queue at its deadline, unless an entry of it already falls sooner.
+    fn queue_entry(
+        queue: &mut BinaryHeap<Reverse<(Instant, Arc<Path>)>>,
+        key: Arc<Path>,
+        entry: &mut Pending,
+    ) {
+        if let (true, Some(due)) = (entry.needs_queueing(), entry.due) {
+            entry.queued = Some(due);
+            queue.push(Reverse((due, key)));
         }
     }
 
@@ -99,9 +133,14 @@ impl Settle {
     /// Every tracked path at once, for a one-shot scan (which re-checks stability as it reads).
     pub fn drain(&mut self) -> Vec<PathBuf> {
         self.queue.clear();
-        let mut paths: Vec<PathBuf> = self.pending.drain().map(|(p, _)| p).collect();
+        let mut paths: Vec<PathBuf> = self.pending.drain().map(|(p, _)| p.to_path_buf()).collect();
         paths.sort();
         paths
+    }
+
+    /// How many paths are waiting.
+    pub fn len(&self) -> usize {
+        self.pending.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -114,19 +153,22 @@ impl Settle {
 
     /// When `take_ready` next has something to do: at once for a path not looked at yet, at the
     /// end of its quiet period for a closed one. A file still open waits for its next event, and
-    /// a changing one is looked at again a period after the change was seen.
+    /// a changing one is looked at again a period after the change was seen. (It may be sooner:
+    /// the queue entry of a path whose deadline moved later since.)
     pub fn next_deadline(&mut self) -> Option<Instant> {
-        while let Some(Reverse((due, path))) = self.queue.peek() {
-            if self.is_current(path, *due) {
-                return Some(*due);
+        while let Some(Reverse((at, path))) = self.queue.peek() {
+            if self.is_current(path, *at) {
+                return Some(*at);
             }
             self.queue.pop();
         }
         None
     }
 
-    fn is_current(&self, path: &Path, due: Instant) -> bool {
-        self.pending.get(path).is_some_and(|e| e.due == Some(due))
+    /// Whether `at` is when `path`'s one queue entry falls (not an entry left stale by a sooner
+    /// one, or by the path being forgotten).
+    fn is_current(&self, path: &Path, at: Instant) -> bool {
+        self.pending.get(path).is_some_and(|e| e.queued == Some(at))
     }
 
     /// The paths that have settled, removed from the tracker. `stat` reads a path's current stamp
@@ -137,39 +179,40 @@ impl Settle {
         stat: impl Fn(&Path) -> Option<Stamp>,
     ) -> Vec<PathBuf> {
         let mut ready = Vec::new();
-        while let Some(Reverse((due, _))) = self.queue.peek() {
-            if *due > now {
+        while let Some(Reverse((at, _))) = self.queue.peek() {
+            if *at > now {
                 break;
             }
-            let Some(Reverse((due, path))) = self.queue.pop() else {
+            let Some(Reverse((at, path))) = self.queue.pop() else {
                 break;
             };
-            if !self.is_current(&path, due) {
+            if !self.is_current(&path, at) {
                 continue;
             }
-            let Some(stamp) = stat(&path) else {
-                self.pending.remove(&path);
-                continue;
-            };
             let period = self.period;
             let Some(entry) = self.pending.get_mut(&path) else {
                 continue;
             };
-            if entry.stamp != Some(stamp) {
-                entry.stamp = Some(stamp);
-                entry.stable_since = now;
-            } else if entry.closed
-                && now.duration_since(entry.stable_since) >= period
-                && now.duration_since(entry.last_event) >= period
-            {
-                self.pending.remove(&path);
-                ready.push(path);
-                continue;
+            entry.queued = None;
+            if entry.due.is_some_and(|due| due <= now) {
+                let Some(stamp) = stat(&path) else {
+                    self.pending.remove(&path);
+                    continue;
+                };
+                if entry.stamp != Some(stamp) {
+                    entry.stamp = Some(stamp);
+                    entry.stable_since = now;
+                } else if entry.closed
+                    && now.duration_since(entry.stable_since) >= period
+                    && now.duration_since(entry.last_event) >= period
+                {
+                    self.pending.remove(&path);
+                    ready.push(path.to_path_buf());
+                    continue;
+                }
+                entry.due = entry.next_due(period);
             }
-            entry.due = entry.next_due(period);
-            if let Some(due) = entry.due {
-                self.queue.push(Reverse((due, path)));
-            }
+            Self::queue_entry(&mut self.queue, path, entry);
         }
         ready.sort();
         ready
@@ -317,6 +360,49 @@ mod tests {
             Some(t0 + PERIOD),
             "an open file sets no deadline"
         );
+    }
+
+    #[test]
+    fn a_path_is_queued_once_however_many_events_it_has() {
+        let t0 = Instant::now();
+        let mut settle = Settle::new(PERIOD);
+        let path = Path::new("/w/big.tif");
+        let stat = |_: &Path| st(10, 1);
+        for ms in 0..1000 {
+            settle.touch(path, Sighting::Open, t0 + Duration::from_millis(ms));
+        }
+        assert_eq!(settle.queue.len(), 1, "a write of a thousand events");
+        let closed_at = t0 + Duration::from_secs(1);
+        settle.touch(path, Sighting::Closed, closed_at);
+        assert_eq!(settle.queue.len(), 1);
+        assert!(settle.take_ready(closed_at, stat).is_empty());
+        assert_eq!(settle.next_deadline(), Some(closed_at + PERIOD));
+        assert!(
+            settle
+                .take_ready(closed_at + PERIOD - Duration::from_millis(1), stat)
+                .is_empty()
+        );
+        assert_eq!(settle.take_ready(closed_at + PERIOD, stat).len(), 1);
+        assert!(settle.is_empty());
+        assert_eq!(settle.next_deadline(), None);
+    }
+
+    #[test]
+    fn an_event_after_the_first_look_moves_the_deadline_on() {
+        let t0 = Instant::now();
+        let mut settle = Settle::new(PERIOD);
+        let path = Path::new("/w/a.jpg");
+        let stat = |_: &Path| st(10, 1);
+        settle.touch(path, Sighting::Closed, t0);
+        settle.take_ready(t0, stat);
+        let again = t0 + Duration::from_secs(1);
+        settle.touch(path, Sighting::Closed, again);
+        assert!(
+            settle.take_ready(t0 + PERIOD, stat).is_empty(),
+            "quiet only a period after the last event"
+        );
+        assert_eq!(settle.next_deadline(), Some(again + PERIOD));
+        assert_eq!(settle.take_ready(again + PERIOD, stat).len(), 1);
     }
 
     #[test]
