@@ -575,12 +575,9 @@ fn a_name_that_is_not_utf8_is_synced_renamed_and_removed_like_any_other() {
     assert_eq!(h.deletes_at_sandbox(), 1);
 }
 
-/// More files than a scan tracks (1 024), written just before the start, so none is quiet yet
-/// when the start's walk finds them: the walk tracks the first ones and reads the folder again
-/// once the rest are quiet. Every file is synced with its bytes; the periodic rescan (1 h here)
-/// is not what takes the rest.
 /// More files settling at once than the tracker follows: the ones left out are found when their
 /// folder is read again, and every file is synced with its own bytes, each content sent once.
+/// The periodic rescan (1 h here) is not what takes them.
 #[test]
 fn a_burst_written_into_a_running_watch_is_all_synced() {
     let mut h = settling_for_2s();
@@ -607,6 +604,10 @@ fn a_burst_written_into_a_running_watch_is_all_synced() {
     }
 }
 
+/// More files than the settle tracker follows (1 024), written just before the start, so none is quiet yet
+/// when the start's walk finds them: the walk tracks the first ones and reads the folder again
+/// once the rest are quiet. Every file is synced with its bytes; the periodic rescan (1 h here)
+/// is not what takes the rest.
 #[test]
 fn a_burst_written_just_before_the_start_is_all_synced() {
     let mut h = settling_for_2s();

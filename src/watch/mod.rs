@@ -155,6 +155,14 @@ enum RootState {
     Usable { fresh: bool },
 }
 
+/// A folder to read again, and when.
+#[derive(Debug)]
+struct Rewalk {
+    dir: PathBuf,
+    at: Instant,
+    reach: walk::Reach,
+}
+
 pub struct WatchTask {
     config: WatchConfig,
     ctx: WatchContext,
@@ -178,7 +186,7 @@ pub struct WatchTask {
     /// folder that race with its first walk, its watch re-added while notify still removes the
     /// one of the path it was moved from, may leave it briefly unwatched); one a scan found more
     /// settling files in than it tracks, once they are quiet.
-    rewalks: Vec<(PathBuf, Instant)>,
+    rewalks: Vec<Rewalk>,
 }
 
 impl WatchTask {
@@ -292,7 +300,7 @@ impl WatchTask {
                     due.max(earliest + REMOVAL_MAX_WAIT)
                 }
             });
-        let rewalk = self.rewalks.iter().map(|(_, at)| *at).min();
+        let rewalk = self.rewalks.iter().map(|r| r.at).min();
         [settle, removals, rewalk].into_iter().flatten().min()
     }
 
@@ -478,6 +486,7 @@ impl WatchTask {
             events::WatchEvent::Rescan { why } | events::WatchEvent::Failed { why } => {
                 warn!(watch = %self.root().display(), "{why}; reconciling the whole folder");
                 // Events were lost, close-writes among them: what the scan finds counts as closed.
+                self.settle.forget_open();
                 self.reconcile(Sighting::Closed).await;
             }
         }
@@ -498,7 +507,9 @@ impl WatchTask {
             Ok(meta) if meta.is_dir() && self.config.recursive => {
                 // A folder created or moved in: the walk watches it (and every folder inside)
                 // from now on, and takes what it already holds, which produced no events.
-                let _ = self.compare_folder(path, Sighting::Scanned).await;
+                let _ = self
+                    .compare_folder(path, Sighting::Scanned, walk::Reach::Tree)
+                    .await;
                 self.look_again(path, Instant::now() + REWALK_AFTER);
             }
             Ok(meta) if meta.is_dir() => {}
@@ -510,35 +521,63 @@ impl WatchTask {
                 let now = Instant::now();
                 if self.settle.contains(path) || self.settle.len() < TRACKED_MAX {
                     self.settle.touch(path, sighting, now);
-                } else if let Some(dir) = path.parent() {
-                    self.look_again_by(dir, now + self.ctx.settle);
+                } else {
+                    // Its folder is read again once it is closed, and it is taken when quiet.
+                    self.settle.untracked(path, sighting);
+                    if let (false, Some(dir)) = (sighting == Sighting::Open, path.parent()) {
+                        self.look_again_by(dir, now + self.ctx.settle);
+                    }
                 }
             }
             _ => {}
         }
     }
 
-    /// `dir` is read again at `at`, or later if it already is to be: once, however many times
-    /// this is asked.
+    /// `dir` is read again, the whole tree below it, at `at` or later if it already is to be:
+    /// once, however many times this is asked.
     fn look_again(&mut self, dir: &Path, at: Instant) {
-        match self.rewalks.iter_mut().find(|(d, _)| d == dir) {
-            Some((_, when)) => *when = (*when).max(at),
-            None => self.rewalks.push((dir.to_path_buf(), at)),
+        match self.rewalks.iter_mut().find(|r| r.dir == dir) {
+            Some(rewalk) => {
+                rewalk.at = rewalk.at.max(at);
+                rewalk.reach = walk::Reach::Tree;
+            }
+            None => self.rewalks.push(Rewalk {
+                dir: dir.to_path_buf(),
+                at,
+                reach: walk::Reach::Tree,
+            }),
         }
     }
 
-    /// `dir` is read again at `at`, or sooner if it already is to be. Files left out of a full
-    /// tracker come on through a whole import: postponing the look for each would leave the first
-    /// of them waiting until the import ended.
+    /// `dir`'s own entries are read again at `at`, or sooner if it already is to be. Files left
+    /// out of a full tracker come on through a whole import: postponing the look for each would
+    /// leave the first of them waiting until the import ended.
     fn look_again_by(&mut self, dir: &Path, at: Instant) {
-        if !self.rewalks.iter().any(|(d, _)| d == dir) {
-            self.rewalks.push((dir.to_path_buf(), at));
+        if !self.rewalks.iter().any(|r| r.dir == dir) {
+            self.rewalks.push(Rewalk {
+                dir: dir.to_path_buf(),
+                at,
+                reach: walk::Reach::OwnEntries,
+            });
         }
     }
 
-    /// The second look at a new folder: only what neither the tracker nor the journal has yet.
-    async fn rewalk_folder(&mut self, dir: &Path) {
-        let _ = self.compare_folder(dir, Sighting::Scanned).await;
+    /// The second look at a folder: only what neither the tracker nor the journal has yet. One
+    /// the journal could not answer is tried again: what it was to find may be known nowhere else.
+    async fn rewalk_folder(&mut self, rewalk: Rewalk) {
+        let looked = self
+            .compare_folder(&rewalk.dir, Sighting::Scanned, rewalk.reach)
+            .await;
+        if looked.is_none() {
+            self.look_again_as(rewalk.reach, &rewalk.dir, Instant::now() + JOURNAL_RETRY);
+        }
+    }
+
+    fn look_again_as(&mut self, reach: walk::Reach, dir: &Path, at: Instant) {
+        match reach {
+            walk::Reach::Tree => self.look_again(dir, at),
+            walk::Reach::OwnEntries => self.look_again_by(dir, at),
+        }
     }
 
     fn gone(&mut self, path: &Path) {
@@ -546,7 +585,7 @@ impl WatchTask {
             return;
         }
         self.settle.forget_under(path);
-        self.rewalks.retain(|(dir, _)| !dir.starts_with(path));
+        self.rewalks.retain(|r| !r.dir.starts_with(path));
         self.removals
             .insert(path.to_path_buf(), PendingRemoval::new(Instant::now()));
     }
@@ -558,10 +597,10 @@ impl WatchTask {
         let now = Instant::now();
         let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.rewalks)
             .into_iter()
-            .partition(|(_, at)| *at <= now);
+            .partition(|r| r.at <= now);
         self.rewalks = later;
-        for (dir, _) in due {
-            self.rewalk_folder(&dir).await;
+        for rewalk in due {
+            self.rewalk_folder(rewalk).await;
         }
         let ready = self.settle.take_ready(Instant::now(), examine::stat);
         self.take_all(ready).await;
@@ -878,7 +917,10 @@ impl WatchTask {
             return;
         }
         let root = self.root().to_path_buf();
-        let Some(disk) = self.compare_folder(&root, sighting).await else {
+        let Some(disk) = self
+            .compare_folder(&root, sighting, walk::Reach::Tree)
+            .await
+        else {
             return;
         };
         let (on_disk, fresh) = (disk.on_disk, disk.fresh);
@@ -894,7 +936,12 @@ impl WatchTask {
     /// paths: new and changed files are taken at once when already quiet, else tracked as
     /// `sighting`. A file the tracker already follows is left to it, unless events were lost
     /// (`Closed`: what the scan finds counts as closed).
-    async fn compare_folder(&mut self, dir: &Path, sighting: Sighting) -> Option<DiskPass> {
+    async fn compare_folder(
+        &mut self,
+        dir: &Path,
+        sighting: Sighting,
+        reach: walk::Reach,
+    ) -> Option<DiskPass> {
         let (found, mut batches) = mpsc::channel(2);
         let (root, walked, config) = (
             self.root().to_path_buf(),
@@ -909,6 +956,7 @@ impl WatchTask {
                 &walked,
                 &config,
                 watching,
+                reach,
                 RECONCILE_BATCH,
                 |batch| found.blocking_send(batch).is_ok(),
             );
@@ -945,6 +993,12 @@ impl WatchTask {
                     if sighting == Sighting::Closed {
                         self.settle.touch(&path, sighting, now);
                     }
+                } else if self.settle.seen_open(&path) {
+                    // Still being written, however quiet it looks: taken only after its close,
+                    // whose event asks for another look if there is no room to track it now.
+                    if self.settle.len() < TRACKED_MAX {
+                        self.settle.touch(&path, Sighting::Open, now);
+                    }
                 } else if quiet_for(&stamp, self.ctx.settle) {
                     // No event said it is open, and it has been untouched for the settle period
                     // already: the tracker would only wait to see what its stamp already says.
@@ -956,7 +1010,7 @@ impl WatchTask {
                 }
             }
             if look_again {
-                self.look_again(dir, now + self.ctx.settle);
+                self.look_again_as(reach, dir, now + self.ctx.settle);
             }
             self.take_all(quiet).await;
         }
@@ -1047,8 +1101,8 @@ impl WatchTask {
         // second look (TRACKED_MAX); a one-shot scan takes those now, a tracker's worth
         // at a time, until a look finds nothing more.
         while !self.rewalks.is_empty() {
-            for (dir, _) in std::mem::take(&mut self.rewalks) {
-                self.rewalk_folder(&dir).await;
+            for rewalk in std::mem::take(&mut self.rewalks) {
+                self.rewalk_folder(rewalk).await;
                 let settled = self.settle.drain();
                 self.take_all(settled).await;
             }

@@ -2,7 +2,7 @@
 //! by a scan) *and* its size and mtime stayed the same for the settle period.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -66,6 +66,10 @@ pub struct Settle {
     pending: HashMap<Arc<Path>, Pending>,
     /// (when, path); an entry whose path is gone or queued at another time is stale and skipped.
     queue: BinaryHeap<Reverse<(Instant, Arc<Path>)>>,
+    /// Paths an event said are open for writing while the tracker was full, so not tracked: a
+    /// second look must not take one as complete because it looks quiet. As many as are being
+    /// written at once, not the backlog.
+    open_untracked: HashSet<PathBuf>,
 }
 
 impl Settle {
@@ -74,11 +78,13 @@ impl Settle {
             period,
             pending: HashMap::new(),
             queue: BinaryHeap::new(),
+            open_untracked: HashSet::new(),
         }
     }
 
     /// Something happened to `path`.
     pub fn touch(&mut self, path: &Path, sighting: Sighting, now: Instant) {
+        self.open_untracked.remove(path);
         let (key, entry) = match self.pending.get_key_value(path) {
             Some((key, _)) => {
                 let key = Arc::clone(key);
@@ -121,18 +127,44 @@ impl Settle {
         }
     }
 
+    /// Something happened to `path` while the tracker was full: only whether it is open is kept.
+    pub fn untracked(&mut self, path: &Path, sighting: Sighting) {
+        match sighting {
+            Sighting::Open => {
+                self.open_untracked.insert(path.to_path_buf());
+            }
+            Sighting::Closed => {
+                self.open_untracked.remove(path);
+            }
+            Sighting::Metadata | Sighting::Scanned => {}
+        }
+    }
+
+    /// Whether an event said `path` is open for writing while it was left untracked.
+    pub fn seen_open(&self, path: &Path) -> bool {
+        self.open_untracked.contains(path)
+    }
+
+    /// Events were lost, closes among them: what a scan finds counts as closed.
+    pub fn forget_open(&mut self) {
+        self.open_untracked.clear();
+    }
+
     pub fn forget(&mut self, path: &Path) {
         self.pending.remove(path);
+        self.open_untracked.remove(path);
     }
 
     /// Forgets every path under `dir` (it was removed or moved away).
     pub fn forget_under(&mut self, dir: &Path) {
         self.pending.retain(|p, _| !p.starts_with(dir));
+        self.open_untracked.retain(|p| !p.starts_with(dir));
     }
 
     /// Every tracked path at once, for a one-shot scan (which re-checks stability as it reads).
     pub fn drain(&mut self) -> Vec<PathBuf> {
         self.queue.clear();
+        self.open_untracked.clear();
         let mut paths: Vec<PathBuf> = self.pending.drain().map(|(p, _)| p.to_path_buf()).collect();
         paths.sort();
         paths
@@ -403,6 +435,35 @@ mod tests {
         );
         assert_eq!(settle.next_deadline(), Some(again + PERIOD));
         assert_eq!(settle.take_ready(again + PERIOD, stat).len(), 1);
+    }
+
+    #[test]
+    fn a_file_left_untracked_while_open_is_known_open_until_closed_or_tracked() {
+        let t0 = Instant::now();
+        let mut settle = Settle::new(PERIOD);
+        let path = Path::new("/w/copying.jpg");
+        settle.untracked(path, Sighting::Open);
+        settle.untracked(path, Sighting::Metadata);
+        assert!(settle.seen_open(path));
+        settle.untracked(path, Sighting::Closed);
+        assert!(!settle.seen_open(path));
+        settle.untracked(path, Sighting::Open);
+        settle.touch(path, Sighting::Open, t0);
+        assert!(
+            !settle.seen_open(path),
+            "tracked, it is the tracker's to follow"
+        );
+        settle.take_ready(t0, |_| st(10, 1));
+        assert!(
+            settle
+                .take_ready(t0 + PERIOD * 10, |_| st(10, 1))
+                .is_empty(),
+            "still open"
+        );
+        let other = Path::new("/w/sub/other.jpg");
+        settle.untracked(other, Sighting::Open);
+        settle.forget_under(Path::new("/w/sub"));
+        assert!(!settle.seen_open(other));
     }
 
     #[test]

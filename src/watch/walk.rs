@@ -22,11 +22,29 @@ pub fn files(
     watching: Option<&Watching>,
 ) -> Vec<(PathBuf, Stamp)> {
     let mut out = Vec::new();
-    in_batches(root, dir, watch, watching, usize::MAX, |batch| {
-        out.extend(batch);
-        true
-    });
+    in_batches(
+        root,
+        dir,
+        watch,
+        watching,
+        Reach::Tree,
+        usize::MAX,
+        |batch| {
+            out.extend(batch);
+            true
+        },
+    );
     out
+}
+
+/// How much of a folder a walk reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// The folder and every folder inside it the watch covers.
+    Tree,
+    /// Only the folder's own entries: a second look for files a full settle tracker left out,
+    /// which must not read a whole tree below them every settle period.
+    OwnEntries,
 }
 
 /// Every accepted non-directory entry under `dir` (inside the watch at `root`) with its stamp,
@@ -39,17 +57,17 @@ pub fn in_batches(
     dir: &Path,
     watch: &WatchConfig,
     watching: Option<&Watching>,
+    reach: Reach,
     size: usize,
     mut take: impl FnMut(Vec<(PathBuf, Stamp)>) -> bool,
 ) {
-    let depth_left = if watch.recursive {
-        usize::MAX
-    } else {
-        // A non-recursive watch sees only the root's own entries.
-        if dir != root {
-            return;
-        }
-        1
+    // A non-recursive watch sees only the root's own entries.
+    if !watch.recursive && dir != root {
+        return;
+    }
+    let depth_left = match reach {
+        Reach::Tree if watch.recursive => usize::MAX,
+        Reach::Tree | Reach::OwnEntries => 1,
     };
     if dir != root && inside_excluded(root, dir, watch) {
         return;
@@ -142,7 +160,7 @@ mod tests {
         }
         let watch = config(root);
         let mut batches = 0;
-        in_batches(root, root, &watch, None, 2, |_| {
+        in_batches(root, root, &watch, None, Reach::Tree, 2, |_| {
             batches += 1;
             false
         });
