@@ -372,6 +372,22 @@ fn burst(h: &Harness, prefix: &str, seed: u32) -> Vec<Vec<u8>> {
     contents
 }
 
+/// Waits until every file of a `burst` is synced, then checks each content was sent once and
+/// each file's record points at a copy of its own bytes.
+fn every_file_of_the_burst_synced(h: &Harness, contents: &[Vec<u8>]) {
+    h.wait_for("every file synced", |h| {
+        h.status()["files"]["synced"].as_u64() == Some(BURST as u64)
+    });
+    assert_eq!(h.sandbox.uploads(), 8, "each content sent once");
+    let images = h.sandbox.images();
+    for row in h.files() {
+        let name = row["path"].as_str().unwrap().rsplit('/').next().unwrap();
+        let i: usize = name[1..5].parse().unwrap();
+        let url = row["url"].as_str().unwrap();
+        assert_eq!(images[url].bytes, contents[i % 8], "{name}");
+    }
+}
+
 fn settling_for_2s() -> Harness {
     Harness::with(common::Options {
         settle: "2s",
@@ -588,25 +604,12 @@ fn a_burst_written_into_a_running_watch_is_all_synced() {
         started.elapsed() < Duration::from_secs(2),
         "the files were meant to be settling together"
     );
-    h.wait_for("every file synced", |h| {
-        h.status()["files"]["synced"].as_u64() == Some(BURST as u64)
-    });
-    assert_eq!(h.sandbox.uploads(), 8, "each content sent once");
-    let images = h.sandbox.images();
-    for row in h.files() {
-        let name = row["path"].as_str().unwrap().rsplit('/').next().unwrap();
-        let i: usize = name[1..5].parse().unwrap();
-        assert_eq!(
-            images[row["url"].as_str().unwrap()].bytes,
-            contents[i % 8],
-            "{name}"
-        );
-    }
+    every_file_of_the_burst_synced(&h, &contents);
 }
 
-/// More files than the settle tracker follows (1 024), written just before the start, so none is quiet yet
-/// when the start's walk finds them: the walk tracks the first ones and reads the folder again
-/// once the rest are quiet. Every file is synced with its bytes; the periodic rescan (1 h here)
+/// More files than the settle tracker follows (1 024), written just before the start, so none
+/// is quiet yet when the start's walk finds them: the walk tracks the first ones and reads the
+/// folder again once the rest are quiet. Every file is synced with its bytes; the periodic rescan (1 h here)
 /// is not what takes the rest.
 #[test]
 fn a_burst_written_just_before_the_start_is_all_synced() {
@@ -618,15 +621,5 @@ fn a_burst_written_just_before_the_start_is_all_synced() {
         started.elapsed() < Duration::from_secs(2),
         "the files were meant to be found before they were quiet"
     );
-    h.wait_for("every file synced", |h| {
-        h.status()["files"]["synced"].as_u64() == Some(BURST as u64)
-    });
-    assert_eq!(h.sandbox.uploads(), 8, "each content sent once");
-    let images = h.sandbox.images();
-    for row in h.files() {
-        let name = row["path"].as_str().unwrap().rsplit('/').next().unwrap();
-        let i: usize = name[1..5].parse().unwrap();
-        let url = row["url"].as_str().unwrap();
-        assert_eq!(images[url].bytes, contents[i % 8], "{name}");
-    }
+    every_file_of_the_burst_synced(&h, &contents);
 }

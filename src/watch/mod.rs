@@ -51,15 +51,6 @@ const REMOVAL_MAX_WAIT: Duration = Duration::from_secs(60);
 const ROOT_CHECK: Duration = Duration::from_secs(2);
 /// A folder created or moved in is walked again this long after it was first seen.
 const REWALK_AFTER: Duration = Duration::from_millis(500);
-/// Files the settle tracker follows at most (each costs a few hundred bytes). Past this many, a
-/// file's folder is read again a settle period later, and what is quiet by then is taken without
-/// being tracked. Without it, the tracker held every file written but not yet taken: a scan right
-/// after a burst (the daemon started just after 20 000 files were written) found most of them
-/// not quiet yet, and a copy into a running watch that comes faster than files are examined and
-/// recorded (100 000 while the journal's disk is busy) kept up to 12 800 waiting. Peak memory
-/// then varied with timing, up to 1.54x (20 000 found at the start) and 1.40x (100 000 copied
-/// in) the figure at 1 000.
-const TRACKED_MAX: usize = 1024;
 /// Deletes are counted against `max_deletes` over this window, however slowly files vanish.
 const REMOVAL_WINDOW: Duration = Duration::from_secs(3600);
 /// A journal write that failed is tried again after this long.
@@ -510,7 +501,7 @@ impl WatchTask {
                 let _ = self
                     .compare_folder(path, Sighting::Scanned, walk::Reach::Tree)
                     .await;
-                self.look_again(path, Instant::now() + REWALK_AFTER);
+                self.look_again(path, Instant::now() + REWALK_AFTER, walk::Reach::Tree);
             }
             Ok(meta) if meta.is_dir() => {}
             Ok(meta) if self.config.filter.accepts(relative) => {
@@ -519,13 +510,15 @@ impl WatchTask {
                 let complete = !meta.is_file() || meta.nlink() > 1;
                 let sighting = if complete { Sighting::Closed } else { sighting };
                 let now = Instant::now();
-                if self.settle.contains(path) || self.settle.len() < TRACKED_MAX {
+                if self.settle.contains(path) || self.settle.has_room() {
                     self.settle.touch(path, sighting, now);
                 } else {
                     // Its folder is read again once it is closed, and it is taken when quiet.
                     self.settle.untracked(path, sighting);
-                    if let (false, Some(dir)) = (sighting == Sighting::Open, path.parent()) {
-                        self.look_again_by(dir, now + self.ctx.settle);
+                    if sighting != Sighting::Open
+                        && let Some(dir) = path.parent()
+                    {
+                        self.look_again(dir, now + self.ctx.settle, walk::Reach::OwnEntries);
                     }
                 }
             }
@@ -533,32 +526,23 @@ impl WatchTask {
         }
     }
 
-    /// `dir` is read again, the whole tree below it, at `at` or later if it already is to be:
-    /// once, however many times this is asked.
-    fn look_again(&mut self, dir: &Path, at: Instant) {
+    /// `dir` is read again at `at`, once however many times this is asked. A look at the whole
+    /// tree (a new folder; files a scan found still settling) waits for the latest `at` asked,
+    /// when they are all quiet. A look at its own entries (files left out of a full tracker) keeps
+    /// the soonest: they come on through a whole import, and postponing the look for each would
+    /// leave the first of them waiting until the import ended.
+    fn look_again(&mut self, dir: &Path, at: Instant, reach: walk::Reach) {
         match self.rewalks.iter_mut().find(|r| r.dir == dir) {
-            Some(rewalk) => {
+            Some(rewalk) if reach == walk::Reach::Tree => {
                 rewalk.at = rewalk.at.max(at);
                 rewalk.reach = walk::Reach::Tree;
             }
+            Some(_) => {}
             None => self.rewalks.push(Rewalk {
                 dir: dir.to_path_buf(),
                 at,
-                reach: walk::Reach::Tree,
+                reach,
             }),
-        }
-    }
-
-    /// `dir`'s own entries are read again at `at`, or sooner if it already is to be. Files left
-    /// out of a full tracker come on through a whole import: postponing the look for each would
-    /// leave the first of them waiting until the import ended.
-    fn look_again_by(&mut self, dir: &Path, at: Instant) {
-        if !self.rewalks.iter().any(|r| r.dir == dir) {
-            self.rewalks.push(Rewalk {
-                dir: dir.to_path_buf(),
-                at,
-                reach: walk::Reach::OwnEntries,
-            });
         }
     }
 
@@ -569,14 +553,7 @@ impl WatchTask {
             .compare_folder(&rewalk.dir, Sighting::Scanned, rewalk.reach)
             .await;
         if looked.is_none() {
-            self.look_again_as(rewalk.reach, &rewalk.dir, Instant::now() + JOURNAL_RETRY);
-        }
-    }
-
-    fn look_again_as(&mut self, reach: walk::Reach, dir: &Path, at: Instant) {
-        match reach {
-            walk::Reach::Tree => self.look_again(dir, at),
-            walk::Reach::OwnEntries => self.look_again_by(dir, at),
+            self.look_again(&rewalk.dir, Instant::now() + JOURNAL_RETRY, rewalk.reach);
         }
     }
 
@@ -996,21 +973,21 @@ impl WatchTask {
                 } else if self.settle.seen_open(&path) {
                     // Still being written, however quiet it looks: taken only after its close,
                     // whose event asks for another look if there is no room to track it now.
-                    if self.settle.len() < TRACKED_MAX {
+                    if self.settle.has_room() {
                         self.settle.touch(&path, Sighting::Open, now);
                     }
                 } else if quiet_for(&stamp, self.ctx.settle) {
                     // No event said it is open, and it has been untouched for the settle period
                     // already: the tracker would only wait to see what its stamp already says.
                     quiet.push(path);
-                } else if self.settle.len() < TRACKED_MAX {
+                } else if self.settle.has_room() {
                     self.settle.touch(&path, sighting, now);
                 } else {
                     look_again = true;
                 }
             }
             if look_again {
-                self.look_again_as(reach, dir, now + self.ctx.settle);
+                self.look_again(dir, now + self.ctx.settle, reach);
             }
             self.take_all(quiet).await;
         }
@@ -1098,7 +1075,7 @@ impl WatchTask {
         let settled = self.settle.drain();
         self.take_all(settled).await;
         // A scan tracks a bounded number of files still settling and leaves the rest for a
-        // second look (TRACKED_MAX); a one-shot scan takes those now, a tracker's worth
+        // second look (settle::CAPACITY); a one-shot scan takes those now, a tracker's worth
         // at a time, until a look finds nothing more.
         while !self.rewalks.is_empty() {
             for rewalk in std::mem::take(&mut self.rewalks) {
