@@ -20,7 +20,7 @@ use crate::journal::{
 use crate::throttle::{LogThrottle, Verdict};
 use crate::watch::examine::{ReadError, read_regular, sha256_hex};
 
-/// A claimed job stays ours this long. It may wait behind its slot's transfer before its own runs,
+/// A claimed job stays ours this long. It may wait behind its slot's transfers before its own runs,
 /// and each is bounded by a few request timeouts (two minutes each), so this is well past both:
 /// a job taken again while a slot still holds it would be sent twice. The lease only gives back
 /// jobs this daemon lost track of; a start requeues a crashed daemon's at once.
@@ -327,10 +327,26 @@ struct Claim {
 }
 
 /// How many claimed jobs a slot keeps waiting behind the one it runs.
-const AHEAD: usize = 1;
+const AHEAD: usize = 2;
 
-/// The recording of a slot's last outcome, which brings the jobs claimed along with it.
-type Recording<'a> = Pin<Box<dyn Future<Output = Vec<Claim>> + Send + 'a>>;
+/// How many of a slot's outcomes may wait for their commit while it goes on with its next jobs.
+/// Each is written to the journal as soon as it is known, as before; the slot only does not wait
+/// for the commit before starting the next transfer, so the journal's groups grow with the load
+/// instead of holding one outcome per slot.
+const UNCOMMITTED: usize = 8;
+
+/// A slot's outcome, submitted to the journal, with the claim submitted right behind it.
+struct Recording {
+    job: Job,
+    result: JobResult,
+    attempt: Option<Attempt>,
+    written: Pin<Box<dyn Future<Output = crate::journal::Result<Finished>> + Send>>,
+    claim: Option<Pin<Box<dyn Future<Output = crate::journal::Result<Claims>> + Send>>>,
+    /// How many jobs the claim asked for.
+    want: usize,
+    /// [`Outages::pauses`] when the claim was asked for.
+    pauses: u64,
+}
 
 /// A worker's slot: runs one transfer at a time and claims its next jobs itself.
 struct Slot {
@@ -342,22 +358,26 @@ struct Slot {
 impl Slot {
     /// Runs `first`, then the jobs claimed along with each outcome, until none comes.
     ///
-    /// A slot keeps [`AHEAD`] claimed job waiting: each outcome is recorded (and the next job
-    /// claimed, in the same commit) while that job runs, so a transfer never waits for a commit
-    /// and the journal's groups grow with the load. A job waits only behind a transfer of its own
-    /// vendor, so a slow vendor holds up none of another's.
+    /// A slot keeps up to [`AHEAD`] claimed jobs waiting: each outcome is recorded (and the next
+    /// jobs claimed, in the same commit) while the jobs ahead run, so a transfer waits for a commit
+    /// only when the slot has nothing claimed or [`UNCOMMITTED`] outcomes wait for theirs. A job
+    /// waits only behind a transfer of its own vendor, so a slow vendor holds up none of another's.
     async fn run(&self, first: Claim) {
         let mut ahead = VecDeque::from([first]);
-        let mut recording: Option<Recording<'_>> = None;
+        let mut recordings: VecDeque<Recording> = VecDeque::new();
         loop {
-            let Some(claim) = ahead.pop_front() else {
-                match recording.take() {
-                    Some(recorded) => {
-                        ahead.extend(recorded.await);
+            if ahead.is_empty() || recordings.len() >= UNCOMMITTED {
+                match recordings.pop_front() {
+                    Some(recording) => {
+                        ahead.extend(self.settle(recording).await);
                         continue;
                     }
-                    None => return,
+                    None if ahead.is_empty() => return,
+                    None => {}
                 }
+            }
+            let Some(claim) = ahead.pop_front() else {
+                continue;
             };
             let vendor = claim.job.vendor.clone();
             if *self.stop.borrow() || self.ctx.outages.paused_since(&vendor, claim.pauses) {
@@ -366,20 +386,20 @@ impl Slot {
                 self.put_back(&claim.job).await;
                 continue;
             }
-            let transfer =
-                crate::metrics::scoped(vendor, process(&self.ctx, claim.job, claim.probe));
-            let earlier = async {
-                match recording.take() {
-                    Some(recorded) => recorded.await,
-                    None => Vec::new(),
-                }
+            let decided =
+                crate::metrics::scoped(vendor, process(&self.ctx, claim.job, claim.probe)).await;
+            let asked: usize = recordings.iter().map(|r| r.want).sum();
+            let want = (AHEAD + 1).saturating_sub(ahead.len() + asked);
+            // What is claimed now runs after the jobs ahead and those still being claimed, so
+            // only their vendor's jobs.
+            let behind = match (ahead.back(), asked) {
+                (Some(last), _) => Some(last.job.vendor.clone()),
+                (None, 0) => None,
+                (None, _) => Some(decided.job.vendor.clone()),
             };
-            let (decided, claimed) = tokio::join!(transfer, earlier);
-            ahead.extend(claimed);
-            let want = (AHEAD + 1).saturating_sub(ahead.len());
-            // What is claimed now runs after the last job ahead, so only its vendor's jobs.
-            let behind = ahead.back().map(|claim| claim.job.vendor.clone());
-            recording = Some(Box::pin(self.record(decided, want, behind)));
+            let done: Vec<&str> = recordings.iter().map(|r| r.job.vendor.as_str()).collect();
+            let recording = self.record(decided, want, behind, &done);
+            recordings.push_back(recording);
         }
     }
 
@@ -772,40 +792,67 @@ async fn resume(ctx: &WorkerContext, vendor: &str) {
 }
 
 impl Slot {
-    /// Records the outcome. A journal that cannot take it (locked, full) is asked again with
-    /// growing waits: an outcome is never dropped, or the job would sit `running` until its lease
-    /// ran out and be sent again. Meanwhile this slot takes no more work, so a journal that stays
-    /// unwritable stops the daemon from taking more.
-    ///
-    /// Up to `want` next jobs are claimed in a write submitted right behind the outcome's, so both
-    /// go in one commit, and returned; behind a job of vendor `behind`, only that vendor's
-    /// ([`ClaimFor::Queue`]). They go back to the queue instead when the outcome could not be
-    /// recorded at the first try or the daemon is stopping.
-    async fn record(&self, decided: Decided, want: usize, behind: Option<String>) -> Vec<Claim> {
+    /// Submits the outcome to the journal, and a claim of up to `want` next jobs right behind it
+    /// so both go in one commit; behind a job of vendor `behind`, only that vendor's
+    /// ([`ClaimFor::Queue`]). `done` are the vendors of this slot's transfers that ended but are
+    /// still counted in flight until their outcomes are settled. [`Slot::settle`] waits for them.
+    fn record(
+        &self,
+        decided: Decided,
+        want: usize,
+        behind: Option<String>,
+        done: &[&str],
+    ) -> Recording {
         let Decided {
             job,
             result,
             attempt,
         } = decided;
         let ctx = &self.ctx;
-        let finish = |journal: &JournalHandle| {
-            let (j, r, a) = (job.clone(), result.clone(), attempt.clone());
-            journal.submit(move |journal| journal.finish(&j, &r, a.as_ref()))
-        };
-        let first = finish(&ctx.journal);
+        let written = Box::pin(finish(&ctx.journal, &job, &result, &attempt));
         let pauses = ctx.outages.pauses();
         let claim = (want > 0 && !*self.stop.borrow()).then(|| {
             let mut in_flight = vendors_in_flight(&self.running);
-            // This slot's own job ends with this write.
-            if let Some(count) = in_flight.get_mut(&job.vendor) {
-                *count = count.saturating_sub(1);
+            // This slot's own job ends with this write, and those before it have ended.
+            for vendor in done.iter().copied().chain([job.vendor.as_str()]) {
+                if let Some(count) = in_flight.get_mut(vendor) {
+                    *count = count.saturating_sub(1);
+                }
             }
             let names = ctx.vendors.names();
-            ctx.journal.submit(move |journal| {
+            Box::pin(ctx.journal.submit(move |journal| {
                 claim_due(journal, names, in_flight, want, ClaimFor::Queue { behind })
-            })
+            })) as Pin<Box<dyn Future<Output = _> + Send>>
         });
-        let mut written = first.await;
+        Recording {
+            job,
+            result,
+            attempt,
+            written,
+            claim,
+            want,
+            pauses,
+        }
+    }
+
+    /// Waits for an outcome's commit and returns the jobs claimed with it. A journal that cannot
+    /// take the outcome (locked, full) is asked again with growing waits: an outcome is never
+    /// dropped, or the job would sit `running` until its lease ran out and be sent again.
+    /// Meanwhile this slot takes no more work, so a journal that stays unwritable stops the
+    /// daemon from taking more. The jobs claimed go back to the queue instead when the outcome
+    /// could not be recorded at the first try or the daemon is stopping.
+    async fn settle(&self, recording: Recording) -> Vec<Claim> {
+        let Recording {
+            job,
+            result,
+            attempt,
+            written,
+            claim,
+            pauses,
+            ..
+        } = recording;
+        let ctx = &self.ctx;
+        let mut written = written.await;
         let mut next = match claim {
             Some(claim) => claim.await.map(|c| claimed(c, pauses)).unwrap_or_default(),
             None => Vec::new(),
@@ -831,7 +878,7 @@ impl Slot {
                     crate::diagnose::journal_write_failed("record the outcome", &job.path, &e);
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(30));
-                    written = finish(&ctx.journal).await;
+                    written = finish(&ctx.journal, &job, &result, &attempt).await;
                 }
             }
         };
@@ -854,6 +901,17 @@ impl Slot {
         ctx.wake.notify_one();
         next
     }
+}
+
+/// Submits a job's outcome to the journal.
+fn finish(
+    journal: &JournalHandle,
+    job: &Job,
+    result: &JobResult,
+    attempt: &Option<Attempt>,
+) -> impl Future<Output = crate::journal::Result<Finished>> + Send + use<> {
+    let (j, r, a) = (job.clone(), result.clone(), attempt.clone());
+    journal.submit(move |journal| journal.finish(&j, &r, a.as_ref()))
 }
 
 /// The jobs a claim found, claimed when the pause count was `pauses`; what the journal settled by
