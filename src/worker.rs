@@ -23,7 +23,8 @@ use crate::watch::examine::{ReadError, read_regular, sha256_hex};
 /// A claimed job stays ours this long. It may wait behind its slot's transfers before its own runs,
 /// and each is bounded by a few request timeouts (two minutes each), so this is well past both:
 /// a job taken again while a slot still holds it would be sent twice. The lease only gives back
-/// jobs this daemon lost track of; a start requeues a crashed daemon's at once.
+/// jobs this daemon lost track of; a start requeues a crashed daemon's at once. A slot that held a
+/// job past half of it (its journal unwritable all that while) does not send it.
 const LEASE_MS: i64 = 30 * 60 * 1000;
 /// In-flight transfers get this long to finish at shutdown before they are released to the queue.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -221,12 +222,14 @@ async fn finish_in_flight(
     .await;
     if drained.is_err() {
         tasks.abort_all();
-        let ids: Vec<i64> = lock(&running).keys().copied().collect();
         warn!(
-            released = ids.len(),
+            in_flight = lock(&running).len(),
             "transfers still running after 10s: released to the queue"
         );
-        if let Err(e) = ctx.journal.call(move |j| j.release(&ids)).await {
+        // Every job this daemon holds goes back, those claimed ahead by a slot too (the journal's
+        // lock makes them all ours). Queued behind the outcomes already submitted, so a job whose
+        // outcome is on its way is not put back.
+        if let Err(e) = ctx.journal.write(|j| j.requeue_running()).await {
             error!("cannot release running jobs: {e}");
         }
     }
@@ -238,13 +241,13 @@ async fn finish_in_flight(
 /// already uploaded, a file that moved on) are logged and skipped.
 async fn claim(ctx: &WorkerContext, in_flight: HashMap<String, usize>, want: usize) -> Vec<Claim> {
     let names = ctx.vendors.names();
-    let pauses = ctx.outages.pauses();
+    let (pauses, asked_at) = (ctx.outages.pauses(), Instant::now());
     let result = ctx
         .journal
         .write(move |j| claim_due(j, names, in_flight, want, ClaimFor::Slots))
         .await;
     match result {
-        Ok(claims) => claimed(claims, pauses),
+        Ok(claims) => claimed(claims, pauses, asked_at),
         Err(e) => {
             // A journal that cannot be written (disk full) is asked again in a second, not in a
             // loop, and said so a few times a minute.
@@ -324,16 +327,22 @@ struct Claim {
     probe: Option<Duration>,
     /// [`Outages::pauses`] when the claim was asked for: a pause since then puts the job back.
     pauses: u64,
+    /// When the claim was asked for, so before its lease began.
+    asked_at: Instant,
 }
 
-/// How many claimed jobs a slot keeps waiting behind the one it runs.
-const AHEAD: usize = 2;
+impl Claim {
+    /// Whether the lease may be running out: a job held this long (a journal that stayed
+    /// unwritable while it waited) may be given out again, so it is not sent from here.
+    fn lease_running_out(&self) -> bool {
+        self.asked_at.elapsed() > Duration::from_millis(LEASE_MS as u64 / 2)
+    }
+}
 
-/// How many of a slot's outcomes may wait for their commit while it goes on with its next jobs.
-/// Each is written to the journal as soon as it is known, as before; the slot only does not wait
-/// for the commit before starting the next transfer, so the journal's groups grow with the load
-/// instead of holding one outcome per slot.
-const UNCOMMITTED: usize = 8;
+/// How many claimed jobs a slot keeps waiting behind the one it runs. A slot's outcomes are
+/// written as soon as they are known and it does not wait for their commits, so up to `AHEAD + 1`
+/// of them may be on their way at once: the journal's groups grow with the load.
+const AHEAD: usize = 2;
 
 /// A slot's outcome, submitted to the journal, with the claim submitted right behind it.
 struct Recording {
@@ -346,6 +355,7 @@ struct Recording {
     want: usize,
     /// [`Outages::pauses`] when the claim was asked for.
     pauses: u64,
+    asked_at: Instant,
 }
 
 /// A worker's slot: runs one transfer at a time and claims its next jobs itself.
@@ -360,26 +370,37 @@ impl Slot {
     ///
     /// A slot keeps up to [`AHEAD`] claimed jobs waiting: each outcome is recorded (and the next
     /// jobs claimed, in the same commit) while the jobs ahead run, so a transfer waits for a commit
-    /// only when the slot has nothing claimed or [`UNCOMMITTED`] outcomes wait for theirs. A job
-    /// waits only behind a transfer of its own vendor, so a slow vendor holds up none of another's.
+    /// only when the slot has nothing claimed. A job waits only behind a transfer of its own
+    /// vendor, so a slow vendor holds up none of another's.
     async fn run(&self, first: Claim) {
         let mut ahead = VecDeque::from([first]);
         let mut recordings: VecDeque<Recording> = VecDeque::new();
         loop {
-            if ahead.is_empty() || recordings.len() >= UNCOMMITTED {
-                match recordings.pop_front() {
-                    Some(recording) => {
-                        ahead.extend(self.settle(recording).await);
-                        continue;
-                    }
-                    None if ahead.is_empty() => return,
-                    None => {}
-                }
-            }
             let Some(claim) = ahead.pop_front() else {
+                let Some(recording) = recordings.pop_front() else {
+                    return;
+                };
+                match self.settle(recording, true).await {
+                    Settled::Recorded(next) => ahead.extend(next),
+                    Settled::Retried => {
+                        // The journal failed: the jobs claimed behind that outcome are not run
+                        // while it was unrecorded, and go back to the queue.
+                        for later in std::mem::take(&mut recordings) {
+                            self.settle(later, false).await;
+                        }
+                    }
+                }
                 continue;
             };
             let vendor = claim.job.vendor.clone();
+            if claim.lease_running_out() {
+                warn!(
+                    path = %path_text::shown(&claim.job.path), job = claim.job.id,
+                    "a claimed job waited past half its lease: not sent from here, the queue gives it out again when the lease ends"
+                );
+                lock(&self.running).remove(&claim.job.id);
+                continue;
+            }
             if *self.stop.borrow() || self.ctx.outages.paused_since(&vendor, claim.pauses) {
                 // Stopping, or its vendor was paused since this job was claimed: it goes back
                 // unsent, to wait behind the vendor's probe.
@@ -397,9 +418,7 @@ impl Slot {
                 (None, 0) => None,
                 (None, _) => Some(decided.job.vendor.clone()),
             };
-            let done: Vec<&str> = recordings.iter().map(|r| r.job.vendor.as_str()).collect();
-            let recording = self.record(decided, want, behind, &done);
-            recordings.push_back(recording);
+            recordings.push_back(self.record(decided, want, behind));
         }
     }
 
@@ -794,31 +813,23 @@ async fn resume(ctx: &WorkerContext, vendor: &str) {
 impl Slot {
     /// Submits the outcome to the journal, and a claim of up to `want` next jobs right behind it
     /// so both go in one commit; behind a job of vendor `behind`, only that vendor's
-    /// ([`ClaimFor::Queue`]). `done` are the vendors of this slot's transfers that ended but are
-    /// still counted in flight until their outcomes are settled. [`Slot::settle`] waits for them.
-    fn record(
-        &self,
-        decided: Decided,
-        want: usize,
-        behind: Option<String>,
-        done: &[&str],
-    ) -> Recording {
+    /// ([`ClaimFor::Queue`]). [`Slot::settle`] waits for them.
+    ///
+    /// The job is no longer counted in flight: its transfer is over. Taking it out now, rather
+    /// than when its outcome is committed, means this slot never removes the entry of another
+    /// that has claimed the job since (a retry falling due).
+    fn record(&self, decided: Decided, want: usize, behind: Option<String>) -> Recording {
         let Decided {
             job,
             result,
             attempt,
         } = decided;
         let ctx = &self.ctx;
+        lock(&self.running).remove(&job.id);
         let written = Box::pin(finish(&ctx.journal, &job, &result, &attempt));
-        let pauses = ctx.outages.pauses();
+        let (pauses, asked_at) = (ctx.outages.pauses(), Instant::now());
         let claim = (want > 0 && !*self.stop.borrow()).then(|| {
-            let mut in_flight = vendors_in_flight(&self.running);
-            // This slot's own job ends with this write, and those before it have ended.
-            for vendor in done.iter().copied().chain([job.vendor.as_str()]) {
-                if let Some(count) = in_flight.get_mut(vendor) {
-                    *count = count.saturating_sub(1);
-                }
-            }
+            let in_flight = vendors_in_flight(&self.running);
             let names = ctx.vendors.names();
             Box::pin(ctx.journal.submit(move |journal| {
                 claim_due(journal, names, in_flight, want, ClaimFor::Queue { behind })
@@ -832,16 +843,17 @@ impl Slot {
             claim,
             want,
             pauses,
+            asked_at,
         }
     }
 
-    /// Waits for an outcome's commit and returns the jobs claimed with it. A journal that cannot
-    /// take the outcome (locked, full) is asked again with growing waits: an outcome is never
-    /// dropped, or the job would sit `running` until its lease ran out and be sent again.
-    /// Meanwhile this slot takes no more work, so a journal that stays unwritable stops the
-    /// daemon from taking more. The jobs claimed go back to the queue instead when the outcome
-    /// could not be recorded at the first try or the daemon is stopping.
-    async fn settle(&self, recording: Recording) -> Vec<Claim> {
+    /// Waits for an outcome's commit and the jobs claimed with it, which are kept when
+    /// `keep_claims`. A journal that cannot take the outcome (locked, full) is asked again with
+    /// growing waits: an outcome is never dropped, or the job would sit `running` until its lease
+    /// ran out and be sent again. Meanwhile this slot takes no more work, so a journal that stays
+    /// unwritable stops the daemon from taking more. The jobs claimed go back to the queue
+    /// instead when the outcome could not be recorded at the first try or the daemon is stopping.
+    async fn settle(&self, recording: Recording, keep_claims: bool) -> Settled {
         let Recording {
             job,
             result,
@@ -849,23 +861,26 @@ impl Slot {
             written,
             claim,
             pauses,
+            asked_at,
             ..
         } = recording;
         let ctx = &self.ctx;
         let mut written = written.await;
         let mut next = match claim {
-            Some(claim) => claim.await.map(|c| claimed(c, pauses)).unwrap_or_default(),
+            Some(claim) => claim
+                .await
+                .map(|c| claimed(c, pauses, asked_at))
+                .unwrap_or_default(),
             None => Vec::new(),
         };
         {
-            // Out before the next go in: the next may be this very job, due again.
             let mut running = lock(&self.running);
-            running.remove(&job.id);
             for claim in &next {
                 running.insert(claim.job.id, claim.job.vendor.clone());
             }
         }
-        if written.is_err() || *self.stop.borrow() {
+        let first_try = written.is_ok();
+        if !first_try || !keep_claims || *self.stop.borrow() {
             for claim in std::mem::take(&mut next) {
                 self.put_back(&claim.job).await;
             }
@@ -899,8 +914,19 @@ impl Slot {
             _ => {}
         }
         ctx.wake.notify_one();
-        next
+        match first_try {
+            true => Settled::Recorded(next),
+            false => Settled::Retried,
+        }
     }
+}
+
+/// How a slot's outcome was settled.
+enum Settled {
+    /// Recorded at the first try, with the jobs claimed along with it.
+    Recorded(Vec<Claim>),
+    /// Recorded only after the journal failed; nothing claimed is kept.
+    Retried,
 }
 
 /// Submits a job's outcome to the journal.
@@ -916,10 +942,15 @@ fn finish(
 
 /// The jobs a claim found, claimed when the pause count was `pauses`; what the journal settled by
 /// itself is logged.
-fn claimed((jobs, settled): Claims, pauses: u64) -> Vec<Claim> {
+fn claimed((jobs, settled): Claims, pauses: u64, asked_at: Instant) -> Vec<Claim> {
     settled.iter().for_each(log_settled);
     jobs.into_iter()
-        .map(|(job, probe)| Claim { job, probe, pauses })
+        .map(|(job, probe)| Claim {
+            job,
+            probe,
+            pauses,
+            asked_at,
+        })
         .collect()
 }
 
@@ -1015,6 +1046,30 @@ mod tests {
         // Free slots each run their own job: the least busy vendor each time.
         let claims = claim_due(&mut j, names, HashMap::new(), 2, ClaimFor::Slots).unwrap();
         assert_eq!(vendors_of(&claims), ["a", "a"]);
+    }
+
+    #[test]
+    fn a_claim_held_past_half_its_lease_counts_as_running_out() {
+        let (_dir, mut j) = queued(1);
+        let names = vec!["a".to_string()];
+        let (jobs, _) = claim_due(&mut j, names, HashMap::new(), 1, ClaimFor::Slots).unwrap();
+        let job = jobs.into_iter().next().expect("a job is due").0;
+        let claim = |held: Duration| Claim {
+            job: job.clone(),
+            probe: None,
+            pauses: 0,
+            asked_at: Instant::now()
+                .checked_sub(held)
+                .unwrap_or_else(Instant::now),
+        };
+        assert!(!claim(Duration::ZERO).lease_running_out());
+        assert!(!claim(Duration::from_secs(14 * 60)).lease_running_out());
+        if Instant::now()
+            .checked_sub(Duration::from_secs(16 * 60))
+            .is_some()
+        {
+            assert!(claim(Duration::from_secs(16 * 60)).lease_running_out());
+        }
     }
 
     #[test]
