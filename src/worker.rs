@@ -404,7 +404,7 @@ impl Slot {
             if *self.stop.borrow() || self.ctx.outages.paused_since(&vendor, claim.pauses) {
                 // Stopping, or its vendor was paused since this job was claimed: it goes back
                 // unsent, to wait behind the vendor's probe.
-                self.put_back(&claim.job).await;
+                self.put_back(&claim).await;
                 continue;
             }
             let decided =
@@ -422,10 +422,31 @@ impl Slot {
         }
     }
 
-    /// Releases a claimed job this slot will not run.
-    async fn put_back(&self, job: &Job) {
-        release(&self.ctx, job.id).await;
-        lock(&self.running).remove(&job.id);
+    /// Releases a claimed job this slot will not run. A journal that cannot take it (locked,
+    /// full) is asked again with growing waits, as for an outcome, so the job does not sit
+    /// `running` for the rest of its 30-minute lease once the journal is back: unless the daemon is
+    /// stopping (its next start requeues the job) or the lease may have run out (the queue gives
+    /// the job out again, and releasing it could take it from whoever has it now).
+    async fn put_back(&self, claim: &Claim) {
+        let id = claim.job.id;
+        lock(&self.running).remove(&id);
+        let mut wait = Duration::from_millis(250);
+        while let Err(e) = self.ctx.journal.write(move |j| j.release(&[id])).await {
+            if *self.stop.borrow() || claim.lease_running_out() {
+                error!(
+                    path = %path_text::shown(&claim.job.path), job = id,
+                    "cannot put a claimed job back in the queue: {e}; it is taken again when its lease runs out or at the next start"
+                );
+                return;
+            }
+            crate::diagnose::journal_write_failed(
+                "put a claimed job back in the queue",
+                &claim.job.path,
+                &e,
+            );
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(30));
+        }
     }
 }
 
@@ -882,7 +903,7 @@ impl Slot {
         let first_try = written.is_ok();
         if !first_try || !keep_claims || *self.stop.borrow() {
             for claim in std::mem::take(&mut next) {
-                self.put_back(&claim.job).await;
+                self.put_back(&claim).await;
             }
         }
         let mut wait = Duration::from_millis(250);
@@ -952,17 +973,6 @@ fn claimed((jobs, settled): Claims, pauses: u64, asked_at: Instant) -> Vec<Claim
             asked_at,
         })
         .collect()
-}
-
-/// Puts a claimed job a slot will not run back in the queue. If even that cannot be written,
-/// its lease runs out and another slot takes it: never two at once.
-async fn release(ctx: &WorkerContext, id: i64) {
-    if let Err(e) = ctx.journal.write(move |j| j.release(&[id])).await {
-        error!(
-            job = id,
-            "cannot put a claimed job back in the queue: {e}; it is taken again when its lease runs out"
-        );
-    }
 }
 
 /// Exponential backoff with jitter from 2 s to 15 min; never sooner than the vendor asked.
@@ -1070,6 +1080,53 @@ mod tests {
         {
             assert!(claim(Duration::from_secs(16 * 60)).lease_running_out());
         }
+    }
+
+    #[test]
+    fn a_job_put_back_while_the_journal_is_locked_is_queued_once_the_lock_is_gone() {
+        let (dir, mut j) = queued(1);
+        let names = vec!["a".to_string()];
+        let (jobs, _) =
+            claim_due(&mut j, names.clone(), HashMap::new(), 1, ClaimFor::Slots).unwrap();
+        let claim = Claim {
+            job: jobs.into_iter().next().expect("a job is due").0,
+            probe: None,
+            pauses: 0,
+            asked_at: Instant::now(),
+        };
+        j.set_busy_timeout(Duration::from_millis(50));
+        let journal = JournalHandle::new(j);
+        let (_stopping, stop) = watch::channel(false);
+        let slot = Slot {
+            ctx: WorkerContext {
+                journal: journal.clone(),
+                vendors: Arc::default(),
+                wake: Arc::default(),
+                give_up_after: Duration::from_secs(3600),
+                retry_log: retry_log_throttle(),
+                outages: Arc::default(),
+                heartbeat: Arc::default(),
+            },
+            running: Arc::default(),
+            stop,
+        };
+        // Another process holds the journal for longer than a write waits for it.
+        let other = rusqlite::Connection::open(dir.path().join("j.sqlite3")).unwrap();
+        other.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        let unlock = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(600));
+            other.execute_batch("COMMIT").unwrap();
+        });
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(slot.put_back(&claim));
+        unlock.join().unwrap();
+        // Back in the queue, not left `running` until its lease ran out: given out again at once.
+        let again = runtime.block_on(
+            journal.write(move |j| claim_due(j, names, HashMap::new(), 1, ClaimFor::Slots)),
+        );
+        let (jobs, _) = again.unwrap();
+        assert_eq!(jobs.len(), 1, "the job put back is due again");
+        assert_eq!(jobs[0].0.id, claim.job.id);
     }
 
     #[test]

@@ -361,6 +361,13 @@ impl Journal {
         })
     }
 
+    /// How long a write waits for another connection's lock (tests: to see a locked journal
+    /// refuse a write without waiting the daemon's ten seconds).
+    #[cfg(test)]
+    pub(crate) fn set_busy_timeout(&self, wait: Duration) {
+        self.conn.busy_timeout(wait).unwrap();
+    }
+
     fn file_id(&self, path: &str) -> Result<Option<i64>> {
         Ok(self
             .conn
