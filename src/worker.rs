@@ -2,7 +2,7 @@
 //! class alone decides what happens next: done, retry with backoff, refresh the token, reject the
 //! file, or pause the vendor with its jobs kept.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -142,8 +142,8 @@ pub async fn run_pool(
         while let Ok(more) = Arc::clone(&permits).try_acquire_owned() {
             slots.push(more);
         }
-        let in_flight = vendors_in_flight(&running);
-        let jobs = claim(&ctx, in_flight, slots.len()).await;
+        let held = Held::now(&running);
+        let jobs = claim(&ctx, held, slots.len()).await;
         let claimed_any = !jobs.is_empty();
         for (claim, permit) in jobs.into_iter().zip(slots.drain(..)) {
             lock(&running).insert(claim.job.id, claim.job.vendor.clone());
@@ -179,13 +179,25 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Transfers in flight per vendor.
-fn vendors_in_flight(running: &Mutex<HashMap<i64, String>>) -> HashMap<String, usize> {
-    let mut counts = HashMap::new();
-    for vendor in lock(running).values() {
-        *counts.entry(vendor.clone()).or_default() += 1;
+/// What this daemon's slots hold when a claim is asked for: jobs claimed, in transfer, or with an
+/// outcome not yet committed.
+#[derive(Debug, Default)]
+struct Held {
+    /// Per vendor: a claim takes the least busy vendor first.
+    in_flight: HashMap<String, usize>,
+    /// Never given out again, even with their lease run out: a slot still holds each.
+    jobs: HashSet<i64>,
+}
+
+impl Held {
+    fn now(running: &Mutex<HashMap<i64, String>>) -> Held {
+        let mut held = Held::default();
+        for (id, vendor) in lock(running).iter() {
+            *held.in_flight.entry(vendor.clone()).or_default() += 1;
+            held.jobs.insert(*id);
+        }
+        held
     }
-    counts
 }
 
 async fn next_due(ctx: &WorkerContext) -> Option<i64> {
@@ -223,12 +235,13 @@ async fn finish_in_flight(
     if drained.is_err() {
         tasks.abort_all();
         warn!(
-            in_flight = lock(&running).len(),
+            held = lock(&running).len(),
             "transfers still running after 10s: released to the queue"
         );
         // Every job this daemon holds goes back, those claimed ahead by a slot too (the journal's
         // lock makes them all ours). Queued behind the outcomes already submitted, so a job whose
-        // outcome is on its way is not put back.
+        // outcome is on its way is not put back; one whose outcome could not be written is, and
+        // is sent again, as after a crash.
         if let Err(e) = ctx.journal.write(|j| j.requeue_running()).await {
             error!("cannot release running jobs: {e}");
         }
@@ -239,12 +252,12 @@ async fn finish_in_flight(
 /// is not paused (or whose probe is due). A job of a paused vendor is its probe: the next probe is
 /// pushed back so only one goes at a time. Jobs the journal settles by itself (the same bytes
 /// already uploaded, a file that moved on) are logged and skipped.
-async fn claim(ctx: &WorkerContext, in_flight: HashMap<String, usize>, want: usize) -> Vec<Claim> {
+async fn claim(ctx: &WorkerContext, held: Held, want: usize) -> Vec<Claim> {
     let names = ctx.vendors.names();
     let (pauses, asked_at) = (ctx.outages.pauses(), Instant::now());
     let result = ctx
         .journal
-        .write(move |j| claim_due(j, names, in_flight, want, ClaimFor::Slots))
+        .write(move |j| claim_due(j, names, held, want, ClaimFor::Slots))
         .await;
     match result {
         Ok(claims) => claimed(claims, pauses, asked_at),
@@ -271,17 +284,21 @@ enum ClaimFor {
     Queue { behind: Option<String> },
 }
 
-/// Up to `want` due jobs of `names`. For free slots, each is of the least busy vendor (by
-/// `in_flight`) that has one; a slot's queue takes the least busy vendor's job first and then
+/// Up to `want` due jobs of `names`, none of those `held`. For free slots, each is of the least
+/// busy vendor that has one; a slot's queue takes the least busy vendor's job first and then
 /// only jobs of the vendor it waits behind.
 fn claim_due(
     j: &mut crate::journal::Journal,
     names: Vec<String>,
-    mut in_flight: HashMap<String, usize>,
+    held: Held,
     want: usize,
     claim_for: ClaimFor,
 ) -> crate::journal::Result<Claims> {
     let (mut jobs, mut settled) = (Vec::new(), Vec::new());
+    let Held {
+        mut in_flight,
+        jobs: held,
+    } = held;
     let (queue, mut behind) = match claim_for {
         ClaimFor::Slots => (false, None),
         ClaimFor::Queue { behind } => (true, behind),
@@ -295,7 +312,7 @@ fn claim_due(
                 names
             }
         };
-        let step = match claim_one(j, names) {
+        let step = match claim_one(j, names, &held) {
             Ok(step) => step,
             Err(e) if jobs.is_empty() && settled.is_empty() => return Err(e),
             // What was claimed is committed with the group: it goes to its slot, or nobody would
@@ -430,6 +447,10 @@ impl Slot {
     async fn put_back(&self, claim: &Claim) {
         let id = claim.job.id;
         lock(&self.running).remove(&id);
+        if claim.lease_running_out() {
+            // Never released then: whoever the queue gave it to since would lose it.
+            return;
+        }
         let mut wait = Duration::from_millis(250);
         while let Err(e) = self.ctx.journal.write(move |j| j.release(&[id])).await {
             if *self.stop.borrow() || claim.lease_running_out() {
@@ -455,6 +476,7 @@ impl Slot {
 fn claim_one(
     j: &mut crate::journal::Journal,
     names: Vec<String>,
+    held: &HashSet<i64>,
 ) -> crate::journal::Result<Option<(Claimed, Option<Duration>)>> {
     let now = now_ms();
     let pauses = j.pauses()?;
@@ -466,7 +488,7 @@ fn claim_one(
                 .all(|p| &p.vendor != v || p.next_probe_at <= now)
         })
         .collect();
-    let Some(claimed) = j.claim(&claimable, LEASE_MS)? else {
+    let Some(claimed) = j.claim_except(&claimable, LEASE_MS, held)? else {
         return Ok(None);
     };
     let Claimed::Job(job) = &claimed else {
@@ -836,9 +858,8 @@ impl Slot {
     /// so both go in one commit; behind a job of vendor `behind`, only that vendor's
     /// ([`ClaimFor::Queue`]). [`Slot::settle`] waits for them.
     ///
-    /// The job is no longer counted in flight: its transfer is over. Taking it out now, rather
-    /// than when its outcome is committed, means this slot never removes the entry of another
-    /// that has claimed the job since (a retry falling due).
+    /// The job stays in `running` until its outcome is committed ([`Slot::settle`]): until then
+    /// no claim gives it out again, even one that finds its lease run out.
     fn record(&self, decided: Decided, want: usize, behind: Option<String>) -> Recording {
         let Decided {
             job,
@@ -846,14 +867,17 @@ impl Slot {
             attempt,
         } = decided;
         let ctx = &self.ctx;
-        lock(&self.running).remove(&job.id);
         let written = Box::pin(finish(&ctx.journal, &job, &result, &attempt));
         let (pauses, asked_at) = (ctx.outages.pauses(), Instant::now());
         let claim = (want > 0 && !*self.stop.borrow()).then(|| {
-            let in_flight = vendors_in_flight(&self.running);
+            let mut held = Held::now(&self.running);
+            // This slot's transfer is over: it is no longer busy with the vendor.
+            if let Some(count) = held.in_flight.get_mut(&job.vendor) {
+                *count = count.saturating_sub(1);
+            }
             let names = ctx.vendors.names();
             Box::pin(ctx.journal.submit(move |journal| {
-                claim_due(journal, names, in_flight, want, ClaimFor::Queue { behind })
+                claim_due(journal, names, held, want, ClaimFor::Queue { behind })
             })) as Pin<Box<dyn Future<Output = _> + Send>>
         });
         Recording {
@@ -895,7 +919,9 @@ impl Slot {
             None => Vec::new(),
         };
         {
+            // Out before the next go in: the next may be this very job, due again.
             let mut running = lock(&self.running);
+            running.remove(&job.id);
             for claim in &next {
                 running.insert(claim.job.id, claim.job.vendor.clone());
             }
@@ -1046,15 +1072,18 @@ mod tests {
         let behind_b = ClaimFor::Queue {
             behind: Some("b".into()),
         };
-        let claims = claim_due(&mut j, names.clone(), HashMap::new(), 2, behind_b).unwrap();
+        let claims = claim_due(&mut j, names.clone(), Held::default(), 2, behind_b).unwrap();
         assert_eq!(vendors_of(&claims), ["b", "b"]);
         // Behind nothing: the least busy vendor first, then that vendor's jobs only.
-        let busy_a = HashMap::from([("a".to_string(), 3)]);
+        let busy_a = Held {
+            in_flight: HashMap::from([("a".to_string(), 3)]),
+            ..Held::default()
+        };
         let fresh = ClaimFor::Queue { behind: None };
         let claims = claim_due(&mut j, names.clone(), busy_a, 2, fresh).unwrap();
         assert_eq!(vendors_of(&claims), ["b"], "b has one job left");
         // Free slots each run their own job: the least busy vendor each time.
-        let claims = claim_due(&mut j, names, HashMap::new(), 2, ClaimFor::Slots).unwrap();
+        let claims = claim_due(&mut j, names, Held::default(), 2, ClaimFor::Slots).unwrap();
         assert_eq!(vendors_of(&claims), ["a", "a"]);
     }
 
@@ -1062,7 +1091,7 @@ mod tests {
     fn a_claim_held_past_half_its_lease_counts_as_running_out() {
         let (_dir, mut j) = queued(1);
         let names = vec!["a".to_string()];
-        let (jobs, _) = claim_due(&mut j, names, HashMap::new(), 1, ClaimFor::Slots).unwrap();
+        let (jobs, _) = claim_due(&mut j, names, Held::default(), 1, ClaimFor::Slots).unwrap();
         let job = jobs.into_iter().next().expect("a job is due").0;
         let claim = |held: Duration| Claim {
             job: job.clone(),
@@ -1087,7 +1116,7 @@ mod tests {
         let (dir, mut j) = queued(1);
         let names = vec!["a".to_string()];
         let (jobs, _) =
-            claim_due(&mut j, names.clone(), HashMap::new(), 1, ClaimFor::Slots).unwrap();
+            claim_due(&mut j, names.clone(), Held::default(), 1, ClaimFor::Slots).unwrap();
         let claim = Claim {
             job: jobs.into_iter().next().expect("a job is due").0,
             probe: None,
@@ -1122,7 +1151,7 @@ mod tests {
         unlock.join().unwrap();
         // Back in the queue, not left `running` until its lease ran out: given out again at once.
         let again = runtime.block_on(
-            journal.write(move |j| claim_due(j, names, HashMap::new(), 1, ClaimFor::Slots)),
+            journal.write(move |j| claim_due(j, names, Held::default(), 1, ClaimFor::Slots)),
         );
         let (jobs, _) = again.unwrap();
         assert_eq!(jobs.len(), 1, "the job put back is due again");
@@ -1130,10 +1159,37 @@ mod tests {
     }
 
     #[test]
+    fn a_job_a_slot_still_holds_is_not_given_out_again_when_its_lease_ran_out() {
+        let (_dir, mut j) = queued(2);
+        let names = vec!["a".to_string()];
+        // A slot's job whose lease ran out while its outcome could not be written.
+        let Some(Claimed::Job(stuck)) = j.claim(&names, 1).unwrap() else {
+            panic!("a job is due");
+        };
+        std::thread::sleep(Duration::from_millis(5));
+        let held = Held {
+            jobs: HashSet::from([stuck.id]),
+            ..Held::default()
+        };
+        let (jobs, _) = claim_due(&mut j, names.clone(), held, 2, ClaimFor::Slots).unwrap();
+        let ids: Vec<i64> = jobs.iter().map(|(job, _)| job.id).collect();
+        assert_eq!(ids.len(), 1, "the other job only: {ids:?}");
+        assert_ne!(ids[0], stuck.id);
+        // Held by nobody, a job whose lease ran out is given out again (a slot that panicked).
+        let (_dir, mut j) = queued(1);
+        let Some(Claimed::Job(lost)) = j.claim(&names, 1).unwrap() else {
+            panic!("a job is due");
+        };
+        std::thread::sleep(Duration::from_millis(5));
+        let (jobs, _) = claim_due(&mut j, names, Held::default(), 1, ClaimFor::Slots).unwrap();
+        assert_eq!(jobs[0].0.id, lost.id);
+    }
+
+    #[test]
     fn free_slots_share_the_vendors_out() {
         let (_dir, mut j) = queued(3);
         let names = vec!["a".to_string(), "b".to_string()];
-        let claims = claim_due(&mut j, names, HashMap::new(), 4, ClaimFor::Slots).unwrap();
+        let claims = claim_due(&mut j, names, Held::default(), 4, ClaimFor::Slots).unwrap();
         let mut vendors = vendors_of(&claims);
         vendors.sort();
         assert_eq!(vendors, ["a", "a", "b", "b"]);

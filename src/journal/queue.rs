@@ -3,8 +3,11 @@
 //! the state it was decided for: when the file has moved on (new content, removed), the result
 //! is recorded for the copy it produced and nothing else.
 
-use super::sql::CachedSql;
+use std::collections::HashSet;
+
 use rusqlite::{Connection, OptionalExtension, params};
+
+use super::sql::CachedSql;
 
 use super::copies::{self, NewCopy};
 use super::removal::set_removed;
@@ -200,42 +203,63 @@ impl Journal {
     /// settles, is dealt with here in the same transaction and reported instead; call again for
     /// the next.
     pub fn claim(&mut self, vendors: &[String], lease_ms: i64) -> Result<Option<Claimed>> {
+        self.claim_except(vendors, lease_ms, &HashSet::new())
+    }
+
+    /// [`Journal::claim`], passing over the jobs in `held`: those the caller still holds (running,
+    /// or with an outcome not yet committed), which must not be given out again even when their
+    /// lease ran out (a journal unwritable for longer than the lease).
+    pub fn claim_except(
+        &mut self,
+        vendors: &[String],
+        lease_ms: i64,
+        held: &HashSet<i64>,
+    ) -> Result<Option<Claimed>> {
         for vendor in vendors {
-            if let Some(claimed) = self.claim_of(vendor, lease_ms)? {
+            if let Some(claimed) = self.claim_of(vendor, lease_ms, held)? {
                 return Ok(Some(claimed));
             }
         }
         Ok(None)
     }
 
-    fn claim_of(&mut self, vendor: &str, lease_ms: i64) -> Result<Option<Claimed>> {
+    fn claim_of(
+        &mut self,
+        vendor: &str,
+        lease_ms: i64,
+        held: &HashSet<i64>,
+    ) -> Result<Option<Claimed>> {
         let now = now_ms();
         let tx = self.write()?;
+        // Enough rows that one is not held, if any is.
+        let enough = held.len() as i64 + 1;
+        let first_free = |sql: &str| -> Result<Option<i64>> {
+            let mut stmt = tx.prepare_cached(sql)?;
+            let ids = stmt.query_map(params![vendor, now, enough], |r| r.get::<_, i64>(0))?;
+            for id in ids {
+                let id = id?;
+                if !held.contains(&id) {
+                    return Ok(Some(id));
+                }
+            }
+            Ok(None)
+        };
         // A lease run out (a daemon that died without a restart) first, then the job due longest
         // ago. An upload of bytes already in flight waits, to reuse what that upload returns.
-        let id: Option<i64> = tx
-            .cached_query_row(
-                "SELECT id FROM jobs WHERE vendor = ?1 AND state = 'running' AND lease_until < ?2
-                 LIMIT 1",
-                params![vendor, now],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let id = match id {
+        let id = match first_free(
+            "SELECT id FROM jobs WHERE vendor = ?1 AND state = 'running' AND lease_until < ?2
+             ORDER BY id LIMIT ?3",
+        )? {
             Some(id) => Some(id),
-            None => tx
-                .cached_query_row(
-                    "SELECT j.id FROM jobs j
-                     WHERE j.vendor = ?1 AND j.state = 'queued' AND j.not_before <= ?2
-                       AND NOT (j.op = 'upload' AND j.sha256 IN (
-                           SELECT r.sha256 FROM jobs r
-                           WHERE r.vendor = ?1 AND r.state = 'running' AND r.op = 'upload'
-                             AND r.lease_until >= ?2))
-                     ORDER BY j.not_before, j.id LIMIT 1",
-                    params![vendor, now],
-                    |r| r.get(0),
-                )
-                .optional()?,
+            None => first_free(
+                "SELECT j.id FROM jobs j
+                 WHERE j.vendor = ?1 AND j.state = 'queued' AND j.not_before <= ?2
+                   AND NOT (j.op = 'upload' AND j.sha256 IN (
+                       SELECT r.sha256 FROM jobs r
+                       WHERE r.vendor = ?1 AND r.state = 'running' AND r.op = 'upload'
+                         AND r.lease_until >= ?2))
+                 ORDER BY j.not_before, j.id LIMIT ?3",
+            )?,
         };
         let Some(id) = id else {
             return Ok(None);
