@@ -23,8 +23,9 @@ use crate::watch::examine::{ReadError, read_regular, sha256_hex};
 /// A claimed job stays ours this long. It may wait behind its slot's transfers before its own runs,
 /// and each is bounded by a few request timeouts (two minutes each), so this is well past both:
 /// a job taken again while a slot still holds it would be sent twice. The lease only gives back
-/// jobs this daemon lost track of; a start requeues a crashed daemon's at once. A slot that held a
-/// job past half of it (its journal unwritable all that while) does not send it.
+/// jobs this daemon lost track of; a start requeues a crashed daemon's at once. A job a slot
+/// holds is never given out again by a claim, lease or not ([`Holdings`]); a claim answered only
+/// after half the lease is not taken up.
 const LEASE_MS: i64 = 30 * 60 * 1000;
 /// In-flight transfers get this long to finish at shutdown before they are released to the queue.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -122,8 +123,9 @@ pub async fn run_pool(
     mut stop: watch::Receiver<bool>,
 ) {
     let permits = Arc::new(Semaphore::new(workers.max(1)));
-    let running: Arc<Mutex<HashMap<i64, String>>> = Arc::default();
+    let running: Arc<Holdings> = Arc::default();
     let mut tasks = JoinSet::new();
+    let mut slots_started: u64 = 0;
     loop {
         if *stop.borrow() {
             break;
@@ -142,12 +144,13 @@ pub async fn run_pool(
         while let Ok(more) = Arc::clone(&permits).try_acquire_owned() {
             slots.push(more);
         }
-        let held = Held::now(&running);
-        let jobs = claim(&ctx, held, slots.len()).await;
+        let jobs = claim(&ctx, running.held(), slots.len()).await;
         let claimed_any = !jobs.is_empty();
         for (claim, permit) in jobs.into_iter().zip(slots.drain(..)) {
-            lock(&running).insert(claim.job.id, claim.job.vendor.clone());
+            slots_started += 1;
+            running.hold(slots_started, &claim.job);
             let slot = Slot {
+                id: slots_started,
                 ctx: ctx.clone(),
                 running: Arc::clone(&running),
                 stop: stop.clone(),
@@ -162,7 +165,11 @@ pub async fn run_pool(
             if mode == PoolMode::Drain && tasks.is_empty() {
                 break;
             }
-            let due = next_due(&ctx).await;
+            // Not sooner than a moment from now: a job due but not claimed is held by a slot (its
+            // lease ran out while its outcome waited for the journal) and goes when that settles.
+            let due = next_due(&ctx)
+                .await
+                .map(|due| due.max(now_ms() + HELD_RECHECK_MS));
             tokio::select! {
                 _ = ctx.wake.notified() => {}
                 _ = sleep_until_epoch_ms(due.unwrap_or(i64::MAX)), if due.is_some() => {}
@@ -179,25 +186,55 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// What this daemon's slots hold when a claim is asked for: jobs claimed, in transfer, or with an
-/// outcome not yet committed.
+/// How soon an idle pool looks at the queue again when a job is due but held by a slot.
+const HELD_RECHECK_MS: i64 = 250;
+
+/// Which slot holds which job: claimed, in transfer, or with its outcome not yet committed. No
+/// claim gives out a job held here, even one whose lease ran out (a journal unwritable for that
+/// long), so it is never sent by two slots. A slot's jobs leave with it however it ends, a panic
+/// too: a job held by a slot that is gone would never be given out again.
+#[derive(Debug, Default)]
+struct Holdings(Mutex<HashMap<i64, (u64, String)>>);
+
+impl Holdings {
+    fn hold(&self, slot: u64, job: &Job) {
+        lock(&self.0).insert(job.id, (slot, job.vendor.clone()));
+    }
+
+    /// Lets go of job `id`, if `slot` is the one holding it.
+    fn let_go(&self, slot: u64, id: i64) {
+        let mut held = lock(&self.0);
+        if held.get(&id).is_some_and(|(holder, _)| *holder == slot) {
+            held.remove(&id);
+        }
+    }
+
+    fn let_go_all(&self, slot: u64) {
+        lock(&self.0).retain(|_, (holder, _)| *holder != slot);
+    }
+
+    fn len(&self) -> usize {
+        lock(&self.0).len()
+    }
+
+    /// What is held now, for a claim.
+    fn held(&self) -> Held {
+        let mut held = Held::default();
+        for (id, (_, vendor)) in lock(&self.0).iter() {
+            *held.in_flight.entry(vendor.clone()).or_default() += 1;
+            held.jobs.insert(*id);
+        }
+        held
+    }
+}
+
+/// What this daemon's slots hold when a claim is asked for.
 #[derive(Debug, Default)]
 struct Held {
     /// Per vendor: a claim takes the least busy vendor first.
     in_flight: HashMap<String, usize>,
     /// Never given out again, even with their lease run out: a slot still holds each.
     jobs: HashSet<i64>,
-}
-
-impl Held {
-    fn now(running: &Mutex<HashMap<i64, String>>) -> Held {
-        let mut held = Held::default();
-        for (id, vendor) in lock(running).iter() {
-            *held.in_flight.entry(vendor.clone()).or_default() += 1;
-            held.jobs.insert(*id);
-        }
-        held
-    }
 }
 
 async fn next_due(ctx: &WorkerContext) -> Option<i64> {
@@ -216,11 +253,7 @@ async fn sleep_until_epoch_ms(at: i64) {
     tokio::time::sleep(Duration::from_millis(wait)).await;
 }
 
-async fn finish_in_flight(
-    ctx: &WorkerContext,
-    mut tasks: JoinSet<()>,
-    running: Arc<Mutex<HashMap<i64, String>>>,
-) {
+async fn finish_in_flight(ctx: &WorkerContext, mut tasks: JoinSet<()>, running: Arc<Holdings>) {
     if tasks.is_empty() {
         return;
     }
@@ -235,7 +268,7 @@ async fn finish_in_flight(
     if drained.is_err() {
         tasks.abort_all();
         warn!(
-            held = lock(&running).len(),
+            held = running.len(),
             "transfers still running after 10s: released to the queue"
         );
         // Every job this daemon holds goes back, those claimed ahead by a slot too (the journal's
@@ -349,8 +382,9 @@ struct Claim {
 }
 
 impl Claim {
-    /// Whether the lease may be running out: a job held this long (a journal that stayed
-    /// unwritable while it waited) may be given out again, so it is not sent from here.
+    /// Whether the lease may be running out: a claim whose answer is read this late (its slot
+    /// stuck on an earlier outcome while the journal stayed unwritable) was not held meanwhile,
+    /// and the queue may have given its job out again, so it is not taken up.
     fn lease_running_out(&self) -> bool {
         self.asked_at.elapsed() > Duration::from_millis(LEASE_MS as u64 / 2)
     }
@@ -377,9 +411,19 @@ struct Recording {
 
 /// A worker's slot: runs one transfer at a time and claims its next jobs itself.
 struct Slot {
+    /// Which slot this is, in [`Holdings`].
+    id: u64,
     ctx: WorkerContext,
-    running: Arc<Mutex<HashMap<i64, String>>>,
+    running: Arc<Holdings>,
     stop: watch::Receiver<bool>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // Ended, panicked or aborted: what it held can be given out again (by its lease, or the
+        // requeue of a stop).
+        self.running.let_go_all(self.id);
+    }
 }
 
 impl Slot {
@@ -410,14 +454,6 @@ impl Slot {
                 continue;
             };
             let vendor = claim.job.vendor.clone();
-            if claim.lease_running_out() {
-                warn!(
-                    path = %path_text::shown(&claim.job.path), job = claim.job.id,
-                    "a claimed job waited past half its lease: not sent from here, the queue gives it out again when the lease ends"
-                );
-                lock(&self.running).remove(&claim.job.id);
-                continue;
-            }
             if *self.stop.borrow() || self.ctx.outages.paused_since(&vendor, claim.pauses) {
                 // Stopping, or its vendor was paused since this job was claimed: it goes back
                 // unsent, to wait behind the vendor's probe.
@@ -441,24 +477,19 @@ impl Slot {
 
     /// Releases a claimed job this slot will not run. A journal that cannot take it (locked,
     /// full) is asked again with growing waits, as for an outcome, so the job does not sit
-    /// `running` for the rest of its 30-minute lease once the journal is back: unless the daemon is
-    /// stopping (its next start requeues the job) or the lease may have run out (the queue gives
-    /// the job out again, and releasing it could take it from whoever has it now).
+    /// `running` for the rest of its 30-minute lease once the journal is back; unless the daemon
+    /// is stopping (its next start requeues the job). The job is held until then, so no claim
+    /// gives it out meanwhile.
     async fn put_back(&self, claim: &Claim) {
         let id = claim.job.id;
-        lock(&self.running).remove(&id);
-        if claim.lease_running_out() {
-            // Never released then: whoever the queue gave it to since would lose it.
-            return;
-        }
         let mut wait = Duration::from_millis(250);
         while let Err(e) = self.ctx.journal.write(move |j| j.release(&[id])).await {
-            if *self.stop.borrow() || claim.lease_running_out() {
+            if *self.stop.borrow() {
                 error!(
                     path = %path_text::shown(&claim.job.path), job = id,
-                    "cannot put a claimed job back in the queue: {e}; it is taken again when its lease runs out or at the next start"
+                    "cannot put a claimed job back in the queue: {e}; the next start does"
                 );
-                return;
+                break;
             }
             crate::diagnose::journal_write_failed(
                 "put a claimed job back in the queue",
@@ -468,6 +499,7 @@ impl Slot {
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(30));
         }
+        self.running.let_go(self.id, id);
     }
 }
 
@@ -870,7 +902,7 @@ impl Slot {
         let written = Box::pin(finish(&ctx.journal, &job, &result, &attempt));
         let (pauses, asked_at) = (ctx.outages.pauses(), Instant::now());
         let claim = (want > 0 && !*self.stop.borrow()).then(|| {
-            let mut held = Held::now(&self.running);
+            let mut held = self.running.held();
             // This slot's transfer is over: it is no longer busy with the vendor.
             if let Some(count) = held.in_flight.get_mut(&job.vendor) {
                 *count = count.saturating_sub(1);
@@ -918,13 +950,23 @@ impl Slot {
                 .unwrap_or_default(),
             None => Vec::new(),
         };
-        {
-            // Out before the next go in: the next may be this very job, due again.
-            let mut running = lock(&self.running);
-            running.remove(&job.id);
-            for claim in &next {
-                running.insert(claim.job.id, claim.job.vendor.clone());
+        // A claim answered only after half its lease (this slot was waiting on an earlier
+        // outcome all that while) is left alone: neither held nor released, since the queue may
+        // have given it out again by now; its lease brings it back otherwise.
+        next.retain(|claim| {
+            let fresh = !claim.lease_running_out();
+            if !fresh {
+                warn!(
+                    path = %path_text::shown(&claim.job.path), job = claim.job.id,
+                    "a job claimed behind a stuck outcome waited past half its lease: left to the queue"
+                );
             }
+            fresh
+        });
+        // Out before the next go in: the next may be this very job, due again.
+        self.running.let_go(self.id, job.id);
+        for claim in &next {
+            self.running.hold(self.id, &claim.job);
         }
         let first_try = written.is_ok();
         if !first_try || !keep_claims || *self.stop.borrow() {
@@ -1111,6 +1153,66 @@ mod tests {
         }
     }
 
+    /// A slot on `journal`, with no vendors; and the sender of its stop flag.
+    fn slot_on(journal: crate::journal::Journal) -> (Slot, JournalHandle, watch::Sender<bool>) {
+        let journal = JournalHandle::new(journal);
+        let (stopping, stop) = watch::channel(false);
+        let slot = Slot {
+            id: 1,
+            ctx: WorkerContext {
+                journal: journal.clone(),
+                vendors: Arc::default(),
+                wake: Arc::default(),
+                give_up_after: Duration::from_secs(3600),
+                retry_log: retry_log_throttle(),
+                outages: Arc::default(),
+                heartbeat: Arc::default(),
+            },
+            running: Arc::default(),
+            stop,
+        };
+        (slot, journal, stopping)
+    }
+
+    #[test]
+    fn a_slots_job_is_held_until_its_outcome_is_committed() {
+        let (_dir, mut j) = queued(2);
+        let names = vec!["a".to_string()];
+        let (jobs, _) = claim_due(&mut j, names, Held::default(), 1, ClaimFor::Slots).unwrap();
+        let job = jobs.into_iter().next().expect("a job is due").0;
+        let (slot, _journal, _stopping) = slot_on(j);
+        slot.running.hold(slot.id, &job);
+        // Its vendor paused: the outcome puts the job back in the queue, due at once. The claim
+        // submitted behind that outcome passes over it all the same: the slot still held it.
+        let decided = Decided {
+            job: job.clone(),
+            result: JobResult::Release,
+            attempt: None,
+        };
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let _inside = runtime.enter();
+        let recording = slot.record(decided, 2, Some("a".into()));
+        assert!(
+            slot.running.held().jobs.contains(&job.id),
+            "held until settled"
+        );
+        let Settled::Recorded(next) = runtime.block_on(slot.settle(recording, true)) else {
+            panic!("the outcome was recorded");
+        };
+        let ids: Vec<i64> = next.iter().map(|c| c.job.id).collect();
+        assert_eq!(ids.len(), 1, "only the other job: {ids:?}");
+        assert_ne!(ids[0], job.id);
+        let held = slot.running.held().jobs;
+        assert!(
+            !held.contains(&job.id) && held.contains(&ids[0]),
+            "{held:?}"
+        );
+        // A slot that ends, however it ends, lets go of what it held.
+        let running = Arc::clone(&slot.running);
+        drop(slot);
+        assert!(running.held().jobs.is_empty());
+    }
+
     #[test]
     fn a_job_put_back_while_the_journal_is_locked_is_queued_once_the_lock_is_gone() {
         let (dir, mut j) = queued(1);
@@ -1124,21 +1226,8 @@ mod tests {
             asked_at: Instant::now(),
         };
         j.set_busy_timeout(Duration::from_millis(50));
-        let journal = JournalHandle::new(j);
-        let (_stopping, stop) = watch::channel(false);
-        let slot = Slot {
-            ctx: WorkerContext {
-                journal: journal.clone(),
-                vendors: Arc::default(),
-                wake: Arc::default(),
-                give_up_after: Duration::from_secs(3600),
-                retry_log: retry_log_throttle(),
-                outages: Arc::default(),
-                heartbeat: Arc::default(),
-            },
-            running: Arc::default(),
-            stop,
-        };
+        let (slot, journal, _stopping) = slot_on(j);
+        slot.running.hold(slot.id, &claim.job);
         // Another process holds the journal for longer than a write waits for it.
         let other = rusqlite::Connection::open(dir.path().join("j.sqlite3")).unwrap();
         other.execute_batch("BEGIN EXCLUSIVE").unwrap();
