@@ -165,11 +165,16 @@ pub async fn run_pool(
             if mode == PoolMode::Drain && tasks.is_empty() {
                 break;
             }
-            // Not sooner than a moment from now: a job due but not claimed is held by a slot (its
-            // lease ran out while its outcome waited for the journal) and goes when that settles.
-            let due = next_due(&ctx)
-                .await
-                .map(|due| due.max(now_ms() + HELD_RECHECK_MS));
+            // A job already due that no claim took is held by a slot (its lease ran out while its
+            // outcome waited for the journal): looked at again in a moment, not in a loop.
+            let due = next_due(&ctx).await.map(|due| {
+                let now = now_ms();
+                if due <= now {
+                    now + HELD_RECHECK_MS
+                } else {
+                    due
+                }
+            });
             tokio::select! {
                 _ = ctx.wake.notified() => {}
                 _ = sleep_until_epoch_ms(due.unwrap_or(i64::MAX)), if due.is_some() => {}
