@@ -968,8 +968,7 @@ impl Slot {
             }
             fresh
         });
-        // Out before the next go in: the next may be this very job, due again.
-        self.running.let_go(self.id, job.id);
+        // The claim passed over this slot's own job, held until its outcome is committed below.
         for claim in &next {
             self.running.hold(self.id, &claim.job);
         }
@@ -991,6 +990,7 @@ impl Slot {
                 }
             }
         };
+        self.running.let_go(self.id, job.id);
         match (outcome, &result) {
             // An unconfirmed upload fails at once, for its own reason (what to check, what to run).
             (Finished::GaveUp, JobResult::Fail(reason)) => error!(
@@ -1219,6 +1219,48 @@ mod tests {
     }
 
     #[test]
+    fn a_job_whose_outcome_waits_for_a_locked_journal_stays_held_until_it_is_written() {
+        let (dir, mut j) = queued(2);
+        let names = vec!["a".to_string()];
+        let (jobs, _) = claim_due(&mut j, names, Held::default(), 1, ClaimFor::Slots).unwrap();
+        let job = jobs.into_iter().next().expect("a job is due").0;
+        j.set_busy_timeout(Duration::from_millis(50));
+        let (slot, _journal, _stopping) = slot_on(j);
+        slot.running.hold(slot.id, &job);
+        // Another process holds the journal for longer than a write waits for it.
+        let other = rusqlite::Connection::open(dir.path().join("j.sqlite3")).unwrap();
+        other.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        let running = Arc::clone(&slot.running);
+        let (id, unlock) = (
+            job.id,
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(400));
+                let meanwhile = running.held().jobs;
+                std::thread::sleep(Duration::from_millis(300));
+                other.execute_batch("COMMIT").unwrap();
+                meanwhile
+            }),
+        );
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let _inside = runtime.enter();
+        let decided = Decided {
+            job,
+            result: JobResult::Release,
+            attempt: None,
+        };
+        let recording = slot.record(decided, 1, Some("a".into()));
+        let settled = runtime.block_on(slot.settle(recording, true));
+        assert!(
+            matches!(settled, Settled::Retried),
+            "the first write failed"
+        );
+        let meanwhile = unlock.join().unwrap();
+        // Held while its outcome was being retried, so no claim could give it out again.
+        assert!(meanwhile.contains(&id), "{meanwhile:?}");
+        assert!(slot.running.held().jobs.is_empty(), "let go once written");
+    }
+
+    #[test]
     fn a_job_put_back_while_the_journal_is_locked_is_queued_once_the_lock_is_gone() {
         let (dir, mut j) = queued(1);
         let names = vec!["a".to_string()];
@@ -1241,8 +1283,19 @@ mod tests {
             other.execute_batch("COMMIT").unwrap();
         });
         let runtime = tokio::runtime::Runtime::new().unwrap();
+        let running = Arc::clone(&slot.running);
+        let watcher = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            running.held().jobs
+        });
         runtime.block_on(slot.put_back(&claim));
         unlock.join().unwrap();
+        let meanwhile = watcher.join().unwrap();
+        assert!(
+            meanwhile.contains(&claim.job.id),
+            "held while not yet put back"
+        );
+        assert!(slot.running.held().jobs.is_empty(), "let go once put back");
         // Back in the queue, not left `running` until its lease ran out: given out again at once.
         let again = runtime.block_on(
             journal.write(move |j| claim_due(j, names, Held::default(), 1, ClaimFor::Slots)),
