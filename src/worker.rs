@@ -1137,9 +1137,7 @@ mod tests {
     #[test]
     fn a_claim_held_past_half_its_lease_counts_as_running_out() {
         let (_dir, mut j) = queued(1);
-        let names = vec!["a".to_string()];
-        let (jobs, _) = claim_due(&mut j, names, Held::default(), 1, ClaimFor::Slots).unwrap();
-        let job = jobs.into_iter().next().expect("a job is due").0;
+        let job = first_job(&mut j);
         let claim = |held: Duration| Claim {
             job: job.clone(),
             probe: None,
@@ -1156,6 +1154,13 @@ mod tests {
         {
             assert!(claim(Duration::from_secs(16 * 60)).lease_running_out());
         }
+    }
+
+    /// Claims vendor "a"'s first due job, as the pool does for a free slot.
+    fn first_job(j: &mut crate::journal::Journal) -> Job {
+        let names = vec!["a".to_string()];
+        let (jobs, _) = claim_due(j, names, Held::default(), 1, ClaimFor::Slots).unwrap();
+        jobs.into_iter().next().expect("a job is due").0
     }
 
     /// A slot on `journal`, with no vendors; and the sender of its stop flag.
@@ -1182,9 +1187,7 @@ mod tests {
     #[test]
     fn a_slots_job_is_held_until_its_outcome_is_committed() {
         let (_dir, mut j) = queued(2);
-        let names = vec!["a".to_string()];
-        let (jobs, _) = claim_due(&mut j, names, Held::default(), 1, ClaimFor::Slots).unwrap();
-        let job = jobs.into_iter().next().expect("a job is due").0;
+        let job = first_job(&mut j);
         let (slot, _journal, _stopping) = slot_on(j);
         slot.running.hold(slot.id, &job);
         // Its vendor paused: the outcome puts the job back in the queue, due at once. The claim
@@ -1221,9 +1224,7 @@ mod tests {
     #[test]
     fn a_job_whose_outcome_waits_for_a_locked_journal_stays_held_until_it_is_written() {
         let (dir, mut j) = queued(2);
-        let names = vec!["a".to_string()];
-        let (jobs, _) = claim_due(&mut j, names, Held::default(), 1, ClaimFor::Slots).unwrap();
-        let job = jobs.into_iter().next().expect("a job is due").0;
+        let job = first_job(&mut j);
         j.set_busy_timeout(Duration::from_millis(50));
         let (slot, _journal, _stopping) = slot_on(j);
         slot.running.hold(slot.id, &job);
@@ -1264,10 +1265,8 @@ mod tests {
     fn a_job_put_back_while_the_journal_is_locked_is_queued_once_the_lock_is_gone() {
         let (dir, mut j) = queued(1);
         let names = vec!["a".to_string()];
-        let (jobs, _) =
-            claim_due(&mut j, names.clone(), Held::default(), 1, ClaimFor::Slots).unwrap();
         let claim = Claim {
-            job: jobs.into_iter().next().expect("a job is due").0,
+            job: first_job(&mut j),
             probe: None,
             pauses: 0,
             asked_at: Instant::now(),
