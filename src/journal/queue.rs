@@ -7,10 +7,9 @@ use std::collections::HashSet;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::sql::CachedSql;
-
 use super::copies::{self, NewCopy};
 use super::removal::set_removed;
+use super::sql::CachedSql;
 use super::{Journal, Result, jobs, now_ms};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
