@@ -487,7 +487,7 @@ impl Slot {
     /// gives it out meanwhile.
     async fn put_back(&self, claim: &Claim) {
         let id = claim.job.id;
-        let mut wait = Duration::from_millis(250);
+        let mut backoff = JournalBackoff::default();
         while let Err(e) = self.ctx.journal.write(move |j| j.release(&[id])).await {
             if *self.stop.borrow() {
                 error!(
@@ -501,10 +501,27 @@ impl Slot {
                 &claim.job.path,
                 &e,
             );
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_secs(30));
+            backoff.wait().await;
         }
         self.running.let_go(self.id, id);
+    }
+}
+
+/// The waits between tries of a write the journal refused (locked by another process, disk
+/// full): 250 ms, doubling up to 30 s, so a journal back soon is used soon and one that stays
+/// unwritable is not hammered.
+struct JournalBackoff(Duration);
+
+impl Default for JournalBackoff {
+    fn default() -> Self {
+        JournalBackoff(Duration::from_millis(250))
+    }
+}
+
+impl JournalBackoff {
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(Duration::from_secs(30));
     }
 }
 
@@ -978,14 +995,13 @@ impl Slot {
                 self.put_back(&claim).await;
             }
         }
-        let mut wait = Duration::from_millis(250);
+        let mut backoff = JournalBackoff::default();
         let outcome = loop {
             match written {
                 Ok(outcome) => break outcome,
                 Err(e) => {
                     crate::diagnose::journal_write_failed("record the outcome", &job.path, &e);
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(30));
+                    backoff.wait().await;
                     written = finish(&ctx.journal, &job, &result, &attempt).await;
                 }
             }
@@ -1235,9 +1251,10 @@ mod tests {
         let (id, unlock) = (
             job.id,
             std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(400));
+                // Long enough for a loaded machine to reach the first write meanwhile.
+                std::thread::sleep(Duration::from_millis(1000));
                 let meanwhile = running.held().jobs;
-                std::thread::sleep(Duration::from_millis(300));
+                std::thread::sleep(Duration::from_millis(1000));
                 other.execute_batch("COMMIT").unwrap();
                 meanwhile
             }),
