@@ -533,8 +533,8 @@ fn files_changed_during_upload_or_after_sync_end_true() {
 
     // Both workers' uploads are held at the vendor while the files change under them.
     h.sandbox.inject([
-        Fault::Delay(Duration::from_secs(6)),
-        Fault::Delay(Duration::from_secs(6)),
+        Fault::Delay(Duration::from_secs(8)),
+        Fault::Delay(Duration::from_secs(8)),
     ]);
     let (swap_v1, swap_v2, cut_v1, vanish) = (png(61), png(62), png(63), png(64));
     h.drop_file("swap.png", &swap_v1);
@@ -543,7 +543,9 @@ fn files_changed_during_upload_or_after_sync_end_true() {
     h.wait_state("cut.png", "pending");
     h.drop_file("vanish.png", &vanish);
     h.wait_state("vanish.png", "pending");
-    std::thread::sleep(Duration::from_millis(1500));
+    h.wait_for("both uploads held at the vendor", |h| {
+        h.sandbox.pending_faults() == 0
+    });
     h.drop_file("swap.png", &swap_v2);
     let cut = std::fs::OpenOptions::new()
         .write(true)

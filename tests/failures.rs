@@ -206,6 +206,58 @@ fn a_wrong_app_secret_is_reported_by_check_online() {
     );
 }
 
+/// systemd's `LoadCredential=`: the secret is read from `${CREDENTIALS_DIRECTORY}/…`, which
+/// systemd sets for the daemon alone. (A test of its own process: setting a variable inside a
+/// multi-threaded test binary is not safe.)
+#[test]
+fn a_secret_file_under_credentials_directory_is_read_when_systemd_sets_it() {
+    let h = Harness::new();
+    let credentials = h.dir.path().join("credentials");
+    std::fs::create_dir_all(&credentials).unwrap();
+    let secret = KingdeeAccount::default().app_secret;
+    std::fs::write(
+        credentials.join("kingdee_app_secret"),
+        format!("{secret}\n"),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(&h.config_path).unwrap().replace(
+        &format!("    app_secret: {secret}\n"),
+        "    app_secret_file: ${CREDENTIALS_DIRECTORY}/kingdee_app_secret\n",
+    );
+    assert!(text.contains("app_secret_file"), "{text}");
+    std::fs::write(&h.config_path, text).unwrap();
+
+    let out = h
+        .command()
+        .env("CREDENTIALS_DIRECTORY", &credentials)
+        .arg("-c")
+        .arg(&h.config_path)
+        .args(["check", "--online"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = h
+        .command()
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .arg("-c")
+        .arg(&h.config_path)
+        .arg("check")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("vendors.erp.app_secret_file: environment variable CREDENTIALS_DIRECTORY is not set (systemd sets it"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn a_config_error_names_file_line_and_key() {
     let h = Harness::new();

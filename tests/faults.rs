@@ -434,9 +434,19 @@ fn a_vendor_down_for_a_while_is_held_behind_one_probe_then_drained() {
                     .contains("does not answer")
             })
     });
-    // Calls already in flight when the last vendor was held end (reset at once) first.
-    std::thread::sleep(Duration::from_secs(1));
-    let before: Vec<usize> = ALL.iter().map(|v| business_requests(&t.h, *v)).collect();
+    // Calls already in flight (or waiting on a pacer) when the last vendor was held end first:
+    // the counts are taken once they have not moved for 1.5 s.
+    let counts =
+        |h: &Harness| -> Vec<usize> { ALL.iter().map(|v| business_requests(h, *v)).collect() };
+    let mut before = counts(&t.h);
+    loop {
+        std::thread::sleep(Duration::from_millis(1500));
+        let now = counts(&t.h);
+        if now == before {
+            break;
+        }
+        before = now;
+    }
     for (vendor, tried) in ALL.iter().zip(&before) {
         // Five failures make an outage; the workers' calls already in flight may add one each.
         assert!(

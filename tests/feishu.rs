@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{FeishuVendor, Harness, Options, image};
+use common::{FeishuVendor, Harness, Options, densest, image};
 use image::ImageFormat;
 use imgsyncd::sandbox::{Fault, FeishuAccount, Logged, SandboxOptions};
 use serde_json::Value;
@@ -254,18 +254,6 @@ fn a_long_name_is_shortened_to_100_characters_keeping_its_extension() {
     }
 }
 
-/// The most uploads the sandbox answered in any `span_ms` window.
-fn densest(log: &[Logged], span_ms: i64) -> usize {
-    log.iter()
-        .map(|a| {
-            log.iter()
-                .filter(|b| b.at_ms >= a.at_ms && b.at_ms < a.at_ms + span_ms)
-                .count()
-        })
-        .max()
-        .unwrap_or(0)
-}
-
 #[test]
 fn a_backlog_drains_at_the_configured_rate_with_no_429() {
     let mut h = Harness::with(Options {
@@ -284,15 +272,16 @@ fn a_backlog_drains_at_the_configured_rate_with_no_429() {
     assert_eq!(sent.len(), names.len(), "each file sent once");
     assert!(sent.iter().all(|l| l.status == 200), "no 429");
     // The pacer counts when it lets a call go, the sandbox when the body has arrived; a loaded
-    // test machine puts up to ~100 ms between the two, so a second is judged as 900 ms here.
+    // test machine puts a few hundred ms between the two, so a second is judged as 750 ms here
+    // (unpaced, the 30 would arrive within a few hundred ms).
     assert!(
-        densest(&sent, 900) <= 10,
+        densest(&sent, 750) <= 10,
         "never more than 10 in a second: {}",
-        densest(&sent, 900)
+        densest(&sent, 750)
     );
     let times = sent.iter().map(|l| l.at_ms);
     let span = times.clone().max().unwrap() - times.min().unwrap();
-    assert!(span >= 1900, "30 files at 10 a second take 2 s: {span} ms");
+    assert!(span >= 1700, "30 files at 10 a second take 2 s: {span} ms");
 }
 
 #[test]
@@ -497,7 +486,13 @@ fn a_slow_vendors_backlog_never_holds_up_another_vendors_files() {
     });
     h.drop_file("urgent.png", &png(77, 330, 330));
     h.wait_state("urgent.png", "synced");
-    let kingdee_done = h.sandbox.uploads();
+    // Counted at the sandbox when the Feishu upload arrived, not when this test saw it synced.
+    let log = h.sandbox.log();
+    let urgent_at = log.iter().find(|l| l.path == UPLOAD).unwrap().at_ms;
+    let kingdee_done = log
+        .iter()
+        .filter(|l| l.path.ends_with("image_upload") && l.errcode == Some(0) && l.at_ms < urgent_at)
+        .count();
     assert!(
         kingdee_done < backlog as usize / 2,
         "the Feishu file waited behind the Kingdee backlog ({kingdee_done} of {backlog} sent first)"

@@ -9,8 +9,12 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BIN, Harness, IMAGE_WIDGET, JiandaoyunVendor, NAME_WIDGET, Options, image, png};
-use imgsyncd::sandbox::{Fault, JdyEndpoint, JiandaoyunAccount, SandboxOptions};
+use common::{
+    BIN, Harness, IMAGE_WIDGET, JiandaoyunVendor, NAME_WIDGET, Options, densest, image, png,
+};
+use imgsyncd::sandbox::{
+    Fault, JdyEndpoint, JiandaoyunAccount, Logged, QINIU_UPLOAD_PATH, SandboxOptions,
+};
 use serde_json::Value;
 
 fn forms(create_record: bool, extra: &'static str) -> Options {
@@ -49,7 +53,18 @@ fn synced(h: &Harness) -> Vec<Value> {
 
 #[test]
 fn a_hundred_and_thirty_files_take_two_token_calls_and_land_intact() {
-    let mut h = Harness::with(forms(false, ""));
+    // The sandbox's windows are opened wide and the pace is read from its log instead: at the
+    // real limits, with the pacer's 25 ms margin, a loaded test machine can make a request arrive
+    // later than the one paced a second after it, and the vendor answers 573 (waited out, but
+    // not what this test is about).
+    let mut h = Harness::with(Options {
+        sandbox: SandboxOptions {
+            jiandaoyun_per_second: 1000,
+            jiandaoyun_company_per_second: 1000,
+            ..SandboxOptions::default()
+        },
+        ..forms(false, "")
+    });
     let names: Vec<String> = (0..130).map(|i| format!("batch/p{i:03}.png")).collect();
     for (i, name) in names.iter().enumerate() {
         h.drop_file(name, &png(1000 + i as u32));
@@ -101,9 +116,22 @@ fn a_hundred_and_thirty_files_take_two_token_calls_and_land_intact() {
     assert_eq!((stats.tokens_reused, stats.tokens_expired), (0, 0));
     assert!(
         h.sandbox.jiandaoyun_refusals().is_empty(),
-        "paced within 20 a second and 50 over all: {:?}",
+        "{:?}",
         h.sandbox.jiandaoyun_refusals()
     );
+    // Paced at Jiandaoyun's 20 uploads a second by default; a second judged as 750 ms, since the
+    // sandbox counts a request when its body has arrived.
+    let sent: Vec<Logged> = h
+        .sandbox
+        .log()
+        .into_iter()
+        .filter(|l| l.path == QINIU_UPLOAD_PATH)
+        .collect();
+    assert_eq!(sent.len(), 130);
+    assert!(densest(&sent, 750) <= 20, "{}", densest(&sent, 750));
+    let times = sent.iter().map(|l| l.at_ms);
+    let span = times.clone().max().unwrap() - times.min().unwrap();
+    assert!(span >= 5_500, "130 at 20 a second take 6.5 s: {span} ms");
     assert!(h.stop().success());
 }
 

@@ -379,7 +379,9 @@ fn a_file_put_back_during_its_delete_is_synced_again() {
     let old = url_of(&h, "back.png");
     h.sandbox.inject([Fault::Delay(Duration::from_secs(4))]);
     std::fs::remove_file(h.path("back.png")).unwrap();
-    std::thread::sleep(Duration::from_millis(2500));
+    h.wait_for("the delete to reach the vendor", |h| {
+        h.sandbox.pending_faults() == 0
+    });
     h.drop_file("back.png", &png(900));
     h.wait_for("back.png synced to a live copy", |h| {
         h.state("back.png").as_deref() == Some("synced")
@@ -398,7 +400,9 @@ fn a_late_refusal_of_old_content_leaves_the_new_content_alone() {
     )]);
     h.start();
     h.drop_file("v.png", &png(1000));
-    std::thread::sleep(Duration::from_millis(1500));
+    h.wait_for("the upload to reach the vendor", |h| {
+        h.sandbox.pending_faults() == 0
+    });
     h.drop_file("v.png", &png(1001));
     h.wait_for("v.png synced with its new content", |h| {
         h.state("v.png").as_deref() == Some("synced") && h.remote_bytes("v.png") == Some(png(1001))
@@ -413,7 +417,9 @@ fn a_file_removed_during_its_upload_and_a_crash_ends_removed() {
     h.sandbox.inject([Fault::Delay(Duration::from_secs(5))]);
     h.start();
     h.drop_file("brief.png", &png(1100));
-    std::thread::sleep(Duration::from_millis(1200));
+    h.wait_for("the upload to reach the vendor", |h| {
+        h.sandbox.pending_faults() == 0
+    });
     std::fs::remove_file(h.path("brief.png")).unwrap();
     settle_time();
     h.kill9();

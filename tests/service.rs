@@ -152,13 +152,15 @@ fn systemd_hears_ready_status_reload_stopping_and_watchdog_pings() {
     std::thread::sleep(Duration::from_millis(1500));
     let quiet_from = Instant::now();
     std::thread::sleep(Duration::from_millis(2000));
+    // A loaded test machine may keep a loop from answering one watchdog check in time: that
+    // note, and the status that clears it, are changes too.
+    let statuses = manager.with("STATUS");
     assert!(
-        manager
-            .with("STATUS")
-            .iter()
-            .all(|(at, _, _)| *at < quiet_from),
-        "no status refresh while nothing changes: {:#?}",
-        manager.with("STATUS")
+        statuses.iter().enumerate().all(|(i, (at, v, _))| {
+            let noted = |v: &str| v.starts_with("NOT RESPONDING");
+            *at < quiet_from || noted(v) || (i > 0 && noted(&statuses[i - 1].1))
+        }),
+        "no status refresh while nothing changes: {statuses:#?}"
     );
     let statuses: Vec<String> = manager
         .with("STATUS")

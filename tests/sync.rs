@@ -395,6 +395,17 @@ fn settling_for_2s() -> Harness {
     })
 }
 
+/// Files meant to be still settling when a look finds them: a settle long enough for a loaded
+/// test machine to write the burst (and start the daemon) within it.
+const BURST_SETTLE: Duration = Duration::from_secs(6);
+
+fn settling_for_a_burst() -> Harness {
+    Harness::with(common::Options {
+        settle: "6s",
+        ..common::Options::default()
+    })
+}
+
 /// `imgsyncd scan` right after an unzip: more files still settling than one look tracks, and
 /// the one pass still takes every one of them.
 #[test]
@@ -596,12 +607,12 @@ fn a_name_that_is_not_utf8_is_synced_renamed_and_removed_like_any_other() {
 /// The periodic rescan (1 h here) is not what takes them.
 #[test]
 fn a_burst_written_into_a_running_watch_is_all_synced() {
-    let mut h = settling_for_2s();
+    let mut h = settling_for_a_burst();
     h.start();
     let started = std::time::Instant::now();
     let contents = burst(&h, "r", 92_000);
     assert!(
-        started.elapsed() < Duration::from_secs(2),
+        started.elapsed() < BURST_SETTLE,
         "the files were meant to be settling together"
     );
     every_file_of_the_burst_synced(&h, &contents);
@@ -613,12 +624,12 @@ fn a_burst_written_into_a_running_watch_is_all_synced() {
 /// is not what takes the rest.
 #[test]
 fn a_burst_written_just_before_the_start_is_all_synced() {
-    let mut h = settling_for_2s();
+    let mut h = settling_for_a_burst();
     let started = std::time::Instant::now();
     let contents = burst(&h, "b", 90_000);
     h.start();
     assert!(
-        started.elapsed() < Duration::from_secs(2),
+        started.elapsed() < BURST_SETTLE,
         "the files were meant to be found before they were quiet"
     );
     every_file_of_the_burst_synced(&h, &contents);

@@ -156,24 +156,6 @@ fn a_bad_metrics_address_names_the_line_and_the_key() {
 }
 
 #[test]
-fn a_secret_file_path_expands_variables_like_credentials_directory() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("kingdee_app_secret"), "from-credentials\n").unwrap();
-    // A variable no other test sets, so tests running at once do not disturb each other.
-    // SAFETY: set once, before it is read, and read only by this test.
-    unsafe { std::env::set_var("IMGSYNCD_TEST_CREDS_DIR", dir.path()) };
-    let text = GOOD.replace(
-        "app_secret: s3cret-app",
-        "app_secret_file: ${IMGSYNCD_TEST_CREDS_DIR}/kingdee_app_secret",
-    );
-    let config = parse(&text).unwrap();
-    let VendorSettings::Kingdee(k) = &config.vendors["erp"].settings else {
-        panic!("erp is a kingdee vendor")
-    };
-    assert_eq!(k.app_secret.expose(), "from-credentials");
-}
-
-#[test]
 fn an_unset_credentials_directory_is_named_with_its_line_and_a_hint() {
     if std::env::var_os("CREDENTIALS_DIRECTORY").is_some() {
         return; // running under systemd with credentials: nothing to show

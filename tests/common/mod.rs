@@ -9,7 +9,7 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use imgsyncd::sandbox::{
-    FeishuAccount, JiandaoyunAccount, KingdeeAccount, Sandbox, SandboxOptions,
+    FeishuAccount, JiandaoyunAccount, KingdeeAccount, Logged, Sandbox, SandboxOptions,
 };
 use serde_json::Value;
 
@@ -233,6 +233,8 @@ impl Harness {
     /// waits until it says it runs.
     pub fn start_with(&mut self, log_format: &str, env: &[(&str, &str)]) {
         assert!(self.daemon.is_none(), "the daemon is already running");
+        // The log is appended across restarts: wait for this start's line, not an earlier one's.
+        let started_before = self.log().matches("imgsyncd running").count();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -255,7 +257,7 @@ impl Harness {
             .expect("start imgsyncd");
         self.daemon = Some(child);
         self.wait_for("the daemon to start", |h| {
-            h.log().contains("imgsyncd running")
+            h.log().matches("imgsyncd running").count() > started_before
         });
     }
 
@@ -473,6 +475,18 @@ pub fn png(seed: u32) -> Vec<u8> {
 
 pub fn jpeg(seed: u32) -> Vec<u8> {
     image(image::ImageFormat::Jpeg, seed, 64, 48)
+}
+
+/// The most requests of `log` the sandbox took in within any `span_ms` window.
+pub fn densest(log: &[Logged], span_ms: i64) -> usize {
+    log.iter()
+        .map(|a| {
+            log.iter()
+                .filter(|b| b.at_ms >= a.at_ms && b.at_ms < a.at_ms + span_ms)
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 pub fn running_as_root() -> bool {
