@@ -324,7 +324,8 @@ enum ClaimFor {
 
 /// Up to `want` due jobs of `names`, none of those `held`. For free slots, each is of the least
 /// busy vendor that has one; a slot's queue takes the least busy vendor's job first and then
-/// only jobs of the vendor it waits behind.
+/// only jobs of the vendor it waits behind, unless a vendor no slot serves has one due: that job
+/// cuts in, first in the slot's line, and ends the claim.
 fn claim_due(
     j: &mut crate::journal::Journal,
     names: Vec<String>,
@@ -343,7 +344,15 @@ fn claim_due(
     };
     while jobs.len() < want {
         let names = match &behind {
-            Some(vendor) => vec![vendor.clone()],
+            // A vendor no slot serves (none of its jobs held) comes first: else a backlog that
+            // keeps every slot busy would hold up its files until that backlog ended. Then the
+            // vendor waited behind, while it is still configured (a reload may have removed it).
+            Some(vendor) => names
+                .iter()
+                .filter(|n| *n != vendor && in_flight.get(*n).is_none_or(|count| *count == 0))
+                .chain(names.iter().filter(|n| *n == vendor))
+                .cloned()
+                .collect(),
             None => {
                 let mut names = names.clone();
                 names.sort_by_key(|v| in_flight.get(v).copied().unwrap_or(0));
@@ -364,6 +373,11 @@ fn claim_due(
             None => break,
             Some((Claimed::Job(job), probe)) => {
                 *in_flight.entry(job.vendor.clone()).or_default() += 1;
+                if queue && behind.as_ref().is_some_and(|vendor| *vendor != job.vendor) {
+                    // It cuts in: first in line, and the last claimed for this slot now.
+                    jobs.insert(0, (job, probe));
+                    break;
+                }
                 if queue {
                     behind = Some(job.vendor.clone());
                 }
@@ -405,13 +419,54 @@ struct Recording {
     job: Job,
     result: JobResult,
     attempt: Option<Attempt>,
-    written: Pin<Box<dyn Future<Output = crate::journal::Result<Finished>> + Send>>,
-    claim: Option<Pin<Box<dyn Future<Output = crate::journal::Result<Claims>> + Send>>>,
+    written: Answer<crate::journal::Result<Finished>>,
+    claim: Option<Answer<crate::journal::Result<Claims>>>,
     /// How many jobs the claim asked for.
     want: usize,
     /// [`Outages::pauses`] when the claim was asked for.
     pauses: u64,
     asked_at: Instant,
+}
+
+impl Recording {
+    /// Whether the outcome's commit, and the claim's, are already in (taken in without waiting).
+    fn answered(&mut self) -> bool {
+        self.written.arrived() && self.claim.as_mut().is_none_or(Answer::arrived)
+    }
+}
+
+/// A journal write's answer: still on its way, or already in.
+enum Answer<T> {
+    Coming(Pin<Box<dyn Future<Output = T> + Send>>),
+    In(T),
+}
+
+impl<T> Answer<T> {
+    fn coming(future: impl Future<Output = T> + Send + 'static) -> Answer<T> {
+        Answer::Coming(Box::pin(future))
+    }
+
+    /// Takes the answer in if it has come, without waiting for it.
+    fn arrived(&mut self) -> bool {
+        let Answer::Coming(future) = self else {
+            return true;
+        };
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match future.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(answer) => {
+                *self = Answer::In(answer);
+                true
+            }
+            std::task::Poll::Pending => false,
+        }
+    }
+
+    async fn get(self) -> T {
+        match self {
+            Answer::Coming(future) => future.await,
+            Answer::In(answer) => answer,
+        }
+    }
 }
 
 /// A worker's slot: runs one transfer at a time and claims its next jobs itself.
@@ -437,25 +492,25 @@ impl Slot {
     /// A slot keeps up to [`AHEAD`] claimed jobs waiting: each outcome is recorded (and the next
     /// jobs claimed, in the same commit) while the jobs ahead run, so a transfer waits for a commit
     /// only when the slot has nothing claimed. A job waits only behind a transfer of its own
-    /// vendor, so a slow vendor holds up none of another's.
+    /// vendor, so a slow vendor holds up none of another's: a vendor no slot serves cuts in at
+    /// the next outcome any slot records, and waits at most for the transfer under way.
     async fn run(&self, first: Claim) {
         let mut ahead = VecDeque::from([first]);
         let mut recordings: VecDeque<Recording> = VecDeque::new();
         loop {
+            // Outcomes already committed are settled before the next transfer, so a job claimed
+            // along with one for a vendor no slot serves runs next ([`queue_up`]).
+            while recordings.front_mut().is_some_and(Recording::answered) {
+                let recording = recordings.pop_front().expect("looked at just now");
+                self.settle_into(recording, &mut ahead, &mut recordings)
+                    .await;
+            }
             let Some(claim) = ahead.pop_front() else {
                 let Some(recording) = recordings.pop_front() else {
                     return;
                 };
-                match self.settle(recording, true).await {
-                    Settled::Recorded(next) => ahead.extend(next),
-                    Settled::Retried => {
-                        // The journal failed: the jobs claimed behind that outcome are not run
-                        // while it was unrecorded, and go back to the queue.
-                        for later in std::mem::take(&mut recordings) {
-                            self.settle(later, false).await;
-                        }
-                    }
-                }
+                self.settle_into(recording, &mut ahead, &mut recordings)
+                    .await;
                 continue;
             };
             let vendor = claim.job.vendor.clone();
@@ -477,6 +532,25 @@ impl Slot {
                 (None, _) => Some(decided.job.vendor.clone()),
             };
             recordings.push_back(self.record(decided, want, behind));
+        }
+    }
+
+    /// Settles `recording`: the jobs claimed with it join `ahead`. If its outcome could not be
+    /// written at the first try, the jobs claimed behind it (in `recordings`) are not run while
+    /// it was unrecorded, and go back to the queue.
+    async fn settle_into(
+        &self,
+        recording: Recording,
+        ahead: &mut VecDeque<Claim>,
+        recordings: &mut VecDeque<Recording>,
+    ) {
+        match self.settle(recording, true).await {
+            Settled::Recorded(next) => queue_up(ahead, next),
+            Settled::Retried => {
+                for later in std::mem::take(recordings) {
+                    self.settle(later, false).await;
+                }
+            }
         }
     }
 
@@ -523,6 +597,23 @@ impl JournalBackoff {
         tokio::time::sleep(self.0).await;
         self.0 = (self.0 * 2).min(Duration::from_secs(30));
     }
+}
+
+/// Puts a slot's newly claimed jobs in line. A job of another vendor than the one its queue
+/// waits behind was claimed because no slot served that vendor ([`claim_due`]): it runs first, so
+/// it waits for no other vendor's transfers. The rest join the back.
+fn queue_up(ahead: &mut VecDeque<Claim>, next: Vec<Claim>) {
+    let Some(vendor) = ahead.back().map(|claim| claim.job.vendor.clone()) else {
+        ahead.extend(next);
+        return;
+    };
+    let (first, behind): (Vec<Claim>, Vec<Claim>) = next
+        .into_iter()
+        .partition(|claim| claim.job.vendor != vendor);
+    for claim in first.into_iter().rev() {
+        ahead.push_front(claim);
+    }
+    ahead.extend(behind);
 }
 
 /// The next due job of `names` (tried in order: the least busy vendor first, so one vendor's
@@ -921,7 +1012,7 @@ impl Slot {
             attempt,
         } = decided;
         let ctx = &self.ctx;
-        let written = Box::pin(finish(&ctx.journal, &job, &result, &attempt));
+        let written = Answer::coming(finish(&ctx.journal, &job, &result, &attempt));
         let (pauses, asked_at) = (ctx.outages.pauses(), Instant::now());
         let claim = (want > 0 && !*self.stop.borrow()).then(|| {
             let mut held = self.running.held();
@@ -930,9 +1021,9 @@ impl Slot {
                 *count = count.saturating_sub(1);
             }
             let names = ctx.vendors.names();
-            Box::pin(ctx.journal.submit(move |journal| {
+            Answer::coming(ctx.journal.submit(move |journal| {
                 claim_due(journal, names, held, want, ClaimFor::Queue { behind })
-            })) as Pin<Box<dyn Future<Output = _> + Send>>
+            }))
         });
         Recording {
             job,
@@ -964,9 +1055,10 @@ impl Slot {
             ..
         } = recording;
         let ctx = &self.ctx;
-        let mut written = written.await;
+        let mut written = written.get().await;
         let mut next = match claim {
             Some(claim) => claim
+                .get()
                 .await
                 .map(|c| claimed(c, pauses, asked_at))
                 .unwrap_or_default(),
@@ -1127,27 +1219,71 @@ mod tests {
         claims.0.iter().map(|(job, _)| job.vendor.clone()).collect()
     }
 
+    fn busy(counts: &[(&str, usize)]) -> Held {
+        Held {
+            in_flight: counts.iter().map(|(v, n)| (v.to_string(), *n)).collect(),
+            ..Held::default()
+        }
+    }
+
+    fn behind(vendor: &str) -> ClaimFor {
+        ClaimFor::Queue {
+            behind: Some(vendor.into()),
+        }
+    }
+
     #[test]
     fn a_slots_queue_holds_only_jobs_of_the_vendor_it_waits_behind() {
         let (_dir, mut j) = queued(3);
         let names = vec!["a".to_string(), "b".to_string()];
-        // Behind a transfer of "b": only "b", though "a" has none in flight.
-        let behind_b = ClaimFor::Queue {
-            behind: Some("b".into()),
-        };
-        let claims = claim_due(&mut j, names.clone(), Held::default(), 2, behind_b).unwrap();
+        // Behind a transfer of "b": only "b" ("a" is served by another slot).
+        let a_served = busy(&[("a", 1), ("b", 1)]);
+        let claims = claim_due(&mut j, names.clone(), a_served, 2, behind("b")).unwrap();
         assert_eq!(vendors_of(&claims), ["b", "b"]);
         // Behind nothing: the least busy vendor first, then that vendor's jobs only.
-        let busy_a = Held {
-            in_flight: HashMap::from([("a".to_string(), 3)]),
-            ..Held::default()
-        };
+        let busy_a = busy(&[("a", 3)]);
         let fresh = ClaimFor::Queue { behind: None };
         let claims = claim_due(&mut j, names.clone(), busy_a, 2, fresh).unwrap();
         assert_eq!(vendors_of(&claims), ["b"], "b has one job left");
         // Free slots each run their own job: the least busy vendor each time.
         let claims = claim_due(&mut j, names, Held::default(), 2, ClaimFor::Slots).unwrap();
         assert_eq!(vendors_of(&claims), ["a", "a"]);
+    }
+
+    /// Every slot on "a"'s backlog: a job of "b", which no slot serves, is not left waiting for
+    /// that backlog to end. It cuts in, first in line, alone.
+    #[test]
+    fn a_vendor_no_slot_serves_cuts_in_at_the_next_claim_behind_another() {
+        let (_dir, mut j) = queued(3);
+        let names = vec!["a".to_string(), "b".to_string()];
+        let every_slot_on_a = busy(&[("a", 4)]);
+        let claims = claim_due(&mut j, names.clone(), every_slot_on_a, 3, behind("a")).unwrap();
+        assert_eq!(vendors_of(&claims), ["b"]);
+
+        // In the slot's line it goes before the jobs of "a" already waiting there.
+        let claim = |job: Job| Claim {
+            job,
+            probe: None,
+            pauses: 0,
+            asked_at: Instant::now(),
+        };
+        let a_jobs = claim_due(&mut j, names, busy(&[("b", 1)]), 2, behind("a")).unwrap();
+        assert_eq!(vendors_of(&a_jobs), ["a", "a"]);
+        let mut ahead: VecDeque<Claim> = a_jobs.0.into_iter().map(|(job, _)| claim(job)).collect();
+        let cut_in = claims.0.into_iter().map(|(job, _)| claim(job)).collect();
+        queue_up(&mut ahead, cut_in);
+        let line: Vec<&str> = ahead.iter().map(|c| c.job.vendor.as_str()).collect();
+        assert_eq!(line, ["b", "a", "a"]);
+    }
+
+    /// A reload removed the vendor a slot's queue waits behind: its jobs are not claimed any
+    /// more (they wait, queued, for the vendor to come back), so the slot runs dry and ends.
+    #[test]
+    fn a_queue_behind_a_vendor_no_longer_configured_claims_none_of_its_jobs() {
+        let (_dir, mut j) = queued(2);
+        let only_b = vec!["b".to_string()];
+        let claims = claim_due(&mut j, only_b, busy(&[("b", 1)]), 2, behind("a")).unwrap();
+        assert!(claims.0.is_empty(), "{:?}", vendors_of(&claims));
     }
 
     #[test]
@@ -1179,7 +1315,32 @@ mod tests {
         jobs.into_iter().next().expect("a job is due").0
     }
 
-    /// A slot on `journal`, with no vendors; and the sender of its stop flag.
+    /// Vendors "a" and "b", configured (Kingdee adapters these tests never call).
+    fn vendors_a_and_b() -> Arc<VendorSet> {
+        let kingdee = || {
+            let config = crate::adapters::kingdee::KingdeeConfig {
+                client_id: "1".into(),
+                client_secret: crate::config::Secret::new("s"),
+                app_key: "k".into(),
+                app_secret: crate::config::Secret::new("s"),
+                domain: "d".into(),
+                save_temp: false,
+            };
+            let adapter = crate::adapters::kingdee::Kingdee::new(
+                "http://127.0.0.1:1",
+                config,
+                reqwest::Client::new(),
+                None,
+                None,
+            );
+            Arc::new(Adapter::Kingdee(adapter))
+        };
+        let vendors = Arc::new(VendorSet::default());
+        vendors.replace([("a".into(), kingdee()), ("b".into(), kingdee())].into());
+        vendors
+    }
+
+    /// A slot on `journal`, with vendors "a" and "b"; and the sender of its stop flag.
     fn slot_on(journal: crate::journal::Journal) -> (Slot, JournalHandle, watch::Sender<bool>) {
         let journal = JournalHandle::new(journal);
         let (stopping, stop) = watch::channel(false);
@@ -1187,7 +1348,7 @@ mod tests {
             id: 1,
             ctx: WorkerContext {
                 journal: journal.clone(),
-                vendors: Arc::default(),
+                vendors: vendors_a_and_b(),
                 wake: Arc::default(),
                 give_up_after: Duration::from_secs(3600),
                 retry_log: retry_log_throttle(),
@@ -1204,8 +1365,12 @@ mod tests {
     fn a_slots_job_is_held_until_its_outcome_is_committed() {
         let (_dir, mut j) = queued(2);
         let job = first_job(&mut j);
+        let b_names = vec!["b".to_string()];
+        let (b_jobs, _) = claim_due(&mut j, b_names, Held::default(), 1, ClaimFor::Slots).unwrap();
         let (slot, _journal, _stopping) = slot_on(j);
         slot.running.hold(slot.id, &job);
+        // Another slot serves "b", so this one's claim is for "a" alone.
+        slot.running.hold(slot.id + 1, &b_jobs[0].0);
         // Its vendor paused: the outcome puts the job back in the queue, due at once. The claim
         // submitted behind that outcome passes over it all the same: the slot still held it.
         let decided = Decided {
@@ -1226,15 +1391,20 @@ mod tests {
         let ids: Vec<i64> = next.iter().map(|c| c.job.id).collect();
         assert_eq!(ids.len(), 1, "only the other job: {ids:?}");
         assert_ne!(ids[0], job.id);
+        assert_eq!(next[0].job.vendor, "a");
         let held = slot.running.held().jobs;
         assert!(
             !held.contains(&job.id) && held.contains(&ids[0]),
             "{held:?}"
         );
-        // A slot that ends, however it ends, lets go of what it held.
+        // A slot that ends, however it ends, lets go of what it held (and only that).
         let running = Arc::clone(&slot.running);
         drop(slot);
-        assert!(running.held().jobs.is_empty());
+        assert_eq!(
+            running.held().jobs,
+            HashSet::from([b_jobs[0].0.id]),
+            "the other slot's job stays held"
+        );
     }
 
     #[test]

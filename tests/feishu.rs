@@ -472,7 +472,7 @@ fn a_slow_vendors_backlog_never_holds_up_another_vendors_files() {
         1,
     ) + &format!("  - path: {}\n    vendor: erp\n", kingdee_drop.display());
     std::fs::write(&h.config_path, config).unwrap();
-    let backlog = 40;
+    let backlog = 60;
     for i in 0..backlog {
         std::fs::write(
             kingdee_drop.join(format!("k{i:02}.png")),
@@ -481,8 +481,9 @@ fn a_slow_vendors_backlog_never_holds_up_another_vendors_files() {
         .unwrap();
     }
     h.start();
+    // Well under way: every slot is on the Kingdee backlog, with jobs claimed ahead.
     h.wait_for("the Kingdee backlog to be under way", |h| {
-        h.sandbox.uploads() >= 2
+        h.sandbox.uploads() >= 10
     });
     h.drop_file("urgent.png", &png(77, 330, 330));
     h.wait_state("urgent.png", "synced");
