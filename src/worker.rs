@@ -429,9 +429,16 @@ struct Recording {
 }
 
 impl Recording {
-    /// Whether the outcome's commit, and the claim's, are already in (taken in without waiting).
-    fn answered(&mut self) -> bool {
-        self.written.arrived() && self.claim.as_mut().is_none_or(Answer::arrived)
+    /// Whether the outcome is committed and its claim brought a job of another vendor than
+    /// `vendor` (one that cut in); the answers are taken in if they have come, without waiting.
+    fn brought_cut_in(&mut self, vendor: &str) -> bool {
+        let Some(claim) = self.claim.as_mut() else {
+            return false;
+        };
+        if !(claim.arrived() && self.written.arrived()) {
+            return false;
+        }
+        matches!(claim, Answer::In(Ok((jobs, _))) if jobs.iter().any(|(job, _)| job.vendor != vendor))
     }
 }
 
@@ -498,9 +505,15 @@ impl Slot {
         let mut ahead = VecDeque::from([first]);
         let mut recordings: VecDeque<Recording> = VecDeque::new();
         loop {
-            // Outcomes already committed are settled before the next transfer, so a job claimed
-            // along with one for a vendor no slot serves runs next ([`queue_up`]).
-            while recordings.front_mut().is_some_and(Recording::answered) {
+            // An outcome committed with a claim that brought a job of a vendor no slot serves is
+            // settled before the next transfer, so that job runs next ([`queue_up`]). Others are
+            // settled when the line runs dry: settling each as soon as it was in cost the
+            // 10 000-file drain 20 % more CPU and time (measured; the cause not pinned down).
+            while let Some(vendor) = ahead.back().map(|claim| claim.job.vendor.clone())
+                && recordings
+                    .front_mut()
+                    .is_some_and(|recording| recording.brought_cut_in(&vendor))
+            {
                 let recording = recordings.pop_front().expect("looked at just now");
                 self.settle_into(recording, &mut ahead, &mut recordings)
                     .await;
