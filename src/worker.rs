@@ -276,13 +276,14 @@ async fn finish_in_flight(ctx: &WorkerContext, mut tasks: JoinSet<()>, running: 
             held = running.len(),
             "transfers still running after 10s: released to the queue"
         );
-        // Every job this daemon holds goes back, those claimed ahead by a slot too (the journal's
-        // lock makes them all ours). Queued behind the outcomes already submitted, so a job whose
-        // outcome is on its way is not put back; one whose outcome could not be written is, and
-        // is sent again, as after a crash.
-        if let Err(e) = ctx.journal.write(|j| j.requeue_running()).await {
-            error!("cannot release running jobs: {e}");
-        }
+    }
+    // No slot is left: every job still `running` goes back, so `status` after a stop shows none.
+    // Those are the transfers aborted above, the jobs slots had claimed ahead, and any whose
+    // put-back failed while stopping (the journal's lock makes them all ours). Queued behind the
+    // outcomes already submitted, so a job whose outcome is on its way is not put back; one whose
+    // outcome could not be written is, and is sent again, as after a crash.
+    if let Err(e) = ctx.journal.write(|j| j.requeue_running()).await {
+        error!("cannot put the jobs still running back in the queue: {e}; the next start does");
     }
 }
 
@@ -708,7 +709,9 @@ async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duration>) -> Deci
         },
         JobOp::Delete | JobOp::DeleteOld => {
             let target = job.remote_ref.clone().unwrap_or_default();
-            with_reauth(|| adapter.delete(&target)).await.map(|()| None)
+            with_reauth(job.op, || adapter.delete(&target))
+                .await
+                .map(|()| None)
         }
     };
     let duration_ms = started.elapsed().as_millis() as i64;
@@ -977,19 +980,70 @@ async fn upload(
         bytes: &bytes,
         format,
     };
-    Ok(with_reauth(|| adapter.upload(&request)).await.map(Some))
+    Ok(with_reauth(JobOp::Upload, || adapter.upload(&request))
+        .await
+        .map(Some))
 }
 
 /// A refused token is dropped by the adapter; the call is then made once more with a fresh one.
-async fn with_reauth<T, F, Fut>(mut call: F) -> Call<T>
+async fn with_reauth<T, F, Fut>(op: JobOp, mut call: F) -> Call<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Call<T>>,
 {
-    let first = call().await;
+    let first = guarded(op, call()).await;
     match first.outcome {
-        Outcome::Reauth { .. } => call().await,
+        Outcome::Reauth { .. } => guarded(op, call()).await,
         _ => first,
+    }
+}
+
+/// Runs one adapter call. A panic inside it (a bug meeting an answer nobody foresaw) ends that
+/// call, not the slot with every job it holds: it is answered like an answer that cannot be
+/// read. For an upload that means the vendor may hold the file, so it is not sent again by
+/// itself (the file fails with that advice, the vendor waits behind a probe); a delete is retried.
+async fn guarded<T>(op: JobOp, call: impl Future<Output = Call<T>>) -> Call<T> {
+    let panic = match CatchUnwind(Box::pin(call)).await {
+        Ok(call) => return call,
+        Err(panic) => panic,
+    };
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|m| m.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into());
+    let reason = format!(
+        "imgsyncd failed inside its own code during this call (a bug: please report this line): {}",
+        message.chars().take(300).collect::<String>()
+    );
+    let outcome = match op {
+        JobOp::Upload => Outcome::Unconfirmed {
+            reason: format!("{reason}; whether the vendor stored the file is not known"),
+        },
+        JobOp::Delete | JobOp::DeleteOld => Outcome::Retry {
+            after: None,
+            reason,
+        },
+    };
+    Call::new(outcome, None, None)
+}
+
+/// A future whose panic is caught and returned, as `std::panic::catch_unwind` does for a call.
+struct CatchUnwind<F: Future>(Pin<Box<F>>);
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = std::thread::Result<F::Output>;
+
+    fn poll(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let inner = self.get_mut().0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Ok(std::task::Poll::Ready(output)) => std::task::Poll::Ready(Ok(output)),
+            Err(panic) => std::task::Poll::Ready(Err(panic)),
+        }
     }
 }
 
@@ -1287,6 +1341,40 @@ mod tests {
         queue_up(&mut ahead, cut_in);
         let line: Vec<&str> = ahead.iter().map(|c| c.job.vendor.as_str()).collect();
         assert_eq!(line, ["b", "a", "a"]);
+    }
+
+    /// A bug that panics inside an adapter call ends that call, not the slot: the upload is
+    /// answered as unconfirmed (the vendor may hold the file: not sent again by itself), the
+    /// delete as a retry, each with the panic's message.
+    #[test]
+    fn a_panic_inside_an_adapter_call_is_an_outcome_not_a_lost_slot() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let call = || async {
+            // Once pending first, as a real call waiting on the network is.
+            tokio::task::yield_now().await;
+            let answer: &[u8] = b"{\"url\": \"http://x\"}";
+            let end = answer.len() + 3;
+            // A slice past the end: an answer nobody foresaw.
+            let _ = answer[..end].len();
+            Call::new(Outcome::Done(()), Some(200), None)
+        };
+        let upload = runtime.block_on(with_reauth(JobOp::Upload, call));
+        match &upload.outcome {
+            Outcome::Unconfirmed { reason } => {
+                assert!(reason.contains("a bug: please report"), "{reason}");
+                assert!(reason.contains("out of range"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let delete = runtime.block_on(with_reauth(JobOp::Delete, call));
+        assert!(
+            matches!(&delete.outcome, Outcome::Retry { reason, .. } if reason.contains("out of range")),
+            "{:?}",
+            delete.outcome
+        );
     }
 
     /// A reload removed the vendor a slot's queue waits behind: its jobs are not claimed any
