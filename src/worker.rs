@@ -259,23 +259,22 @@ async fn sleep_until_epoch_ms(at: i64) {
 }
 
 async fn finish_in_flight(ctx: &WorkerContext, mut tasks: JoinSet<()>, running: Arc<Holdings>) {
-    if tasks.is_empty() {
-        return;
-    }
-    info!(
-        in_flight = tasks.len(),
-        "waiting up to 10s for in-flight transfers"
-    );
-    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        tasks.abort_all();
-        warn!(
-            held = running.len(),
-            "transfers still running after 10s: released to the queue"
+    if !tasks.is_empty() {
+        info!(
+            in_flight = tasks.len(),
+            "waiting up to 10s for in-flight transfers"
         );
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tasks.abort_all();
+            warn!(
+                held = running.len(),
+                "transfers still running after 10s: released to the queue"
+            );
+        }
     }
     // No slot is left: every job still `running` goes back, so `status` after a stop shows none.
     // Those are the transfers aborted above, the jobs slots had claimed ahead, and any whose
@@ -424,22 +423,25 @@ struct Recording {
     claim: Option<Answer<crate::journal::Result<Claims>>>,
     /// How many jobs the claim asked for.
     want: usize,
+    /// The vendor the claim was made behind: a job of another vendor cut in.
+    behind: Option<String>,
     /// [`Outages::pauses`] when the claim was asked for.
     pauses: u64,
     asked_at: Instant,
 }
 
 impl Recording {
-    /// Whether the outcome is committed and its claim brought a job of another vendor than
-    /// `vendor` (one that cut in); the answers are taken in if they have come, without waiting.
-    fn brought_cut_in(&mut self, vendor: &str) -> bool {
-        let Some(claim) = self.claim.as_mut() else {
+    /// Whether the outcome is committed and its claim brought a job that cut in (of another
+    /// vendor than the one it was made behind); the answers are taken in if they have come,
+    /// without waiting.
+    fn brought_cut_in(&mut self) -> bool {
+        let (Some(behind), Some(claim)) = (self.behind.as_deref(), self.claim.as_mut()) else {
             return false;
         };
         if !(claim.arrived() && self.written.arrived()) {
             return false;
         }
-        matches!(claim, Answer::In(Ok((jobs, _))) if jobs.iter().any(|(job, _)| job.vendor != vendor))
+        matches!(claim, Answer::In(Ok((jobs, _))) if jobs.iter().any(|(job, _)| job.vendor != behind))
     }
 }
 
@@ -510,10 +512,9 @@ impl Slot {
             // settled before the next transfer, so that job runs next ([`queue_up`]). Others are
             // settled when the line runs dry: settling each as soon as it was in cost the
             // 10 000-file drain 20 % more CPU and time (measured; the cause not pinned down).
-            while let Some(vendor) = ahead.back().map(|claim| claim.job.vendor.clone())
-                && recordings
-                    .front_mut()
-                    .is_some_and(|recording| recording.brought_cut_in(&vendor))
+            while recordings
+                .front_mut()
+                .is_some_and(Recording::brought_cut_in)
             {
                 let recording = recordings.pop_front().expect("looked at just now");
                 self.settle_into(recording, &mut ahead, &mut recordings)
@@ -558,8 +559,9 @@ impl Slot {
         ahead: &mut VecDeque<Claim>,
         recordings: &mut VecDeque<Recording>,
     ) {
+        let behind = recording.behind.clone();
         match self.settle(recording, true).await {
-            Settled::Recorded(next) => queue_up(ahead, next),
+            Settled::Recorded(next) => queue_up(ahead, next, behind.as_deref()),
             Settled::Retried => {
                 for later in std::mem::take(recordings) {
                     self.settle(later, false).await;
@@ -613,21 +615,17 @@ impl JournalBackoff {
     }
 }
 
-/// Puts a slot's newly claimed jobs in line. A job of another vendor than the one its queue
-/// waits behind was claimed because no slot served that vendor ([`claim_due`]): it runs first, so
-/// it waits for no other vendor's transfers. The rest join the back.
-fn queue_up(ahead: &mut VecDeque<Claim>, next: Vec<Claim>) {
-    let Some(vendor) = ahead.back().map(|claim| claim.job.vendor.clone()) else {
-        ahead.extend(next);
-        return;
-    };
-    let (first, behind): (Vec<Claim>, Vec<Claim>) = next
+/// Puts a slot's newly claimed jobs in line. A job of another vendor than the one the claim was
+/// made `behind` was claimed because no slot served that vendor ([`claim_due`]): it runs first,
+/// so it waits for no other vendor's transfers. The rest join the back, in order.
+fn queue_up(ahead: &mut VecDeque<Claim>, next: Vec<Claim>, behind: Option<&str>) {
+    let (cut_in, rest): (Vec<Claim>, Vec<Claim>) = next
         .into_iter()
-        .partition(|claim| claim.job.vendor != vendor);
-    for claim in first.into_iter().rev() {
+        .partition(|claim| behind.is_some_and(|vendor| claim.job.vendor != vendor));
+    for claim in cut_in.into_iter().rev() {
         ahead.push_front(claim);
     }
-    ahead.extend(behind);
+    ahead.extend(rest);
 }
 
 /// The next due job of `names` (tried in order: the least busy vendor first, so one vendor's
@@ -1088,6 +1086,7 @@ impl Slot {
                 *count = count.saturating_sub(1);
             }
             let names = ctx.vendors.names();
+            let behind = behind.clone();
             Answer::coming(ctx.journal.submit(move |journal| {
                 claim_due(journal, names, held, want, ClaimFor::Queue { behind })
             }))
@@ -1099,6 +1098,7 @@ impl Slot {
             written,
             claim,
             want,
+            behind,
             pauses,
             asked_at,
         }
@@ -1256,30 +1256,35 @@ mod tests {
         let mut journal = crate::journal::Journal::open(&dir.path().join("j.sqlite3")).unwrap();
         for vendor in ["a", "b"] {
             for i in 0..n {
-                let (path, sha) = (format!("/w/{vendor}{i}.png"), format!("{vendor}{i:063}"));
-                let obs = crate::journal::Observation {
-                    path: &path,
-                    watch_root: "/w",
-                    vendor,
-                    kind: "kingdee",
-                    stamp: crate::journal::FileStamp {
-                        size: 100,
-                        mtime_ns: 1,
-                        ctime_ns: 1,
-                        inode: i as u64,
-                        dev: 1,
-                    },
-                    sha256: &sha,
-                    format: "png",
-                    width: 10,
-                    height: 10,
-                    delete_unused: true,
-                    reuse_copies: true,
-                };
-                journal.observe(&obs, &|_| true).unwrap();
+                observe(&mut journal, vendor, i, &format!("{vendor}{i:063}"));
             }
         }
         (dir, journal)
+    }
+
+    /// File `i` of `vendor`'s watch, with the bytes whose hash is `sha`: queued for upload.
+    fn observe(journal: &mut crate::journal::Journal, vendor: &str, i: usize, sha: &str) {
+        let path = format!("/w/{vendor}{i}.png");
+        let obs = crate::journal::Observation {
+            path: &path,
+            watch_root: "/w",
+            vendor,
+            kind: "kingdee",
+            stamp: crate::journal::FileStamp {
+                size: 100,
+                mtime_ns: 1,
+                ctime_ns: 1,
+                inode: i as u64,
+                dev: 1,
+            },
+            sha256: sha,
+            format: "png",
+            width: 10,
+            height: 10,
+            delete_unused: true,
+            reuse_copies: true,
+        };
+        journal.observe(&obs, &|_| true).unwrap();
     }
 
     fn vendors_of(claims: &Claims) -> Vec<String> {
@@ -1338,9 +1343,21 @@ mod tests {
         assert_eq!(vendors_of(&a_jobs), ["a", "a"]);
         let mut ahead: VecDeque<Claim> = a_jobs.0.into_iter().map(|(job, _)| claim(job)).collect();
         let cut_in = claims.0.into_iter().map(|(job, _)| claim(job)).collect();
-        queue_up(&mut ahead, cut_in);
+        queue_up(&mut ahead, cut_in, Some("a"));
         let line: Vec<&str> = ahead.iter().map(|c| c.job.vendor.as_str()).collect();
         assert_eq!(line, ["b", "a", "a"]);
+        // What a claim made behind "a" brings of "a" joins the back, whatever is ahead.
+        let mut ahead: VecDeque<Claim> = ahead.into_iter().take(1).collect();
+        let last_a = claim_due(&mut j, vec!["a".into()], busy(&[("b", 1)]), 1, behind("a"));
+        let last_a = last_a
+            .unwrap()
+            .0
+            .into_iter()
+            .map(|(job, _)| claim(job))
+            .collect();
+        queue_up(&mut ahead, last_a, Some("a"));
+        let line: Vec<&str> = ahead.iter().map(|c| c.job.vendor.as_str()).collect();
+        assert_eq!(line, ["b", "a"]);
     }
 
     /// A bug that panics inside an adapter call ends that call, not the slot: the upload is
@@ -1617,6 +1634,29 @@ mod tests {
         std::thread::sleep(Duration::from_millis(5));
         let (jobs, _) = claim_due(&mut j, names, Held::default(), 1, ClaimFor::Slots).unwrap();
         assert_eq!(jobs[0].0.id, lost.id);
+    }
+
+    /// Twins (the same bytes) wait for the upload of the first, to reuse its copy: also while
+    /// that upload's lease has run out but its slot still holds it (its outcome waiting for a
+    /// journal unwritable that long), or the bytes would be sent twice.
+    #[test]
+    fn a_twin_waits_for_a_held_upload_of_its_bytes_even_past_its_lease() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = crate::journal::Journal::open(&dir.path().join("j.sqlite3")).unwrap();
+        let sha = "f".repeat(64);
+        observe(&mut j, "a", 0, &sha);
+        observe(&mut j, "a", 1, &sha);
+        let names = vec!["a".to_string()];
+        let Some(Claimed::Job(first)) = j.claim(&names, 1).unwrap() else {
+            panic!("a job is due");
+        };
+        std::thread::sleep(Duration::from_millis(5));
+        let held = Held {
+            jobs: HashSet::from([first.id]),
+            ..Held::default()
+        };
+        let (jobs, _) = claim_due(&mut j, names, held, 1, ClaimFor::Slots).unwrap();
+        assert!(jobs.is_empty(), "the twin was given out: {:?}", jobs[0].0);
     }
 
     #[test]

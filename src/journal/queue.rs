@@ -244,7 +244,9 @@ impl Journal {
             Ok(None)
         };
         // A lease run out (a daemon that died without a restart) first, then the job due longest
-        // ago. An upload of bytes already in flight waits, to reuse what that upload returns.
+        // ago. An upload of bytes already in flight waits, to reuse what that upload returns:
+        // whatever its lease says, since a slot may still hold it past its lease (its outcome
+        // waiting for an unwritable journal), and one no slot holds is taken by the first query.
         let id = match first_free(
             "SELECT id FROM jobs WHERE vendor = ?1 AND state = 'running' AND lease_until < ?2
              ORDER BY id LIMIT ?3",
@@ -255,8 +257,7 @@ impl Journal {
                  WHERE j.vendor = ?1 AND j.state = 'queued' AND j.not_before <= ?2
                    AND NOT (j.op = 'upload' AND j.sha256 IN (
                        SELECT r.sha256 FROM jobs r
-                       WHERE r.vendor = ?1 AND r.state = 'running' AND r.op = 'upload'
-                         AND r.lease_until >= ?2))
+                       WHERE r.vendor = ?1 AND r.state = 'running' AND r.op = 'upload'))
                  ORDER BY j.not_before, j.id LIMIT ?3",
             )?,
         };
