@@ -1,0 +1,420 @@
+//! One job through its vendor's adapter, and what its outcome means: done, retry with backoff,
+//! refresh the token, reject the file, or pause the vendor (the circuit breaker) with its jobs kept.
+
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use tracing::{error, info, warn};
+
+use crate::adapters::{Adapter, Call, Outcome, UploadRequest};
+use crate::image::ImageFormat;
+use crate::journal::{Attempt, Job, JobOp, JobResult, Remote, now_ms, path_text, reference_field};
+use crate::throttle::Verdict;
+use crate::watch::examine::{ReadError, read_regular, sha256_hex};
+
+use super::WorkerContext;
+use super::outages::OUTAGE_AFTER;
+pub(super) const FIRST_PROBE: Duration = Duration::from_secs(30);
+
+pub(super) const MAX_PROBE: Duration = Duration::from_secs(30 * 60);
+
+pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
+
+/// What came of a job, to be recorded.
+pub(super) struct Decided {
+    pub(super) job: Job,
+    pub(super) result: JobResult,
+    pub(super) attempt: Option<Attempt>,
+}
+
+/// Carries out one job and decides what came of it.
+pub(super) async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duration>) -> Decided {
+    let Some(adapter) = ctx.vendors.get(&job.vendor) else {
+        return Decided {
+            job,
+            result: JobResult::Release,
+            attempt: None,
+        };
+    };
+    let started = Instant::now();
+    let call = match job.op {
+        JobOp::Upload => match upload(ctx, &adapter, &job).await {
+            Ok(call) => call,
+            Err(early) => {
+                return Decided {
+                    job,
+                    result: early.result,
+                    attempt: Some(early.attempt),
+                };
+            }
+        },
+        JobOp::Delete | JobOp::DeleteOld => {
+            let target = job.remote_ref.clone().unwrap_or_default();
+            with_reauth(job.op, || adapter.delete(&target))
+                .await
+                .map(|()| None)
+        }
+    };
+    let duration_ms = started.elapsed().as_millis() as i64;
+    let mut attempt = Attempt {
+        outcome: String::new(),
+        http_status: call.http_status,
+        vendor_code: call.vendor_code.clone(),
+        message: None,
+        duration_ms,
+    };
+    let shown = path_text::shown(&job.path);
+    let vendor = job.vendor.as_str();
+    let op = job.op.as_str();
+    let (id, attempt_no) = (job.id, job.attempts + 1);
+    let outcome = circuit_breaker(ctx, vendor, probe, &call);
+    // A probe answered by anything but a refusal of us means the vendor takes our calls again.
+    if probe.is_some() && !matches!(outcome, Outcome::VendorDown { .. }) {
+        resume(ctx, vendor).await;
+    }
+    let result = match outcome {
+        Outcome::Done(remote) => {
+            match (&remote, job.op) {
+                (Some(remote), _) => {
+                    attempt.outcome = "uploaded".into();
+                    attempt.message = Some(remote.reference.clone());
+                    info!(
+                        path = %shown,
+                        vendor = %vendor,
+                        outcome = "uploaded", job = id, attempt = attempt_no,
+                        remote = %remote.reference,
+                        "uploaded: {} {}",
+                        reference_field(adapter.kind().as_str()),
+                        remote.reference
+                    );
+                }
+                (None, op) => {
+                    attempt.outcome = "deleted".into();
+                    let what = if op == JobOp::DeleteOld {
+                        "deleted the superseded remote copy"
+                    } else {
+                        "deleted at the vendor"
+                    };
+                    info!(
+                        path = %shown,
+                        vendor = %vendor,
+                        outcome = "deleted", job = id, attempt = attempt_no,
+                        remote = job.remote_ref.as_deref().unwrap_or(""),
+                        "{what}"
+                    );
+                }
+            }
+            match remote {
+                Some(remote) => JobResult::Uploaded(remote),
+                None => JobResult::Deleted,
+            }
+        }
+        Outcome::Retry { after, reason } => {
+            let wait = backoff(job.attempts, after);
+            attempt.outcome = "retry".into();
+            attempt.message = Some(reason.clone());
+            if let Verdict::Log { held_back } = ctx
+                .retry_log
+                .check(&format!("{vendor}: {reason}"), Instant::now())
+            {
+                let more = if held_back > 0 {
+                    format!(" ({held_back} more retries with this error were not logged)")
+                } else {
+                    String::new()
+                };
+                warn!(
+                    path = %shown,
+                    vendor = %vendor,
+                    op = %op,
+                    outcome = "retry", job = id, attempt = attempt_no,
+                    "{reason}; retrying in {}{more}",
+                    humantime::format_duration(round(wait))
+                );
+            }
+            JobResult::Retry {
+                not_before: now_ms() + wait.as_millis() as i64,
+                reason,
+                give_up_after_ms: ctx.give_up_after.as_millis() as i64,
+            }
+        }
+        Outcome::Reauth { reason } => {
+            attempt.outcome = "retry".into();
+            attempt.message = Some(format!("{reason} (a fresh token was refused too)"));
+            warn!(
+                path = %shown, vendor = %vendor, op = %op,
+                outcome = "retry", job = id, attempt = attempt_no,
+                "{reason}: a fresh token was refused too; retrying later"
+            );
+            JobResult::Retry {
+                not_before: now_ms() + backoff(job.attempts, None).as_millis() as i64,
+                reason,
+                give_up_after_ms: ctx.give_up_after.as_millis() as i64,
+            }
+        }
+        Outcome::Rejected { reason } => {
+            attempt.outcome = "rejected".into();
+            attempt.message = Some(reason.clone());
+            if let Verdict::Log { .. } = crate::logging::storms()
+                .check(&crate::logging::rejections_of(vendor), Instant::now())
+            {
+                error!(
+                    path = %shown, vendor = %vendor, op = %op,
+                    outcome = "rejected", job = id, attempt = attempt_no,
+                    "rejected by the vendor: {reason}"
+                );
+            }
+            JobResult::Rejected(reason)
+        }
+        Outcome::VendorDown { reason } => {
+            attempt.outcome = "vendor_paused".into();
+            attempt.message = Some(reason.clone());
+            pause(ctx, vendor, &shown, probe, &reason).await;
+            JobResult::Release
+        }
+        Outcome::Unconfirmed { reason } => {
+            // The file may be stored at the vendor under a name we cannot know: it waits for a
+            // person rather than being sent again, and the vendor is paused so the next file
+            // does not go the same way.
+            attempt.outcome = "unconfirmed".into();
+            attempt.message = Some(reason.clone());
+            pause(ctx, vendor, &shown, probe, &reason).await;
+            JobResult::Fail(format!(
+                "{reason}; the vendor may hold it: check there, then `imgsyncd retry {}` to send it again",
+                path_text::for_shell(&job.path)
+            ))
+        }
+        Outcome::Throttled { after, reason } => {
+            let wait = after.unwrap_or(Duration::from_secs(1));
+            attempt.outcome = "throttled".into();
+            attempt.message = Some(reason.clone());
+            if let Verdict::Log { .. } = ctx
+                .retry_log
+                .check(&format!("{vendor}: throttled"), Instant::now())
+            {
+                warn!(
+                    vendor = %vendor,
+                    outcome = "throttled", job = id,
+                    "{reason}; waiting {} (not counted as a failure)",
+                    humantime::format_duration(round(wait))
+                );
+            }
+            JobResult::Defer {
+                not_before: now_ms() + wait.as_millis() as i64,
+                reason: format!("{reason}; waiting, not counted as a failure"),
+            }
+        }
+    };
+    crate::metrics::job_done(vendor, job.op, &attempt.outcome);
+    Decided {
+        job,
+        result,
+        attempt: Some(attempt),
+    }
+}
+
+/// Pauses the vendor: its jobs stay queued behind one probe, tried at growing intervals.
+pub(super) async fn pause(
+    ctx: &WorkerContext,
+    vendor: &str,
+    path: &str,
+    probe: Option<Duration>,
+    reason: &str,
+) {
+    let interval = probe.map_or(FIRST_PROBE, |d| (d * 2).min(MAX_PROBE));
+    if let Verdict::Log { .. } =
+        crate::logging::storms().check(&crate::logging::pauses_of(vendor), Instant::now())
+    {
+        error!(
+            vendor = %vendor,
+            path = %path,
+            outcome = "vendor_paused",
+            "vendor {vendor} paused: {reason}; its jobs stay queued behind one probe, the next in {} (or at once after a reload)",
+            humantime::format_duration(interval)
+        );
+    }
+    let (v, r) = (vendor.to_string(), reason.to_string());
+    if let Err(e) = ctx
+        .journal
+        .call(move |j| j.pause_vendor(&v, &r, interval.as_millis() as i64))
+        .await
+    {
+        error!("cannot record the pause: {e}");
+    }
+    ctx.outages.paused(vendor);
+}
+
+/// A vendor that has not answered several calls in a row (or whose probe went unanswered) is
+/// down: the call's retry becomes a pause, so the backlog waits behind one probe with growing
+/// intervals instead of being tried job by job.
+pub(super) fn circuit_breaker<T>(
+    ctx: &WorkerContext,
+    vendor: &str,
+    probe: Option<Duration>,
+    call: &Call<T>,
+) -> Outcome<T>
+where
+    T: Clone,
+{
+    let unanswered = match &call.outcome {
+        Outcome::Retry { reason, .. } if call.is_outage() => Some(reason.clone()),
+        _ => None,
+    };
+    let failures = ctx.outages.record(vendor, unanswered.is_some());
+    match unanswered {
+        Some(reason) if probe.is_some() || failures >= OUTAGE_AFTER => Outcome::VendorDown {
+            reason: format!(
+                "{vendor} does not answer ({failures} calls in a row failed; the last: {reason})"
+            ),
+        },
+        _ => call.outcome.clone(),
+    }
+}
+
+/// An upload that ended before the vendor was called.
+pub(super) struct Early {
+    pub(super) result: JobResult,
+    pub(super) attempt: Attempt,
+}
+
+/// Reads the file, checks it is still the content that was queued, and sends it.
+pub(super) async fn upload(
+    ctx: &WorkerContext,
+    adapter: &Adapter,
+    job: &Job,
+) -> Result<Call<Option<Remote>>, Early> {
+    let sha256 = job.sha256.clone().unwrap_or_default();
+    // The watcher settles whatever happened to the file; the journal drops this job when it has.
+    let wait_for_watcher = |reason: String| Early {
+        result: JobResult::Retry {
+            not_before: now_ms() + 5_000,
+            reason: reason.clone(),
+            give_up_after_ms: ctx.give_up_after.as_millis() as i64,
+        },
+        attempt: Attempt {
+            outcome: "deferred".into(),
+            message: Some(reason),
+            ..Attempt::default()
+        },
+    };
+    let path = path_text::to_path(&job.path).into_owned();
+    let max_bytes = adapter.limits().max_bytes;
+    let file = path.clone();
+    let read = tokio::task::spawn_blocking(move || read_regular(&file, max_bytes))
+        .await
+        .unwrap_or_else(|e| Err(ReadError::Io(std::io::Error::other(e.to_string()))));
+    let bytes = match read {
+        Ok((bytes, _)) => bytes,
+        Err(e) => return Err(wait_for_watcher(format!("cannot read the file: {e}"))),
+    };
+    if sha256_hex(&bytes) != sha256 {
+        return Err(wait_for_watcher(
+            "the file changed since it was queued; waiting for it to settle".into(),
+        ));
+    }
+    let format = job
+        .format
+        .as_deref()
+        .and_then(ImageFormat::from_mime_subtype)
+        .ok_or_else(|| wait_for_watcher("the journal has no format for this file".into()))?;
+    let request = UploadRequest {
+        path: &path,
+        bytes: &bytes,
+        format,
+    };
+    Ok(with_reauth(JobOp::Upload, || adapter.upload(&request))
+        .await
+        .map(Some))
+}
+
+/// A refused token is dropped by the adapter; the call is then made once more with a fresh one.
+pub(super) async fn with_reauth<T, F, Fut>(op: JobOp, mut call: F) -> Call<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Call<T>>,
+{
+    let first = guarded(op, call()).await;
+    match first.outcome {
+        Outcome::Reauth { .. } => guarded(op, call()).await,
+        _ => first,
+    }
+}
+
+/// Runs one adapter call. A panic inside it (a bug meeting an answer nobody foresaw) ends that
+/// call, not the slot with every job it holds: it is answered like an answer that cannot be
+/// read. For an upload that means the vendor may hold the file, so it is not sent again by
+/// itself (the file fails with that advice, the vendor waits behind a probe); a delete is retried.
+pub(super) async fn guarded<T>(op: JobOp, call: impl Future<Output = Call<T>>) -> Call<T> {
+    let panic = match CatchUnwind(Box::pin(call)).await {
+        Ok(call) => return call,
+        Err(panic) => panic,
+    };
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|m| m.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into());
+    let reason = format!(
+        "imgsyncd failed inside its own code during this call (a bug: please report this line): {}",
+        message.chars().take(300).collect::<String>()
+    );
+    let outcome = match op {
+        JobOp::Upload => Outcome::Unconfirmed {
+            reason: format!("{reason}; whether the vendor stored the file is not known"),
+        },
+        JobOp::Delete | JobOp::DeleteOld => Outcome::Retry {
+            after: None,
+            reason,
+        },
+    };
+    Call::new(outcome, None, None)
+}
+
+/// A future whose panic is caught and returned, as `std::panic::catch_unwind` does for a call.
+pub(super) struct CatchUnwind<F: Future>(Pin<Box<F>>);
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = std::thread::Result<F::Output>;
+
+    fn poll(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let inner = self.get_mut().0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Ok(std::task::Poll::Ready(output)) => std::task::Poll::Ready(Ok(output)),
+            Err(panic) => std::task::Poll::Ready(Err(panic)),
+        }
+    }
+}
+
+pub(super) async fn resume(ctx: &WorkerContext, vendor: &str) {
+    let v = vendor.to_string();
+    let resumed = ctx
+        .journal
+        .call(move |j| -> crate::journal::Result<bool> {
+            let was_paused = j.resume_vendor(&v)?;
+            if was_paused {
+                j.restart_outage_clock(&v)?;
+            }
+            Ok(was_paused)
+        })
+        .await;
+    if let Ok(true) = resumed {
+        info!(vendor, "vendor {vendor} answers again: resumed");
+        ctx.wake.notify_one();
+    }
+}
+
+/// Exponential backoff with jitter from 2 s to 15 min; never sooner than the vendor asked.
+pub fn backoff(attempts: u32, hint: Option<Duration>) -> Duration {
+    let exponential = Duration::from_secs(2)
+        .saturating_mul(1u32 << attempts.min(10))
+        .min(MAX_BACKOFF);
+    let jittered = exponential.mul_f64(0.5 + fastrand::f64() * 0.5);
+    hint.map_or(jittered, |h| h.max(jittered))
+}
+
+pub(super) fn round(d: Duration) -> Duration {
+    Duration::from_secs(d.as_secs().max(1))
+}

@@ -1,0 +1,450 @@
+//! The worker's unit tests: claims, a slot's line, its holdings and its outcomes against a real
+//! journal.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::adapters::{Adapter, Call, Outcome, VendorSet};
+use crate::journal::{Claimed, Job, JobOp, JobResult, JournalHandle};
+
+use super::claim::*;
+use super::holdings::*;
+use super::process::*;
+use super::slot::*;
+use super::*;
+
+#[test]
+fn backoff_grows_and_is_capped() {
+    for attempts in 0..20 {
+        let d = backoff(attempts, None);
+        assert!(d <= MAX_BACKOFF);
+        assert!(d >= Duration::from_secs(1));
+    }
+    assert!(backoff(5, None) >= Duration::from_secs(32));
+}
+
+/// A journal with `n` files queued for each of vendors "a" and "b", each file its own bytes.
+fn queued(n: usize) -> (tempfile::TempDir, crate::journal::Journal) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut journal = crate::journal::Journal::open(&dir.path().join("j.sqlite3")).unwrap();
+    for vendor in ["a", "b"] {
+        for i in 0..n {
+            observe(&mut journal, vendor, i, &format!("{vendor}{i:063}"));
+        }
+    }
+    (dir, journal)
+}
+
+/// File `i` of `vendor`'s watch, with the bytes whose hash is `sha`: queued for upload.
+fn observe(journal: &mut crate::journal::Journal, vendor: &str, i: usize, sha: &str) {
+    let path = format!("/w/{vendor}{i}.png");
+    let obs = crate::journal::Observation {
+        path: &path,
+        watch_root: "/w",
+        vendor,
+        kind: "kingdee",
+        stamp: crate::journal::FileStamp {
+            size: 100,
+            mtime_ns: 1,
+            ctime_ns: 1,
+            inode: i as u64,
+            dev: 1,
+        },
+        sha256: sha,
+        format: "png",
+        width: 10,
+        height: 10,
+        delete_unused: true,
+        reuse_copies: true,
+    };
+    journal.observe(&obs, &|_| true).unwrap();
+}
+
+fn vendors_of(claims: &Claims) -> Vec<String> {
+    claims.0.iter().map(|(job, _)| job.vendor.clone()).collect()
+}
+
+fn busy(counts: &[(&str, usize)]) -> Held {
+    Held {
+        in_flight: counts.iter().map(|(v, n)| (v.to_string(), *n)).collect(),
+        ..Held::default()
+    }
+}
+
+fn behind(vendor: &str) -> ClaimFor {
+    ClaimFor::Queue {
+        behind: Some(vendor.into()),
+    }
+}
+
+#[test]
+fn a_slots_queue_holds_only_jobs_of_the_vendor_it_waits_behind() {
+    let (_dir, mut j) = queued(3);
+    let names = vec!["a".to_string(), "b".to_string()];
+    // Behind a transfer of "b": only "b" ("a" is served by another slot).
+    let a_served = busy(&[("a", 1), ("b", 1)]);
+    let claims = claim_due(&mut j, names.clone(), a_served, 2, behind("b")).unwrap();
+    assert_eq!(vendors_of(&claims), ["b", "b"]);
+    // Behind nothing: the least busy vendor first, then that vendor's jobs only.
+    let busy_a = busy(&[("a", 3)]);
+    let fresh = ClaimFor::Queue { behind: None };
+    let claims = claim_due(&mut j, names.clone(), busy_a, 2, fresh).unwrap();
+    assert_eq!(vendors_of(&claims), ["b"], "b has one job left");
+    // Free slots each run their own job: the least busy vendor each time.
+    let claims = claim_due(&mut j, names, Held::default(), 2, ClaimFor::Slots).unwrap();
+    assert_eq!(vendors_of(&claims), ["a", "a"]);
+}
+
+/// Every slot on "a"'s backlog: a job of "b", which no slot serves, is not left waiting for
+/// that backlog to end. It cuts in, first in line, alone.
+#[test]
+fn a_vendor_no_slot_serves_cuts_in_at_the_next_claim_behind_another() {
+    let (_dir, mut j) = queued(3);
+    let names = vec!["a".to_string(), "b".to_string()];
+    let every_slot_on_a = busy(&[("a", 4)]);
+    let claims = claim_due(&mut j, names.clone(), every_slot_on_a, 3, behind("a")).unwrap();
+    assert_eq!(vendors_of(&claims), ["b"]);
+
+    // In the slot's line it goes before the jobs of "a" already waiting there.
+    let claim = |job: Job| Claim {
+        job,
+        probe: None,
+        pauses: 0,
+        asked_at: Instant::now(),
+    };
+    let a_jobs = claim_due(&mut j, names, busy(&[("b", 1)]), 2, behind("a")).unwrap();
+    assert_eq!(vendors_of(&a_jobs), ["a", "a"]);
+    let mut ahead: VecDeque<Claim> = a_jobs.0.into_iter().map(|(job, _)| claim(job)).collect();
+    let cut_in = claims.0.into_iter().map(|(job, _)| claim(job)).collect();
+    queue_up(&mut ahead, cut_in, Some("a"));
+    let line: Vec<&str> = ahead.iter().map(|c| c.job.vendor.as_str()).collect();
+    assert_eq!(line, ["b", "a", "a"]);
+    // What a claim made behind "a" brings of "a" joins the back, whatever is ahead.
+    let mut ahead: VecDeque<Claim> = ahead.into_iter().take(1).collect();
+    let last_a = claim_due(&mut j, vec!["a".into()], busy(&[("b", 1)]), 1, behind("a"));
+    let last_a = last_a
+        .unwrap()
+        .0
+        .into_iter()
+        .map(|(job, _)| claim(job))
+        .collect();
+    queue_up(&mut ahead, last_a, Some("a"));
+    let line: Vec<&str> = ahead.iter().map(|c| c.job.vendor.as_str()).collect();
+    assert_eq!(line, ["b", "a"]);
+}
+
+/// A bug that panics inside an adapter call ends that call, not the slot: the upload is
+/// answered as unconfirmed (the vendor may hold the file: not sent again by itself), the
+/// delete as a retry, each with the panic's message.
+#[test]
+fn a_panic_inside_an_adapter_call_is_an_outcome_not_a_lost_slot() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let call = || async {
+        // Once pending first, as a real call waiting on the network is.
+        tokio::task::yield_now().await;
+        let answer: &[u8] = b"{\"url\": \"http://x\"}";
+        let end = answer.len() + 3;
+        // A slice past the end: an answer nobody foresaw.
+        let _ = answer[..end].len();
+        Call::new(Outcome::Done(()), Some(200), None)
+    };
+    let upload = runtime.block_on(with_reauth(JobOp::Upload, call));
+    match &upload.outcome {
+        Outcome::Unconfirmed { reason } => {
+            assert!(reason.contains("a bug: please report"), "{reason}");
+            assert!(reason.contains("out of range"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let delete = runtime.block_on(with_reauth(JobOp::Delete, call));
+    assert!(
+        matches!(&delete.outcome, Outcome::Retry { reason, .. } if reason.contains("out of range")),
+        "{:?}",
+        delete.outcome
+    );
+}
+
+/// A reload removed the vendor a slot's queue waits behind: its jobs are not claimed any
+/// more (they wait, queued, for the vendor to come back), so the slot runs dry and ends.
+#[test]
+fn a_queue_behind_a_vendor_no_longer_configured_claims_none_of_its_jobs() {
+    let (_dir, mut j) = queued(2);
+    let only_b = vec!["b".to_string()];
+    let claims = claim_due(&mut j, only_b, busy(&[("b", 1)]), 2, behind("a")).unwrap();
+    assert!(claims.0.is_empty(), "{:?}", vendors_of(&claims));
+}
+
+#[test]
+fn a_claim_held_past_half_its_lease_counts_as_running_out() {
+    let (_dir, mut j) = queued(1);
+    let job = first_job(&mut j);
+    let claim = |held: Duration| Claim {
+        job: job.clone(),
+        probe: None,
+        pauses: 0,
+        asked_at: Instant::now()
+            .checked_sub(held)
+            .unwrap_or_else(Instant::now),
+    };
+    assert!(!claim(Duration::ZERO).lease_running_out());
+    assert!(!claim(Duration::from_secs(14 * 60)).lease_running_out());
+    if Instant::now()
+        .checked_sub(Duration::from_secs(16 * 60))
+        .is_some()
+    {
+        assert!(claim(Duration::from_secs(16 * 60)).lease_running_out());
+    }
+}
+
+/// Claims vendor "a"'s first due job, as the pool does for a free slot.
+fn first_job(j: &mut crate::journal::Journal) -> Job {
+    let names = vec!["a".to_string()];
+    let (jobs, _) = claim_due(j, names, Held::default(), 1, ClaimFor::Slots).unwrap();
+    jobs.into_iter().next().expect("a job is due").0
+}
+
+/// Vendors "a" and "b", configured (Kingdee adapters these tests never call).
+fn vendors_a_and_b() -> Arc<VendorSet> {
+    let kingdee = || {
+        let config = crate::adapters::kingdee::KingdeeConfig {
+            client_id: "1".into(),
+            client_secret: crate::config::Secret::new("s"),
+            app_key: "k".into(),
+            app_secret: crate::config::Secret::new("s"),
+            domain: "d".into(),
+            save_temp: false,
+        };
+        let adapter = crate::adapters::kingdee::Kingdee::new(
+            "http://127.0.0.1:1",
+            config,
+            reqwest::Client::new(),
+            None,
+            None,
+        );
+        Arc::new(Adapter::Kingdee(adapter))
+    };
+    let vendors = Arc::new(VendorSet::default());
+    vendors.replace([("a".into(), kingdee()), ("b".into(), kingdee())].into());
+    vendors
+}
+
+/// A slot on `journal`, with vendors "a" and "b"; and the sender of its stop flag.
+fn slot_on(journal: crate::journal::Journal) -> (Slot, JournalHandle, watch::Sender<bool>) {
+    let journal = JournalHandle::new(journal);
+    let (stopping, stop) = watch::channel(false);
+    let slot = Slot {
+        id: 1,
+        ctx: WorkerContext {
+            journal: journal.clone(),
+            vendors: vendors_a_and_b(),
+            wake: Arc::default(),
+            give_up_after: Duration::from_secs(3600),
+            retry_log: retry_log_throttle(),
+            outages: Arc::default(),
+            heartbeat: Arc::default(),
+        },
+        running: Arc::default(),
+        stop,
+    };
+    (slot, journal, stopping)
+}
+
+#[test]
+fn a_slots_job_is_held_until_its_outcome_is_committed() {
+    let (_dir, mut j) = queued(2);
+    let job = first_job(&mut j);
+    let b_names = vec!["b".to_string()];
+    let (b_jobs, _) = claim_due(&mut j, b_names, Held::default(), 1, ClaimFor::Slots).unwrap();
+    let (slot, _journal, _stopping) = slot_on(j);
+    slot.running.hold(slot.id, &job);
+    // Another slot serves "b", so this one's claim is for "a" alone.
+    slot.running.hold(slot.id + 1, &b_jobs[0].0);
+    // Its vendor paused: the outcome puts the job back in the queue, due at once. The claim
+    // submitted behind that outcome passes over it all the same: the slot still held it.
+    let decided = Decided {
+        job: job.clone(),
+        result: JobResult::Release,
+        attempt: None,
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _inside = runtime.enter();
+    let recording = slot.record(decided, 2, Some("a".into()));
+    assert!(
+        slot.running.held().jobs.contains(&job.id),
+        "held until settled"
+    );
+    let Settled::Recorded(next) = runtime.block_on(slot.settle(recording, true)) else {
+        panic!("the outcome was recorded");
+    };
+    let ids: Vec<i64> = next.iter().map(|c| c.job.id).collect();
+    assert_eq!(ids.len(), 1, "only the other job: {ids:?}");
+    assert_ne!(ids[0], job.id);
+    assert_eq!(next[0].job.vendor, "a");
+    let held = slot.running.held().jobs;
+    assert!(
+        !held.contains(&job.id) && held.contains(&ids[0]),
+        "{held:?}"
+    );
+    // A slot that ends, however it ends, lets go of what it held (and only that).
+    let running = Arc::clone(&slot.running);
+    drop(slot);
+    assert_eq!(
+        running.held().jobs,
+        HashSet::from([b_jobs[0].0.id]),
+        "the other slot's job stays held"
+    );
+}
+
+#[test]
+fn a_job_whose_outcome_waits_for_a_locked_journal_stays_held_until_it_is_written() {
+    let (dir, mut j) = queued(2);
+    let job = first_job(&mut j);
+    j.set_busy_timeout(Duration::from_millis(50));
+    let (slot, _journal, _stopping) = slot_on(j);
+    slot.running.hold(slot.id, &job);
+    // Another process holds the journal for longer than a write waits for it.
+    let other = rusqlite::Connection::open(dir.path().join("j.sqlite3")).unwrap();
+    other.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let running = Arc::clone(&slot.running);
+    let (id, unlock) = (
+        job.id,
+        std::thread::spawn(move || {
+            // Long enough for a loaded machine to reach the first write meanwhile.
+            std::thread::sleep(Duration::from_millis(1000));
+            let meanwhile = running.held().jobs;
+            std::thread::sleep(Duration::from_millis(1000));
+            other.execute_batch("COMMIT").unwrap();
+            meanwhile
+        }),
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _inside = runtime.enter();
+    let decided = Decided {
+        job,
+        result: JobResult::Release,
+        attempt: None,
+    };
+    let recording = slot.record(decided, 1, Some("a".into()));
+    let settled = runtime.block_on(slot.settle(recording, true));
+    assert!(
+        matches!(settled, Settled::Retried),
+        "the first write failed"
+    );
+    let meanwhile = unlock.join().unwrap();
+    // Held while its outcome was being retried, so no claim could give it out again.
+    assert!(meanwhile.contains(&id), "{meanwhile:?}");
+    assert!(slot.running.held().jobs.is_empty(), "let go once written");
+}
+
+#[test]
+fn a_job_put_back_while_the_journal_is_locked_is_queued_once_the_lock_is_gone() {
+    let (dir, mut j) = queued(1);
+    let names = vec!["a".to_string()];
+    let claim = Claim {
+        job: first_job(&mut j),
+        probe: None,
+        pauses: 0,
+        asked_at: Instant::now(),
+    };
+    j.set_busy_timeout(Duration::from_millis(50));
+    let (slot, journal, _stopping) = slot_on(j);
+    slot.running.hold(slot.id, &claim.job);
+    // Another process holds the journal for longer than a write waits for it.
+    let other = rusqlite::Connection::open(dir.path().join("j.sqlite3")).unwrap();
+    other.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let unlock = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(600));
+        other.execute_batch("COMMIT").unwrap();
+    });
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let running = Arc::clone(&slot.running);
+    let watcher = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        running.held().jobs
+    });
+    runtime.block_on(slot.put_back(&claim));
+    unlock.join().unwrap();
+    let meanwhile = watcher.join().unwrap();
+    assert!(
+        meanwhile.contains(&claim.job.id),
+        "held while not yet put back"
+    );
+    assert!(slot.running.held().jobs.is_empty(), "let go once put back");
+    // Back in the queue, not left `running` until its lease ran out: given out again at once.
+    let again = runtime
+        .block_on(journal.write(move |j| claim_due(j, names, Held::default(), 1, ClaimFor::Slots)));
+    let (jobs, _) = again.unwrap();
+    assert_eq!(jobs.len(), 1, "the job put back is due again");
+    assert_eq!(jobs[0].0.id, claim.job.id);
+}
+
+#[test]
+fn a_job_a_slot_still_holds_is_not_given_out_again_when_its_lease_ran_out() {
+    let (_dir, mut j) = queued(2);
+    let names = vec!["a".to_string()];
+    // A slot's job whose lease ran out while its outcome could not be written.
+    let Some(Claimed::Job(stuck)) = j.claim(&names, 1).unwrap() else {
+        panic!("a job is due");
+    };
+    std::thread::sleep(Duration::from_millis(5));
+    let held = Held {
+        jobs: HashSet::from([stuck.id]),
+        ..Held::default()
+    };
+    let (jobs, _) = claim_due(&mut j, names.clone(), held, 2, ClaimFor::Slots).unwrap();
+    let ids: Vec<i64> = jobs.iter().map(|(job, _)| job.id).collect();
+    assert_eq!(ids.len(), 1, "the other job only: {ids:?}");
+    assert_ne!(ids[0], stuck.id);
+    // Held by nobody, a job whose lease ran out is given out again (a slot that panicked).
+    let (_dir, mut j) = queued(1);
+    let Some(Claimed::Job(lost)) = j.claim(&names, 1).unwrap() else {
+        panic!("a job is due");
+    };
+    std::thread::sleep(Duration::from_millis(5));
+    let (jobs, _) = claim_due(&mut j, names, Held::default(), 1, ClaimFor::Slots).unwrap();
+    assert_eq!(jobs[0].0.id, lost.id);
+}
+
+/// Twins (the same bytes) wait for the upload of the first, to reuse its copy: also while
+/// that upload's lease has run out but its slot still holds it (its outcome waiting for a
+/// journal unwritable that long), or the bytes would be sent twice.
+#[test]
+fn a_twin_waits_for_a_held_upload_of_its_bytes_even_past_its_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut j = crate::journal::Journal::open(&dir.path().join("j.sqlite3")).unwrap();
+    let sha = "f".repeat(64);
+    observe(&mut j, "a", 0, &sha);
+    observe(&mut j, "a", 1, &sha);
+    let names = vec!["a".to_string()];
+    let Some(Claimed::Job(first)) = j.claim(&names, 1).unwrap() else {
+        panic!("a job is due");
+    };
+    std::thread::sleep(Duration::from_millis(5));
+    let held = Held {
+        jobs: HashSet::from([first.id]),
+        ..Held::default()
+    };
+    let (jobs, _) = claim_due(&mut j, names, held, 1, ClaimFor::Slots).unwrap();
+    assert!(jobs.is_empty(), "the twin was given out: {:?}", jobs[0].0);
+}
+
+#[test]
+fn free_slots_share_the_vendors_out() {
+    let (_dir, mut j) = queued(3);
+    let names = vec!["a".to_string(), "b".to_string()];
+    let claims = claim_due(&mut j, names, Held::default(), 4, ClaimFor::Slots).unwrap();
+    let mut vendors = vendors_of(&claims);
+    vendors.sort();
+    assert_eq!(vendors, ["a", "a", "b", "b"]);
+}
+
+#[test]
+fn backoff_honours_the_vendors_hint() {
+    assert!(backoff(0, Some(Duration::from_secs(60))) >= Duration::from_secs(60));
+}
