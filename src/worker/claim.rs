@@ -10,13 +10,15 @@ use crate::journal::{Claimed, Job, now_ms, path_text};
 
 use super::WorkerContext;
 use super::holdings::Held;
+
 /// A claimed job stays ours this long. It may wait behind its slot's transfers before its own runs,
 /// and each is bounded by a few request timeouts (two minutes each), so this is well past both:
 /// a job taken again while a slot still holds it would be sent twice. The lease only gives back
 /// jobs this daemon lost track of; a start requeues a crashed daemon's at once. A job a slot
-/// holds is never given out again by a claim, lease or not ([`Holdings`](super::holdings::Holdings)); a claim answered only
-/// after half the lease is not taken up.
-pub(super) const LEASE_MS: i64 = 30 * 60 * 1000;
+/// holds is never given out again by a claim, lease or not
+/// ([`Holdings`](super::holdings::Holdings)); a claim answered only after half the lease is not
+/// taken up.
+const LEASE_MS: i64 = 30 * 60 * 1000;
 
 /// Up to `want` due jobs, in one journal write, each of the least busy vendor that has one due and
 /// is not paused (or whose probe is due). A job of a paused vendor is its probe: the next probe is
@@ -106,8 +108,9 @@ pub(super) fn claim_due(
             Some((Claimed::Job(job), probe)) => {
                 *in_flight.entry(job.vendor.clone()).or_default() += 1;
                 if queue && behind.as_ref().is_some_and(|vendor| *vendor != job.vendor) {
-                    // It cuts in: first in line, and the last claimed for this slot now.
-                    jobs.insert(0, (job, probe));
+                    // It cuts in ([`queue_up`] puts it first in line): the last claimed for this
+                    // slot now.
+                    jobs.push((job, probe));
                     break;
                 }
                 if queue {
@@ -126,7 +129,8 @@ pub(super) struct Claim {
     pub(super) job: Job,
     /// The probe interval, when the job is a paused vendor's probe.
     pub(super) probe: Option<Duration>,
-    /// [`Outages::pauses`](super::Outages::pauses) when the claim was asked for: a pause since then puts the job back.
+    /// [`Outages::pauses`](super::Outages::pauses) when the claim was asked for: a pause since
+    /// then puts the job back.
     pub(super) pauses: u64,
     /// When the claim was asked for, so before its lease began.
     pub(super) asked_at: Instant,
@@ -156,7 +160,7 @@ pub(super) fn queue_up(ahead: &mut VecDeque<Claim>, next: Vec<Claim>, behind: Op
 
 /// The next due job of `names` (tried in order: the least busy vendor first, so one vendor's
 /// backlog never starves another), with the probe interval when it is a paused vendor's probe.
-pub(super) fn claim_one(
+fn claim_one(
     j: &mut crate::journal::Journal,
     names: Vec<String>,
     held: &HashSet<i64>,
@@ -185,7 +189,7 @@ pub(super) fn claim_one(
     Ok(Some((claimed, probe)))
 }
 
-pub(super) fn log_settled(settled: &Claimed) {
+fn log_settled(settled: &Claimed) {
     match settled {
         Claimed::Reused { path, reference } => info!(
             path = %path_text::shown(path), remote = %reference,

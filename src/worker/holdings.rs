@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use crate::journal::Job;
 
 use super::lock;
+
 /// Which slot holds which job: claimed, in transfer, or with its outcome not yet committed. No
 /// claim gives out a job held here, even one whose lease ran out (a journal unwritable for that
 /// long), so it is never sent by two slots. A slot's jobs leave with it however it ends, a panic

@@ -24,8 +24,8 @@ use crate::throttle::LogThrottle;
 use self::claim::claim;
 use self::holdings::Holdings;
 use self::slot::Slot;
+
 pub use outages::Outages;
-pub use process::backoff;
 
 /// In-flight transfers get this long to finish at shutdown before they are released to the queue.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);

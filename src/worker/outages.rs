@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use super::lock;
+
 /// After this many calls in a row fail for want of an answer (network, timeout, 5xx), the vendor
 /// is taken as down: its jobs wait behind one probe instead of each being tried in turn.
 pub(super) const OUTAGE_AFTER: u32 = 5;
@@ -32,7 +33,8 @@ impl Outages {
         }
     }
 
-    /// Pauses made so far: taken before a claim, to ask [`Outages::paused_since`] before its job runs.
+    /// Pauses made so far: taken before a claim, to ask [`Outages::paused_since`] before its job
+    /// runs.
     pub(super) fn pauses(&self) -> u64 {
         lock(&self.pauses).0
     }

@@ -14,9 +14,10 @@ use crate::watch::examine::{ReadError, read_regular, sha256_hex};
 
 use super::WorkerContext;
 use super::outages::OUTAGE_AFTER;
-pub(super) const FIRST_PROBE: Duration = Duration::from_secs(30);
 
-pub(super) const MAX_PROBE: Duration = Duration::from_secs(30 * 60);
+const FIRST_PROBE: Duration = Duration::from_secs(30);
+
+const MAX_PROBE: Duration = Duration::from_secs(30 * 60);
 
 pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
 
@@ -213,7 +214,7 @@ pub(super) async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duratio
 }
 
 /// Pauses the vendor: its jobs stay queued behind one probe, tried at growing intervals.
-pub(super) async fn pause(
+async fn pause(
     ctx: &WorkerContext,
     vendor: &str,
     path: &str,
@@ -246,7 +247,7 @@ pub(super) async fn pause(
 /// A vendor that has not answered several calls in a row (or whose probe went unanswered) is
 /// down: the call's retry becomes a pause, so the backlog waits behind one probe with growing
 /// intervals instead of being tried job by job.
-pub(super) fn circuit_breaker<T>(
+fn circuit_breaker<T>(
     ctx: &WorkerContext,
     vendor: &str,
     probe: Option<Duration>,
@@ -271,13 +272,13 @@ where
 }
 
 /// An upload that ended before the vendor was called.
-pub(super) struct Early {
+struct Early {
     pub(super) result: JobResult,
     pub(super) attempt: Attempt,
 }
 
 /// Reads the file, checks it is still the content that was queued, and sends it.
-pub(super) async fn upload(
+async fn upload(
     ctx: &WorkerContext,
     adapter: &Adapter,
     job: &Job,
@@ -343,7 +344,7 @@ where
 /// call, not the slot with every job it holds: it is answered like an answer that cannot be
 /// read. For an upload that means the vendor may hold the file, so it is not sent again by
 /// itself (the file fails with that advice, the vendor waits behind a probe); a delete is retried.
-pub(super) async fn guarded<T>(op: JobOp, call: impl Future<Output = Call<T>>) -> Call<T> {
+async fn guarded<T>(op: JobOp, call: impl Future<Output = Call<T>>) -> Call<T> {
     let panic = match CatchUnwind(Box::pin(call)).await {
         Ok(call) => return call,
         Err(panic) => panic,
@@ -370,7 +371,7 @@ pub(super) async fn guarded<T>(op: JobOp, call: impl Future<Output = Call<T>>) -
 }
 
 /// A future whose panic is caught and returned, as `std::panic::catch_unwind` does for a call.
-pub(super) struct CatchUnwind<F: Future>(Pin<Box<F>>);
+struct CatchUnwind<F: Future>(Pin<Box<F>>);
 
 impl<F: Future> Future for CatchUnwind<F> {
     type Output = std::thread::Result<F::Output>;
@@ -388,7 +389,7 @@ impl<F: Future> Future for CatchUnwind<F> {
     }
 }
 
-pub(super) async fn resume(ctx: &WorkerContext, vendor: &str) {
+async fn resume(ctx: &WorkerContext, vendor: &str) {
     let v = vendor.to_string();
     let resumed = ctx
         .journal
@@ -407,7 +408,7 @@ pub(super) async fn resume(ctx: &WorkerContext, vendor: &str) {
 }
 
 /// Exponential backoff with jitter from 2 s to 15 min; never sooner than the vendor asked.
-pub fn backoff(attempts: u32, hint: Option<Duration>) -> Duration {
+pub(super) fn backoff(attempts: u32, hint: Option<Duration>) -> Duration {
     let exponential = Duration::from_secs(2)
         .saturating_mul(1u32 << attempts.min(10))
         .min(MAX_BACKOFF);
@@ -415,6 +416,6 @@ pub fn backoff(attempts: u32, hint: Option<Duration>) -> Duration {
     hint.map_or(jittered, |h| h.max(jittered))
 }
 
-pub(super) fn round(d: Duration) -> Duration {
+fn round(d: Duration) -> Duration {
     Duration::from_secs(d.as_secs().max(1))
 }

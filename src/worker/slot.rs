@@ -15,10 +15,11 @@ use super::WorkerContext;
 use super::claim::{Claim, ClaimFor, Claims, claim_due, claimed, queue_up};
 use super::holdings::Holdings;
 use super::process::{Decided, process};
+
 /// How many claimed jobs a slot keeps waiting behind the one it runs. A slot's outcomes are
 /// written as soon as they are known and it does not wait for their commits, so up to `AHEAD + 1`
 /// of them may be on their way at once: the journal's groups grow with the load.
-pub(super) const AHEAD: usize = 2;
+const AHEAD: usize = 2;
 
 /// A slot's outcome, submitted to the journal, with the claim submitted right behind it.
 pub(super) struct Recording {
@@ -40,7 +41,7 @@ impl Recording {
     /// Whether the outcome is committed and its claim brought a job that cut in (of another
     /// vendor than the one it was made behind); the answers are taken in if they have come,
     /// without waiting.
-    pub(super) fn brought_cut_in(&mut self) -> bool {
+    fn brought_cut_in(&mut self) -> bool {
         let (Some(behind), Some(claim)) = (self.behind.as_deref(), self.claim.as_mut()) else {
             return false;
         };
@@ -58,12 +59,12 @@ pub(super) enum Answer<T> {
 }
 
 impl<T> Answer<T> {
-    pub(super) fn coming(future: impl Future<Output = T> + Send + 'static) -> Answer<T> {
+    fn coming(future: impl Future<Output = T> + Send + 'static) -> Answer<T> {
         Answer::Coming(Box::pin(future))
     }
 
     /// Takes the answer in if it has come, without waiting for it.
-    pub(super) fn arrived(&mut self) -> bool {
+    fn arrived(&mut self) -> bool {
         let Answer::Coming(future) = self else {
             return true;
         };
@@ -159,7 +160,7 @@ impl Slot {
     /// Settles `recording`: the jobs claimed with it join `ahead`. If its outcome could not be
     /// written at the first try, the jobs claimed behind it (in `recordings`) are not run while
     /// it was unrecorded, and go back to the queue.
-    pub(super) async fn settle_into(
+    async fn settle_into(
         &self,
         recording: Recording,
         ahead: &mut VecDeque<Claim>,
@@ -336,7 +337,7 @@ impl Slot {
 /// The waits between tries of a write the journal refused (locked by another process, disk
 /// full): 250 ms, doubling up to 30 s, so a journal back soon is used soon and one that stays
 /// unwritable is not hammered.
-pub(super) struct JournalBackoff(Duration);
+struct JournalBackoff(Duration);
 
 impl Default for JournalBackoff {
     fn default() -> Self {
@@ -345,7 +346,7 @@ impl Default for JournalBackoff {
 }
 
 impl JournalBackoff {
-    pub(super) async fn wait(&mut self) {
+    async fn wait(&mut self) {
         tokio::time::sleep(self.0).await;
         self.0 = (self.0 * 2).min(Duration::from_secs(30));
     }
