@@ -228,10 +228,8 @@ fn a_secret_file_under_credentials_directory_is_read_when_systemd_sets_it() {
     std::fs::write(&h.config_path, text).unwrap();
 
     let out = h
-        .command()
+        .cli_command()
         .env("CREDENTIALS_DIRECTORY", &credentials)
-        .arg("-c")
-        .arg(&h.config_path)
         .args(["check", "--online"])
         .output()
         .unwrap();
@@ -243,10 +241,8 @@ fn a_secret_file_under_credentials_directory_is_read_when_systemd_sets_it() {
     );
 
     let out = h
-        .command()
+        .cli_command()
         .env_remove("CREDENTIALS_DIRECTORY")
-        .arg("-c")
-        .arg(&h.config_path)
         .arg("check")
         .output()
         .unwrap();

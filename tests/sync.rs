@@ -559,14 +559,7 @@ fn a_name_that_is_not_utf8_is_synced_renamed_and_removed_like_any_other() {
     assert!(h.log().contains(&shown), "{}", h.log());
     let files = h.cli(&["files"]);
     assert!(String::from_utf8_lossy(&files.stdout).contains(&shown));
-    let history = h
-        .command()
-        .arg("-c")
-        .arg(&h.config_path)
-        .arg("history")
-        .arg(&photo)
-        .output()
-        .unwrap();
+    let history = h.cli_command().arg("history").arg(&photo).output().unwrap();
     assert!(history.status.success(), "{history:?}");
     assert!(String::from_utf8_lossy(&history.stdout).starts_with(&shown));
 

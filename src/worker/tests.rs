@@ -384,29 +384,37 @@ fn a_job_put_back_while_the_journal_is_locked_is_queued_once_the_lock_is_gone() 
     assert_eq!(jobs[0].0.id, claim.job.id);
 }
 
+/// The first due job of `names`, claimed with a lease that has run out since.
+fn claimed_past_its_lease(j: &mut crate::journal::Journal, names: &[String]) -> Job {
+    let Some(Claimed::Job(job)) = j.claim(names, 1).unwrap() else {
+        panic!("a job is due");
+    };
+    std::thread::sleep(Duration::from_millis(5));
+    job
+}
+
+/// A slot holding job `id`.
+fn holding(id: i64) -> Held {
+    Held {
+        jobs: HashSet::from([id]),
+        ..Held::default()
+    }
+}
+
 #[test]
 fn a_job_a_slot_still_holds_is_not_given_out_again_when_its_lease_ran_out() {
     let (_dir, mut j) = queued(2);
     let names = vec!["a".to_string()];
     // A slot's job whose lease ran out while its outcome could not be written.
-    let Some(Claimed::Job(stuck)) = j.claim(&names, 1).unwrap() else {
-        panic!("a job is due");
-    };
-    std::thread::sleep(Duration::from_millis(5));
-    let held = Held {
-        jobs: HashSet::from([stuck.id]),
-        ..Held::default()
-    };
+    let stuck = claimed_past_its_lease(&mut j, &names);
+    let held = holding(stuck.id);
     let (jobs, _) = claim_due(&mut j, names.clone(), held, 2, ClaimFor::Slots).unwrap();
     let ids: Vec<i64> = jobs.iter().map(|(job, _)| job.id).collect();
     assert_eq!(ids.len(), 1, "the other job only: {ids:?}");
     assert_ne!(ids[0], stuck.id);
     // Held by nobody, a job whose lease ran out is given out again (a slot that panicked).
     let (_dir, mut j) = queued(1);
-    let Some(Claimed::Job(lost)) = j.claim(&names, 1).unwrap() else {
-        panic!("a job is due");
-    };
-    std::thread::sleep(Duration::from_millis(5));
+    let lost = claimed_past_its_lease(&mut j, &names);
     let (jobs, _) = claim_due(&mut j, names, Held::default(), 1, ClaimFor::Slots).unwrap();
     assert_eq!(jobs[0].0.id, lost.id);
 }
@@ -422,15 +430,8 @@ fn a_twin_waits_for_a_held_upload_of_its_bytes_even_past_its_lease() {
     observe(&mut j, "a", 0, &sha);
     observe(&mut j, "a", 1, &sha);
     let names = vec!["a".to_string()];
-    let Some(Claimed::Job(first)) = j.claim(&names, 1).unwrap() else {
-        panic!("a job is due");
-    };
-    std::thread::sleep(Duration::from_millis(5));
-    let held = Held {
-        jobs: HashSet::from([first.id]),
-        ..Held::default()
-    };
-    let (jobs, _) = claim_due(&mut j, names, held, 1, ClaimFor::Slots).unwrap();
+    let first = claimed_past_its_lease(&mut j, &names);
+    let (jobs, _) = claim_due(&mut j, names, holding(first.id), 1, ClaimFor::Slots).unwrap();
     assert!(jobs.is_empty(), "the twin was given out: {:?}", jobs[0].0);
 }
 

@@ -319,12 +319,17 @@ impl Harness {
     }
 
     pub fn cli(&self, args: &[&str]) -> Output {
-        self.command()
-            .arg("-c")
-            .arg(&self.config_path)
+        self.cli_command()
             .args(args)
             .output()
             .expect("run imgsyncd")
+    }
+
+    /// `imgsyncd -c <config>`, for arguments or an environment [`Harness::cli`] does not take.
+    pub fn cli_command(&self) -> Command {
+        let mut command = self.command();
+        command.arg("-c").arg(&self.config_path);
+        command
     }
 
     /// `files --json`, or nothing before the journal exists.
