@@ -3,6 +3,8 @@
 // Each bench is a crate of its own and uses only some of these.
 #![allow(dead_code)]
 
+pub mod lifecycle;
+
 /// `png` with a tEXt chunk carrying `text` put right after IHDR: another text, other bytes, the
 /// same pixels (no re-encoding per file).
 pub fn with_text(png: &[u8], text: &str) -> Vec<u8> {
