@@ -10,8 +10,10 @@
 
 use std::time::{Duration, Instant};
 
-use imgsyncd::journal::{FileStamp, Journal, JournalHandle, Observation};
+use imgsyncd::journal::{Journal, JournalHandle};
 use imgsyncd::watch::examine::{read_regular, sha256_hex};
+
+mod common;
 
 const FILES: usize = 100_000;
 const BATCH: usize = 256;
@@ -25,33 +27,8 @@ fn enqueue() {
         for first in (0..FILES).step_by(BATCH) {
             journal
                 .write(move |j| {
-                    for i in first..(first + BATCH).min(FILES) {
-                        let (path, sha) =
-                            (format!("/drop/d{}/p{i}.png", i / 1000), format!("{i:064x}"));
-                        j.observe(
-                            &Observation {
-                                path: &path,
-                                watch_root: "/drop",
-                                vendor: "erp",
-                                kind: "kingdee",
-                                stamp: FileStamp {
-                                    size: 1000,
-                                    mtime_ns: i as i64,
-                                    ctime_ns: i as i64,
-                                    inode: i as u64,
-                                    dev: 1,
-                                },
-                                sha256: &sha,
-                                format: "png",
-                                width: 8,
-                                height: 8,
-                                delete_unused: true,
-                                reuse_copies: true,
-                            },
-                            &|_| false,
-                        )?;
-                    }
-                    Ok(())
+                    (first..(first + BATCH).min(FILES))
+                        .try_for_each(|i| common::lifecycle::observe(j, i))
                 })
                 .await
                 .unwrap();

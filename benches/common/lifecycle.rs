@@ -86,7 +86,8 @@ pub fn lifecycle(n: usize) -> Floor {
     })
 }
 
-fn observe(j: &mut Journal, i: usize) -> journal::Result<()> {
+/// Records file `i` (`/drop/d…/p{i}.png`, bytes of its own) as the watch does.
+pub fn observe(j: &mut Journal, i: usize) -> journal::Result<()> {
     let (path, sha256) = (format!("/drop/d{}/p{i}.png", i / 1000), format!("{i:064x}"));
     j.observe(
         &Observation {
