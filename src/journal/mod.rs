@@ -39,11 +39,42 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0003_remote_copies.sql"),
     include_str!("../../migrations/0004_drop_jobs_ready.sql"),
     include_str!("../../migrations/0005_path_text.sql"),
+    include_str!("../../migrations/0006_value_checks.sql"),
 ];
 
 /// The schema from which paths are written by [`path_text`]; migrating to it rewrites the paths
 /// stored before.
 const PATHS_AS_TEXT: usize = 5;
+
+/// The schema from which no CHECK constraint lists more than two values; migrating to it rewrites
+/// the table definitions.
+const VALUE_CHECKS: usize = 6;
+
+/// Each CHECK of more than two values as schema 1 wrote it, and as comparisons that allow the same
+/// values (NULL too: both forms are NULL for it, which a CHECK lets through).
+const VALUE_CHECK_REWRITES: [(&str, &str, &str); 4] = [
+    (
+        "files",
+        "state IN ('pending', 'synced', 'rejected', 'failed', 'removed')",
+        "state = 'pending' OR state = 'synced' OR state = 'rejected' OR state = 'failed' \
+         OR state = 'removed'",
+    ),
+    (
+        "files",
+        "removal IN ('delete', 'keep', 'held')",
+        "removal = 'delete' OR removal = 'keep' OR removal = 'held'",
+    ),
+    (
+        "jobs",
+        "op IN ('upload', 'delete', 'delete_old')",
+        "op = 'upload' OR op = 'delete' OR op = 'delete_old'",
+    ),
+    (
+        "remote_copies",
+        "state IN ('live', 'deleting', 'deleted')",
+        "state = 'live' OR state = 'deleting' OR state = 'deleted'",
+    ),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -172,6 +203,25 @@ fn rewrite_paths_as_text(tx: &Connection) -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// Schema 6: every CHECK in [`VALUE_CHECK_REWRITES`] edited in place in the table definitions
+/// (SQLite compiles an IN list of more than two values into a temporary b-tree built for each row
+/// checked). The schema's version is raised so that every connection reads the definitions again.
+fn rewrite_value_checks(tx: &Connection) -> Result<()> {
+    let version: i64 = tx.query_row("PRAGMA schema_version", [], |r| r.get(0))?;
+    tx.execute_batch("PRAGMA writable_schema = ON")?;
+    for (table, listed, compared) in VALUE_CHECK_REWRITES {
+        tx.execute(
+            "UPDATE sqlite_schema SET sql = replace(sql, ?2, ?3)
+             WHERE type = 'table' AND name = ?1",
+            rusqlite::params![table, listed, compared],
+        )?;
+    }
+    tx.pragma_update(None, "schema_version", version + 1)?;
+    // RESET: no more writing, and this connection reads the definitions again too.
+    tx.execute_batch("PRAGMA writable_schema = RESET")?;
     Ok(())
 }
 
@@ -334,6 +384,9 @@ impl Journal {
             tx.execute_batch(sql)?;
             if index + 1 == PATHS_AS_TEXT {
                 rewrite_paths_as_text(&tx)?;
+            }
+            if index + 1 == VALUE_CHECKS {
+                rewrite_value_checks(&tx)?;
             }
             tx.pragma_update(None, "user_version", index as i64 + 1)?;
         }

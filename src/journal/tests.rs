@@ -725,6 +725,117 @@ fn a_schema_4_path_holding_an_escape_character_is_rewritten_to_read_back_as_itse
     assert_eq!(state_of(&j, "/w/plain.png").state, "synced");
 }
 
+/// The table definitions as the journal holds them.
+fn table_sql(j: &Journal, table: &str) -> String {
+    j.conn
+        .query_row(
+            "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+            [table],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+#[test]
+fn no_check_lists_more_than_two_values_and_each_still_refuses_what_it_refused() {
+    let mut f = fixture();
+    for (table, listed, compared) in super::VALUE_CHECK_REWRITES {
+        let sql = table_sql(&f.journal, table);
+        assert!(
+            !sql.contains(listed) && sql.contains(compared),
+            "{table}: {sql}"
+        );
+    }
+    let j = &mut f.journal;
+    j.observe(&obs("/w/a.png", "aa"), ABSENT).unwrap();
+    let refused = |sql: &str| {
+        let e = j.conn.execute(sql, []).unwrap_err().to_string();
+        assert!(e.contains("CHECK constraint failed"), "{sql}: {e}");
+    };
+    refused("UPDATE files SET state = 'lost'");
+    refused("UPDATE files SET removal = 'maybe'");
+    refused("UPDATE jobs SET op = 'copy'");
+    refused(
+        "INSERT INTO remote_copies (vendor, kind, remote_ref, state, created_at)
+         VALUES ('erp', 'kingdee', 'https://img/9.png', 'gone', 1)",
+    );
+    // What the checks allow, NULL among it, is still allowed.
+    j.conn
+        .execute_batch(
+            "UPDATE files SET state = 'removed', removal = 'held';
+             UPDATE files SET removal = NULL; UPDATE jobs SET op = 'delete_old';
+             INSERT INTO remote_copies (vendor, kind, remote_ref, state, created_at)
+             VALUES ('erp', 'kingdee', 'https://img/9.png', 'deleting', 1);",
+        )
+        .unwrap();
+}
+
+#[test]
+fn recording_a_file_builds_no_temporary_btree() {
+    let f = fixture();
+    // What an IN list of more than two values compiles to, once per row checked.
+    for insert in [
+        "INSERT INTO files (path, watch_root, vendor, kind, state, created_at, updated_at)
+         VALUES ('/w/a.png', '/w', 'erp', 'kingdee', 'pending', 1, 1)",
+        "INSERT INTO jobs (file_id, op, vendor, state, not_before, created_at)
+         VALUES (1, 'upload', 'erp', 'queued', 1, 1)",
+        "INSERT INTO remote_copies (vendor, kind, remote_ref, state, created_at)
+         VALUES ('erp', 'kingdee', 'https://img/1.png', 'live', 1)",
+    ] {
+        let mut stmt = f
+            .journal
+            .conn
+            .prepare(&format!("EXPLAIN {insert}"))
+            .unwrap();
+        let ops: Vec<String> = stmt
+            .query_map([], |r| r.get(1))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert!(
+            !ops.iter().any(|op| op == "OpenEphemeral"),
+            "{insert}: {ops:?}"
+        );
+    }
+}
+
+#[test]
+fn a_schema_5_journal_keeps_its_rows_and_gets_the_new_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.sqlite3");
+    {
+        let conn = Connection::open(&path).unwrap();
+        for sql in &MIGRATIONS[..5] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 5).unwrap();
+        conn.execute_batch(
+            "INSERT INTO files (path, watch_root, vendor, kind, state, size, mtime_ns, sha256,
+               format, created_at, updated_at)
+             VALUES ('/w/a.png', '/w', 'erp', 'kingdee', 'pending', 1, 1, 'aa', 'png', 1, 1);
+             INSERT INTO jobs (file_id, op, vendor, sha256, state, not_before, created_at)
+             VALUES (1, 'upload', 'erp', 'aa', 'queued', 0, 1);",
+        )
+        .unwrap();
+    }
+    let mut j = Journal::open(&path).unwrap();
+    assert_eq!(j.schema_version().unwrap(), MIGRATIONS.len() as i64);
+    assert!(table_sql(&j, "files").contains("state = 'pending' OR state = 'synced'"));
+    let quick: String = j
+        .conn
+        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(quick, "ok");
+    let job = claim(&mut j).expect("the queued upload is still there");
+    j.finish(&job, &uploaded("https://img/1.png"), None)
+        .unwrap();
+    assert_eq!(state_of(&j, "/w/a.png").state, "synced");
+    drop(j);
+    // A reader opened afterwards sees the same schema.
+    let reader = Journal::open_read_only(&path).unwrap();
+    assert_eq!(state_of(&reader, "/w/a.png").state, "synced");
+}
+
 #[test]
 fn the_read_only_journal_reads_and_refuses_to_write() {
     let mut f = fixture();
