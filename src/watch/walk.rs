@@ -5,7 +5,7 @@ use std::ffi::OsStr;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, Mode, OFlags, StatxFlags};
+use rustix::fs::{AtFlags, Mode, OFlags};
 use tracing::warn;
 use walkdir::WalkDir;
 
@@ -117,8 +117,11 @@ pub fn in_batches(
         if let Some(stamp) = stamp_in_folder(&mut folder, entry.path()) {
             batch.push((entry.into_path(), stamp));
         }
-        if batch.len() >= size && !take(std::mem::take(&mut batch)) {
-            collecting = false;
+        if batch.len() >= size {
+            collecting = take(std::mem::take(&mut batch));
+            // `take` may wait: a folder renamed meanwhile is opened again by its path, so no
+            // file is stamped under a path it no longer has.
+            folder = None;
         }
     }
     if collecting && !batch.is_empty() {
@@ -148,17 +151,17 @@ fn stamp_in_folder(folder: &mut Option<OpenFolder>, path: &Path) -> Option<Stamp
     stamp_at(&folder.as_ref()?.fd, name)
 }
 
-/// The stamp `examine::stamp` makes of `std::fs::Metadata`, from the same statx call std makes.
+/// The stamp `examine::stamp` makes of `std::fs::Metadata`, from `fstatat`, which every kernel
+/// and seccomp filter allows (std itself falls back to it where `statx` is refused). The kernel's
+/// `st_dev` is the `makedev` std computes from `statx`: a major number has twelve bits.
 fn stamp_at(folder: &OwnedFd, name: &OsStr) -> Option<Stamp> {
-    let flags = AtFlags::SYMLINK_NOFOLLOW | AtFlags::STATX_SYNC_AS_STAT;
-    let st = rustix::fs::statx(folder, name, flags, StatxFlags::BASIC_STATS).ok()?;
-    let ns = |t: rustix::fs::StatxTimestamp| t.tv_sec * 1_000_000_000 + i64::from(t.tv_nsec);
+    let st = rustix::fs::statat(folder, name, AtFlags::SYMLINK_NOFOLLOW).ok()?;
     Some(Stamp {
-        size: st.stx_size,
-        mtime_ns: ns(st.stx_mtime),
-        ctime_ns: ns(st.stx_ctime),
-        inode: st.stx_ino,
-        dev: rustix::fs::makedev(st.stx_dev_major, st.stx_dev_minor),
+        size: st.st_size as u64,
+        mtime_ns: st.st_mtime as i64 * 1_000_000_000 + st.st_mtime_nsec as i64,
+        ctime_ns: st.st_ctime as i64 * 1_000_000_000 + st.st_ctime_nsec as i64,
+        inode: st.st_ino as u64,
+        dev: st.st_dev as u64,
     })
 }
 
