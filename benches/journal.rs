@@ -16,24 +16,13 @@ use imgsyncd::watch::examine::{read_regular, sha256_hex};
 mod common;
 
 const FILES: usize = 100_000;
-const BATCH: usize = 256;
 
 fn enqueue() {
     let dir = tempfile::tempdir().unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let journal = JournalHandle::new(Journal::open(&dir.path().join("journal.sqlite3")).unwrap());
     let started = Instant::now();
-    runtime.block_on(async {
-        for first in (0..FILES).step_by(BATCH) {
-            journal
-                .write(move |j| {
-                    (first..(first + BATCH).min(FILES))
-                        .try_for_each(|i| common::lifecycle::observe(j, i))
-                })
-                .await
-                .unwrap();
-        }
-    });
+    runtime.block_on(common::lifecycle::record(&journal, FILES));
     let daemon = started.elapsed();
     let floor = bare_inserts(&dir.path().join("bare.sqlite3"));
     println!(

@@ -1,25 +1,13 @@
 //! The journal's floor: what recording every step of a file's life costs when nothing else runs
 //! and the writes come in the largest groups the daemon could ever make.
 
+use super::own_cpu_seconds;
 use imgsyncd::journal::{
     self, Attempt, Claimed, FileStamp, JobResult, Journal, JournalHandle, Observation, Remote,
 };
 
 /// Writes per group, as the watch records files.
 const GROUP: usize = 256;
-
-/// CPU seconds this process has spent, to the microsecond: the journal's writer thread and the
-/// one thread that feeds it, since nothing else runs while it is measured.
-fn process_cpu() -> f64 {
-    // SAFETY: `rusage` is plain data, and getrusage only writes into it.
-    let usage = unsafe {
-        let mut usage = std::mem::zeroed::<libc::rusage>();
-        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
-        usage
-    };
-    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    seconds(usage.ru_utime) + seconds(usage.ru_stime)
-}
 
 /// What `n` files cost the journal, in CPU seconds.
 pub struct Floor {
@@ -45,15 +33,10 @@ pub fn lifecycle(n: usize) -> Floor {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let cpu = process_cpu();
-        for first in (0..n).step_by(GROUP) {
-            journal
-                .write(move |j| (first..(first + GROUP).min(n)).try_for_each(|i| observe(j, i)))
-                .await
-                .unwrap();
-        }
-        let recorded = process_cpu() - cpu;
-        let cpu = process_cpu();
+        let cpu = own_cpu_seconds();
+        record(&journal, n).await;
+        let recorded = own_cpu_seconds() - cpu;
+        let cpu = own_cpu_seconds();
         loop {
             let done = journal
                 .write(|j| {
@@ -76,7 +59,7 @@ pub fn lifecycle(n: usize) -> Floor {
                 break;
             }
         }
-        let claimed_and_finished = process_cpu() - cpu;
+        let claimed_and_finished = own_cpu_seconds() - cpu;
         let left = journal.call(|j| j.glance()).await.unwrap();
         assert_eq!(left.pending, 0, "every file is synced");
         Floor {
@@ -86,8 +69,18 @@ pub fn lifecycle(n: usize) -> Floor {
     })
 }
 
+/// Records files `0..n` as the watch does, `GROUP` to a journal write.
+pub async fn record(journal: &JournalHandle, n: usize) {
+    for first in (0..n).step_by(GROUP) {
+        journal
+            .write(move |j| (first..(first + GROUP).min(n)).try_for_each(|i| observe(j, i)))
+            .await
+            .unwrap();
+    }
+}
+
 /// Records file `i` (`/drop/d…/p{i}.png`, bytes of its own) as the watch does.
-pub fn observe(j: &mut Journal, i: usize) -> journal::Result<()> {
+fn observe(j: &mut Journal, i: usize) -> journal::Result<()> {
     let (path, sha256) = (format!("/drop/d{}/p{i}.png", i / 1000), format!("{i:064x}"));
     j.observe(
         &Observation {

@@ -668,25 +668,33 @@ fn migrations_are_applied_in_order_and_recorded() {
     assert_eq!(reopened.schema_version().unwrap(), MIGRATIONS.len() as i64);
 }
 
-#[test]
-fn a_schema_2_journal_is_migrated_with_its_copies() {
+/// A journal as an older daemon left it: the first `version` migrations applied, and the
+/// connection to put rows in before `Journal::open` migrates the rest.
+fn journal_at_schema(version: usize) -> (tempfile::TempDir, std::path::PathBuf, Connection) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("journal.sqlite3");
-    {
-        let conn = Connection::open(&path).unwrap();
-        conn.execute_batch(MIGRATIONS[0]).unwrap();
-        conn.execute_batch(MIGRATIONS[1]).unwrap();
-        conn.pragma_update(None, "user_version", 2).unwrap();
-        conn.execute_batch(
-            "INSERT INTO files (path, watch_root, vendor, kind, state, size, mtime_ns, sha256,
-               url, remote_deleted, created_at, updated_at)
-             VALUES ('/w/a.png', '/w', 'erp', 'kingdee', 'synced', 1, 1, 'aa',
-                     'https://img/1.png', 0, 1, 1),
-                    ('/w/b.png', '/w', 'erp', 'kingdee', 'removed', 1, 1, 'bb',
-                     'https://img/2.png', 1, 1, 1);",
-        )
-        .unwrap();
+    let conn = Connection::open(&path).unwrap();
+    for sql in &MIGRATIONS[..version] {
+        conn.execute_batch(sql).unwrap();
     }
+    conn.pragma_update(None, "user_version", version as i64)
+        .unwrap();
+    (dir, path, conn)
+}
+
+#[test]
+fn a_schema_2_journal_is_migrated_with_its_copies() {
+    let (_dir, path, conn) = journal_at_schema(2);
+    conn.execute_batch(
+        "INSERT INTO files (path, watch_root, vendor, kind, state, size, mtime_ns, sha256,
+           url, remote_deleted, created_at, updated_at)
+         VALUES ('/w/a.png', '/w', 'erp', 'kingdee', 'synced', 1, 1, 'aa',
+                 'https://img/1.png', 0, 1, 1),
+                ('/w/b.png', '/w', 'erp', 'kingdee', 'removed', 1, 1, 'bb',
+                 'https://img/2.png', 1, 1, 1);",
+    )
+    .unwrap();
+    drop(conn);
     let mut j = Journal::open(&path).unwrap();
     let a = state_of(&j, "/w/a.png");
     assert_eq!(
@@ -699,24 +707,17 @@ fn a_schema_2_journal_is_migrated_with_its_copies() {
 
 #[test]
 fn a_schema_4_path_holding_an_escape_character_is_rewritten_to_read_back_as_itself() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("journal.sqlite3");
     let odd = "/w/\u{10FFB2}.png";
-    {
-        let conn = Connection::open(&path).unwrap();
-        for sql in &MIGRATIONS[..4] {
-            conn.execute_batch(sql).unwrap();
-        }
-        conn.pragma_update(None, "user_version", 4).unwrap();
-        conn.execute(
-            "INSERT INTO files (path, watch_root, vendor, kind, state, size, mtime_ns, sha256,
-               created_at, updated_at)
-             VALUES (?1, '/w', 'erp', 'kingdee', 'synced', 1, 1, 'aa', 1, 1),
-                    ('/w/plain.png', '/w', 'erp', 'kingdee', 'synced', 1, 1, 'bb', 1, 1)",
-            [odd],
-        )
-        .unwrap();
-    }
+    let (_dir, path, conn) = journal_at_schema(4);
+    conn.execute(
+        "INSERT INTO files (path, watch_root, vendor, kind, state, size, mtime_ns, sha256,
+           created_at, updated_at)
+         VALUES (?1, '/w', 'erp', 'kingdee', 'synced', 1, 1, 'aa', 1, 1),
+                ('/w/plain.png', '/w', 'erp', 'kingdee', 'synced', 1, 1, 'bb', 1, 1)",
+        [odd],
+    )
+    .unwrap();
+    drop(conn);
     let j = Journal::open(&path).unwrap();
     let text = path_text::to_text(std::path::Path::new(odd)).into_owned();
     assert_ne!(text, odd);
@@ -801,23 +802,16 @@ fn recording_a_file_builds_no_temporary_btree() {
 
 #[test]
 fn a_schema_5_journal_keeps_its_rows_and_gets_the_new_checks() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("journal.sqlite3");
-    {
-        let conn = Connection::open(&path).unwrap();
-        for sql in &MIGRATIONS[..5] {
-            conn.execute_batch(sql).unwrap();
-        }
-        conn.pragma_update(None, "user_version", 5).unwrap();
-        conn.execute_batch(
-            "INSERT INTO files (path, watch_root, vendor, kind, state, size, mtime_ns, sha256,
-               format, created_at, updated_at)
-             VALUES ('/w/a.png', '/w', 'erp', 'kingdee', 'pending', 1, 1, 'aa', 'png', 1, 1);
-             INSERT INTO jobs (file_id, op, vendor, sha256, state, not_before, created_at)
-             VALUES (1, 'upload', 'erp', 'aa', 'queued', 0, 1);",
-        )
-        .unwrap();
-    }
+    let (_dir, path, conn) = journal_at_schema(5);
+    conn.execute_batch(
+        "INSERT INTO files (path, watch_root, vendor, kind, state, size, mtime_ns, sha256,
+           format, created_at, updated_at)
+         VALUES ('/w/a.png', '/w', 'erp', 'kingdee', 'pending', 1, 1, 'aa', 'png', 1, 1);
+         INSERT INTO jobs (file_id, op, vendor, sha256, state, not_before, created_at)
+         VALUES (1, 'upload', 'erp', 'aa', 'queued', 0, 1);",
+    )
+    .unwrap();
+    drop(conn);
     let mut j = Journal::open(&path).unwrap();
     assert_eq!(j.schema_version().unwrap(), MIGRATIONS.len() as i64);
     assert!(table_sql(&j, "files").contains("state = 'pending' OR state = 'synced'"));
