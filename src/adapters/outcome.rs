@@ -42,6 +42,9 @@ pub struct Call<T> {
     pub outcome: Outcome<T>,
     pub http_status: Option<u16>,
     pub vendor_code: Option<String>,
+    /// It failed inside imgsyncd (a bug caught around the call), not at the vendor: whatever
+    /// the vendor's state, it says nothing about it.
+    internal: bool,
 }
 
 impl<T> Call<T> {
@@ -50,15 +53,28 @@ impl<T> Call<T> {
             outcome,
             http_status,
             vendor_code,
+            internal: false,
+        }
+    }
+
+    /// A call that failed inside imgsyncd's own code: it never counts towards an outage, so a
+    /// bug cannot pause a vendor that answers.
+    pub fn internal(outcome: Outcome<T>) -> Self {
+        Call {
+            internal: true,
+            ..Call::new(outcome, None, None)
         }
     }
 
     /// The same call with its success turned into `U`.
     pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Call<U> {
         match self.outcome {
-            Outcome::Done(value) => {
-                Call::new(Outcome::Done(f(value)), self.http_status, self.vendor_code)
-            }
+            Outcome::Done(value) => Call {
+                outcome: Outcome::Done(f(value)),
+                http_status: self.http_status,
+                vendor_code: self.vendor_code,
+                internal: self.internal,
+            },
             _ => self.cast(),
         }
     }
@@ -81,13 +97,20 @@ impl<T> Call<T> {
             outcome,
             http_status: self.http_status,
             vendor_code: self.vendor_code,
+            internal: self.internal,
         }
+    }
+
+    /// Whether it failed inside imgsyncd's own code, not at the vendor.
+    pub fn is_internal(&self) -> bool {
+        self.internal
     }
 
     /// Whether the call failed for want of an answer: a transport error, a timeout or a 5xx (not a
     /// rate limit, not a refusal). Several in a row mean the vendor is down.
     pub fn is_outage(&self) -> bool {
-        matches!(self.outcome, Outcome::Retry { .. })
+        !self.internal
+            && matches!(self.outcome, Outcome::Retry { .. })
             && self.http_status.is_none_or(|status| status >= 500)
     }
 

@@ -256,6 +256,10 @@ fn circuit_breaker<T>(
 where
     T: Clone,
 {
+    if call.is_internal() {
+        // Our own bug, not the vendor's state: the run of failures neither grows nor ends.
+        return call.outcome.clone();
+    }
     let unanswered = match &call.outcome {
         Outcome::Retry { reason, .. } if call.is_outage() => Some(reason.clone()),
         _ => None,
@@ -367,7 +371,7 @@ async fn guarded<T>(op: JobOp, call: impl Future<Output = Call<T>>) -> Call<T> {
             reason,
         },
     };
-    Call::new(outcome, None, None)
+    Call::internal(outcome)
 }
 
 /// A future whose panic is caught and returned, as `std::panic::catch_unwind` does for a call.
