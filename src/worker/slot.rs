@@ -18,8 +18,11 @@ use super::process::{Decided, process};
 
 /// How many claimed jobs a slot keeps waiting behind the one it runs. A slot's outcomes are
 /// written as soon as they are known and it does not wait for their commits, so up to `AHEAD + 1`
-/// of them may be on their way at once: the journal's groups grow with the load.
-const AHEAD: usize = 2;
+/// of them may be on their way at once: the journal's groups grow with the load. Four, so a slot
+/// has work for the 2 ms its claim may wait for the next commit (the journal spaces its commits):
+/// with two, slots ran dry waiting for it; with eight or more, each claim cost more than it saved
+/// (a claim skips the jobs already held, one by one).
+const AHEAD: usize = 4;
 
 /// A slot's outcome, submitted to the journal, with the claim submitted right behind it.
 pub(super) struct Recording {
