@@ -494,6 +494,13 @@ impl WatchTask {
             return;
         };
         self.removals.remove(path);
+        if self.settle.contains(path) {
+            // A file already followed (its second and third events of a write: modified,
+            // closed): what it is was looked at with its first event, and the tracker stats it
+            // again when it falls due. Not stat'ing it for each event saved two `statx` a file.
+            self.settle.touch(path, sighting, Instant::now());
+            return;
+        }
         match std::fs::symlink_metadata(path) {
             Ok(meta) if meta.is_dir() && self.config.recursive => {
                 // A folder created or moved in: the walk watches it (and every folder inside)
@@ -510,7 +517,7 @@ impl WatchTask {
                 let complete = !meta.is_file() || meta.nlink() > 1;
                 let sighting = if complete { Sighting::Closed } else { sighting };
                 let now = Instant::now();
-                if self.settle.contains(path) || self.settle.has_room() {
+                if self.settle.has_room() {
                     self.settle.touch(path, sighting, now);
                 } else {
                     // Its folder is read again once it is closed, and it is taken when quiet.

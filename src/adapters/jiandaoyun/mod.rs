@@ -597,7 +597,7 @@ impl Jiandaoyun {
 /// The company-wide pacer of the API key `key`: vendors sharing a key share its 50 calls a second.
 fn company_pacer(key: &str) -> Arc<Pacer> {
     static PACERS: OnceLock<Mutex<HashMap<String, Weak<Pacer>>>> = OnceLock::new();
-    let id = hex(&Sha256::digest(key.as_bytes()));
+    let id = format!("{:x}", Sha256::digest(key.as_bytes()));
     let mut pacers = PACERS
         .get_or_init(Mutex::default)
         .lock()
@@ -660,10 +660,6 @@ pub(crate) fn created(answer: &Answer) -> Result<String, Outcome<()>> {
         },
         Verdict::Fail(outcome) => outcome,
     })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Answer {
@@ -893,7 +889,7 @@ impl<'a> Facts<'a> {
             Placeholder::Relpath => relpath(path, self.watch_roots),
             Placeholder::Sha256 => self
                 .sha256
-                .get_or_init(|| hex(&Sha256::digest(self.request.bytes)))
+                .get_or_init(|| format!("{:x}", Sha256::digest(self.request.bytes)))
                 .clone(),
             Placeholder::Size => self.request.bytes.len().to_string(),
             Placeholder::Width => self.dimensions().0.clone(),

@@ -213,7 +213,7 @@ fn the_record_holds_the_key_and_the_filled_in_fields() {
             "_widget_1": {"value": ["k-1"]},
             "_widget_2": {"value": "产品.png in shoes/产品.png"},
             "_widget_3": {"value": format!("40×30, {} bytes", bytes.len())},
-            "_widget_4": {"value": hex(&Sha256::digest(&bytes))},
+            "_widget_4": {"value": format!("{:x}", Sha256::digest(&bytes))},
             "_widget_5": {"value": "/srv/drop/shoes/产品.png"},
         })
     );

@@ -66,12 +66,7 @@ fn hmac_hex_base64(key: &str, message: &str) -> String {
     let mut mac =
         Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("HMAC takes any key length");
     mac.update(message.as_bytes());
-    let hex: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hex = format!("{:x}", mac.finalize().into_bytes());
     base64::engine::general_purpose::STANDARD.encode(hex)
 }
 
