@@ -6,8 +6,9 @@
 //! watch, the pool and four workers each record one file at a time. A caller is answered only once
 //! the group's transaction is committed, so nothing acts on a write that could still be undone.
 //!
-//! Commits are spaced: a group that follows another closely waits until [`COMMIT_SPACING`] after
-//! it, and what comes meanwhile joins it. A lone write is committed at once.
+//! Commits are spaced: a group that follows a group of several writes begins no sooner than
+//! [`COMMIT_SPACING`] after that one began, and what comes meanwhile joins it. A lone write is
+//! committed at once, and so is the one after it.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,9 +22,9 @@ use super::{Journal, JournalError, Result};
 /// The least time between two commits while writes keep coming. Four workers draining a backlog
 /// each record an outcome and claim a job every few hundred microseconds: committed as they came,
 /// groups held about three files, and the commits (a WAL frame per changed page, and waking each
-/// writer's caller) cost as much as the statements. Spaced by 2 ms, a group holds a few dozen;
-/// the 10 000-file drain took a quarter less CPU (BENCHMARKS.md, ninth round). A file's way from
-/// settled to sent waits at most this long once more.
+/// writer's caller) cost as much as the statements. Spaced by 2 ms, groups grow with the load;
+/// the 10 000-file drain took a sixth less CPU (BENCHMARKS.md, ninth round). A file settled in an
+/// idle daemon is not held: its record is a lone write.
 const COMMIT_SPACING: Duration = Duration::from_millis(2);
 
 /// A write waiting for the next group.
@@ -35,8 +36,9 @@ pub struct JournalHandle {
     queued: Arc<Mutex<Vec<Queued>>>,
     /// Whether a writer is at work on the queue.
     draining: Arc<AtomicBool>,
-    /// When the last group was committed; only the writer at work reads or sets it.
-    last_commit: Arc<Mutex<Option<Instant>>>,
+    /// When the last group began, if it was of several writes (`None` after a lone write); only
+    /// the writer at work reads or sets it.
+    busy_group_began: Arc<Mutex<Option<Instant>>>,
 }
 
 impl std::fmt::Debug for JournalHandle {
@@ -57,7 +59,7 @@ impl JournalHandle {
             journal: Arc::new(Mutex::new(journal)),
             queued: Arc::default(),
             draining: Arc::default(),
-            last_commit: Arc::default(),
+            busy_group_began: Arc::default(),
         }
     }
 
@@ -110,10 +112,12 @@ impl JournalHandle {
             self.wait_for_spacing();
             let group = std::mem::take(&mut *lock(&self.queued));
             if !group.is_empty() {
+                // Only a group of several writes says they keep coming: after a lone one (a file
+                // settled in an idle daemon), the next write, its claim, is not held.
+                *lock(&self.busy_group_began) = (group.len() > 1).then(Instant::now);
                 let mut journal = lock(&self.journal);
                 let written =
                     std::panic::catch_unwind(AssertUnwindSafe(|| journal.write_group(group)));
-                *lock(&self.last_commit) = Some(Instant::now());
                 if written.is_err() && !journal.conn.is_autocommit() {
                     // A bug in one write (its panic is in the log): the group is taken back and
                     // its callers told, so the journal and the writes after it go on.
@@ -132,12 +136,13 @@ impl JournalHandle {
 }
 
 impl JournalHandle {
-    /// Sleeps until [`COMMIT_SPACING`] after the last commit, so writes queued meanwhile go in
-    /// one group. On the writer's own (blocking) thread: callers only wait for their answer.
+    /// Sleeps until [`COMMIT_SPACING`] after the last busy group began, so writes queued
+    /// meanwhile go in one group. On the writer's own (blocking) thread: callers only wait for
+    /// their answer.
     fn wait_for_spacing(&self) {
-        let last = *lock(&self.last_commit);
+        let began = *lock(&self.busy_group_began);
         if let Some(wait) =
-            last.and_then(|at| (at + COMMIT_SPACING).checked_duration_since(Instant::now()))
+            began.and_then(|at| (at + COMMIT_SPACING).checked_duration_since(Instant::now()))
         {
             std::thread::sleep(wait);
         }
@@ -376,6 +381,35 @@ mod tests {
         }
         let count = handle.call(|j| j.pauses().unwrap().len()).await;
         assert_eq!(count, 50);
+    }
+
+    /// A write that follows a group of several within the spacing waits for it, and what comes
+    /// meanwhile joins it; one that follows a lone write is not held.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn commits_after_a_busy_group_are_spaced_but_a_lone_write_is_not_held() {
+        let (_dir, journal) = journal();
+        let handle = JournalHandle::new(journal);
+        let ran_at = |h: &JournalHandle| h.submit(|_| Ok(Instant::now()));
+        // Both queued before any writer starts, as a writer at work would find them.
+        handle.draining.store(true, Ordering::Release);
+        let (first, second) = (ran_at(&handle), ran_at(&handle));
+        let writer = handle.clone();
+        tokio::task::spawn_blocking(move || writer.drain());
+        let busy = second.await.unwrap().max(first.await.unwrap());
+        // Nothing is queued, so no group began since.
+        let began = lock(&handle.busy_group_began).expect("a group of two is busy");
+        assert!(began <= busy);
+        let next = ran_at(&handle).await.unwrap();
+        assert!(
+            next.duration_since(began) >= COMMIT_SPACING,
+            "the write after a group of two ran {:?} after that group began",
+            next.duration_since(began)
+        );
+        // `next` was alone in its group: nothing is held behind it.
+        assert_eq!(*lock(&handle.busy_group_began), None);
+        let lone = ran_at(&handle).await.unwrap();
+        assert!(lone >= next);
+        assert_eq!(*lock(&handle.busy_group_began), None);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
