@@ -465,6 +465,8 @@ pub fn rfc3339(ms: i64) -> String {
 }
 
 #[cfg(test)]
+pub(crate) mod fixtures;
+#[cfg(test)]
 mod tests;
 
 #[cfg(test)]

@@ -101,25 +101,14 @@ impl World {
     }
 
     fn observation(&self, path: usize, content: usize) -> Observation<'static> {
-        Observation {
-            path: PATHS[path],
-            watch_root: "/w",
-            vendor: "erp",
-            kind: "kingdee",
-            stamp: FileStamp {
-                size: 100 + content as u64,
-                mtime_ns: 1,
-                ctime_ns: 1,
-                inode: path as u64,
-                dev: 1,
-            },
-            sha256: CONTENTS[content],
-            format: "png",
-            width: 10,
-            height: 10,
-            delete_unused: true,
-            reuse_copies: true,
-        }
+        let stamp = FileStamp {
+            size: 100 + content as u64,
+            mtime_ns: 1,
+            ctime_ns: 1,
+            inode: path as u64,
+            dev: 1,
+        };
+        super::fixtures::observation(PATHS[path], "erp", CONTENTS[content], stamp)
     }
 
     fn apply(&mut self, step: &Step) {

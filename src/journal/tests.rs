@@ -30,19 +30,7 @@ fn stamp(size: u64) -> FileStamp {
 }
 
 fn obs<'a>(path: &'a str, sha: &'a str) -> Observation<'a> {
-    Observation {
-        path,
-        watch_root: "/w",
-        vendor: "erp",
-        kind: "kingdee",
-        stamp: stamp(100),
-        sha256: sha,
-        format: "png",
-        width: 10,
-        height: 10,
-        delete_unused: true,
-        reuse_copies: true,
-    }
+    super::fixtures::observation(path, "erp", sha, stamp(100))
 }
 
 fn rejected<'a>(path: &'a str, reason: &'a str) -> RejectedFile<'a> {

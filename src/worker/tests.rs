@@ -41,25 +41,14 @@ fn queued(n: usize) -> (tempfile::TempDir, crate::journal::Journal) {
 /// File `i` of `vendor`'s watch, with the bytes whose hash is `sha`: queued for upload.
 fn observe(journal: &mut crate::journal::Journal, vendor: &str, i: usize, sha: &str) {
     let path = format!("/w/{vendor}{i}.png");
-    let obs = crate::journal::Observation {
-        path: &path,
-        watch_root: "/w",
-        vendor,
-        kind: "kingdee",
-        stamp: crate::journal::FileStamp {
-            size: 100,
-            mtime_ns: 1,
-            ctime_ns: 1,
-            inode: i as u64,
-            dev: 1,
-        },
-        sha256: sha,
-        format: "png",
-        width: 10,
-        height: 10,
-        delete_unused: true,
-        reuse_copies: true,
+    let stamp = crate::journal::FileStamp {
+        size: 100,
+        mtime_ns: 1,
+        ctime_ns: 1,
+        inode: i as u64,
+        dev: 1,
     };
+    let obs = crate::journal::fixtures::observation(&path, vendor, sha, stamp);
     journal.observe(&obs, &|_| true).unwrap();
 }
 
