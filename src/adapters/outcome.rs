@@ -57,8 +57,9 @@ impl<T> Call<T> {
         }
     }
 
-    /// A call that failed inside imgsyncd's own code: it never counts towards an outage, so a
-    /// bug cannot pause a vendor that answers.
+    /// A call that failed inside imgsyncd's own code: it says nothing about the vendor, so it
+    /// neither counts towards an outage nor ends one (a paused vendor's probe that failed so
+    /// leaves the pause as it is).
     pub fn internal(outcome: Outcome<T>) -> Self {
         Call {
             internal: true,

@@ -69,8 +69,7 @@ pub(super) async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duratio
     let op = job.op.as_str();
     let (id, attempt_no) = (job.id, job.attempts + 1);
     let outcome = circuit_breaker(ctx, vendor, probe, &call);
-    // A probe answered by anything but a refusal of us means the vendor takes our calls again.
-    if probe.is_some() && !matches!(outcome, Outcome::VendorDown { .. }) {
+    if answers_again(probe, &call, &outcome) {
         resume(ctx, vendor).await;
     }
     let result = match outcome {
@@ -211,6 +210,17 @@ pub(super) async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duratio
         result,
         attempt: Some(attempt),
     }
+}
+
+/// Whether a probe's call says its paused vendor takes our calls again: answered by anything but
+/// a refusal of us. One that failed inside imgsyncd's own code says nothing about the vendor: the
+/// pause stays, its next probe already set.
+pub(super) fn answers_again<T>(
+    probe: Option<Duration>,
+    call: &Call<T>,
+    outcome: &Outcome<T>,
+) -> bool {
+    probe.is_some() && !call.is_internal() && !matches!(outcome, Outcome::VendorDown { .. })
 }
 
 /// Pauses the vendor: its jobs stay queued behind one probe, tried at growing intervals.

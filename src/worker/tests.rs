@@ -159,6 +159,20 @@ fn a_panic_inside_an_adapter_call_is_an_outcome_not_a_lost_slot() {
         delete.outcome
     );
     assert!(!upload.is_outage() && !delete.is_outage());
+    // A paused vendor's probe that failed so leaves the vendor paused; one the vendor answered,
+    // even refusing the file, resumes it.
+    let probe = Some(Duration::from_secs(30));
+    assert!(!answers_again(probe, &delete, &delete.outcome));
+    assert!(!answers_again(probe, &upload, &upload.outcome));
+    let answered: Call<()> = Call::new(
+        Outcome::Rejected {
+            reason: "not an image the vendor takes".into(),
+        },
+        Some(400),
+        None,
+    );
+    assert!(answers_again(probe, &answered, &answered.outcome));
+    assert!(!answers_again(None, &answered, &answered.outcome));
 }
 
 /// A reload removed the vendor a slot's queue waits behind: its jobs are not claimed any
