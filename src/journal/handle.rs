@@ -133,9 +133,7 @@ impl JournalHandle {
             }
         }
     }
-}
 
-impl JournalHandle {
     /// Sleeps until [`COMMIT_SPACING`] after the last busy group began, so writes queued
     /// meanwhile go in one group. On the writer's own (blocking) thread: callers only wait for
     /// their answer.

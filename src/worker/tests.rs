@@ -127,8 +127,8 @@ fn a_vendor_no_slot_serves_cuts_in_at_the_next_claim_behind_another() {
 
 /// A bug that panics inside an adapter call ends that call, not the slot: the upload is
 /// answered as unconfirmed (the vendor may hold the file: not sent again by itself), the
-/// delete as a retry, each with the panic's message. Neither counts towards an outage: a bug
-/// says nothing about the vendor, so it never pauses one that answers.
+/// delete as a retry, each with the panic's message. Neither counts towards an outage, nor ends
+/// one: a bug says nothing about the vendor.
 #[test]
 fn a_panic_inside_an_adapter_call_is_an_outcome_not_a_lost_slot() {
     let runtime = tokio::runtime::Builder::new_current_thread()
