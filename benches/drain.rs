@@ -10,7 +10,9 @@
 //!
 //! The last column is a ceiling: the best ratio a daemon could reach whose only work beyond the
 //! client's were the journal's floor (the same N files recorded, claimed and finished through
-//! `Journal`, in the largest groups, measured in the same run), with both cores kept busy.
+//! `Journal`, in the largest groups) and the intake's (notify's thread reporting the N files
+//! written, and each file hashed once), both measured in the same run, with both cores kept busy
+//! all the time.
 
 use std::io::Cursor;
 use std::os::unix::process::CommandExt;
@@ -230,6 +232,7 @@ fn main() {
         let (base, base_cpu) = baseline(&files);
         let (run, rss) = daemon(&files);
         let floor = common::lifecycle::lifecycle(n as usize);
+        let intake = common::intake::intake_floor(&scratch(), &files);
         eprintln!(
             "journal floor for {n} files: {:.2} s of CPU ({:.0} µs a file: recorded {:.0}, claimed and finished {:.0})",
             floor.total(),
@@ -237,8 +240,15 @@ fn main() {
             floor.recorded * 1e6 / n as f64,
             floor.claimed_and_finished * 1e6 / n as f64,
         );
-        // The client's run plus the journal's floor, spread over two cores kept fully busy.
-        let best = (base_cpu + floor.total()) / 2.0;
+        eprintln!(
+            "intake floor for {n} files: {:.2} s of CPU ({:.0} µs a file: notify's events {:.0}, hashing {:.0})",
+            intake.total(),
+            intake.total() * 1e6 / n as f64,
+            intake.events * 1e6 / n as f64,
+            intake.hashing * 1e6 / n as f64,
+        );
+        // The client's run plus both floors, spread over two cores kept fully busy.
+        let best = (base_cpu + floor.total() + intake.total()) / 2.0;
         println!(
             "{n:>5}  {:>15.2}s  {:>17.2}s  {:>14.2}x  {rss:>6} KiB  {:>6.2}x",
             base.as_secs_f64(),

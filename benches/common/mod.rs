@@ -3,6 +3,7 @@
 // Each bench is a crate of its own and uses only some of these.
 #![allow(dead_code)]
 
+pub mod intake;
 pub mod lifecycle;
 
 /// `png` with a tEXt chunk carrying `text` put right after IHDR: another text, other bytes, the
