@@ -166,6 +166,7 @@ impl FileState {
 
 pub struct Journal {
     conn: Connection,
+    lease_checks: queue::LeaseChecks,
 }
 
 impl std::fmt::Debug for Journal {
@@ -240,7 +241,10 @@ impl Journal {
             path: path.to_path_buf(),
             source,
         })?;
-        let mut journal = Journal { conn };
+        let mut journal = Journal {
+            conn,
+            lease_checks: queue::LeaseChecks::default(),
+        };
         journal
             .refuse_foreign(path)
             .and_then(|()| journal.configure(path))
@@ -295,7 +299,10 @@ impl Journal {
             }
             Err(source) => return Err(open_err(source)),
         };
-        let journal = Journal { conn };
+        let journal = Journal {
+            conn,
+            lease_checks: queue::LeaseChecks::default(),
+        };
         let found = journal.schema_version()?;
         let known = MIGRATIONS.len() as i64;
         if found > known {

@@ -3,7 +3,7 @@
 //! the state it was decided for: when the file has moved on (new content, removed), the result
 //! is recorded for the copy it produced and nothing else.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -229,40 +229,85 @@ impl Journal {
         held: &HashSet<i64>,
     ) -> Result<Option<Claimed>> {
         let now = now_ms();
+        let read_leases = self.lease_checks.due(vendor, now);
+        let (claimed, next_check) = self.claim_of_at(vendor, now, lease_ms, held, read_leases)?;
+        if let Some(at) = next_check {
+            self.lease_checks.set(vendor, at);
+        }
+        if claimed.is_some() {
+            self.lease_checks.leased(vendor, now + lease_ms);
+        }
+        Ok(claimed)
+    }
+
+    /// Claims the next job of `vendor` at `now`; with `read_leases`, a job whose lease ran out
+    /// first, and then also says when its leases need reading again.
+    fn claim_of_at(
+        &mut self,
+        vendor: &str,
+        now: i64,
+        lease_ms: i64,
+        held: &HashSet<i64>,
+        read_leases: bool,
+    ) -> Result<(Option<Claimed>, Option<i64>)> {
         let tx = self.write()?;
         // Enough rows that one is not held, if any is.
         let enough = held.len() as i64 + 1;
-        let first_free = |sql: &str| -> Result<Option<i64>> {
+        let first_free = |sql: &str| -> Result<(Option<i64>, bool)> {
             let mut stmt = tx.prepare_cached(sql)?;
             let ids = stmt.query_map(params![vendor, now, enough], |r| r.get::<_, i64>(0))?;
+            let mut any = false;
             for id in ids {
                 let id = id?;
+                any = true;
                 if !held.contains(&id) {
-                    return Ok(Some(id));
+                    return Ok((Some(id), true));
                 }
             }
-            Ok(None)
+            Ok((None, any))
         };
-        // A lease run out (a daemon that died without a restart) first, then the job due longest
-        // ago. An upload of bytes already in flight waits, to reuse what that upload returns:
-        // whatever its lease says, since a slot may still hold it past its lease (its outcome
-        // waiting for an unwritable journal), and one no slot holds is taken by the first query.
-        let id = match first_free(
-            "SELECT id FROM jobs WHERE vendor = ?1 AND state = 'running' AND lease_until < ?2
-             ORDER BY id LIMIT ?3",
-        )? {
+        // A lease run out (a job its slot let go of without an outcome) first, then the job due
+        // longest ago. An upload of bytes already in flight waits, to reuse what that upload
+        // returns: whatever its lease says, since a slot may still hold it past its lease (its
+        // outcome waiting for an unwritable journal), and one no slot holds is taken by the first
+        // query.
+        let (expired, next_check) = match read_leases {
+            false => (None, None),
+            true => {
+                let (expired, any) = first_free(
+                    "SELECT id FROM jobs WHERE vendor = ?1 AND state = 'running' AND lease_until < ?2
+                     ORDER BY id LIMIT ?3",
+                )?;
+                // Run out but held, or more of them: read again at the next claim.
+                let next = match any {
+                    true => now,
+                    false => tx
+                        .cached_query_row(
+                            "SELECT MIN(lease_until) FROM jobs WHERE vendor = ?1 AND state = 'running'",
+                            [vendor],
+                            |r| r.get::<_, Option<i64>>(0),
+                        )?
+                        .unwrap_or(i64::MAX),
+                };
+                (expired, Some(next))
+            }
+        };
+        let id = match expired {
             Some(id) => Some(id),
-            None => first_free(
-                "SELECT j.id FROM jobs j
-                 WHERE j.vendor = ?1 AND j.state = 'queued' AND j.not_before <= ?2
-                   AND NOT (j.op = 'upload' AND j.sha256 IN (
-                       SELECT r.sha256 FROM jobs r
-                       WHERE r.vendor = ?1 AND r.state = 'running' AND r.op = 'upload'))
-                 ORDER BY j.not_before, j.id LIMIT ?3",
-            )?,
+            None => {
+                first_free(
+                    "SELECT j.id FROM jobs j
+                     WHERE j.vendor = ?1 AND j.state = 'queued' AND j.not_before <= ?2
+                       AND NOT (j.op = 'upload' AND j.sha256 IN (
+                           SELECT r.sha256 FROM jobs r
+                           WHERE r.vendor = ?1 AND r.state = 'running' AND r.op = 'upload'))
+                     ORDER BY j.not_before, j.id LIMIT ?3",
+                )?
+                .0
+            }
         };
         let Some(id) = id else {
-            return Ok(None);
+            return Ok((None, next_check));
         };
         let mut job = tx.cached_query_row(
             "UPDATE jobs SET state = 'running', lease_until = ?2 + ?3 WHERE id = ?1
@@ -298,7 +343,7 @@ impl Journal {
             JobOp::Delete | JobOp::DeleteOld => claim_delete(&tx, job)?,
         };
         tx.commit()?;
-        Ok(Some(claimed))
+        Ok((Some(claimed), next_check))
     }
 
     /// When the next job of `vendors` falls due (epoch ms): a queued job's `not_before`, a paused
@@ -761,4 +806,31 @@ fn requeue_file(tx: &Connection, file_id: i64) -> Result<()> {
         params![file_id, now_ms()],
     )?;
     Ok(())
+}
+
+/// When each vendor's running jobs must next be read for a lease that ran out. A lease runs out
+/// only for a job its slot let go of without an outcome (a panic) or holds past it (an
+/// unwritable journal), half an hour after its claim; reading for one goes through every running
+/// job of the vendor, so a claim reads only once a lease may have run out, not every time.
+#[derive(Debug, Default)]
+pub(super) struct LeaseChecks {
+    /// Epoch ms from which the vendor's leases are read again; a vendor not here is read at once.
+    next: HashMap<String, i64>,
+}
+
+impl LeaseChecks {
+    fn due(&self, vendor: &str, now: i64) -> bool {
+        self.next.get(vendor).is_none_or(|&at| now >= at)
+    }
+
+    fn set(&mut self, vendor: &str, at: i64) {
+        self.next.insert(vendor.to_string(), at);
+    }
+
+    /// A job of `vendor` was leased until `until`.
+    fn leased(&mut self, vendor: &str, until: i64) {
+        if let Some(at) = self.next.get_mut(vendor) {
+            *at = (*at).min(until);
+        }
+    }
 }

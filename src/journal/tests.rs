@@ -164,6 +164,30 @@ fn a_crashed_daemons_running_jobs_go_back_to_the_queue() {
     assert!(claim(&mut reopened).is_some());
 }
 
+
+/// Claims read the running jobs for a lease that ran out only once one may have: the claims in
+/// between skip that read, and the first claim after the earliest lease still finds it.
+#[test]
+fn a_lease_that_runs_out_between_claims_is_found_by_the_first_claim_after_it() {
+    let mut f = fixture();
+    let j = &mut f.journal;
+    for (path, sha) in [("/w/a.png", "aa"), ("/w/b.png", "bb"), ("/w/c.png", "cc")] {
+        j.observe(&obs(path, sha), ABSENT).unwrap();
+    }
+    let short = match j.claim(&vendors(), 150).unwrap() {
+        Some(Claimed::Job(job)) => job,
+        other => panic!("a job is due: {other:?}"),
+    };
+    // Long leases claimed after a short one do not put off reading for the short one.
+    let long = claim(j).unwrap();
+    assert_ne!(long.id, short.id);
+    std::thread::sleep(Duration::from_millis(200));
+    let again = claim(j).unwrap();
+    assert_eq!(again.id, short.id, "the job whose lease ran out comes first");
+    let last = claim(j).unwrap();
+    assert_ne!(last.id, long.id);
+    assert!(claim(j).is_none(), "every job is leased");
+}
 #[test]
 fn a_rename_moves_the_record_and_queues_nothing() {
     let mut f = fixture();

@@ -18,11 +18,11 @@ use super::process::{Decided, process};
 
 /// How many claimed jobs a slot keeps waiting behind the one it runs. A slot's outcomes are
 /// written as soon as they are known and it does not wait for their commits, so up to `AHEAD + 1`
-/// of them may be on their way at once: the journal's groups grow with the load. Four, so a slot
-/// has work for the 2 ms its claim may wait for the next commit (the journal spaces its commits):
-/// with two, slots ran dry waiting for it; with eight or more, each claim cost more than it saved
-/// (a claim skips the jobs already held, one by one).
-const AHEAD: usize = 4;
+/// of them may be on their way at once: the journal's groups grow with the load. Eight, so a slot
+/// has work for the 2 ms its claim may wait for the next commit (the journal spaces its commits)
+/// and the one after: with two or four, slots ran dry waiting for it. More cost more than they
+/// save while a claim passes over every upload in flight, one by one.
+const AHEAD: usize = 8;
 
 /// A slot's outcome, submitted to the journal, with the claim submitted right behind it.
 pub(super) struct Recording {
