@@ -6,7 +6,9 @@
 //! (events, settle, reading and hashing, journal, four workers). Both clocks start at the first
 //! write and stop when the sandbox holds all N; both talk to a sandbox on 127.0.0.1 with its rate
 //! limits off. Only the ratios mean anything. Run: `cargo bench --bench drain` (N = 2 000 and
-//! 10 000; `IMGSYNCD_BENCH_N=…` picks others).
+//! 10 000; `IMGSYNCD_BENCH_N=…` picks others). The images are 48 pixels square, some 380 bytes:
+//! the cost of each file's handling, not of its bytes; `IMGSYNCD_BENCH_SIDE=256` makes them 256
+//! pixels square with some noise, some 69 KB, as a product photo's thumbnail.
 //!
 //! The last column is a ceiling: the best ratio a daemon could reach whose only work beyond the
 //! client's were the journal's floor (the same N files recorded, claimed and finished through
@@ -31,10 +33,16 @@ mod common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_imgsyncd");
 
-fn png(seed: u32) -> Vec<u8> {
-    let img = image::RgbImage::from_fn(48, 48, |x, y| {
+fn png(seed: u32, side: u32) -> Vec<u8> {
+    // Some noise, as a photo has, keeps a larger image from compressing to nothing; the default
+    // 48 pixels keep the bytes every earlier round measured.
+    let noise = |x: u32, y: u32| match side {
+        ..=48 => 0,
+        _ => (x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503) ^ seed) % 7,
+    };
+    let img = image::RgbImage::from_fn(side, side, |x, y| {
         image::Rgb([
-            (x * 5 + seed) as u8,
+            (x * 5 + seed + noise(x, y)) as u8,
             (y * 3 + seed / 7) as u8,
             (seed % 251) as u8,
         ])
@@ -224,11 +232,15 @@ fn main() {
         .ok()
         .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![2_000, 10_000]);
+    let side: u32 = std::env::var("IMGSYNCD_BENCH_SIDE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(48);
     println!(
         "files  baseline(client)  daemon(drop folder)  daemon files/s / baseline files/s  daemon peak RSS  ceiling"
     );
     for n in sizes {
-        let files: Vec<Vec<u8>> = (0..n).map(png).collect();
+        let files: Vec<Vec<u8>> = (0..n).map(|seed| png(seed, side)).collect();
         let (base, base_cpu) = baseline(&files);
         let (run, rss) = daemon(&files);
         let floor = common::lifecycle::lifecycle(n as usize);

@@ -164,7 +164,6 @@ fn a_crashed_daemons_running_jobs_go_back_to_the_queue() {
     assert!(claim(&mut reopened).is_some());
 }
 
-
 /// Claims read the running jobs for a lease that ran out only once one may have: the claims in
 /// between skip that read, and the first claim after the earliest lease still finds it.
 #[test]
@@ -183,7 +182,10 @@ fn a_lease_that_runs_out_between_claims_is_found_by_the_first_claim_after_it() {
     assert_ne!(long.id, short.id);
     std::thread::sleep(Duration::from_millis(200));
     let again = claim(j).unwrap();
-    assert_eq!(again.id, short.id, "the job whose lease ran out comes first");
+    assert_eq!(
+        again.id, short.id,
+        "the job whose lease ran out comes first"
+    );
     let last = claim(j).unwrap();
     assert_ne!(last.id, long.id);
     assert!(claim(j).is_none(), "every job is leased");
