@@ -5,8 +5,9 @@ mod common;
 use std::io::Write;
 use std::time::Duration;
 
-use common::{Harness, image, jpeg, png};
+use common::{Harness, Options, image, jpeg, png};
 use image::ImageFormat;
+use imgsyncd::adapters::kingdee;
 
 #[test]
 fn a_batch_of_images_is_synced_with_the_exact_bytes() {
@@ -188,6 +189,38 @@ fn the_same_bytes_twice_are_uploaded_once() {
     h.wait_state("copy/two.png", "removed");
     assert_eq!(h.deletes_at_sandbox(), 0);
     assert_eq!(h.remote_bytes("one.png").unwrap(), bytes);
+}
+
+/// A file rewritten while its upload waits is sent as it is on disk when its turn comes, not as it
+/// was when it was taken: its first bytes never reach the vendor.
+#[test]
+fn a_file_rewritten_while_its_upload_waits_is_never_sent_with_its_old_bytes() {
+    let mut h = Harness::with(Options {
+        workers: 1,
+        settle: "3s",
+        ..Options::default()
+    });
+    h.start();
+    // The one slot's first upload is answered 4.5 s after it was carried out: later.png, taken
+    // 3 s after it was dropped, waits behind it, rewritten, until before its rewrite settles.
+    h.sandbox
+        .hold(kingdee::UPLOAD_PATH, Duration::from_millis(4_500));
+    h.drop_file("first.png", &png(61));
+    h.wait_for("the first upload to be held", |h| {
+        h.sandbox.holding(kingdee::UPLOAD_PATH) == 1
+    });
+    let (old, new) = (png(62), png(63));
+    h.drop_file("later.png", &old);
+    h.wait_state("later.png", "pending");
+    std::fs::write(h.path("later.png"), &new).unwrap();
+    h.wait_for("later.png synced with its new bytes", |h| {
+        h.remote_bytes("later.png").as_deref() == Some(&new[..])
+    });
+    let held: Vec<Vec<u8>> = h.sandbox.images().into_values().map(|i| i.bytes).collect();
+    assert!(!held.contains(&old), "later.png's first bytes were sent");
+    // An upload of the old bytes would have been replaced since, and its copy deleted.
+    assert_eq!(h.sandbox.uploads(), 2, "first.png, and later.png once");
+    assert_eq!(h.deletes_at_sandbox(), 0);
 }
 
 #[test]
