@@ -122,6 +122,7 @@ impl JournalHandle {
                     // A bug in one write (its panic is in the log): the group is taken back and
                     // its callers told, so the journal and the writes after it go on.
                     let _ = journal.conn.execute_batch("ROLLBACK");
+                    journal.taken_back();
                 }
                 continue;
             }
@@ -166,6 +167,7 @@ impl Journal {
             if undone {
                 // SQLite took the whole transaction back (disk full, I/O error): every write of the
                 // group is undone, or not run, and says so with the cause.
+                self.taken_back();
                 let cause = cause.unwrap_or_else(|| rolled_back("an earlier write failed"));
                 done.into_iter().for_each(|a| a.answer(Some(&cause)));
                 rest.for_each(|write| write.refuse(&cause));
@@ -173,8 +175,11 @@ impl Journal {
             }
         }
         let commit = self.conn.execute_batch("COMMIT");
-        if commit.is_err() && !self.conn.is_autocommit() {
-            let _ = self.conn.execute_batch("ROLLBACK");
+        if commit.is_err() {
+            if !self.conn.is_autocommit() {
+                let _ = self.conn.execute_batch("ROLLBACK");
+            }
+            self.taken_back();
         }
         let failed = commit.err();
         done.into_iter().for_each(|a| a.answer(failed.as_ref()));
@@ -332,6 +337,51 @@ mod tests {
         );
         other.execute_batch("ROLLBACK").unwrap();
         assert!(paused(&journal).is_empty());
+    }
+
+    /// A claim in a group that is then taken back saw the journal as it would have been: a job
+    /// put back that is in fact still running, past its lease. The journal forgets when it
+    /// expected the next lease to run out, so the next claim still finds that job.
+    #[test]
+    fn a_group_taken_back_leaves_no_run_out_lease_unfound() {
+        use crate::journal::{Claimed, FileStamp, fixtures::observation};
+        let (_dir, mut journal) = journal();
+        let stamp = FileStamp {
+            size: 1,
+            mtime_ns: 1,
+            ctime_ns: 1,
+            inode: 1,
+            dev: 1,
+        };
+        for (path, sha) in [("/w/a.png", "aa"), ("/w/b.png", "bb")] {
+            journal
+                .observe(&observation(path, "a", sha, stamp), &|_| true)
+                .unwrap();
+        }
+        let vendors = vec!["a".to_string()];
+        let claim = |j: &mut Journal, lease_ms: i64| match j.claim(&vendors, lease_ms).unwrap() {
+            Some(Claimed::Job(job)) => job.id,
+            other => panic!("a job is due: {other:?}"),
+        };
+        let lost = claim(&mut journal, 1);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        // In one group: the job put back, claimed again for a minute, and the group undone.
+        let (put_back, _) = queued(move |j| j.release(&[lost]));
+        let names = vendors.clone();
+        let (again, _) = queued(move |j| j.claim(&names, 60_000));
+        let (undone, _) = queued(|j| -> Result<()> {
+            j.conn.execute_batch("ROLLBACK")?;
+            Err(JournalError::Sql(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+                None,
+            )))
+        });
+        journal.write_group(vec![put_back, again, undone]);
+        assert_eq!(
+            claim(&mut journal, 60_000),
+            lost,
+            "the job whose lease ran out comes first"
+        );
     }
 
     #[test]

@@ -423,6 +423,12 @@ impl Journal {
         })
     }
 
+    /// A transaction was taken back: what this connection remembers of its own writes (when the
+    /// leases it handed out may run out) may no longer hold, and is forgotten.
+    fn taken_back(&mut self) {
+        self.lease_checks = queue::LeaseChecks::default();
+    }
+
     /// How long a write waits for another connection's lock (tests: to see a locked journal
     /// refuse a write without waiting the daemon's ten seconds).
     #[cfg(test)]

@@ -11,14 +11,15 @@ use crate::journal::{Claimed, Job, now_ms, path_text};
 use super::WorkerContext;
 use super::holdings::Held;
 
-/// A claimed job stays ours this long. It may wait behind its slot's transfers before its own runs,
-/// and each is bounded by a few request timeouts (two minutes each), so this is well past both:
-/// a job taken again while a slot still holds it would be sent twice. The lease only gives back
-/// jobs this daemon lost track of; a start requeues a crashed daemon's at once. A job a slot
-/// holds is never given out again by a claim, lease or not
-/// ([`Holdings`](super::holdings::Holdings)); a claim answered only after half the lease is not
-/// taken up.
-const LEASE_MS: i64 = 30 * 60 * 1000;
+/// A claimed job stays ours this long. It may wait behind its slot's transfers before its own runs
+/// (up to nine: eight claimed ahead and the one running), and each is bounded by a few request
+/// timeouts (two minutes each), so this is well past both. The lease only gives back jobs this
+/// daemon lost track of (a slot that panicked); a start requeues a crashed daemon's at once. A job
+/// a slot holds is never given out again by a claim, lease or not
+/// ([`Holdings`](super::holdings::Holdings)), so it is not sent twice; but while one is held past
+/// its lease, every claim of its vendor reads the running jobs again. A claim answered only after
+/// half the lease is not taken up.
+pub(super) const LEASE_MS: i64 = 60 * 60 * 1000;
 
 /// Up to `want` due jobs, in one journal write, each of the least busy vendor that has one due and
 /// is not paused (or whose probe is due). A job of a paused vendor is its probe: the next probe is

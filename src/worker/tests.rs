@@ -197,13 +197,12 @@ fn a_claim_held_past_half_its_lease_counts_as_running_out() {
             .checked_sub(held)
             .unwrap_or_else(Instant::now),
     };
+    let half = Duration::from_millis(super::claim::LEASE_MS as u64 / 2);
+    let minute = Duration::from_secs(60);
     assert!(!claim(Duration::ZERO).lease_running_out());
-    assert!(!claim(Duration::from_secs(14 * 60)).lease_running_out());
-    if Instant::now()
-        .checked_sub(Duration::from_secs(16 * 60))
-        .is_some()
-    {
-        assert!(claim(Duration::from_secs(16 * 60)).lease_running_out());
+    assert!(!claim(half - minute).lease_running_out());
+    if Instant::now().checked_sub(half + minute).is_some() {
+        assert!(claim(half + minute).lease_running_out());
     }
 }
 
