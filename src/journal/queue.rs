@@ -810,8 +810,10 @@ fn requeue_file(tx: &Connection, file_id: i64) -> Result<()> {
 
 /// When each vendor's running jobs must next be read for a lease that ran out. A lease runs out
 /// only for a job its slot let go of without an outcome (a panic) or holds past it (an
-/// unwritable journal), half an hour after its claim; reading for one goes through every running
-/// job of the vendor, so a claim reads only once a lease may have run out, not every time.
+/// unwritable journal), an hour after its claim; reading for one goes through every running
+/// job of the vendor, so a claim reads only once a lease may have run out, not every time. What
+/// it expects is forgotten when a transaction is taken back ([`Journal::taken_back`]): a claim
+/// may have seen jobs stop running that are running again.
 #[derive(Debug, Default)]
 pub(super) struct LeaseChecks {
     /// Epoch ms from which the vendor's leases are read again; a vendor not here is read at once.

@@ -180,7 +180,7 @@ impl Slot {
 
     /// Releases a claimed job this slot will not run. A journal that cannot take it (locked,
     /// full) is asked again with growing waits, as for an outcome, so the job does not sit
-    /// `running` for the rest of its 30-minute lease once the journal is back; unless the daemon
+    /// `running` for the rest of its one-hour lease once the journal is back; unless the daemon
     /// is stopping (its next start requeues the job). The job is held until then, so no claim
     /// gives it out meanwhile.
     pub(super) async fn put_back(&self, claim: &Claim) {
