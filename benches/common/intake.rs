@@ -9,6 +9,8 @@ use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecursiveMode, Watcher};
 use sha2::{Digest, Sha256};
 
+use super::thread_cpu_seconds;
+
 /// What `files` cost the intake, in CPU seconds.
 pub struct IntakeFloor {
     /// notify's thread, from its first event to the last file's close: reading the inotify queue
@@ -58,16 +60,4 @@ pub fn intake_floor(dir: &tempfile::TempDir, files: &[Vec<u8>]) -> IntakeFloor {
     let hashing = thread_cpu_seconds() - cpu;
     std::hint::black_box(digests);
     IntakeFloor { events, hashing }
-}
-
-/// CPU seconds the calling thread has spent, to the microsecond.
-fn thread_cpu_seconds() -> f64 {
-    // SAFETY: `rusage` is plain data, and getrusage only writes into it.
-    let usage = unsafe {
-        let mut usage = std::mem::zeroed::<libc::rusage>();
-        libc::getrusage(libc::RUSAGE_THREAD, &mut usage);
-        usage
-    };
-    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }

@@ -54,10 +54,19 @@ pub fn cpu_seconds(pid: &str) -> f64 {
 /// User and system CPU seconds this process has spent so far, to the microsecond (`getrusage`),
 /// where [`cpu_seconds`] counts in ticks of 10 ms: for phases that last a fraction of a second.
 pub fn own_cpu_seconds() -> f64 {
+    rusage_seconds(libc::RUSAGE_SELF)
+}
+
+/// User and system CPU seconds the calling thread has spent so far, to the microsecond.
+pub fn thread_cpu_seconds() -> f64 {
+    rusage_seconds(libc::RUSAGE_THREAD)
+}
+
+fn rusage_seconds(who: libc::c_int) -> f64 {
     // SAFETY: `rusage` is plain data, and getrusage only writes into it.
     let usage = unsafe {
         let mut usage = std::mem::zeroed::<libc::rusage>();
-        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        libc::getrusage(who, &mut usage);
         usage
     };
     let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
