@@ -216,8 +216,8 @@ fn a_file_rewritten_while_its_upload_waits_is_never_sent_with_its_old_bytes() {
     h.wait_for("later.png synced with its new bytes", |h| {
         h.remote_bytes("later.png").as_deref() == Some(&new[..])
     });
-    let held: Vec<Vec<u8>> = h.sandbox.images().into_values().map(|i| i.bytes).collect();
-    assert!(!held.contains(&old), "later.png's first bytes were sent");
+    let stored: Vec<Vec<u8>> = h.sandbox.images().into_values().map(|i| i.bytes).collect();
+    assert!(!stored.contains(&old), "later.png's first bytes were sent");
     // An upload of the old bytes would have been replaced since, and its copy deleted.
     assert_eq!(h.sandbox.uploads(), 2, "first.png, and later.png once");
     assert_eq!(h.deletes_at_sandbox(), 0);

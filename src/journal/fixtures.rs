@@ -3,6 +3,17 @@
 
 use super::{FileStamp, Observation};
 
+/// A stamp of `size` bytes for inode `inode` (the times and the device the same for every file).
+pub(crate) fn stamp(size: u64, inode: u64) -> FileStamp {
+    FileStamp {
+        size,
+        mtime_ns: 1,
+        ctime_ns: 1,
+        inode,
+        dev: 1,
+    }
+}
+
 pub(crate) fn observation<'a>(
     path: &'a str,
     vendor: &'a str,

@@ -344,18 +344,18 @@ mod tests {
     /// expected the next lease to run out, so the next claim still finds that job.
     #[test]
     fn a_group_taken_back_leaves_no_run_out_lease_unfound() {
-        use crate::journal::{Claimed, FileStamp, fixtures::observation};
+        use crate::journal::Claimed;
+        use crate::journal::fixtures::{observation, stamp};
         let (_dir, mut journal) = journal();
-        let stamp = FileStamp {
-            size: 1,
-            mtime_ns: 1,
-            ctime_ns: 1,
-            inode: 1,
-            dev: 1,
-        };
-        for (path, sha) in [("/w/a.png", "aa"), ("/w/b.png", "bb")] {
+        for (inode, (path, sha)) in [("/w/a.png", "aa"), ("/w/b.png", "bb")]
+            .into_iter()
+            .enumerate()
+        {
             journal
-                .observe(&observation(path, "a", sha, stamp), &|_| true)
+                .observe(
+                    &observation(path, "a", sha, stamp(1, inode as u64)),
+                    &|_| true,
+                )
                 .unwrap();
         }
         let vendors = vec!["a".to_string()];

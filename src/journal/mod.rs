@@ -241,10 +241,7 @@ impl Journal {
             path: path.to_path_buf(),
             source,
         })?;
-        let mut journal = Journal {
-            conn,
-            lease_checks: queue::LeaseChecks::default(),
-        };
+        let mut journal = Journal::on(conn);
         journal
             .refuse_foreign(path)
             .and_then(|()| journal.configure(path))
@@ -299,10 +296,7 @@ impl Journal {
             }
             Err(source) => return Err(open_err(source)),
         };
-        let journal = Journal {
-            conn,
-            lease_checks: queue::LeaseChecks::default(),
-        };
+        let journal = Journal::on(conn);
         let found = journal.schema_version()?;
         let known = MIGRATIONS.len() as i64;
         if found > known {
@@ -421,6 +415,14 @@ impl Journal {
         } else {
             sql::Write::Nested(sql::Nested::begin(&self.conn)?)
         })
+    }
+
+    /// The journal on an open connection, remembering nothing yet of its own writes.
+    fn on(conn: Connection) -> Journal {
+        Journal {
+            conn,
+            lease_checks: queue::LeaseChecks::default(),
+        }
     }
 
     /// A transaction was taken back: what this connection remembers of its own writes (when the

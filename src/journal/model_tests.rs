@@ -101,13 +101,7 @@ impl World {
     }
 
     fn observation(&self, path: usize, content: usize) -> Observation<'static> {
-        let stamp = FileStamp {
-            size: 100 + content as u64,
-            mtime_ns: 1,
-            ctime_ns: 1,
-            inode: path as u64,
-            dev: 1,
-        };
+        let stamp = super::fixtures::stamp(100 + content as u64, path as u64);
         super::fixtures::observation(PATHS[path], "erp", CONTENTS[content], stamp)
     }
 

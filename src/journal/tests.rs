@@ -20,13 +20,7 @@ fn fixture() -> Fixture {
 }
 
 fn stamp(size: u64) -> FileStamp {
-    FileStamp {
-        size,
-        mtime_ns: 1,
-        ctime_ns: 1,
-        inode: 7,
-        dev: 1,
-    }
+    super::fixtures::stamp(size, 7)
 }
 
 fn obs<'a>(path: &'a str, sha: &'a str) -> Observation<'a> {
@@ -190,6 +184,7 @@ fn a_lease_that_runs_out_between_claims_is_found_by_the_first_claim_after_it() {
     assert_ne!(last.id, long.id);
     assert!(claim(j).is_none(), "every job is leased");
 }
+
 #[test]
 fn a_rename_moves_the_record_and_queues_nothing() {
     let mut f = fixture();

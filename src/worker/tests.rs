@@ -41,13 +41,7 @@ fn queued(n: usize) -> (tempfile::TempDir, crate::journal::Journal) {
 /// File `i` of `vendor`'s watch, with the bytes whose hash is `sha`: queued for upload.
 fn observe(journal: &mut crate::journal::Journal, vendor: &str, i: usize, sha: &str) {
     let path = format!("/w/{vendor}{i}.png");
-    let stamp = crate::journal::FileStamp {
-        size: 100,
-        mtime_ns: 1,
-        ctime_ns: 1,
-        inode: i as u64,
-        dev: 1,
-    };
+    let stamp = crate::journal::fixtures::stamp(100, i as u64);
     let obs = crate::journal::fixtures::observation(&path, vendor, sha, stamp);
     journal.observe(&obs, &|_| true).unwrap();
 }
