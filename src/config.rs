@@ -123,51 +123,76 @@ impl PartialEq for WatchConfig {
 /// relative to the watch root).
 #[derive(Debug, Clone)]
 pub struct NameFilter {
-    include: GlobSet,
-    exclude: GlobSet,
+    include: Globs,
+    exclude: Globs,
 }
 
 impl NameFilter {
     pub fn new(include: &[String], exclude: &[String]) -> Result<Self, globset::Error> {
         Ok(NameFilter {
-            include: build_globset(include)?,
-            exclude: build_globset(exclude)?,
+            include: Globs::new(include)?,
+            exclude: Globs::new(exclude)?,
         })
     }
 
     /// Whether a file at `relative` (to the watch root) is one the watch should take. A file in
     /// an excluded folder (`.thumbnails/`, `@eaDir/`) is excluded however it was seen.
     pub fn accepts(&self, relative: &Path) -> bool {
-        let Some(name) = relative.file_name() else {
-            return false;
-        };
         let in_excluded_folder = relative
             .parent()
             .into_iter()
             .flat_map(Path::components)
             .any(|folder| self.excludes_dir(folder.as_os_str()));
-        let hit = |set: &GlobSet| set.is_match(name) || set.is_match(relative);
-        !in_excluded_folder && hit(&self.include) && !hit(&self.exclude)
+        !in_excluded_folder && self.accepts_in_folder(relative)
     }
-}
 
-impl NameFilter {
+    /// [`NameFilter::accepts`] for a file whose folders are known to be taken: a walk never
+    /// enters an excluded one, and matching each file's folders again was a twentieth of what a
+    /// restart cost.
+    pub fn accepts_in_folder(&self, relative: &Path) -> bool {
+        let Some(name) = relative.file_name() else {
+            return false;
+        };
+        self.include.hit(name, relative) && !self.exclude.hit(name, relative)
+    }
+
     /// Whether a folder is skipped whole (an excluded name such as `.cache`).
     pub fn excludes_dir(&self, name: &std::ffi::OsStr) -> bool {
-        self.exclude.is_match(name)
+        self.exclude.set.is_match(name)
     }
 }
 
-fn build_globset(patterns: &[String]) -> Result<GlobSet, globset::Error> {
-    let mut builder = GlobSetBuilder::new();
-    for pattern in patterns {
-        let glob = globset::GlobBuilder::new(pattern)
-            .case_insensitive(true)
-            .literal_separator(true)
-            .build()?;
-        builder.add(glob);
+/// Globs matched case-insensitively, where `*` and `?` stop at a `/`.
+#[derive(Debug, Clone)]
+struct Globs {
+    set: GlobSet,
+    /// Whether a pattern may match a path with folders in it (it has a `/`, a `**`, or a class
+    /// such as `[!x]` that might take a `/`); without one, a file's name is all that can match.
+    on_paths: bool,
+}
+
+impl Globs {
+    fn new(patterns: &[String]) -> Result<Globs, globset::Error> {
+        let mut builder = GlobSetBuilder::new();
+        for pattern in patterns {
+            let glob = globset::GlobBuilder::new(pattern)
+                .case_insensitive(true)
+                .literal_separator(true)
+                .build()?;
+            builder.add(glob);
+        }
+        Ok(Globs {
+            set: builder.build()?,
+            on_paths: patterns
+                .iter()
+                .any(|p| p.contains('/') || p.contains("**") || p.contains('[')),
+        })
     }
-    builder.build()
+
+    /// Whether a pattern matches the file's `name` or, for a pattern that can, its `relative` path.
+    fn hit(&self, name: &std::ffi::OsStr, relative: &Path) -> bool {
+        self.set.is_match(name) || (self.on_paths && self.set.is_match(relative))
+    }
 }
 
 // ---- the raw YAML shape ------------------------------------------------------------------------

@@ -594,3 +594,27 @@ fn a_jiandaoyun_key_from_the_environment_or_a_file_and_no_foreign_keys() {
         "/etc/imgsyncd/daemon.yaml:7: vendors.wiki.create_record: is not a key of a feishu vendor"
     );
 }
+
+#[test]
+fn patterns_with_folders_match_the_path_and_the_others_the_name_alone() {
+    let strings = |s: &[&str]| s.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+    let filter = NameFilter::new(
+        &strings(&["*.png", "scans/**/*.TIF"]),
+        &strings(&["drafts/*", "*.tmp"]),
+    )
+    .unwrap();
+    let takes = |path: &str| filter.accepts_in_folder(Path::new(path));
+    assert!(takes("a/b/Photo.PNG"), "a name pattern, in any folder");
+    assert!(takes("scans/2026/page.tif"), "a path pattern, case aside");
+    assert!(
+        !takes("other/page.tif"),
+        "* and ** below a named folder only"
+    );
+    assert!(!takes("drafts/x.png"), "excluded by its path");
+    assert!(takes("a/drafts/x.png"), "drafts/* is anchored at the root");
+    assert!(!takes("a/x.png.tmp"));
+    // A class may take what a name cannot have: its patterns are matched against the path too.
+    let classes = NameFilter::new(&strings(&["a[!b]c.png"]), &[]).unwrap();
+    assert!(classes.accepts_in_folder(Path::new("f/axc.png")));
+    assert!(!classes.accepts_in_folder(Path::new("f/abc.png")));
+}

@@ -1,7 +1,5 @@
 //! The watcher's side of the journal: what was seen on disk, and what it means for the record.
 
-use std::collections::HashMap;
-
 use super::sql::CachedSql;
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -259,19 +257,28 @@ impl Journal {
     /// All in one read transaction: a lookup on its own takes and drops the WAL's read locks,
     /// which cost more than the lookup.
     pub fn known_files(&self, paths: &[String]) -> Result<Vec<Option<KnownFile>>> {
+        self.in_one_read(|| {
+            let mut known = Vec::with_capacity(paths.len());
+            // A walk hands over a folder's files together: each folder's run is one range read.
+            for folder in paths.chunk_by(|a, b| parent(a) == parent(b)) {
+                known.extend(self.known_in_folder(folder)?);
+            }
+            Ok(known)
+        })
+    }
+
+    /// Runs `read` in one read transaction, unless one is open already: its reads see one state
+    /// of the journal.
+    fn in_one_read<T>(&self, read: impl FnOnce() -> Result<T>) -> Result<T> {
         let reading = match self.conn.is_autocommit() {
             true => Some(self.conn.unchecked_transaction()?),
             false => None,
         };
-        let mut known = Vec::with_capacity(paths.len());
-        // A walk hands over a folder's files together: each folder's run is one range read.
-        for folder in paths.chunk_by(|a, b| parent(a) == parent(b)) {
-            known.extend(self.known_in_folder(folder)?);
-        }
+        let value = read()?;
         if let Some(reading) = reading {
             reading.finish()?;
         }
-        Ok(known)
+        Ok(value)
     }
 
     /// [`Journal::known_files`] for paths in one folder: their rows lie in a narrow path range,
@@ -289,9 +296,7 @@ impl Journal {
         if in_range.len() >= limit {
             return paths.iter().map(|p| self.known_file(p)).collect();
         }
-        let mut by_path: HashMap<String, KnownFile> =
-            in_range.into_iter().map(|k| (k.path.clone(), k)).collect();
-        Ok(paths.iter().map(|p| by_path.remove(p)).collect())
+        Ok(matched(paths, in_range))
     }
 
     /// The files the journal holds under `root` that it does not consider removed.
@@ -316,15 +321,27 @@ impl Journal {
     }
 
     /// How many files under `root` the journal holds as present (not removed, no removal pending).
+    ///
+    /// Counted as all the rows there less the absent ones (removed, or a removal pending): each
+    /// count reads an index only (the path index; `files_absent`, which holds just those rows),
+    /// where counting the present rows read every row's state from the table.
     pub fn count_present_under(&self, root: &str) -> Result<usize> {
         let (from, to) = path_range(root);
-        let count: i64 = self.conn.cached_query_row(
-            "SELECT COUNT(*) FROM files
-             WHERE path >= ?1 AND path < ?2 AND state != 'removed' AND removal IS NULL",
-            [from, to],
-            |r| r.get(0),
-        )?;
-        Ok(count as usize)
+        let count = |sql: &str| -> Result<i64> {
+            Ok(self
+                .conn
+                .cached_query_row(sql, [&from, &to], |r| r.get(0))?)
+        };
+        let (all, absent) = self.in_one_read(|| {
+            Ok((
+                count("SELECT COUNT(*) FROM files WHERE path >= ?1 AND path < ?2")?,
+                count(
+                    "SELECT COUNT(*) FROM files
+                     WHERE (state = 'removed' OR removal IS NOT NULL) AND path >= ?1 AND path < ?2",
+                )?,
+            ))
+        })?;
+        Ok((all - absent).max(0) as usize)
     }
 
     fn known_where(
@@ -340,17 +357,35 @@ impl Journal {
              WHERE state != 'removed' AND {condition}"
         ))?;
         let rows = stmt.query_map(values, |r| {
-            let state: String = r.get(6)?;
+            let state = FileState::parse(r.get_ref(6)?.as_str()?);
             Ok(KnownFile {
                 path: r.get(0)?,
                 stamp: stamp_from(r, 1)?,
-                state: FileState::parse(&state).unwrap_or(FileState::Pending),
+                state: state.unwrap_or(FileState::Pending),
                 removal_pending: r.get(7)?,
                 needs_work: r.get(8)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
+}
+
+/// Each of `paths` with its row of `rows` (in path order, as the path index gives them), by one
+/// merge of the two sorted lists: a walk's batch is a folder's files in the order the file system
+/// lists them, and a map from path to row cost a copy and two hashes of every path.
+fn matched(paths: &[String], rows: Vec<KnownFile>) -> Vec<Option<KnownFile>> {
+    let mut order: Vec<usize> = (0..paths.len()).collect();
+    // Stable, so a path given twice gets its row the first time, as a lookup each would.
+    order.sort_by(|&a, &b| paths[a].cmp(&paths[b]));
+    let mut known: Vec<Option<KnownFile>> =
+        std::iter::repeat_with(|| None).take(paths.len()).collect();
+    let mut rows = rows.into_iter().peekable();
+    for i in order {
+        // SQLite's BINARY collation orders text as `str` does: byte by byte.
+        while rows.next_if(|row| row.path < paths[i]).is_some() {}
+        known[i] = rows.next_if(|row| row.path == paths[i]);
+    }
+    known
 }
 
 /// The paths under `root` as a range of text, so the path index finds them: from `root/` up to

@@ -987,6 +987,35 @@ fn a_watch_is_read_a_page_at_a_time_and_only_its_own_paths() {
 }
 
 #[test]
+fn a_watch_counts_as_present_only_its_files_neither_removed_nor_on_their_way_out() {
+    let mut f = fixture();
+    let j = &mut f.journal;
+    for (i, name) in ["a", "b", "c", "d"].iter().enumerate() {
+        let path = format!("/w/{name}.png");
+        synced(j, &path, &format!("s{i}"), &format!("https://v/{name}"));
+    }
+    j.observe(&obs("/w/new.png", "n"), ABSENT).unwrap();
+    j.observe(&obs("/w2/x.png", "x"), ABSENT).unwrap();
+    j.observe(&obs("/w.old/y.png", "y"), ABSENT).unwrap();
+    assert_eq!(j.count_present_under("/w").unwrap(), 5);
+    assert!(matches!(missing(j, "/w/new.png"), MissingOutcome::Removed));
+    assert!(matches!(
+        missing(j, "/w/a.png"),
+        MissingOutcome::DeleteQueued
+    ));
+    let held = ["/w/b.png".to_string()];
+    let outcome = j.mark_missing(&removals(&held, 100, Some("test"))).unwrap();
+    assert!(matches!(outcome[0].1, MissingOutcome::Held(_)));
+    assert_eq!(
+        j.count_present_under("/w").unwrap(),
+        2,
+        "removed, deleting and held are not present; /w2 and /w.old are other folders"
+    );
+    assert_eq!(j.glance().unwrap().held_deletes, 1);
+    assert_eq!(j.count_present_under("/w2").unwrap(), 1);
+}
+
+#[test]
 fn a_walks_batch_is_looked_up_by_range_or_path_by_path_when_the_range_is_crowded() {
     let mut f = fixture();
     let j = &mut f.journal;

@@ -111,7 +111,7 @@ pub fn in_batches(
         let Ok(relative) = entry.path().strip_prefix(root) else {
             continue;
         };
-        if !watch.filter.accepts(relative) {
+        if !watch.filter.accepts_in_folder(relative) {
             continue;
         }
         if let Some(stamp) = stamp_in_folder(&mut folder, entry.path()) {
