@@ -256,11 +256,11 @@ impl Journal {
     ///
     /// All in one read transaction: a lookup on its own takes and drops the WAL's read locks,
     /// which cost more than the lookup.
-    pub fn known_files(&self, paths: &[String]) -> Result<Vec<Option<KnownFile>>> {
+    pub fn known_files<P: AsRef<str>>(&self, paths: &[P]) -> Result<Vec<Option<KnownFile>>> {
         self.in_one_read(|| {
             let mut known = Vec::with_capacity(paths.len());
             // A walk hands over a folder's files together: each folder's run is one range read.
-            for folder in paths.chunk_by(|a, b| parent(a) == parent(b)) {
+            for folder in paths.chunk_by(|a, b| parent(a.as_ref()) == parent(b.as_ref())) {
                 known.extend(self.known_in_folder(folder)?);
             }
             Ok(known)
@@ -284,19 +284,32 @@ impl Journal {
     /// [`Journal::known_files`] for paths in one folder: their rows lie in a narrow path range,
     /// read in one pass of the path index. A range crowded with other rows (subfolders sorted
     /// between the paths) is looked up path by path instead.
-    fn known_in_folder(&self, paths: &[String]) -> Result<Vec<Option<KnownFile>>> {
-        let (Some(first), Some(last)) = (paths.iter().min(), paths.iter().max()) else {
+    fn known_in_folder<P: AsRef<str>>(&self, paths: &[P]) -> Result<Vec<Option<KnownFile>>> {
+        let path = |i: usize| paths[i].as_ref();
+        let mut order: Vec<usize> = (0..paths.len()).collect();
+        // Stable, so a path given twice gets its row the first time, as a lookup each would.
+        order.sort_by(|&a, &b| path(a).cmp(path(b)));
+        let (Some(&first), Some(&last)) = (order.first(), order.last()) else {
             return Ok(Vec::new());
         };
         let limit = paths.len() * 2 + 16;
         let in_range = self.known_where(
             "path >= ?1 AND path <= ?2 ORDER BY path LIMIT ?3",
-            params![first, last, limit as i64],
+            params![path(first), path(last), limit as i64],
         )?;
         if in_range.len() >= limit {
-            return paths.iter().map(|p| self.known_file(p)).collect();
+            return paths.iter().map(|p| self.known_file(p.as_ref())).collect();
         }
-        Ok(matched(paths, in_range))
+        // One merge of the two sorted lists (SQLite's BINARY collation orders text as `str`
+        // does, byte by byte): a map from path to row cost a copy and two hashes of every path.
+        let mut known: Vec<Option<KnownFile>> =
+            std::iter::repeat_with(|| None).take(paths.len()).collect();
+        let mut rows = in_range.into_iter().peekable();
+        for i in order {
+            while rows.next_if(|row| row.path.as_str() < path(i)).is_some() {}
+            known[i] = rows.next_if(|row| row.path == path(i));
+        }
+        Ok(known)
     }
 
     /// The files the journal holds under `root` that it does not consider removed.
@@ -368,24 +381,6 @@ impl Journal {
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
-}
-
-/// Each of `paths` with its row of `rows` (in path order, as the path index gives them), by one
-/// merge of the two sorted lists: a walk's batch is a folder's files in the order the file system
-/// lists them, and a map from path to row cost a copy and two hashes of every path.
-fn matched(paths: &[String], rows: Vec<KnownFile>) -> Vec<Option<KnownFile>> {
-    let mut order: Vec<usize> = (0..paths.len()).collect();
-    // Stable, so a path given twice gets its row the first time, as a lookup each would.
-    order.sort_by(|&a, &b| paths[a].cmp(&paths[b]));
-    let mut known: Vec<Option<KnownFile>> =
-        std::iter::repeat_with(|| None).take(paths.len()).collect();
-    let mut rows = rows.into_iter().peekable();
-    for i in order {
-        // SQLite's BINARY collation orders text as `str` does: byte by byte.
-        while rows.next_if(|row| row.path < paths[i]).is_some() {}
-        known[i] = rows.next_if(|row| row.path == paths[i]);
-    }
-    known
 }
 
 /// The paths under `root` as a range of text, so the path index finds them: from `root/` up to

@@ -949,12 +949,15 @@ impl WatchTask {
         let mut failed = false;
         while let Some(batch) = batches.recv().await {
             pass.on_disk += batch.len();
-            let paths: Vec<String> = batch
-                .iter()
-                .map(|(p, _)| path_text::to_text(p).into_owned())
-                .collect();
-            let known = match self.ctx.journal.call(move |j| j.known_files(&paths)).await {
-                Ok(known) => known,
+            // The batch goes to the journal's thread and back, so no path is copied to be looked up.
+            let looked_up = self.ctx.journal.call(move |j| {
+                let paths: Vec<_> = batch.iter().map(|(p, _)| path_text::to_text(p)).collect();
+                let known = j.known_files(&paths);
+                drop(paths);
+                known.map(|known| (batch, known))
+            });
+            let (batch, known) = match looked_up.await {
+                Ok(looked_up) => looked_up,
                 Err(e) => {
                     error!(watch = %self.root().display(), "cannot read the journal: {e}");
                     failed = true;
