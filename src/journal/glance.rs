@@ -47,14 +47,16 @@ impl Journal {
             let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)
         };
-        Ok(Glance {
-            pending: count("SELECT COUNT(*) FROM files WHERE state = 'pending'")?,
-            deletes_queued: count("SELECT COUNT(*) FROM jobs WHERE op != 'upload'")?,
-            failed: count("SELECT COUNT(*) FROM files WHERE state = 'failed'")?,
-            rejected: count("SELECT COUNT(*) FROM files WHERE state = 'rejected'")?,
-            paused_vendors: pairs("SELECT vendor, reason FROM vendor_pauses ORDER BY vendor")?,
-            paused_watches: pairs("SELECT root, reason FROM watch_pauses ORDER BY root")?,
-            held_deletes: count("SELECT COUNT(*) FROM files WHERE removal = 'held'")?,
+        self.in_one_read(|| {
+            Ok(Glance {
+                pending: count("SELECT COUNT(*) FROM files WHERE state = 'pending'")?,
+                deletes_queued: count("SELECT COUNT(*) FROM jobs WHERE op != 'upload'")?,
+                failed: count("SELECT COUNT(*) FROM files WHERE state = 'failed'")?,
+                rejected: count("SELECT COUNT(*) FROM files WHERE state = 'rejected'")?,
+                paused_vendors: pairs("SELECT vendor, reason FROM vendor_pauses ORDER BY vendor")?,
+                paused_watches: pairs("SELECT root, reason FROM watch_pauses ORDER BY root")?,
+                held_deletes: count("SELECT COUNT(*) FROM files WHERE removal = 'held'")?,
+            })
         })
     }
 

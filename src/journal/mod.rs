@@ -405,6 +405,20 @@ impl Journal {
             .query_row("PRAGMA user_version", [], |r| r.get(0))?)
     }
 
+    /// Runs `read` in one read transaction, unless one is open already: its reads see one state
+    /// of the journal, and take the WAL's read locks once, not once a statement.
+    pub(super) fn in_one_read<T>(&self, read: impl FnOnce() -> Result<T>) -> Result<T> {
+        let reading = match self.conn.is_autocommit() {
+            true => Some(self.conn.unchecked_transaction()?),
+            false => None,
+        };
+        let value = read()?;
+        if let Some(reading) = reading {
+            reading.finish()?;
+        }
+        Ok(value)
+    }
+
     /// A write transaction of its own, or, inside a group of writes committed together (see
     /// [`JournalHandle::write`]), a savepoint: a write that fails takes back only its own changes.
     fn write(&mut self) -> Result<sql::Write<'_>> {

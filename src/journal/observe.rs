@@ -267,20 +267,6 @@ impl Journal {
         })
     }
 
-    /// Runs `read` in one read transaction, unless one is open already: its reads see one state
-    /// of the journal.
-    fn in_one_read<T>(&self, read: impl FnOnce() -> Result<T>) -> Result<T> {
-        let reading = match self.conn.is_autocommit() {
-            true => Some(self.conn.unchecked_transaction()?),
-            false => None,
-        };
-        let value = read()?;
-        if let Some(reading) = reading {
-            reading.finish()?;
-        }
-        Ok(value)
-    }
-
     /// [`Journal::known_files`] for paths in one folder: their rows lie in a narrow path range,
     /// read in one pass of the path index. A range crowded with other rows (subfolders sorted
     /// between the paths) is looked up path by path instead.
