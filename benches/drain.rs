@@ -227,6 +227,19 @@ fn daemon(files: &[Vec<u8>]) -> (Duration, u64) {
     (elapsed, peak_kib)
 }
 
+/// Prints a floor's CPU for `n` files, in all and a file at a time, and its parts a file at a time.
+fn report_floor(what: &str, n: u32, parts: [(&str, f64); 2]) {
+    let total: f64 = parts.iter().map(|(_, seconds)| seconds).sum();
+    let per_file = |seconds: f64| seconds * 1e6 / f64::from(n);
+    let [(a, a_s), (b, b_s)] = parts;
+    eprintln!(
+        "{what} floor for {n} files: {total:.2} s of CPU ({:.0} µs a file: {a} {:.0}, {b} {:.0})",
+        per_file(total),
+        per_file(a_s),
+        per_file(b_s),
+    );
+}
+
 fn main() {
     let sizes: Vec<u32> = std::env::var("IMGSYNCD_BENCH_N")
         .ok()
@@ -245,19 +258,21 @@ fn main() {
         let (run, rss) = daemon(&files);
         let floor = common::lifecycle::lifecycle(n as usize);
         let intake = common::intake::intake_floor(&scratch(), &files);
-        eprintln!(
-            "journal floor for {n} files: {:.2} s of CPU ({:.0} µs a file: recorded {:.0}, claimed and finished {:.0})",
-            floor.total(),
-            floor.total() * 1e6 / n as f64,
-            floor.recorded * 1e6 / n as f64,
-            floor.claimed_and_finished * 1e6 / n as f64,
+        report_floor(
+            "journal",
+            n,
+            [
+                ("recorded", floor.recorded),
+                ("claimed and finished", floor.claimed_and_finished),
+            ],
         );
-        eprintln!(
-            "intake floor for {n} files: {:.2} s of CPU ({:.0} µs a file: notify's events {:.0}, hashing {:.0})",
-            intake.total(),
-            intake.total() * 1e6 / n as f64,
-            intake.events * 1e6 / n as f64,
-            intake.hashing * 1e6 / n as f64,
+        report_floor(
+            "intake",
+            n,
+            [
+                ("notify's events", intake.events),
+                ("hashing", intake.hashing),
+            ],
         );
         // The client's run plus both floors, spread over two cores kept fully busy.
         let best = (base_cpu + floor.total() + intake.total()) / 2.0;
