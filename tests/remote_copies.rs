@@ -567,6 +567,39 @@ fn a_recreated_root_is_watched_again() {
     }
 }
 
+/// Case 17, heard late: the daemon learns of the removal only once a new folder stands at the
+/// root's path, which ext4 and tmpfs give the inode number just freed. It is another folder all
+/// the same: the new one is watched, and nothing is deleted for the files that went with the old.
+#[test]
+fn a_root_recreated_before_the_daemon_hears_of_it_is_watched_again_and_deletes_nothing() {
+    let mut h = Harness::new();
+    h.start();
+    let urls = sync_all(&h, &names("old", 3), 1720);
+    h.signal("-STOP");
+    std::fs::remove_dir_all(&h.drop).unwrap();
+    std::fs::create_dir_all(&h.drop).unwrap();
+    h.signal("-CONT");
+    h.drop_file("new.png", &png(1730));
+    h.wait_state("new.png", "synced");
+    settle_time();
+    assert!(h.sandbox.deleted().is_empty(), "{}", h.log());
+    for url in urls {
+        assert!(held_by_vendor(&h, &url));
+    }
+    let log = h.log();
+    assert!(
+        log.contains("watch root changed: the folder was replaced by another one"),
+        "{log}"
+    );
+    for name in names("old", 3) {
+        let row = h.file(&name).unwrap();
+        assert!(
+            row["error"].as_str().unwrap_or_default().contains("replaced"),
+            "its removal waits for an operator: {row}"
+        );
+    }
+}
+
 /// Case 18: A queued file replaced by a FIFO never hangs a worker or the shutdown.
 #[test]
 fn a_queued_file_replaced_by_a_fifo_hangs_nothing() {

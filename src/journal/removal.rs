@@ -150,6 +150,17 @@ impl Journal {
             .optional()?)
     }
 
+    /// The watch root the journal knows was deleted: no folder has inode 0, so whatever folder
+    /// is at its path from now on is taken for another one (its removals held) until an operator
+    /// accepts it (`retry --held`), even one the filesystem gave the freed inode number again.
+    pub fn forget_root_inode(&mut self, root: &str) -> Result<()> {
+        self.conn.cached_execute(
+            "UPDATE watch_roots SET inode = 0, updated_at = ?2 WHERE root = ?1",
+            params![root, now_ms()],
+        )?;
+        Ok(())
+    }
+
     pub fn set_root_identity(&mut self, root: &str, dev: u64, inode: u64) -> Result<()> {
         self.conn.cached_execute(
             "INSERT INTO watch_roots (root, dev, inode, updated_at) VALUES (?1, ?2, ?3, ?4)

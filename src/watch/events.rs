@@ -17,6 +17,9 @@ pub enum WatchEvent {
     Seen { path: PathBuf, sighting: Sighting },
     /// Removed or moved away.
     Gone { path: PathBuf },
+    /// The watch root itself was deleted (not moved): a folder at its path from now on is another
+    /// one, even with the same inode number, which the filesystem may hand out again at once.
+    RootDeleted,
     /// Events were lost (queue overflow, watch error): only a full reconcile is safe.
     Rescan { why: String },
     /// inotify can no longer cover the folder (out of watches): it must be polled instead.
@@ -324,7 +327,14 @@ fn translate(result: notify::Result<Event>, polling: bool, root: &Path) -> Vec<W
             .iter()
             .map(|p| seen(p, Sighting::Open))
             .collect(),
-        EventKind::Remove(_) => event.paths.iter().map(gone).collect(),
+        EventKind::Remove(_) => event
+            .paths
+            .iter()
+            .map(|p| match p.as_path() == root {
+                true => WatchEvent::RootDeleted,
+                false => gone(p),
+            })
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -426,5 +436,25 @@ mod tests {
         assert!(gone_paths(own).is_empty(), "said already by the parent");
         let roots = translate(Ok(moved_from("/w", None)), false, root);
         assert_eq!(gone_paths(roots), [PathBuf::from("/w")]);
+    }
+
+    /// The root's own deletion says more than a removal: the folder at its path is another one
+    /// from now on. A folder inside it, deleted, is a removal like a file.
+    #[test]
+    fn the_roots_deletion_is_told_apart_from_a_removal_inside_it() {
+        let root = Path::new("/w");
+        let deleted = |path: &str| {
+            Event::new(EventKind::Remove(notify::event::RemoveKind::Folder)).add_path(path.into())
+        };
+        let events = translate(Ok(deleted("/w")), false, root);
+        assert!(
+            matches!(events[..], [WatchEvent::RootDeleted]),
+            "{events:?}"
+        );
+        let inside = translate(Ok(deleted("/w/sub")), false, root);
+        assert_eq!(gone_paths(inside), [PathBuf::from("/w/sub")]);
+        // Moved away, the root may come back as itself: that is for its inode to say.
+        let moved = translate(Ok(moved_from("/w", None)), false, root);
+        assert_eq!(gone_paths(moved), [PathBuf::from("/w")]);
     }
 }

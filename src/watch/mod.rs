@@ -467,13 +467,17 @@ impl WatchTask {
         if let events::WatchEvent::Seen { path, .. } | events::WatchEvent::Gone { path } = &event
             && path == self.root()
         {
-            // The root itself was removed, moved or replaced.
+            // The root itself was moved away or back, or replaced.
             self.verify_root().await;
             return;
         }
         match event {
             events::WatchEvent::Seen { path, sighting } => self.seen(&path, sighting).await,
             events::WatchEvent::Gone { path } => self.gone(&path),
+            events::WatchEvent::RootDeleted => {
+                self.root_deleted().await;
+                self.verify_root().await;
+            }
             events::WatchEvent::Rescan { why } | events::WatchEvent::Failed { why } => {
                 warn!(watch = %self.root().display(), "{why}; reconciling the whole folder");
                 // Events were lost, close-writes among them: what the scan finds counts as closed.
@@ -481,6 +485,28 @@ impl WatchTask {
                 self.reconcile(Sighting::Closed).await;
             }
         }
+    }
+
+    /// The folder watched was deleted. Its files went with it, and a folder made at its path
+    /// since may carry the same inode number, so pass for the root the journal knows: the
+    /// journal forgets the root's inode, and whatever folder is at the path is watched afresh as a
+    /// replaced root, whose missing files keep their remote copies until an operator says so.
+    async fn root_deleted(&mut self) {
+        let root = self.root_text();
+        if let Err(e) = self
+            .ctx
+            .journal
+            .call(move |j| j.forget_root_inode(&root))
+            .await
+        {
+            error!(watch = %self.root().display(), "cannot record that the watch folder was deleted: {e}");
+        }
+        self.root_id = self.root_id.map(|(dev, _)| (dev, 0));
+        self.watcher = None;
+        self.watching_id = None;
+        self.settle = Settle::new(self.ctx.settle);
+        self.removals.clear();
+        self.rewalks.clear();
     }
 
     fn relative<'p>(&self, path: &'p Path) -> Option<&'p Path> {
