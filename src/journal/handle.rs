@@ -6,6 +6,11 @@
 //! watch, the pool and four workers each record one file at a time. A caller is answered only once
 //! the group's transaction is committed, so nothing acts on a write that could still be undone.
 //!
+//! A group runs first without savepoints, which copy every page a write changes; only when a
+//! write would have taken its changes back is the group taken back and run again with them
+//! ([`super::sql::Unguarded`]). So a write may run twice before its group commits, and must
+//! change nothing but the journal: it is `FnMut`.
+//!
 //! Commits are spaced: a group that follows a group of several writes begins no sooner than
 //! [`COMMIT_SPACING`] after that one began, and what comes meanwhile joins it. A lone write is
 //! committed at once, and so is the one after it.
@@ -75,14 +80,14 @@ impl JournalHandle {
             .expect("a journal call panicked")
     }
 
-    /// Runs the write `f` in one transaction with whatever other writes are waiting, each in a
-    /// savepoint of its own: a write that fails takes back only its own changes. Its result is
-    /// returned once the group is committed; if the commit fails, every write of the group fails
-    /// with that error.
+    /// Runs the write `f` in one transaction with whatever other writes are waiting: a write that
+    /// fails takes back only its own changes. Its result is returned once the group is committed;
+    /// if the commit fails, every write of the group fails with that error. `f` may run twice (see
+    /// the module's comment), so it changes nothing outside the journal.
     pub async fn write<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Journal) -> Result<T> + Send + 'static,
+        F: FnMut(&mut Journal) -> Result<T> + Send + 'static,
     {
         self.submit(f).await
     }
@@ -92,10 +97,14 @@ impl JournalHandle {
     pub fn submit<T, F>(&self, f: F) -> impl Future<Output = Result<T>> + Send + use<T, F>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Journal) -> Result<T> + Send + 'static,
+        F: FnMut(&mut Journal) -> Result<T> + Send + 'static,
     {
         let (to, answer) = oneshot::channel();
-        lock(&self.queued).push(Box::new(QueuedWrite { f, to }));
+        lock(&self.queued).push(Box::new(QueuedWrite {
+            f,
+            to,
+            result: None,
+        }));
         // One writer at a time drains the queue; a write that finds one at work only waits.
         // Waking a blocking thread for every write, to find its write already taken, cost more
         // switching between threads than the writes themselves.
@@ -118,11 +127,15 @@ impl JournalHandle {
                 let mut journal = lock(&self.journal);
                 let written =
                     std::panic::catch_unwind(AssertUnwindSafe(|| journal.write_group(group)));
-                if written.is_err() && !journal.conn.is_autocommit() {
+                if written.is_err() {
                     // A bug in one write (its panic is in the log): the group is taken back and
-                    // its callers told, so the journal and the writes after it go on.
-                    let _ = journal.conn.execute_batch("ROLLBACK");
-                    journal.taken_back();
+                    // its callers told, so the journal and the writes after it go on, with their
+                    // savepoints.
+                    journal.unguarded.end();
+                    if !journal.conn.is_autocommit() {
+                        let _ = journal.conn.execute_batch("ROLLBACK");
+                        journal.taken_back();
+                    }
                 }
                 continue;
             }
@@ -149,30 +162,38 @@ impl JournalHandle {
 }
 
 impl Journal {
-    fn write_group(&mut self, group: Vec<Queued>) {
-        // Even a group of one: a write may be many (a batch of files), each in a savepoint.
+    /// Commits `group`: run first without savepoints, and again with them if a write would have
+    /// taken changes back.
+    fn write_group(&mut self, mut group: Vec<Queued>) {
+        let mut savepoints = Savepoints::Skipped;
+        // At most twice: a run with savepoints is never spoiled.
+        let failed = loop {
+            match self.run_group(&mut group, savepoints) {
+                Run::Spoiled => savepoints = Savepoints::Taken,
+                Run::Ended(failed) => break failed,
+            }
+        };
+        group
+            .into_iter()
+            .for_each(|write| write.answer(failed.as_ref()));
+    }
+
+    /// Runs every write of `group` in one transaction and commits it. Ends with the error every
+    /// write is answered with, if any: the journal too busy to begin, the transaction taken back
+    /// by SQLite (disk full) or a failed commit.
+    fn run_group(&mut self, group: &mut [Queued], savepoints: Savepoints) -> Run {
         if let Err(cause) = self.conn.execute_batch("BEGIN IMMEDIATE") {
             // The journal is busy past its timeout, or failing: every write is answered so, and
             // its caller tries again as it would after any failed write.
-            group.into_iter().for_each(|write| write.refuse(&cause));
-            return;
+            return Run::Ended(Some(cause));
         }
-        let mut done: Vec<Box<dyn Answer>> = Vec::with_capacity(group.len());
-        let mut rest = group.into_iter();
-        for write in rest.by_ref() {
-            let answer = write.run(self);
-            let undone = self.conn.is_autocommit();
-            let cause = answer.failure();
-            done.push(answer);
-            if undone {
-                // SQLite took the whole transaction back (disk full, I/O error): every write of the
-                // group is undone, or not run, and says so with the cause.
-                self.taken_back();
-                let cause = cause.unwrap_or_else(|| rolled_back("an earlier write failed"));
-                done.into_iter().for_each(|a| a.answer(Some(&cause)));
-                rest.for_each(|write| write.refuse(&cause));
-                return;
-            }
+        if savepoints == Savepoints::Skipped {
+            self.unguarded.begin();
+        }
+        let run = self.run_writes(group);
+        self.unguarded.end();
+        if let Some(run) = run {
+            return run;
         }
         let commit = self.conn.execute_batch("COMMIT");
         if commit.is_err() {
@@ -181,68 +202,98 @@ impl Journal {
             }
             self.taken_back();
         }
-        let failed = commit.err();
-        done.into_iter().for_each(|a| a.answer(failed.as_ref()));
+        Run::Ended(commit.err())
     }
+
+    /// Runs the writes inside the group's transaction; `None` when it is left to commit.
+    fn run_writes(&mut self, group: &mut [Queued]) -> Option<Run> {
+        for (i, write) in group.iter_mut().enumerate() {
+            write.run(self);
+            if self.conn.is_autocommit() {
+                // SQLite took the whole transaction back (disk full, I/O error): every write of
+                // the group is undone, or not run, and says so with the cause.
+                self.taken_back();
+                let cause = write
+                    .failure()
+                    .unwrap_or_else(|| rolled_back("an earlier write failed"));
+                group[i + 1..].iter_mut().for_each(|w| w.forget());
+                return Some(Run::Ended(Some(cause)));
+            }
+            if self.unguarded.spoiled() {
+                // A write failed with changes made and no savepoint to take them back: the
+                // group starts over, each write in its savepoints.
+                let _ = self.conn.execute_batch("ROLLBACK");
+                self.taken_back();
+                group.iter_mut().for_each(|w| w.forget());
+                return Some(Run::Spoiled);
+            }
+        }
+        None
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Savepoints {
+    Skipped,
+    Taken,
+}
+
+/// How a run of a group ended.
+enum Run {
+    /// A write would have taken its changes back: the group was taken back, to run with savepoints.
+    Spoiled,
+    /// Committed (`None`), or not, with the error every write is answered with.
+    Ended(Option<rusqlite::Error>),
 }
 
 /// A write waiting for its group.
 trait Waiting: Send {
-    /// Carries the write out (inside the group's transaction); its answer waits for the commit.
-    fn run(self: Box<Self>, journal: &mut Journal) -> Box<dyn Answer>;
-    /// Answers the caller with `cause` without carrying the write out.
-    fn refuse(self: Box<Self>, cause: &rusqlite::Error);
+    /// Carries the write out inside the group's transaction, keeping its result for the answer.
+    /// Run again, it forgets the result of the run before.
+    fn run(&mut self, journal: &mut Journal);
+    /// Forgets a result kept: the write was undone, and is answered as not run.
+    fn forget(&mut self);
+    /// The SQLite error the write failed with, if it did.
+    fn failure(&self) -> Option<rusqlite::Error>;
+    /// Answers the caller: its own result, or `undone`'s error if the group was not committed.
+    fn answer(self: Box<Self>, undone: Option<&rusqlite::Error>);
 }
 
 struct QueuedWrite<T, F> {
     f: F,
     to: oneshot::Sender<Result<T>>,
+    result: Option<Result<T>>,
 }
 
 impl<T, F> Waiting for QueuedWrite<T, F>
 where
     T: Send + 'static,
-    F: FnOnce(&mut Journal) -> Result<T> + Send,
+    F: FnMut(&mut Journal) -> Result<T> + Send,
 {
-    fn run(self: Box<Self>, journal: &mut Journal) -> Box<dyn Answer> {
-        Box::new(Pending {
-            result: (self.f)(journal),
-            to: self.to,
-        })
+    fn run(&mut self, journal: &mut Journal) {
+        self.result = Some((self.f)(journal));
     }
 
-    fn refuse(self: Box<Self>, cause: &rusqlite::Error) {
-        let _ = self.to.send(Err(JournalError::Sql(copy(cause))));
-    }
-}
-
-/// A write's result, held until its group is committed.
-trait Answer: Send {
-    /// Answers the caller: its own result, or `undone`'s error if the group was not committed.
-    fn answer(self: Box<Self>, undone: Option<&rusqlite::Error>);
-    /// The SQLite error the write failed with, if it did.
-    fn failure(&self) -> Option<rusqlite::Error>;
-}
-
-struct Pending<T> {
-    result: Result<T>,
-    to: oneshot::Sender<Result<T>>,
-}
-
-impl<T: Send> Answer for Pending<T> {
-    fn answer(self: Box<Self>, undone: Option<&rusqlite::Error>) {
-        let result = match (self.result, undone) {
-            (Ok(_), Some(error)) => Err(JournalError::Sql(copy(error))),
-            (result, _) => result,
-        };
-        let _ = self.to.send(result);
+    fn forget(&mut self) {
+        self.result = None;
     }
 
     fn failure(&self) -> Option<rusqlite::Error> {
         match &self.result {
-            Err(JournalError::Sql(error)) => Some(copy(error)),
+            Some(Err(JournalError::Sql(error))) => Some(copy(error)),
             _ => None,
         }
+    }
+
+    fn answer(self: Box<Self>, undone: Option<&rusqlite::Error>) {
+        let result = match (self.result, undone) {
+            // Its own failure says more than the group's.
+            (Some(Err(own)), _) => Err(own),
+            (Some(Ok(value)), None) => Ok(value),
+            (_, Some(error)) => Err(JournalError::Sql(copy(error))),
+            (None, None) => Err(JournalError::Interrupted),
+        };
+        let _ = self.to.send(result);
     }
 }
 
@@ -267,6 +318,7 @@ fn rolled_back(why: &str) -> rusqlite::Error {
 mod tests {
     use super::*;
     use crate::journal::sql::CachedSql;
+    use std::sync::atomic::AtomicUsize;
 
     fn journal() -> (tempfile::TempDir, Journal) {
         let dir = tempfile::tempdir().unwrap();
@@ -278,10 +330,15 @@ mod tests {
     fn queued<T, F>(f: F) -> (Queued, oneshot::Receiver<Result<T>>)
     where
         T: Send + 'static,
-        F: FnOnce(&mut Journal) -> Result<T> + Send + 'static,
+        F: FnMut(&mut Journal) -> Result<T> + Send + 'static,
     {
         let (to, answer) = oneshot::channel();
-        (Box::new(QueuedWrite { f, to }), answer)
+        let write = QueuedWrite {
+            f,
+            to,
+            result: None,
+        };
+        (Box::new(write), answer)
     }
 
     fn paused(journal: &Journal) -> Vec<String> {
@@ -291,6 +348,76 @@ mod tests {
             .into_iter()
             .map(|p| p.vendor)
             .collect()
+    }
+
+    /// A write that logs `root` in the removal log (a row each time it is committed, so a write
+    /// committed twice would show), counting its runs.
+    fn logged(
+        root: &'static str,
+        runs: &Arc<AtomicUsize>,
+    ) -> (Queued, oneshot::Receiver<Result<()>>) {
+        let runs = Arc::clone(runs);
+        queued(move |j| {
+            runs.fetch_add(1, Ordering::SeqCst);
+            let tx = j.write()?;
+            tx.cached_execute(
+                "INSERT INTO removal_log (watch_root, at) VALUES (?1, 0)",
+                [root],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn removal_log(journal: &Journal) -> Vec<String> {
+        let mut stmt = journal
+            .conn
+            .prepare("SELECT watch_root FROM removal_log ORDER BY id")
+            .unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
+    /// Writes that all succeed run once, without savepoints: a claim that finds nothing takes
+    /// nothing back. A write that fails having changed rows has its group taken back and run
+    /// again, each write in its savepoints: what commits is each other write's changes, once.
+    #[test]
+    fn a_group_runs_again_with_savepoints_only_when_a_write_fails_having_changed_rows() {
+        let (_dir, mut journal) = journal();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let (a, a_answer) = logged("/a", &runs);
+        let (nothing, nothing_answer) = queued(|j| j.claim(&["erp".to_string()], 60_000));
+        let (b, b_answer) = logged("/b", &runs);
+        journal.write_group(vec![a, nothing, b]);
+        assert!(a_answer.blocking_recv().unwrap().is_ok());
+        assert!(matches!(nothing_answer.blocking_recv().unwrap(), Ok(None)));
+        assert!(b_answer.blocking_recv().unwrap().is_ok());
+        assert_eq!(runs.load(Ordering::SeqCst), 2, "each write ran once");
+
+        runs.store(0, Ordering::SeqCst);
+        let (c, c_answer) = logged("/c", &runs);
+        let (failing, failing_answer) = queued(|j| -> Result<()> {
+            let tx = j.write()?;
+            tx.cached_execute(
+                "INSERT INTO removal_log (watch_root, at) VALUES ('/failed', 0)",
+                [],
+            )?;
+            Err(JournalError::Sql(rusqlite::Error::QueryReturnedNoRows))
+        });
+        let (d, d_answer) = logged("/d", &runs);
+        journal.write_group(vec![c, failing, d]);
+        assert!(c_answer.blocking_recv().unwrap().is_ok());
+        assert!(failing_answer.blocking_recv().unwrap().is_err());
+        assert!(d_answer.blocking_recv().unwrap().is_ok());
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            3,
+            "the write before the failure ran again; the one after, only with savepoints"
+        );
+        assert_eq!(removal_log(&journal), ["/a", "/b", "/c", "/d"]);
+        assert!(journal.conn.is_autocommit());
     }
 
     #[test]

@@ -168,6 +168,8 @@ impl FileState {
 pub struct Journal {
     conn: Connection,
     lease_checks: queue::LeaseChecks,
+    /// Set while a group's writes run without savepoints.
+    unguarded: sql::Unguarded,
 }
 
 impl std::fmt::Debug for Journal {
@@ -428,7 +430,7 @@ impl Journal {
                     .transaction_with_behavior(TransactionBehavior::Immediate)?,
             )
         } else {
-            sql::Write::Nested(sql::Nested::begin(&self.conn)?)
+            sql::Write::Nested(sql::Nested::begin(&self.conn, &self.unguarded)?)
         })
     }
 
@@ -437,6 +439,7 @@ impl Journal {
         Journal {
             conn,
             lease_checks: queue::LeaseChecks::default(),
+            unguarded: sql::Unguarded::default(),
         }
     }
 

@@ -2,6 +2,7 @@
 //! every file it takes, claims and records; compiling each afresh (parsing, planning) cost more
 //! than running it.
 
+use std::cell::Cell;
 use std::ops::Deref;
 
 use rusqlite::{Connection, Params, Row, Transaction};
@@ -60,35 +61,99 @@ impl Deref for Write<'_> {
     }
 }
 
+/// Whether a group's writes run without savepoints, and whether one of them then left changes
+/// that a savepoint would have taken back.
+///
+/// A savepoint copies every page its write changes into the statement journal before changing
+/// it: three a file (recorded, claimed, finished), a fifth of the journal's work in a drain. A
+/// group is therefore run without them first ([`Unguarded::begin`]); a write that would have
+/// rolled its savepoint back marks the run spoiled, and the group is taken back and run again
+/// with savepoints (`JournalHandle`'s `write_group`). Writes almost never fail, so the second
+/// run is rare, and what commits is the same either way.
+#[derive(Debug, Default)]
+pub(crate) struct Unguarded {
+    on: Cell<bool>,
+    spoiled: Cell<bool>,
+}
+
+impl Unguarded {
+    /// Writes from now on take no savepoints, until [`Unguarded::end`].
+    pub(crate) fn begin(&self) {
+        self.on.set(true);
+        self.spoiled.set(false);
+    }
+
+    pub(crate) fn end(&self) {
+        self.on.set(false);
+        self.spoiled.set(false);
+    }
+
+    /// Whether a write since [`Unguarded::begin`] left changes its savepoint would have undone.
+    pub(crate) fn spoiled(&self) -> bool {
+        self.on.get() && self.spoiled.get()
+    }
+}
+
 /// A savepoint begun and ended with cached statements. rusqlite's own formats a fresh name and
 /// has SQLite parse its statements anew every time, which cost a fifth of recording a file inside
 /// a group. One name serves every depth: SQLite releases or rolls back to the innermost savepoint
 /// of a name.
 pub(crate) struct Nested<'c> {
     conn: &'c Connection,
+    /// Without a savepoint (see [`Unguarded`]): the connection's count of changed rows when it
+    /// began, to tell whether it changed anything that is now not taken back.
+    unguarded: Option<(&'c Unguarded, u64)>,
     ended: bool,
 }
 
 impl<'c> Nested<'c> {
-    pub(crate) fn begin(conn: &'c Connection) -> rusqlite::Result<Nested<'c>> {
+    pub(crate) fn begin(
+        conn: &'c Connection,
+        unguarded: &'c Unguarded,
+    ) -> rusqlite::Result<Nested<'c>> {
+        if unguarded.on.get() {
+            return Ok(Nested {
+                conn,
+                unguarded: Some((unguarded, conn.total_changes())),
+                ended: false,
+            });
+        }
         conn.cached_execute("SAVEPOINT journal_write", [])?;
-        Ok(Nested { conn, ended: false })
+        Ok(Nested {
+            conn,
+            unguarded: None,
+            ended: false,
+        })
     }
 
     fn commit(mut self) -> rusqlite::Result<()> {
         self.ended = true;
-        self.conn.cached_execute("RELEASE journal_write", [])?;
+        if self.unguarded.is_none() {
+            self.conn.cached_execute("RELEASE journal_write", [])?;
+        }
         Ok(())
     }
 }
 
 impl Drop for Nested<'_> {
     fn drop(&mut self) {
-        if !self.ended {
-            // Fails only when SQLite already took the whole transaction back (disk full), which
-            // the group sees for itself.
-            let _ = self.conn.cached_execute("ROLLBACK TO journal_write", []);
-            let _ = self.conn.cached_execute("RELEASE journal_write", []);
+        if self.ended {
+            return;
+        }
+        match self.unguarded {
+            // A write that returns early having changed nothing (a claim that found no job)
+            // needs nothing taken back.
+            Some((unguarded, changes)) => {
+                if self.conn.total_changes() != changes {
+                    unguarded.spoiled.set(true);
+                }
+            }
+            None => {
+                // Fails only when SQLite already took the whole transaction back (disk full),
+                // which the group sees for itself.
+                let _ = self.conn.cached_execute("ROLLBACK TO journal_write", []);
+                let _ = self.conn.cached_execute("RELEASE journal_write", []);
+            }
         }
     }
 }

@@ -698,7 +698,6 @@ impl WatchTask {
         if found.is_empty() {
             return;
         }
-        let paths: Vec<PathBuf> = found.iter().map(|f| f.path().to_path_buf()).collect();
         let intake = Intake {
             watch_root: self.root_text(),
             vendor: self.config.vendor.clone(),
@@ -706,31 +705,32 @@ impl WatchTask {
             delete_unused: self.delete_unused(),
             reuse_copies: self.reuse_copies,
         };
+        // Shared with the write, which may run twice (`JournalHandle::write`), for the log lines.
+        let found = Arc::new(found);
+        let to_record = Arc::clone(&found);
         let recorded = self
             .ctx
             .journal
             .write(move |j| {
-                Ok(found
-                    .into_iter()
-                    .map(|f| {
-                        let outcome = intake.record(j, &f);
-                        (f, outcome)
-                    })
+                Ok(to_record
+                    .iter()
+                    .map(|f| intake.record(j, f))
                     .collect::<Vec<_>>())
             })
             .await;
         self.ctx.wake_workers.notify_one();
         let unrecorded: Vec<PathBuf> = match recorded {
-            Ok(outcomes) => outcomes
-                .into_iter()
+            Ok(outcomes) => found
+                .iter()
+                .zip(outcomes)
                 .filter_map(|(found, outcome)| {
-                    let recorded = self.log_recorded(&found, outcome);
+                    let recorded = self.log_recorded(found, outcome);
                     (!recorded).then(|| found.path().to_path_buf())
                 })
                 .collect(),
             Err(e) => {
                 crate::diagnose::journal_write_failed("record the files", "", &e);
-                paths
+                found.iter().map(|f| f.path().to_path_buf()).collect()
             }
         };
         if !unrecorded.is_empty() {

@@ -30,7 +30,7 @@ pub(super) async fn claim(ctx: &WorkerContext, held: Held, want: usize) -> Vec<C
     let (pauses, asked_at) = (ctx.outages.pauses(), Instant::now());
     let result = ctx
         .journal
-        .write(move |j| claim_due(j, names, held, want, ClaimFor::Slots))
+        .write(move |j| claim_due(j, &names, &held, want, &ClaimFor::Slots))
         .await;
     match result {
         Ok(claims) => claimed(claims, pauses, asked_at),
@@ -63,19 +63,17 @@ pub(super) enum ClaimFor {
 /// cuts in, first in the slot's line, and ends the claim.
 pub(super) fn claim_due(
     j: &mut crate::journal::Journal,
-    names: Vec<String>,
-    held: Held,
+    names: &[String],
+    held: &Held,
     want: usize,
-    claim_for: ClaimFor,
+    claim_for: &ClaimFor,
 ) -> crate::journal::Result<Claims> {
     let (mut jobs, mut settled) = (Vec::new(), Vec::new());
-    let Held {
-        mut in_flight,
-        jobs: held,
-    } = held;
+    let mut in_flight = held.in_flight.clone();
+    let held = &held.jobs;
     let (queue, mut behind) = match claim_for {
         ClaimFor::Slots => (false, None),
-        ClaimFor::Queue { behind } => (true, behind),
+        ClaimFor::Queue { behind } => (true, behind.clone()),
     };
     while jobs.len() < want {
         let names = match &behind {
@@ -89,12 +87,12 @@ pub(super) fn claim_due(
                 .cloned()
                 .collect(),
             None => {
-                let mut names = names.clone();
+                let mut names = names.to_vec();
                 names.sort_by_key(|v| in_flight.get(v).copied().unwrap_or(0));
                 names
             }
         };
-        let step = match claim_one(j, names, &held) {
+        let step = match claim_one(j, names, held) {
             Ok(step) => step,
             Err(e) if jobs.is_empty() && settled.is_empty() => return Err(e),
             // What was claimed is committed with the group: it goes to its slot, or nobody would

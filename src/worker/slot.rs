@@ -231,10 +231,13 @@ impl Slot {
                 *count = count.saturating_sub(1);
             }
             let names = ctx.vendors.names();
-            let behind = behind.clone();
-            Answer::coming(ctx.journal.submit(move |journal| {
-                claim_due(journal, names, held, want, ClaimFor::Queue { behind })
-            }))
+            let claim_for = ClaimFor::Queue {
+                behind: behind.clone(),
+            };
+            Answer::coming(
+                ctx.journal
+                    .submit(move |journal| claim_due(journal, &names, &held, want, &claim_for)),
+            )
         });
         Recording {
             job,

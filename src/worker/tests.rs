@@ -69,15 +69,15 @@ fn a_slots_queue_holds_only_jobs_of_the_vendor_it_waits_behind() {
     let names = vec!["a".to_string(), "b".to_string()];
     // Behind a transfer of "b": only "b" ("a" is served by another slot).
     let a_served = busy(&[("a", 1), ("b", 1)]);
-    let claims = claim_due(&mut j, names.clone(), a_served, 2, behind("b")).unwrap();
+    let claims = claim_due(&mut j, &names, &a_served, 2, &behind("b")).unwrap();
     assert_eq!(vendors_of(&claims), ["b", "b"]);
     // Behind nothing: the least busy vendor first, then that vendor's jobs only.
     let busy_a = busy(&[("a", 3)]);
     let fresh = ClaimFor::Queue { behind: None };
-    let claims = claim_due(&mut j, names.clone(), busy_a, 2, fresh).unwrap();
+    let claims = claim_due(&mut j, &names, &busy_a, 2, &fresh).unwrap();
     assert_eq!(vendors_of(&claims), ["b"], "b has one job left");
     // Free slots each run their own job: the least busy vendor each time.
-    let claims = claim_due(&mut j, names, Held::default(), 2, ClaimFor::Slots).unwrap();
+    let claims = claim_due(&mut j, &names, &Held::default(), 2, &ClaimFor::Slots).unwrap();
     assert_eq!(vendors_of(&claims), ["a", "a"]);
 }
 
@@ -88,7 +88,7 @@ fn a_vendor_no_slot_serves_cuts_in_at_the_next_claim_behind_another() {
     let (_dir, mut j) = queued(3);
     let names = vec!["a".to_string(), "b".to_string()];
     let every_slot_on_a = busy(&[("a", 4)]);
-    let claims = claim_due(&mut j, names.clone(), every_slot_on_a, 3, behind("a")).unwrap();
+    let claims = claim_due(&mut j, &names, &every_slot_on_a, 3, &behind("a")).unwrap();
     assert_eq!(vendors_of(&claims), ["b"]);
 
     // In the slot's line it goes before the jobs of "a" already waiting there.
@@ -98,7 +98,7 @@ fn a_vendor_no_slot_serves_cuts_in_at_the_next_claim_behind_another() {
         pauses: 0,
         asked_at: Instant::now(),
     };
-    let a_jobs = claim_due(&mut j, names, busy(&[("b", 1)]), 2, behind("a")).unwrap();
+    let a_jobs = claim_due(&mut j, &names, &busy(&[("b", 1)]), 2, &behind("a")).unwrap();
     assert_eq!(vendors_of(&a_jobs), ["a", "a"]);
     let mut ahead: VecDeque<Claim> = a_jobs.0.into_iter().map(|(job, _)| claim(job)).collect();
     let cut_in = claims.0.into_iter().map(|(job, _)| claim(job)).collect();
@@ -107,7 +107,13 @@ fn a_vendor_no_slot_serves_cuts_in_at_the_next_claim_behind_another() {
     assert_eq!(line, ["b", "a", "a"]);
     // What a claim made behind "a" brings of "a" joins the back, whatever is ahead.
     let mut ahead: VecDeque<Claim> = ahead.into_iter().take(1).collect();
-    let last_a = claim_due(&mut j, vec!["a".into()], busy(&[("b", 1)]), 1, behind("a"));
+    let last_a = claim_due(
+        &mut j,
+        &["a".to_string()],
+        &busy(&[("b", 1)]),
+        1,
+        &behind("a"),
+    );
     let last_a = last_a
         .unwrap()
         .0
@@ -175,7 +181,7 @@ fn a_panic_inside_an_adapter_call_is_an_outcome_not_a_lost_slot() {
 fn a_queue_behind_a_vendor_no_longer_configured_claims_none_of_its_jobs() {
     let (_dir, mut j) = queued(2);
     let only_b = vec!["b".to_string()];
-    let claims = claim_due(&mut j, only_b, busy(&[("b", 1)]), 2, behind("a")).unwrap();
+    let claims = claim_due(&mut j, &only_b, &busy(&[("b", 1)]), 2, &behind("a")).unwrap();
     assert!(claims.0.is_empty(), "{:?}", vendors_of(&claims));
 }
 
@@ -203,7 +209,7 @@ fn a_claim_held_past_half_its_lease_counts_as_running_out() {
 /// Claims vendor "a"'s first due job, as the pool does for a free slot.
 fn first_job(j: &mut crate::journal::Journal) -> Job {
     let names = vec!["a".to_string()];
-    let (jobs, _) = claim_due(j, names, Held::default(), 1, ClaimFor::Slots).unwrap();
+    let (jobs, _) = claim_due(j, &names, &Held::default(), 1, &ClaimFor::Slots).unwrap();
     jobs.into_iter().next().expect("a job is due").0
 }
 
@@ -258,7 +264,7 @@ fn a_slots_job_is_held_until_its_outcome_is_committed() {
     let (_dir, mut j) = queued(2);
     let job = first_job(&mut j);
     let b_names = vec!["b".to_string()];
-    let (b_jobs, _) = claim_due(&mut j, b_names, Held::default(), 1, ClaimFor::Slots).unwrap();
+    let (b_jobs, _) = claim_due(&mut j, &b_names, &Held::default(), 1, &ClaimFor::Slots).unwrap();
     let (slot, _journal, _stopping) = slot_on(j);
     slot.running.hold(slot.id, &job);
     // Another slot serves "b", so this one's claim is for "a" alone.
@@ -375,8 +381,9 @@ fn a_job_put_back_while_the_journal_is_locked_is_queued_once_the_lock_is_gone() 
     );
     assert!(slot.running.held().jobs.is_empty(), "let go once put back");
     // Back in the queue, not left `running` until its lease ran out: given out again at once.
-    let again = runtime
-        .block_on(journal.write(move |j| claim_due(j, names, Held::default(), 1, ClaimFor::Slots)));
+    let again = runtime.block_on(
+        journal.write(move |j| claim_due(j, &names, &Held::default(), 1, &ClaimFor::Slots)),
+    );
     let (jobs, _) = again.unwrap();
     assert_eq!(jobs.len(), 1, "the job put back is due again");
     assert_eq!(jobs[0].0.id, claim.job.id);
@@ -406,14 +413,14 @@ fn a_job_a_slot_still_holds_is_not_given_out_again_when_its_lease_ran_out() {
     // A slot's job whose lease ran out while its outcome could not be written.
     let stuck = claimed_past_its_lease(&mut j, &names);
     let held = holding(stuck.id);
-    let (jobs, _) = claim_due(&mut j, names.clone(), held, 2, ClaimFor::Slots).unwrap();
+    let (jobs, _) = claim_due(&mut j, &names, &held, 2, &ClaimFor::Slots).unwrap();
     let ids: Vec<i64> = jobs.iter().map(|(job, _)| job.id).collect();
     assert_eq!(ids.len(), 1, "the other job only: {ids:?}");
     assert_ne!(ids[0], stuck.id);
     // Held by nobody, a job whose lease ran out is given out again (a slot that panicked).
     let (_dir, mut j) = queued(1);
     let lost = claimed_past_its_lease(&mut j, &names);
-    let (jobs, _) = claim_due(&mut j, names, Held::default(), 1, ClaimFor::Slots).unwrap();
+    let (jobs, _) = claim_due(&mut j, &names, &Held::default(), 1, &ClaimFor::Slots).unwrap();
     assert_eq!(jobs[0].0.id, lost.id);
 }
 
@@ -429,7 +436,7 @@ fn a_twin_waits_for_a_held_upload_of_its_bytes_even_past_its_lease() {
     observe(&mut j, "a", 1, &sha);
     let names = vec!["a".to_string()];
     let first = claimed_past_its_lease(&mut j, &names);
-    let (jobs, _) = claim_due(&mut j, names, holding(first.id), 1, ClaimFor::Slots).unwrap();
+    let (jobs, _) = claim_due(&mut j, &names, &holding(first.id), 1, &ClaimFor::Slots).unwrap();
     assert!(jobs.is_empty(), "the twin was given out: {:?}", jobs[0].0);
 }
 
@@ -437,7 +444,7 @@ fn a_twin_waits_for_a_held_upload_of_its_bytes_even_past_its_lease() {
 fn free_slots_share_the_vendors_out() {
     let (_dir, mut j) = queued(3);
     let names = vec!["a".to_string(), "b".to_string()];
-    let claims = claim_due(&mut j, names, Held::default(), 4, ClaimFor::Slots).unwrap();
+    let claims = claim_due(&mut j, &names, &Held::default(), 4, &ClaimFor::Slots).unwrap();
     let mut vendors = vendors_of(&claims);
     vendors.sort();
     assert_eq!(vendors, ["a", "a", "b", "b"]);
