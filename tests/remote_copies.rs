@@ -594,7 +594,10 @@ fn a_root_recreated_before_the_daemon_hears_of_it_is_watched_again_and_deletes_n
     for name in names("old", 3) {
         let row = h.file(&name).unwrap();
         assert!(
-            row["error"].as_str().unwrap_or_default().contains("replaced"),
+            row["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("replaced"),
             "its removal waits for an operator: {row}"
         );
     }
