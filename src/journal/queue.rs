@@ -155,22 +155,47 @@ fn file_now(tx: &Connection, file_id: i64) -> Result<FileNow> {
         "SELECT sha256, vendor, kind, state, removal, copy_id, delete_unused, reuse_copies
          FROM files WHERE id = ?1",
         [file_id],
-        |r| {
-            Ok(FileNow {
-                sha256: r.get(0)?,
-                vendor: r.get(1)?,
-                kind: r.get(2)?,
-                state: r.get(3)?,
-                removal: r.get(4)?,
-                copy_id: r.get(5)?,
-                delete_unused: r.get(6)?,
-                reuse_copies: r.get(7)?,
-            })
-        },
+        |r| FileNow::from_row(r, 0),
     )?)
 }
 
+/// The file a claimed job is for: what the job carries of it (path, size, format) and what the
+/// claim decides by, in one read.
+fn file_for_claim(tx: &Connection, job: &mut Job) -> Result<FileNow> {
+    let (path, size, format, file) = tx.cached_query_row(
+        "SELECT sha256, vendor, kind, state, removal, copy_id, delete_unused, reuse_copies,
+           path, size, format
+         FROM files WHERE id = ?1",
+        [job.file_id],
+        |r| {
+            let file = FileNow::from_row(r, 0)?;
+            let (path, size, format): (String, Option<i64>, Option<String>) =
+                (r.get(8)?, r.get(9)?, r.get(10)?);
+            Ok((path, size, format, file))
+        },
+    )?;
+    job.path = path;
+    job.size = size.map(|s| s as u64);
+    job.format = format;
+    Ok(file)
+}
+
 impl FileNow {
+    /// From the row's columns `from` on: sha256, vendor, kind, state, removal, copy_id,
+    /// delete_unused, reuse_copies.
+    fn from_row(r: &rusqlite::Row<'_>, from: usize) -> rusqlite::Result<FileNow> {
+        Ok(FileNow {
+            sha256: r.get(from)?,
+            vendor: r.get(from + 1)?,
+            kind: r.get(from + 2)?,
+            state: r.get(from + 3)?,
+            removal: r.get(from + 4)?,
+            copy_id: r.get(from + 5)?,
+            delete_unused: r.get(from + 6)?,
+            reuse_copies: r.get(from + 7)?,
+        })
+    }
+
     /// Whether an upload of `job` still serves the file: the same content, on disk, pending.
     fn wants_upload(&self, job: &Job) -> bool {
         self.state == "pending"
@@ -330,17 +355,10 @@ impl Journal {
                 })
             },
         )?;
-        let (path, size, format): (String, Option<i64>, Option<String>) = tx.cached_query_row(
-            "SELECT path, size, format FROM files WHERE id = ?1",
-            [job.file_id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )?;
-        job.path = path;
-        job.size = size.map(|s| s as u64);
-        job.format = format;
+        let file = file_for_claim(&tx, &mut job)?;
         let claimed = match job.op {
-            JobOp::Upload => claim_upload(&tx, job)?,
-            JobOp::Delete | JobOp::DeleteOld => claim_delete(&tx, job)?,
+            JobOp::Upload => claim_upload(&tx, job, &file)?,
+            JobOp::Delete | JobOp::DeleteOld => claim_delete(&tx, job, &file)?,
         };
         tx.commit()?;
         Ok((Some(claimed), next_check))
@@ -549,8 +567,7 @@ pub enum RetryOutcome {
     Unknown,
 }
 
-fn claim_upload(tx: &Connection, job: Job) -> Result<Claimed> {
-    let file = file_now(tx, job.file_id)?;
+fn claim_upload(tx: &Connection, job: Job, file: &FileNow) -> Result<Claimed> {
     if !file.wants_upload(&job) {
         jobs::remove(tx, job.id)?;
         return Ok(Claimed::Dropped {
@@ -582,14 +599,14 @@ fn claim_upload(tx: &Connection, job: Job) -> Result<Claimed> {
         },
     )?;
     jobs::remove(tx, job.id)?;
-    sync_to(tx, job.file_id, &file, copy_id)?;
+    sync_to(tx, job.file_id, file, copy_id)?;
     Ok(Claimed::Reused {
         path: job.path,
         reference,
     })
 }
 
-fn claim_delete(tx: &Connection, mut job: Job) -> Result<Claimed> {
+fn claim_delete(tx: &Connection, mut job: Job, file: &FileNow) -> Result<Claimed> {
     let Some(copy_id) = job.copy_id else {
         jobs::remove(tx, job.id)?;
         return Ok(Claimed::Dropped {
@@ -597,7 +614,6 @@ fn claim_delete(tx: &Connection, mut job: Job) -> Result<Claimed> {
             op: job.op,
         });
     };
-    let file = file_now(tx, job.file_id)?;
     match copies::state(tx, copy_id)?.as_str() {
         "deleted" => {
             jobs::remove(tx, job.id)?;

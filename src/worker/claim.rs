@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info};
 
-use crate::journal::{Claimed, Job, now_ms, path_text};
+use crate::journal::{Claimed, Job, VendorPause, now_ms, path_text};
 
 use super::WorkerContext;
 use super::holdings::Held;
@@ -71,6 +71,7 @@ pub(super) fn claim_due(
     let (mut jobs, mut settled) = (Vec::new(), Vec::new());
     let mut in_flight = held.in_flight.clone();
     let held = &held.jobs;
+    let mut pauses = None;
     let (queue, mut behind) = match claim_for {
         ClaimFor::Slots => (false, None),
         ClaimFor::Queue { behind } => (true, behind.clone()),
@@ -92,7 +93,7 @@ pub(super) fn claim_due(
                 names
             }
         };
-        let step = match claim_one(j, names, held) {
+        let step = match claim_one(j, names, held, &mut pauses) {
             Ok(step) => step,
             Err(e) if jobs.is_empty() && settled.is_empty() => return Err(e),
             // What was claimed is committed with the group: it goes to its slot, or nobody would
@@ -159,17 +160,24 @@ pub(super) fn queue_up(ahead: &mut VecDeque<Claim>, next: Vec<Claim>, behind: Op
 
 /// The next due job of `names` (tried in order: the least busy vendor first, so one vendor's
 /// backlog never starves another), with the probe interval when it is a paused vendor's probe.
+///
+/// `pauses` keeps the vendors' pauses between the claims of one `claim_due`, read again only
+/// after a probe moved its vendor's next probe.
 fn claim_one(
     j: &mut crate::journal::Journal,
     names: Vec<String>,
     held: &HashSet<i64>,
+    pauses: &mut Option<Vec<VendorPause>>,
 ) -> crate::journal::Result<Option<(Claimed, Option<Duration>)>> {
     let now = now_ms();
-    let pauses = j.pauses()?;
+    let known = match pauses {
+        Some(known) => known,
+        None => pauses.insert(j.pauses()?),
+    };
     let claimable: Vec<String> = names
         .into_iter()
         .filter(|v| {
-            pauses
+            known
                 .iter()
                 .all(|p| &p.vendor != v || p.next_probe_at <= now)
         })
@@ -180,12 +188,13 @@ fn claim_one(
     let Claimed::Job(job) = &claimed else {
         return Ok(Some((claimed, None)));
     };
-    let pause = pauses.iter().find(|p| p.vendor == job.vendor);
-    if let Some(pause) = pause {
-        j.pause_vendor(&job.vendor, &pause.reason, pause.probe_interval_ms)?;
-    }
-    let probe = pause.map(|p| Duration::from_millis(p.probe_interval_ms.max(0) as u64));
-    Ok(Some((claimed, probe)))
+    let Some(pause) = known.iter().find(|p| p.vendor == job.vendor).cloned() else {
+        return Ok(Some((claimed, None)));
+    };
+    j.pause_vendor(&job.vendor, &pause.reason, pause.probe_interval_ms)?;
+    *pauses = None;
+    let probe = Duration::from_millis(pause.probe_interval_ms.max(0) as u64);
+    Ok(Some((claimed, Some(probe))))
 }
 
 fn log_settled(settled: &Claimed) {
