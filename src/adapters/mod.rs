@@ -293,6 +293,15 @@ impl VendorSet {
         self.read().keys().cloned().collect()
     }
 
+    /// How many vendors are configured.
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.read().is_empty()
+    }
+
     pub fn replace(&self, adapters: BTreeMap<String, Arc<Adapter>>) {
         *self.0.write().unwrap_or_else(|p| p.into_inner()) = adapters;
     }

@@ -24,6 +24,13 @@ use super::process::{Decided, process};
 /// save while a claim passes over every upload in flight, one by one.
 const AHEAD: usize = 8;
 
+/// With one vendor configured, no job can cut in, so a slot claims only once its line is down to
+/// this many jobs (ahead, or on their way), and then tops it up: a claim for four or five jobs
+/// instead of one at each outcome. Each claim reads the uploads in flight, the pauses and the
+/// leases whatever it takes, so fewer claims cost the journal less. Five still covers the wait
+/// for the claim's commit.
+const REFILL_AT: usize = 5;
+
 /// A slot's outcome, submitted to the journal, with the claim submitted right behind it.
 pub(super) struct Recording {
     pub(super) job: Job,
@@ -146,7 +153,11 @@ impl Slot {
             let decided =
                 crate::metrics::scoped(vendor, process(&self.ctx, claim.job, claim.probe)).await;
             let asked: usize = recordings.iter().map(|r| r.want).sum();
-            let want = (AHEAD + 1).saturating_sub(ahead.len() + asked);
+            let lined_up = ahead.len() + asked;
+            let want = match lined_up > REFILL_AT && self.ctx.vendors.len() == 1 {
+                true => 0,
+                false => (AHEAD + 1).saturating_sub(lined_up),
+            };
             // What is claimed now runs after the jobs ahead and those still being claimed, so
             // only their vendor's jobs.
             let behind = match (ahead.back(), asked) {
