@@ -330,7 +330,9 @@ fn translate(result: notify::Result<Event>, polling: bool, root: &Path) -> Vec<W
         EventKind::Remove(_) => event
             .paths
             .iter()
-            .map(|p| match p.as_path() == root {
+            // Only inotify's DELETE_SELF says the root itself was deleted: a poller reports a
+            // root moved away, or one it could not read for a moment, the same way.
+            .map(|p| match p.as_path() == root && !polling {
                 true => WatchEvent::RootDeleted,
                 false => gone(p),
             })
@@ -456,5 +458,8 @@ mod tests {
         // Moved away, the root may come back as itself: that is for its inode to say.
         let moved = translate(Ok(moved_from("/w", None)), false, root);
         assert_eq!(gone_paths(moved), [PathBuf::from("/w")]);
+        // A poller cannot tell deleted from moved away or unreadable for a moment.
+        let polled = translate(Ok(deleted("/w")), true, root);
+        assert_eq!(gone_paths(polled), [PathBuf::from("/w")]);
     }
 }

@@ -461,6 +461,13 @@ impl WatchTask {
     }
 
     async fn on_event(&mut self, event: events::WatchEvent) {
+        if let events::WatchEvent::RootDeleted = event {
+            // Even while paused (a look at the root found it missing before this event came,
+            // behind a backlog of its files' removals): the folder that comes back is another.
+            self.root_deleted().await;
+            self.verify_root().await;
+            return;
+        }
         if self.paused.is_some() {
             return;
         }
@@ -474,10 +481,8 @@ impl WatchTask {
         match event {
             events::WatchEvent::Seen { path, sighting } => self.seen(&path, sighting).await,
             events::WatchEvent::Gone { path } => self.gone(&path),
-            events::WatchEvent::RootDeleted => {
-                self.root_deleted().await;
-                self.verify_root().await;
-            }
+            // Taken before the pause check, above.
+            events::WatchEvent::RootDeleted => {}
             events::WatchEvent::Rescan { why } | events::WatchEvent::Failed { why } => {
                 warn!(watch = %self.root().display(), "{why}; reconciling the whole folder");
                 // Events were lost, close-writes among them: what the scan finds counts as closed.
