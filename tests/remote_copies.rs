@@ -597,7 +597,7 @@ fn a_root_recreated_before_the_daemon_hears_of_it_is_watched_again_and_deletes_n
             row["error"]
                 .as_str()
                 .unwrap_or_default()
-                .contains("replaced"),
+                .contains("removal held"),
             "its removal waits for an operator: {row}"
         );
     }
