@@ -386,15 +386,21 @@ impl WatchTask {
                 watch = %self.root().display(),
                 "watch root unavailable ({problem}); watch paused, no removals are trusted until it is back"
             );
-            self.settle = Settle::new(self.ctx.settle);
-            self.removals.clear();
             self.record_pause(Some(problem.clone()));
         }
-        // The reconcile when the root is back reads everything again; a rewalk due meanwhile
-        // would only wake the paused watch over and over.
+        self.forget_the_folder();
+        self.paused = Some(problem);
+    }
+
+    /// Forgets what was seen in the folder and how it was watched: the reconcile when the root is
+    /// back (or a new folder stands at its path) reads everything again, and a rewalk due
+    /// meanwhile would only wake the paused watch over and over. (While paused no event or tick
+    /// adds to them, so doing this again at each look at a missing root changes nothing.)
+    fn forget_the_folder(&mut self) {
+        self.settle = Settle::new(self.ctx.settle);
+        self.removals.clear();
         self.rewalks.clear();
         self.watching_id = None;
-        self.paused = Some(problem);
     }
 
     /// Tells the journal (and so `status`) that the watch paused (`Some(reason)`) or resumed.
@@ -508,10 +514,7 @@ impl WatchTask {
         }
         self.root_id = self.root_id.map(|(dev, _)| (dev, 0));
         self.watcher = None;
-        self.watching_id = None;
-        self.settle = Settle::new(self.ctx.settle);
-        self.removals.clear();
-        self.rewalks.clear();
+        self.forget_the_folder();
     }
 
     fn relative<'p>(&self, path: &'p Path) -> Option<&'p Path> {
