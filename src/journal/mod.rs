@@ -421,6 +421,15 @@ impl Journal {
         Ok(value)
     }
 
+    /// Runs `f`, several of the journal's writes, as one: if it fails, none of them stands (a
+    /// claim and the probe it pushes back). Inside a group, only its own writes are taken back.
+    pub fn as_one_write<T>(&mut self, f: impl FnOnce(&mut Journal) -> Result<T>) -> Result<T> {
+        let together = sql::Together::begin(&self.conn, &self.unguarded)?;
+        let result = f(self);
+        together.end(&self.conn, &self.unguarded, result.is_ok())?;
+        result
+    }
+
     /// A write transaction of its own, or, inside a group of writes committed together (see
     /// [`JournalHandle::write`]), a savepoint: a write that fails takes back only its own changes.
     fn write(&mut self) -> Result<sql::Write<'_>> {

@@ -94,6 +94,65 @@ impl Unguarded {
     }
 }
 
+/// Several of the journal's writes that stand or fall together ([`super::Journal::as_one_write`]).
+/// Unlike [`Nested`], it holds no borrow of the connection, so the writes inside may take the
+/// journal mutably.
+pub(crate) enum Together {
+    /// A transaction of its own: the journal was not inside one.
+    Own,
+    /// A savepoint inside a group's transaction.
+    Savepoint,
+    /// Inside a group run without savepoints: the connection's count of changed rows when it
+    /// began, to mark the run spoiled if the writes fail having changed any.
+    Unguarded(u64),
+}
+
+impl Together {
+    pub(crate) fn begin(conn: &Connection, unguarded: &Unguarded) -> rusqlite::Result<Together> {
+        if conn.is_autocommit() {
+            conn.cached_execute("BEGIN IMMEDIATE", [])?;
+            return Ok(Together::Own);
+        }
+        if unguarded.on.get() {
+            return Ok(Together::Unguarded(conn.total_changes()));
+        }
+        conn.cached_execute("SAVEPOINT journal_together", [])?;
+        Ok(Together::Savepoint)
+    }
+
+    /// Keeps the writes, or takes every one of them back.
+    pub(crate) fn end(
+        self,
+        conn: &Connection,
+        unguarded: &Unguarded,
+        keep: bool,
+    ) -> rusqlite::Result<()> {
+        match (self, keep) {
+            (Together::Own, true) => conn.cached_execute("COMMIT", []).map(drop),
+            // SQLite may have taken the transaction back itself (disk full).
+            (Together::Own, false) if conn.is_autocommit() => Ok(()),
+            (Together::Own, false) => conn.cached_execute("ROLLBACK", []).map(drop),
+            (Together::Savepoint, true) => conn
+                .cached_execute("RELEASE journal_together", [])
+                .map(drop),
+            (Together::Savepoint, false) => {
+                // Fails only when SQLite already took the whole transaction back, which the
+                // group sees for itself.
+                let _ = conn.cached_execute("ROLLBACK TO journal_together", []);
+                let _ = conn.cached_execute("RELEASE journal_together", []);
+                Ok(())
+            }
+            (Together::Unguarded(_), true) => Ok(()),
+            (Together::Unguarded(changes), false) => {
+                if conn.total_changes() != changes {
+                    unguarded.spoiled.set(true);
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// A savepoint begun and ended with cached statements. rusqlite's own formats a fresh name and
 /// has SQLite parse its statements anew every time, which cost a fifth of recording a file inside
 /// a group. One name serves every depth: SQLite releases or rolls back to the innermost savepoint

@@ -182,19 +182,26 @@ fn claim_one(
                 .all(|p| &p.vendor != v || p.next_probe_at <= now)
         })
         .collect();
-    let Some(claimed) = j.claim_except(&claimable, LEASE_MS, held)? else {
-        return Ok(None);
-    };
-    let Claimed::Job(job) = &claimed else {
-        return Ok(Some((claimed, None)));
-    };
-    let Some(pause) = known.iter().find(|p| p.vendor == job.vendor).cloned() else {
-        return Ok(Some((claimed, None)));
-    };
-    j.pause_vendor(&job.vendor, &pause.reason, pause.probe_interval_ms)?;
-    *pauses = None;
-    let probe = Duration::from_millis(pause.probe_interval_ms.max(0) as u64);
-    Ok(Some((claimed, Some(probe))))
+    // A probe and the push of its vendor's next probe stand or fall together: a probe claimed
+    // whose push failed would go to no slot, `running` until its lease ran out.
+    let (claimed, probe) = j.as_one_write(|j| {
+        let Some(claimed) = j.claim_except(&claimable, LEASE_MS, held)? else {
+            return Ok((None, None));
+        };
+        let Claimed::Job(job) = &claimed else {
+            return Ok((Some(claimed), None));
+        };
+        let Some(pause) = known.iter().find(|p| p.vendor == job.vendor) else {
+            return Ok((Some(claimed), None));
+        };
+        j.pause_vendor(&job.vendor, &pause.reason, pause.probe_interval_ms)?;
+        let probe = Duration::from_millis(pause.probe_interval_ms.max(0) as u64);
+        Ok((Some(claimed), Some(probe)))
+    })?;
+    if probe.is_some() {
+        *pauses = None;
+    }
+    Ok(claimed.map(|claimed| (claimed, probe)))
 }
 
 fn log_settled(settled: &Claimed) {

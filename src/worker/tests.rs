@@ -454,3 +454,34 @@ fn free_slots_share_the_vendors_out() {
 fn backoff_honours_the_vendors_hint() {
     assert!(backoff(0, Some(Duration::from_secs(60))) >= Duration::from_secs(60));
 }
+
+#[test]
+fn a_probe_whose_next_probe_cannot_be_pushed_back_stays_queued() {
+    let (dir, mut j) = queued(1);
+    let names = vec!["a".to_string()];
+    j.pause_vendor("a", "down", 0).unwrap();
+    // The push of the next probe fails after the probe's claim was written.
+    let other = rusqlite::Connection::open(dir.path().join("j.sqlite3")).unwrap();
+    other
+        .execute_batch(
+            "CREATE TRIGGER refuse_pause BEFORE UPDATE ON vendor_pauses
+             BEGIN SELECT RAISE(ABORT, 'refused'); END",
+        )
+        .unwrap();
+    // A write of its own, then inside a group run without savepoints.
+    assert!(claim_due(&mut j, &names, &Held::default(), 1, &ClaimFor::Slots).is_err());
+    let journal = JournalHandle::new(j);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let claim = || {
+        let names = names.clone();
+        runtime.block_on(
+            journal.write(move |j| claim_due(j, &names, &Held::default(), 1, &ClaimFor::Slots)),
+        )
+    };
+    assert!(claim().is_err());
+    other.execute_batch("DROP TRIGGER refuse_pause").unwrap();
+    // Not left `running`, to no slot, until its lease ran out: the probe is due at once.
+    let (jobs, _) = claim().unwrap();
+    assert_eq!(jobs.len(), 1, "the job is still queued");
+    assert!(jobs[0].1.is_some(), "claimed as the vendor's probe");
+}
