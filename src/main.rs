@@ -237,11 +237,22 @@ fn retry(config_path: &Path, failed: bool, held: bool, paths: &[PathBuf]) -> Res
         emit(&format!("{n} failed files queued again"));
         ExitCode::SUCCESS
     } else if held {
-        let n =
-            journal.release_held(&|p| std::fs::symlink_metadata(path_text::to_path(p)).is_ok())?;
+        let released = journal.release_held(
+            &|p| std::fs::symlink_metadata(path_text::to_path(p)).is_ok(),
+            &|root| path_text::to_path(root).is_dir(),
+        )?;
         emit(&format!(
-            "{n} held deletes queued; every watch root is accepted as it now is"
+            "{} held deletes queued; every watch root present is accepted as it now is",
+            released.deletes_queued
         ));
+        for (root, kept) in &released.kept_for_missing_roots {
+            emit(&format!(
+                "{kept} held deletes kept: watch root {} is missing (unmounted, or deleted and not \
+                 yet back); bring it back, or make it an empty folder to confirm them, then run \
+                 `imgsyncd retry --held` again",
+                path_text::shown(root)
+            ));
+        }
         ExitCode::SUCCESS
     } else {
         retry_paths(&mut journal, paths)?

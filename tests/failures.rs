@@ -304,6 +304,59 @@ fn a_mass_removal_is_held_until_an_operator_confirms() {
 }
 
 #[test]
+fn held_deletes_of_a_missing_root_stay_held_until_it_is_back() {
+    let mut h = Harness::with(Options {
+        max_deletes: 2,
+        ..Options::default()
+    });
+    h.start();
+    let names = ["h1.png", "h2.png", "h3.png", "h4.png"];
+    for (i, name) in names.iter().enumerate() {
+        h.drop_file(name, &png(60 + i as u32));
+    }
+    for name in names {
+        h.wait_state(name, "synced");
+    }
+    for name in names {
+        std::fs::remove_file(h.path(name)).unwrap();
+    }
+    h.wait_for("the deletes to be held", |h| {
+        h.status()["held_deletes"] == 4
+    });
+    // The share drops before the operator looks: its files' absence proves nothing now.
+    let away = h.dir.path().join("unmounted");
+    std::fs::rename(&h.drop, &away).unwrap();
+    h.wait_for("the watch to pause", |h| {
+        h.log().contains("watch root unavailable")
+    });
+    let out = h.cli(&["retry", "--held"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        stdout.contains("0 held deletes queued") && stdout.contains("4 held deletes kept"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("is missing"), "{stdout}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(h.deletes_at_sandbox(), 0);
+    assert_eq!(h.status()["held_deletes"], 4);
+    // Back, still without the four files: the operator's confirmation now deletes them.
+    std::fs::rename(&away, &h.drop).unwrap();
+    h.wait_for("the watch to resume", |h| {
+        h.status()["paused_watches"]
+            .as_array()
+            .is_some_and(|p| p.is_empty())
+    });
+    let out = h.cli(&["retry", "--held"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("4 held deletes queued"));
+    for name in names {
+        let row = h.wait_state(name, "removed");
+        assert_eq!(row["remote_deleted"], true);
+    }
+    assert_eq!(h.deletes_at_sandbox(), 4);
+}
+
+#[test]
 fn a_vanished_watch_root_pauses_the_watch_and_deletes_nothing() {
     let mut h = Harness::new();
     h.start();

@@ -2,6 +2,8 @@
 //! the guards here — a copy still used by another file is kept, and removals past `max_deletes`
 //! within a sliding window (or past half a watch's files) are held for an operator.
 
+use std::collections::{BTreeMap, HashMap};
+
 use super::sql::CachedSql;
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -105,17 +107,29 @@ impl Journal {
 
     /// Confirms the deletes held for an operator: a file that is back is kept, one still gone has
     /// its copy deleted unless another file still uses it. Also accepts every watch root as it is
-    /// now (a root that was replaced or remounted). Returns how many deletes were queued.
-    pub fn release_held(&mut self, is_present: &dyn Fn(&str) -> bool) -> Result<usize> {
+    /// now (a root that was replaced or remounted). A root that is missing (`root_present` says
+    /// no: unmounted, or deleted and not yet back) proves nothing of its files: their deletes stay
+    /// held and what the journal knows of the root is kept, so it is judged again when it is back.
+    pub fn release_held(
+        &mut self,
+        is_present: &dyn Fn(&str) -> bool,
+        root_present: &dyn Fn(&str) -> bool,
+    ) -> Result<HeldReleased> {
         let tx = self.write()?;
-        let held: Vec<String> = {
-            let mut stmt =
-                tx.prepare_cached("SELECT path FROM files WHERE removal = 'held' ORDER BY id")?;
-            stmt.query_map([], |r| r.get(0))?
+        let held: Vec<(String, String)> = {
+            let mut stmt = tx.prepare_cached(
+                "SELECT path, watch_root FROM files WHERE removal = 'held' ORDER BY id",
+            )?;
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<rusqlite::Result<_>>()?
         };
-        let mut queued = 0;
-        for path in held {
+        let mut roots = RootsSeen::new(root_present);
+        let mut released = HeldReleased::default();
+        for (path, root) in held {
+            if !roots.present(&root) {
+                *released.kept_for_missing_roots.entry(root).or_default() += 1;
+                continue;
+            }
             let Some(row) = existing(&tx, &path)? else {
                 continue;
             };
@@ -129,13 +143,22 @@ impl Journal {
             // Decided one at a time: the file released before this one no longer uses the copy.
             tx.cached_execute("UPDATE files SET removal = NULL WHERE id = ?1", [row.id])?;
             if remove_and_delete(&tx, &row)? == MissingOutcome::DeleteQueued {
-                queued += 1;
+                released.deletes_queued += 1;
             }
         }
-        tx.cached_execute("DELETE FROM watch_roots", [])?;
-        tx.cached_execute("DELETE FROM watch_pauses", [])?;
+        let known: Vec<String> = {
+            let mut stmt = tx.prepare_cached(
+                "SELECT root FROM watch_roots UNION SELECT root FROM watch_pauses",
+            )?;
+            stmt.query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        for root in known.iter().filter(|root| roots.present(root)) {
+            tx.cached_execute("DELETE FROM watch_roots WHERE root = ?1", [root])?;
+            tx.cached_execute("DELETE FROM watch_pauses WHERE root = ?1", [root])?;
+        }
         tx.commit()?;
-        Ok(queued)
+        Ok(released)
     }
 
     /// The identity (device, inode) a watch root had when last known good.
@@ -168,6 +191,39 @@ impl Journal {
             params![root, dev as i64, inode as i64, now_ms()],
         )?;
         Ok(())
+    }
+}
+
+/// What `retry --held` did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct HeldReleased {
+    /// Deletes queued for files still gone.
+    pub deletes_queued: usize,
+    /// Held deletes kept, by the missing watch root whose files they are.
+    pub kept_for_missing_roots: BTreeMap<String, usize>,
+}
+
+/// Whether each watch root is present, asked once a root.
+struct RootsSeen<'a> {
+    root_present: &'a dyn Fn(&str) -> bool,
+    seen: HashMap<String, bool>,
+}
+
+impl<'a> RootsSeen<'a> {
+    fn new(root_present: &'a dyn Fn(&str) -> bool) -> Self {
+        RootsSeen {
+            root_present,
+            seen: HashMap::new(),
+        }
+    }
+
+    fn present(&mut self, root: &str) -> bool {
+        if let Some(present) = self.seen.get(root) {
+            return *present;
+        }
+        let present = (self.root_present)(root);
+        self.seen.insert(root.to_string(), present);
+        present
     }
 }
 

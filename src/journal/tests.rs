@@ -355,7 +355,7 @@ fn a_held_file_is_a_user_of_its_copy() {
         MissingOutcome::Shared { .. }
     ));
     assert!(claim(j).is_none(), "the held file still uses the copy");
-    assert_eq!(j.release_held(ABSENT).unwrap(), 1);
+    assert_eq!(j.release_held(ABSENT, PRESENT).unwrap().deletes_queued, 1);
     assert_eq!(claim(j).unwrap().op, JobOp::Delete);
 }
 
@@ -369,7 +369,7 @@ fn releasing_held_deletes_keeps_a_copy_a_live_file_uses() {
     let gone = ["/w/x.png".to_string(), "/w/y.png".to_string()];
     j.mark_missing(&removals(&gone, 1, None)).unwrap();
     assert_eq!(j.status().unwrap().held_deletes, 2);
-    assert_eq!(j.release_held(ABSENT).unwrap(), 1);
+    assert_eq!(j.release_held(ABSENT, PRESENT).unwrap().deletes_queued, 1);
     let delete = claim(j).unwrap();
     assert_eq!(delete.remote_ref.as_deref(), Some("https://img/x.png"));
     assert!(claim(j).is_none());
@@ -884,13 +884,37 @@ fn the_same_bytes_are_not_sent_twice_at_once() {
 }
 
 #[test]
+fn release_held_keeps_the_deletes_and_the_identity_of_a_missing_root() {
+    let mut f = fixture();
+    let j = &mut f.journal;
+    synced(j, "/w/a.png", "aa", "https://img/1.png");
+    j.set_root_identity("/w", 5, 9).unwrap();
+    j.mark_missing(&removals(&["/w/a.png".to_string()], 100, Some("test")))
+        .unwrap();
+    let root_missing: &dyn Fn(&str) -> bool = &|root| root != "/w";
+    let released = j.release_held(ABSENT, root_missing).unwrap();
+    assert_eq!(released.deletes_queued, 0);
+    let kept = std::collections::BTreeMap::from([("/w".to_string(), 1)]);
+    assert_eq!(released.kept_for_missing_roots, kept);
+    assert!(claim(j).is_none(), "nothing deleted");
+    assert_eq!(j.status().unwrap().held_deletes, 1);
+    assert_eq!(
+        j.root_identity("/w").unwrap(),
+        Some((5, 9)),
+        "judged when back"
+    );
+    assert_eq!(j.release_held(ABSENT, PRESENT).unwrap().deletes_queued, 1);
+    assert_eq!(claim(j).unwrap().op, JobOp::Delete);
+}
+
+#[test]
 fn a_root_identity_is_kept_and_release_held_accepts_the_root_as_it_is() {
     let mut f = fixture();
     let j = &mut f.journal;
     assert_eq!(j.root_identity("/w").unwrap(), None);
     j.set_root_identity("/w", 5, 9).unwrap();
     assert_eq!(j.root_identity("/w").unwrap(), Some((5, 9)));
-    j.release_held(ABSENT).unwrap();
+    j.release_held(ABSENT, PRESENT).unwrap();
     assert_eq!(j.root_identity("/w").unwrap(), None);
 }
 
