@@ -603,6 +603,40 @@ fn a_root_recreated_before_the_daemon_hears_of_it_is_watched_again_and_deletes_n
     }
 }
 
+/// Case 17, unrecorded: the root's deletion is heard while another process holds the journal past
+/// its busy timeout, so the journal still knows the old folder's identity, which the new folder
+/// may carry. The watch keeps the deletion in mind and records it once it can: nothing is deleted.
+#[test]
+fn a_root_deletion_the_journal_could_not_record_still_deletes_nothing() {
+    let mut h = Harness::new();
+    h.start();
+    let urls = sync_all(&h, &names("old", 3), 1740);
+    let locker = rusqlite::Connection::open(h.dir.path().join("journal.sqlite3")).unwrap();
+    locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    h.signal("-STOP");
+    std::fs::remove_dir_all(&h.drop).unwrap();
+    std::fs::create_dir_all(&h.drop).unwrap();
+    // Not empty, so only the root's identity tells the new folder from the old.
+    std::fs::write(h.path("new.png"), png(1750)).unwrap();
+    h.signal("-CONT");
+    h.wait_for("the deletion to go unrecorded", |h| {
+        h.log()
+            .contains("cannot record that the watch folder was deleted")
+    });
+    locker.execute_batch("COMMIT").unwrap();
+    h.wait_state("new.png", "synced");
+    settle_time();
+    assert!(h.sandbox.deleted().is_empty(), "{}", h.log());
+    for url in urls {
+        assert!(held_by_vendor(&h, &url));
+    }
+    for name in names("old", 3) {
+        let row = h.file(&name).unwrap();
+        let error = row["error"].as_str().unwrap_or_default();
+        assert!(error.contains("removal held"), "{row}");
+    }
+}
+
 /// Case 18: A queued file replaced by a FIFO never hangs a worker or the shutdown.
 #[test]
 fn a_queued_file_replaced_by_a_fifo_hangs_nothing() {

@@ -168,6 +168,9 @@ pub struct WatchTask {
     root_id: Option<(u64, u64)>,
     /// The (device, inode) the running watcher was set up on.
     watching_id: Option<(u64, u64)>,
+    /// The root was deleted and the journal could not be told: told again at the next look at
+    /// the root, and until it is, the journal's identity of the root is not taken back.
+    deletion_unrecorded: bool,
     /// Why the root cannot be trusted for removals (replaced, remounted), while it is so.
     replaced: Option<String>,
     paused: Option<String>,
@@ -194,6 +197,7 @@ impl WatchTask {
             removals: HashMap::new(),
             root_id: None,
             watching_id: None,
+            deletion_unrecorded: false,
             replaced: None,
             paused: None,
             watcher: None,
@@ -315,7 +319,10 @@ impl WatchTask {
         if was_paused {
             info!(watch = %self.root().display(), "watch root is back; resuming and rescanning");
         }
-        if self.root_id != Some(current) {
+        if self.deletion_unrecorded {
+            self.deletion_unrecorded = !self.record_root_deleted().await;
+        }
+        if self.root_id != Some(current) && !self.deletion_unrecorded {
             // The journal is the authority: at a start, and after `retry --held` accepted a
             // replaced root, it holds what this root should be.
             let root = self.root_text();
@@ -503,18 +510,28 @@ impl WatchTask {
     /// journal forgets the root's inode, and whatever folder is at the path is watched afresh as a
     /// replaced root, whose missing files keep their remote copies until an operator says so.
     async fn root_deleted(&mut self) {
-        let root = self.root_text();
-        if let Err(e) = self
-            .ctx
-            .journal
-            .call(move |j| j.forget_root_inode(&root))
-            .await
-        {
-            error!(watch = %self.root().display(), "cannot record that the watch folder was deleted: {e}");
-        }
+        self.deletion_unrecorded = !self.record_root_deleted().await;
         self.root_id = self.root_id.map(|(dev, _)| (dev, 0));
         self.watcher = None;
         self.forget_the_folder();
+    }
+
+    /// Tells the journal the root was deleted; whether it could be told.
+    async fn record_root_deleted(&self) -> bool {
+        let root = self.root_text();
+        let recorded = self
+            .ctx
+            .journal
+            .call(move |j| j.forget_root_inode(&root))
+            .await;
+        if let Err(e) = &recorded {
+            error!(
+                watch = %self.root().display(),
+                "cannot record that the watch folder was deleted ({e}); its removals stay held \
+                 and it is recorded at the next look at the folder"
+            );
+        }
+        recorded.is_ok()
     }
 
     fn relative<'p>(&self, path: &'p Path) -> Option<&'p Path> {
