@@ -150,30 +150,25 @@ struct FileNow {
     reuse_copies: bool,
 }
 
+/// A file as [`FileNow`] reads it (its first eight columns), then what a claimed job carries of
+/// it. One statement serves both reads, so the two cannot drift apart.
+const FILE_NOW: &str = "SELECT sha256, vendor, kind, state, removal, copy_id, delete_unused,
+       reuse_copies, path, size, format
+     FROM files WHERE id = ?1";
+
 fn file_now(tx: &Connection, file_id: i64) -> Result<FileNow> {
-    Ok(tx.cached_query_row(
-        "SELECT sha256, vendor, kind, state, removal, copy_id, delete_unused, reuse_copies
-         FROM files WHERE id = ?1",
-        [file_id],
-        |r| FileNow::from_row(r, 0),
-    )?)
+    Ok(tx.cached_query_row(FILE_NOW, [file_id], |r| FileNow::from_row(r, 0))?)
 }
 
 /// The file a claimed job is for: what the job carries of it (path, size, format) and what the
 /// claim decides by, in one read.
 fn file_for_claim(tx: &Connection, job: &mut Job) -> Result<FileNow> {
-    let (path, size, format, file) = tx.cached_query_row(
-        "SELECT sha256, vendor, kind, state, removal, copy_id, delete_unused, reuse_copies,
-           path, size, format
-         FROM files WHERE id = ?1",
-        [job.file_id],
-        |r| {
-            let file = FileNow::from_row(r, 0)?;
-            let (path, size, format): (String, Option<i64>, Option<String>) =
-                (r.get(8)?, r.get(9)?, r.get(10)?);
-            Ok((path, size, format, file))
-        },
-    )?;
+    let (path, size, format, file) = tx.cached_query_row(FILE_NOW, [job.file_id], |r| {
+        let file = FileNow::from_row(r, 0)?;
+        let (path, size, format): (String, Option<i64>, Option<String>) =
+            (r.get(8)?, r.get(9)?, r.get(10)?);
+        Ok((path, size, format, file))
+    })?;
     job.path = path;
     job.size = size.map(|s| s as u64);
     job.format = format;
