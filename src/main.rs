@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 
 use imgsyncd::adapters::{Adapter, Outcome, http_client};
 use imgsyncd::config::{Config, DEFAULT_CONFIG_PATH};
-use imgsyncd::journal::{FileFilter, FileState, Journal, RetryOutcome, path_text};
+use imgsyncd::journal::{FileFilter, FileState, Journal, Look, RetryOutcome, path_text};
 use imgsyncd::logging::{self, LogFormat};
 use imgsyncd::sandbox::{Sandbox, SandboxOptions};
 use imgsyncd::{daemon, dev, report};
@@ -237,23 +237,27 @@ fn retry(config_path: &Path, failed: bool, held: bool, paths: &[PathBuf]) -> Res
         emit(&format!("{n} failed files queued again"));
         ExitCode::SUCCESS
     } else if held {
-        let released = journal.release_held(
-            &|p| std::fs::symlink_metadata(path_text::to_path(p)).is_ok(),
-            &|root| path_text::to_path(root).is_dir(),
-        )?;
+        let released = journal.release_held(&look_at_file, &look_at_root)?;
         emit(&format!(
-            "{} held deletes queued; every watch root present is accepted as it now is",
-            released.deletes_queued
+            "{} queued; every watch root present is accepted as it now is",
+            held_deletes(released.deletes_queued)
         ));
-        for (root, kept) in &released.kept_for_missing_roots {
+        for kept in &released.kept {
+            let (what, advice) = match kept.is_root {
+                true => ("watch root", "bring it back (mount it)"),
+                false => ("file", "fix its access"),
+            };
             emit(&format!(
-                "{kept} held deletes kept: watch root {} is missing (unmounted, or deleted and not \
-                 yet back); bring it back, or make it an empty folder to confirm them, then run \
-                 `imgsyncd retry --held` again",
-                path_text::shown(root)
+                "{} kept: {what} {} {}; {advice}, then run `imgsyncd retry --held` again",
+                held_deletes(kept.files),
+                path_text::shown(&kept.what),
+                kept.why
             ));
         }
-        ExitCode::SUCCESS
+        match released.kept.is_empty() {
+            true => ExitCode::SUCCESS,
+            false => ExitCode::FAILURE,
+        }
     } else {
         retry_paths(&mut journal, paths)?
     };
@@ -266,6 +270,50 @@ fn retry(config_path: &Path, failed: bool, held: bool, paths: &[PathBuf]) -> Res
         None => {}
     }
     Ok(code)
+}
+
+fn held_deletes(n: usize) -> String {
+    match n {
+        1 => "1 held delete".to_string(),
+        n => format!("{n} held deletes"),
+    }
+}
+
+/// Whether a held file is back or gone, as `retry --held` sees it: only "not found" is gone.
+fn look_at_file(path: &str) -> Look {
+    match std::fs::symlink_metadata(path_text::to_path(path)) {
+        Ok(_) => Look::There,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Look::Gone,
+        Err(e) => Look::Unknown(format!("cannot be looked at ({e})")),
+    }
+}
+
+/// The identity to accept a watch root with, or why its files' absence proves nothing: it is
+/// missing, unreadable, or an empty folder on another filesystem than the one it was on (the
+/// mount point of a share not mounted).
+fn look_at_root(root: &str, known: Option<(u64, u64)>) -> std::result::Result<(u64, u64), String> {
+    use std::os::unix::fs::MetadataExt;
+    let path = path_text::to_path(root);
+    let meta = match std::fs::metadata(&path) {
+        Ok(meta) if meta.is_dir() => meta,
+        Ok(_) => return Err("is not a folder".to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err("is missing (unmounted, or deleted and not yet back)".to_string());
+        }
+        Err(e) => return Err(format!("cannot be looked at ({e})")),
+    };
+    let empty = std::fs::read_dir(&path)
+        .map_err(|e| format!("cannot be read ({e})"))?
+        .next()
+        .is_none();
+    match known {
+        Some((dev, _)) if dev != meta.dev() && empty => Err(format!(
+            "is an empty folder on another filesystem than before (device {} instead of {dev}): \
+             a share not mounted?",
+            meta.dev()
+        )),
+        _ => Ok((meta.dev(), meta.ino())),
+    }
 }
 
 fn retry_paths(journal: &mut Journal, paths: &[PathBuf]) -> Result<ExitCode> {

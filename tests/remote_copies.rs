@@ -198,6 +198,62 @@ fn a_root_found_unmounted_at_start_deletes_nothing() {
     umount(&store);
 }
 
+/// Case 3, confirmed while unmounted: deletes held, then the share behind the watch root unmounted
+/// before the operator runs `retry --held`. The empty mount point proves nothing of the files, so
+/// the deletes stay held, and the command says why; with the share back, they are carried out.
+#[test]
+fn held_deletes_confirmed_while_the_share_is_unmounted_stay_held() {
+    if !running_as_root() {
+        return;
+    }
+    let mut h = Harness::with(Options {
+        max_deletes: 2,
+        ..Options::default()
+    });
+    let store = h.dir.path().join("share");
+    std::fs::create_dir_all(&store).unwrap();
+    if !mount(&["-t", "tmpfs", "none", store.to_str().unwrap()]) {
+        return;
+    }
+    let drop = h.drop.to_str().unwrap().to_string();
+    let bind = ["--bind", store.to_str().unwrap(), &drop];
+    assert!(mount(&bind));
+    h.start();
+    let names = names("gone", 4);
+    let urls = sync_all_in_place(&h, &names, 320);
+    for name in &names {
+        std::fs::remove_file(h.path(name)).unwrap();
+    }
+    h.wait_for("the deletes to be held", |h| {
+        h.status()["held_deletes"] == 4
+    });
+    umount(&h.drop);
+    let out = h.cli(&["retry", "--held"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("4 held deletes kept"), "{stdout}");
+    assert!(
+        stdout.contains("is an empty folder on another filesystem than before"),
+        "{stdout}"
+    );
+    settle_time();
+    assert!(h.sandbox.deleted().is_empty(), "{}", h.log());
+    assert_eq!(h.status()["held_deletes"], 4);
+    assert!(mount(&bind));
+    h.reload();
+    let out = h.cli(&["retry", "--held"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("4 held deletes queued"), "{stdout}");
+    h.wait_for("the four deletes", |h| h.sandbox.deleted().len() == 4);
+    for url in urls {
+        assert!(!held_by_vendor(&h, &url));
+    }
+    h.stop();
+    umount(&h.drop);
+    umount(&store);
+}
+
 /// Case 4: A subfolder that is a mount of its own, unmounted: its files are not gone.
 #[test]
 fn an_unmounted_subfolder_deletes_nothing() {
@@ -614,8 +670,14 @@ fn a_root_deletion_the_journal_could_not_record_still_deletes_nothing() {
     let locker = rusqlite::Connection::open(h.dir.path().join("journal.sqlite3")).unwrap();
     locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
     h.signal("-STOP");
+    let inode =
+        |path: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).unwrap());
+    let old_inode = inode(&h.drop);
     std::fs::remove_dir_all(&h.drop).unwrap();
     std::fs::create_dir_all(&h.drop).unwrap();
+    if inode(&h.drop) != old_inode {
+        eprintln!("the new folder has another inode number here: only the guards are shown");
+    }
     // Not empty, so only the root's identity tells the new folder from the old.
     std::fs::write(h.path("new.png"), png(1750)).unwrap();
     h.signal("-CONT");

@@ -26,7 +26,9 @@ pub use handle::JournalHandle;
 pub use observe::{FileStamp, KnownFile, Observation, Observed, RejectedFile};
 pub use pauses::VendorPause;
 pub use queue::{Attempt, Claimed, Finished, Job, JobOp, JobResult, Remote, RetryOutcome};
-pub use removal::{HeldReleased, MissingOutcome, RemovalBatch, RemovalPolicy};
+pub use removal::{
+    HeldReleased, KeptHeld, Look, MissingOutcome, RemovalBatch, RemovalPolicy, RootLook,
+};
 pub use report::{
     FileFilter, FileRow, HistoryRow, PausedVendor, PausedWatch, Problem, RecentError, Status,
     reference_field,

@@ -153,13 +153,19 @@ impl World {
             }
             Step::ReleaseHeld => {
                 let on_disk = self.on_disk;
-                let present = move |p: &str| {
-                    PATHS
+                let look = move |p: &str| {
+                    let there = PATHS
                         .iter()
                         .position(|known| *known == p)
-                        .is_some_and(|i| on_disk[i].is_some())
+                        .is_some_and(|i| on_disk[i].is_some());
+                    match there {
+                        true => Look::There,
+                        false => Look::Gone,
+                    }
                 };
-                self.journal.release_held(&present, &|_| true).unwrap();
+                self.journal
+                    .release_held(&look, &|_, _| Ok((1, 1)))
+                    .unwrap();
             }
             Step::Claim => {
                 let names = vec!["erp".to_string()];

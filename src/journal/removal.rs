@@ -2,7 +2,7 @@
 //! the guards here — a copy still used by another file is kept, and removals past `max_deletes`
 //! within a sliding window (or past half a watch's files) are held for an operator.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use super::sql::CachedSql;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -107,13 +107,16 @@ impl Journal {
 
     /// Confirms the deletes held for an operator: a file that is back is kept, one still gone has
     /// its copy deleted unless another file still uses it. Also accepts every watch root as it is
-    /// now (a root that was replaced or remounted). A root that is missing (`root_present` says
-    /// no: unmounted, or deleted and not yet back) proves nothing of its files: their deletes stay
-    /// held and what the journal knows of the root is kept, so it is judged again when it is back.
+    /// now (a root that was replaced or remounted), recording the identity `root` gives it.
+    ///
+    /// Only what the operator's look at the disk can vouch for is released: a root `root` cannot
+    /// vouch for (missing, unreadable, an empty mount point) proves nothing of its files, so their
+    /// deletes stay held and what the journal knows of the root is kept; so does the delete of a
+    /// file `file` cannot tell about.
     pub fn release_held(
         &mut self,
-        is_present: &dyn Fn(&str) -> bool,
-        root_present: &dyn Fn(&str) -> bool,
+        file: &dyn Fn(&str) -> Look,
+        root: &RootLook,
     ) -> Result<HeldReleased> {
         let tx = self.write()?;
         let held: Vec<(String, String)> = {
@@ -123,27 +126,38 @@ impl Journal {
             stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<rusqlite::Result<_>>()?
         };
-        let mut roots = RootsSeen::new(root_present);
+        let mut roots = RootLooks::new(&tx, root);
         let mut released = HeldReleased::default();
-        for (path, root) in held {
-            if !roots.present(&root) {
-                *released.kept_for_missing_roots.entry(root).or_default() += 1;
+        let mut kept_by_root: BTreeMap<String, (usize, String)> = BTreeMap::new();
+        for (path, watch_root) in held {
+            if let Err(why) = roots.look(&watch_root)? {
+                kept_by_root.entry(watch_root).or_insert((0, why)).0 += 1;
                 continue;
             }
             let Some(row) = existing(&tx, &path)? else {
                 continue;
             };
-            if is_present(&path) {
-                tx.cached_execute(
-                    "UPDATE files SET removal = NULL, error = NULL, updated_at = ?2 WHERE id = ?1",
-                    params![row.id, now_ms()],
-                )?;
-                continue;
-            }
-            // Decided one at a time: the file released before this one no longer uses the copy.
-            tx.cached_execute("UPDATE files SET removal = NULL WHERE id = ?1", [row.id])?;
-            if remove_and_delete(&tx, &row)? == MissingOutcome::DeleteQueued {
-                released.deletes_queued += 1;
+            match file(&path) {
+                Look::There => {
+                    tx.cached_execute(
+                        "UPDATE files SET removal = NULL, error = NULL, updated_at = ?2 WHERE id = ?1",
+                        params![row.id, now_ms()],
+                    )?;
+                }
+                Look::Unknown(why) => released.kept.push(KeptHeld {
+                    what: path,
+                    is_root: false,
+                    why,
+                    files: 1,
+                }),
+                Look::Gone => {
+                    // Decided one at a time: the file released before this one no longer uses
+                    // the copy.
+                    tx.cached_execute("UPDATE files SET removal = NULL WHERE id = ?1", [row.id])?;
+                    if remove_and_delete(&tx, &row)? == MissingOutcome::DeleteQueued {
+                        released.deletes_queued += 1;
+                    }
+                }
             }
         }
         let known: Vec<String> = {
@@ -153,33 +167,49 @@ impl Journal {
             stmt.query_map([], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?
         };
-        for root in known.iter().filter(|root| roots.present(root)) {
-            tx.cached_execute("DELETE FROM watch_roots WHERE root = ?1", [root])?;
-            tx.cached_execute("DELETE FROM watch_pauses WHERE root = ?1", [root])?;
+        for watch_root in known {
+            let _ = roots.look(&watch_root)?;
         }
+        for (watch_root, accepted) in roots.looked {
+            let Ok((dev, inode)) = accepted else {
+                continue;
+            };
+            tx.cached_execute(
+                "INSERT INTO watch_roots (root, dev, inode, updated_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (root) DO UPDATE SET dev = ?2, inode = ?3, updated_at = ?4",
+                params![watch_root, dev as i64, inode as i64, now_ms()],
+            )?;
+            tx.cached_execute("DELETE FROM watch_pauses WHERE root = ?1", [&watch_root])?;
+        }
+        released.kept.splice(
+            0..0,
+            kept_by_root
+                .into_iter()
+                .map(|(what, (files, why))| KeptHeld {
+                    what,
+                    is_root: true,
+                    why,
+                    files,
+                }),
+        );
         tx.commit()?;
         Ok(released)
     }
 
     /// The identity (device, inode) a watch root had when last known good.
     pub fn root_identity(&self, root: &str) -> Result<Option<(u64, u64)>> {
-        Ok(self
-            .conn
-            .cached_query_row(
-                "SELECT dev, inode FROM watch_roots WHERE root = ?1",
-                [root],
-                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
-            )
-            .optional()?)
+        root_identity_in(&self.conn, root)
     }
 
     /// The watch root the journal knows was deleted: no folder has inode 0, so whatever folder
     /// is at its path from now on is taken for another one (its removals held) until an operator
     /// accepts it (`retry --held`), even one the filesystem gave the freed inode number again.
-    pub fn forget_root_inode(&mut self, root: &str) -> Result<()> {
+    /// `dev` is the device it was on, for a root the journal holds no identity of yet.
+    pub fn forget_root_inode(&mut self, root: &str, dev: u64) -> Result<()> {
         self.conn.cached_execute(
-            "UPDATE watch_roots SET inode = 0, updated_at = ?2 WHERE root = ?1",
-            params![root, now_ms()],
+            "INSERT INTO watch_roots (root, dev, inode, updated_at) VALUES (?1, ?2, 0, ?3)
+             ON CONFLICT (root) DO UPDATE SET inode = 0, updated_at = ?3",
+            params![root, dev as i64, now_ms()],
         )?;
         Ok(())
     }
@@ -194,36 +224,73 @@ impl Journal {
     }
 }
 
+/// What an operator's look at the disk says of a held file (`retry --held`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Look {
+    There,
+    Gone,
+    /// It cannot be told (why): the delete stays held.
+    Unknown(String),
+}
+
+/// An operator's look at a watch root (`retry --held`), told what the journal knows of it: the
+/// identity to accept it with, or why its files' absence proves nothing.
+pub type RootLook = dyn Fn(&str, Option<(u64, u64)>) -> std::result::Result<(u64, u64), String>;
+
 /// What `retry --held` did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct HeldReleased {
     /// Deletes queued for files still gone.
     pub deletes_queued: usize,
-    /// Held deletes kept, by the missing watch root whose files they are.
-    pub kept_for_missing_roots: BTreeMap<String, usize>,
+    /// Held deletes kept: by the watch root that could not vouch for its files, first; then
+    /// each file that could not be looked at.
+    pub kept: Vec<KeptHeld>,
 }
 
-/// Whether each watch root is present, asked once a root.
-struct RootsSeen<'a> {
-    root_present: &'a dyn Fn(&str) -> bool,
-    seen: HashMap<String, bool>,
+/// Held deletes kept, and why.
+#[derive(Debug, PartialEq, Eq)]
+pub struct KeptHeld {
+    /// The watch root, or the file.
+    pub what: String,
+    pub is_root: bool,
+    pub why: String,
+    pub files: usize,
 }
 
-impl<'a> RootsSeen<'a> {
-    fn new(root_present: &'a dyn Fn(&str) -> bool) -> Self {
-        RootsSeen {
-            root_present,
-            seen: HashMap::new(),
+fn root_identity_in(conn: &Connection, root: &str) -> Result<Option<(u64, u64)>> {
+    Ok(conn
+        .cached_query_row(
+            "SELECT dev, inode FROM watch_roots WHERE root = ?1",
+            [root],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+        )
+        .optional()?)
+}
+
+/// Each watch root looked at once: the identity to accept it with, or why it cannot be.
+struct RootLooks<'a> {
+    tx: &'a Connection,
+    look: &'a RootLook,
+    looked: BTreeMap<String, std::result::Result<(u64, u64), String>>,
+}
+
+impl<'a> RootLooks<'a> {
+    fn new(tx: &'a Connection, look: &'a RootLook) -> Self {
+        RootLooks {
+            tx,
+            look,
+            looked: BTreeMap::new(),
         }
     }
 
-    fn present(&mut self, root: &str) -> bool {
-        if let Some(present) = self.seen.get(root) {
-            return *present;
+    fn look(&mut self, root: &str) -> Result<std::result::Result<(u64, u64), String>> {
+        if let Some(looked) = self.looked.get(root) {
+            return Ok(looked.clone());
         }
-        let present = (self.root_present)(root);
-        self.seen.insert(root.to_string(), present);
-        present
+        let known = root_identity_in(self.tx, root)?;
+        let looked = (self.look)(root, known);
+        self.looked.insert(root.to_string(), looked.clone());
+        Ok(looked)
     }
 }
 

@@ -128,7 +128,14 @@ impl Together {
         keep: bool,
     ) -> rusqlite::Result<()> {
         match (self, keep) {
-            (Together::Own, true) => conn.cached_execute("COMMIT", []).map(drop),
+            (Together::Own, true) => {
+                let committed = conn.cached_execute("COMMIT", []).map(drop);
+                if committed.is_err() && !conn.is_autocommit() {
+                    // Not left open, for every later write to nest in and never commit.
+                    let _ = conn.cached_execute("ROLLBACK", []);
+                }
+                committed
+            }
             // SQLite may have taken the transaction back itself (disk full).
             (Together::Own, false) if conn.is_autocommit() => Ok(()),
             (Together::Own, false) => conn.cached_execute("ROLLBACK", []).map(drop),

@@ -88,6 +88,9 @@ fn deleted_refs(j: &Journal) -> Vec<String> {
 
 const ABSENT: &dyn Fn(&str) -> bool = &|_| false;
 const PRESENT: &dyn Fn(&str) -> bool = &|_| true;
+/// `retry --held`'s looks: every held file gone, every root accepted as it is.
+const GONE: &dyn Fn(&str) -> Look = &|_| Look::Gone;
+const ACCEPTED: &RootLook = &|_, _| Ok((1, 1));
 
 fn vendors() -> Vec<String> {
     vec!["erp".to_string()]
@@ -355,7 +358,7 @@ fn a_held_file_is_a_user_of_its_copy() {
         MissingOutcome::Shared { .. }
     ));
     assert!(claim(j).is_none(), "the held file still uses the copy");
-    assert_eq!(j.release_held(ABSENT, PRESENT).unwrap().deletes_queued, 1);
+    assert_eq!(j.release_held(GONE, ACCEPTED).unwrap().deletes_queued, 1);
     assert_eq!(claim(j).unwrap().op, JobOp::Delete);
 }
 
@@ -369,7 +372,7 @@ fn releasing_held_deletes_keeps_a_copy_a_live_file_uses() {
     let gone = ["/w/x.png".to_string(), "/w/y.png".to_string()];
     j.mark_missing(&removals(&gone, 1, None)).unwrap();
     assert_eq!(j.status().unwrap().held_deletes, 2);
-    assert_eq!(j.release_held(ABSENT, PRESENT).unwrap().deletes_queued, 1);
+    assert_eq!(j.release_held(GONE, ACCEPTED).unwrap().deletes_queued, 1);
     let delete = claim(j).unwrap();
     assert_eq!(delete.remote_ref.as_deref(), Some("https://img/x.png"));
     assert!(claim(j).is_none());
@@ -888,23 +891,43 @@ fn release_held_keeps_the_deletes_and_the_identity_of_a_missing_root() {
     let mut f = fixture();
     let j = &mut f.journal;
     synced(j, "/w/a.png", "aa", "https://img/1.png");
+    synced(j, "/w/b.png", "bb", "https://img/2.png");
     j.set_root_identity("/w", 5, 9).unwrap();
-    j.mark_missing(&removals(&["/w/a.png".to_string()], 100, Some("test")))
-        .unwrap();
-    let root_missing: &dyn Fn(&str) -> bool = &|root| root != "/w";
-    let released = j.release_held(ABSENT, root_missing).unwrap();
+    let both = ["/w/a.png".to_string(), "/w/b.png".to_string()];
+    j.mark_missing(&removals(&both, 100, Some("test"))).unwrap();
+    let missing: &RootLook = &|_, known| {
+        assert_eq!(known, Some((5, 9)), "told what the journal knows");
+        Err("is missing".to_string())
+    };
+    let released = j.release_held(GONE, missing).unwrap();
     assert_eq!(released.deletes_queued, 0);
-    let kept = std::collections::BTreeMap::from([("/w".to_string(), 1)]);
-    assert_eq!(released.kept_for_missing_roots, kept);
+    let kept = KeptHeld {
+        what: "/w".to_string(),
+        is_root: true,
+        why: "is missing".to_string(),
+        files: 2,
+    };
+    assert_eq!(released.kept, vec![kept]);
     assert!(claim(j).is_none(), "nothing deleted");
-    assert_eq!(j.status().unwrap().held_deletes, 1);
+    assert_eq!(j.status().unwrap().held_deletes, 2);
     assert_eq!(
         j.root_identity("/w").unwrap(),
         Some((5, 9)),
         "judged when back"
     );
-    assert_eq!(j.release_held(ABSENT, PRESENT).unwrap().deletes_queued, 1);
-    assert_eq!(claim(j).unwrap().op, JobOp::Delete);
+    // Back: a file that cannot be looked at keeps its delete held; the root is accepted as it is.
+    let unreadable_a: &dyn Fn(&str) -> Look = &|p| match p {
+        "/w/a.png" => Look::Unknown("cannot be looked at".to_string()),
+        _ => Look::Gone,
+    };
+    let released = j.release_held(unreadable_a, &|_, _| Ok((5, 10))).unwrap();
+    assert_eq!(released.deletes_queued, 1);
+    assert_eq!(released.kept.len(), 1);
+    assert_eq!(released.kept[0].what, "/w/a.png");
+    let delete = claim(j).unwrap();
+    assert_eq!(delete.remote_ref.as_deref(), Some("https://img/2.png"));
+    assert_eq!(j.status().unwrap().held_deletes, 1);
+    assert_eq!(j.root_identity("/w").unwrap(), Some((5, 10)));
 }
 
 #[test]
@@ -914,8 +937,8 @@ fn a_root_identity_is_kept_and_release_held_accepts_the_root_as_it_is() {
     assert_eq!(j.root_identity("/w").unwrap(), None);
     j.set_root_identity("/w", 5, 9).unwrap();
     assert_eq!(j.root_identity("/w").unwrap(), Some((5, 9)));
-    j.release_held(ABSENT, PRESENT).unwrap();
-    assert_eq!(j.root_identity("/w").unwrap(), None);
+    j.release_held(GONE, ACCEPTED).unwrap();
+    assert_eq!(j.root_identity("/w").unwrap(), Some((1, 1)), "as it now is");
 }
 
 #[test]

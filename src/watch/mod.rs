@@ -259,6 +259,13 @@ impl WatchTask {
             }
         }
         self.watcher = None;
+        if self.deletion_unrecorded && !self.record_root_deleted().await {
+            error!(
+                watch = %self.root().display(),
+                "stopping with the watch folder's deletion unrecorded: at the next start, a new \
+                 folder at its path may pass for the old one; check it before starting again"
+            );
+        }
         if self.paused.is_some() || self.replaced.is_some() {
             let root = self.root_text();
             let _ = self.ctx.journal.call(move |j| j.resume_watch(&root)).await;
@@ -519,16 +526,18 @@ impl WatchTask {
     /// Tells the journal the root was deleted; whether it could be told.
     async fn record_root_deleted(&self) -> bool {
         let root = self.root_text();
+        let dev = self.root_id.map_or(0, |(dev, _)| dev);
         let recorded = self
             .ctx
             .journal
-            .call(move |j| j.forget_root_inode(&root))
+            .call(move |j| j.forget_root_inode(&root, dev))
             .await;
         if let Err(e) = &recorded {
             error!(
                 watch = %self.root().display(),
-                "cannot record that the watch folder was deleted ({e}); its removals stay held \
-                 and it is recorded at the next look at the folder"
+                "cannot record that the watch folder was deleted ({}); its removals stay held \
+                 and it is recorded at the next look at the folder",
+                crate::diagnose::journal(e)
             );
         }
         recorded.is_ok()
