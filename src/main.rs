@@ -8,9 +8,10 @@ use clap::{Parser, Subcommand};
 
 use imgsyncd::adapters::{Adapter, Outcome, http_client};
 use imgsyncd::config::{Config, DEFAULT_CONFIG_PATH};
-use imgsyncd::journal::{FileFilter, FileState, Journal, Look, RetryOutcome, path_text};
+use imgsyncd::journal::{FileFilter, FileState, Journal, RetryOutcome, path_text};
 use imgsyncd::logging::{self, LogFormat};
 use imgsyncd::sandbox::{Sandbox, SandboxOptions};
+use imgsyncd::watch::presence;
 use imgsyncd::{daemon, dev, report};
 
 #[derive(Parser)]
@@ -237,7 +238,13 @@ fn retry(config_path: &Path, failed: bool, held: bool, paths: &[PathBuf]) -> Res
         emit(&format!("{n} failed files queued again"));
         ExitCode::SUCCESS
     } else if held {
-        let released = journal.release_held(&look_at_file, &look_at_root)?;
+        let released = journal.release_held(
+            &|path, root, dev| {
+                let (root, path) = (path_text::to_path(root), path_text::to_path(path));
+                presence::presence(&root, &path, dev)
+            },
+            &|root, known| presence::root_as_it_is(&path_text::to_path(root), known),
+        )?;
         emit(&format!(
             "{} queued; every watch root present is accepted as it now is",
             held_deletes(released.deletes_queued)
@@ -276,43 +283,6 @@ fn held_deletes(n: usize) -> String {
     match n {
         1 => "1 held delete".to_string(),
         n => format!("{n} held deletes"),
-    }
-}
-
-/// Whether a held file is back or gone, as `retry --held` sees it: only "not found" is gone.
-fn look_at_file(path: &str) -> Look {
-    match std::fs::symlink_metadata(path_text::to_path(path)) {
-        Ok(_) => Look::There,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Look::Gone,
-        Err(e) => Look::Unknown(format!("cannot be looked at ({e})")),
-    }
-}
-
-/// The identity to accept a watch root with, or why its files' absence proves nothing: it is
-/// missing, unreadable, or an empty folder on another filesystem than the one it was on (the
-/// mount point of a share not mounted).
-fn look_at_root(root: &str, known: Option<(u64, u64)>) -> std::result::Result<(u64, u64), String> {
-    use std::os::unix::fs::MetadataExt;
-    let path = path_text::to_path(root);
-    let meta = match std::fs::metadata(&path) {
-        Ok(meta) if meta.is_dir() => meta,
-        Ok(_) => return Err("is not a folder".to_string()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err("is missing (unmounted, or deleted and not yet back)".to_string());
-        }
-        Err(e) => return Err(format!("cannot be looked at ({e})")),
-    };
-    let empty = std::fs::read_dir(&path)
-        .map_err(|e| format!("cannot be read ({e})"))?
-        .next()
-        .is_none();
-    match known {
-        Some((dev, _)) if dev != meta.dev() && empty => Err(format!(
-            "is an empty folder on another filesystem than before (device {} instead of {dev}): \
-             a share not mounted?",
-            meta.dev()
-        )),
-        _ => Ok((meta.dev(), meta.ino())),
     }
 }
 

@@ -199,8 +199,9 @@ fn a_root_found_unmounted_at_start_deletes_nothing() {
 }
 
 /// Case 3, confirmed while unmounted: deletes held, then the share behind the watch root unmounted
-/// before the operator runs `retry --held`. The empty mount point proves nothing of the files, so
-/// the deletes stay held, and the command says why; with the share back, they are carried out.
+/// before the operator runs `retry --held`, and a file dropped into the bare mount point. The
+/// mount point proves nothing of the share's files, so the deletes stay held, and the command
+/// says why; with the share back, they are carried out.
 #[test]
 fn held_deletes_confirmed_while_the_share_is_unmounted_stay_held() {
     if !running_as_root() {
@@ -228,12 +229,15 @@ fn held_deletes_confirmed_while_the_share_is_unmounted_stay_held() {
         h.status()["held_deletes"] == 4
     });
     umount(&h.drop);
+    // Somebody drops a file into the bare mount point meanwhile, so it is not even empty.
+    std::fs::write(h.path("meanwhile.png"), png(330)).unwrap();
     let out = h.cli(&["retry", "--held"]);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(out.status.code(), Some(1), "{stdout}");
-    assert!(stdout.contains("4 held deletes kept"), "{stdout}");
+    assert!(stdout.contains("0 held deletes queued"), "{stdout}");
+    assert_eq!(stdout.matches("1 held delete kept").count(), 4, "{stdout}");
     assert!(
-        stdout.contains("is an empty folder on another filesystem than before"),
+        stdout.contains("is on another filesystem than when the file was recorded"),
         "{stdout}"
     );
     settle_time();

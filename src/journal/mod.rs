@@ -27,7 +27,8 @@ pub use observe::{FileStamp, KnownFile, Observation, Observed, RejectedFile};
 pub use pauses::VendorPause;
 pub use queue::{Attempt, Claimed, Finished, Job, JobOp, JobResult, Remote, RetryOutcome};
 pub use removal::{
-    HeldReleased, KeptHeld, Look, MissingOutcome, RemovalBatch, RemovalPolicy, RootLook,
+    FileLook, HeldReleased, KeptHeld, MissingOutcome, Presence, RemovalBatch, RemovalPolicy,
+    RootLook,
 };
 pub use report::{
     FileFilter, FileRow, HistoryRow, PausedVendor, PausedWatch, Problem, RecentError, Status,

@@ -153,14 +153,14 @@ impl World {
             }
             Step::ReleaseHeld => {
                 let on_disk = self.on_disk;
-                let look = move |p: &str| {
+                let look = move |p: &str, _: &str, _: Option<u64>| {
                     let there = PATHS
                         .iter()
                         .position(|known| *known == p)
                         .is_some_and(|i| on_disk[i].is_some());
                     match there {
-                        true => Look::There,
-                        false => Look::Gone,
+                        true => Presence::Present,
+                        false => Presence::Gone,
                     }
                 };
                 self.journal

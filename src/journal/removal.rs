@@ -2,7 +2,7 @@
 //! the guards here — a copy still used by another file is kept, and removals past `max_deletes`
 //! within a sliding window (or past half a watch's files) are held for an operator.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::sql::CachedSql;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -112,12 +112,9 @@ impl Journal {
     /// Only what the operator's look at the disk can vouch for is released: a root `root` cannot
     /// vouch for (missing, unreadable, an empty mount point) proves nothing of its files, so their
     /// deletes stay held and what the journal knows of the root is kept; so does the delete of a
-    /// file `file` cannot tell about.
-    pub fn release_held(
-        &mut self,
-        file: &dyn Fn(&str) -> Look,
-        root: &RootLook,
-    ) -> Result<HeldReleased> {
+    /// file `file` cannot tell about (unreadable, or its folder on another filesystem than it was
+    /// recorded on), and its root is not taken as it now is either.
+    pub fn release_held(&mut self, file: &FileLook, root: &RootLook) -> Result<HeldReleased> {
         let tx = self.write()?;
         let held: Vec<(String, String)> = {
             let mut stmt = tx.prepare_cached(
@@ -129,6 +126,7 @@ impl Journal {
         let mut roots = RootLooks::new(&tx, root);
         let mut released = HeldReleased::default();
         let mut kept_by_root: BTreeMap<String, (usize, String)> = BTreeMap::new();
+        let mut unvouched = BTreeSet::new();
         for (path, watch_root) in held {
             if let Err(why) = roots.look(&watch_root)? {
                 kept_by_root.entry(watch_root).or_insert((0, why)).0 += 1;
@@ -137,20 +135,24 @@ impl Journal {
             let Some(row) = existing(&tx, &path)? else {
                 continue;
             };
-            match file(&path) {
-                Look::There => {
+            match file(&path, &watch_root, row.stamp.map(|s| s.dev)) {
+                Presence::Present => {
                     tx.cached_execute(
                         "UPDATE files SET removal = NULL, error = NULL, updated_at = ?2 WHERE id = ?1",
                         params![row.id, now_ms()],
                     )?;
                 }
-                Look::Unknown(why) => released.kept.push(KeptHeld {
-                    what: path,
-                    is_root: false,
-                    why,
-                    files: 1,
-                }),
-                Look::Gone => {
+                Presence::Unknown(why) => {
+                    // Nor is its root taken as it now is: what it is now cannot be vouched for.
+                    unvouched.insert(watch_root);
+                    released.kept.push(KeptHeld {
+                        what: path,
+                        is_root: false,
+                        why,
+                        files: 1,
+                    });
+                }
+                Presence::Gone => {
                     // Decided one at a time: the file released before this one no longer uses
                     // the copy.
                     tx.cached_execute("UPDATE files SET removal = NULL WHERE id = ?1", [row.id])?;
@@ -174,6 +176,9 @@ impl Journal {
             let Ok((dev, inode)) = accepted else {
                 continue;
             };
+            if unvouched.contains(&watch_root) {
+                continue;
+            }
             tx.cached_execute(
                 "INSERT INTO watch_roots (root, dev, inode, updated_at) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (root) DO UPDATE SET dev = ?2, inode = ?3, updated_at = ?4",
@@ -224,14 +229,18 @@ impl Journal {
     }
 }
 
-/// What an operator's look at the disk says of a held file (`retry --held`).
+/// What a look at a path the journal knows says about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Look {
-    There,
+pub enum Presence {
+    Present,
     Gone,
-    /// It cannot be told (why): the delete stays held.
+    /// Neither: unreadable, or its folder is on another filesystem than when it was recorded.
     Unknown(String),
 }
+
+/// An operator's look at a held file (`retry --held`): its path, its watch root, and the device
+/// it was recorded on.
+pub type FileLook = dyn Fn(&str, &str, Option<u64>) -> Presence;
 
 /// An operator's look at a watch root (`retry --held`), told what the journal knows of it: the
 /// identity to accept it with, or why its files' absence proves nothing.

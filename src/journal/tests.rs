@@ -89,7 +89,7 @@ fn deleted_refs(j: &Journal) -> Vec<String> {
 const ABSENT: &dyn Fn(&str) -> bool = &|_| false;
 const PRESENT: &dyn Fn(&str) -> bool = &|_| true;
 /// `retry --held`'s looks: every held file gone, every root accepted as it is.
-const GONE: &dyn Fn(&str) -> Look = &|_| Look::Gone;
+const GONE: &FileLook = &|_, _, _| Presence::Gone;
 const ACCEPTED: &RootLook = &|_, _| Ok((1, 1));
 
 fn vendors() -> Vec<String> {
@@ -916,9 +916,9 @@ fn release_held_keeps_the_deletes_and_the_identity_of_a_missing_root() {
         "judged when back"
     );
     // Back: a file that cannot be looked at keeps its delete held; the root is accepted as it is.
-    let unreadable_a: &dyn Fn(&str) -> Look = &|p| match p {
-        "/w/a.png" => Look::Unknown("cannot be looked at".to_string()),
-        _ => Look::Gone,
+    let unreadable_a: &FileLook = &|p, _, _| match p {
+        "/w/a.png" => Presence::Unknown("cannot be looked at".to_string()),
+        _ => Presence::Gone,
     };
     let released = j.release_held(unreadable_a, &|_, _| Ok((5, 10))).unwrap();
     assert_eq!(released.deletes_queued, 1);
@@ -927,6 +927,17 @@ fn release_held_keeps_the_deletes_and_the_identity_of_a_missing_root() {
     let delete = claim(j).unwrap();
     assert_eq!(delete.remote_ref.as_deref(), Some("https://img/2.png"));
     assert_eq!(j.status().unwrap().held_deletes, 1);
+    assert_eq!(
+        j.root_identity("/w").unwrap(),
+        Some((5, 9)),
+        "not taken as it is while a file in it cannot be vouched for"
+    );
+    assert_eq!(
+        j.release_held(GONE, &|_, _| Ok((5, 10)))
+            .unwrap()
+            .deletes_queued,
+        1
+    );
     assert_eq!(j.root_identity("/w").unwrap(), Some((5, 10)));
 }
 

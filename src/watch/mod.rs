@@ -4,6 +4,7 @@
 mod events;
 pub mod examine;
 mod intake;
+pub mod presence;
 pub mod settle;
 mod walk;
 
@@ -19,10 +20,11 @@ use tracing::{error, info, warn};
 use crate::adapters::{Adapter, Limits};
 use crate::config::{OnRemove, VendorKind, WatchConfig};
 use crate::journal::{
-    JournalHandle, KnownFile, MissingOutcome, RemovalBatch, RemovalPolicy, path_text,
+    JournalHandle, KnownFile, MissingOutcome, Presence, RemovalBatch, RemovalPolicy, path_text,
 };
 use examine::Examined;
 use intake::{Found, Intake, Recorded, log_observed};
+use presence::presence;
 use settle::{Settle, Sighting, Stamp};
 
 /// What a watch task shares with the rest of the daemon.
@@ -97,45 +99,6 @@ impl PendingRemoval {
     fn new(since: Instant) -> Self {
         PendingRemoval { since, hold: None }
     }
-}
-
-/// What a look at a path the journal knows says about it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Presence {
-    Present,
-    Gone,
-    /// Neither: unreadable, or its folder is on another filesystem than when it was recorded.
-    Unknown(String),
-}
-
-/// Only "no such file", in a folder on the filesystem the file was recorded on, means gone.
-fn presence(root: &Path, path: &Path, recorded_dev: Option<u64>) -> Presence {
-    match std::fs::symlink_metadata(path) {
-        Ok(_) => return Presence::Present,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Presence::Unknown(format!("cannot look at it: {e}")),
-    }
-    let mut folder = path.parent();
-    while let Some(dir) = folder {
-        match std::fs::symlink_metadata(dir) {
-            Ok(meta) => {
-                return match recorded_dev {
-                    Some(dev) if meta.dev() != dev => Presence::Unknown(format!(
-                        "{} is on another filesystem than when the file was recorded \
-                         (device {} instead of {dev}): unmounted?",
-                        dir.display(),
-                        meta.dev()
-                    )),
-                    _ => Presence::Gone,
-                };
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir != root => {
-                folder = dir.parent();
-            }
-            Err(e) => return Presence::Unknown(format!("cannot look into {}: {e}", dir.display())),
-        }
-    }
-    Presence::Gone
 }
 
 /// What a look at the watch root found.
@@ -329,18 +292,27 @@ impl WatchTask {
         if self.deletion_unrecorded {
             self.deletion_unrecorded = !self.record_root_deleted().await;
         }
+        let mut unknown = None;
         if self.root_id != Some(current) && !self.deletion_unrecorded {
             // The journal is the authority: at a start, and after `retry --held` accepted a
             // replaced root, it holds what this root should be.
             let root = self.root_text();
-            let known = self
-                .ctx
-                .journal
-                .call(move |j| j.root_identity(&root))
-                .await
-                .unwrap_or(None);
+            let known = self.ctx.journal.call(move |j| j.root_identity(&root)).await;
             match known {
-                None => {
+                // What the root should be cannot be told: the folder is not trusted meanwhile
+                // (its identity stays unknown, so its removals are held) and is looked at again.
+                Err(e) => {
+                    if self.replaced.is_none() {
+                        error!(
+                            watch = %self.root().display(),
+                            "cannot read what the journal knows of the watch folder ({}); no \
+                             remote copy is deleted for files missing from it until it can",
+                            crate::diagnose::journal(&e)
+                        );
+                    }
+                    unknown = Some("what the journal knows of the folder cannot be read");
+                }
+                Ok(None) => {
                     let root = self.root_text();
                     let recorded = self
                         .ctx
@@ -352,10 +324,11 @@ impl WatchTask {
                     }
                     self.root_id = Some(current);
                 }
-                Some(known) => self.root_id = Some(known),
+                Ok(Some(known)) => self.root_id = Some(known),
             }
         }
         let problem = match self.root_id {
+            _ if unknown.is_some() => unknown.map(str::to_string),
             Some((dev, _)) if dev != current.0 => Some(format!(
                 "the folder is on another filesystem than before (device {} instead of {dev}): \
                  an unmounted share?",
@@ -369,7 +342,7 @@ impl WatchTask {
         };
         match (&problem, self.replaced.is_some()) {
             (Some(problem), known) => {
-                if !known {
+                if !known && unknown.is_none() {
                     error!(
                         watch = %self.root().display(),
                         "watch root changed: {problem}; new files are still taken, but no remote \

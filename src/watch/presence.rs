@@ -1,0 +1,148 @@
+//! Whether a file the journal knows is really gone, and whether a watch root is the folder it
+//! should be: the looks at the disk a remote copy's delete waits for, the watch's and
+//! `imgsyncd retry --held`'s alike.
+
+use std::io::ErrorKind;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use crate::journal::Presence;
+
+/// Only "no such file", in a folder on the filesystem the file was recorded on, means gone.
+pub fn presence(root: &Path, path: &Path, recorded_dev: Option<u64>) -> Presence {
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => return Presence::Present,
+        Err(e) if absent(&e) => {}
+        Err(e) => return Presence::Unknown(format!("cannot look at it: {e}")),
+    }
+    let mut folder = path.parent();
+    while let Some(dir) = folder {
+        // The root may be a link to the folder watched, on the filesystem the file was on.
+        let meta = match dir == root {
+            true => std::fs::metadata(dir),
+            false => std::fs::symlink_metadata(dir),
+        };
+        match meta {
+            Ok(meta) if meta.is_dir() => {
+                return match recorded_dev {
+                    Some(dev) if meta.dev() != dev => Presence::Unknown(format!(
+                        "{} is on another filesystem than when the file was recorded \
+                         (device {} instead of {dev}): unmounted?",
+                        dir.display(),
+                        meta.dev()
+                    )),
+                    _ => Presence::Gone,
+                };
+            }
+            // A file where its folder was: the folder is gone, and the file with it.
+            Ok(_) if dir != root => folder = dir.parent(),
+            Err(e) if absent(&e) && dir != root => folder = dir.parent(),
+            Ok(_) => return Presence::Unknown(format!("{} is not a folder", dir.display())),
+            Err(e) => return Presence::Unknown(format!("cannot look into {}: {e}", dir.display())),
+        }
+    }
+    Presence::Gone
+}
+
+/// "No such file", or a file standing where a folder on the way was.
+fn absent(e: &std::io::Error) -> bool {
+    matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory)
+}
+
+/// The identity (device, inode) to accept a watch root with as it now is, or why its files'
+/// absence proves nothing: it is missing, unreadable or not a folder, or it is empty and not the
+/// folder `known` says (the mount point of a share not mounted, on another device; a bind mount
+/// gone, on the same device). A root the journal knows was deleted (inode 0) may be made again
+/// empty: that folder is accepted.
+pub fn root_as_it_is(root: &Path, known: Option<(u64, u64)>) -> Result<(u64, u64), String> {
+    let meta = match std::fs::metadata(root) {
+        Ok(meta) if meta.is_dir() => meta,
+        Ok(_) => return Err("is not a folder".to_string()),
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            return Err("is missing (unmounted, or deleted and not yet back)".to_string());
+        }
+        Err(e) => return Err(format!("cannot be looked at ({e})")),
+    };
+    let empty = std::fs::read_dir(root)
+        .map_err(|e| format!("cannot be read ({e})"))?
+        .next()
+        .is_none();
+    let current = (meta.dev(), meta.ino());
+    match known {
+        Some((dev, _)) if empty && dev != current.0 => Err(format!(
+            "is an empty folder on another filesystem than before (device {} instead of {dev}): \
+             a share not mounted?",
+            current.0
+        )),
+        Some((_, inode)) if empty && inode != 0 && inode != current.1 => Err(format!(
+            "is an empty folder, not the one the journal knows (inode {} instead of {inode}): a \
+             mount not there? A folder deleted on purpose and made again is accepted once it \
+             holds a file",
+            current.1
+        )),
+        _ => Ok(current),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_is_gone_only_when_its_folder_is_on_the_filesystem_it_was_recorded_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let dev = std::fs::metadata(root).unwrap().dev();
+        std::fs::write(root.join("here.png"), b"x").unwrap();
+        assert_eq!(
+            presence(root, &root.join("here.png"), Some(dev)),
+            Presence::Present
+        );
+        assert_eq!(
+            presence(root, &root.join("sub/gone.png"), Some(dev)),
+            Presence::Gone
+        );
+        let elsewhere = presence(root, &root.join("gone.png"), Some(dev + 1));
+        assert!(
+            matches!(&elsewhere, Presence::Unknown(why) if why.contains("another filesystem")),
+            "{elsewhere:?}"
+        );
+        // Its folder replaced by a file: gone with the folder.
+        std::fs::write(root.join("was_a_folder"), b"x").unwrap();
+        assert_eq!(
+            presence(root, &root.join("was_a_folder/a.png"), Some(dev)),
+            Presence::Gone
+        );
+    }
+
+    #[test]
+    fn an_empty_root_that_is_not_the_known_folder_is_not_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("drop");
+        assert!(
+            root_as_it_is(&root, None)
+                .unwrap_err()
+                .contains("is missing")
+        );
+        std::fs::create_dir(&root).unwrap();
+        let meta = std::fs::metadata(&root).unwrap();
+        let (dev, inode) = (meta.dev(), meta.ino());
+        assert_eq!(root_as_it_is(&root, Some((dev, inode))), Ok((dev, inode)));
+        assert_eq!(root_as_it_is(&root, Some((dev, 0))), Ok((dev, inode)));
+        let other_device = root_as_it_is(&root, Some((dev + 1, inode))).unwrap_err();
+        assert!(
+            other_device.contains("another filesystem"),
+            "{other_device}"
+        );
+        let other_folder = root_as_it_is(&root, Some((dev, inode + 1))).unwrap_err();
+        assert!(
+            other_folder.contains("not the one the journal knows"),
+            "{other_folder}"
+        );
+        std::fs::write(root.join("new.png"), b"x").unwrap();
+        assert_eq!(
+            root_as_it_is(&root, Some((dev + 1, inode + 1))),
+            Ok((dev, inode))
+        );
+    }
+}
