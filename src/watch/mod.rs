@@ -292,7 +292,7 @@ impl WatchTask {
         if self.deletion_unrecorded {
             self.deletion_unrecorded = !self.record_root_deleted().await;
         }
-        let mut unknown = None;
+        let (mut unknown, mut record_changed) = (None, false);
         if self.root_id != Some(current) && !self.deletion_unrecorded {
             // The journal is the authority: at a start, and after `retry --held` accepted a
             // replaced root, it holds what this root should be.
@@ -324,7 +324,12 @@ impl WatchTask {
                     }
                     self.root_id = Some(current);
                 }
-                Ok(Some(known)) => self.root_id = Some(known),
+                Ok(Some(known)) => {
+                    // Another process (`retry --held`) may have changed it: a problem found
+                    // against the new record is said again, even if the old one was known.
+                    record_changed = self.root_id.is_some_and(|was| was != known);
+                    self.root_id = Some(known);
+                }
             }
         }
         let problem = match self.root_id {
@@ -350,7 +355,7 @@ impl WatchTask {
                          once the folder is as it should be"
                     );
                 }
-                if !known || was_paused {
+                if !known || was_paused || record_changed {
                     self.record_pause(Some(format!("{problem}; removals held")));
                 }
             }
