@@ -500,6 +500,30 @@ fn a_polled_watch_syncs_and_removes_like_inotify() {
     assert_eq!(h.sandbox.uploads(), 1);
 }
 
+/// A file replaced over a share by deleting it and copying the new version in, which arrives
+/// some seconds later: a poll sees the file gone, and only a later poll sees it back. Its remote
+/// copy stays (the old code decided the removal a settle period and a second after the first
+/// poll, the file still away, and deleted it).
+#[test]
+fn a_file_a_poll_saw_briefly_gone_keeps_its_remote_copy() {
+    let mut h = Harness::with(common::Options {
+        watch_extra: "    poll: 2s\n",
+        ..common::Options::default()
+    });
+    h.start();
+    h.drop_file("saved.png", &png(202));
+    let url = h.wait_state("saved.png", "synced")["url"].clone();
+    std::fs::remove_file(h.path("saved.png")).unwrap();
+    // Away longer than a poll interval and the settle period and a second after it.
+    std::thread::sleep(Duration::from_millis(3800));
+    h.drop_file("saved.png", &png(202));
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(h.sandbox.deleted().is_empty(), "{}", h.log());
+    let row = h.wait_state("saved.png", "synced");
+    assert_eq!(row["url"], url, "the copy the ERP points at");
+    assert_eq!(h.sandbox.uploads(), 1);
+}
+
 #[test]
 fn the_same_bytes_dropped_at_once_are_uploaded_once() {
     let mut h = Harness::new();

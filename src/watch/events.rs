@@ -161,6 +161,8 @@ pub struct Watching {
     /// Whether each folder must be added (inotify on a recursive watch); a poller, or a watch of
     /// the root's own entries, covers what it should by itself.
     per_folder: bool,
+    /// How often a poller looks, when it is one.
+    poll: Option<std::time::Duration>,
     /// Set once inotify ran out of watches: the watch is told once, and stops adding folders.
     exhausted: AtomicBool,
     root: PathBuf,
@@ -172,6 +174,12 @@ impl Watching {
     /// uncovered.
     pub fn per_folder(&self) -> bool {
         self.per_folder
+    }
+
+    /// How often the folder is polled, when it is: a file briefly absent (a save that deletes
+    /// and then renames over a share) is only seen back a poll later.
+    pub fn poll_interval(&self) -> Option<std::time::Duration> {
+        self.poll
     }
 
     /// Makes sure the folder `dir` is watched. Out of inotify watches, the watch is told (once)
@@ -232,6 +240,7 @@ pub fn start(
     Ok(Watching {
         watcher: Mutex::new(watcher),
         per_folder,
+        poll,
         exhausted: AtomicBool::new(false),
         root: watch.path.clone(),
         tx,

@@ -258,7 +258,7 @@ impl WatchTask {
             .map(|r| r.since)
             .min()
             .map(|earliest| {
-                let due = earliest + self.ctx.settle + REMOVAL_GRACE;
+                let due = earliest + self.removal_wait();
                 if self.settle.is_empty() {
                     due
                 } else {
@@ -626,9 +626,8 @@ impl WatchTask {
         }
         let ready = self.settle.take_ready(Instant::now(), examine::stat);
         self.take_all(ready).await;
-        let now = Instant::now();
-        let waited_enough =
-            |r: &PendingRemoval| now.duration_since(r.since) >= self.ctx.settle + REMOVAL_GRACE;
+        let (now, wait) = (Instant::now(), self.removal_wait());
+        let waited_enough = |r: &PendingRemoval| now.duration_since(r.since) >= wait;
         let overdue = self
             .removals
             .values()
@@ -641,7 +640,7 @@ impl WatchTask {
             let due: Vec<PathBuf> = self
                 .removals
                 .iter()
-                .filter(|(_, r)| slack.duration_since(r.since) >= self.ctx.settle + REMOVAL_GRACE)
+                .filter(|(_, r)| slack.duration_since(r.since) >= wait)
                 .map(|(p, _)| p.clone())
                 .collect();
             if !due.is_empty() {
@@ -652,6 +651,18 @@ impl WatchTask {
                 self.process_removals(due).await;
             }
         }
+    }
+
+    /// How long a path seen gone waits before its removal is decided: a file saved by deleting
+    /// and renaming, or moved to another watch, is seen again meanwhile. A poller sees a file
+    /// back only at a later poll, so a polled watch waits two of its polls more.
+    fn removal_wait(&self) -> Duration {
+        let polls = self
+            .watcher
+            .as_ref()
+            .and_then(|w| w.poll_interval())
+            .unwrap_or_default();
+        self.ctx.settle + REMOVAL_GRACE + polls * 2
     }
 
     /// Examines settled files and records what each is, a batch at a time: the examining off the
