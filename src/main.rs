@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 use imgsyncd::adapters::{Adapter, Outcome, http_client};
-use imgsyncd::config::{Config, DEFAULT_CONFIG_PATH};
+use imgsyncd::config::{Config, DEFAULT_CONFIG_PATH, OnRemove};
 use imgsyncd::journal::{FileFilter, FileState, Journal, RetryOutcome, path_text};
 use imgsyncd::logging::{self, LogFormat};
 use imgsyncd::sandbox::{Sandbox, SandboxOptions};
@@ -238,12 +238,24 @@ fn retry(config_path: &Path, failed: bool, held: bool, paths: &[PathBuf]) -> Res
         emit(&format!("{n} failed files queued again"));
         ExitCode::SUCCESS
     } else if held {
+        // Decided under the config as it is now: a watch changed to `keep` deletes nothing.
+        let watched: Vec<String> = config
+            .watches
+            .iter()
+            .map(|w| path_text::to_text(&w.path).into_owned())
+            .collect();
+        for (watch, root) in config.watches.iter().zip(&watched) {
+            journal.apply_remove_policy(root, watch.on_remove == OnRemove::Delete)?;
+        }
         let released = journal.release_held(
             &|path, root, dev| {
                 let (root, path) = (path_text::to_path(root), path_text::to_path(path));
                 presence::presence(&root, &path, dev)
             },
-            &|root, known| presence::root_as_it_is(&path_text::to_path(root), known),
+            &|root, known| match watched.iter().any(|w| w == root) {
+                true => presence::root_as_it_is(&path_text::to_path(root), known),
+                false => Err("is no longer a watch in the config".to_string()),
+            },
         )?;
         emit(&format!(
             "{} queued; every watch root present is accepted as it now is",

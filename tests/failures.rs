@@ -304,6 +304,65 @@ fn a_mass_removal_is_held_until_an_operator_confirms() {
 }
 
 #[test]
+fn held_deletes_are_kept_once_the_watch_is_changed_to_keep() {
+    let mut h = Harness::with(Options {
+        max_deletes: 2,
+        ..Options::default()
+    });
+    h.start();
+    let names = ["k1.png", "k2.png", "k3.png", "k4.png"];
+    for (i, name) in names.iter().enumerate() {
+        h.drop_file(name, &png(80 + i as u32));
+    }
+    let urls: Vec<String> = names
+        .iter()
+        .map(|name| {
+            h.wait_state(name, "synced")["url"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    for name in names {
+        std::fs::remove_file(h.path(name)).unwrap();
+    }
+    h.wait_for("the deletes to be held", |h| {
+        h.status()["held_deletes"] == 4
+    });
+    // The operator decides these copies stay, and says so in the config first.
+    let text = std::fs::read_to_string(&h.config_path).unwrap();
+    let keep = text.replacen(
+        "    vendor: erp\n",
+        "    vendor: erp\n    on_remove: keep\n",
+        1,
+    );
+    assert_ne!(keep, text);
+    std::fs::write(&h.config_path, keep).unwrap();
+    h.reload();
+    h.wait_for("the new policy to be applied", |h| {
+        h.log()
+            .contains("on_remove changed: 4 files' remote copies are kept")
+    });
+    let out = h.cli(&["retry", "--held"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for name in names {
+        h.wait_state(name, "removed");
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(h.deletes_at_sandbox(), 0);
+    for url in urls {
+        assert!(
+            h.sandbox.images().contains_key(&url),
+            "{url} kept at the vendor"
+        );
+    }
+}
+
+#[test]
 fn held_deletes_of_a_missing_root_stay_held_until_it_is_back() {
     let mut h = Harness::with(Options {
         max_deletes: 2,

@@ -77,6 +77,10 @@ pub enum Claimed {
         path: String,
         user: String,
     },
+    /// A delete withdrawn because the file's watch keeps remote copies now (`on_remove: keep`).
+    Withheld {
+        path: String,
+    },
 }
 
 /// What a vendor returned for an upload.
@@ -601,6 +605,10 @@ fn claim_upload(tx: &Connection, job: Job, file: &FileNow) -> Result<Claimed> {
     })
 }
 
+/// Why a delete queued under `on_remove: delete` was not sent after the watch changed to `keep`.
+const KEPT_BY_POLICY: &str =
+    "remote copy kept: the watch keeps remote copies now (on_remove: keep)";
+
 fn claim_delete(tx: &Connection, mut job: Job, file: &FileNow) -> Result<Claimed> {
     let Some(copy_id) = job.copy_id else {
         jobs::remove(tx, job.id)?;
@@ -621,6 +629,13 @@ fn claim_delete(tx: &Connection, mut job: Job, file: &FileNow) -> Result<Claimed
             });
         }
         "live" => {
+            if !file.delete_unused {
+                jobs::remove(tx, job.id)?;
+                if file.awaits_delete(&job) {
+                    set_removed(tx, job.file_id, Some(KEPT_BY_POLICY))?;
+                }
+                return Ok(Claimed::Withheld { path: job.path });
+            }
             if let Some(user) = copies::user(tx, copy_id, None)? {
                 // Used again since the delete was queued (a file put back, the same bytes
                 // dropped): the delete is withdrawn before anything was sent.

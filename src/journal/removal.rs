@@ -114,7 +114,11 @@ impl Journal {
     /// deletes stay held and what the journal knows of the root is kept; so does the delete of a
     /// file `file` cannot tell about (unreadable, or its folder on another filesystem than it was
     /// recorded on), and its root is not taken as it now is either.
-    pub fn release_held(&mut self, file: &FileLook, root: &RootLook) -> Result<HeldReleased> {
+    pub fn release_held(
+        &mut self,
+        file: &FileLook<'_>,
+        root: &RootLook<'_>,
+    ) -> Result<HeldReleased> {
         let tx = self.write()?;
         let held: Vec<(String, String)> = {
             let mut stmt = tx.prepare_cached(
@@ -201,6 +205,16 @@ impl Journal {
         Ok(released)
     }
 
+    /// Brings the files of `watch_root` under its watch's `on_remove` as configured now: a watch
+    /// changed to `keep` deletes nothing more, however its files were recorded (a delete already
+    /// queued is withdrawn when it is claimed). Returns how many files changed.
+    pub fn apply_remove_policy(&mut self, watch_root: &str, delete_unused: bool) -> Result<usize> {
+        Ok(self.conn.cached_execute(
+            "UPDATE files SET delete_unused = ?2 WHERE watch_root = ?1 AND delete_unused != ?2",
+            params![watch_root, delete_unused],
+        )?)
+    }
+
     /// The identity (device, inode) a watch root had when last known good.
     pub fn root_identity(&self, root: &str) -> Result<Option<(u64, u64)>> {
         root_identity_in(&self.conn, root)
@@ -240,11 +254,12 @@ pub enum Presence {
 
 /// An operator's look at a held file (`retry --held`): its path, its watch root, and the device
 /// it was recorded on.
-pub type FileLook = dyn Fn(&str, &str, Option<u64>) -> Presence;
+pub type FileLook<'a> = dyn Fn(&str, &str, Option<u64>) -> Presence + 'a;
 
 /// An operator's look at a watch root (`retry --held`), told what the journal knows of it: the
 /// identity to accept it with, or why its files' absence proves nothing.
-pub type RootLook = dyn Fn(&str, Option<(u64, u64)>) -> std::result::Result<(u64, u64), String>;
+pub type RootLook<'a> =
+    dyn Fn(&str, Option<(u64, u64)>) -> std::result::Result<(u64, u64), String> + 'a;
 
 /// What `retry --held` did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -279,12 +294,12 @@ fn root_identity_in(conn: &Connection, root: &str) -> Result<Option<(u64, u64)>>
 /// Each watch root looked at once: the identity to accept it with, or why it cannot be.
 struct RootLooks<'a> {
     tx: &'a Connection,
-    look: &'a RootLook,
+    look: &'a RootLook<'a>,
     looked: BTreeMap<String, std::result::Result<(u64, u64), String>>,
 }
 
 impl<'a> RootLooks<'a> {
-    fn new(tx: &'a Connection, look: &'a RootLook) -> Self {
+    fn new(tx: &'a Connection, look: &'a RootLook<'a>) -> Self {
         RootLooks {
             tx,
             look,

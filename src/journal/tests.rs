@@ -89,8 +89,8 @@ fn deleted_refs(j: &Journal) -> Vec<String> {
 const ABSENT: &dyn Fn(&str) -> bool = &|_| false;
 const PRESENT: &dyn Fn(&str) -> bool = &|_| true;
 /// `retry --held`'s looks: every held file gone, every root accepted as it is.
-const GONE: &FileLook = &|_, _, _| Presence::Gone;
-const ACCEPTED: &RootLook = &|_, _| Ok((1, 1));
+const GONE: &FileLook<'static> = &|_, _, _| Presence::Gone;
+const ACCEPTED: &RootLook<'static> = &|_, _| Ok((1, 1));
 
 fn vendors() -> Vec<String> {
     vec!["erp".to_string()]
@@ -895,7 +895,7 @@ fn release_held_keeps_the_deletes_and_the_identity_of_a_missing_root() {
     j.set_root_identity("/w", 5, 9).unwrap();
     let both = ["/w/a.png".to_string(), "/w/b.png".to_string()];
     j.mark_missing(&removals(&both, 100, Some("test"))).unwrap();
-    let missing: &RootLook = &|_, known| {
+    let missing: &RootLook<'_> = &|_, known| {
         assert_eq!(known, Some((5, 9)), "told what the journal knows");
         Err("is missing".to_string())
     };
@@ -916,7 +916,7 @@ fn release_held_keeps_the_deletes_and_the_identity_of_a_missing_root() {
         "judged when back"
     );
     // Back: a file that cannot be looked at keeps its delete held; the root is accepted as it is.
-    let unreadable_a: &FileLook = &|p, _, _| match p {
+    let unreadable_a: &FileLook<'_> = &|p, _, _| match p {
         "/w/a.png" => Presence::Unknown("cannot be looked at".to_string()),
         _ => Presence::Gone,
     };
@@ -939,6 +939,29 @@ fn release_held_keeps_the_deletes_and_the_identity_of_a_missing_root() {
         1
     );
     assert_eq!(j.root_identity("/w").unwrap(), Some((5, 10)));
+}
+
+#[test]
+fn a_delete_queued_before_the_watch_changed_to_keep_is_withdrawn() {
+    let mut f = fixture();
+    let j = &mut f.journal;
+    synced(j, "/w/a.png", "aa", "https://img/1.png");
+    j.mark_missing(&removals(&["/w/a.png".to_string()], 100, None))
+        .unwrap();
+    assert_eq!(j.apply_remove_policy("/w", false).unwrap(), 1);
+    let withdrawn = j.claim(&vendors(), 60_000).unwrap();
+    assert!(
+        matches!(&withdrawn, Some(Claimed::Withheld { path }) if path == "/w/a.png"),
+        "{withdrawn:?}"
+    );
+    assert!(claim(j).is_none(), "nothing left to send");
+    let row = state_of(j, "/w/a.png");
+    assert_eq!(row.state, "removed");
+    assert_eq!(
+        j.apply_remove_policy("/w", false).unwrap(),
+        0,
+        "applied once"
+    );
 }
 
 #[test]

@@ -183,6 +183,7 @@ impl WatchTask {
     pub async fn run(mut self, mut commands: mpsc::UnboundedReceiver<WatchCommand>) {
         let (event_tx, mut events) = events::channel();
         self.event_tx = Some(event_tx);
+        self.apply_remove_policy().await;
         self.verify_root().await;
         let mut rescan = tokio::time::interval_at(
             tokio::time::Instant::now() + self.ctx.rescan,
@@ -767,6 +768,30 @@ impl WatchTask {
     }
 
     /// Whether copies the watch's files leave behind are deleted at the vendor.
+    /// Puts the files the journal holds for this watch under its `on_remove` as configured
+    /// now (a watch started, or restarted by a reload that changed it).
+    async fn apply_remove_policy(&self) {
+        let (root, delete_unused) = (self.root_text(), self.delete_unused());
+        let applied = self
+            .ctx
+            .journal
+            .write(move |j| j.apply_remove_policy(&root, delete_unused))
+            .await;
+        match applied {
+            Ok(0) => {}
+            Ok(n) => info!(
+                watch = %self.root().display(), files = n,
+                "on_remove changed: {n} files' remote copies are {} from now on",
+                if delete_unused { "deleted when unused" } else { "kept" }
+            ),
+            Err(e) => error!(
+                watch = %self.root().display(),
+                "cannot apply on_remove to the files already recorded: {}",
+                crate::diagnose::journal(&e)
+            ),
+        }
+    }
+
     fn delete_unused(&self) -> bool {
         self.kind.can_delete() && self.config.on_remove == OnRemove::Delete
     }

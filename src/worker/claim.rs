@@ -218,6 +218,10 @@ fn log_settled(settled: &Claimed) {
             path = %path_text::shown(path),
             "delete withdrawn: {} uses the remote copy again", path_text::shown(user)
         ),
+        Claimed::Withheld { path } => info!(
+            path = %path_text::shown(path),
+            "delete withdrawn: the watch keeps remote copies now (on_remove: keep)"
+        ),
         Claimed::Job(_) => {}
     }
 }
