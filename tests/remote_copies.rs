@@ -91,6 +91,38 @@ fn files_turned_bad_keep_their_last_good_copy() {
     assert!(problems.iter().all(|p| p["last_good_copy"].is_string()));
 }
 
+/// Case 1, renamed: files truncated, then their folder renamed while they are bad. Each record
+/// moves to the new path with its last good copy; nothing is deleted for the paths they left.
+#[test]
+fn bad_files_whose_folder_is_renamed_keep_their_last_good_copy() {
+    let mut h = Harness::new();
+    h.start();
+    std::fs::create_dir_all(h.path("2024")).unwrap();
+    let names: Vec<String> = (0..3).map(|i| format!("2024/cut-{i}.png")).collect();
+    let urls = sync_all(&h, &names, 150);
+    for (i, name) in names.iter().enumerate() {
+        let bytes = png(150 + i as u32);
+        std::fs::write(h.path(name), &bytes[..bytes.len() / 2]).unwrap();
+    }
+    for name in &names {
+        h.wait_state(name, "rejected");
+    }
+    std::fs::rename(h.path("2024"), h.path("2024-archive")).unwrap();
+    for (name, url) in names.iter().zip(&urls) {
+        let moved = name.replace("2024/", "2024-archive/");
+        let row = h.wait_state(&moved, "rejected");
+        assert_eq!(row["url"].as_str(), Some(url.as_str()), "{row}");
+    }
+    settle_time();
+    assert!(h.sandbox.deleted().is_empty(), "{}", h.log());
+    for url in &urls {
+        assert!(held_by_vendor(&h, url));
+    }
+    for name in &names {
+        assert!(h.file(name).is_none(), "{name} moved with its file");
+    }
+}
+
 /// Case 1b: A synced file that became unreadable is rejected; its copy is kept.
 #[test]
 fn an_unreadable_file_keeps_its_copy() {

@@ -124,15 +124,18 @@ impl World {
                     return;
                 }
                 self.journal
-                    .reject(&RejectedFile {
-                        path: PATHS[path],
-                        watch_root: "/w",
-                        vendor: "erp",
-                        kind: "kingdee",
-                        stamp: None,
-                        reason: "truncated",
-                        delete_unused: true,
-                    })
+                    .reject(
+                        &RejectedFile {
+                            path: PATHS[path],
+                            watch_root: "/w",
+                            vendor: "erp",
+                            kind: "kingdee",
+                            stamp: None,
+                            reason: "truncated",
+                            delete_unused: true,
+                        },
+                        &|_| true,
+                    )
                     .unwrap();
             }
             Step::Remove { path, hold } => {

@@ -190,7 +190,13 @@ impl Journal {
     /// Records a file the daemon will not send. Its last good copy, if any, stays its copy: a file
     /// that is now damaged or unreadable is no reason to delete what the vendor holds. Returns
     /// false when the record already said so.
-    pub fn reject(&mut self, file: &RejectedFile<'_>) -> Result<bool> {
+    /// `is_present` says whether a path is on disk: a rejected record of the same file (device
+    /// and inode) whose path is gone was renamed, and moves here with its last good copy.
+    pub fn reject(
+        &mut self,
+        file: &RejectedFile<'_>,
+        is_present: &dyn Fn(&str) -> bool,
+    ) -> Result<bool> {
         let tx = self.write()?;
         let now = now_ms();
         let changed = match existing(&tx, file.path)? {
@@ -222,6 +228,22 @@ impl Journal {
                     ],
                 )?;
                 set_stamp(&tx, row.id, file.stamp.as_ref())?;
+                true
+            }
+            None if let Some(moved) = moved_rejected(&tx, file, is_present)? => {
+                tx.cached_execute(
+                    "UPDATE files SET path = ?2, watch_root = ?3, state = 'rejected', error = ?4,
+                       removal = NULL, delete_unused = ?5, updated_at = ?6
+                     WHERE id = ?1",
+                    params![
+                        moved,
+                        file.path,
+                        file.watch_root,
+                        file.reason,
+                        file.delete_unused,
+                        now
+                    ],
+                )?;
                 true
             }
             None => {
@@ -467,6 +489,51 @@ fn moved_twin(
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
+    first_gone(tx, twins, is_present)
+}
+
+/// The record of a file rejected at a path now gone, with the same device and inode as `file`:
+/// the file was renamed (or its folder was) while it was bad. Its removal, if one was decided, is
+/// taken back; one whose delete was already sent is no twin.
+fn moved_rejected(
+    tx: &Connection,
+    file: &RejectedFile<'_>,
+    is_present: &dyn Fn(&str) -> bool,
+) -> Result<Option<i64>> {
+    let Some(stamp) = file.stamp else {
+        return Ok(None);
+    };
+    let mut stmt = tx.prepare_cached(
+        "SELECT f.id, f.path, f.removal, f.copy_id FROM files f
+         LEFT JOIN remote_copies c ON c.id = f.copy_id
+         WHERE f.sha256 IS NULL AND f.dev = ?1 AND f.inode = ?2 AND f.vendor = ?3
+           AND f.state IN ('rejected', 'pending')
+           AND (f.removal IS NULL OR f.removal IN ('held', 'delete'))
+           AND (f.copy_id IS NULL OR c.state = 'live')",
+    )?;
+    let twins = stmt
+        .query_map(
+            params![stamp.dev as i64, stamp.inode as i64, file.vendor],
+            |r| {
+                Ok(Twin {
+                    id: r.get(0)?,
+                    path: r.get(1)?,
+                    removal: r.get(2)?,
+                    copy_id: r.get(3)?,
+                })
+            },
+        )?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(first_gone(tx, twins, is_present)?.map(|twin| twin.id))
+}
+
+/// The first of `twins` whose path is gone from disk and whose copy's delete, if one was queued,
+/// could still be withdrawn (it is, here).
+fn first_gone(
+    tx: &Connection,
+    twins: Vec<Twin>,
+    is_present: &dyn Fn(&str) -> bool,
+) -> Result<Option<Twin>> {
     for twin in twins {
         if is_present(&twin.path) {
             continue;

@@ -266,7 +266,10 @@ fn a_file_that_turns_bad_keeps_its_last_good_copy() {
     let mut f = fixture();
     let j = &mut f.journal;
     synced(j, "/w/a.png", "aa", "https://img/1.png");
-    assert!(j.reject(&rejected("/w/a.png", "truncated")).unwrap());
+    assert!(
+        j.reject(&rejected("/w/a.png", "truncated"), PRESENT)
+            .unwrap()
+    );
     assert!(claim(j).is_none(), "nothing is deleted");
     let row = state_of(j, "/w/a.png");
     assert_eq!(row.state, "rejected");
@@ -280,7 +283,8 @@ fn a_file_fixed_with_its_old_bytes_reuses_its_live_copy() {
     let mut f = fixture();
     let j = &mut f.journal;
     synced(j, "/w/a.png", "aa", "https://img/1.png");
-    j.reject(&rejected("/w/a.png", "truncated")).unwrap();
+    j.reject(&rejected("/w/a.png", "truncated"), PRESENT)
+        .unwrap();
     j.observe(&obs("/w/a.png", "aa"), PRESENT).unwrap();
     match j.claim(&vendors(), 60_000).unwrap() {
         Some(Claimed::Reused { reference, .. }) => assert_eq!(reference, "https://img/1.png"),
@@ -498,9 +502,9 @@ fn a_rejected_file_is_not_retried_and_its_reason_is_kept() {
     let mut f = fixture();
     let j = &mut f.journal;
     let file = rejected("/w/notes.jpg", "not an image");
-    assert!(j.reject(&file).unwrap());
+    assert!(j.reject(&file, PRESENT).unwrap());
     assert!(
-        !j.reject(&file).unwrap(),
+        !j.reject(&file, PRESENT).unwrap(),
         "the same verdict is not recorded twice"
     );
     let row = state_of(j, "/w/notes.jpg");
@@ -655,8 +659,11 @@ fn an_upload_of_content_that_changed_meanwhile_is_deleted_as_stale() {
 fn retry_of_a_rejected_path_keeps_its_history() {
     let mut f = fixture();
     let j = &mut f.journal;
-    j.reject(&rejected("/w/x.jpg", "cannot read: permission denied"))
-        .unwrap();
+    j.reject(
+        &rejected("/w/x.jpg", "cannot read: permission denied"),
+        PRESENT,
+    )
+    .unwrap();
     let outcome = j.retry_paths(&["/w/x.jpg".to_string()]).unwrap();
     assert_eq!(outcome[0].1, RetryOutcome::Reexamined);
     let known = j.known_under("/w").unwrap();
@@ -962,6 +969,34 @@ fn a_delete_queued_before_the_watch_changed_to_keep_is_withdrawn() {
         0,
         "applied once"
     );
+}
+
+#[test]
+fn a_rejected_file_renamed_keeps_its_last_good_copy() {
+    let mut f = fixture();
+    let j = &mut f.journal;
+    synced(j, "/w/2024/a.png", "aa", "https://img/1.png");
+    let bad = |path| RejectedFile {
+        path,
+        watch_root: "/w",
+        vendor: "erp",
+        kind: "kingdee",
+        stamp: Some(super::fixtures::stamp(50, 42)),
+        reason: "truncated png",
+        delete_unused: true,
+    };
+    j.reject(&bad("/w/2024/a.png"), PRESENT).unwrap();
+    // `mv 2024 2024-archive`: the same file (device and inode) at a new path, the old one gone.
+    assert!(j.reject(&bad("/w/2024-archive/a.png"), ABSENT).unwrap());
+    let moved = state_of(j, "/w/2024-archive/a.png");
+    assert_eq!(moved.state, "rejected");
+    assert_eq!(moved.url.as_deref(), Some("https://img/1.png"));
+    let gone = ["/w/2024/a.png".to_string()];
+    j.mark_missing(&removals(&gone, 100, None)).unwrap();
+    assert!(claim(j).is_none(), "no delete for the path it left");
+    // Another file with that inode number while the old path is still there is not it.
+    j.reject(&bad("/w/other.png"), PRESENT).unwrap();
+    assert_eq!(state_of(j, "/w/other.png").url, None);
 }
 
 #[test]

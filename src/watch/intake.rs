@@ -57,17 +57,21 @@ pub(super) struct Intake {
 impl Intake {
     pub(super) fn record(&self, journal: &mut Journal, found: &Found) -> Result<Recorded> {
         let path = path_text::to_text(found.path()).into_owned();
+        let is_present = |p: &str| std::fs::symlink_metadata(path_text::to_path(p)).is_ok();
         match found {
             Found::Refused { reason, stamp, .. } => journal
-                .reject(&RejectedFile {
-                    path: &path,
-                    watch_root: &self.watch_root,
-                    vendor: &self.vendor,
-                    kind: self.kind,
-                    stamp: *stamp,
-                    reason,
-                    delete_unused: self.delete_unused,
-                })
+                .reject(
+                    &RejectedFile {
+                        path: &path,
+                        watch_root: &self.watch_root,
+                        vendor: &self.vendor,
+                        kind: self.kind,
+                        stamp: *stamp,
+                        reason,
+                        delete_unused: self.delete_unused,
+                    },
+                    &is_present,
+                )
                 .map(|changed| Recorded::Refused { changed }),
             Found::Image {
                 stamp,
@@ -89,9 +93,7 @@ impl Intake {
                     reuse_copies: self.reuse_copies,
                 };
                 journal
-                    .observe(&observation, &|p| {
-                        std::fs::symlink_metadata(path_text::to_path(p)).is_ok()
-                    })
+                    .observe(&observation, &is_present)
                     .map(Recorded::Image)
             }
         }
