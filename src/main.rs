@@ -245,7 +245,11 @@ fn retry(config_path: &Path, failed: bool, held: bool, paths: &[PathBuf]) -> Res
             .map(|w| path_text::to_text(&w.path).into_owned())
             .collect();
         for (watch, root) in config.watches.iter().zip(&watched) {
-            journal.apply_remove_policy(root, watch.on_remove == OnRemove::Delete)?;
+            journal.apply_remove_policy(
+                root,
+                &watch.vendor,
+                watch.on_remove == OnRemove::Delete,
+            )?;
         }
         let released = journal.release_held(
             &|path, root, dev| {

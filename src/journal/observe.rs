@@ -244,6 +244,7 @@ impl Journal {
                         now
                     ],
                 )?;
+                set_stamp(&tx, moved, file.stamp.as_ref())?;
                 true
             }
             None => {
@@ -492,8 +493,9 @@ fn moved_twin(
     first_gone(tx, twins, is_present)
 }
 
-/// The record of a file rejected at a path now gone, with the same device and inode as `file`:
-/// the file was renamed (or its folder was) while it was bad. Its removal, if one was decided, is
+/// The record of a file rejected at a path now gone, with the same device, inode, size and
+/// modification time as `file` (a rename keeps them all; a new file given a freed inode number
+/// seldom has the other two): the file was renamed (or its folder was) while it was bad. Its removal, if one was decided, is
 /// taken back; one whose delete was already sent is no twin.
 fn moved_rejected(
     tx: &Connection,
@@ -507,13 +509,19 @@ fn moved_rejected(
         "SELECT f.id, f.path, f.removal, f.copy_id FROM files f
          LEFT JOIN remote_copies c ON c.id = f.copy_id
          WHERE f.sha256 IS NULL AND f.dev = ?1 AND f.inode = ?2 AND f.vendor = ?3
-           AND f.state IN ('rejected', 'pending')
+           AND f.size = ?4 AND f.mtime_ns = ?5 AND f.state IN ('rejected', 'pending')
            AND (f.removal IS NULL OR f.removal IN ('held', 'delete'))
            AND (f.copy_id IS NULL OR c.state = 'live')",
     )?;
     let twins = stmt
         .query_map(
-            params![stamp.dev as i64, stamp.inode as i64, file.vendor],
+            params![
+                stamp.dev as i64,
+                stamp.inode as i64,
+                file.vendor,
+                stamp.size as i64,
+                stamp.mtime_ns
+            ],
             |r| {
                 Ok(Twin {
                     id: r.get(0)?,

@@ -205,14 +205,40 @@ impl Journal {
         Ok(released)
     }
 
-    /// Brings the files of `watch_root` under its watch's `on_remove` as configured now: a watch
-    /// changed to `keep` deletes nothing more, however its files were recorded (a delete already
-    /// queued is withdrawn when it is claimed). Returns how many files changed.
-    pub fn apply_remove_policy(&mut self, watch_root: &str, delete_unused: bool) -> Result<usize> {
-        Ok(self.conn.cached_execute(
-            "UPDATE files SET delete_unused = ?2 WHERE watch_root = ?1 AND delete_unused != ?2",
-            params![watch_root, delete_unused],
-        )?)
+    /// Brings the files of `watch_root` and `vendor` under their watch's `on_remove` as
+    /// configured now: a watch changed to `keep` deletes nothing more, however its files were
+    /// recorded (a delete already queued is withdrawn when it is claimed). The policy last applied
+    /// is remembered, so the files are only read when it changed (a start must not read every
+    /// file). Returns how many files changed.
+    pub fn apply_remove_policy(
+        &mut self,
+        watch_root: &str,
+        vendor: &str,
+        delete_unused: bool,
+    ) -> Result<usize> {
+        let tx = self.write()?;
+        let applied: Option<bool> = tx
+            .cached_query_row(
+                "SELECT delete_unused FROM watch_policies WHERE root = ?1 AND vendor = ?2",
+                params![watch_root, vendor],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if applied == Some(delete_unused) {
+            return Ok(0);
+        }
+        let changed = tx.cached_execute(
+            "UPDATE files SET delete_unused = ?3
+             WHERE watch_root = ?1 AND vendor = ?2 AND delete_unused != ?3",
+            params![watch_root, vendor, delete_unused],
+        )?;
+        tx.cached_execute(
+            "INSERT INTO watch_policies (root, vendor, delete_unused) VALUES (?1, ?2, ?3)
+             ON CONFLICT (root, vendor) DO UPDATE SET delete_unused = ?3",
+            params![watch_root, vendor, delete_unused],
+        )?;
+        tx.commit()?;
+        Ok(changed)
     }
 
     /// The identity (device, inode) a watch root had when last known good.

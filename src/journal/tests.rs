@@ -955,7 +955,7 @@ fn a_delete_queued_before_the_watch_changed_to_keep_is_withdrawn() {
     synced(j, "/w/a.png", "aa", "https://img/1.png");
     j.mark_missing(&removals(&["/w/a.png".to_string()], 100, None))
         .unwrap();
-    assert_eq!(j.apply_remove_policy("/w", false).unwrap(), 1);
+    assert_eq!(j.apply_remove_policy("/w", "erp", false).unwrap(), 1);
     let withdrawn = j.claim(&vendors(), 60_000).unwrap();
     assert!(
         matches!(&withdrawn, Some(Claimed::Withheld { path }) if path == "/w/a.png"),
@@ -965,10 +965,11 @@ fn a_delete_queued_before_the_watch_changed_to_keep_is_withdrawn() {
     let row = state_of(j, "/w/a.png");
     assert_eq!(row.state, "removed");
     assert_eq!(
-        j.apply_remove_policy("/w", false).unwrap(),
+        j.apply_remove_policy("/w", "erp", false).unwrap(),
         0,
-        "applied once"
+        "the files are read only when the policy changed"
     );
+    assert_eq!(j.apply_remove_policy("/w", "other", true).unwrap(), 0);
 }
 
 #[test]

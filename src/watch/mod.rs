@@ -767,15 +767,15 @@ impl WatchTask {
         }
     }
 
-    /// Whether copies the watch's files leave behind are deleted at the vendor.
     /// Puts the files the journal holds for this watch under its `on_remove` as configured
     /// now (a watch started, or restarted by a reload that changed it).
     async fn apply_remove_policy(&self) {
         let (root, delete_unused) = (self.root_text(), self.delete_unused());
+        let vendor = self.config.vendor.clone();
         let applied = self
             .ctx
             .journal
-            .write(move |j| j.apply_remove_policy(&root, delete_unused))
+            .write(move |j| j.apply_remove_policy(&root, &vendor, delete_unused))
             .await;
         match applied {
             Ok(0) => {}
@@ -792,6 +792,7 @@ impl WatchTask {
         }
     }
 
+    /// Whether copies the watch's files leave behind are deleted at the vendor.
     fn delete_unused(&self) -> bool {
         self.kind.can_delete() && self.config.on_remove == OnRemove::Delete
     }
