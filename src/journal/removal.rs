@@ -216,8 +216,9 @@ impl Journal {
         vendor: &str,
         delete_unused: bool,
     ) -> Result<usize> {
-        let tx = self.write()?;
-        let applied: Option<bool> = tx
+        // Read before any write transaction: at a start the policy is almost always the same.
+        let applied: Option<bool> = self
+            .conn
             .cached_query_row(
                 "SELECT delete_unused FROM watch_policies WHERE root = ?1 AND vendor = ?2",
                 params![watch_root, vendor],
@@ -227,6 +228,7 @@ impl Journal {
         if applied == Some(delete_unused) {
             return Ok(0);
         }
+        let tx = self.write()?;
         let changed = tx.cached_execute(
             "UPDATE files SET delete_unused = ?3
              WHERE watch_root = ?1 AND vendor = ?2 AND delete_unused != ?3",

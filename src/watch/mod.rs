@@ -775,7 +775,7 @@ impl WatchTask {
         let applied = self
             .ctx
             .journal
-            .write(move |j| j.apply_remove_policy(&root, &vendor, delete_unused))
+            .call(move |j| j.apply_remove_policy(&root, &vendor, delete_unused))
             .await;
         match applied {
             Ok(0) => {}
