@@ -94,17 +94,62 @@ impl Unguarded {
     }
 }
 
+/// Where a write inside a group's transaction began, holding no borrow of the connection: a
+/// savepoint, or, in a group run without savepoints (see [`Unguarded`]), the connection's count
+/// of changed rows, to tell whether it changed anything that is then not taken back.
+///
+/// The savepoint is begun and ended with cached statements. rusqlite's own formats a fresh name
+/// and has SQLite parse its statements anew every time, which cost a fifth of recording a file
+/// inside a group. One name serves every depth: SQLite releases or rolls back to the innermost
+/// savepoint of a name.
+pub(crate) enum Mark {
+    Savepoint,
+    Unguarded(u64),
+}
+
+impl Mark {
+    fn begin(conn: &Connection, unguarded: &Unguarded) -> rusqlite::Result<Mark> {
+        if unguarded.on.get() {
+            return Ok(Mark::Unguarded(conn.total_changes()));
+        }
+        conn.cached_execute("SAVEPOINT journal_write", [])?;
+        Ok(Mark::Savepoint)
+    }
+
+    fn keep(self, conn: &Connection) -> rusqlite::Result<()> {
+        if let Mark::Savepoint = self {
+            conn.cached_execute("RELEASE journal_write", [])?;
+        }
+        Ok(())
+    }
+
+    fn undo(self, conn: &Connection, unguarded: &Unguarded) {
+        match self {
+            // A write that returns early having changed nothing (a claim that found no job)
+            // needs nothing taken back.
+            Mark::Unguarded(changes) => {
+                if conn.total_changes() != changes {
+                    unguarded.spoiled.set(true);
+                }
+            }
+            Mark::Savepoint => {
+                // Fails only when SQLite already took the whole transaction back (disk full),
+                // which the group sees for itself.
+                let _ = conn.cached_execute("ROLLBACK TO journal_write", []);
+                let _ = conn.cached_execute("RELEASE journal_write", []);
+            }
+        }
+    }
+}
+
 /// Several of the journal's writes that stand or fall together ([`super::Journal::as_one_write`]).
 /// Unlike [`Nested`], it holds no borrow of the connection, so the writes inside may take the
 /// journal mutably.
 pub(crate) enum Together {
     /// A transaction of its own: the journal was not inside one.
     Own,
-    /// A savepoint inside a group's transaction.
-    Savepoint,
-    /// Inside a group run without savepoints: the connection's count of changed rows when it
-    /// began, to mark the run spoiled if the writes fail having changed any.
-    Unguarded(u64),
+    /// Inside a group's transaction.
+    Inside(Mark),
 }
 
 impl Together {
@@ -113,11 +158,7 @@ impl Together {
             conn.cached_execute("BEGIN IMMEDIATE", [])?;
             return Ok(Together::Own);
         }
-        if unguarded.on.get() {
-            return Ok(Together::Unguarded(conn.total_changes()));
-        }
-        conn.cached_execute("SAVEPOINT journal_together", [])?;
-        Ok(Together::Savepoint)
+        Ok(Together::Inside(Mark::begin(conn, unguarded)?))
     }
 
     /// Keeps the writes, or takes every one of them back.
@@ -139,37 +180,21 @@ impl Together {
             // SQLite may have taken the transaction back itself (disk full).
             (Together::Own, false) if conn.is_autocommit() => Ok(()),
             (Together::Own, false) => conn.cached_execute("ROLLBACK", []).map(drop),
-            (Together::Savepoint, true) => conn
-                .cached_execute("RELEASE journal_together", [])
-                .map(drop),
-            (Together::Savepoint, false) => {
-                // Fails only when SQLite already took the whole transaction back, which the
-                // group sees for itself.
-                let _ = conn.cached_execute("ROLLBACK TO journal_together", []);
-                let _ = conn.cached_execute("RELEASE journal_together", []);
-                Ok(())
-            }
-            (Together::Unguarded(_), true) => Ok(()),
-            (Together::Unguarded(changes), false) => {
-                if conn.total_changes() != changes {
-                    unguarded.spoiled.set(true);
-                }
+            (Together::Inside(mark), true) => mark.keep(conn),
+            (Together::Inside(mark), false) => {
+                mark.undo(conn, unguarded);
                 Ok(())
             }
         }
     }
 }
 
-/// A savepoint begun and ended with cached statements. rusqlite's own formats a fresh name and
-/// has SQLite parse its statements anew every time, which cost a fifth of recording a file inside
-/// a group. One name serves every depth: SQLite releases or rolls back to the innermost savepoint
-/// of a name.
+/// One write inside a group's transaction, taken back when dropped without `commit`.
 pub(crate) struct Nested<'c> {
     conn: &'c Connection,
-    /// Without a savepoint (see [`Unguarded`]): the connection's count of changed rows when it
-    /// began, to tell whether it changed anything that is now not taken back.
-    unguarded: Option<(&'c Unguarded, u64)>,
-    ended: bool,
+    unguarded: &'c Unguarded,
+    /// `None` once committed.
+    mark: Option<Mark>,
 }
 
 impl<'c> Nested<'c> {
@@ -177,49 +202,25 @@ impl<'c> Nested<'c> {
         conn: &'c Connection,
         unguarded: &'c Unguarded,
     ) -> rusqlite::Result<Nested<'c>> {
-        if unguarded.on.get() {
-            return Ok(Nested {
-                conn,
-                unguarded: Some((unguarded, conn.total_changes())),
-                ended: false,
-            });
-        }
-        conn.cached_execute("SAVEPOINT journal_write", [])?;
         Ok(Nested {
             conn,
-            unguarded: None,
-            ended: false,
+            unguarded,
+            mark: Some(Mark::begin(conn, unguarded)?),
         })
     }
 
     fn commit(mut self) -> rusqlite::Result<()> {
-        self.ended = true;
-        if self.unguarded.is_none() {
-            self.conn.cached_execute("RELEASE journal_write", [])?;
+        match self.mark.take() {
+            Some(mark) => mark.keep(self.conn),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 
 impl Drop for Nested<'_> {
     fn drop(&mut self) {
-        if self.ended {
-            return;
-        }
-        match self.unguarded {
-            // A write that returns early having changed nothing (a claim that found no job)
-            // needs nothing taken back.
-            Some((unguarded, changes)) => {
-                if self.conn.total_changes() != changes {
-                    unguarded.spoiled.set(true);
-                }
-            }
-            None => {
-                // Fails only when SQLite already took the whole transaction back (disk full),
-                // which the group sees for itself.
-                let _ = self.conn.cached_execute("ROLLBACK TO journal_write", []);
-                let _ = self.conn.cached_execute("RELEASE journal_write", []);
-            }
+        if let Some(mark) = self.mark.take() {
+            mark.undo(self.conn, self.unguarded);
         }
     }
 }
