@@ -466,6 +466,18 @@ struct Twin {
     copy_id: Option<i64>,
 }
 
+impl Twin {
+    /// From a row of `id, path, removal, copy_id`.
+    fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Twin> {
+        Ok(Twin {
+            id: r.get(0)?,
+            path: r.get(1)?,
+            removal: r.get(2)?,
+            copy_id: r.get(3)?,
+        })
+    }
+}
+
 /// A record of the same bytes for the same vendor whose file is gone: the file was renamed.
 /// A record whose copy is being deleted is no twin: the rename is uploaded afresh.
 fn moved_twin(
@@ -481,22 +493,15 @@ fn moved_twin(
            AND (f.copy_id IS NULL OR c.state = 'live')",
     )?;
     let twins = stmt
-        .query_map(params![obs.vendor, obs.sha256], |r| {
-            Ok(Twin {
-                id: r.get(0)?,
-                path: r.get(1)?,
-                removal: r.get(2)?,
-                copy_id: r.get(3)?,
-            })
-        })?
+        .query_map(params![obs.vendor, obs.sha256], Twin::from_row)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     first_gone(tx, twins, is_present)
 }
 
 /// The record of a file rejected at a path now gone, with the same device, inode, size and
 /// modification time as `file` (a rename keeps them all; a new file given a freed inode number
-/// seldom has the other two): the file was renamed (or its folder was) while it was bad. Its removal, if one was decided, is
-/// taken back; one whose delete was already sent is no twin.
+/// seldom has the other two): the file was renamed (or its folder was) while it was bad. Its
+/// removal, if one was decided, is taken back; one whose delete was already sent is no twin.
 fn moved_rejected(
     tx: &Connection,
     file: &RejectedFile<'_>,
@@ -522,14 +527,7 @@ fn moved_rejected(
                 stamp.size as i64,
                 stamp.mtime_ns
             ],
-            |r| {
-                Ok(Twin {
-                    id: r.get(0)?,
-                    path: r.get(1)?,
-                    removal: r.get(2)?,
-                    copy_id: r.get(3)?,
-                })
-            },
+            Twin::from_row,
         )?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(first_gone(tx, twins, is_present)?.map(|twin| twin.id))

@@ -183,11 +183,7 @@ impl Journal {
             if unvouched.contains(&watch_root) {
                 continue;
             }
-            tx.cached_execute(
-                "INSERT INTO watch_roots (root, dev, inode, updated_at) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (root) DO UPDATE SET dev = ?2, inode = ?3, updated_at = ?4",
-                params![watch_root, dev as i64, inode as i64, now_ms()],
-            )?;
+            set_root_identity_in(&tx, &watch_root, dev, inode)?;
             tx.cached_execute("DELETE FROM watch_pauses WHERE root = ?1", [&watch_root])?;
         }
         released.kept.splice(
@@ -262,12 +258,7 @@ impl Journal {
     }
 
     pub fn set_root_identity(&mut self, root: &str, dev: u64, inode: u64) -> Result<()> {
-        self.conn.cached_execute(
-            "INSERT INTO watch_roots (root, dev, inode, updated_at) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (root) DO UPDATE SET dev = ?2, inode = ?3, updated_at = ?4",
-            params![root, dev as i64, inode as i64, now_ms()],
-        )?;
-        Ok(())
+        set_root_identity_in(&self.conn, root, dev, inode)
     }
 }
 
@@ -317,6 +308,15 @@ fn root_identity_in(conn: &Connection, root: &str) -> Result<Option<(u64, u64)>>
             |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
         )
         .optional()?)
+}
+
+fn set_root_identity_in(conn: &Connection, root: &str, dev: u64, inode: u64) -> Result<()> {
+    conn.cached_execute(
+        "INSERT INTO watch_roots (root, dev, inode, updated_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (root) DO UPDATE SET dev = ?2, inode = ?3, updated_at = ?4",
+        params![root, dev as i64, inode as i64, now_ms()],
+    )?;
+    Ok(())
 }
 
 /// Each watch root looked at once: the identity to accept it with, or why it cannot be.
