@@ -271,50 +271,20 @@ fn a_config_error_names_file_line_and_key() {
     assert!(stderr.contains(&expected), "{stderr}");
 }
 
-#[test]
-fn a_mass_removal_is_held_until_an_operator_confirms() {
+/// A running daemon with `max_deletes: 2` whose four files `{prefix}1.png` … `{prefix}4.png`
+/// (images `seed` on) were synced and then removed, so their deletes are held. Also the files'
+/// names and the URLs they were synced to.
+fn four_deletes_held(prefix: &str, seed: u32) -> (Harness, Vec<String>, Vec<String>) {
     let mut h = Harness::with(Options {
         max_deletes: 2,
         ..Options::default()
     });
     h.start();
-    let names = ["m1.png", "m2.png", "m3.png", "m4.png"];
+    let names: Vec<String> = (1..=4).map(|i| format!("{prefix}{i}.png")).collect();
     for (i, name) in names.iter().enumerate() {
-        h.drop_file(name, &png(40 + i as u32));
+        h.drop_file(name, &png(seed + i as u32));
     }
-    for name in names {
-        h.wait_state(name, "synced");
-    }
-    for name in names {
-        std::fs::remove_file(h.path(name)).unwrap();
-    }
-    h.wait_for("the deletes to be held", |h| {
-        h.status()["held_deletes"] == 4
-    });
-    assert!(error_of(&h, "m1.png").contains("imgsyncd retry --held"));
-    assert_eq!(h.deletes_at_sandbox(), 0);
-    assert!(h.log().contains("their deletes are held"));
-    let out = h.cli(&["retry", "--held"]);
-    assert!(out.status.success());
-    for name in names {
-        let row = h.wait_state(name, "removed");
-        assert_eq!(row["remote_deleted"], true);
-    }
-    assert_eq!(h.deletes_at_sandbox(), 4);
-}
-
-#[test]
-fn held_deletes_are_kept_once_the_watch_is_changed_to_keep() {
-    let mut h = Harness::with(Options {
-        max_deletes: 2,
-        ..Options::default()
-    });
-    h.start();
-    let names = ["k1.png", "k2.png", "k3.png", "k4.png"];
-    for (i, name) in names.iter().enumerate() {
-        h.drop_file(name, &png(80 + i as u32));
-    }
-    let urls: Vec<String> = names
+    let urls = names
         .iter()
         .map(|name| {
             h.wait_state(name, "synced")["url"]
@@ -323,12 +293,33 @@ fn held_deletes_are_kept_once_the_watch_is_changed_to_keep() {
                 .to_string()
         })
         .collect();
-    for name in names {
+    for name in &names {
         std::fs::remove_file(h.path(name)).unwrap();
     }
     h.wait_for("the deletes to be held", |h| {
         h.status()["held_deletes"] == 4
     });
+    (h, names, urls)
+}
+
+#[test]
+fn a_mass_removal_is_held_until_an_operator_confirms() {
+    let (h, names, _) = four_deletes_held("m", 40);
+    assert!(error_of(&h, "m1.png").contains("imgsyncd retry --held"));
+    assert_eq!(h.deletes_at_sandbox(), 0);
+    assert!(h.log().contains("their deletes are held"));
+    let out = h.cli(&["retry", "--held"]);
+    assert!(out.status.success());
+    for name in &names {
+        let row = h.wait_state(name, "removed");
+        assert_eq!(row["remote_deleted"], true);
+    }
+    assert_eq!(h.deletes_at_sandbox(), 4);
+}
+
+#[test]
+fn held_deletes_are_kept_once_the_watch_is_changed_to_keep() {
+    let (h, names, urls) = four_deletes_held("k", 80);
     // The operator decides these copies stay, and says so in the config first.
     let text = std::fs::read_to_string(&h.config_path).unwrap();
     let keep = text.replacen(
@@ -349,7 +340,7 @@ fn held_deletes_are_kept_once_the_watch_is_changed_to_keep() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for name in names {
+    for name in &names {
         h.wait_state(name, "removed");
     }
     std::thread::sleep(Duration::from_secs(2));
@@ -364,24 +355,7 @@ fn held_deletes_are_kept_once_the_watch_is_changed_to_keep() {
 
 #[test]
 fn held_deletes_of_a_missing_root_stay_held_until_it_is_back() {
-    let mut h = Harness::with(Options {
-        max_deletes: 2,
-        ..Options::default()
-    });
-    h.start();
-    let names = ["h1.png", "h2.png", "h3.png", "h4.png"];
-    for (i, name) in names.iter().enumerate() {
-        h.drop_file(name, &png(60 + i as u32));
-    }
-    for name in names {
-        h.wait_state(name, "synced");
-    }
-    for name in names {
-        std::fs::remove_file(h.path(name)).unwrap();
-    }
-    h.wait_for("the deletes to be held", |h| {
-        h.status()["held_deletes"] == 4
-    });
+    let (h, names, _) = four_deletes_held("h", 60);
     // The share drops before the operator looks: its files' absence proves nothing now.
     let away = h.dir.path().join("unmounted");
     std::fs::rename(&h.drop, &away).unwrap();
@@ -412,7 +386,7 @@ fn held_deletes_of_a_missing_root_stay_held_until_it_is_back() {
     });
     let out = h.cli(&["retry", "--held"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("4 held deletes queued"));
-    for name in names {
+    for name in &names {
         let row = h.wait_state(name, "removed");
         assert_eq!(row["remote_deleted"], true);
     }
