@@ -616,6 +616,69 @@ fn files_in_excluded_folders_are_never_taken() {
     assert_eq!(h.sandbox.uploads(), 1);
 }
 
+/// Case 15b: Files renamed to names the watch does not take (hidden, temporary, not an image) or
+/// moved into an excluded folder are still there: their copies stay at the vendor, whether the
+/// daemon saw the rename or found it at a start. Only the file really deleted loses its copy.
+#[test]
+fn files_renamed_out_of_the_watchs_names_keep_their_copies() {
+    let mut h = Harness::new();
+    h.start();
+    std::fs::create_dir_all(h.path(".trash")).unwrap();
+    std::fs::create_dir_all(h.path("sub")).unwrap();
+    let names: Vec<String> = [
+        "a.png",
+        "b.png",
+        "c.png",
+        "d.png",
+        "sub/e.png",
+        "f.png",
+        "g.png",
+    ]
+    .map(String::from)
+    .to_vec();
+    let urls = sync_all(&h, &names, 1550);
+    let renames = [
+        ("a.png", ".a.png"),
+        ("b.png", "b.png.tmp"),
+        ("c.png", "c.png.bak"),
+        ("d.png", ".trash/d.png"),
+        ("sub/e.png", ".trash/e.png"),
+    ];
+    for (from, to) in renames {
+        std::fs::rename(h.path(from), h.path(to)).unwrap();
+    }
+    std::fs::remove_file(h.path("f.png")).unwrap();
+    h.wait_for("the real removal to be carried out", |h| {
+        h.sandbox.deleted().len() == 1
+    });
+    h.stop();
+    std::fs::rename(h.path("g.png"), h.path("g.png~")).unwrap();
+    h.start();
+    h.wait_state("g.png", "removed");
+    settle_time();
+    assert_eq!(h.sandbox.deleted(), vec![urls[5].clone()], "{}", h.log());
+    for (name, url) in names.iter().zip(&urls).filter(|(n, _)| *n != "f.png") {
+        assert!(held_by_vendor(&h, url), "{name}'s copy was deleted");
+        let row = h.file(name).unwrap();
+        assert_eq!(row["state"], "removed", "{row}");
+        assert_eq!(row["url"].as_str(), Some(url.as_str()), "{row}");
+        let note = row["error"].as_str().unwrap_or_default();
+        assert!(note.contains("which the watch does not take"), "{row}");
+    }
+    assert!(
+        h.log()
+            .contains("which the watch does not take: its remote copy is kept"),
+        "{}",
+        h.log()
+    );
+    // Named back, it is synced to the copy it kept, with nothing sent again.
+    let uploads = h.sandbox.uploads();
+    std::fs::rename(h.path(".a.png"), h.path("a.png")).unwrap();
+    h.wait_state("a.png", "synced");
+    assert_eq!(url_of(&h, "a.png"), urls[0]);
+    assert_eq!(h.sandbox.uploads(), uploads);
+}
+
 /// Case 16: A journal locked longer than the busy timeout: no outcome is dropped, nothing sent twice,
 /// and a file dropped meanwhile is not forgotten.
 #[test]

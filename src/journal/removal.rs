@@ -105,6 +105,37 @@ impl Journal {
         Ok(outcomes)
     }
 
+    /// Records files still in their watch under a name or in a folder it does not take (`moved`:
+    /// each file's recorded path, and its path now). Such a file is excluded, not gone: its record
+    /// ends `removed`, its remote copy is kept, and the note says where the file went.
+    pub fn mark_untaken(
+        &mut self,
+        moved: &[(String, String)],
+    ) -> Result<Vec<(String, MissingOutcome)>> {
+        let tx = self.write()?;
+        let mut outcomes = Vec::new();
+        for (path, now_at) in moved {
+            let outcome = match existing(&tx, path)? {
+                None => MissingOutcome::NotTracked,
+                Some(row) if row.state == "removed" || row.removal.is_some() => {
+                    MissingOutcome::Unchanged
+                }
+                Some(row) => {
+                    jobs::drop_queued(&tx, row.id, &["upload"])?;
+                    let note = format!(
+                        "remote copy kept: the file is now {}, which the watch does not take",
+                        super::path_text::shown(now_at)
+                    );
+                    set_removed(&tx, row.id, Some(&note))?;
+                    MissingOutcome::Removed
+                }
+            };
+            outcomes.push((path.clone(), outcome));
+        }
+        tx.commit()?;
+        Ok(outcomes)
+    }
+
     /// Confirms the deletes held for an operator: a file that is back is kept, one still gone has
     /// its copy deleted unless another file still uses it. Also accepts every watch root as it is
     /// now (a root that was replaced or remounted), recording the identity `root` gives it.

@@ -6,6 +6,7 @@ pub mod examine;
 mod intake;
 pub mod presence;
 pub mod settle;
+mod untaken;
 mod walk;
 
 use std::collections::HashMap;
@@ -98,6 +99,47 @@ struct PendingRemoval {
 impl PendingRemoval {
     fn new(since: Instant) -> Self {
         PendingRemoval { since, hold: None }
+    }
+}
+
+/// Where a file the journal knows under a path seen gone is now.
+enum Whereabouts {
+    Present,
+    Gone,
+    /// Still in the watch at this path, under a name or in a folder it does not take.
+    Untaken(String),
+    /// Unreadable, or its folder on another filesystem: why.
+    Unknown(String),
+}
+
+/// Looks at each known file not already on its way out: there, gone, or renamed out of what the
+/// watch takes.
+fn look_at_known(
+    root: &Path,
+    filter: &crate::config::NameFilter,
+    known: Vec<KnownFile>,
+) -> Vec<(String, Whereabouts)> {
+    let known: Vec<KnownFile> = known.into_iter().filter(|k| !k.removal_pending).collect();
+    let mut untaken =
+        untaken::UntakenFiles::new(root, filter, known.iter().filter_map(|k| k.stamp));
+    known
+        .into_iter()
+        .map(|k| {
+            let whereabouts = whereabouts(root, &k, &mut untaken);
+            (k.path, whereabouts)
+        })
+        .collect()
+}
+
+fn whereabouts(root: &Path, known: &KnownFile, untaken: &mut untaken::UntakenFiles) -> Whereabouts {
+    let path = path_text::to_path(&known.path);
+    match presence(root, &path, known.stamp.map(|s| s.dev)) {
+        Presence::Present => Whereabouts::Present,
+        Presence::Unknown(why) => Whereabouts::Unknown(why),
+        Presence::Gone => match known.stamp.and_then(|s| untaken.find(&path, &s)) {
+            Some(now_at) => Whereabouts::Untaken(path_text::to_text(&now_at).into_owned()),
+            None => Whereabouts::Gone,
+        },
     }
 }
 
@@ -858,20 +900,10 @@ impl WatchTask {
                 return;
             }
         };
-        let root = self.root().to_path_buf();
-        let looked = tokio::task::spawn_blocking(move || {
-            known
-                .into_iter()
-                .filter(|k| !k.removal_pending)
-                .map(|k| {
-                    let presence =
-                        presence(&root, &path_text::to_path(&k.path), k.stamp.map(|s| s.dev));
-                    (k.path, presence)
-                })
-                .collect::<Vec<_>>()
-        })
-        .await
-        .unwrap_or_default();
+        let (root, filter) = (self.root().to_path_buf(), self.config.filter.clone());
+        let looked = tokio::task::spawn_blocking(move || look_at_known(&root, &filter, known))
+            .await
+            .unwrap_or_default();
         let hold_of = |path: &str| {
             let path = path_text::to_path(path);
             candidates
@@ -881,28 +913,71 @@ impl WatchTask {
                 .or_else(|| self.replaced.clone())
         };
         let mut gone: HashMap<Option<String>, Vec<String>> = HashMap::new();
-        for (path, presence) in looked {
-            match presence {
-                Presence::Gone => gone.entry(hold_of(&path)).or_default().push(path),
-                Presence::Present => {}
-                Presence::Unknown(why) => warn!(
+        let mut untaken = Vec::new();
+        for (path, whereabouts) in looked {
+            match whereabouts {
+                Whereabouts::Gone => gone.entry(hold_of(&path)).or_default().push(path),
+                Whereabouts::Untaken(now_at) => untaken.push((path, now_at)),
+                Whereabouts::Present => {}
+                Whereabouts::Unknown(why) => warn!(
                     path = %path_text::shown(&path), vendor = %self.config.vendor,
                     "cannot tell whether the file is gone ({why}); its remote copy is kept"
                 ),
             }
         }
+        if !untaken.is_empty() {
+            let paths: Vec<String> = untaken.iter().map(|(path, _)| path.clone()).collect();
+            if !self.record_untaken(untaken).await {
+                self.removals_again(paths);
+            }
+        }
         for (hold, paths) in gone {
             if !self.record_removals(paths.clone(), hold).await {
-                let now = Instant::now();
-                self.removals.extend(paths.into_iter().map(|p| {
-                    (
-                        path_text::to_path(&p).into_owned(),
-                        PendingRemoval::new(now),
-                    )
-                }));
+                self.removals_again(paths);
             }
         }
         self.ctx.wake_workers.notify_one();
+    }
+
+    /// Paths whose removal the journal could not record: decided again later.
+    fn removals_again(&mut self, paths: Vec<String>) {
+        let now = Instant::now();
+        self.removals.extend(paths.into_iter().map(|p| {
+            (
+                path_text::to_path(&p).into_owned(),
+                PendingRemoval::new(now),
+            )
+        }));
+    }
+
+    /// Records files renamed to names (or moved into folders) the watch does not take: their
+    /// copies are kept. False when the journal could not record them.
+    async fn record_untaken(&self, untaken: Vec<(String, String)>) -> bool {
+        let result = self
+            .ctx
+            .journal
+            .call(move |j| {
+                j.mark_untaken(&untaken)
+                    .map(|outcomes| outcomes.into_iter().zip(untaken).collect::<Vec<_>>())
+            })
+            .await;
+        let outcomes = match result {
+            Ok(outcomes) => outcomes,
+            Err(e) => {
+                error!(watch = %self.root().display(), "cannot record removals (will try again): {e}");
+                return false;
+            }
+        };
+        for ((path, outcome), (_, now_at)) in outcomes {
+            if outcome == MissingOutcome::Removed {
+                info!(
+                    path = %path_text::shown(&path), vendor = %self.config.vendor,
+                    "renamed to {}, which the watch does not take: its remote copy is kept",
+                    path_text::shown(&now_at)
+                );
+            }
+        }
+        true
     }
 
     /// Records removals in the journal, which decides each one; false when it could not.
