@@ -16,7 +16,7 @@ use crate::config::{Config, ConfigError, VendorConfig, WatchConfig};
 use crate::journal::{FileFilter, FileState, Journal, JournalError, JournalHandle, path_text};
 use crate::service::{Heartbeat, Notes};
 use crate::throttle::LogThrottle;
-use crate::watch::{WatchCommand, WatchContext, WatchTask};
+use crate::watch::{SightingDelays, WatchCommand, WatchContext, WatchTask};
 use crate::worker::{Outages, PoolMode, WorkerContext, retry_log_throttle, run_pool};
 
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +132,8 @@ struct Daemon {
     retry_log: Arc<LogThrottle>,
     outages: Arc<Outages>,
     watches: Vec<RunningWatch>,
+    /// How late each watch sees a file arrive, for the removals of the others.
+    sighting_delays: SightingDelays,
     heartbeat: Arc<Heartbeat>,
     notes: Arc<Notes>,
     /// The metrics endpoint: the configured address and its server.
@@ -149,6 +151,7 @@ impl Daemon {
             retry_log: retry_log_throttle(),
             outages: Arc::default(),
             watches: Vec::new(),
+            sighting_delays: SightingDelays::default(),
             heartbeat: Arc::default(),
             notes: Arc::default(),
             metrics: None,
@@ -237,6 +240,7 @@ impl Daemon {
             settle: self.config.settle,
             rescan: self.config.rescan,
             max_deletes: self.config.max_deletes,
+            sighting_delays: self.sighting_delays.clone(),
         }
     }
 

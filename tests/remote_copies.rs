@@ -679,6 +679,47 @@ fn files_renamed_out_of_the_watchs_names_keep_their_copies() {
     assert_eq!(h.sandbox.uploads(), uploads);
 }
 
+/// Case 15c: A synced file moved to another watch of the same vendor, one that polls, keeps its
+/// copy: the watch it left waits for the poller to see it arrive (the old code decided the
+/// removal a settle period and a second after the move, before the poller's next look, and
+/// deleted the copy the moved file then uploaded again).
+#[test]
+fn a_file_moved_to_a_polled_watch_of_the_same_vendor_keeps_its_copy() {
+    let archive = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "  - path: {}\n    vendor: erp\n    poll: 4s\n",
+        archive.path().display()
+    );
+    let mut h = Harness::with(Options {
+        watch_extra: Box::leak(extra.into_boxed_str()),
+        ..Options::default()
+    });
+    h.start();
+    let names = names("moved", 3);
+    let urls = sync_all(&h, &names, 1580);
+    for name in &names {
+        std::fs::rename(h.path(name), archive.path().join(name)).unwrap();
+    }
+    for (name, url) in names.iter().zip(&urls) {
+        let path = archive.path().join(name).display().to_string();
+        h.wait_for("the moved file to be synced in the archive", |h| {
+            h.files()
+                .iter()
+                .any(|f| f["path"] == path.as_str() && f["state"] == "synced")
+        });
+        let row = h
+            .files()
+            .into_iter()
+            .find(|f| f["path"] == path.as_str())
+            .unwrap();
+        assert_eq!(row["url"].as_str(), Some(url.as_str()), "{row}");
+        assert!(held_by_vendor(&h, url));
+    }
+    settle_time();
+    assert!(h.sandbox.deleted().is_empty(), "{}", h.log());
+    assert_eq!(h.sandbox.uploads(), 3);
+}
+
 /// Case 16: A journal locked longer than the busy timeout: no outcome is dropped, nothing sent twice,
 /// and a file dropped meanwhile is not forgotten.
 #[test]

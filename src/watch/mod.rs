@@ -6,6 +6,7 @@ pub mod examine;
 mod intake;
 pub mod presence;
 pub mod settle;
+mod sighting;
 mod untaken;
 mod walk;
 
@@ -27,6 +28,7 @@ use examine::Examined;
 use intake::{Found, Intake, Recorded, log_observed};
 use presence::presence;
 use settle::{Settle, Sighting, Stamp};
+pub use sighting::SightingDelays;
 
 /// What a watch task shares with the rest of the daemon.
 #[derive(Debug, Clone)]
@@ -37,6 +39,8 @@ pub struct WatchContext {
     pub settle: Duration,
     pub rescan: Duration,
     pub max_deletes: usize,
+    /// How late each watch sees a file arrive: a removal waits for the slowest of its vendor's.
+    pub sighting_delays: SightingDelays,
 }
 
 #[derive(Debug)]
@@ -181,6 +185,8 @@ pub struct WatchTask {
     paused: Option<String>,
     watcher: Option<Arc<events::Watching>>,
     event_tx: Option<events::EventSender>,
+    /// How long the last walk of the whole tree took: a poll of it takes as long.
+    walk_time: Duration,
     /// Folders read again at a moment: one created or moved in, a moment later (events about a
     /// folder that race with its first walk, its watch re-added while notify still removes the
     /// one of the path it was moved from, may leave it briefly unwatched); one a scan found more
@@ -207,6 +213,7 @@ impl WatchTask {
             paused: None,
             watcher: None,
             event_tx: None,
+            walk_time: Duration::ZERO,
             rewalks: Vec::new(),
         }
     }
@@ -265,6 +272,7 @@ impl WatchTask {
             }
         }
         self.watcher = None;
+        self.ctx.sighting_delays.forget(self.root());
         if self.deletion_unrecorded && !self.record_root_deleted().await {
             error!(
                 watch = %self.root().display(),
@@ -698,14 +706,32 @@ impl WatchTask {
 
     /// How long a path seen gone waits before its removal is decided: a file saved by deleting
     /// and renaming, or moved to another watch, is seen again meanwhile. A poller sees a file
-    /// back only at a later poll, so a polled watch waits two of its polls more.
+    /// back only at a later poll, so the wait is longer by the slowest sighting of any watch of
+    /// the vendor, this one's included.
     fn removal_wait(&self) -> Duration {
-        let polls = self
-            .watcher
+        let slowest = self
+            .ctx
+            .sighting_delays
+            .longest(&self.config.vendor)
+            .max(self.sighting_delay());
+        self.ctx.settle + REMOVAL_GRACE + slowest
+    }
+
+    /// How late this watch may see a file arrive: nothing for inotify, a poller's polls and walks.
+    fn sighting_delay(&self) -> Duration {
+        self.watcher
             .as_ref()
             .and_then(|w| w.poll_interval())
-            .unwrap_or_default();
-        self.ctx.settle + REMOVAL_GRACE + polls * 2
+            .map_or(Duration::ZERO, |interval| {
+                sighting::poll_delay(interval, self.walk_time)
+            })
+    }
+
+    /// Tells the other watches how late this one sees a file arrive.
+    fn publish_sighting_delay(&self) {
+        self.ctx
+            .sighting_delays
+            .set(self.root(), &self.config.vendor, self.sighting_delay());
     }
 
     /// Examines settled files and records what each is, a batch at a time: the examining off the
@@ -1051,12 +1077,15 @@ impl WatchTask {
             return;
         }
         let root = self.root().to_path_buf();
+        let walk_began = Instant::now();
         let Some(disk) = self
             .compare_folder(&root, sighting, walk::Reach::Tree)
             .await
         else {
             return;
         };
+        self.walk_time = walk_began.elapsed();
+        self.publish_sighting_delay();
         let (on_disk, fresh) = (disk.on_disk, disk.fresh);
         let vanished = self.reconcile_journal(disk).await;
         info!(
