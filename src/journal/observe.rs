@@ -422,6 +422,10 @@ fn observe_known(tx: &Connection, obs: &Observation<'_>, row: Existing) -> Resul
     };
     if same_content && !was_gone {
         set_stamp(tx, row.id, Some(&obs.stamp))?;
+        if row.state == "synced" && row.error.is_some() {
+            // Back at its path after a rename the watch does not take: the note is done with.
+            tx.cached_execute("UPDATE files SET error = NULL WHERE id = ?1", [row.id])?;
+        }
         if row.state == "pending" && !jobs::has_job(tx, row.id, "upload")? {
             // Its work was dropped (a read that failed, a crash): queue it again.
             jobs::queue(tx, row.id, "upload", obs.vendor, Some(obs.sha256), None)?;

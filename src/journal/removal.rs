@@ -43,6 +43,8 @@ pub enum MissingOutcome {
     DeleteQueued,
     /// Held for an operator, with the reason.
     Held(String),
+    /// Still in the watch under a name it does not take: the record and its copy are kept.
+    Untaken,
 }
 
 /// Below this many deletes in the window, the share-of-the-watch guard does not apply: removing
@@ -106,8 +108,15 @@ impl Journal {
     }
 
     /// Records files still in their watch under a name or in a folder it does not take (`moved`:
-    /// each file's recorded path, and its path now). Such a file is excluded, not gone: its record
-    /// ends `removed`, its remote copy is kept, and the note says where the file went.
+    /// each file's recorded path, and its path now). Such a file is excluded, not gone.
+    ///
+    /// A record whose copy is live keeps its state and copy, so the copy still counts as used
+    /// (a twin's removal cannot delete it); a synced one gains a note saying where the file is
+    /// (a rejected or failed one keeps its reason). Its removal is decided again at every look
+    /// that finds its path empty: once the file is gone from its new place too (a trash
+    /// emptied), the copy goes the way of any removal. A record with no live copy, or one whose
+    /// new content was not sent yet, has nothing to keep: it ends `removed`. Unchanged: the note
+    /// was already there.
     pub fn mark_untaken(
         &mut self,
         moved: &[(String, String)],
@@ -120,15 +129,7 @@ impl Journal {
                 Some(row) if row.state == "removed" || row.removal.is_some() => {
                     MissingOutcome::Unchanged
                 }
-                Some(row) => {
-                    jobs::drop_queued(&tx, row.id, &["upload"])?;
-                    let note = format!(
-                        "remote copy kept: the file is now {}, which the watch does not take",
-                        super::path_text::shown(now_at)
-                    );
-                    set_removed(&tx, row.id, Some(&note))?;
-                    MissingOutcome::Removed
-                }
+                Some(row) => untaken(&tx, &row, now_at)?,
             };
             outcomes.push((path.clone(), outcome));
         }
@@ -439,6 +440,35 @@ pub(super) fn set_removed(tx: &Connection, file_id: i64, note: Option<&str>) -> 
         params![file_id, note, now_ms()],
     )?;
     Ok(())
+}
+
+/// [`Journal::mark_untaken`] for one record.
+fn untaken(tx: &Connection, row: &Existing, now_at: &str) -> Result<MissingOutcome> {
+    let now_at = super::path_text::shown(now_at);
+    let live = copies::is_live(tx, row.copy_id)?;
+    match row.state.as_str() {
+        "synced" if live => {
+            let note = format!(
+                "remote copy kept: the file is now {now_at}, which the watch does not take"
+            );
+            if row.error.as_deref() == Some(note.as_str()) {
+                return Ok(MissingOutcome::Unchanged);
+            }
+            tx.cached_execute(
+                "UPDATE files SET error = ?2, updated_at = ?3 WHERE id = ?1",
+                params![row.id, note, now_ms()],
+            )?;
+            Ok(MissingOutcome::Untaken)
+        }
+        // A problem whose last good copy is live stays as it is, with its reason.
+        "rejected" | "failed" if live => Ok(MissingOutcome::Untaken),
+        _ => {
+            jobs::drop_queued(tx, row.id, &["upload"])?;
+            let note = format!("the file is now {now_at}, which the watch does not take");
+            set_removed(tx, row.id, Some(&note))?;
+            Ok(MissingOutcome::Removed)
+        }
+    }
 }
 
 /// Marked removed, nothing at the vendor to touch.

@@ -29,6 +29,7 @@ use intake::{Found, Intake, Recorded, log_observed};
 use presence::presence;
 use settle::{Settle, Sighting, Stamp};
 pub use sighting::SightingDelays;
+use untaken::Search;
 
 /// What a watch task shares with the rest of the daemon.
 #[derive(Debug, Clone)]
@@ -75,6 +76,8 @@ struct DiskPass {
     fresh: usize,
     /// Of those, files the journal holds as present (not removed, no removal pending).
     known_present: usize,
+    /// How long reading the disk took, without waiting for what was found to be taken.
+    walk_time: Duration,
 }
 
 /// Whether a file found by a scan has been still for `period` already: neither its content nor
@@ -140,10 +143,21 @@ fn whereabouts(root: &Path, known: &KnownFile, untaken: &mut untaken::UntakenFil
     match presence(root, &path, known.stamp.map(|s| s.dev)) {
         Presence::Present => Whereabouts::Present,
         Presence::Unknown(why) => Whereabouts::Unknown(why),
-        Presence::Gone => match known.stamp.and_then(|s| untaken.find(&path, &s)) {
-            Some(now_at) => Whereabouts::Untaken(path_text::to_text(&now_at).into_owned()),
-            None => Whereabouts::Gone,
-        },
+        Presence::Gone => {
+            let Some(stamp) = known.stamp else {
+                return Whereabouts::Gone;
+            };
+            match untaken.find(&path, &stamp) {
+                Search::Found(now_at) => {
+                    Whereabouts::Untaken(path_text::to_text(&now_at).into_owned())
+                }
+                Search::NotFound => Whereabouts::Gone,
+                Search::CutShort(folder) => Whereabouts::Unknown(format!(
+                    "it may have been moved into {}, an excluded folder too big to look through",
+                    folder.display()
+                )),
+            }
+        }
     }
 }
 
@@ -261,6 +275,7 @@ impl WatchTask {
                         if let Some(tx) = &self.event_tx {
                             self.watcher = events::start(&self.config, Some(events::FALLBACK_POLL), tx.clone()).ok().map(Arc::new);
                             crate::metrics::watch_polled(self.root());
+                            self.publish_sighting_delay();
                         }
                         self.reconcile(Sighting::Closed).await;
                     }
@@ -290,10 +305,15 @@ impl WatchTask {
     /// watcher does not cover (new, replaced, back) gets a new one and a reconcile.
     async fn verify_root(&mut self) {
         match self.check_root().await {
-            RootState::Missing => self.watcher = None,
+            RootState::Missing => {
+                self.watcher = None;
+                self.publish_sighting_delay();
+            }
             RootState::Usable { fresh: true } => {
                 self.watcher = None;
                 self.watcher = self.start_watcher();
+                // Before the first walk, which a removal elsewhere may otherwise not wait for.
+                self.publish_sighting_delay();
                 self.reconcile(Sighting::Scanned).await;
             }
             RootState::Usable { fresh: false } => {}
@@ -995,12 +1015,18 @@ impl WatchTask {
             }
         };
         for ((path, outcome), (_, now_at)) in outcomes {
-            if outcome == MissingOutcome::Removed {
-                info!(
-                    path = %path_text::shown(&path), vendor = %self.config.vendor,
-                    "renamed to {}, which the watch does not take: its remote copy is kept",
-                    path_text::shown(&now_at)
-                );
+            let (path, now_at) = (path_text::shown(&path), path_text::shown(&now_at));
+            let vendor = &self.config.vendor;
+            match outcome {
+                MissingOutcome::Untaken => info!(
+                    path = %path, vendor = %vendor,
+                    "renamed to {now_at}, which the watch does not take: its remote copy is kept"
+                ),
+                MissingOutcome::Removed => info!(
+                    path = %path, vendor = %vendor,
+                    "renamed to {now_at}, which the watch does not take: removed, no copy to keep"
+                ),
+                _ => {}
             }
         }
         true
@@ -1062,7 +1088,8 @@ impl WatchTask {
                 ),
                 MissingOutcome::NotTracked
                 | MissingOutcome::Unchanged
-                | MissingOutcome::Held(_) => {}
+                | MissingOutcome::Held(_)
+                | MissingOutcome::Untaken => {}
             }
         }
         true
@@ -1077,14 +1104,13 @@ impl WatchTask {
             return;
         }
         let root = self.root().to_path_buf();
-        let walk_began = Instant::now();
         let Some(disk) = self
             .compare_folder(&root, sighting, walk::Reach::Tree)
             .await
         else {
             return;
         };
-        self.walk_time = walk_began.elapsed();
+        self.walk_time = disk.walk_time;
         self.publish_sighting_delay();
         let (on_disk, fresh) = (disk.on_disk, disk.fresh);
         let vanished = self.reconcile_journal(disk).await;
@@ -1112,8 +1138,11 @@ impl WatchTask {
             self.config.clone(),
         );
         let watching = self.watcher.clone();
+        // The walk's own time, without its waits for the batches to be taken: a poll of the tree
+        // takes as long (what the watch does with each batch is no part of it).
         let walker = tokio::task::spawn_blocking(move || {
             let watching = watching.as_deref();
+            let (began, mut handing_over) = (Instant::now(), Duration::ZERO);
             walk::in_batches(
                 &root,
                 &walked,
@@ -1121,8 +1150,14 @@ impl WatchTask {
                 watching,
                 reach,
                 RECONCILE_BATCH,
-                |batch| found.blocking_send(batch).is_ok(),
+                |batch| {
+                    let handed = Instant::now();
+                    let taken = found.blocking_send(batch).is_ok();
+                    handing_over += handed.elapsed();
+                    taken
+                },
             );
+            began.elapsed().saturating_sub(handing_over)
         });
         let mut pass = DiskPass::default();
         let mut failed = false;
@@ -1181,7 +1216,7 @@ impl WatchTask {
             self.take_all(quiet).await;
         }
         drop(batches);
-        let _ = walker.await;
+        pass.walk_time = walker.await.unwrap_or_default();
         (!failed).then_some(pass)
     }
 

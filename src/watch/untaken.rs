@@ -10,12 +10,31 @@ use crate::config::NameFilter;
 use crate::journal::FileStamp;
 
 /// How deep a look goes into an excluded folder met on the way up (`.trash/2024/a.png`).
-const EXCLUDED_DEPTH: usize = 8;
+const EXCLUDED_DEPTH: usize = 3;
 
-/// At most this many entries are read inside one excluded folder: a thumbnail cache may hold
-/// more than the watch itself. Only entries with an inode looked for are kept, so this bounds
-/// the time a look takes, not its memory.
+/// At most this many entries are read inside excluded folders for one batch of removals: a
+/// thumbnail cache may hold more than the watch itself, and the watch handles no event while it
+/// looks. Only entries with an inode looked for are kept, so this bounds the time, not memory.
 const EXCLUDED_ENTRIES: usize = 200_000;
+
+/// What a look for a gone file among the names the watch does not take found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Search {
+    /// It is there, at this path.
+    Found(PathBuf),
+    NotFound,
+    /// This excluded folder was too big to look through: the file may be in it.
+    CutShort(PathBuf),
+}
+
+/// What one folder holds of the files looked for.
+struct Listing {
+    /// The files in it (or in the excluded folders inside it) the watch does not take and that
+    /// have a wanted inode.
+    untaken: Vec<(u64, PathBuf)>,
+    /// An excluded folder in it that was not read to its end.
+    cut_short: Option<PathBuf>,
+}
 
 /// Finds where gone files went among the names the watch does not take. Each folder is read once
 /// however many gone files look into it.
@@ -24,9 +43,9 @@ pub struct UntakenFiles<'a> {
     filter: &'a NameFilter,
     /// The inodes of the files looked for: only entries with one of them are kept.
     wanted: HashSet<u64>,
-    /// Per folder read: the files in it (or in the excluded folders inside it) the watch does not
-    /// take and that have a wanted inode.
-    folders: HashMap<PathBuf, Vec<(u64, PathBuf)>>,
+    folders: HashMap<PathBuf, Listing>,
+    /// How many more entries of excluded folders may be read.
+    entries_left: usize,
 }
 
 impl<'a> UntakenFiles<'a> {
@@ -41,49 +60,66 @@ impl<'a> UntakenFiles<'a> {
             filter,
             wanted: stamps.into_iter().map(|s| s.inode).collect(),
             folders: HashMap::new(),
+            entries_left: EXCLUDED_ENTRIES,
         }
     }
 
-    /// The path the file recorded with `stamp` at `gone` now has, if it is still in the watch
-    /// under a name or in a folder the watch does not take: looked for in its former folder and
-    /// each one above it up to the root, and in the excluded folders inside those. The same
-    /// device, inode, size and modification time make it the same file.
-    pub fn find(&mut self, gone: &Path, stamp: &FileStamp) -> Option<PathBuf> {
+    /// Where the file recorded with `stamp` at `gone` is now, if it is still in the watch under a
+    /// name or in a folder the watch does not take: looked for in its former folder and each one
+    /// above it up to the root, and in the excluded folders inside those. The same device,
+    /// inode, size and modification time make it the same file.
+    pub fn find(&mut self, gone: &Path, stamp: &FileStamp) -> Search {
+        let mut cut_short = None;
         let mut folder = gone.parent();
         while let Some(dir) = folder.filter(|d| d.starts_with(self.root)) {
-            let found = self
-                .untaken_in(dir)
+            let listing = self.listing(dir);
+            let found = listing
+                .untaken
                 .iter()
                 .filter(|(inode, _)| *inode == stamp.inode)
-                .find(|(_, path)| same_file(path, stamp))
-                .map(|(_, path)| path.clone());
-            if found.is_some() {
-                return found;
+                .find(|(_, path)| same_file(path, stamp));
+            if let Some((_, path)) = found {
+                return Search::Found(path.clone());
             }
+            cut_short = cut_short.or_else(|| listing.cut_short.clone());
             folder = dir.parent();
         }
-        None
+        cut_short.map_or(Search::NotFound, Search::CutShort)
     }
 
-    fn untaken_in(&mut self, dir: &Path) -> &[(u64, PathBuf)] {
+    /// The same, with `entries` as what excluded folders may hold before a look is cut short.
+    #[cfg(test)]
+    fn reading_at_most(mut self, entries: usize) -> Self {
+        self.entries_left = entries;
+        self
+    }
+
+    fn listing(&mut self, dir: &Path) -> &Listing {
         if !self.folders.contains_key(dir) {
-            let listed = self.list(dir);
-            self.folders.insert(dir.to_path_buf(), listed);
+            let listing = self.list(dir);
+            self.folders.insert(dir.to_path_buf(), listing);
         }
         &self.folders[dir]
     }
 
-    /// The files directly in `dir` the watch does not take, and those inside its excluded folders.
-    fn list(&self, dir: &Path) -> Vec<(u64, PathBuf)> {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return Vec::new();
+    /// The wanted files directly in `dir` the watch does not take, and those inside its excluded
+    /// folders.
+    fn list(&mut self, dir: &Path) -> Listing {
+        let mut listing = Listing {
+            untaken: Vec::new(),
+            cut_short: None,
         };
-        let mut untaken = Vec::new();
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return listing;
+        };
         for entry in entries.flatten() {
             let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
             match is_dir {
                 true if self.filter.excludes_dir(&entry.file_name()) => {
-                    untaken.extend(self.inside_excluded(&entry.path()));
+                    let path = entry.path();
+                    if !self.inside_excluded(&path, &mut listing.untaken) {
+                        listing.cut_short.get_or_insert(path);
+                    }
                 }
                 true => {}
                 false if self.wanted.contains(&entry.ino()) => {
@@ -92,27 +128,33 @@ impl<'a> UntakenFiles<'a> {
                         .strip_prefix(self.root)
                         .is_ok_and(|relative| self.filter.accepts(relative));
                     if !taken {
-                        untaken.push((entry.ino(), path));
+                        listing.untaken.push((entry.ino(), path));
                     }
                 }
                 false => {}
             }
         }
-        untaken
+        listing
     }
 
-    /// The wanted files in an excluded folder, to a depth and a count of entries.
-    fn inside_excluded(&self, dir: &Path) -> Vec<(u64, PathBuf)> {
+    /// Adds the wanted files in an excluded folder (on the same filesystem, a few levels deep) to
+    /// `found`; false when the entries this batch may read ran out before its end.
+    fn inside_excluded(&mut self, dir: &Path, found: &mut Vec<(u64, PathBuf)>) -> bool {
         use walkdir::DirEntryExt as _;
-        walkdir::WalkDir::new(dir)
+        let walk = walkdir::WalkDir::new(dir)
             .min_depth(1)
             .max_depth(EXCLUDED_DEPTH)
-            .into_iter()
-            .flatten()
-            .take(EXCLUDED_ENTRIES)
-            .filter(|e| !e.file_type().is_dir() && self.wanted.contains(&e.ino()))
-            .map(|e| (e.ino(), e.into_path()))
-            .collect()
+            .same_file_system(true);
+        for entry in walk.into_iter().flatten() {
+            if self.entries_left == 0 {
+                return false;
+            }
+            self.entries_left -= 1;
+            if !entry.file_type().is_dir() && self.wanted.contains(&entry.ino()) {
+                found.push((entry.ino(), entry.into_path()));
+            }
+        }
+        true
     }
 }
 
@@ -171,7 +213,7 @@ mod tests {
         for ((from, to), stamp) in moves.iter().zip(&stamps) {
             assert_eq!(
                 untaken.find(&root.join(from), stamp),
-                Some(root.join(to)),
+                Search::Found(root.join(to)),
                 "{from}"
             );
         }
@@ -193,7 +235,30 @@ mod tests {
         // Another file under an excluded name, which is not the one that went.
         std::fs::write(root.join(".other.png"), b"bytes").unwrap();
         let mut untaken = UntakenFiles::new(root, &filter, [gone, moved]);
-        assert_eq!(untaken.find(&root.join("gone.png"), &gone), None);
-        assert_eq!(untaken.find(&root.join("moved.png"), &moved), None);
+        assert_eq!(
+            untaken.find(&root.join("gone.png"), &gone),
+            Search::NotFound
+        );
+        assert_eq!(
+            untaken.find(&root.join("moved.png"), &moved),
+            Search::NotFound
+        );
+    }
+
+    #[test]
+    fn an_excluded_folder_too_big_to_read_through_leaves_the_answer_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let filter = default_filter();
+        std::fs::create_dir_all(root.join(".cache")).unwrap();
+        std::fs::write(root.join(".cache/thumb.png"), b"thumb").unwrap();
+        std::fs::write(root.join("gone.png"), b"bytes").unwrap();
+        let gone = stamp_of(&root.join("gone.png"));
+        std::fs::remove_file(root.join("gone.png")).unwrap();
+        let mut untaken = UntakenFiles::new(root, &filter, [gone]).reading_at_most(0);
+        assert_eq!(
+            untaken.find(&root.join("gone.png"), &gone),
+            Search::CutShort(root.join(".cache"))
+        );
     }
 }
