@@ -72,6 +72,10 @@ pub(super) fn is_live(tx: &Connection, copy_id: Option<i64>) -> Result<bool> {
 
 /// A file other than `except` that still needs the copy: one that points at it and is on disk or
 /// whose removal is held, or one waiting to upload the same bytes (it would reuse the copy).
+///
+/// The `+` keeps SQLite off the index by state for the pending files: without statistics it
+/// took that index and read every pending file (3.7 ms a call with 20 000 queued, for each
+/// removal and each delete decided during a backlog) instead of the few with these bytes.
 pub(super) fn user(tx: &Connection, copy_id: i64, except: Option<i64>) -> Result<Option<String>> {
     Ok(tx
         .cached_query_row(
@@ -79,7 +83,7 @@ pub(super) fn user(tx: &Connection, copy_id: i64, except: Option<i64>) -> Result
              WHERE c.id = ?1 AND f.id IS NOT ?2
                AND (f.removal IS NULL OR f.removal = 'held') AND f.state != 'removed'
                AND (f.copy_id = c.id
-                    OR (f.state = 'pending' AND f.vendor = c.vendor AND f.sha256 = c.sha256))
+                    OR (+f.state = 'pending' AND f.vendor = c.vendor AND f.sha256 = c.sha256))
              ORDER BY f.id LIMIT 1",
             params![copy_id, except],
             |r| r.get(0),

@@ -65,8 +65,9 @@ impl Journal {
             .conn
             .cached_query_row(
                 "SELECT f.path, j.vendor, j.op, j.created_at, j.attempts
-                 FROM jobs j JOIN files f ON f.id = j.file_id
-                 ORDER BY j.created_at, j.id LIMIT 1",
+                 FROM (SELECT file_id, vendor, op, created_at, attempts FROM jobs
+                       ORDER BY created_at, id LIMIT 1) j
+                 JOIN files f ON f.id = j.file_id",
                 [],
                 |r| {
                     Ok(OldestPending {

@@ -45,6 +45,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0006_value_checks.sql"),
     include_str!("../../migrations/0007_absent_files.sql"),
     include_str!("../../migrations/0008_renames_and_policies.sql"),
+    include_str!("../../migrations/0009_running_uploads.sql"),
 ];
 
 /// The schema from which paths are written by [`path_text`]; migrating to it rewrites the paths

@@ -348,22 +348,7 @@ impl Journal {
     /// count reads an index only (the path index; `files_absent`, which holds just those rows),
     /// where counting the present rows read every row's state from the table.
     pub fn count_present_under(&self, root: &str) -> Result<usize> {
-        let (from, to) = path_range(root);
-        let count = |sql: &str| -> Result<i64> {
-            Ok(self
-                .conn
-                .cached_query_row(sql, [&from, &to], |r| r.get(0))?)
-        };
-        let (all, absent) = self.in_one_read(|| {
-            Ok((
-                count("SELECT COUNT(*) FROM files WHERE path >= ?1 AND path < ?2")?,
-                count(
-                    "SELECT COUNT(*) FROM files
-                     WHERE (state = 'removed' OR removal IS NOT NULL) AND path >= ?1 AND path < ?2",
-                )?,
-            ))
-        })?;
-        Ok((all - absent).max(0) as usize)
+        self.in_one_read(|| present_under(&self.conn, root))
     }
 
     fn known_where(
@@ -390,6 +375,19 @@ impl Journal {
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
+}
+
+/// [`Journal::count_present_under`], on any connection (a write's too).
+pub(super) fn present_under(conn: &Connection, root: &str) -> Result<usize> {
+    let (from, to) = path_range(root);
+    let count =
+        |sql: &str| -> Result<i64> { Ok(conn.cached_query_row(sql, [&from, &to], |r| r.get(0))?) };
+    let all = count("SELECT COUNT(*) FROM files WHERE path >= ?1 AND path < ?2")?;
+    let absent = count(
+        "SELECT COUNT(*) FROM files
+         WHERE (state = 'removed' OR removal IS NOT NULL) AND path >= ?1 AND path < ?2",
+    )?;
+    Ok((all - absent).max(0) as usize)
 }
 
 /// The paths under `root` as a range of text, so the path index finds them: from `root/` up to

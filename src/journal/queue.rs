@@ -322,9 +322,10 @@ impl Journal {
                 first_free(
                     "SELECT j.id FROM jobs j
                      WHERE j.vendor = ?1 AND j.state = 'queued' AND j.not_before <= ?2
-                       AND NOT (j.op = 'upload' AND j.sha256 IN (
-                           SELECT r.sha256 FROM jobs r
-                           WHERE r.vendor = ?1 AND r.state = 'running' AND r.op = 'upload'))
+                       AND NOT (j.op = 'upload' AND EXISTS (
+                           SELECT 1 FROM jobs r INDEXED BY jobs_running_uploads
+                           WHERE r.vendor = ?1 AND r.sha256 = j.sha256
+                             AND r.state = 'running' AND r.op = 'upload'))
                      ORDER BY j.not_before, j.id LIMIT ?3",
                 )?
                 .0
@@ -374,9 +375,10 @@ impl Journal {
                 .cached_query_row(
                     "SELECT j.not_before FROM jobs j
                      WHERE j.vendor = ?1 AND j.state = 'queued'
-                       AND NOT (j.op = 'upload' AND j.sha256 IN (
-                           SELECT r.sha256 FROM jobs r
-                           WHERE r.vendor = ?1 AND r.state = 'running' AND r.op = 'upload'))
+                       AND NOT (j.op = 'upload' AND EXISTS (
+                           SELECT 1 FROM jobs r INDEXED BY jobs_running_uploads
+                           WHERE r.vendor = ?1 AND r.sha256 = j.sha256
+                             AND r.state = 'running' AND r.op = 'upload'))
                      ORDER BY j.not_before LIMIT 1",
                     [vendor],
                     |r| r.get(0),

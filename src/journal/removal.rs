@@ -259,7 +259,7 @@ impl Journal {
         let tx = self.write()?;
         let changed = tx.cached_execute(
             "UPDATE files SET delete_unused = ?3
-             WHERE watch_root = ?1 AND vendor = ?2 AND delete_unused != ?3",
+             WHERE watch_root = ?1 AND +vendor = ?2 AND delete_unused != ?3",
             params![watch_root, vendor, delete_unused],
         )?;
         tx.cached_execute(
@@ -415,14 +415,8 @@ fn hold_reason(
             batch.max_deletes
         )));
     }
-    let prefix = format!("{}/", batch.watch_root.trim_end_matches('/'));
-    let watched: i64 = tx.cached_query_row(
-        "SELECT COUNT(*) FROM files WHERE substr(path, 1, length(?1)) = ?1
-           AND state != 'removed' AND removal IS NULL",
-        [&prefix],
-        |r| r.get(0),
-    )?;
-    let before = watched as usize + recent as usize;
+    let watched = super::observe::present_under(tx, batch.watch_root)?;
+    let before = watched + recent as usize;
     if in_window > SHARE_GUARD_FLOOR && in_window * 2 > before {
         return Ok(Some(format!(
             "removal held: {in_window} of the watch's {before} files vanished within {window} \

@@ -197,7 +197,7 @@ impl Journal {
         let mut by_vendor: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
         {
             let mut stmt = self.conn.prepare_cached(
-                "SELECT vendor, state, COUNT(*) FROM files GROUP BY vendor, state",
+                "SELECT vendor, state, COUNT(*) FROM files GROUP BY state, vendor",
             )?;
             let rows = stmt.query_map([], |r| {
                 Ok((
@@ -230,7 +230,7 @@ impl Journal {
         )?;
         let expired_keys: i64 = self.conn.cached_query_row(
             "SELECT COUNT(*) FROM files f JOIN remote_copies c ON c.id = f.copy_id
-             WHERE f.state = 'synced' AND c.expires_at IS NOT NULL AND c.expires_at <= ?1",
+             WHERE +f.state = 'synced' AND c.expires_at IS NOT NULL AND c.expires_at <= ?1",
             [now],
             |r| r.get(0),
         )?;
@@ -295,7 +295,8 @@ impl Journal {
         let mut stmt = self.conn.prepare_cached(
             "SELECT a.at, f.path, f.vendor, a.op, a.outcome, a.message
              FROM attempts a JOIN files f ON f.id = a.file_id
-             WHERE a.outcome NOT IN ('uploaded', 'deleted', 'deduplicated')
+             WHERE a.outcome != 'uploaded' AND a.outcome != 'deleted'
+               AND a.outcome != 'deduplicated'
              ORDER BY a.at DESC, a.id DESC LIMIT ?1",
         )?;
         let rows = stmt.query_map([limit], |r| {
