@@ -3,11 +3,13 @@
 //! - `enqueue`: 100 000 files recorded as the watch records them (`Journal::observe`, 256 to a
 //!   journal write through `JournalHandle::write`). Floor: the same number of bare rows inserted
 //!   into a table of the same shape in one transaction. Target: ≤ 2 s.
+//!   Beside it, `status` over those files, against a bare count of them.
 //! - `hashing`: a 1 GB file read and hashed as the daemon does (`read_regular`, `sha256_hex`).
 //!   Baseline: `sha256sum` on the same file, page cache warm. Target: ≥ 0.9× its throughput.
 //!
 //! Run: `cargo bench --bench journal` (or `-- enqueue`, `-- hashing`).
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use imgsyncd::journal::{Journal, JournalHandle};
@@ -24,6 +26,17 @@ fn enqueue() {
     let started = Instant::now();
     runtime.block_on(common::lifecycle::record(&journal, FILES));
     let daemon = started.elapsed();
+    let (status, count) = runtime.block_on(status_beside_a_count(
+        &journal,
+        &dir.path().join("journal.sqlite3"),
+    ));
+    println!(
+        "status: `imgsyncd status` over the {FILES} files in {:.1} ms; floor, one COUNT(*) of \
+         the files: {:.1} ms = {:.1}×",
+        ms(status),
+        ms(count),
+        status.as_secs_f64() / count.as_secs_f64()
+    );
     let floor = bare_inserts(&dir.path().join("bare.sqlite3"));
     println!(
         "enqueue: {FILES} files recorded and queued in {:.2} s ({:.0}/s; target ≤ 2 s); \
@@ -33,6 +46,39 @@ fn enqueue() {
         floor.as_secs_f64(),
         daemon.as_secs_f64() / floor.as_secs_f64()
     );
+}
+
+/// What `imgsyncd status` (and each scrape of the metrics) reads, and a bare count of the files
+/// on a connection of its own, each the best of five.
+async fn status_beside_a_count(journal: &JournalHandle, path: &Path) -> (Duration, Duration) {
+    let status = journal
+        .call(|j| {
+            best_of_five(&mut || {
+                j.status().unwrap();
+            })
+        })
+        .await;
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let count = best_of_five(&mut || {
+        conn.query_row("SELECT COUNT(*) FROM files", [], |r| r.get::<_, i64>(0))
+            .unwrap();
+    });
+    (status, count)
+}
+
+fn best_of_five(run: &mut dyn FnMut()) -> Duration {
+    (0..5)
+        .map(|_| {
+            let started = Instant::now();
+            run();
+            started.elapsed()
+        })
+        .min()
+        .unwrap_or_default()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }
 
 /// The floor: a file row and a job row per file, no lookups, one transaction.
