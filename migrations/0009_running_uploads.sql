@@ -3,9 +3,12 @@
 --
 -- A queued upload waits while an upload of the same bytes to the same vendor runs, to reuse the
 -- copy it returns. Every claim asked that of the job it was about to take by reading all the
--- running jobs of the vendor (some thirty in a drain) into a temporary table first: a sixth of
--- what the daemon did per file. This index holds only the running uploads, so the question is
--- one lookup, and only a job's start and end touch it.
+-- running jobs of the vendor (some thirty in a drain) into a temporary table first: an eighth of
+-- the daemon's instructions in a drain. This index holds only the running uploads, so the
+-- question is one lookup, and only a job's start and end touch it.
+--
+-- Only indexes change here, so a newer imgsyncd's `status` and `files` read a journal the running
+-- daemon has not migrated yet (READS_FROM in src/journal/mod.rs stays at 8).
 CREATE INDEX jobs_running_uploads ON jobs (vendor, sha256) WHERE state = 'running' AND op = 'upload';
 
 -- A file has no copy until its first upload ends, and most jobs (uploads) name none: the

@@ -48,6 +48,12 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0009_running_uploads.sql"),
 ];
 
+/// The oldest schema this imgsyncd's reads (`status`, `files`, `history`) understand as they
+/// are. Schema 9 only added and changed indexes, so a journal the running daemon has not yet
+/// migrated (the binary upgraded, the service not yet restarted) can still be read by the new
+/// CLI. A migration that changes a table or what its columns mean must raise this to itself.
+const READS_FROM: i64 = 8;
+
 /// The schema from which paths are written by [`path_text`]; migrating to it rewrites the paths
 /// stored before.
 const PATHS_AS_TEXT: usize = 5;
@@ -314,7 +320,7 @@ impl Journal {
                 known,
             });
         }
-        if found < known {
+        if found < READS_FROM {
             return Err(JournalError::TooOld {
                 path: path.to_path_buf(),
                 found,

@@ -559,9 +559,10 @@ fn first_gone(
 
 fn move_record(tx: &Connection, twin: &Twin, obs: &Observation<'_>) -> Result<()> {
     // A record whose delete was queued went back to `pending`; with its copy it is synced again.
+    // A synced record's only note is where a rename the watch does not take had put it.
     tx.cached_execute(
         "UPDATE files SET path = ?2, watch_root = ?3, removal = NULL, delete_unused = ?4,
-           error = CASE WHEN removal IS NULL THEN error ELSE NULL END,
+           error = CASE WHEN removal IS NULL AND state != 'synced' THEN error ELSE NULL END,
            state = CASE WHEN removal IS NOT NULL AND copy_id IS NOT NULL THEN 'synced'
                         ELSE state END,
            updated_at = ?5

@@ -454,8 +454,9 @@ fn untaken(tx: &Connection, row: &Existing, now_at: &str) -> Result<MissingOutco
             )?;
             Ok(MissingOutcome::Untaken)
         }
-        // A problem whose last good copy is live stays as it is, with its reason.
-        "rejected" | "failed" if live => Ok(MissingOutcome::Untaken),
+        // A problem whose last good copy is live stays as it is, with its reason: nothing to
+        // write, and nothing to say again at each look.
+        "rejected" | "failed" if live => Ok(MissingOutcome::Unchanged),
         _ => {
             jobs::drop_queued(tx, row.id, &["upload"])?;
             let note = format!("the file is now {now_at}, which the watch does not take");

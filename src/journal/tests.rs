@@ -849,6 +849,80 @@ fn a_schema_5_journal_keeps_its_rows_and_gets_the_new_checks() {
     assert_eq!(state_of(&reader, "/w/a.png").state, "synced");
 }
 
+/// A file renamed to a name the watch does not take keeps its record synced, so the copy it
+/// shares with a twin survives the twin's removal; a file never sent has nothing to keep.
+#[test]
+fn a_file_renamed_out_of_the_watchs_names_keeps_the_copy_it_shares() {
+    let mut f = fixture();
+    let j = &mut f.journal;
+    synced(j, "/w/a.png", "aa", "https://img/1.png");
+    synced(j, "/w/twin.png", "aa", "https://img/1.png");
+    j.observe(&obs("/w/new.png", "bb"), PRESENT).unwrap();
+    let moved = [
+        ("/w/a.png".to_string(), "/w/.a.png".to_string()),
+        ("/w/new.png".to_string(), "/w/new.png.tmp".to_string()),
+    ];
+    let outcomes = j.mark_untaken(&moved).unwrap();
+    assert_eq!(outcomes[0].1, MissingOutcome::Untaken);
+    assert_eq!(outcomes[1].1, MissingOutcome::Removed);
+    let a = state_of(j, "/w/a.png");
+    assert_eq!(a.state, "synced");
+    assert!(
+        a.error
+            .unwrap()
+            .contains("/w/.a.png, which the watch does not take")
+    );
+    assert_eq!(state_of(j, "/w/new.png").state, "removed");
+    assert!(claim(j).is_none(), "the upload of new.png is withdrawn");
+    // Said once: the next look finds the note there.
+    assert_eq!(
+        j.mark_untaken(&moved[..1]).unwrap()[0].1,
+        MissingOutcome::Unchanged
+    );
+    assert_eq!(
+        missing(j, "/w/twin.png"),
+        MissingOutcome::Shared {
+            with: "/w/a.png".to_string()
+        }
+    );
+    assert!(deleted_refs(j).is_empty());
+    // Found again under a name the watch takes, it moves there and the note goes.
+    j.observe(&obs("/w/b.png", "aa"), ABSENT).unwrap();
+    let b = state_of(j, "/w/b.png");
+    assert_eq!((b.state.as_str(), b.error), ("synced", None));
+}
+
+/// The binary upgraded while the daemon still runs the old one: the journal is at schema 8 as
+/// that daemon left it, and `status`, `files` and `history` from the new binary read it. A
+/// journal older than the reads understand is still refused, with what to do.
+#[test]
+fn a_journal_the_daemon_has_not_migrated_yet_can_be_read_when_only_its_indexes_differ() {
+    let mut f = fixture();
+    synced(&mut f.journal, "/w/a.png", "aa", "https://img/1.png");
+    f.journal
+        .conn
+        .execute_batch(
+            "DROP INDEX jobs_running_uploads;
+             DROP INDEX files_by_copy; CREATE INDEX files_by_copy ON files (copy_id);
+             DROP INDEX jobs_by_copy; CREATE INDEX jobs_by_copy ON jobs (copy_id);
+             DROP INDEX files_by_state; CREATE INDEX files_by_state ON files (state);
+             DROP INDEX copies_expiring; DROP INDEX attempts_errors;
+             PRAGMA user_version = 8;",
+        )
+        .unwrap();
+    let reader = Journal::open_read_only(&f.path).unwrap();
+    assert_eq!(state_of(&reader, "/w/a.png").state, "synced");
+    assert_eq!(reader.status().unwrap().files["synced"], 1);
+    assert_eq!(reader.files(&FileFilter::default()).unwrap().len(), 1);
+    assert!(reader.oldest_pending().unwrap().is_none());
+    f.journal
+        .conn
+        .pragma_update(None, "user_version", READS_FROM - 1)
+        .unwrap();
+    let err = Journal::open_read_only(&f.path).unwrap_err().to_string();
+    assert!(err.contains("start the daemon"), "{err}");
+}
+
 #[test]
 fn the_read_only_journal_reads_and_refuses_to_write() {
     let mut f = fixture();

@@ -117,6 +117,9 @@ enum Whereabouts {
     Untaken(String),
     /// Unreadable, or its folder on another filesystem: why.
     Unknown(String),
+    /// Gone from where the watch looked, but maybe moved into an excluded folder too big to look
+    /// through: its delete waits for an operator, with why.
+    Unsure(String),
 }
 
 /// Looks at each known file not already on its way out: there, gone, or renamed out of what the
@@ -152,8 +155,9 @@ fn whereabouts(root: &Path, known: &KnownFile, untaken: &mut untaken::UntakenFil
                     Whereabouts::Untaken(path_text::to_text(&now_at).into_owned())
                 }
                 Search::NotFound => Whereabouts::Gone,
-                Search::CutShort(folder) => Whereabouts::Unknown(format!(
-                    "it may have been moved into {}, an excluded folder too big to look through",
+                Search::CutShort(folder) => Whereabouts::Unsure(format!(
+                    "the file may have been moved into {}, an excluded folder too big to look \
+                     through",
                     folder.display()
                 )),
             }
@@ -963,6 +967,7 @@ impl WatchTask {
         for (path, whereabouts) in looked {
             match whereabouts {
                 Whereabouts::Gone => gone.entry(hold_of(&path)).or_default().push(path),
+                Whereabouts::Unsure(why) => gone.entry(Some(why)).or_default().push(path),
                 Whereabouts::Untaken(now_at) => untaken.push((path, now_at)),
                 Whereabouts::Present => {}
                 Whereabouts::Unknown(why) => warn!(
