@@ -1012,12 +1012,8 @@ impl WatchTask {
                     .map(|outcomes| outcomes.into_iter().zip(untaken).collect::<Vec<_>>())
             })
             .await;
-        let outcomes = match result {
-            Ok(outcomes) => outcomes,
-            Err(e) => {
-                error!(watch = %self.root().display(), "cannot record removals (will try again): {e}");
-                return false;
-            }
+        let Some(outcomes) = self.removals_recorded(result) else {
+            return false;
         };
         for ((path, outcome), (_, now_at)) in outcomes {
             let (path, now_at) = (path_text::shown(&path), path_text::shown(&now_at));
@@ -1035,6 +1031,16 @@ impl WatchTask {
             }
         }
         true
+    }
+
+    /// What the journal said of removals recorded, or none (said in the log) when it could not
+    /// record them: they are decided again later.
+    fn removals_recorded<T>(&self, result: crate::journal::Result<T>) -> Option<T> {
+        result
+            .inspect_err(|e| {
+                error!(watch = %self.root().display(), "cannot record removals (will try again): {e}")
+            })
+            .ok()
     }
 
     /// Records removals in the journal, which decides each one; false when it could not.
@@ -1059,12 +1065,8 @@ impl WatchTask {
                 })
             })
             .await;
-        let outcomes = match result {
-            Ok(outcomes) => outcomes,
-            Err(e) => {
-                error!(watch = %self.root().display(), "cannot record removals (will try again): {e}");
-                return false;
-            }
+        let Some(outcomes) = self.removals_recorded(result) else {
+            return false;
         };
         let held: Vec<&String> = outcomes
             .iter()
