@@ -10,6 +10,7 @@
 use std::collections::BTreeSet;
 
 use proptest::prelude::*;
+use rusqlite::{OptionalExtension, params};
 
 use super::*;
 
@@ -22,8 +23,11 @@ enum Step {
     Observe { path: usize, content: usize },
     /// A file turns bad (truncated, unreadable).
     Reject { path: usize },
-    /// A file vanishes; with `hold`, its delete is held (a burst, an unmounted share).
+    /// A file vanishes; with `hold`, its delete is held (a burst, an unmounted share). A file
+    /// renamed out of the watch's names vanishes from where it went (a trash emptied).
     Remove { path: usize, hold: bool },
+    /// A file is renamed to a name the watch does not take (`.a.png`): excluded, not gone.
+    RenameOut { path: usize },
     /// The operator confirms held deletes.
     ReleaseHeld,
     /// A worker claims the next job and keeps it in flight.
@@ -56,6 +60,7 @@ fn step() -> impl Strategy<Value = Step> {
             .prop_map(|(path, content)| Step::Observe { path, content }),
         1 => (0..PATHS.len()).prop_map(|path| Step::Reject { path }),
         3 => (0..PATHS.len(), any::<bool>()).prop_map(|(path, hold)| Step::Remove { path, hold }),
+        2 => (0..PATHS.len()).prop_map(|path| Step::RenameOut { path }),
         1 => Just(Step::ReleaseHeld),
         5 => Just(Step::Claim),
         5 => (0..4usize, answer).prop_map(|(which, answer)| Step::Answer { which, answer }),
@@ -84,6 +89,10 @@ struct World {
     journal: Journal,
     vendor: Vendor,
     on_disk: [Option<usize>; 3],
+    /// Files renamed out of the watch's names, by the path they left, with the live copy their
+    /// record had then: it must stay live while the record stays at that path with it.
+    renamed_out: [bool; 3],
+    kept_for: [Option<i64>; 3],
     in_flight: Vec<Job>,
 }
 
@@ -96,6 +105,8 @@ impl World {
             journal,
             vendor: Vendor::default(),
             on_disk: [None; 3],
+            renamed_out: [false; 3],
+            kept_for: [None; 3],
             in_flight: Vec::new(),
         }
     }
@@ -109,6 +120,7 @@ impl World {
         match *step {
             Step::Observe { path, content } => {
                 self.on_disk[path] = Some(content);
+                self.renamed_out[path] = false;
                 let on_disk = self.on_disk;
                 let present = move |p: &str| {
                     PATHS
@@ -139,7 +151,8 @@ impl World {
                     .unwrap();
             }
             Step::Remove { path, hold } => {
-                if self.on_disk[path].take().is_none() {
+                let renamed_out = std::mem::take(&mut self.renamed_out[path]);
+                if self.on_disk[path].take().is_none() && !renamed_out {
                     return;
                 }
                 let paths = [PATHS[path].to_string()];
@@ -153,6 +166,15 @@ impl World {
                         hold: hold.then_some("test"),
                     })
                     .unwrap();
+            }
+            Step::RenameOut { path } => {
+                if self.on_disk[path].take().is_none() {
+                    return;
+                }
+                self.renamed_out[path] = true;
+                self.kept_for[path] = self.live_copy_of(PATHS[path]);
+                let moved = [(PATHS[path].to_string(), format!("/w/.{path}.png"))];
+                self.journal.mark_untaken(&moved).unwrap();
             }
             Step::ReleaseHeld => {
                 let on_disk = self.on_disk;
@@ -229,6 +251,52 @@ impl World {
         }
     }
 
+    /// The live copy the file at `path` is synced to, if any.
+    fn live_copy_of(&self, path: &str) -> Option<i64> {
+        self.journal
+            .conn
+            .query_row(
+                "SELECT f.copy_id FROM files f JOIN remote_copies c ON c.id = f.copy_id
+                 WHERE f.path = ?1 AND f.state = 'synced' AND c.state = 'live'",
+                [path],
+                |r| r.get(0),
+            )
+            .optional()
+            .unwrap()
+    }
+
+    /// A file renamed out of the watch's names still uses the copy its record had: while the
+    /// record stays at the path with that copy, the copy is live.
+    fn check_renamed_out_keep_their_copies(&self) {
+        for (i, path) in PATHS.iter().enumerate() {
+            let Some(copy) = self.kept_for[i].filter(|_| self.renamed_out[i]) else {
+                continue;
+            };
+            let still_points: bool = self
+                .journal
+                .conn
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM files WHERE path = ?1 AND copy_id = ?2)",
+                    params![path, copy],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            let live: bool = self
+                .journal
+                .conn
+                .query_row(
+                    "SELECT state = 'live' FROM remote_copies WHERE id = ?1",
+                    [copy],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert!(
+                !still_points || live,
+                "the copy of {path}, renamed out of the watch's names, was deleted"
+            );
+        }
+    }
+
     /// A delete about to be sent is for a copy no file on disk (or held) uses.
     fn check_delete_is_wanted(&self, job: &Job) {
         let users: i64 = self
@@ -291,6 +359,7 @@ proptest! {
         for step in &steps {
             world.apply(step);
             world.check();
+            world.check_renamed_out_keep_their_copies();
         }
     }
 }
