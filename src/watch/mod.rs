@@ -22,14 +22,13 @@ use tracing::{error, info, warn};
 use crate::adapters::{Adapter, Limits};
 use crate::config::{OnRemove, VendorKind, WatchConfig};
 use crate::journal::{
-    JournalHandle, KnownFile, MissingOutcome, Presence, RemovalBatch, RemovalPolicy, path_text,
+    JournalHandle, KnownFile, MissingOutcome, RemovalBatch, RemovalPolicy, path_text,
 };
 use examine::Examined;
 use intake::{Found, Intake, Recorded, log_observed};
-use presence::presence;
+use presence::{Whereabouts, look_at_known};
 use settle::{Settle, Sighting, Stamp};
 pub use sighting::SightingDelays;
-use untaken::Search;
 
 /// What a watch task shares with the rest of the daemon.
 #[derive(Debug, Clone)]
@@ -106,62 +105,6 @@ struct PendingRemoval {
 impl PendingRemoval {
     fn new(since: Instant) -> Self {
         PendingRemoval { since, hold: None }
-    }
-}
-
-/// Where a file the journal knows under a path seen gone is now.
-enum Whereabouts {
-    Present,
-    Gone,
-    /// Still in the watch at this path, under a name or in a folder it does not take.
-    Untaken(String),
-    /// Unreadable, or its folder on another filesystem: why.
-    Unknown(String),
-    /// Gone from where the watch looked, but maybe moved into an excluded folder too big to look
-    /// through: its delete waits for an operator, with why.
-    Unsure(String),
-}
-
-/// Looks at each known file not already on its way out: there, gone, or renamed out of what the
-/// watch takes.
-fn look_at_known(
-    root: &Path,
-    filter: &crate::config::NameFilter,
-    known: Vec<KnownFile>,
-) -> Vec<(String, Whereabouts)> {
-    let known: Vec<KnownFile> = known.into_iter().filter(|k| !k.removal_pending).collect();
-    let mut untaken =
-        untaken::UntakenFiles::new(root, filter, known.iter().filter_map(|k| k.stamp));
-    known
-        .into_iter()
-        .map(|k| {
-            let whereabouts = whereabouts(root, &k, &mut untaken);
-            (k.path, whereabouts)
-        })
-        .collect()
-}
-
-fn whereabouts(root: &Path, known: &KnownFile, untaken: &mut untaken::UntakenFiles) -> Whereabouts {
-    let path = path_text::to_path(&known.path);
-    match presence(root, &path, known.stamp.map(|s| s.dev)) {
-        Presence::Present => Whereabouts::Present,
-        Presence::Unknown(why) => Whereabouts::Unknown(why),
-        Presence::Gone => {
-            let Some(stamp) = known.stamp else {
-                return Whereabouts::Gone;
-            };
-            match untaken.find(&path, &stamp) {
-                Search::Found(now_at) => {
-                    Whereabouts::Untaken(path_text::to_text(&now_at).into_owned())
-                }
-                Search::NotFound => Whereabouts::Gone,
-                Search::CutShort(folder) => Whereabouts::Unsure(format!(
-                    "the file may have been moved into {}, an excluded folder too big to look \
-                     through",
-                    folder.display()
-                )),
-            }
-        }
     }
 }
 

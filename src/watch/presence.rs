@@ -1,12 +1,16 @@
 //! Whether a file the journal knows is really gone, and whether a watch root is the folder it
 //! should be: the looks at the disk a remote copy's delete waits for, the watch's and
-//! `imgsyncd retry --held`'s alike.
+//! `imgsyncd retry --held`'s alike. The watch also asks where a gone file went: renamed to a
+//! name it does not take, the file is excluded, not gone.
 
 use std::io::ErrorKind;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use crate::journal::Presence;
+use crate::config::NameFilter;
+use crate::journal::{KnownFile, Presence, path_text};
+
+use super::untaken::{Search, UntakenFiles};
 
 /// Only "no such file", in a folder on the filesystem the file was recorded on, means gone.
 pub fn presence(root: &Path, path: &Path, recorded_dev: Option<u64>) -> Presence {
@@ -47,6 +51,61 @@ pub fn presence(root: &Path, path: &Path, recorded_dev: Option<u64>) -> Presence
 /// "No such file", or a file standing where a folder on the way was.
 fn absent(e: &std::io::Error) -> bool {
     matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory)
+}
+
+/// Where a file the journal knows under a path seen gone is now.
+pub(super) enum Whereabouts {
+    Present,
+    Gone,
+    /// Still in the watch at this path, under a name or in a folder it does not take.
+    Untaken(String),
+    /// Unreadable, or its folder on another filesystem: why.
+    Unknown(String),
+    /// Gone from where the watch looked, but maybe moved into an excluded folder too big to look
+    /// through: its delete waits for an operator, with why.
+    Unsure(String),
+}
+
+/// Looks at each known file not already on its way out: there, gone, or renamed out of what the
+/// watch takes.
+pub(super) fn look_at_known(
+    root: &Path,
+    filter: &NameFilter,
+    known: Vec<KnownFile>,
+) -> Vec<(String, Whereabouts)> {
+    let known: Vec<KnownFile> = known.into_iter().filter(|k| !k.removal_pending).collect();
+    let mut untaken = UntakenFiles::new(root, filter, known.iter().filter_map(|k| k.stamp));
+    known
+        .into_iter()
+        .map(|k| {
+            let whereabouts = whereabouts(root, &k, &mut untaken);
+            (k.path, whereabouts)
+        })
+        .collect()
+}
+
+fn whereabouts(root: &Path, known: &KnownFile, untaken: &mut UntakenFiles) -> Whereabouts {
+    let path = path_text::to_path(&known.path);
+    match presence(root, &path, known.stamp.map(|s| s.dev)) {
+        Presence::Present => Whereabouts::Present,
+        Presence::Unknown(why) => Whereabouts::Unknown(why),
+        Presence::Gone => {
+            let Some(stamp) = known.stamp else {
+                return Whereabouts::Gone;
+            };
+            match untaken.find(&path, &stamp) {
+                Search::Found(now_at) => {
+                    Whereabouts::Untaken(path_text::to_text(&now_at).into_owned())
+                }
+                Search::NotFound => Whereabouts::Gone,
+                Search::CutShort(folder) => Whereabouts::Unsure(format!(
+                    "the file may have been moved into {}, an excluded folder too big to look \
+                     through",
+                    folder.display()
+                )),
+            }
+        }
+    }
 }
 
 /// The identity (device, inode) to accept a watch root with as it now is, or why its files'
