@@ -272,26 +272,21 @@ impl World {
             let Some(copy) = self.kept_for[i].filter(|_| self.renamed_out[i]) else {
                 continue;
             };
-            let still_points: bool = self
+            // Whether the copy is live, while the record at the path still points at it.
+            let live: Option<bool> = self
                 .journal
                 .conn
                 .query_row(
-                    "SELECT EXISTS (SELECT 1 FROM files WHERE path = ?1 AND copy_id = ?2)",
+                    "SELECT c.state = 'live' FROM files f JOIN remote_copies c ON c.id = f.copy_id
+                     WHERE f.path = ?1 AND f.copy_id = ?2",
                     params![path, copy],
                     |r| r.get(0),
                 )
+                .optional()
                 .unwrap();
-            let live: bool = self
-                .journal
-                .conn
-                .query_row(
-                    "SELECT state = 'live' FROM remote_copies WHERE id = ?1",
-                    [copy],
-                    |r| r.get(0),
-                )
-                .unwrap();
-            assert!(
-                !still_points || live,
+            assert_ne!(
+                live,
+                Some(false),
                 "the copy of {path}, renamed out of the watch's names, was deleted"
             );
         }

@@ -62,12 +62,9 @@ impl Journal {
         let mut rows = Vec::new();
         let mut outcomes = Vec::new();
         for path in batch.paths {
-            match existing(&tx, path)? {
-                None => outcomes.push((path.clone(), MissingOutcome::NotTracked)),
-                Some(row) if row.state == "removed" || row.removal.is_some() => {
-                    outcomes.push((path.clone(), MissingOutcome::Unchanged))
-                }
-                Some(row) => rows.push((path.clone(), row)),
+            match still_there(&tx, path)? {
+                Ok(row) => rows.push((path.clone(), row)),
+                Err(outcome) => outcomes.push((path.clone(), outcome)),
             }
         }
         let hold = match batch.policy {
@@ -124,12 +121,9 @@ impl Journal {
         let tx = self.write()?;
         let mut outcomes = Vec::new();
         for (path, now_at) in moved {
-            let outcome = match existing(&tx, path)? {
-                None => MissingOutcome::NotTracked,
-                Some(row) if row.state == "removed" || row.removal.is_some() => {
-                    MissingOutcome::Unchanged
-                }
-                Some(row) => untaken(&tx, &row, now_at)?,
+            let outcome = match still_there(&tx, path)? {
+                Ok(row) => untaken(&tx, &row, now_at)?,
+                Err(outcome) => outcome,
             };
             outcomes.push((path.clone(), outcome));
         }
@@ -434,6 +428,21 @@ pub(super) fn set_removed(tx: &Connection, file_id: i64, note: Option<&str>) -> 
         params![file_id, note, now_ms()],
     )?;
     Ok(())
+}
+
+/// The record of a path seen gone, when the journal still holds the file as there; else what
+/// that means: not tracked, or already removed (or its removal under way).
+fn still_there(
+    tx: &Connection,
+    path: &str,
+) -> Result<std::result::Result<Existing, MissingOutcome>> {
+    Ok(match existing(tx, path)? {
+        None => Err(MissingOutcome::NotTracked),
+        Some(row) if row.state == "removed" || row.removal.is_some() => {
+            Err(MissingOutcome::Unchanged)
+        }
+        Some(row) => Ok(row),
+    })
 }
 
 /// [`Journal::mark_untaken`] for one record.
