@@ -252,9 +252,19 @@ fn retry(config_path: &Path, failed: bool, held: bool, paths: &[PathBuf]) -> Res
             )?;
         }
         let released = journal.release_held(
-            &|path, root, dev| {
-                let (root, path) = (path_text::to_path(root), path_text::to_path(path));
-                presence::presence(&root, &path, dev)
+            &|path, root, stamp| {
+                let watch = config
+                    .watches
+                    .iter()
+                    .zip(&watched)
+                    .find(|(_, w)| *w == root);
+                let path = path_text::to_path(path);
+                match watch {
+                    Some((watch, _)) => presence::look_at_held(watch, &path, stamp),
+                    None => {
+                        presence::presence(&path_text::to_path(root), &path, stamp.map(|s| s.dev))
+                    }
+                }
             },
             &|root, known| match watched.iter().any(|w| w == root) {
                 true => presence::root_as_it_is(&path_text::to_path(root), known),
@@ -265,6 +275,13 @@ fn retry(config_path: &Path, failed: bool, held: bool, paths: &[PathBuf]) -> Res
             "{} queued; every watch root present is accepted as it now is",
             held_deletes(released.deletes_queued)
         ));
+        for (path, now_at) in &released.untaken {
+            emit(&format!(
+                "remote copy kept: {} is now {}, which its watch does not take",
+                path_text::shown(path),
+                path_text::shown(now_at)
+            ));
+        }
         for kept in &released.kept {
             let (what, advice) = match kept.is_root {
                 true => ("watch root", "bring it back (mount it)"),

@@ -749,6 +749,81 @@ fn a_file_moved_to_a_polled_watch_of_the_same_vendor_keeps_its_copy() {
     assert_eq!(h.sandbox.uploads(), 3);
 }
 
+/// Case 15d: In a watch that is not recursive, a synced file moved into a subfolder (which such a
+/// watch does not take) keeps its copy, as one moved into an excluded folder does (the old code
+/// deleted it).
+#[test]
+fn a_file_moved_into_a_subfolder_of_a_watch_that_is_not_recursive_keeps_its_copy() {
+    let mut h = Harness::with(Options {
+        watch_extra: "    recursive: false\n",
+        ..Options::default()
+    });
+    h.start();
+    std::fs::create_dir_all(h.path("done/2024")).unwrap();
+    let names = names("flat", 2);
+    let urls = sync_all(&h, &names, 1590);
+    let filed = format!("done/2024/{}", names[0]);
+    std::fs::rename(h.path(&names[0]), h.path(&filed)).unwrap();
+    std::fs::remove_file(h.path(&names[1])).unwrap();
+    h.wait_for("the real removal to be carried out", |h| {
+        !h.sandbox.deleted().is_empty()
+    });
+    h.wait_for("the move to be noted", |h| {
+        h.file(&names[0])
+            .is_some_and(|row| row["error"].is_string())
+    });
+    settle_time();
+    assert_eq!(h.sandbox.deleted(), vec![urls[1].clone()], "{}", h.log());
+    assert!(held_by_vendor(&h, &urls[0]));
+    let row = h.file(&names[0]).unwrap();
+    assert_eq!(row["state"], "synced", "{row}");
+    assert_eq!(row["url"].as_str(), Some(urls[0].as_str()), "{row}");
+    assert!(
+        row["error"].as_str().unwrap().contains(filed.as_str()),
+        "{row}"
+    );
+    assert!(h.file(&filed).is_none(), "the subfolder was taken");
+}
+
+/// Case 2c: A held delete whose file has since come back into the watch under a name it does not
+/// take keeps its copy when the operator confirms the held deletes (`retry --held` looked only
+/// at the old path, and deleted it).
+#[test]
+fn confirming_held_deletes_keeps_a_file_back_under_a_name_the_watch_does_not_take() {
+    let mut h = Harness::with(Options {
+        max_deletes: 1,
+        ..Options::default()
+    });
+    h.start();
+    let names = names("held", 2);
+    let urls = sync_all(&h, &names, 1600);
+    let outside = h.drop.parent().unwrap().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    for name in &names {
+        std::fs::rename(h.path(name), outside.join(name)).unwrap();
+    }
+    h.wait_for("both to be held", |h| h.status()["held_deletes"] == 2);
+    let hidden = format!(".{}", names[0]);
+    std::fs::rename(outside.join(&names[0]), h.path(&hidden)).unwrap();
+    let retried = h.cli(&["retry", "--held"]);
+    let said = String::from_utf8_lossy(&retried.stdout).into_owned();
+    assert!(retried.status.success(), "{said}");
+    assert!(
+        said.contains("remote copy kept") && said.contains(hidden.as_str()),
+        "{said}"
+    );
+    h.wait_for("the other copy to be deleted", |h| {
+        h.sandbox.deleted() == [urls[1].clone()]
+    });
+    settle_time();
+    assert_eq!(h.sandbox.deleted(), [urls[1].clone()], "{}", h.log());
+    assert!(held_by_vendor(&h, &urls[0]));
+    let row = h.file(&names[0]).unwrap();
+    assert_eq!(row["state"], "synced", "{row}");
+    assert_eq!(row["url"].as_str(), Some(urls[0].as_str()), "{row}");
+    assert_eq!(h.status()["held_deletes"], 0);
+}
+
 /// Case 16: A journal locked longer than the busy timeout: no outcome is dropped, nothing sent twice,
 /// and a file dropped meanwhile is not forgotten.
 #[test]

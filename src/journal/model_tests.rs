@@ -178,7 +178,7 @@ impl World {
             }
             Step::ReleaseHeld => {
                 let on_disk = self.on_disk;
-                let look = move |p: &str, _: &str, _: Option<u64>| {
+                let look = move |p: &str, _: &str, _: Option<FileStamp>| {
                     let there = PATHS
                         .iter()
                         .position(|known| *known == p)

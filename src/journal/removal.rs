@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::sql::CachedSql;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::observe::{Existing, existing};
+use super::observe::{Existing, FileStamp, existing};
 use super::{Journal, Result, copies, jobs, now_ms};
 
 /// What the watch does with the remote copy of a file that is gone.
@@ -165,12 +165,26 @@ impl Journal {
             let Some(row) = existing(&tx, &path)? else {
                 continue;
             };
-            match file(&path, &watch_root, row.stamp.map(|s| s.dev)) {
+            match file(&path, &watch_root, row.stamp) {
                 Presence::Present => {
                     tx.cached_execute(
                         "UPDATE files SET removal = NULL, error = NULL, updated_at = ?2 WHERE id = ?1",
                         params![row.id, now_ms()],
                     )?;
+                }
+                Presence::Untaken(now_at) => {
+                    tx.cached_execute(
+                        "UPDATE files SET removal = NULL, error = NULL WHERE id = ?1",
+                        [row.id],
+                    )?;
+                    let row = Existing {
+                        removal: None,
+                        error: None,
+                        ..row
+                    };
+                    if untaken(&tx, &row, &now_at)? == MissingOutcome::Untaken {
+                        released.untaken.push((path, now_at));
+                    }
                 }
                 Presence::Unknown(why) => {
                     // Nor is its root taken as it now is: what it is now cannot be vouched for.
@@ -295,11 +309,14 @@ pub enum Presence {
     Gone,
     /// Neither: unreadable, or its folder is on another filesystem than when it was recorded.
     Unknown(String),
+    /// Gone from its path but still in the watch, at this path, under a name or in a folder the
+    /// watch does not take: excluded, not gone.
+    Untaken(String),
 }
 
-/// An operator's look at a held file (`retry --held`): its path, its watch root, and the device
-/// it was recorded on.
-pub type FileLook<'a> = dyn Fn(&str, &str, Option<u64>) -> Presence + 'a;
+/// An operator's look at a held file (`retry --held`): its path, its watch root, and its stamp
+/// as recorded (the device it was on, and what finds it under another name).
+pub type FileLook<'a> = dyn Fn(&str, &str, Option<FileStamp>) -> Presence + 'a;
 
 /// An operator's look at a watch root (`retry --held`), told what the journal knows of it: the
 /// identity to accept it with, or why its files' absence proves nothing.
@@ -311,6 +328,9 @@ pub type RootLook<'a> =
 pub struct HeldReleased {
     /// Deletes queued for files still gone.
     pub deletes_queued: usize,
+    /// Files found renamed out of the watch's names, whose copies are kept: each path recorded,
+    /// and where the file is now.
+    pub untaken: Vec<(String, String)>,
     /// Held deletes kept: by the watch root that could not vouch for its files, first; then
     /// each file that could not be looked at.
     pub kept: Vec<KeptHeld>,

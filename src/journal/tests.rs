@@ -367,6 +367,40 @@ fn a_held_file_is_a_user_of_its_copy() {
 }
 
 #[test]
+fn a_held_file_found_renamed_out_of_the_watchs_names_keeps_its_copy() {
+    let mut f = fixture();
+    let j = &mut f.journal;
+    synced(j, "/w/a.png", "aa", "https://img/a.png");
+    synced(j, "/w/b.png", "bb", "https://img/b.png");
+    let gone = ["/w/a.png".to_string(), "/w/b.png".to_string()];
+    j.mark_missing(&removals(&gone, 100, Some("test"))).unwrap();
+    let renamed_a: &FileLook<'_> = &|p, _, _| match p {
+        "/w/a.png" => Presence::Untaken("/w/.trash/a.png".to_string()),
+        _ => Presence::Gone,
+    };
+    let released = j.release_held(renamed_a, ACCEPTED).unwrap();
+    assert_eq!(released.deletes_queued, 1);
+    assert_eq!(
+        released.untaken,
+        vec![("/w/a.png".to_string(), "/w/.trash/a.png".to_string())]
+    );
+    let delete = claim(j).unwrap();
+    assert_eq!(delete.remote_ref.as_deref(), Some("https://img/b.png"));
+    assert!(claim(j).is_none());
+    let a = state_of(j, "/w/a.png");
+    assert_eq!(a.state, "synced");
+    assert_eq!(a.url.as_deref(), Some("https://img/a.png"));
+    assert!(
+        a.error
+            .as_deref()
+            .is_some_and(|e| e.contains("/w/.trash/a.png")),
+        "{:?}",
+        a.error
+    );
+    assert_eq!(j.status().unwrap().held_deletes, 0);
+}
+
+#[test]
 fn releasing_held_deletes_keeps_a_copy_a_live_file_uses() {
     let mut f = fixture();
     let j = &mut f.journal;

@@ -893,8 +893,8 @@ impl WatchTask {
                 return;
             }
         };
-        let (root, filter) = (self.root().to_path_buf(), self.config.filter.clone());
-        let looked = tokio::task::spawn_blocking(move || look_at_known(&root, &filter, known))
+        let watch = self.config.clone();
+        let looked = tokio::task::spawn_blocking(move || look_at_known(&watch, known))
             .await
             .unwrap_or_default();
         let hold_of = |path: &str| {

@@ -7,10 +7,28 @@ use std::io::ErrorKind;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use crate::config::NameFilter;
-use crate::journal::{KnownFile, Presence, path_text};
+use crate::config::WatchConfig;
+use crate::journal::{FileStamp, KnownFile, Presence, path_text};
 
 use super::untaken::{Search, UntakenFiles};
+
+/// `imgsyncd retry --held`'s look at a held file recorded with `stamp` in `watch`: there, gone,
+/// unreadable, or renamed out of what the watch takes, which keeps its copy. A look cut short by
+/// an excluded folder too big to read through says gone: the operator asked for the delete.
+pub fn look_at_held(watch: &WatchConfig, path: &Path, stamp: Option<FileStamp>) -> Presence {
+    match presence(&watch.path, path, stamp.map(|s| s.dev)) {
+        Presence::Gone => {}
+        other => return other,
+    }
+    let Some(stamp) = stamp else {
+        return Presence::Gone;
+    };
+    let mut untaken = UntakenFiles::new(&watch.path, &watch.filter, watch.recursive, [stamp]);
+    match untaken.find(path, &stamp) {
+        Search::Found(now_at) => Presence::Untaken(path_text::to_text(&now_at).into_owned()),
+        Search::NotFound | Search::CutShort(_) => Presence::Gone,
+    }
+}
 
 /// Only "no such file", in a folder on the filesystem the file was recorded on, means gone.
 pub fn presence(root: &Path, path: &Path, recorded_dev: Option<u64>) -> Presence {
@@ -69,12 +87,13 @@ pub(super) enum Whereabouts {
 /// Looks at each known file not already on its way out: there, gone, or renamed out of what the
 /// watch takes.
 pub(super) fn look_at_known(
-    root: &Path,
-    filter: &NameFilter,
+    watch: &WatchConfig,
     known: Vec<KnownFile>,
 ) -> Vec<(String, Whereabouts)> {
     let known: Vec<KnownFile> = known.into_iter().filter(|k| !k.removal_pending).collect();
-    let mut untaken = UntakenFiles::new(root, filter, known.iter().filter_map(|k| k.stamp));
+    let root = watch.path.as_path();
+    let stamps = known.iter().filter_map(|k| k.stamp);
+    let mut untaken = UntakenFiles::new(root, &watch.filter, watch.recursive, stamps);
     known
         .into_iter()
         .map(|k| {
@@ -89,6 +108,7 @@ fn whereabouts(root: &Path, known: &KnownFile, untaken: &mut UntakenFiles) -> Wh
     match presence(root, &path, known.stamp.map(|s| s.dev)) {
         Presence::Present => Whereabouts::Present,
         Presence::Unknown(why) => Whereabouts::Unknown(why),
+        Presence::Untaken(now_at) => Whereabouts::Untaken(now_at),
         Presence::Gone => {
             let Some(stamp) = known.stamp else {
                 return Whereabouts::Gone;

@@ -1,6 +1,7 @@
 //! Files the watch no longer takes but that are still there: `a.png` renamed `.a.png`, `a.png.tmp`
 //! or `a.png.bak`, or moved into an excluded folder such as `.trash/`. The watch sees only the old
-//! path go, yet such a file is excluded, not gone, and its remote copy must stay.
+//! path go, yet such a file is excluded, not gone, and its remote copy must stay. A watch that is
+//! not recursive takes nothing in its subfolders: to it, each is an excluded folder.
 
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::DirEntryExt;
@@ -41,6 +42,8 @@ struct Listing {
 pub struct UntakenFiles<'a> {
     root: &'a Path,
     filter: &'a NameFilter,
+    /// Whether the watch takes files in subfolders; if not, every subfolder is excluded.
+    recursive: bool,
     /// The inodes of the files looked for: only entries with one of them are kept.
     wanted: HashSet<u64>,
     folders: HashMap<PathBuf, Listing>,
@@ -49,15 +52,17 @@ pub struct UntakenFiles<'a> {
 }
 
 impl<'a> UntakenFiles<'a> {
-    /// Ready to look for the files recorded with `stamps`.
+    /// Ready to look for the files recorded with `stamps` in the watch of `root`.
     pub fn new(
         root: &'a Path,
         filter: &'a NameFilter,
+        recursive: bool,
         stamps: impl IntoIterator<Item = FileStamp>,
     ) -> Self {
         UntakenFiles {
             root,
             filter,
+            recursive,
             wanted: stamps.into_iter().map(|s| s.inode).collect(),
             folders: HashMap::new(),
             entries_left: EXCLUDED_ENTRIES,
@@ -115,7 +120,7 @@ impl<'a> UntakenFiles<'a> {
         for entry in entries.flatten() {
             let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
             match is_dir {
-                true if self.filter.excludes_dir(&entry.file_name()) => {
+                true if !self.recursive || self.filter.excludes_dir(&entry.file_name()) => {
                     let path = entry.path();
                     if !self.inside_excluded(&path, &mut listing.untaken) {
                         listing.cut_short.get_or_insert(path);
@@ -209,7 +214,7 @@ mod tests {
         for (from, to) in moves {
             std::fs::rename(root.join(from), root.join(to)).unwrap();
         }
-        let mut untaken = UntakenFiles::new(root, &filter, stamps.iter().copied());
+        let mut untaken = UntakenFiles::new(root, &filter, true, stamps.iter().copied());
         for ((from, to), stamp) in moves.iter().zip(&stamps) {
             assert_eq!(
                 untaken.find(&root.join(from), stamp),
@@ -234,7 +239,7 @@ mod tests {
         std::fs::rename(root.join("moved.png"), root.join("taken.png")).unwrap();
         // Another file under an excluded name, which is not the one that went.
         std::fs::write(root.join(".other.png"), b"bytes").unwrap();
-        let mut untaken = UntakenFiles::new(root, &filter, [gone, moved]);
+        let mut untaken = UntakenFiles::new(root, &filter, true, [gone, moved]);
         assert_eq!(
             untaken.find(&root.join("gone.png"), &gone),
             Search::NotFound
@@ -255,10 +260,29 @@ mod tests {
         std::fs::write(root.join("gone.png"), b"bytes").unwrap();
         let gone = stamp_of(&root.join("gone.png"));
         std::fs::remove_file(root.join("gone.png")).unwrap();
-        let mut untaken = UntakenFiles::new(root, &filter, [gone]).reading_at_most(0);
+        let mut untaken = UntakenFiles::new(root, &filter, true, [gone]).reading_at_most(0);
         assert_eq!(
             untaken.find(&root.join("gone.png"), &gone),
             Search::CutShort(root.join(".cache"))
         );
+    }
+
+    #[test]
+    fn a_watch_that_is_not_recursive_takes_its_subfolders_as_excluded() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let filter = default_filter();
+        std::fs::create_dir_all(root.join("done/2024")).unwrap();
+        std::fs::write(root.join("a.png"), b"bytes").unwrap();
+        let stamp = stamp_of(&root.join("a.png"));
+        std::fs::rename(root.join("a.png"), root.join("done/2024/a.png")).unwrap();
+        let mut flat = UntakenFiles::new(root, &filter, false, [stamp]);
+        assert_eq!(
+            flat.find(&root.join("a.png"), &stamp),
+            Search::Found(root.join("done/2024/a.png"))
+        );
+        // A recursive watch takes it there: it is not an untaken file but a move.
+        let mut tree = UntakenFiles::new(root, &filter, true, [stamp]);
+        assert_eq!(tree.find(&root.join("a.png"), &stamp), Search::NotFound);
     }
 }
