@@ -16,7 +16,7 @@ use crate::config::{Config, ConfigError, VendorConfig, WatchConfig};
 use crate::journal::{FileFilter, FileState, Journal, JournalError, JournalHandle, path_text};
 use crate::service::{Heartbeat, Notes};
 use crate::throttle::LogThrottle;
-use crate::watch::{SightingDelays, WatchCommand, WatchContext, WatchTask};
+use crate::watch::{Sightings, WatchCommand, WatchContext, WatchTask};
 use crate::worker::{Outages, PoolMode, WorkerContext, retry_log_throttle, run_pool};
 
 #[derive(Debug, thiserror::Error)]
@@ -133,7 +133,7 @@ struct Daemon {
     outages: Arc<Outages>,
     watches: Vec<RunningWatch>,
     /// How late each watch sees a file arrive, for the removals of the others.
-    sighting_delays: SightingDelays,
+    sightings: Sightings,
     heartbeat: Arc<Heartbeat>,
     notes: Arc<Notes>,
     /// The metrics endpoint: the configured address and its server.
@@ -151,7 +151,7 @@ impl Daemon {
             retry_log: retry_log_throttle(),
             outages: Arc::default(),
             watches: Vec::new(),
-            sighting_delays: SightingDelays::default(),
+            sightings: Sightings::default(),
             heartbeat: Arc::default(),
             notes: Arc::default(),
             metrics: None,
@@ -240,7 +240,7 @@ impl Daemon {
             settle: self.config.settle,
             rescan: self.config.rescan,
             max_deletes: self.config.max_deletes,
-            sighting_delays: self.sighting_delays.clone(),
+            sightings: self.sightings.clone(),
         }
     }
 

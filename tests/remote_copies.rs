@@ -749,6 +749,50 @@ fn a_file_moved_to_a_polled_watch_of_the_same_vendor_keeps_its_copy() {
     assert_eq!(h.sandbox.uploads(), 3);
 }
 
+/// Case 15e: A synced file moved to another watch of the same vendor that takes a while to
+/// record it (still settling there: a sync tool setting its times, or an import of thousands of
+/// files ahead of it) keeps its copy: the watch it left waits while any watch of the vendor has
+/// files seen and not yet recorded (the old code decided the removal a settle period and a
+/// second after the move, deleted the copy, and the moved file was uploaded again).
+#[test]
+fn a_file_moved_to_a_watch_still_taking_it_in_keeps_its_copy() {
+    let archive = tempfile::tempdir().unwrap();
+    let extra = format!("  - path: {}\n    vendor: erp\n", archive.path().display());
+    let mut h = Harness::with(Options {
+        watch_extra: Box::leak(extra.into_boxed_str()),
+        ..Options::default()
+    });
+    h.start();
+    let names = names("slow", 1);
+    let url = sync_all(&h, &names, 1610).remove(0);
+    let moved = archive.path().join(&names[0]);
+    std::fs::rename(h.path(&names[0]), &moved).unwrap();
+    // Its times changed again and again for four seconds: the archive takes it in only after.
+    let file = std::fs::File::options().write(true).open(&moved).unwrap();
+    let start = std::time::SystemTime::now();
+    for i in 1..=20 {
+        std::thread::sleep(Duration::from_millis(200));
+        file.set_modified(start + Duration::from_secs(i)).unwrap();
+    }
+    drop(file);
+    let path = moved.display().to_string();
+    h.wait_for("the moved file to be synced in the archive", |h| {
+        h.files()
+            .iter()
+            .any(|f| f["path"] == path.as_str() && f["state"] == "synced")
+    });
+    settle_time();
+    let row = h
+        .files()
+        .into_iter()
+        .find(|f| f["path"] == path.as_str())
+        .unwrap();
+    assert_eq!(row["url"].as_str(), Some(url.as_str()), "{row}");
+    assert!(h.sandbox.deleted().is_empty(), "{}", h.log());
+    assert!(held_by_vendor(&h, &url));
+    assert_eq!(h.sandbox.uploads(), 1);
+}
+
 /// Case 15d: In a watch that is not recursive, a synced file moved into a subfolder (which such a
 /// watch does not take) keeps its copy, as one moved into an excluded folder does (the old code
 /// deleted it).

@@ -28,7 +28,7 @@ use examine::Examined;
 use intake::{Found, Intake, Recorded, log_observed};
 use presence::{Whereabouts, look_at_known};
 use settle::{Settle, Sighting, Stamp};
-pub use sighting::SightingDelays;
+pub use sighting::Sightings;
 
 /// What a watch task shares with the rest of the daemon.
 #[derive(Debug, Clone)]
@@ -39,8 +39,9 @@ pub struct WatchContext {
     pub settle: Duration,
     pub rescan: Duration,
     pub max_deletes: usize,
-    /// How late each watch sees a file arrive: a removal waits for the slowest of its vendor's.
-    pub sighting_delays: SightingDelays,
+    /// How late each watch sees a file arrive, and which are taking files in: a removal waits
+    /// for the slowest of its vendor's, and for those.
+    pub sightings: Sightings,
 }
 
 #[derive(Debug)]
@@ -55,6 +56,8 @@ pub enum WatchCommand {
 const REMOVAL_GRACE: Duration = Duration::from_secs(1);
 /// Removals wait for pending new files (which may be their new names) at most this long.
 const REMOVAL_MAX_WAIT: Duration = Duration::from_secs(60);
+/// How often a removal waiting for another watch's intake looks whether it is done.
+const INTAKE_LOOK: Duration = Duration::from_millis(250);
 const ROOT_CHECK: Duration = Duration::from_secs(2);
 /// A folder created or moved in is walked again this long after it was first seen.
 const REWALK_AFTER: Duration = Duration::from_millis(500);
@@ -153,6 +156,8 @@ pub struct WatchTask {
     /// one of the path it was moved from, may leave it briefly unwatched); one a scan found more
     /// settling files in than it tracks, once they are quiet.
     rewalks: Vec<Rewalk>,
+    /// Whether the other watches were last told this one has files seen and not yet recorded.
+    taking_in: bool,
 }
 
 impl WatchTask {
@@ -176,6 +181,7 @@ impl WatchTask {
             event_tx: None,
             walk_time: Duration::ZERO,
             rewalks: Vec::new(),
+            taking_in: false,
         }
     }
 
@@ -203,6 +209,7 @@ impl WatchTask {
         // a timer; otherwise events about the root and every reconcile look at it.
         let mut root_check = tokio::time::interval(ROOT_CHECK);
         loop {
+            self.publish_taking_in();
             let deadline = self.next_deadline();
             let root_in_trouble = self.paused.is_some() || self.replaced.is_some();
             tokio::select! {
@@ -234,7 +241,7 @@ impl WatchTask {
             }
         }
         self.watcher = None;
-        self.ctx.sighting_delays.forget(self.root());
+        self.ctx.sightings.forget(self.root());
         if self.deletion_unrecorded && !self.record_root_deleted().await {
             error!(
                 watch = %self.root().display(),
@@ -276,11 +283,13 @@ impl WatchTask {
             .map(|r| r.since)
             .min()
             .map(|earliest| {
-                let due = earliest + self.removal_wait();
-                if self.settle.is_empty() {
-                    due
-                } else {
-                    due.max(earliest + REMOVAL_MAX_WAIT)
+                let (due, latest) = (earliest + self.removal_wait(), earliest + REMOVAL_MAX_WAIT);
+                match (self.settle.is_empty(), self.intake_pending()) {
+                    (_, false) => due,
+                    // The tracker's own deadlines wake this watch meanwhile.
+                    (false, true) => due.max(latest),
+                    // Nothing wakes this watch when another one is done: it looks again.
+                    (true, true) => due.max((Instant::now() + INTAKE_LOOK).min(latest)),
                 }
             });
         let rewalk = self.rewalks.iter().map(|r| r.at).min();
@@ -651,7 +660,7 @@ impl WatchTask {
             .values()
             .any(|r| now.duration_since(r.since) >= REMOVAL_MAX_WAIT);
         let any_due = self.removals.values().any(waited_enough);
-        if any_due && (self.settle.is_empty() || overdue) {
+        if any_due && (!self.intake_pending() || overdue) {
             // A burst (`rm -rf`, a sync tool) is decided together, so the guards see all of it:
             // everything that vanished up to a grace period after the first one that is due.
             let slack = now + REMOVAL_GRACE;
@@ -678,7 +687,7 @@ impl WatchTask {
     fn removal_wait(&self) -> Duration {
         let slowest = self
             .ctx
-            .sighting_delays
+            .sightings
             .longest(&self.config.vendor)
             .max(self.sighting_delay());
         self.ctx.settle + REMOVAL_GRACE + slowest
@@ -697,8 +706,31 @@ impl WatchTask {
     /// Tells the other watches how late this one sees a file arrive.
     fn publish_sighting_delay(&self) {
         self.ctx
-            .sighting_delays
-            .set(self.root(), &self.config.vendor, self.sighting_delay());
+            .sightings
+            .set_delay(self.root(), &self.config.vendor, self.sighting_delay());
+    }
+
+    /// Tells the other watches of the vendor whether this one has files it saw and has not
+    /// recorded yet (settling, or a folder to read again): their removals wait for those. A
+    /// batch taken from the tracker is examined and recorded before this is asked again.
+    fn publish_taking_in(&mut self) {
+        let taking_in = !self.settle.is_empty() || !self.rewalks.is_empty();
+        if taking_in != self.taking_in {
+            self.taking_in = taking_in;
+            self.ctx
+                .sightings
+                .set_taking_in(self.root(), &self.config.vendor, taking_in);
+        }
+    }
+
+    /// Whether a removal here must wait for new files: this watch's own, which may be its new
+    /// name, or another watch's of the vendor, which may be where it went.
+    fn intake_pending(&self) -> bool {
+        !self.settle.is_empty()
+            || self
+                .ctx
+                .sightings
+                .taking_in_elsewhere(&self.config.vendor, self.root())
     }
 
     /// Examines settled files and records what each is, a batch at a time: the examining off the

@@ -1,41 +1,80 @@
-//! How long a file may take to be seen where it went. A watch that polls sees a file only at a
-//! later poll, and a poll of a big tree takes as long as a walk of it. A file moved from one
-//! watch to another of the same vendor keeps its remote copy only if the new place records it
-//! before the old place decides its removal: so every watch of a vendor waits for the slowest.
+//! How soon each watch records a file that arrives. A watch that polls sees a file only at a
+//! later poll, and a poll of a big tree takes as long as a walk of it; a watch taking in a
+//! thousand copied files records the last of them only once it has examined the rest. A file
+//! moved from one watch to another of the same vendor keeps its remote copy only if the new
+//! place records it before the old place decides its removal: so every watch of a vendor waits
+//! for the slowest, and for those still taking files in.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-/// Each running watch's delay in seeing a file arrive, shared by the daemon's watches.
+/// What each running watch tells the others about how soon it records a file, shared by the
+/// daemon's watches.
 #[derive(Debug, Clone, Default)]
-pub struct SightingDelays(Arc<Mutex<HashMap<PathBuf, (String, Duration)>>>);
+pub struct Sightings(Arc<Mutex<Watches>>);
 
-impl SightingDelays {
+#[derive(Debug, Default)]
+struct Watches {
+    /// Each watch's vendor, and how late it sees a file arrive (pollers only).
+    delays: HashMap<PathBuf, (String, Duration)>,
+    /// The watches with files seen and not yet recorded, and their vendors.
+    taking_in: HashMap<PathBuf, String>,
+}
+
+impl Sightings {
+    fn lock(&self) -> MutexGuard<'_, Watches> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// `root`, a watch of `vendor`, sees a file that arrives at most `delay` late.
-    pub fn set(&self, root: &Path, vendor: &str, delay: Duration) {
-        let mut delays = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+    pub fn set_delay(&self, root: &Path, vendor: &str, delay: Duration) {
+        let mut watches = self.lock();
         match delay.is_zero() {
-            true => delays.remove(root),
-            false => delays.insert(root.to_path_buf(), (vendor.to_string(), delay)),
+            true => watches.delays.remove(root),
+            false => watches
+                .delays
+                .insert(root.to_path_buf(), (vendor.to_string(), delay)),
+        };
+    }
+
+    /// Whether `root`, a watch of `vendor`, has files it saw and has not recorded yet.
+    pub fn set_taking_in(&self, root: &Path, vendor: &str, taking_in: bool) {
+        let mut watches = self.lock();
+        match taking_in {
+            true => watches
+                .taking_in
+                .insert(root.to_path_buf(), vendor.to_string()),
+            false => watches.taking_in.remove(root),
         };
     }
 
     /// The watch at `root` stopped.
     pub fn forget(&self, root: &Path) {
-        self.set(root, "", Duration::ZERO);
+        let mut watches = self.lock();
+        watches.delays.remove(root);
+        watches.taking_in.remove(root);
     }
 
     /// The longest delay of any watch of `vendor`.
     pub fn longest(&self, vendor: &str) -> Duration {
-        let delays = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        delays
+        self.lock()
+            .delays
             .values()
             .filter(|(v, _)| v == vendor)
             .map(|(_, delay)| *delay)
             .max()
             .unwrap_or_default()
+    }
+
+    /// Whether a watch of `vendor` other than `root` has files it saw and has not recorded yet:
+    /// one of them may be a file that left `root`.
+    pub fn taking_in_elsewhere(&self, vendor: &str, root: &Path) -> bool {
+        self.lock()
+            .taking_in
+            .iter()
+            .any(|(other, v)| v == vendor && other != root)
     }
 }
 
@@ -52,19 +91,35 @@ mod tests {
 
     #[test]
     fn the_slowest_watch_of_the_vendor_sets_the_wait() {
-        let delays = SightingDelays::default();
-        delays.set(Path::new("/a"), "erp", Duration::from_secs(4));
-        delays.set(Path::new("/b"), "erp", Duration::from_secs(9));
-        delays.set(Path::new("/c"), "wiki", Duration::from_secs(60));
-        assert_eq!(delays.longest("erp"), Duration::from_secs(9));
-        delays.forget(Path::new("/b"));
-        assert_eq!(delays.longest("erp"), Duration::from_secs(4));
-        delays.set(Path::new("/a"), "erp", Duration::ZERO);
-        assert_eq!(delays.longest("erp"), Duration::ZERO);
-        assert_eq!(delays.longest("wiki"), Duration::from_secs(60));
+        let sightings = Sightings::default();
+        sightings.set_delay(Path::new("/a"), "erp", Duration::from_secs(4));
+        sightings.set_delay(Path::new("/b"), "erp", Duration::from_secs(9));
+        sightings.set_delay(Path::new("/c"), "wiki", Duration::from_secs(60));
+        assert_eq!(sightings.longest("erp"), Duration::from_secs(9));
+        sightings.forget(Path::new("/b"));
+        assert_eq!(sightings.longest("erp"), Duration::from_secs(4));
+        sightings.set_delay(Path::new("/a"), "erp", Duration::ZERO);
+        assert_eq!(sightings.longest("erp"), Duration::ZERO);
+        assert_eq!(sightings.longest("wiki"), Duration::from_secs(60));
         assert_eq!(
             poll_delay(Duration::from_secs(2), Duration::from_millis(500)),
             Duration::from_secs(5)
         );
+    }
+
+    #[test]
+    fn only_another_watch_of_the_vendor_taking_files_in_is_waited_for() {
+        let sightings = Sightings::default();
+        let (a, b, c) = (Path::new("/a"), Path::new("/b"), Path::new("/c"));
+        sightings.set_taking_in(a, "erp", true);
+        sightings.set_taking_in(c, "wiki", true);
+        assert!(!sightings.taking_in_elsewhere("erp", a), "itself");
+        assert!(sightings.taking_in_elsewhere("erp", b));
+        assert!(!sightings.taking_in_elsewhere("other", b));
+        sightings.set_taking_in(a, "erp", false);
+        assert!(!sightings.taking_in_elsewhere("erp", b));
+        sightings.set_taking_in(a, "erp", true);
+        sightings.forget(a);
+        assert!(!sightings.taking_in_elsewhere("erp", b));
     }
 }
