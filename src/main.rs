@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 
 use imgsyncd::adapters::{Adapter, Outcome, http_client};
 use imgsyncd::config::{Config, DEFAULT_CONFIG_PATH, OnRemove};
-use imgsyncd::journal::{FileFilter, FileState, Journal, RetryOutcome, path_text};
+use imgsyncd::journal::{FileFilter, FileState, Journal, Presence, RetryOutcome, path_text};
 use imgsyncd::logging::{self, LogFormat};
 use imgsyncd::sandbox::{Sandbox, SandboxOptions};
 use imgsyncd::watch::presence;
@@ -252,19 +252,15 @@ fn retry(config_path: &Path, failed: bool, held: bool, paths: &[PathBuf]) -> Res
             )?;
         }
         let released = journal.release_held(
-            &|path, root, stamp| {
-                let watch = config
-                    .watches
-                    .iter()
-                    .zip(&watched)
-                    .find(|(_, w)| *w == root);
-                let path = path_text::to_path(path);
-                match watch {
-                    Some((watch, _)) => presence::look_at_held(watch, &path, stamp),
-                    None => {
-                        presence::presence(&path_text::to_path(root), &path, stamp.map(|s| s.dev))
-                    }
-                }
+            &|root, held| match config
+                .watches
+                .iter()
+                .zip(&watched)
+                .find(|(_, w)| *w == root)
+            {
+                Some((watch, _)) => presence::look_at_held(watch, held),
+                // Not a watch any more: its root is not accepted, and its files stay held.
+                None => vec![Presence::Unknown("not in a watch".to_string()); held.len()],
             },
             &|root, known| match watched.iter().any(|w| w == root) {
                 true => presence::root_as_it_is(&path_text::to_path(root), known),
@@ -275,11 +271,15 @@ fn retry(config_path: &Path, failed: bool, held: bool, paths: &[PathBuf]) -> Res
             "{} queued; every watch root present is accepted as it now is",
             held_deletes(released.deletes_queued)
         ));
-        for (path, now_at) in &released.untaken {
+        for untaken in &released.untaken {
+            let record = match untaken.copy_kept {
+                true => "its remote copy is kept",
+                false => "its record is closed, with no copy of its content to keep",
+            };
             emit(&format!(
-                "remote copy kept: {} is now {}, which its watch does not take",
-                path_text::shown(path),
-                path_text::shown(now_at)
+                "{} is now {}, which its watch does not take: {record}",
+                path_text::shown(&untaken.path),
+                path_text::shown(&untaken.now_at)
             ));
         }
         for kept in &released.kept {

@@ -853,7 +853,7 @@ fn confirming_held_deletes_keeps_a_file_back_under_a_name_the_watch_does_not_tak
     let said = String::from_utf8_lossy(&retried.stdout).into_owned();
     assert!(retried.status.success(), "{said}");
     assert!(
-        said.contains("remote copy kept") && said.contains(hidden.as_str()),
+        said.contains("its remote copy is kept") && said.contains(hidden.as_str()),
         "{said}"
     );
     h.wait_for("the other copy to be deleted", |h| {

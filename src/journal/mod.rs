@@ -27,8 +27,8 @@ pub use observe::{FileStamp, KnownFile, Observation, Observed, RejectedFile};
 pub use pauses::VendorPause;
 pub use queue::{Attempt, Claimed, Finished, Job, JobOp, JobResult, Remote, RetryOutcome};
 pub use removal::{
-    FileLook, HeldReleased, KeptHeld, MissingOutcome, Presence, RemovalBatch, RemovalPolicy,
-    RootLook,
+    FileLooks, HeldReleased, KeptHeld, MissingOutcome, Presence, RemovalBatch, RemovalPolicy,
+    RootLook, UntakenHeld,
 };
 pub use report::{
     FileFilter, FileRow, HistoryRow, PausedVendor, PausedWatch, Problem, RecentError, Status,

@@ -28,8 +28,9 @@ enum Step {
     Remove { path: usize, hold: bool },
     /// A file is renamed to a name the watch does not take (`.a.png`): excluded, not gone.
     RenameOut { path: usize },
-    /// The operator confirms held deletes.
-    ReleaseHeld,
+    /// The operator confirms held deletes; each held file gone whose bit is set in `renamed` is
+    /// found renamed out of the watch's names meanwhile.
+    ReleaseHeld { renamed: u8 },
     /// A worker claims the next job and keeps it in flight.
     Claim,
     /// The vendor answers an in-flight job.
@@ -61,7 +62,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (0..PATHS.len()).prop_map(|path| Step::Reject { path }),
         3 => (0..PATHS.len(), any::<bool>()).prop_map(|(path, hold)| Step::Remove { path, hold }),
         2 => (0..PATHS.len()).prop_map(|path| Step::RenameOut { path }),
-        1 => Just(Step::ReleaseHeld),
+        1 => any::<u8>().prop_map(|renamed| Step::ReleaseHeld { renamed }),
         5 => Just(Step::Claim),
         5 => (0..4usize, answer).prop_map(|(which, answer)| Step::Answer { which, answer }),
         1 => any::<bool>().prop_map(|done_at_vendor| Step::Crash { done_at_vendor }),
@@ -176,21 +177,31 @@ impl World {
                 let moved = [(PATHS[path].to_string(), format!("/w/.{path}.png"))];
                 self.journal.mark_untaken(&moved).unwrap();
             }
-            Step::ReleaseHeld => {
+            Step::ReleaseHeld { renamed } => {
                 let on_disk = self.on_disk;
-                let look = move |p: &str, _: &str, _: Option<FileStamp>| {
-                    let there = PATHS
-                        .iter()
-                        .position(|known| *known == p)
-                        .is_some_and(|i| on_disk[i].is_some());
-                    match there {
-                        true => Presence::Present,
-                        false => Presence::Gone,
-                    }
+                let found_renamed = std::cell::RefCell::new(Vec::new());
+                let look = |_: &str, held: &[(String, Option<FileStamp>)]| {
+                    held.iter()
+                        .map(|(p, _)| {
+                            let i = PATHS.iter().position(|known| known == p).unwrap();
+                            match (on_disk[i].is_some(), renamed & (1 << i) != 0) {
+                                (true, _) => Presence::Present,
+                                (false, true) => {
+                                    found_renamed.borrow_mut().push(i);
+                                    Presence::Untaken(format!("/w/.{i}.png"))
+                                }
+                                (false, false) => Presence::Gone,
+                            }
+                        })
+                        .collect()
                 };
                 self.journal
                     .release_held(&look, &|_, _| Ok((1, 1)))
                     .unwrap();
+                for i in found_renamed.into_inner() {
+                    self.renamed_out[i] = true;
+                    self.kept_for[i] = self.live_copy_of(PATHS[i]);
+                }
             }
             Step::Claim => {
                 let names = vec!["erp".to_string()];

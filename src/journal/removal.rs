@@ -2,7 +2,7 @@
 //! the guards here — a copy still used by another file is kept, and removals past `max_deletes`
 //! within a sliding window (or past half a watch's files) are held for an operator.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::sql::CachedSql;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -142,22 +142,20 @@ impl Journal {
     /// recorded on), and its root is not taken as it now is either.
     pub fn release_held(
         &mut self,
-        file: &FileLook<'_>,
+        files: &FileLooks<'_>,
         root: &RootLook<'_>,
     ) -> Result<HeldReleased> {
+        // The looks at the disk, which may read big folders for files renamed out of the watch's
+        // names, are made before the write lock is taken: the daemon's writes wait meanwhile.
+        let held = self.in_one_read(|| held_files(&self.conn))?;
+        let mut looks = look_at_held(&held, files);
         let tx = self.write()?;
-        let held: Vec<(String, String)> = {
-            let mut stmt = tx.prepare_cached(
-                "SELECT path, watch_root FROM files WHERE removal = 'held' ORDER BY id",
-            )?;
-            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<rusqlite::Result<_>>()?
-        };
         let mut roots = RootLooks::new(&tx, root);
         let mut released = HeldReleased::default();
         let mut kept_by_root: BTreeMap<String, (usize, String)> = BTreeMap::new();
         let mut unvouched = BTreeSet::new();
-        for (path, watch_root) in held {
+        for held in held {
+            let (path, watch_root) = (held.path, held.watch_root);
             if let Err(why) = roots.look(&watch_root)? {
                 kept_by_root.entry(watch_root).or_insert((0, why)).0 += 1;
                 continue;
@@ -165,7 +163,17 @@ impl Journal {
             let Some(row) = existing(&tx, &path)? else {
                 continue;
             };
-            match file(&path, &watch_root, row.stamp) {
+            if row.removal.as_deref() != Some("held") {
+                continue;
+            }
+            let look = match row.stamp == held.stamp {
+                true => looks.remove(&path),
+                false => None,
+            };
+            let look = look.unwrap_or_else(|| {
+                Presence::Unknown("it changed while it was looked at".to_string())
+            });
+            match look {
                 Presence::Present => {
                     tx.cached_execute(
                         "UPDATE files SET removal = NULL, error = NULL, updated_at = ?2 WHERE id = ?1",
@@ -173,18 +181,30 @@ impl Journal {
                     )?;
                 }
                 Presence::Untaken(now_at) => {
-                    tx.cached_execute(
-                        "UPDATE files SET removal = NULL, error = NULL WHERE id = ?1",
-                        [row.id],
-                    )?;
+                    tx.cached_execute("UPDATE files SET removal = NULL WHERE id = ?1", [row.id])?;
+                    // Its error is the hold's reason: each outcome below replaces it.
                     let row = Existing {
                         removal: None,
                         error: None,
                         ..row
                     };
-                    if untaken(&tx, &row, &now_at)? == MissingOutcome::Untaken {
-                        released.untaken.push((path, now_at));
+                    let outcome = untaken(&tx, &row, &now_at)?;
+                    if outcome == MissingOutcome::Unchanged {
+                        let note = format!(
+                            "the file is now {}, which the watch does not take; its last good \
+                             copy is kept",
+                            super::path_text::shown(&now_at)
+                        );
+                        tx.cached_execute(
+                            "UPDATE files SET error = ?2, updated_at = ?3 WHERE id = ?1",
+                            params![row.id, note, now_ms()],
+                        )?;
                     }
+                    released.untaken.push(UntakenHeld {
+                        path,
+                        now_at,
+                        copy_kept: outcome != MissingOutcome::Removed,
+                    });
                 }
                 Presence::Unknown(why) => {
                     // Nor is its root taken as it now is: what it is now cannot be vouched for.
@@ -314,9 +334,54 @@ pub enum Presence {
     Untaken(String),
 }
 
-/// An operator's look at a held file (`retry --held`): its path, its watch root, and its stamp
-/// as recorded (the device it was on, and what finds it under another name).
-pub type FileLook<'a> = dyn Fn(&str, &str, Option<FileStamp>) -> Presence + 'a;
+/// An operator's look at the held files of one watch root (`retry --held`): given the root and
+/// each file's path and stamp as recorded (the device it was on, and what finds it under another
+/// name), what is there, in the same order.
+pub type FileLooks<'a> = dyn Fn(&str, &[(String, Option<FileStamp>)]) -> Vec<Presence> + 'a;
+
+/// A file whose delete is held for an operator.
+struct HeldFile {
+    path: String,
+    watch_root: String,
+    stamp: Option<FileStamp>,
+}
+
+fn held_files(conn: &Connection) -> Result<Vec<HeldFile>> {
+    let held: Vec<(String, String)> = {
+        let mut stmt = conn.prepare_cached(
+            "SELECT path, watch_root FROM files WHERE removal = 'held' ORDER BY id",
+        )?;
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?
+    };
+    let mut files = Vec::with_capacity(held.len());
+    for (path, watch_root) in held {
+        let stamp = existing(conn, &path)?.and_then(|row| row.stamp);
+        files.push(HeldFile {
+            path,
+            watch_root,
+            stamp,
+        });
+    }
+    Ok(files)
+}
+
+/// `looks`' answer for each held file, by path: one call for each watch root's files.
+fn look_at_held(held: &[HeldFile], looks: &FileLooks<'_>) -> HashMap<String, Presence> {
+    let mut by_root: BTreeMap<&str, Vec<(String, Option<FileStamp>)>> = BTreeMap::new();
+    for file in held {
+        by_root
+            .entry(&file.watch_root)
+            .or_default()
+            .push((file.path.clone(), file.stamp));
+    }
+    let mut answers = HashMap::with_capacity(held.len());
+    for (root, files) in by_root {
+        let presences = looks(root, &files);
+        answers.extend(files.into_iter().map(|(path, _)| path).zip(presences));
+    }
+    answers
+}
 
 /// An operator's look at a watch root (`retry --held`), told what the journal knows of it: the
 /// identity to accept it with, or why its files' absence proves nothing.
@@ -328,12 +393,23 @@ pub type RootLook<'a> =
 pub struct HeldReleased {
     /// Deletes queued for files still gone.
     pub deletes_queued: usize,
-    /// Files found renamed out of the watch's names, whose copies are kept: each path recorded,
-    /// and where the file is now.
-    pub untaken: Vec<(String, String)>,
+    /// Files found renamed out of the watch's names: their deletes are withdrawn.
+    pub untaken: Vec<UntakenHeld>,
     /// Held deletes kept: by the watch root that could not vouch for its files, first; then
     /// each file that could not be looked at.
     pub kept: Vec<KeptHeld>,
+}
+
+/// A held file found renamed out of its watch's names by `retry --held`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UntakenHeld {
+    /// The path it was recorded at.
+    pub path: String,
+    /// Where it is now.
+    pub now_at: String,
+    /// Whether its record keeps its copy (synced, or a problem with a last good copy); if not,
+    /// it had no live copy of its content and its record ended `removed`.
+    pub copy_kept: bool,
 }
 
 /// Held deletes kept, and why.

@@ -89,7 +89,7 @@ fn deleted_refs(j: &Journal) -> Vec<String> {
 const ABSENT: &dyn Fn(&str) -> bool = &|_| false;
 const PRESENT: &dyn Fn(&str) -> bool = &|_| true;
 /// `retry --held`'s looks: every held file gone, every root accepted as it is.
-const GONE: &FileLook<'static> = &|_, _, _| Presence::Gone;
+const GONE: &FileLooks<'static> = &|_, held| vec![Presence::Gone; held.len()];
 const ACCEPTED: &RootLook<'static> = &|_, _| Ok((1, 1));
 
 fn vendors() -> Vec<String> {
@@ -374,15 +374,23 @@ fn a_held_file_found_renamed_out_of_the_watchs_names_keeps_its_copy() {
     synced(j, "/w/b.png", "bb", "https://img/b.png");
     let gone = ["/w/a.png".to_string(), "/w/b.png".to_string()];
     j.mark_missing(&removals(&gone, 100, Some("test"))).unwrap();
-    let renamed_a: &FileLook<'_> = &|p, _, _| match p {
-        "/w/a.png" => Presence::Untaken("/w/.trash/a.png".to_string()),
-        _ => Presence::Gone,
+    let renamed_a: &FileLooks<'_> = &|_, held| {
+        held.iter()
+            .map(|(path, _)| match path.as_str() {
+                "/w/a.png" => Presence::Untaken("/w/.trash/a.png".to_string()),
+                _ => Presence::Gone,
+            })
+            .collect()
     };
     let released = j.release_held(renamed_a, ACCEPTED).unwrap();
     assert_eq!(released.deletes_queued, 1);
     assert_eq!(
         released.untaken,
-        vec![("/w/a.png".to_string(), "/w/.trash/a.png".to_string())]
+        vec![UntakenHeld {
+            path: "/w/a.png".to_string(),
+            now_at: "/w/.trash/a.png".to_string(),
+            copy_kept: true,
+        }]
     );
     let delete = claim(j).unwrap();
     assert_eq!(delete.remote_ref.as_deref(), Some("https://img/b.png"));
@@ -1031,9 +1039,13 @@ fn release_held_keeps_the_deletes_and_the_identity_of_a_missing_root() {
         "judged when back"
     );
     // Back: a file that cannot be looked at keeps its delete held; the root is accepted as it is.
-    let unreadable_a: &FileLook<'_> = &|p, _, _| match p {
-        "/w/a.png" => Presence::Unknown("cannot be looked at".to_string()),
-        _ => Presence::Gone,
+    let unreadable_a: &FileLooks<'_> = &|_, held| {
+        held.iter()
+            .map(|(path, _)| match path.as_str() {
+                "/w/a.png" => Presence::Unknown("cannot be looked at".to_string()),
+                _ => Presence::Gone,
+            })
+            .collect()
     };
     let released = j.release_held(unreadable_a, &|_, _| Ok((5, 10))).unwrap();
     assert_eq!(released.deletes_queued, 1);

@@ -160,6 +160,14 @@ pub struct WatchTask {
     taking_in: bool,
 }
 
+impl Drop for WatchTask {
+    /// A task that ends, however it ends (a panic too), no longer holds up the removals of the
+    /// vendor's other watches.
+    fn drop(&mut self) {
+        self.ctx.sightings.forget(&self.config.path);
+    }
+}
+
 impl WatchTask {
     /// A watch feeding `adapter`'s vendor.
     pub fn new(config: WatchConfig, ctx: WatchContext, adapter: &Adapter) -> Self {
@@ -660,14 +668,21 @@ impl WatchTask {
             .values()
             .any(|r| now.duration_since(r.since) >= REMOVAL_MAX_WAIT);
         let any_due = self.removals.values().any(waited_enough);
-        if any_due && (!self.intake_pending() || overdue) {
+        let intake_pending = self.intake_pending();
+        if any_due && (!intake_pending || overdue) {
             // A burst (`rm -rf`, a sync tool) is decided together, so the guards see all of it:
             // everything that vanished up to a grace period after the first one that is due.
+            // While new files are still being taken in (maybe the ones that left), only those
+            // that waited their longest are.
+            let ready_after = match intake_pending {
+                true => wait.max(REMOVAL_MAX_WAIT),
+                false => wait,
+            };
             let slack = now + REMOVAL_GRACE;
             let due: Vec<PathBuf> = self
                 .removals
                 .iter()
-                .filter(|(_, r)| slack.duration_since(r.since) >= wait)
+                .filter(|(_, r)| slack.duration_since(r.since) >= ready_after)
                 .map(|(p, _)| p.clone())
                 .collect();
             if !due.is_empty() {
@@ -714,7 +729,10 @@ impl WatchTask {
     /// recorded yet (settling, or a folder to read again): their removals wait for those. A
     /// batch taken from the tracker is examined and recorded before this is asked again.
     fn publish_taking_in(&mut self) {
-        let taking_in = !self.settle.is_empty() || !self.rewalks.is_empty();
+        self.tell_taking_in(!self.settle.is_empty() || !self.rewalks.is_empty());
+    }
+
+    fn tell_taking_in(&mut self, taking_in: bool) {
         if taking_in != self.taking_in {
             self.taking_in = taking_in;
             self.ctx
@@ -1085,6 +1103,8 @@ impl WatchTask {
         if let RootState::Missing = self.check_root().await {
             return;
         }
+        // What the walk finds is neither settling nor recorded yet until it is taken.
+        self.tell_taking_in(true);
         let root = self.root().to_path_buf();
         let Some(disk) = self
             .compare_folder(&root, sighting, walk::Reach::Tree)

@@ -12,22 +12,28 @@ use crate::journal::{FileStamp, KnownFile, Presence, path_text};
 
 use super::untaken::{Search, UntakenFiles};
 
-/// `imgsyncd retry --held`'s look at a held file recorded with `stamp` in `watch`: there, gone,
-/// unreadable, or renamed out of what the watch takes, which keeps its copy. A look cut short by
-/// an excluded folder too big to read through says gone: the operator asked for the delete.
-pub fn look_at_held(watch: &WatchConfig, path: &Path, stamp: Option<FileStamp>) -> Presence {
-    match presence(&watch.path, path, stamp.map(|s| s.dev)) {
-        Presence::Gone => {}
-        other => return other,
-    }
-    let Some(stamp) = stamp else {
-        return Presence::Gone;
-    };
-    let mut untaken = UntakenFiles::new(&watch.path, &watch.filter, watch.recursive, [stamp]);
-    match untaken.find(path, &stamp) {
-        Search::Found(now_at) => Presence::Untaken(path_text::to_text(&now_at).into_owned()),
-        Search::NotFound | Search::CutShort(_) => Presence::Gone,
-    }
+/// `imgsyncd retry --held`'s look at the held files of `watch`, each with its path and its stamp
+/// as recorded: there, gone, unreadable, or renamed out of what the watch takes, which keeps its
+/// copy. A look cut short by an excluded folder too big to read through says gone: the operator
+/// asked for the delete.
+pub fn look_at_held(watch: &WatchConfig, held: &[(String, Option<FileStamp>)]) -> Vec<Presence> {
+    let root = watch.path.as_path();
+    let stamps = held.iter().filter_map(|(_, stamp)| *stamp);
+    let mut untaken = UntakenFiles::new(root, &watch.filter, watch.recursive, stamps);
+    held.iter()
+        .map(|(path, stamp)| {
+            let path = path_text::to_path(path);
+            match (presence(root, &path, stamp.map(|s| s.dev)), stamp) {
+                (Presence::Gone, Some(stamp)) => match untaken.find(&path, stamp) {
+                    Search::Found(now_at) => {
+                        Presence::Untaken(path_text::to_text(&now_at).into_owned())
+                    }
+                    Search::NotFound | Search::CutShort(_) => Presence::Gone,
+                },
+                (presence, _) => presence,
+            }
+        })
+        .collect()
 }
 
 /// Only "no such file", in a folder on the filesystem the file was recorded on, means gone.

@@ -13,9 +13,10 @@ use crate::journal::FileStamp;
 /// How deep a look goes into an excluded folder met on the way up (`.trash/2024/a.png`).
 const EXCLUDED_DEPTH: usize = 3;
 
-/// At most this many entries are read inside excluded folders for one batch of removals: a
-/// thumbnail cache may hold more than the watch itself, and the watch handles no event while it
-/// looks. Only entries with an inode looked for are kept, so this bounds the time, not memory.
+/// At most this many entries are read inside excluded folders for one batch of removals, and as
+/// many in a flat watch's other subfolders: a thumbnail cache or an archive may hold more than
+/// the watch itself, and the watch handles no event while it looks. Only entries with an inode
+/// looked for are kept, so this bounds the time, not memory.
 const EXCLUDED_ENTRIES: usize = 200_000;
 
 /// What a look for a gone file among the names the watch does not take found.
@@ -49,6 +50,8 @@ pub struct UntakenFiles<'a> {
     folders: HashMap<PathBuf, Listing>,
     /// How many more entries of excluded folders may be read.
     entries_left: usize,
+    /// How many more entries of a flat watch's other subfolders may be read.
+    subfolder_entries_left: usize,
 }
 
 impl<'a> UntakenFiles<'a> {
@@ -66,6 +69,7 @@ impl<'a> UntakenFiles<'a> {
             wanted: stamps.into_iter().map(|s| s.inode).collect(),
             folders: HashMap::new(),
             entries_left: EXCLUDED_ENTRIES,
+            subfolder_entries_left: EXCLUDED_ENTRIES,
         }
     }
 
@@ -96,6 +100,7 @@ impl<'a> UntakenFiles<'a> {
     #[cfg(test)]
     fn reading_at_most(mut self, entries: usize) -> Self {
         self.entries_left = entries;
+        self.subfolder_entries_left = entries;
         self
     }
 
@@ -120,11 +125,20 @@ impl<'a> UntakenFiles<'a> {
         for entry in entries.flatten() {
             let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
             match is_dir {
-                true if !self.recursive || self.filter.excludes_dir(&entry.file_name()) => {
+                true if self.filter.excludes_dir(&entry.file_name()) => {
                     let path = entry.path();
-                    if !self.inside_excluded(&path, &mut listing.untaken) {
+                    let budget = &mut self.entries_left;
+                    if !inside_folder(&path, &self.wanted, budget, &mut listing.untaken) {
                         listing.cut_short.get_or_insert(path);
                     }
+                }
+                // Where a flat watch's user files things away (`done/2024/`), often an archive
+                // far bigger than the watch: looked through as far as its own budget goes, and
+                // beyond that a file counts as gone, or no removal in the watch could ever be
+                // decided.
+                true if !self.recursive => {
+                    let budget = &mut self.subfolder_entries_left;
+                    inside_folder(&entry.path(), &self.wanted, budget, &mut listing.untaken);
                 }
                 true => {}
                 false if self.wanted.contains(&entry.ino()) => {
@@ -141,26 +155,32 @@ impl<'a> UntakenFiles<'a> {
         }
         listing
     }
+}
 
-    /// Adds the wanted files in an excluded folder (on the same filesystem, a few levels deep) to
-    /// `found`; false when the entries this batch may read ran out before its end.
-    fn inside_excluded(&mut self, dir: &Path, found: &mut Vec<(u64, PathBuf)>) -> bool {
-        use walkdir::DirEntryExt as _;
-        let walk = walkdir::WalkDir::new(dir)
-            .min_depth(1)
-            .max_depth(EXCLUDED_DEPTH)
-            .same_file_system(true);
-        for entry in walk.into_iter().flatten() {
-            if self.entries_left == 0 {
-                return false;
-            }
-            self.entries_left -= 1;
-            if !entry.file_type().is_dir() && self.wanted.contains(&entry.ino()) {
-                found.push((entry.ino(), entry.into_path()));
-            }
+/// Adds the `wanted` files in a folder the watch does not take (on the same filesystem, a few
+/// levels deep) to `found`, reading at most `budget` entries; false when it ran out before the
+/// folder's end.
+fn inside_folder(
+    dir: &Path,
+    wanted: &HashSet<u64>,
+    budget: &mut usize,
+    found: &mut Vec<(u64, PathBuf)>,
+) -> bool {
+    use walkdir::DirEntryExt as _;
+    let walk = walkdir::WalkDir::new(dir)
+        .min_depth(1)
+        .max_depth(EXCLUDED_DEPTH)
+        .same_file_system(true);
+    for entry in walk.into_iter().flatten() {
+        if *budget == 0 {
+            return false;
         }
-        true
+        *budget -= 1;
+        if !entry.file_type().is_dir() && wanted.contains(&entry.ino()) {
+            found.push((entry.ino(), entry.into_path()));
+        }
     }
+    true
 }
 
 fn same_file(path: &Path, recorded: &FileStamp) -> bool {
@@ -284,5 +304,9 @@ mod tests {
         // A recursive watch takes it there: it is not an untaken file but a move.
         let mut tree = UntakenFiles::new(root, &filter, true, [stamp]);
         assert_eq!(tree.find(&root.join("a.png"), &stamp), Search::NotFound);
+        // An archive too big to read through (here, not at all) leaves the file gone, not the
+        // removal undecided: or no removal in the watch could ever be decided.
+        let mut flat = UntakenFiles::new(root, &filter, false, [stamp]).reading_at_most(0);
+        assert_eq!(flat.find(&root.join("a.png"), &stamp), Search::NotFound);
     }
 }
