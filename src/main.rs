@@ -294,7 +294,14 @@ fn retry(config_path: &Path, failed: bool, held: bool, paths: &[PathBuf]) -> Res
                 kept.why
             ));
         }
-        match released.kept.is_empty() {
+        if released.changed > 0 {
+            emit(&format!(
+                "{} kept: the daemon wrote their records while they were looked at; run \
+                 `imgsyncd retry --held` again",
+                held_deletes(released.changed)
+            ));
+        }
+        match released.kept.is_empty() && released.changed == 0 {
             true => ExitCode::SUCCESS,
             false => ExitCode::FAILURE,
         }

@@ -166,13 +166,17 @@ impl Journal {
             if row.removal.as_deref() != Some("held") {
                 continue;
             }
-            let look = match row.stamp == held.stamp {
+            // Written meanwhile (seen back, gone again, its content changed): the look is stale,
+            // and the delete stays held for the next run.
+            let unchanged = row.stamp == held.stamp && updated_at(&tx, row.id)? == held.updated_at;
+            let look = match unchanged {
                 true => looks.remove(&path),
                 false => None,
             };
-            let look = look.unwrap_or_else(|| {
-                Presence::Unknown("it changed while it was looked at".to_string())
-            });
+            let Some(look) = look else {
+                released.changed += 1;
+                continue;
+            };
             match look {
                 Presence::Present => {
                     tx.cached_execute(
@@ -344,26 +348,37 @@ struct HeldFile {
     path: String,
     watch_root: String,
     stamp: Option<FileStamp>,
+    /// When its record was last written: a record written since it was looked at is not acted on.
+    updated_at: i64,
 }
 
 fn held_files(conn: &Connection) -> Result<Vec<HeldFile>> {
-    let held: Vec<(String, String)> = {
+    let held: Vec<(String, String, i64)> = {
         let mut stmt = conn.prepare_cached(
-            "SELECT path, watch_root FROM files WHERE removal = 'held' ORDER BY id",
+            "SELECT path, watch_root, updated_at FROM files WHERE removal = 'held' ORDER BY id",
         )?;
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<rusqlite::Result<_>>()?
     };
     let mut files = Vec::with_capacity(held.len());
-    for (path, watch_root) in held {
+    for (path, watch_root, updated_at) in held {
         let stamp = existing(conn, &path)?.and_then(|row| row.stamp);
         files.push(HeldFile {
             path,
             watch_root,
             stamp,
+            updated_at,
         });
     }
     Ok(files)
+}
+
+fn updated_at(tx: &Connection, id: i64) -> Result<i64> {
+    Ok(
+        tx.query_row_and_then("SELECT updated_at FROM files WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })?,
+    )
 }
 
 /// `looks`' answer for each held file, by path: one call for each watch root's files.
@@ -395,6 +410,9 @@ pub struct HeldReleased {
     pub deletes_queued: usize,
     /// Files found renamed out of the watch's names: their deletes are withdrawn.
     pub untaken: Vec<UntakenHeld>,
+    /// Held deletes whose records the daemon wrote while they were looked at: still held, for
+    /// the next run.
+    pub changed: usize,
     /// Held deletes kept: by the watch root that could not vouch for its files, first; then
     /// each file that could not be looked at.
     pub kept: Vec<KeptHeld>,

@@ -409,6 +409,70 @@ fn a_held_file_found_renamed_out_of_the_watchs_names_keeps_its_copy() {
 }
 
 #[test]
+fn a_held_record_written_while_retry_held_looks_is_not_acted_on() {
+    let mut f = fixture();
+    synced(&mut f.journal, "/w/a.png", "aa", "https://img/a.png");
+    synced(&mut f.journal, "/w/b.png", "bb", "https://img/b.png");
+    synced(&mut f.journal, "/w/c.png", "cc", "https://img/c.png");
+    let gone = ["/w/a.png", "/w/b.png", "/w/c.png"].map(String::from);
+    f.journal
+        .mark_missing(&removals(&gone, 100, Some("test")))
+        .unwrap();
+    let path = f.path.clone();
+    // While the operator's command looks at the disk, the daemon sees a.png back and writes
+    // b.png's record again; both looks say gone.
+    let daemon_writes: &FileLooks<'_> = &|_, held| {
+        let mut daemon = Journal::open(&path).unwrap();
+        daemon.observe(&obs("/w/a.png", "aa"), PRESENT).unwrap();
+        daemon
+            .conn
+            .execute(
+                "UPDATE files SET updated_at = updated_at + 1 WHERE path = '/w/b.png'",
+                [],
+            )
+            .unwrap();
+        vec![Presence::Gone; held.len()]
+    };
+    let released = f.journal.release_held(daemon_writes, ACCEPTED).unwrap();
+    assert_eq!(released.deletes_queued, 1);
+    assert_eq!(released.changed, 1);
+    let j = &mut f.journal;
+    let delete = claim(j).unwrap();
+    assert_eq!(delete.remote_ref.as_deref(), Some("https://img/c.png"));
+    assert!(claim(j).is_none(), "a.png is back, b.png's look was stale");
+    assert_eq!(state_of(j, "/w/a.png").state, "synced");
+    assert_eq!(j.status().unwrap().held_deletes, 1, "b.png stays held");
+}
+
+#[test]
+fn a_held_rejected_file_found_renamed_out_keeps_its_last_good_copy_with_a_note() {
+    let mut f = fixture();
+    let j = &mut f.journal;
+    synced(j, "/w/a.png", "aa", "https://img/a.png");
+    j.reject(&rejected("/w/a.png", "truncated"), PRESENT)
+        .unwrap();
+    let gone = ["/w/a.png".to_string()];
+    j.mark_missing(&removals(&gone, 100, Some("test"))).unwrap();
+    assert_eq!(j.status().unwrap().held_deletes, 1);
+    let renamed: &FileLooks<'_> =
+        &|_, held| vec![Presence::Untaken("/w/a.png.bak".to_string()); held.len()];
+    let released = j.release_held(renamed, ACCEPTED).unwrap();
+    assert_eq!(released.deletes_queued, 0);
+    assert!(released.untaken[0].copy_kept);
+    assert!(claim(j).is_none());
+    let a = state_of(j, "/w/a.png");
+    assert_eq!(a.state, "rejected");
+    assert!(
+        a.error
+            .as_deref()
+            .is_some_and(|e| e.contains("/w/a.png.bak")),
+        "{:?}",
+        a.error
+    );
+    assert_eq!(j.status().unwrap().held_deletes, 0);
+}
+
+#[test]
 fn releasing_held_deletes_keeps_a_copy_a_live_file_uses() {
     let mut f = fixture();
     let j = &mut f.journal;

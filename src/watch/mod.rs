@@ -939,7 +939,13 @@ impl WatchTask {
             Ok(known) => known,
             Err(e) => {
                 error!(watch = %self.root().display(), "cannot read the journal (will try again): {e}");
-                self.removals.extend(due);
+                // Decided again a wait later, not at once: the journal may stay unreadable a while.
+                let now = Instant::now();
+                self.removals
+                    .extend(due.into_iter().map(|(path, mut removal)| {
+                        removal.since = now;
+                        (path, removal)
+                    }));
                 return;
             }
         };

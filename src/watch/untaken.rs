@@ -7,6 +7,8 @@ use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::DirEntryExt;
 use std::path::{Path, PathBuf};
 
+use tracing::warn;
+
 use crate::config::NameFilter;
 use crate::journal::FileStamp;
 
@@ -36,6 +38,8 @@ struct Listing {
     untaken: Vec<(u64, PathBuf)>,
     /// An excluded folder in it that was not read to its end.
     cut_short: Option<PathBuf>,
+    /// A subfolder of a flat watch in it that was not read to its end.
+    unread: Option<PathBuf>,
 }
 
 /// Finds where gone files went among the names the watch does not take. Each folder is read once
@@ -78,7 +82,7 @@ impl<'a> UntakenFiles<'a> {
     /// above it up to the root, and in the excluded folders inside those. The same device,
     /// inode, size and modification time make it the same file.
     pub fn find(&mut self, gone: &Path, stamp: &FileStamp) -> Search {
-        let mut cut_short = None;
+        let (mut cut_short, mut unread) = (None, None);
         let mut folder = gone.parent();
         while let Some(dir) = folder.filter(|d| d.starts_with(self.root)) {
             let listing = self.listing(dir);
@@ -91,7 +95,17 @@ impl<'a> UntakenFiles<'a> {
                 return Search::Found(path.clone());
             }
             cut_short = cut_short.or_else(|| listing.cut_short.clone());
+            unread = unread.or_else(|| listing.unread.clone());
             folder = dir.parent();
+        }
+        if let (None, Some(folder)) = (&cut_short, unread) {
+            warn!(
+                path = %gone.display(),
+                "counted as gone: not found in the watch, though {} (a subfolder the watch does \
+                 not take) was too big to look through; if the file was moved there, its remote \
+                 copy is deleted",
+                folder.display()
+            );
         }
         cut_short.map_or(Search::NotFound, Search::CutShort)
     }
@@ -118,10 +132,12 @@ impl<'a> UntakenFiles<'a> {
         let mut listing = Listing {
             untaken: Vec::new(),
             cut_short: None,
+            unread: None,
         };
         let Ok(entries) = std::fs::read_dir(dir) else {
             return listing;
         };
+        let mut subfolders = Vec::new();
         for entry in entries.flatten() {
             let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
             match is_dir {
@@ -132,14 +148,7 @@ impl<'a> UntakenFiles<'a> {
                         listing.cut_short.get_or_insert(path);
                     }
                 }
-                // Where a flat watch's user files things away (`done/2024/`), often an archive
-                // far bigger than the watch: looked through as far as its own budget goes, and
-                // beyond that a file counts as gone, or no removal in the watch could ever be
-                // decided.
-                true if !self.recursive => {
-                    let budget = &mut self.subfolder_entries_left;
-                    inside_folder(&entry.path(), &self.wanted, budget, &mut listing.untaken);
-                }
+                true if !self.recursive => subfolders.push((last_change(&entry), entry.path())),
                 true => {}
                 false if self.wanted.contains(&entry.ino()) => {
                     let path = entry.path();
@@ -153,8 +162,24 @@ impl<'a> UntakenFiles<'a> {
                 false => {}
             }
         }
+        // Where a flat watch's user files things away (`done/2024/`), often an archive far
+        // bigger than the watch: looked through as far as its own budget goes, the folders
+        // changed last (where a file was just moved) first. Beyond that a file counts as gone,
+        // or no removal in such a watch could ever be decided.
+        subfolders.sort_by_key(|(changed, _)| std::cmp::Reverse(*changed));
+        for (_, path) in subfolders {
+            let budget = &mut self.subfolder_entries_left;
+            if !inside_folder(&path, &self.wanted, budget, &mut listing.untaken) {
+                listing.unread.get_or_insert(path);
+            }
+        }
         listing
     }
+}
+
+/// When a folder's entries last changed: a file moved into it changes it.
+fn last_change(entry: &std::fs::DirEntry) -> Option<std::time::SystemTime> {
+    entry.metadata().and_then(|m| m.modified()).ok()
 }
 
 /// Adds the `wanted` files in a folder the watch does not take (on the same filesystem, a few
@@ -308,5 +333,35 @@ mod tests {
         // removal undecided: or no removal in the watch could ever be decided.
         let mut flat = UntakenFiles::new(root, &filter, false, [stamp]).reading_at_most(0);
         assert_eq!(flat.find(&root.join("a.png"), &stamp), Search::NotFound);
+    }
+
+    #[test]
+    fn a_flat_watchs_subfolder_changed_last_is_looked_through_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let filter = default_filter();
+        std::fs::create_dir_all(root.join("done")).unwrap();
+        // Sixteen older archives, so that `done` comes first by chance in one listing of 17.
+        let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        for a in 0..16 {
+            let archive = root.join(format!("archive-{a}"));
+            std::fs::create_dir_all(&archive).unwrap();
+            for i in 0..6 {
+                std::fs::write(archive.join(format!("old-{i}.png")), b"old").unwrap();
+            }
+            std::fs::File::open(&archive)
+                .unwrap()
+                .set_modified(an_hour_ago)
+                .unwrap();
+        }
+        std::fs::write(root.join("a.png"), b"bytes").unwrap();
+        let stamp = stamp_of(&root.join("a.png"));
+        std::fs::rename(root.join("a.png"), root.join("done/a.png")).unwrap();
+        // Room for less than one archive: enough only if `done` is read first.
+        let mut flat = UntakenFiles::new(root, &filter, false, [stamp]).reading_at_most(5);
+        assert_eq!(
+            flat.find(&root.join("a.png"), &stamp),
+            Search::Found(root.join("done/a.png"))
+        );
     }
 }
