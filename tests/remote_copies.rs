@@ -703,6 +703,23 @@ fn files_renamed_out_of_the_watchs_names_keep_their_copies() {
         h.sandbox.deleted().contains(&urls[3])
     });
     assert_eq!(h.sandbox.deleted().len(), 2, "{}", h.log());
+    // The journal keeps where each is: a start no longer counts them as vanished (nor reads
+    // the whole watch's records again to find them), and deletes nothing.
+    h.stop();
+    let before = h.log().len();
+    h.start();
+    h.wait_for("the start's reconcile", |h| {
+        h.log()[before..].contains("reconciled with the journal")
+    });
+    let log = h.log()[before..].to_string();
+    let reconciled = log
+        .lines()
+        .find(|l| l.contains("reconciled with the journal"))
+        .unwrap();
+    assert!(reconciled.contains("vanished=0"), "{reconciled}");
+    settle_time();
+    assert_eq!(h.sandbox.deleted().len(), 2, "{}", h.log());
+    assert_eq!(h.state("b.png").as_deref(), Some("synced"));
 }
 
 /// Case 15c: A synced file moved to another watch of the same vendor, one that polls, keeps its

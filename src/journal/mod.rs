@@ -46,12 +46,14 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0007_absent_files.sql"),
     include_str!("../../migrations/0008_renames_and_policies.sql"),
     include_str!("../../migrations/0009_running_uploads.sql"),
+    include_str!("../../migrations/0010_untaken_at.sql"),
 ];
 
 /// The oldest schema this imgsyncd's reads (`status`, `files`, `history`) understand as they
-/// are. Schema 9 only added and changed indexes, so a journal the running daemon has not yet
-/// migrated (the binary upgraded, the service not yet restarted) can still be read by the new
-/// CLI. A migration that changes a table or what its columns mean must raise this to itself.
+/// are. Schema 9 only added and changed indexes, and schema 10 a column only the daemon reads, so
+/// a journal the running daemon has not yet migrated (the binary upgraded, the service not yet
+/// restarted) can still be read by the new CLI. A migration that changes what those reads need
+/// must raise this to itself.
 const READS_FROM: i64 = 8;
 
 /// The schema from which paths are written by [`path_text`]; migrating to it rewrites the paths

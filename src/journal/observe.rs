@@ -75,6 +75,8 @@ pub struct KnownFile {
     pub removal_pending: bool,
     /// Pending with no job: something dropped its work; it must be examined again.
     pub needs_work: bool,
+    /// Renamed out of the watch's names, its copy kept: not where a walk finds it.
+    pub untaken: bool,
 }
 
 impl KnownFile {
@@ -351,6 +353,31 @@ impl Journal {
         self.in_one_read(|| present_under(&self.conn, root))
     }
 
+    /// The records under `root` renamed out of the watch's names, their copies kept: each path
+    /// recorded, and where the file was last found.
+    pub fn untaken_under(&self, root: &str) -> Result<Vec<(String, String)>> {
+        let (from, to) = path_range(root);
+        let mut stmt = self.conn.prepare_cached(UNTAKEN_PLACES)?;
+        let rows = stmt.query_map([from, to], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Files renamed out of the watch's names found back at their paths as they were (nothing
+    /// to examine): their records are ordinary again.
+    pub fn untaken_back(&mut self, paths: &[String]) -> Result<()> {
+        let tx = self.write()?;
+        for path in paths {
+            tx.cached_execute(
+                "UPDATE files SET untaken_at = NULL,
+                   error = CASE WHEN state = 'synced' THEN NULL ELSE error END
+                 WHERE path = ?1 AND untaken_at IS NOT NULL",
+                [path],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     fn known_where(
         &self,
         condition: &str,
@@ -359,7 +386,8 @@ impl Journal {
         let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT path, size, mtime_ns, ctime_ns, inode, dev, state, removal IS NOT NULL,
                state = 'pending' AND removal IS NULL
-                 AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.file_id = files.id)
+                 AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.file_id = files.id),
+               untaken_at IS NOT NULL AND removal IS NULL
              FROM files
              WHERE state != 'removed' AND {condition}"
         ))?;
@@ -371,11 +399,28 @@ impl Journal {
                 state: state.unwrap_or(FileState::Pending),
                 removal_pending: r.get(7)?,
                 needs_work: r.get(8)?,
+                untaken: r.get(9)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 }
+
+/// The records under a root renamed out of the watch's names, their copies kept (neither
+/// removed nor on their way out): through the small index of those that have a place.
+macro_rules! untaken_under {
+    () => {
+        "FROM files INDEXED BY files_untaken
+         WHERE untaken_at IS NOT NULL AND state != 'removed' AND removal IS NULL
+           AND path >= ?1 AND path < ?2"
+    };
+}
+const UNTAKEN_COUNT: &str = concat!("SELECT COUNT(*) ", untaken_under!());
+const UNTAKEN_PLACES: &str = concat!(
+    "SELECT path, untaken_at ",
+    untaken_under!(),
+    " ORDER BY path"
+);
 
 /// [`Journal::count_present_under`], on any connection (a write's too).
 pub(super) fn present_under(conn: &Connection, root: &str) -> Result<usize> {
@@ -387,7 +432,8 @@ pub(super) fn present_under(conn: &Connection, root: &str) -> Result<usize> {
         "SELECT COUNT(*) FROM files
          WHERE (state = 'removed' OR removal IS NOT NULL) AND path >= ?1 AND path < ?2",
     )?;
-    Ok((all - absent).max(0) as usize)
+    let untaken = count(UNTAKEN_COUNT)?;
+    Ok((all - absent - untaken).max(0) as usize)
 }
 
 /// The paths under `root` as a range of text, so the path index finds them: from `root/` up to
@@ -422,7 +468,10 @@ fn observe_known(tx: &Connection, obs: &Observation<'_>, row: Existing) -> Resul
         set_stamp(tx, row.id, Some(&obs.stamp))?;
         if row.state == "synced" && row.error.is_some() {
             // Back at its path after a rename the watch does not take: the note is done with.
-            tx.cached_execute("UPDATE files SET error = NULL WHERE id = ?1", [row.id])?;
+            tx.cached_execute(
+                "UPDATE files SET error = NULL, untaken_at = NULL WHERE id = ?1",
+                [row.id],
+            )?;
         }
         if row.state == "pending" && !jobs::has_job(tx, row.id, "upload")? {
             // Its work was dropped (a read that failed, a crash): queue it again.
@@ -436,7 +485,8 @@ fn observe_known(tx: &Connection, obs: &Observation<'_>, row: Existing) -> Resul
         jobs::drop_queued(tx, row.id, &["upload"])?;
         tx.cached_execute(
             "UPDATE files SET state = 'synced', removal = NULL, error = NULL, copy_id = ?2,
-               watch_root = ?3, delete_unused = ?4, updated_at = ?5 WHERE id = ?1",
+               watch_root = ?3, delete_unused = ?4, updated_at = ?5, untaken_at = NULL
+             WHERE id = ?1",
             params![row.id, copy_id, obs.watch_root, obs.delete_unused, now],
         )?;
         set_stamp(tx, row.id, Some(&obs.stamp))?;
@@ -563,6 +613,7 @@ fn move_record(tx: &Connection, twin: &Twin, obs: &Observation<'_>) -> Result<()
     tx.cached_execute(
         "UPDATE files SET path = ?2, watch_root = ?3, removal = NULL, delete_unused = ?4,
            error = CASE WHEN removal IS NULL AND state != 'synced' THEN error ELSE NULL END,
+           untaken_at = NULL,
            state = CASE WHEN removal IS NOT NULL AND copy_id IS NOT NULL THEN 'synced'
                         ELSE state END,
            updated_at = ?5
@@ -621,7 +672,8 @@ fn set_new_content(
     tx.cached_execute(
         "UPDATE files SET state = 'pending', watch_root = ?2, vendor = ?3, kind = ?4,
            sha256 = ?5, format = ?6, width = ?7, height = ?8, copy_id = ?9, removal = NULL,
-           attempts = 0, error = NULL, delete_unused = ?10, updated_at = ?11, reuse_copies = ?12
+           attempts = 0, error = NULL, delete_unused = ?10, updated_at = ?11, reuse_copies = ?12,
+           untaken_at = NULL
          WHERE id = ?1",
         params![
             id,

@@ -373,6 +373,14 @@ fn held_files(conn: &Connection) -> Result<Vec<HeldFile>> {
     Ok(files)
 }
 
+fn untaken_at(tx: &Connection, id: i64) -> Result<Option<String>> {
+    Ok(
+        tx.query_row_and_then("SELECT untaken_at FROM files WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })?,
+    )
+}
+
 fn updated_at(tx: &Connection, id: i64) -> Result<i64> {
     Ok(
         tx.query_row_and_then("SELECT updated_at FROM files WHERE id = ?1", [id], |r| {
@@ -560,22 +568,27 @@ fn still_there(
 }
 
 /// [`Journal::mark_untaken`] for one record.
-fn untaken(tx: &Connection, row: &Existing, now_at: &str) -> Result<MissingOutcome> {
-    let now_at = super::path_text::shown(now_at);
+fn untaken(tx: &Connection, row: &Existing, place: &str) -> Result<MissingOutcome> {
+    let now_at = super::path_text::shown(place);
     let live = copies::is_live(tx, row.copy_id)?;
     match row.state.as_str() {
         "synced" if live => {
             let note = format!(
                 "remote copy kept: the file is now {now_at}, which the watch does not take"
             );
-            if row.error.as_deref() == Some(note.as_str()) {
+            let noted = row.error.as_deref() == Some(note.as_str());
+            if noted && untaken_at(tx, row.id)?.as_deref() == Some(place) {
                 return Ok(MissingOutcome::Unchanged);
             }
             tx.cached_execute(
-                "UPDATE files SET error = ?2, updated_at = ?3 WHERE id = ?1",
-                params![row.id, note, now_ms()],
+                "UPDATE files SET error = ?2, untaken_at = ?3, updated_at = ?4 WHERE id = ?1",
+                params![row.id, note, place, now_ms()],
             )?;
-            Ok(MissingOutcome::Untaken)
+            Ok(match noted {
+                // Noted before the journal kept its place (schema 10): nothing new to say.
+                true => MissingOutcome::Unchanged,
+                false => MissingOutcome::Untaken,
+            })
         }
         // A problem whose last good copy is live stays as it is, with its reason: nothing to
         // write, and nothing to say again at each look.

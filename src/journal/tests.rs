@@ -998,6 +998,45 @@ fn a_file_renamed_out_of_the_watchs_names_keeps_the_copy_it_shares() {
     assert_eq!((b.state.as_str(), b.error), ("synced", None));
 }
 
+#[test]
+fn a_file_renamed_out_of_the_watchs_names_is_counted_where_it_is_now() {
+    let mut f = fixture();
+    let j = &mut f.journal;
+    for (path, sha) in [("/w/a.png", "aa"), ("/w/b.png", "bb"), ("/w/c.png", "cc")] {
+        synced(j, path, sha, &format!("https://img/{sha}.png"));
+    }
+    assert_eq!(j.count_present_under("/w").unwrap(), 3);
+    let moved = [
+        ("/w/a.png".to_string(), "/w/.trash/a.png".to_string()),
+        ("/w/b.png".to_string(), "/w/b.png.bak".to_string()),
+    ];
+    j.mark_untaken(&moved).unwrap();
+    // A walk finds only c.png: the two renamed out are neither present nor vanished.
+    assert_eq!(j.count_present_under("/w").unwrap(), 1);
+    assert_eq!(j.untaken_under("/w").unwrap(), moved.to_vec());
+    assert!(j.known_file("/w/a.png").unwrap().unwrap().untaken);
+    assert!(!j.known_file("/w/c.png").unwrap().unwrap().untaken);
+    // Renamed again: the journal keeps the new place.
+    let again = [("/w/b.png".to_string(), "/w/.b.png".to_string())];
+    assert_eq!(
+        j.mark_untaken(&again).unwrap()[0].1,
+        MissingOutcome::Untaken
+    );
+    assert_eq!(j.untaken_under("/w").unwrap()[1].1, "/w/.b.png");
+    // Back at its path as it was (a rescan's look), or seen there again (an event): ordinary.
+    j.untaken_back(&["/w/a.png".to_string()]).unwrap();
+    assert_eq!(state_of(j, "/w/a.png").error, None);
+    j.observe(&obs("/w/b.png", "bb"), PRESENT).unwrap();
+    assert!(j.untaken_under("/w").unwrap().is_empty());
+    assert_eq!(j.count_present_under("/w").unwrap(), 3);
+    // Really gone from its place: its copy deleted as any file's, and no longer counted apart.
+    j.mark_untaken(&moved[..1]).unwrap();
+    assert_eq!(missing(j, "/w/a.png"), MissingOutcome::DeleteQueued);
+    assert!(j.known_file("/w/a.png").unwrap().unwrap().removal_pending);
+    assert!(j.untaken_under("/w").unwrap().is_empty());
+    assert_eq!(j.count_present_under("/w").unwrap(), 2);
+}
+
 /// The binary upgraded while the daemon still runs the old one: the journal is at schema 8 as
 /// that daemon left it, and `status`, `files` and `history` from the new binary read it. A
 /// journal older than the reads understand is still refused, with what to do.

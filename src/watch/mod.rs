@@ -1190,7 +1190,12 @@ impl WatchTask {
             let mut quiet = Vec::new();
             let mut look_again = false;
             for ((path, stamp), known) in batch.into_iter().zip(known) {
-                if known.as_ref().is_some_and(|k| !k.removal_pending) {
+                // A record renamed out of the watch's names is left out of the count on both
+                // sides, even when found back at its path: `look_at_untaken` looks at those.
+                if known
+                    .as_ref()
+                    .is_some_and(|k| !k.removal_pending && !k.untaken)
+                {
                     pass.known_present += 1;
                 }
                 if known.is_some_and(|k| k.unchanged(&stamp)) {
@@ -1228,6 +1233,45 @@ impl WatchTask {
         (!failed).then_some(pass)
     }
 
+    /// Looks at the files renamed out of the watch's names, which a walk does not see: one back
+    /// at its path as it was is an ordinary record again; one no longer where it was last found
+    /// (a trash emptied, renamed again) goes to the removals, which look for it again before
+    /// anything is deleted. Returns how many went.
+    async fn look_at_untaken(&mut self, root: &str) -> usize {
+        let r = root.to_string();
+        let untaken = match self.ctx.journal.call(move |j| j.untaken_under(&r)).await {
+            Ok(untaken) if !untaken.is_empty() => untaken,
+            Ok(_) => return 0,
+            Err(e) => {
+                error!(watch = %root, "cannot read the journal: {e}");
+                return 0;
+            }
+        };
+        let exists = |path: &str| std::fs::symlink_metadata(path_text::to_path(path)).is_ok();
+        let (back, moved_on): (Vec<_>, Vec<_>) = tokio::task::spawn_blocking(move || {
+            untaken
+                .into_iter()
+                .filter(|(path, place)| exists(path) || !exists(place))
+                .partition(|(path, _)| exists(path))
+        })
+        .await
+        .unwrap_or_default();
+        if !back.is_empty() {
+            let paths: Vec<String> = back.into_iter().map(|(path, _)| path).collect();
+            if let Err(e) = self.ctx.journal.call(move |j| j.untaken_back(&paths)).await {
+                crate::diagnose::journal_write_failed("note files back at their paths", root, &e);
+            }
+        }
+        let now = Instant::now();
+        let went = moved_on.len();
+        for (path, _) in moved_on {
+            self.removals
+                .entry(path_text::to_path(&path).into_owned())
+                .or_insert(PendingRemoval::new(now));
+        }
+        went
+    }
+
     /// The files the journal holds under the root that are gone from disk, a page at a time:
     /// each becomes a pending removal, decided later with its guards. Returns how many vanished.
     async fn reconcile_journal(&mut self, disk: DiskPass) -> usize {
@@ -1245,10 +1289,12 @@ impl WatchTask {
                 return 0;
             }
         };
+        // Counted as the walk saw them, before any is found back.
+        let mut vanished = self.look_at_untaken(&root).await;
         if disk.known_present >= present {
             // Every file the journal holds here was found on disk: nothing vanished, and the
             // journal's side needs no reading.
-            return 0;
+            return vanished;
         }
         // A known root found empty is an unmounted share or a mistake far more often than a
         // folder emptied on purpose: its removals wait for an operator.
@@ -1258,7 +1304,7 @@ impl WatchTask {
             )
         });
         let now = Instant::now();
-        let (mut after, mut vanished) = (String::new(), 0);
+        let mut after = String::new();
         loop {
             let (r, a) = (root.clone(), after.clone());
             let page = match self
@@ -1278,9 +1324,13 @@ impl WatchTask {
             };
             after = last.path.clone();
             // Anything but "it is there" is for the removal to decide (gone, unreadable, unmounted).
+            // Files renamed out of the watch's names were looked at where they are now.
             let missing = tokio::task::spawn_blocking(move || {
                 page.into_iter()
-                    .map(|k| (k.removal_pending, path_text::to_path(&k.path).into_owned()))
+                    .map(|k| {
+                        let skip = k.removal_pending || k.untaken;
+                        (skip, path_text::to_path(&k.path).into_owned())
+                    })
                     .filter(|(pending, path)| !pending && std::fs::symlink_metadata(path).is_err())
                     .map(|(_, path)| path)
                     .collect::<Vec<_>>()
