@@ -810,6 +810,65 @@ fn a_file_moved_to_a_watch_still_taking_it_in_keeps_its_copy() {
     assert_eq!(h.sandbox.uploads(), 1);
 }
 
+/// Case 15f: A watch folder found emptied at a start (a share not mounted, a mistaken wipe) holds
+/// the deletes of the files renamed out of its names as well as the others': none is deleted
+/// until an operator says so.
+#[test]
+fn an_emptied_root_holds_the_deletes_of_files_renamed_out_too() {
+    let mut h = Harness::new();
+    h.start();
+    std::fs::create_dir_all(h.path(".trash")).unwrap();
+    let names = names("wiped", 3);
+    sync_all(&h, &names, 1620);
+    std::fs::rename(h.path(&names[0]), h.path(&format!(".trash/{}", names[0]))).unwrap();
+    h.wait_for("the rename to be noted", |h| {
+        h.file(&names[0])
+            .is_some_and(|row| row["error"].is_string())
+    });
+    h.stop();
+    for entry in std::fs::read_dir(&h.drop).unwrap() {
+        let path = entry.unwrap().path();
+        match path.is_dir() {
+            true => std::fs::remove_dir_all(path).unwrap(),
+            false => std::fs::remove_file(path).unwrap(),
+        }
+    }
+    h.start();
+    h.wait_for("all three to be held", |h| h.status()["held_deletes"] == 3);
+    settle_time();
+    assert!(h.sandbox.deleted().is_empty(), "{}", h.log());
+}
+
+/// Case 15g: A file renamed out into a trash whose name another file then takes (`mv y/a.png
+/// .trash/`, overwriting x's) is gone: the next look finds another file at its place and deletes
+/// its copy, and keeps the other's.
+#[test]
+fn a_file_renamed_out_whose_place_another_file_takes_is_gone() {
+    let mut h = Harness::new();
+    h.start();
+    for folder in [".trash", "x", "y"] {
+        std::fs::create_dir_all(h.path(folder)).unwrap();
+    }
+    // A file stays where the watch takes it: a folder found empty holds every delete.
+    let names = ["x/a.png", "y/a.png", "kept.png"].map(String::from);
+    let urls = sync_all(&h, &names, 1630);
+    for name in &names[..2] {
+        std::fs::rename(h.path(name), h.path(".trash/a.png")).unwrap();
+        h.wait_for("the rename to be noted", |h| {
+            h.file(name).is_some_and(|row| row["error"].is_string())
+        });
+    }
+    h.stop();
+    h.start();
+    h.wait_for("x's copy to be deleted", |h| {
+        h.sandbox.deleted() == [urls[0].clone()]
+    });
+    settle_time();
+    assert_eq!(h.sandbox.deleted(), [urls[0].clone()], "{}", h.log());
+    assert!(held_by_vendor(&h, &urls[1]));
+    assert_eq!(h.state("y/a.png").as_deref(), Some("synced"));
+}
+
 /// Case 15d: In a watch that is not recursive, a synced file moved into a subfolder (which such a
 /// watch does not take) keeps its copy, as one moved into an excluded folder does (the old code
 /// deleted it).

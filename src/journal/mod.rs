@@ -23,7 +23,7 @@ use sql::CachedSql;
 
 pub use glance::{Glance, OldestPending};
 pub use handle::JournalHandle;
-pub use observe::{FileStamp, KnownFile, Observation, Observed, RejectedFile};
+pub use observe::{FileStamp, KnownFile, Observation, Observed, RejectedFile, UntakenFile};
 pub use pauses::VendorPause;
 pub use queue::{Attempt, Claimed, Finished, Job, JobOp, JobResult, Remote, RetryOutcome};
 pub use removal::{

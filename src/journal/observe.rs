@@ -86,6 +86,17 @@ impl KnownFile {
     }
 }
 
+/// A file renamed out of the watch's names whose record keeps its copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UntakenFile {
+    /// The path it is recorded at.
+    pub path: String,
+    /// Where it was last found.
+    pub place: String,
+    /// Its stamp as recorded, which the file at `place` must still have.
+    pub stamp: Option<FileStamp>,
+}
+
 pub(super) struct Existing {
     pub id: i64,
     pub state: String,
@@ -216,7 +227,8 @@ impl Journal {
                 tx.cached_execute(
                     "UPDATE files SET state = 'rejected', error = ?2, sha256 = NULL, format = NULL,
                        width = NULL, height = NULL, removal = NULL, copy_id = ?3, vendor = ?4,
-                       kind = ?5, watch_root = ?6, delete_unused = ?7, updated_at = ?8
+                       kind = ?5, watch_root = ?6, delete_unused = ?7, updated_at = ?8,
+                       untaken_at = NULL
                      WHERE id = ?1",
                     params![
                         row.id,
@@ -235,7 +247,7 @@ impl Journal {
             None if let Some(moved) = moved_rejected(&tx, file, is_present)? => {
                 tx.cached_execute(
                     "UPDATE files SET path = ?2, watch_root = ?3, state = 'rejected', error = ?4,
-                       removal = NULL, delete_unused = ?5, updated_at = ?6
+                       removal = NULL, delete_unused = ?5, updated_at = ?6, untaken_at = NULL
                      WHERE id = ?1",
                     params![
                         moved,
@@ -355,10 +367,16 @@ impl Journal {
 
     /// The records under `root` renamed out of the watch's names, their copies kept: each path
     /// recorded, and where the file was last found.
-    pub fn untaken_under(&self, root: &str) -> Result<Vec<(String, String)>> {
+    pub fn untaken_under(&self, root: &str) -> Result<Vec<UntakenFile>> {
         let (from, to) = path_range(root);
         let mut stmt = self.conn.prepare_cached(UNTAKEN_PLACES)?;
-        let rows = stmt.query_map([from, to], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let rows = stmt.query_map([from, to], |r| {
+            Ok(UntakenFile {
+                path: r.get(0)?,
+                place: r.get(1)?,
+                stamp: stamp_from(r, 2)?,
+            })
+        })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
@@ -417,7 +435,7 @@ macro_rules! untaken_under {
 }
 const UNTAKEN_COUNT: &str = concat!("SELECT COUNT(*) ", untaken_under!());
 const UNTAKEN_PLACES: &str = concat!(
-    "SELECT path, untaken_at ",
+    "SELECT path, untaken_at, size, mtime_ns, ctime_ns, inode, dev ",
     untaken_under!(),
     " ORDER BY path"
 );

@@ -749,7 +749,7 @@ fn finish_delete(tx: &Connection, job: &Job, file: &FileNow) -> Result<Finished>
     if file.awaits_delete(job) {
         tx.cached_execute(
             "UPDATE files SET state = 'removed', removal = NULL, error = NULL,
-               attempts = attempts + 1, updated_at = ?2 WHERE id = ?1",
+               attempts = attempts + 1, updated_at = ?2, untaken_at = NULL WHERE id = ?1",
             params![job.file_id, now_ms()],
         )?;
     }

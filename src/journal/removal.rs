@@ -77,7 +77,8 @@ impl Journal {
                 (_, RemovalPolicy::Keep) => removed(&tx, row.id)?,
                 (Some(reason), RemovalPolicy::Delete) if copies::is_live(&tx, row.copy_id)? => {
                     tx.cached_execute(
-                        "UPDATE files SET removal = 'held', error = ?2, updated_at = ?3
+                        "UPDATE files SET removal = 'held', error = ?2, updated_at = ?3,
+                           untaken_at = NULL
                          WHERE id = ?1",
                         params![row.id, reason, now_ms()],
                     )?;
@@ -180,7 +181,9 @@ impl Journal {
             match look {
                 Presence::Present => {
                     tx.cached_execute(
-                        "UPDATE files SET removal = NULL, error = NULL, updated_at = ?2 WHERE id = ?1",
+                        "UPDATE files SET removal = NULL, error = NULL, updated_at = ?2,
+                           untaken_at = NULL
+                         WHERE id = ?1",
                         params![row.id, now_ms()],
                     )?;
                 }
@@ -545,7 +548,8 @@ fn hold_reason(
 /// The file's removal is finished; `note` says why its copy was kept, if it was.
 pub(super) fn set_removed(tx: &Connection, file_id: i64, note: Option<&str>) -> Result<()> {
     tx.cached_execute(
-        "UPDATE files SET state = 'removed', removal = NULL, error = ?2, updated_at = ?3
+        "UPDATE files SET state = 'removed', removal = NULL, error = ?2, updated_at = ?3,
+           untaken_at = NULL
          WHERE id = ?1",
         params![file_id, note, now_ms()],
     )?;
@@ -590,9 +594,17 @@ fn untaken(tx: &Connection, row: &Existing, place: &str) -> Result<MissingOutcom
                 false => MissingOutcome::Untaken,
             })
         }
-        // A problem whose last good copy is live stays as it is, with its reason: nothing to
-        // write, and nothing to say again at each look.
-        "rejected" | "failed" if live => Ok(MissingOutcome::Unchanged),
+        // A problem whose last good copy is live stays as it is, with its reason: only where
+        // it is now is kept, and nothing is said again at each look.
+        "rejected" | "failed" if live => {
+            if untaken_at(tx, row.id)?.as_deref() != Some(place) {
+                tx.cached_execute(
+                    "UPDATE files SET untaken_at = ?2 WHERE id = ?1",
+                    params![row.id, place],
+                )?;
+            }
+            Ok(MissingOutcome::Unchanged)
+        }
         _ => {
             jobs::drop_queued(tx, row.id, &["upload"])?;
             let note = format!("the file is now {now_at}, which the watch does not take");
@@ -638,7 +650,8 @@ fn remove_and_delete(tx: &Connection, row: &Existing) -> Result<MissingOutcome> 
         return removed(tx, row.id);
     }
     tx.cached_execute(
-        "UPDATE files SET state = 'pending', removal = 'delete', error = NULL, updated_at = ?2
+        "UPDATE files SET state = 'pending', removal = 'delete', error = NULL, updated_at = ?2,
+           untaken_at = NULL
          WHERE id = ?1",
         params![row.id, now_ms()],
     )?;

@@ -1013,7 +1013,11 @@ fn a_file_renamed_out_of_the_watchs_names_is_counted_where_it_is_now() {
     j.mark_untaken(&moved).unwrap();
     // A walk finds only c.png: the two renamed out are neither present nor vanished.
     assert_eq!(j.count_present_under("/w").unwrap(), 1);
-    assert_eq!(j.untaken_under("/w").unwrap(), moved.to_vec());
+    let places = |j: &Journal| -> Vec<(String, String)> {
+        let untaken = j.untaken_under("/w").unwrap();
+        untaken.into_iter().map(|u| (u.path, u.place)).collect()
+    };
+    assert_eq!(places(j), moved.to_vec());
     assert!(j.known_file("/w/a.png").unwrap().unwrap().untaken);
     assert!(!j.known_file("/w/c.png").unwrap().unwrap().untaken);
     // Renamed again: the journal keeps the new place.
@@ -1022,7 +1026,7 @@ fn a_file_renamed_out_of_the_watchs_names_is_counted_where_it_is_now() {
         j.mark_untaken(&again).unwrap()[0].1,
         MissingOutcome::Untaken
     );
-    assert_eq!(j.untaken_under("/w").unwrap()[1].1, "/w/.b.png");
+    assert_eq!(places(j)[1].1, "/w/.b.png");
     // Back at its path as it was (a rescan's look), or seen there again (an event): ordinary.
     j.untaken_back(&["/w/a.png".to_string()]).unwrap();
     assert_eq!(state_of(j, "/w/a.png").error, None);
@@ -1035,6 +1039,29 @@ fn a_file_renamed_out_of_the_watchs_names_is_counted_where_it_is_now() {
     assert!(j.known_file("/w/a.png").unwrap().unwrap().removal_pending);
     assert!(j.untaken_under("/w").unwrap().is_empty());
     assert_eq!(j.count_present_under("/w").unwrap(), 2);
+}
+
+#[test]
+fn a_rejected_file_renamed_out_is_counted_where_it_is_now_and_keeps_its_reason() {
+    let mut f = fixture();
+    let j = &mut f.journal;
+    synced(j, "/w/a.png", "aa", "https://img/a.png");
+    j.reject(&rejected("/w/a.png", "truncated"), PRESENT)
+        .unwrap();
+    let moved = [("/w/a.png".to_string(), "/w/.trash/a.png".to_string())];
+    assert_eq!(
+        j.mark_untaken(&moved).unwrap()[0].1,
+        MissingOutcome::Unchanged
+    );
+    assert_eq!(j.count_present_under("/w").unwrap(), 0);
+    assert_eq!(j.untaken_under("/w").unwrap()[0].place, "/w/.trash/a.png");
+    let a = state_of(j, "/w/a.png");
+    assert_eq!(a.state, "rejected");
+    assert!(a.error.unwrap().contains("truncated"));
+    // Back at its path as it was: counted again, its reason kept.
+    j.untaken_back(&["/w/a.png".to_string()]).unwrap();
+    assert_eq!(j.count_present_under("/w").unwrap(), 1);
+    assert!(state_of(j, "/w/a.png").error.unwrap().contains("truncated"));
 }
 
 /// The binary upgraded while the daemon still runs the old one: the journal is at schema 8 as

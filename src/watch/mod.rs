@@ -22,7 +22,7 @@ use tracing::{error, info, warn};
 use crate::adapters::{Adapter, Limits};
 use crate::config::{OnRemove, VendorKind, WatchConfig};
 use crate::journal::{
-    JournalHandle, KnownFile, MissingOutcome, RemovalBatch, RemovalPolicy, path_text,
+    JournalHandle, KnownFile, MissingOutcome, RemovalBatch, RemovalPolicy, UntakenFile, path_text,
 };
 use examine::Examined;
 use intake::{Found, Intake, Recorded, log_observed};
@@ -1237,7 +1237,7 @@ impl WatchTask {
     /// at its path as it was is an ordinary record again; one no longer where it was last found
     /// (a trash emptied, renamed again) goes to the removals, which look for it again before
     /// anything is deleted. Returns how many went.
-    async fn look_at_untaken(&mut self, root: &str) -> usize {
+    async fn look_at_untaken(&mut self, root: &str, hold: Option<String>) -> usize {
         let r = root.to_string();
         let untaken = match self.ctx.journal.call(move |j| j.untaken_under(&r)).await {
             Ok(untaken) if !untaken.is_empty() => untaken,
@@ -1247,27 +1247,40 @@ impl WatchTask {
                 return 0;
             }
         };
-        let exists = |path: &str| std::fs::symlink_metadata(path_text::to_path(path)).is_ok();
+        fn exists(path: &str) -> bool {
+            std::fs::symlink_metadata(path_text::to_path(path)).is_ok()
+        }
+        // Still where it was found: the same file (another may have taken its name since).
+        fn still_there(file: &UntakenFile) -> bool {
+            match &file.stamp {
+                Some(stamp) => untaken::same_file(&path_text::to_path(&file.place), stamp),
+                None => exists(&file.place),
+            }
+        }
         let (back, moved_on): (Vec<_>, Vec<_>) = tokio::task::spawn_blocking(move || {
             untaken
                 .into_iter()
-                .filter(|(path, place)| exists(path) || !exists(place))
-                .partition(|(path, _)| exists(path))
+                .filter(|file| exists(&file.path) || !still_there(file))
+                .partition(|file| exists(&file.path))
         })
         .await
         .unwrap_or_default();
         if !back.is_empty() {
-            let paths: Vec<String> = back.into_iter().map(|(path, _)| path).collect();
+            let paths: Vec<String> = back.into_iter().map(|file| file.path).collect();
             if let Err(e) = self.ctx.journal.call(move |j| j.untaken_back(&paths)).await {
                 crate::diagnose::journal_write_failed("note files back at their paths", root, &e);
             }
         }
         let now = Instant::now();
         let went = moved_on.len();
-        for (path, _) in moved_on {
-            self.removals
-                .entry(path_text::to_path(&path).into_owned())
+        for file in moved_on {
+            let removal = self
+                .removals
+                .entry(path_text::to_path(&file.path).into_owned())
                 .or_insert(PendingRemoval::new(now));
+            if hold.is_some() {
+                removal.hold = hold.clone();
+            }
         }
         went
     }
@@ -1289,20 +1302,23 @@ impl WatchTask {
                 return 0;
             }
         };
+        // A known root found empty is an unmounted share or a mistake far more often than a
+        // folder emptied on purpose: its removals wait for an operator.
+        let hold = (disk.on_disk == 0).then(|| match present {
+            0 => "the watch folder is empty, but the journal knows files renamed out of its names \
+                  in it (an unmounted share?)"
+                .to_string(),
+            n => format!(
+                "the watch folder is empty, but the journal knows {n} files in it (an unmounted share?)"
+            ),
+        });
         // Counted as the walk saw them, before any is found back.
-        let mut vanished = self.look_at_untaken(&root).await;
+        let mut vanished = self.look_at_untaken(&root, hold.clone()).await;
         if disk.known_present >= present {
             // Every file the journal holds here was found on disk: nothing vanished, and the
             // journal's side needs no reading.
             return vanished;
         }
-        // A known root found empty is an unmounted share or a mistake far more often than a
-        // folder emptied on purpose: its removals wait for an operator.
-        let hold = (disk.on_disk == 0).then(|| {
-            format!(
-                "the watch folder is empty, but the journal knows {present} files in it (an unmounted share?)"
-            )
-        });
         let now = Instant::now();
         let mut after = String::new();
         loop {

@@ -208,7 +208,9 @@ fn inside_folder(
     true
 }
 
-fn same_file(path: &Path, recorded: &FileStamp) -> bool {
+/// Whether the file at `path` is the one recorded with `recorded`: the same device, inode, size
+/// and modification time.
+pub(super) fn same_file(path: &Path, recorded: &FileStamp) -> bool {
     std::fs::symlink_metadata(path).is_ok_and(|meta| {
         let now = super::examine::stamp(&meta);
         meta.is_file()
