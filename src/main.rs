@@ -343,6 +343,13 @@ fn retry_paths(journal: &mut Journal, paths: &[PathBuf]) -> Result<ExitCode> {
                 emit(&format!("{path}: not in the journal"));
                 code = ExitCode::from(1);
             }
+            RetryOutcome::RenamedOut(place) => {
+                emit(&format!(
+                    "{path}: is now {}, which its watch does not take; name it back to retry it",
+                    path_text::shown(&place)
+                ));
+                code = ExitCode::from(1);
+            }
         }
     }
     Ok(code)

@@ -502,7 +502,10 @@ impl Journal {
     pub fn retry_failed(&mut self) -> Result<usize> {
         let tx = self.write()?;
         let ids: Vec<i64> = {
-            let mut stmt = tx.prepare_cached("SELECT id FROM files WHERE state = 'failed'")?;
+            // A file renamed out of the watch's names is not there to send: it stays as it is.
+            let mut stmt = tx.prepare_cached(
+                "SELECT id FROM files WHERE state = 'failed' AND untaken_at IS NULL",
+            )?;
             stmt.query_map([], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?
         };
@@ -519,39 +522,22 @@ impl Journal {
         let tx = self.write()?;
         let mut out = Vec::new();
         for path in paths {
-            let row: Option<(i64, String, bool)> = tx
+            let row: Option<(i64, String, bool, Option<String>)> = tx
                 .cached_query_row(
-                    "SELECT id, state, sha256 IS NOT NULL FROM files WHERE path = ?1",
+                    "SELECT id, state, sha256 IS NOT NULL,
+                       CASE WHEN removal IS NULL AND state != 'removed' THEN untaken_at END
+                     FROM files WHERE path = ?1",
                     [path],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
                 )
                 .optional()?;
             let outcome = match row {
                 None => RetryOutcome::Unknown,
-                Some((id, state, _)) if state == "failed" => {
-                    requeue_file(&tx, id)?;
-                    RetryOutcome::Queued
+                // Not at its path: nothing there to send or examine.
+                Some((.., Some(place))) => RetryOutcome::RenamedOut(place),
+                Some((id, state, refused_by_vendor, None)) => {
+                    retry_one(&tx, id, state, refused_by_vendor)?
                 }
-                Some((id, state, refused_by_vendor)) if state == "rejected" => {
-                    if refused_by_vendor {
-                        requeue_file(&tx, id)?;
-                        RetryOutcome::Queued
-                    } else {
-                        // Forget the stamp: the next scan sees the file as changed and classifies
-                        // it afresh; the record and its history stay.
-                        tx.cached_execute(
-                            "UPDATE files SET size = NULL, mtime_ns = NULL WHERE id = ?1",
-                            [id],
-                        )?;
-                        RetryOutcome::Reexamined
-                    }
-                }
-                Some((id, state, _)) if state == "synced" && copy_expired(&tx, id)? => {
-                    // A key past its hour: the vendor no longer honours it; send the file anew.
-                    requeue_file(&tx, id)?;
-                    RetryOutcome::Queued
-                }
-                Some((_, state, _)) => RetryOutcome::NotFailed(state),
             };
             out.push((path.clone(), outcome));
         }
@@ -560,12 +546,48 @@ impl Journal {
     }
 }
 
+/// [`Journal::retry_paths`] for a file at its path.
+fn retry_one(
+    tx: &Connection,
+    id: i64,
+    state: String,
+    refused_by_vendor: bool,
+) -> Result<RetryOutcome> {
+    Ok(match (id, state, refused_by_vendor) {
+        (id, state, _) if state == "failed" => {
+            requeue_file(tx, id)?;
+            RetryOutcome::Queued
+        }
+        (id, state, true) if state == "rejected" => {
+            requeue_file(tx, id)?;
+            RetryOutcome::Queued
+        }
+        (id, state, false) if state == "rejected" => {
+            // Forget the stamp: the next scan sees the file as changed and classifies it
+            // afresh; the record and its history stay.
+            tx.cached_execute(
+                "UPDATE files SET size = NULL, mtime_ns = NULL WHERE id = ?1",
+                [id],
+            )?;
+            RetryOutcome::Reexamined
+        }
+        (id, state, _) if state == "synced" && copy_expired(tx, id)? => {
+            // A key past its hour: the vendor no longer honours it; send the file anew.
+            requeue_file(tx, id)?;
+            RetryOutcome::Queued
+        }
+        (_, state, _) => RetryOutcome::NotFailed(state),
+    })
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RetryOutcome {
     Queued,
     Reexamined,
     NotFailed(String),
     Unknown,
+    /// Renamed out of the watch's names, to this path: not there to retry.
+    RenamedOut(String),
 }
 
 fn claim_upload(tx: &Connection, job: Job, file: &FileNow) -> Result<Claimed> {

@@ -1058,6 +1058,25 @@ fn a_rejected_file_renamed_out_is_counted_where_it_is_now_and_keeps_its_reason()
     let a = state_of(j, "/w/a.png");
     assert_eq!(a.state, "rejected");
     assert!(a.error.unwrap().contains("truncated"));
+    // Not at its path: nothing to retry, failed or rejected.
+    assert_eq!(
+        j.retry_paths(&["/w/a.png".to_string()]).unwrap()[0].1,
+        RetryOutcome::RenamedOut("/w/.trash/a.png".to_string())
+    );
+    j.conn
+        .execute(
+            "UPDATE files SET state = 'failed' WHERE path = '/w/a.png'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(j.retry_failed().unwrap(), 0);
+    assert!(claim(j).is_none());
+    j.conn
+        .execute(
+            "UPDATE files SET state = 'rejected' WHERE path = '/w/a.png'",
+            [],
+        )
+        .unwrap();
     // Back at its path as it was: counted again, its reason kept.
     j.untaken_back(&["/w/a.png".to_string()]).unwrap();
     assert_eq!(j.count_present_under("/w").unwrap(), 1);

@@ -1304,7 +1304,11 @@ impl WatchTask {
         };
         // A known root found empty is an unmounted share or a mistake far more often than a
         // folder emptied on purpose: its removals wait for an operator.
-        let hold = (disk.on_disk == 0).then(|| match present {
+        // With only files renamed out of its names known, the folder must hold nothing at all:
+        // a flat watch whose files were all filed into `done/` finds none it takes every time.
+        let bare = || std::fs::read_dir(self.root()).is_ok_and(|mut e| e.next().is_none());
+        let empty = disk.on_disk == 0 && (present > 0 || bare());
+        let hold = empty.then(|| match present {
             0 => "the watch folder is empty, but the journal knows files renamed out of its names \
                   in it (an unmounted share?)"
                 .to_string(),
