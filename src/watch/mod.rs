@@ -978,25 +978,26 @@ impl WatchTask {
         if !untaken.is_empty() {
             let paths: Vec<String> = untaken.iter().map(|(path, _)| path.clone()).collect();
             if !self.record_untaken(untaken).await {
-                self.removals_again(paths);
+                self.removals_again(paths, None);
             }
         }
         for (hold, paths) in gone {
-            if !self.record_removals(paths.clone(), hold).await {
-                self.removals_again(paths);
+            if !self.record_removals(paths.clone(), hold.clone()).await {
+                self.removals_again(paths, hold);
             }
         }
         self.ctx.wake_workers.notify_one();
     }
 
     /// Paths whose removal the journal could not record: decided again later.
-    fn removals_again(&mut self, paths: Vec<String>) {
+    /// Paths whose removal the journal could not record: decided again later, still held for
+    /// `hold` if they were (a folder found empty is not looked at again by then).
+    fn removals_again(&mut self, paths: Vec<String>, hold: Option<String>) {
         let now = Instant::now();
         self.removals.extend(paths.into_iter().map(|p| {
-            (
-                path_text::to_path(&p).into_owned(),
-                PendingRemoval::new(now),
-            )
+            let mut removal = PendingRemoval::new(now);
+            removal.hold = hold.clone();
+            (path_text::to_path(&p).into_owned(), removal)
         }));
     }
 

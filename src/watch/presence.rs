@@ -85,8 +85,8 @@ pub(super) enum Whereabouts {
     Untaken(String),
     /// Unreadable, or its folder on another filesystem: why.
     Unknown(String),
-    /// Gone from where the watch looked, but maybe moved into an excluded folder too big to look
-    /// through: its delete waits for an operator, with why.
+    /// Gone from where the watch looked, but maybe in a folder too big to look through, or
+    /// unreadable: its delete waits for an operator, with why.
     Unsure(String),
 }
 
@@ -125,8 +125,8 @@ fn whereabouts(root: &Path, known: &KnownFile, untaken: &mut UntakenFiles) -> Wh
                 }
                 Search::NotFound => Whereabouts::Gone,
                 Search::CutShort(folder) => Whereabouts::Unsure(format!(
-                    "the file may have been moved into {}, an excluded folder too big to look \
-                     through",
+                    "the file may have been moved into {}, which is too big to look through \
+                     or cannot be read",
                     folder.display()
                 )),
             }

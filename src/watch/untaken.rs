@@ -27,7 +27,7 @@ pub enum Search {
     /// It is there, at this path.
     Found(PathBuf),
     NotFound,
-    /// This excluded folder was too big to look through: the file may be in it.
+    /// This folder was too big to look through, or could not be read: the file may be in it.
     CutShort(PathBuf),
 }
 
@@ -134,8 +134,15 @@ impl<'a> UntakenFiles<'a> {
             cut_short: None,
             unread: None,
         };
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return listing;
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            // Its folder gone with it: nothing there.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return listing,
+            // Unreadable: the file may be in it, the answer stays open.
+            Err(_) => {
+                listing.cut_short = Some(dir.to_path_buf());
+                return listing;
+            }
         };
         let mut subfolders = Vec::new();
         for entry in entries.flatten() {
@@ -196,7 +203,11 @@ fn inside_folder(
         .min_depth(1)
         .max_depth(EXCLUDED_DEPTH)
         .same_file_system(true);
-    for entry in walk.into_iter().flatten() {
+    for entry in walk {
+        // A folder inside that cannot be read may hold the file: not read to its end.
+        let Ok(entry) = entry else {
+            return false;
+        };
         if *budget == 0 {
             return false;
         }
