@@ -953,14 +953,16 @@ impl WatchTask {
         let looked = tokio::task::spawn_blocking(move || look_at_known(&watch, known))
             .await
             .unwrap_or_default();
-        let hold_of = |path: &str| {
+        // The hold a removal came with (a folder found empty), which a retry keeps; the root's
+        // trouble and a search cut short are looked at again by then.
+        let came_with = |path: &str| {
             let path = path_text::to_path(path);
             candidates
                 .iter()
                 .filter(|(c, _)| path.starts_with(c))
                 .find_map(|(_, hold)| hold.clone())
-                .or_else(|| self.replaced.clone())
         };
+        let hold_of = |path: &str| came_with(path).or_else(|| self.replaced.clone());
         let mut gone: HashMap<Option<String>, Vec<String>> = HashMap::new();
         let mut untaken = Vec::new();
         for (path, whereabouts) in looked {
@@ -975,28 +977,38 @@ impl WatchTask {
                 ),
             }
         }
+        let with_holds = |paths: Vec<String>| -> Vec<(String, Option<String>)> {
+            paths
+                .into_iter()
+                .map(|p| {
+                    let hold = came_with(&p);
+                    (p, hold)
+                })
+                .collect()
+        };
+        let mut again = Vec::new();
         if !untaken.is_empty() {
             let paths: Vec<String> = untaken.iter().map(|(path, _)| path.clone()).collect();
             if !self.record_untaken(untaken).await {
-                self.removals_again(paths, None);
+                again.extend(with_holds(paths));
             }
         }
         for (hold, paths) in gone {
-            if !self.record_removals(paths.clone(), hold.clone()).await {
-                self.removals_again(paths, hold);
+            if !self.record_removals(paths.clone(), hold).await {
+                again.extend(with_holds(paths));
             }
         }
+        self.removals_again(again);
         self.ctx.wake_workers.notify_one();
     }
 
-    /// Paths whose removal the journal could not record: decided again later.
-    /// Paths whose removal the journal could not record: decided again later, still held for
-    /// `hold` if they were (a folder found empty is not looked at again by then).
-    fn removals_again(&mut self, paths: Vec<String>, hold: Option<String>) {
+    /// Paths whose removal the journal could not record: decided again later, each still held
+    /// for the hold it came with (a folder found empty is not looked at again by then).
+    fn removals_again(&mut self, paths: Vec<(String, Option<String>)>) {
         let now = Instant::now();
-        self.removals.extend(paths.into_iter().map(|p| {
+        self.removals.extend(paths.into_iter().map(|(p, hold)| {
             let mut removal = PendingRemoval::new(now);
-            removal.hold = hold.clone();
+            removal.hold = hold;
             (path_text::to_path(&p).into_owned(), removal)
         }));
     }

@@ -14,8 +14,8 @@ use super::untaken::{Search, UntakenFiles};
 
 /// `imgsyncd retry --held`'s look at the held files of `watch`, each with its path and its stamp
 /// as recorded: there, gone, unreadable, or renamed out of what the watch takes, which keeps its
-/// copy. A look cut short by an excluded folder too big to read through says gone: the operator
-/// asked for the delete.
+/// copy. A look cut short by a folder too big to read through, or unreadable, says gone: the
+/// operator asked for the delete.
 pub fn look_at_held(watch: &WatchConfig, held: &[(String, Option<FileStamp>)]) -> Vec<Presence> {
     let root = watch.path.as_path();
     let stamps = held.iter().filter_map(|(_, stamp)| *stamp);

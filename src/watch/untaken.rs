@@ -4,6 +4,7 @@
 //! not recursive takes nothing in its subfolders: to it, each is an excluded folder.
 
 use std::collections::{HashMap, HashSet};
+use std::io::ErrorKind;
 use std::os::unix::fs::DirEntryExt;
 use std::path::{Path, PathBuf};
 
@@ -136,8 +137,10 @@ impl<'a> UntakenFiles<'a> {
         };
         let entries = match std::fs::read_dir(dir) {
             Ok(entries) => entries,
-            // Its folder gone with it: nothing there.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return listing,
+            // Its folder gone with it, or a file in the folder's place: nothing there.
+            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {
+                return listing;
+            }
             // Unreadable: the file may be in it, the answer stays open.
             Err(_) => {
                 listing.cut_short = Some(dir.to_path_buf());
@@ -203,11 +206,9 @@ fn inside_folder(
         .min_depth(1)
         .max_depth(EXCLUDED_DEPTH)
         .same_file_system(true);
-    for entry in walk {
-        // A folder inside that cannot be read may hold the file: not read to its end.
-        let Ok(entry) = entry else {
-            return false;
-        };
+    // A folder inside that cannot be read is passed over: one that never can (another user's
+    // trash) would otherwise hold every removal of the watch.
+    for entry in walk.into_iter().flatten() {
         if *budget == 0 {
             return false;
         }
@@ -375,6 +376,23 @@ mod tests {
         assert_eq!(
             flat.find(&root.join("a.png"), &stamp),
             Search::Found(root.join("done/a.png"))
+        );
+    }
+
+    #[test]
+    fn a_file_whose_folder_was_replaced_by_a_file_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let filter = default_filter();
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        std::fs::write(root.join("a/b/c.png"), b"bytes").unwrap();
+        let stamp = stamp_of(&root.join("a/b/c.png"));
+        std::fs::remove_dir_all(root.join("a")).unwrap();
+        std::fs::write(root.join("a"), b"a file where the folder was").unwrap();
+        let mut untaken = UntakenFiles::new(root, &filter, true, [stamp]);
+        assert_eq!(
+            untaken.find(&root.join("a/b/c.png"), &stamp),
+            Search::NotFound
         );
     }
 }
