@@ -46,6 +46,43 @@ fn wait_synced(h: &Harness, names: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// Waits until the record of `name` carries a note (where a rename the watch does not take put
+/// the file).
+fn wait_noted(h: &Harness, name: &str) {
+    h.wait_for("the rename to be noted", |h| {
+        h.file(name).is_some_and(|row| row["error"].is_string())
+    });
+}
+
+/// A harness whose drop folder and a second folder (returned) are both watches of `erp`, the
+/// second with the lines `extra` under it.
+fn with_archive(extra: &str) -> (tempfile::TempDir, Harness) {
+    let archive = tempfile::tempdir().unwrap();
+    let watch = format!(
+        "  - path: {}\n    vendor: erp\n{extra}",
+        archive.path().display()
+    );
+    let h = Harness::with(Options {
+        watch_extra: Box::leak(watch.into_boxed_str()),
+        ..Options::default()
+    });
+    (archive, h)
+}
+
+/// The record of the file at `path`, anywhere (`Harness::file` looks in the drop folder).
+fn row_at(h: &Harness, path: &Path) -> Option<Value> {
+    let path = path.display().to_string();
+    h.files().into_iter().find(|f| f["path"] == path.as_str())
+}
+
+/// Waits until the file at `path` (anywhere) is synced; its record.
+fn wait_synced_at(h: &Harness, path: &Path) -> Value {
+    h.wait_for("the moved file to be synced where it went", |h| {
+        row_at(h, path).is_some_and(|row| row["state"] == "synced")
+    });
+    row_at(h, path).unwrap()
+}
+
 fn names(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i:02}.png")).collect()
 }
@@ -664,9 +701,7 @@ fn files_renamed_out_of_the_watchs_names_keep_their_copies() {
     h.stop();
     std::fs::rename(h.path("g.png"), h.path("g.png~")).unwrap();
     h.start();
-    h.wait_for("the rename found at the start to be noted", |h| {
-        h.file("g.png").is_some_and(|row| row["error"].is_string())
-    });
+    wait_noted(&h, "g.png");
     settle_time();
     assert_eq!(h.sandbox.deleted(), vec![urls[5].clone()], "{}", h.log());
     let mut names = names;
@@ -728,15 +763,7 @@ fn files_renamed_out_of_the_watchs_names_keep_their_copies() {
 /// deleted the copy the moved file then uploaded again).
 #[test]
 fn a_file_moved_to_a_polled_watch_of_the_same_vendor_keeps_its_copy() {
-    let archive = tempfile::tempdir().unwrap();
-    let extra = format!(
-        "  - path: {}\n    vendor: erp\n    poll: 4s\n",
-        archive.path().display()
-    );
-    let mut h = Harness::with(Options {
-        watch_extra: Box::leak(extra.into_boxed_str()),
-        ..Options::default()
-    });
+    let (archive, mut h) = with_archive("    poll: 4s\n");
     h.start();
     let names = names("moved", 3);
     let urls = sync_all(&h, &names, 1580);
@@ -744,17 +771,7 @@ fn a_file_moved_to_a_polled_watch_of_the_same_vendor_keeps_its_copy() {
         std::fs::rename(h.path(name), archive.path().join(name)).unwrap();
     }
     for (name, url) in names.iter().zip(&urls) {
-        let path = archive.path().join(name).display().to_string();
-        h.wait_for("the moved file to be synced in the archive", |h| {
-            h.files()
-                .iter()
-                .any(|f| f["path"] == path.as_str() && f["state"] == "synced")
-        });
-        let row = h
-            .files()
-            .into_iter()
-            .find(|f| f["path"] == path.as_str())
-            .unwrap();
+        let row = wait_synced_at(&h, &archive.path().join(name));
         assert_eq!(row["url"].as_str(), Some(url.as_str()), "{row}");
         assert!(held_by_vendor(&h, url));
     }
@@ -773,12 +790,7 @@ fn a_file_moved_to_a_polled_watch_of_the_same_vendor_keeps_its_copy() {
 /// second after the move, deleted the copy, and the moved file was uploaded again).
 #[test]
 fn a_file_moved_to_a_watch_still_taking_it_in_keeps_its_copy() {
-    let archive = tempfile::tempdir().unwrap();
-    let extra = format!("  - path: {}\n    vendor: erp\n", archive.path().display());
-    let mut h = Harness::with(Options {
-        watch_extra: Box::leak(extra.into_boxed_str()),
-        ..Options::default()
-    });
+    let (archive, mut h) = with_archive("");
     h.start();
     let names = names("slow", 1);
     let url = sync_all(&h, &names, 1610).remove(0);
@@ -792,18 +804,9 @@ fn a_file_moved_to_a_watch_still_taking_it_in_keeps_its_copy() {
         file.set_modified(start + Duration::from_secs(i)).unwrap();
     }
     drop(file);
-    let path = moved.display().to_string();
-    h.wait_for("the moved file to be synced in the archive", |h| {
-        h.files()
-            .iter()
-            .any(|f| f["path"] == path.as_str() && f["state"] == "synced")
-    });
+    wait_synced_at(&h, &moved);
     settle_time();
-    let row = h
-        .files()
-        .into_iter()
-        .find(|f| f["path"] == path.as_str())
-        .unwrap();
+    let row = row_at(&h, &moved).unwrap();
     assert_eq!(row["url"].as_str(), Some(url.as_str()), "{row}");
     assert!(h.sandbox.deleted().is_empty(), "{}", h.log());
     assert!(held_by_vendor(&h, &url));
@@ -821,10 +824,7 @@ fn an_emptied_root_holds_the_deletes_of_files_renamed_out_too() {
     let names = names("wiped", 3);
     sync_all(&h, &names, 1620);
     std::fs::rename(h.path(&names[0]), h.path(&format!(".trash/{}", names[0]))).unwrap();
-    h.wait_for("the rename to be noted", |h| {
-        h.file(&names[0])
-            .is_some_and(|row| row["error"].is_string())
-    });
+    wait_noted(&h, &names[0]);
     h.stop();
     for entry in std::fs::read_dir(&h.drop).unwrap() {
         let path = entry.unwrap().path();
@@ -854,9 +854,7 @@ fn a_file_renamed_out_whose_place_another_file_takes_is_gone() {
     let urls = sync_all(&h, &names, 1630);
     for name in &names[..2] {
         std::fs::rename(h.path(name), h.path(".trash/a.png")).unwrap();
-        h.wait_for("the rename to be noted", |h| {
-            h.file(name).is_some_and(|row| row["error"].is_string())
-        });
+        wait_noted(&h, name);
     }
     h.stop();
     h.start();
@@ -888,10 +886,7 @@ fn a_file_moved_into_a_subfolder_of_a_watch_that_is_not_recursive_keeps_its_copy
     h.wait_for("the real removal to be carried out", |h| {
         !h.sandbox.deleted().is_empty()
     });
-    h.wait_for("the move to be noted", |h| {
-        h.file(&names[0])
-            .is_some_and(|row| row["error"].is_string())
-    });
+    wait_noted(&h, &names[0]);
     settle_time();
     assert_eq!(h.sandbox.deleted(), vec![urls[1].clone()], "{}", h.log());
     assert!(held_by_vendor(&h, &urls[0]));

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use super::sql::CachedSql;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::observe::{Existing, FileStamp, existing};
+use super::observe::{Existing, FileStamp, existing, stamp_from};
 use super::{Journal, Result, copies, jobs, now_ms};
 
 /// What the watch does with the remote copy of a file that is gone.
@@ -356,24 +356,19 @@ struct HeldFile {
 }
 
 fn held_files(conn: &Connection) -> Result<Vec<HeldFile>> {
-    let held: Vec<(String, String, i64)> = {
-        let mut stmt = conn.prepare_cached(
-            "SELECT path, watch_root, updated_at FROM files WHERE removal = 'held' ORDER BY id",
-        )?;
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-            .collect::<rusqlite::Result<_>>()?
-    };
-    let mut files = Vec::with_capacity(held.len());
-    for (path, watch_root, updated_at) in held {
-        let stamp = existing(conn, &path)?.and_then(|row| row.stamp);
-        files.push(HeldFile {
-            path,
-            watch_root,
-            stamp,
-            updated_at,
-        });
-    }
-    Ok(files)
+    let mut stmt = conn.prepare_cached(
+        "SELECT path, watch_root, updated_at, size, mtime_ns, ctime_ns, inode, dev
+         FROM files WHERE removal = 'held' ORDER BY id",
+    )?;
+    let held = stmt.query_map([], |r| {
+        Ok(HeldFile {
+            path: r.get(0)?,
+            watch_root: r.get(1)?,
+            updated_at: r.get(2)?,
+            stamp: stamp_from(r, 3)?,
+        })
+    })?;
+    Ok(held.collect::<rusqlite::Result<_>>()?)
 }
 
 fn untaken_at(tx: &Connection, id: i64) -> Result<Option<String>> {

@@ -1270,30 +1270,27 @@ impl WatchTask {
                 None => exists(&file.place),
             }
         }
-        let (back, moved_on): (Vec<_>, Vec<_>) = tokio::task::spawn_blocking(move || {
-            untaken
-                .into_iter()
-                .filter(|file| exists(&file.path) || !still_there(file))
-                .partition(|file| exists(&file.path))
-        })
-        .await
-        .unwrap_or_default();
-        if !back.is_empty() {
-            let paths: Vec<String> = back.into_iter().map(|file| file.path).collect();
-            if let Err(e) = self.ctx.journal.call(move |j| j.untaken_back(&paths)).await {
-                crate::diagnose::journal_write_failed("note files back at their paths", root, &e);
+        let looked = tokio::task::spawn_blocking(move || {
+            let (mut back, mut moved_on) = (Vec::new(), Vec::new());
+            for file in untaken {
+                match exists(&file.path) {
+                    true => back.push(file.path),
+                    false if !still_there(&file) => moved_on.push(file.path),
+                    false => {}
+                }
             }
+            (back, moved_on)
+        });
+        let (back, moved_on) = looked.await.unwrap_or_default();
+        if !back.is_empty()
+            && let Err(e) = self.ctx.journal.call(move |j| j.untaken_back(&back)).await
+        {
+            crate::diagnose::journal_write_failed("note files back at their paths", root, &e);
         }
         let now = Instant::now();
         let went = moved_on.len();
-        for file in moved_on {
-            let removal = self
-                .removals
-                .entry(path_text::to_path(&file.path).into_owned())
-                .or_insert(PendingRemoval::new(now));
-            if hold.is_some() {
-                removal.hold = hold.clone();
-            }
+        for path in moved_on {
+            self.vanished(path_text::to_path(&path).into_owned(), now, &hold);
         }
         went
     }
@@ -1370,18 +1367,24 @@ impl WatchTask {
             })
             .await
             .unwrap_or_default();
+            vanished += missing.len();
             for path in missing {
-                vanished += 1;
-                let removal = self
-                    .removals
-                    .entry(path)
-                    .or_insert(PendingRemoval::new(now));
-                if hold.is_some() {
-                    removal.hold = hold.clone();
-                }
+                self.vanished(path, now, &hold);
             }
         }
         vanished
+    }
+
+    /// A path a reconcile found gone: a pending removal since `now`, unless one is pending
+    /// already, held for `hold` if there is one.
+    fn vanished(&mut self, path: PathBuf, now: Instant, hold: &Option<String>) {
+        let removal = self
+            .removals
+            .entry(path)
+            .or_insert(PendingRemoval::new(now));
+        if hold.is_some() {
+            removal.hold = hold.clone();
+        }
     }
 
     /// One pass for `imgsyncd scan`: reconcile, then take every file and removal at once.

@@ -21,18 +21,14 @@ pub fn look_at_held(watch: &WatchConfig, held: &[(String, Option<FileStamp>)]) -
     let stamps = held.iter().filter_map(|(_, stamp)| *stamp);
     let mut untaken = UntakenFiles::new(root, &watch.filter, watch.recursive, stamps);
     held.iter()
-        .map(|(path, stamp)| {
-            let path = path_text::to_path(path);
-            match (presence(root, &path, stamp.map(|s| s.dev)), stamp) {
-                (Presence::Gone, Some(stamp)) => match untaken.find(&path, stamp) {
-                    Search::Found(now_at) => {
-                        Presence::Untaken(path_text::to_text(&now_at).into_owned())
-                    }
-                    Search::NotFound | Search::CutShort(_) => Presence::Gone,
-                },
-                (presence, _) => presence,
-            }
-        })
+        .map(
+            |(path, stamp)| match whereabouts(root, path, *stamp, &mut untaken) {
+                Whereabouts::Present => Presence::Present,
+                Whereabouts::Gone | Whereabouts::Unsure(_) => Presence::Gone,
+                Whereabouts::Untaken(now_at) => Presence::Untaken(now_at),
+                Whereabouts::Unknown(why) => Presence::Unknown(why),
+            },
+        )
         .collect()
 }
 
@@ -103,20 +99,27 @@ pub(super) fn look_at_known(
     known
         .into_iter()
         .map(|k| {
-            let whereabouts = whereabouts(root, &k, &mut untaken);
+            let whereabouts = whereabouts(root, &k.path, k.stamp, &mut untaken);
             (k.path, whereabouts)
         })
         .collect()
 }
 
-fn whereabouts(root: &Path, known: &KnownFile, untaken: &mut UntakenFiles) -> Whereabouts {
-    let path = path_text::to_path(&known.path);
-    match presence(root, &path, known.stamp.map(|s| s.dev)) {
+/// Where the file recorded at `path` with `stamp` is: there, gone, or found under a name the
+/// watch does not take.
+fn whereabouts(
+    root: &Path,
+    path: &str,
+    stamp: Option<FileStamp>,
+    untaken: &mut UntakenFiles,
+) -> Whereabouts {
+    let path = path_text::to_path(path);
+    match presence(root, &path, stamp.map(|s| s.dev)) {
         Presence::Present => Whereabouts::Present,
         Presence::Unknown(why) => Whereabouts::Unknown(why),
         Presence::Untaken(now_at) => Whereabouts::Untaken(now_at),
         Presence::Gone => {
-            let Some(stamp) = known.stamp else {
+            let Some(stamp) = stamp else {
                 return Whereabouts::Gone;
             };
             match untaken.find(&path, &stamp) {
