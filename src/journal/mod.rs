@@ -7,6 +7,7 @@ mod copies;
 mod glance;
 mod handle;
 mod jobs;
+mod known_stamps;
 mod observe;
 pub mod path_text;
 mod pauses;
@@ -23,6 +24,7 @@ use sql::CachedSql;
 
 pub use glance::{Glance, OldestPending};
 pub use handle::JournalHandle;
+pub use known_stamps::KnownStamps;
 pub use observe::{FileStamp, KnownFile, Observation, Observed, RejectedFile, UntakenFile};
 pub use pauses::VendorPause;
 pub use queue::{Attempt, Claimed, Finished, Job, JobOp, JobResult, Remote, RetryOutcome};

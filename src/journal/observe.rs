@@ -456,7 +456,7 @@ pub(super) fn present_under(conn: &Connection, root: &str) -> Result<usize> {
 
 /// The paths under `root` as a range of text, so the path index finds them: from `root/` up to
 /// `root0` ('0' is the character after '/').
-fn path_range(root: &str) -> (String, String) {
+pub(super) fn path_range(root: &str) -> (String, String) {
     let root = root.trim_end_matches('/');
     (format!("{root}/"), format!("{root}0"))
 }

@@ -1399,6 +1399,77 @@ fn a_watch_counts_as_present_only_its_files_neither_removed_nor_on_their_way_out
     assert_eq!(j.count_present_under("/w2").unwrap(), 1);
 }
 
+/// A reconcile skips looking up a file whose path and stamp are among the journal's known stamps:
+/// they must be exactly the files a lookup finds unchanged and counts present.
+#[test]
+fn known_stamps_are_exactly_the_files_a_lookup_finds_unchanged_and_present() {
+    let mut f = fixture();
+    let j = &mut f.journal;
+    synced(j, "/w/synced.png", "s1", "https://v/1");
+    synced(j, "/w/sub/gone.png", "s2", "https://v/2");
+    synced(j, "/w/held.png", "s3", "https://v/3");
+    synced(j, "/w/renamed.png", "s4", "https://v/4");
+    for (path, sha) in [
+        ("/w/sub/queued.png", "q"),
+        ("/w/dropped.png", "d"),
+        ("/w/removed.png", "r"),
+        ("/w2/other.png", "o"),
+        ("/w.old/other.png", "p"),
+    ] {
+        j.observe(&obs(path, sha), ABSENT).unwrap();
+    }
+    // Pending with its job dropped: it must be examined again.
+    j.conn
+        .execute(
+            "DELETE FROM jobs WHERE file_id = (SELECT id FROM files WHERE path = '/w/dropped.png')",
+            [],
+        )
+        .unwrap();
+    assert!(matches!(
+        missing(j, "/w/sub/gone.png"),
+        MissingOutcome::DeleteQueued
+    ));
+    assert!(matches!(
+        missing(j, "/w/removed.png"),
+        MissingOutcome::Removed
+    ));
+    let held = ["/w/held.png".to_string()];
+    j.mark_missing(&removals(&held, 100, Some("test"))).unwrap();
+    let moved = [("/w/renamed.png".to_string(), "/w/.renamed.png".to_string())];
+    j.mark_untaken(&moved).unwrap();
+
+    let known = j.known_stamps("/w", 100).unwrap().unwrap();
+    assert_eq!(known.len(), 2, "the synced file and the queued one");
+    for path in [
+        "/w/synced.png",
+        "/w/sub/queued.png",
+        "/w/sub/gone.png",
+        "/w/held.png",
+        "/w/renamed.png",
+        "/w/dropped.png",
+        "/w/removed.png",
+        "/w/none.png",
+        "/w2/other.png",
+        "/w.old/other.png",
+    ] {
+        for on_disk in [stamp(100), stamp(101), fixtures::stamp(100, 8)] {
+            let looked_up = j.known_files(&[path]).unwrap().pop().unwrap();
+            let settled = path.starts_with("/w/")
+                && looked_up.is_some_and(|k| k.unchanged(&on_disk) && !k.untaken);
+            assert_eq!(
+                known.contains(path, &on_disk),
+                settled,
+                "{path} with {on_disk:?}"
+            );
+        }
+    }
+    assert!(
+        j.known_stamps("/w", 1).unwrap().is_none(),
+        "more files than the limit: none kept"
+    );
+    assert!(j.known_stamps("/w", 2).unwrap().is_some());
+}
+
 #[test]
 fn a_walks_batch_is_looked_up_by_range_or_path_by_path_when_the_range_is_crowded() {
     let mut f = fixture();

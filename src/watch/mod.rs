@@ -22,7 +22,8 @@ use tracing::{error, info, warn};
 use crate::adapters::{Adapter, Limits};
 use crate::config::{OnRemove, VendorKind, WatchConfig};
 use crate::journal::{
-    JournalHandle, KnownFile, MissingOutcome, RemovalBatch, RemovalPolicy, UntakenFile, path_text,
+    JournalHandle, KnownFile, KnownStamps, MissingOutcome, RemovalBatch, RemovalPolicy,
+    UntakenFile, path_text,
 };
 use examine::Examined;
 use intake::{Found, Intake, Recorded, log_observed};
@@ -69,6 +70,9 @@ const JOURNAL_RETRY: Duration = Duration::from_secs(1);
 const TAKE_BATCH: usize = 256;
 /// A reconcile reads the folder, and the journal's side of it, this many files at a time.
 const RECONCILE_BATCH: usize = 1024;
+/// A reconcile keeps the stamps of at most this many known files in memory (8 bytes each); a
+/// bigger watch's files are looked up one by one.
+const KNOWN_STAMPS_LIMIT: usize = 1_000_000;
 
 /// What a reconcile's pass over the disk found.
 #[derive(Debug, Default)]
@@ -1180,10 +1184,24 @@ impl WatchTask {
             );
             began.elapsed().saturating_sub(handing_over)
         });
+        // A walk of the whole tree knows most files unchanged from one read of the journal, made
+        // while the walk begins: only the others are looked up one by one.
+        let settled = match dir == self.root() && reach == walk::Reach::Tree {
+            true => self.known_stamps().await,
+            false => None,
+        };
         let mut pass = DiskPass::default();
         let mut failed = false;
-        while let Some(batch) = batches.recv().await {
+        while let Some(mut batch) = batches.recv().await {
             pass.on_disk += batch.len();
+            if let Some(settled) = &settled {
+                let found = batch.len();
+                batch.retain(|(path, stamp)| !settled.contains(&path_text::to_text(path), stamp));
+                pass.known_present += found - batch.len();
+                if batch.is_empty() {
+                    continue;
+                }
+            }
             // The batch goes to the journal's thread and back, so no path is copied to be looked up.
             let looked_up = self.ctx.journal.call(move |j| {
                 let paths: Vec<_> = batch.iter().map(|(p, _)| path_text::to_text(p)).collect();
@@ -1244,6 +1262,19 @@ impl WatchTask {
         drop(batches);
         pass.walk_time = walker.await.unwrap_or_default();
         (!failed).then_some(pass)
+    }
+
+    /// The journal's settled files under the root, for a walk of the whole tree. None when the
+    /// journal holds too many to keep in memory or cannot be read: each file is then looked up,
+    /// and those lookups say what is wrong.
+    async fn known_stamps(&self) -> Option<KnownStamps> {
+        let root = self.root_text();
+        self.ctx
+            .journal
+            .call(move |j| j.known_stamps(&root, KNOWN_STAMPS_LIMIT))
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Looks at the files renamed out of the watch's names, which a walk does not see: one back
