@@ -18,17 +18,42 @@ pub struct Token {
     pub value: Secret,
     /// When to fetch a new one: before the vendor's expiry, with a margin.
     pub refresh_at_ms: i64,
+    /// When the vendor stops taking it.
+    pub expires_at_ms: i64,
+}
+
+impl Token {
+    fn usable(&self, now_ms: i64) -> bool {
+        self.expires_at_ms > now_ms
+    }
 }
 
 #[derive(Debug)]
 enum Slot<E> {
     Empty,
     Valid(Token),
-    /// The last fetch failed; callers get the same answer until `until_ms`.
+    /// The last fetch failed; callers get the same answer until `until_ms`, or the token that
+    /// fetch was to replace while it has not expired: a refresh that fails early (the token
+    /// endpoint down for a minute) costs no upload.
     CoolingDown {
         until_ms: i64,
         failure: E,
+        previous: Option<Token>,
     },
+}
+
+impl<E> Slot<E> {
+    /// The token held, refresh due or not, while the vendor still takes it.
+    fn usable(&self, now_ms: i64) -> Option<&Token> {
+        match self {
+            Slot::Valid(token)
+            | Slot::CoolingDown {
+                previous: Some(token),
+                ..
+            } => Some(token).filter(|t| t.usable(now_ms)),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -56,11 +81,17 @@ impl<E: Clone> TokenCache<E> {
         let now = epoch_ms();
         match &*slot {
             Slot::Valid(token) if token.refresh_at_ms > now => return Ok(token.value.clone()),
-            Slot::CoolingDown { until_ms, failure } if *until_ms > now => {
-                return Err(failure.clone());
+            Slot::CoolingDown {
+                until_ms, failure, ..
+            } if *until_ms > now => {
+                return match slot.usable(now) {
+                    Some(token) => Ok(token.value.clone()),
+                    None => Err(failure.clone()),
+                };
             }
             _ => {}
         }
+        let previous = slot.usable(now).cloned();
         let fetched = fetch().await;
         crate::metrics::token_refresh(fetched.is_ok());
         match fetched {
@@ -70,20 +101,32 @@ impl<E: Clone> TokenCache<E> {
                 Ok(value)
             }
             Err((failure, cool_down)) => {
+                let answer = match &previous {
+                    Some(token) => Ok(token.value.clone()),
+                    None => Err(failure.clone()),
+                };
                 *slot = Slot::CoolingDown {
                     until_ms: epoch_ms() + cool_down.as_millis() as i64,
-                    failure: failure.clone(),
+                    failure,
+                    previous,
                 };
-                Err(failure)
+                answer
             }
         }
     }
 
-    /// Drops `stale` if it is still the cached token (a newer one fetched meanwhile stays).
+    /// Drops `stale` if it is still the cached token (a newer one fetched meanwhile stays): the
+    /// vendor refused it, so it is not kept for use after a failed refresh either.
     pub async fn invalidate(&self, stale: &Secret) {
         let mut slot = self.slot.lock().await;
-        if matches!(&*slot, Slot::Valid(t) if &t.value == stale) {
-            *slot = Slot::Empty;
+        match &mut *slot {
+            Slot::Valid(t) if &t.value == stale => *slot = Slot::Empty,
+            Slot::CoolingDown { previous, .. }
+                if previous.as_ref().is_some_and(|t| &t.value == stale) =>
+            {
+                *previous = None;
+            }
+            _ => {}
         }
     }
 
@@ -178,6 +221,7 @@ mod tests {
             Ok(Token {
                 value: Secret::new("t1"),
                 refresh_at_ms: epoch_ms() + 60_000,
+                expires_at_ms: epoch_ms() + 120_000,
             })
         };
         for _ in 0..3 {
@@ -198,5 +242,43 @@ mod tests {
         );
         cache.clear_failure().await;
         assert_eq!(cache.get(ok).await.unwrap().expose(), "t1");
+    }
+
+    #[tokio::test]
+    async fn a_failed_early_refresh_keeps_the_token_until_it_expires() {
+        let cache: TokenCache<String> = TokenCache::default();
+        let fetches = AtomicUsize::new(0);
+        let expires_in = |ms: i64| {
+            let fetches = &fetches;
+            move || async move {
+                fetches.fetch_add(1, Ordering::SeqCst);
+                Ok(Token {
+                    value: Secret::new("old"),
+                    refresh_at_ms: epoch_ms() - 1,
+                    expires_at_ms: epoch_ms() + ms,
+                })
+            }
+        };
+        let failing = || async {
+            fetches.fetch_add(1, Ordering::SeqCst);
+            Err(("HTTP 503".to_string(), Duration::from_secs(60)))
+        };
+        // Due for refresh at once, good for a minute more.
+        cache.get(expires_in(60_000)).await.unwrap();
+        assert_eq!(cache.get(failing).await.unwrap().expose(), "old");
+        assert_eq!(cache.get(failing).await.unwrap().expose(), "old");
+        assert_eq!(
+            fetches.load(Ordering::SeqCst),
+            2,
+            "the failure cools down while the old token serves"
+        );
+        // The vendor refuses it: the failure is all that is left.
+        cache.invalidate(&Secret::new("old")).await;
+        assert_eq!(cache.get(failing).await.unwrap_err(), "HTTP 503");
+
+        // A token that has expired is never served.
+        let cache: TokenCache<String> = TokenCache::default();
+        cache.get(expires_in(-1)).await.unwrap();
+        assert_eq!(cache.get(failing).await.unwrap_err(), "HTTP 503");
     }
 }

@@ -3,7 +3,7 @@
 
 use std::hash::BuildHasher;
 
-use super::observe::{path_range, stamp_from};
+use super::observe::{path_range, present_under, stamp_from};
 use super::{FileStamp, Journal, Result};
 
 /// The files the journal holds as present and settled under a root, each as a keyed 64-bit hash
@@ -11,7 +11,7 @@ use super::{FileStamp, Journal, Result};
 /// what the journal holds with nothing left to do ([`KnownFile::unchanged`](super::KnownFile),
 /// and counted present), known without reading its record. A file not among them is looked up as
 /// before. The key is drawn afresh for each set, so no file name can be made to collide on
-/// purpose; by chance, two of 2^64.
+/// purpose; by chance, a file is taken for unchanged once in 2^64 / n (n files in the set).
 #[derive(Debug)]
 pub struct KnownStamps {
     key: std::hash::RandomState,
@@ -44,23 +44,25 @@ const SETTLED_UNDER: &str = "SELECT path, size, mtime_ns, ctime_ns, inode, dev F
        AND NOT (state = 'pending' AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.file_id = files.id))";
 
 impl Journal {
-    /// The settled files under `root` as [`KnownStamps`]; none when there are more than `limit`,
-    /// so a huge watch does not hold them all in memory (8 bytes a file) and is looked up file by
-    /// file instead.
+    /// The settled files under `root` as [`KnownStamps`]; none when more than `limit` files are
+    /// present there: a huge watch is looked up a batch at a time instead, so neither its set
+    /// (8 bytes a file) nor one long read that holds up the journal's writes.
     pub fn known_stamps(&self, root: &str, limit: usize) -> Result<Option<KnownStamps>> {
-        let key = std::hash::RandomState::new();
         let (from, to) = path_range(root);
-        let mut hashes = Vec::new();
         self.in_one_read(|| {
+            // Every settled file is counted present, so this many at most.
+            let present = present_under(&self.conn, root)?;
+            if present > limit {
+                return Ok(None);
+            }
+            let key = std::hash::RandomState::new();
+            let mut hashes = Vec::with_capacity(present);
             let mut stmt = self.conn.prepare_cached(SETTLED_UNDER)?;
             let mut rows = stmt.query([from, to])?;
             while let Some(row) = rows.next()? {
                 let Some(stamp) = stamp_from(row, 1)? else {
                     continue;
                 };
-                if hashes.len() == limit {
-                    return Ok(None);
-                }
                 let path = row.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?;
                 hashes.push(key.hash_one((path, &stamp)));
             }

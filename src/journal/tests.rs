@@ -1464,10 +1464,10 @@ fn known_stamps_are_exactly_the_files_a_lookup_finds_unchanged_and_present() {
         }
     }
     assert!(
-        j.known_stamps("/w", 1).unwrap().is_none(),
-        "more files than the limit: none kept"
+        j.known_stamps("/w", 2).unwrap().is_none(),
+        "more files present than the limit (the dropped one too): none kept"
     );
-    assert!(j.known_stamps("/w", 2).unwrap().is_some());
+    assert!(j.known_stamps("/w", 3).unwrap().is_some());
 }
 
 #[test]

@@ -70,9 +70,10 @@ const JOURNAL_RETRY: Duration = Duration::from_secs(1);
 const TAKE_BATCH: usize = 256;
 /// A reconcile reads the folder, and the journal's side of it, this many files at a time.
 const RECONCILE_BATCH: usize = 1024;
-/// A reconcile keeps the stamps of at most this many known files in memory (8 bytes each); a
-/// bigger watch's files are looked up one by one.
-const KNOWN_STAMPS_LIMIT: usize = 1_000_000;
+/// A reconcile keeps the stamps of at most this many known files in memory (8 bytes each), read
+/// at once (a quarter of a second holding up the journal's writes); a bigger watch's files are
+/// looked up a batch at a time.
+const KNOWN_STAMPS_LIMIT: usize = 250_000;
 
 /// What a reconcile's pass over the disk found.
 #[derive(Debug, Default)]
@@ -1185,7 +1186,10 @@ impl WatchTask {
             began.elapsed().saturating_sub(handing_over)
         });
         // A walk of the whole tree knows most files unchanged from one read of the journal, made
-        // while the walk begins: only the others are looked up one by one.
+        // while the walk begins: only the others are looked up one by one. A record another watch
+        // takes over meanwhile (a file moved there) still counts present here, as one looked up
+        // just before the move did: a file gone while the daemon was down may then wait for the
+        // next rescan to be found gone.
         let settled = match dir == self.root() && reach == walk::Reach::Tree {
             true => self.known_stamps().await,
             false => None,

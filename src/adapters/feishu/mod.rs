@@ -243,6 +243,7 @@ impl Answer {
                     Outcome::Done(Token {
                         value: Secret::new(token),
                         refresh_at_ms: refresh_at(now, expire),
+                        expires_at_ms: now.saturating_add(expire.max(0).saturating_mul(1000)),
                     })
                 }
                 _ => Outcome::Retry {
@@ -401,7 +402,9 @@ pub fn classify<T>(
         (200..=299, Some(0)) => return None,
         _ if in_set(TOKEN_INVALID) => Outcome::Reauth { reason: said },
         (429, _) | (_, Some(ERR_RATE_LIMITED)) => {
-            let after = wait.unwrap_or(DEFAULT_RATE_WAIT);
+            // A reset of 0 (the window reopening as it answered) would send the next call at
+            // once, into the same closed window.
+            let after = wait.map_or(DEFAULT_RATE_WAIT, |w| w.max(DEFAULT_RATE_WAIT));
             Outcome::Throttled {
                 after: Some(after),
                 reason: format!(

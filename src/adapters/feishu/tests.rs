@@ -12,6 +12,23 @@ fn class(status: u16, code: Option<i64>) -> Outcome<()> {
 }
 
 #[test]
+fn a_rate_limit_is_waited_out_for_a_second_at_least() {
+    for (reset, waited) in [(None, 1), (Some(0), 1), (Some(3), 3)] {
+        let said = classify::<()>(
+            429,
+            Some(ERR_RATE_LIMITED),
+            "x",
+            "upload",
+            reset.map(Duration::from_secs),
+        );
+        let Some(Outcome::Throttled { after, .. }) = said else {
+            panic!("reset {reset:?}: {said:?}");
+        };
+        assert_eq!(after, Some(Duration::from_secs(waited)), "reset {reset:?}");
+    }
+}
+
+#[test]
 fn codes_map_to_the_taxonomy() {
     assert_eq!(class(200, Some(0)), Outcome::Done(()));
     for code in TOKEN_INVALID {

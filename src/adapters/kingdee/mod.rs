@@ -291,6 +291,7 @@ pub(crate) fn token_of(data: &serde_json::Value) -> Result<Token, &'static str> 
     Ok(Token {
         value: Secret::new(token),
         refresh_at_ms: refresh_point(now, expires),
+        expires_at_ms: expires,
     })
 }
 
