@@ -70,6 +70,17 @@ pub(super) fn is_live(tx: &Connection, copy_id: Option<i64>) -> Result<bool> {
     }
 }
 
+/// Whether a file may be synced to the copy now: live, and not expiring soon (a Jiandaoyun key
+/// unused for its hour is dead, though never deleted).
+pub(super) fn is_usable(tx: &Connection, copy_id: i64) -> Result<bool> {
+    Ok(tx.cached_query_row(
+        "SELECT state = 'live' AND (expires_at IS NULL OR expires_at > ?2)
+         FROM remote_copies WHERE id = ?1",
+        params![copy_id, now_ms() + REUSE_MARGIN_MS],
+        |r| r.get(0),
+    )?)
+}
+
 /// A file other than `except` that still needs the copy: one that points at it and is on disk or
 /// whose removal is held, or one waiting to upload the same bytes (it would reuse the copy).
 ///

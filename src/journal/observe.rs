@@ -61,7 +61,7 @@ pub enum Observed {
     /// The file came back before its removal was carried out, or after it with its copy still
     /// live: synced again, nothing sent.
     Restored,
-    /// The file came back while its copy was being deleted: uploaded afresh.
+    /// The file came back while its copy was being deleted, or after it expired: uploaded afresh.
     RestoredAfterDelete,
 }
 
@@ -497,8 +497,14 @@ fn observe_known(tx: &Connection, obs: &Observation<'_>, row: Existing) -> Resul
         }
         return Ok(Observed::Unchanged);
     }
-    let synced_to_own_copy =
-        same_content && copy_id.is_some() && copy_sha(tx, copy_id)?.as_deref() == Some(obs.sha256);
+    // Back with the bytes of its copy: synced to it again, unless it has expired meanwhile (a
+    // Jiandaoyun key put back after its hour), when the bytes go again as for a deleted copy.
+    let synced_to_own_copy = match copy_id {
+        Some(id) if same_content => {
+            copy_sha(tx, copy_id)?.as_deref() == Some(obs.sha256) && copies::is_usable(tx, id)?
+        }
+        _ => false,
+    };
     if synced_to_own_copy {
         jobs::drop_queued(tx, row.id, &["upload"])?;
         tx.cached_execute(

@@ -320,6 +320,44 @@ fn the_same_bytes_reuse_a_live_copy_and_a_shared_copy_is_kept() {
     assert!(claim(j).is_none());
 }
 
+/// A file whose copy is kept when it goes (Jiandaoyun's keys) and that comes back is synced to
+/// that copy again only while the copy has not expired: a key past its hour is dead.
+#[test]
+fn a_file_put_back_after_its_copy_expired_is_sent_again() {
+    for (expires_in, restored) in [(3_600_000, true), (1_000, false)] {
+        let mut f = fixture();
+        let j = &mut f.journal;
+        j.observe(&obs("/w/a.png", "aa"), PRESENT).unwrap();
+        let upload = claim(j).unwrap();
+        let key = JobResult::Uploaded(Remote {
+            reference: "key-1".into(),
+            expires_at: Some(now_ms() + expires_in),
+            ..Remote::default()
+        });
+        j.finish(&upload, &key, None).unwrap();
+        let gone = ["/w/a.png".to_string()];
+        let kept = RemovalBatch {
+            policy: RemovalPolicy::Keep,
+            ..removals(&gone, 100, None)
+        };
+        j.mark_missing(&kept).unwrap();
+        let back = j.observe(&obs("/w/a.png", "aa"), PRESENT).unwrap();
+        match restored {
+            true => {
+                assert_eq!(back, Observed::Restored);
+                assert!(claim(j).is_none(), "nothing to send");
+                assert_eq!(state_of(j, "/w/a.png").state, "synced");
+            }
+            false => {
+                assert_eq!(back, Observed::RestoredAfterDelete);
+                let again = claim(j).expect("the bytes go again, not synced to a dead key");
+                assert_eq!(again.op, JobOp::Upload);
+                assert_eq!(state_of(j, "/w/a.png").state, "pending");
+            }
+        }
+    }
+}
+
 #[test]
 fn a_copy_deleted_is_never_restored_nor_reused() {
     let mut f = fixture();

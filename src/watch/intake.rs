@@ -135,7 +135,7 @@ pub(super) fn log_observed(found: &Found, vendor: &str, observed: Observed) {
         ),
         Observed::RestoredAfterDelete => info!(
             path = %shown, vendor = %vendor,
-            "back on disk but its remote copy is deleted (or being deleted): queued for upload"
+            "back on disk but its remote copy is deleted, being deleted or expired: queued for upload"
         ),
     }
 }
