@@ -86,3 +86,93 @@ pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Durati
         })
         .map(Duration::from_secs)
 }
+
+/// The head of an answer's `body` as text for a log line or a file's error: at most `chars`
+/// characters, with the value of every field named like a token cut out (an answer the adapter
+/// could not read, a token answer of an unexpected shape, may carry a live token).
+pub fn snippet(body: &[u8], chars: usize) -> String {
+    let head = &body[..body.len().min(chars * 4)];
+    without_tokens(&String::from_utf8_lossy(head))
+        .chars()
+        .take(chars)
+        .collect()
+}
+
+/// `text` with each JSON string value whose key holds "token" (any case: `tenant_access_token`,
+/// `app-token`, Qiniu's `token`) replaced by "…"; a value cut short by the snippet is cut to the
+/// end.
+fn without_tokens(text: &str) -> String {
+    // ASCII lowercasing keeps every byte where it was.
+    let (lower, bytes) = (text.to_ascii_lowercase(), text.as_bytes());
+    let skip = |mut i: usize, what: fn(u8) -> bool| {
+        while bytes.get(i).copied().is_some_and(what) {
+            i += 1;
+        }
+        i
+    };
+    let (mut out, mut copied, mut from) = (String::with_capacity(text.len()), 0, 0);
+    while let Some(found) = lower[from..].find("token") {
+        let key_end = skip(from + found + "token".len(), |b| {
+            b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
+        });
+        from = key_end;
+        if bytes.get(key_end) != Some(&b'"') {
+            continue;
+        }
+        let colon = skip(key_end + 1, |b| b.is_ascii_whitespace());
+        if bytes.get(colon) != Some(&b':') {
+            continue;
+        }
+        let quote = skip(colon + 1, |b| b.is_ascii_whitespace());
+        if bytes.get(quote) != Some(&b'"') {
+            continue;
+        }
+        let mut end = quote + 1;
+        while end < bytes.len() && bytes[end] != b'"' {
+            end += if bytes[end] == b'\\' { 2 } else { 1 };
+        }
+        let end = end.min(bytes.len());
+        out.push_str(&text[copied..=quote]);
+        out.push('…');
+        (copied, from) = (end, end);
+    }
+    out.push_str(&text[copied..]);
+    out
+}
+
+#[cfg(test)]
+mod snippet_tests {
+    use super::snippet;
+
+    #[test]
+    fn a_snippet_shows_no_token() {
+        let cases = [
+            (
+                r#"{"code":0,"tenant_access_token":"t-g1044ab","expire":"7200"}"#,
+                r#"{"code":0,"tenant_access_token":"…","expire":"7200"}"#,
+            ),
+            (
+                r#"{"data": {"app-token" : "abc\"def", "x": 1}}"#,
+                r#"{"data": {"app-token" : "…", "x": 1}}"#,
+            ),
+            (
+                r#"[{"url":"u","Token":"AK:sig:pol"},{"token":"AK:sig2"#,
+                r#"[{"url":"u","Token":"…"},{"token":"…"#,
+            ),
+            (
+                r#"{"token_type":1,"tokens":[]}"#,
+                r#"{"token_type":1,"tokens":[]}"#,
+            ),
+            ("<html>token expired</html>", "<html>token expired</html>"),
+        ];
+        for (body, shown) in cases {
+            assert_eq!(snippet(body.as_bytes(), 300), shown);
+        }
+        assert_eq!(
+            snippet("是的token".repeat(200).as_bytes(), 10)
+                .chars()
+                .count(),
+            10
+        );
+    }
+}

@@ -314,8 +314,7 @@ impl Answer {
     }
 
     fn snippet(&self) -> String {
-        let head = &self.body[..self.body.len().min(1200)];
-        String::from_utf8_lossy(head).chars().take(300).collect()
+        super::http::snippet(&self.body, 300)
     }
 
     /// What Feishu said: `msg` and the fields it objected to.

@@ -707,8 +707,7 @@ impl Answer {
     }
 
     fn snippet(&self) -> String {
-        let head = &self.body[..self.body.len().min(1200)];
-        String::from_utf8_lossy(head).chars().take(300).collect()
+        super::http::snippet(&self.body, 300)
     }
 
     fn verdict(&self, endpoint: Endpoint) -> Verdict {

@@ -435,7 +435,7 @@ fn classify<T>(
 }
 
 fn snippet(body: &[u8]) -> String {
-    String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned()
+    super::http::snippet(body, 200)
 }
 
 #[cfg(test)]
