@@ -452,15 +452,18 @@ pub fn refresh_at(now_ms: i64, expire: i64) -> i64 {
     now_ms.saturating_add(lifetime) - (lifetime / 10).min(MAX_REFRESH_MARGIN_MS)
 }
 
-/// The `name` lingo gets: the file's name, with an image extension (the content's, when the name
-/// has none), at most 100 characters.
+/// The extensions lingo takes in a `name`: its doc's six (icon, bmp, gif, png, jpeg, webp) and
+/// their usual short forms. Not `jpe`, which the daemon itself takes for a JPEG.
+const LINGO_EXTENSIONS: [&str; 8] = ["ico", "icon", "bmp", "gif", "png", "jpeg", "jpg", "webp"];
+
+/// The `name` lingo gets: the file's name, with an extension lingo takes (the content's, when the
+/// name has none of those), at most 100 characters.
 pub fn lingo_name(request: &UploadRequest<'_>) -> String {
     let name = request.file_name_with_suffix();
     let has_image_extension = Path::new(&name)
         .extension()
         .and_then(|e| e.to_str())
-        .and_then(ImageFormat::from_extension)
-        .is_some();
+        .is_some_and(|e| LINGO_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()));
     let name = if has_image_extension {
         name
     } else {

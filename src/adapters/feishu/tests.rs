@@ -178,6 +178,11 @@ fn the_name_always_carries_an_image_extension() {
         lingo_name(&request("/d/icon.ICO", &bytes, ImageFormat::Ico)),
         "icon.ICO"
     );
+    assert_eq!(
+        lingo_name(&request("/d/photo.jpe", &bytes, ImageFormat::Jpeg)),
+        "photo.jpe.jpg",
+        "a JPEG extension lingo does not take"
+    );
     let long = format!("/d/{}.png", "n".repeat(120));
     let name = lingo_name(&request(&long, &bytes, ImageFormat::Png));
     assert_eq!((name.chars().count(), name.ends_with(".png")), (100, true));
