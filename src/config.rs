@@ -128,10 +128,15 @@ pub struct NameFilter {
 }
 
 impl NameFilter {
-    pub fn new(include: &[String], exclude: &[String]) -> Result<Self, globset::Error> {
+    /// The filter of these patterns; a pattern that is no glob is an error of its list, named
+    /// `include` or `exclude`.
+    pub fn new(
+        include: &[String],
+        exclude: &[String],
+    ) -> Result<Self, (&'static str, globset::Error)> {
         Ok(NameFilter {
-            include: Globs::new(include)?,
-            exclude: Globs::new(exclude)?,
+            include: Globs::new(include).map_err(|e| ("include", e))?,
+            exclude: Globs::new(exclude).map_err(|e| ("exclude", e))?,
         })
     }
 
@@ -368,10 +373,12 @@ impl Config {
         let ctx = Ctx {
             file: path.display().to_string(),
             text,
-            base_dir: path
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|| PathBuf::from(".")),
+            // Absolute, so a relative `-c` still records absolute paths (the journal's paths are
+            // how `history PATH` and a restart from another folder find a file).
+            base_dir: std::path::absolute(path)
+                .ok()
+                .and_then(|path| path.parent().map(Path::to_path_buf))
+                .unwrap_or_else(|| PathBuf::from("/")),
             read_secrets,
         };
         let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| ctx.syntax(&e))?;
@@ -411,10 +418,10 @@ impl Ctx<'_> {
     }
 
     fn build(&self, raw: RawConfig, source: &Path) -> Result<Config, ConfigError> {
-        let journal = raw
-            .journal
-            .map(|p| self.resolve_path(&p))
-            .unwrap_or_else(|| PathBuf::from("/var/lib/imgsyncd/journal.sqlite3"));
+        let journal = match raw.journal {
+            Some(p) => self.resolve_path(Path::new(&self.expand("journal", &p.to_string_lossy())?)),
+            None => PathBuf::from("/var/lib/imgsyncd/journal.sqlite3"),
+        };
         let workers = raw.workers.unwrap_or(4);
         if workers == 0 || workers > 64 {
             return Err(self.invalid("workers", "must be between 1 and 64"));
@@ -518,7 +525,8 @@ impl Ctx<'_> {
     ) -> Result<Duration, ConfigError> {
         match value {
             None => Ok(default),
-            Some(text) => parse_duration(text).map_err(|message| self.invalid(key, message)),
+            Some(text) => parse_duration(&self.expand(key, text)?)
+                .map_err(|message| self.invalid(key, message)),
         }
     }
 
@@ -766,12 +774,13 @@ impl Ctx<'_> {
             .exclude
             .unwrap_or_else(|| DEFAULT_EXCLUDE.iter().map(|s| s.to_string()).collect());
         let filter = NameFilter::new(&include, &exclude)
-            .map_err(|e| self.invalid(&format!("{prefix}.include"), e.to_string()))?;
+            .map_err(|(list, e)| self.invalid(&format!("{prefix}.{list}"), e.to_string()))?;
+        let poll_key = format!("{prefix}.poll");
         let poll = match raw.poll.as_deref() {
             None => None,
             Some(text) => Some(
-                parse_duration(text)
-                    .map_err(|message| self.invalid(&format!("{prefix}.poll"), message))?,
+                parse_duration(&self.expand(&poll_key, text)?)
+                    .map_err(|message| self.invalid(&poll_key, message))?,
             ),
         };
         Ok(WatchConfig {

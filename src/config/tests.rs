@@ -74,6 +74,47 @@ fn a_missing_environment_variable_is_named() {
 }
 
 #[test]
+fn the_journal_and_the_durations_expand_variables_too() {
+    for (from, key) in [("/var/lib/imgsyncd", "journal"), ("500ms", "settle")] {
+        let err = parse(&GOOD.replace(from, "${IMGSYNCD_TEST_SURELY_UNSET}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!(
+                "{key}: environment variable IMGSYNCD_TEST_SURELY_UNSET is not set"
+            )),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn a_config_named_relative_to_the_working_folder_gives_absolute_paths() {
+    let text = GOOD
+        .replace("/var/lib/imgsyncd/journal.sqlite3", "state/journal.sqlite3")
+        .replace("/srv/drop/products", "drop");
+    let config = Config::parse(&text, Path::new("daemon.yaml")).unwrap();
+    let here = std::env::current_dir().unwrap();
+    assert_eq!(config.journal, here.join("state/journal.sqlite3"));
+    assert_eq!(config.watches[0].path, here.join("drop"));
+}
+
+#[test]
+fn a_bad_exclude_pattern_is_named_as_exclude() {
+    let text = GOOD.replace(
+        "    vendor: erp\n",
+        "    vendor: erp\n    exclude: [\"{a\"]\n",
+    );
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(
+        err.starts_with(
+            "/etc/imgsyncd/daemon.yaml:15: watches[0].exclude: error parsing glob '{a'"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_secret_can_come_from_a_file() {
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("app_secret");
