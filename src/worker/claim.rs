@@ -1,7 +1,7 @@
 //! Claiming due jobs from the journal: for free slots, the least busy vendor first; for a slot's
 //! own line, its vendor's next jobs, unless a vendor no slot serves cuts in.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use tracing::{error, info};
@@ -93,7 +93,7 @@ pub(super) fn claim_due(
                 names
             }
         };
-        let step = match claim_one(j, names, held, &mut pauses) {
+        let step = match claim_one(j, names, held, &in_flight, &mut pauses) {
             Ok(step) => step,
             Err(e) if jobs.is_empty() && settled.is_empty() => return Err(e),
             // What was claimed is committed with the group: it goes to its slot, or nobody would
@@ -162,11 +162,13 @@ pub(super) fn queue_up(ahead: &mut VecDeque<Claim>, next: Vec<Claim>, behind: Op
 /// backlog never starves another), with the probe interval when it is a paused vendor's probe.
 ///
 /// `pauses` keeps the vendors' pauses between the claims of one `claim_due`, read again only
-/// after a probe moved its vendor's next probe.
+/// after a probe moved its vendor's next probe. A paused vendor of which a slot holds a job (its
+/// probe still in flight: a call may outlast the probe interval) gets no probe: one at a time.
 fn claim_one(
     j: &mut crate::journal::Journal,
     names: Vec<String>,
     held: &HashSet<i64>,
+    in_flight: &HashMap<String, usize>,
     pauses: &mut Option<Vec<VendorPause>>,
 ) -> crate::journal::Result<Option<(Claimed, Option<Duration>)>> {
     let now = now_ms();
@@ -174,12 +176,13 @@ fn claim_one(
         Some(known) => known,
         None => pauses.insert(j.pauses()?),
     };
+    let probe_free = |v: &String| in_flight.get(v).is_none_or(|count| *count == 0);
     let claimable: Vec<String> = names
         .into_iter()
         .filter(|v| {
             known
                 .iter()
-                .all(|p| &p.vendor != v || p.next_probe_at <= now)
+                .all(|p| &p.vendor != v || (p.next_probe_at <= now && probe_free(v)))
         })
         .collect();
     // A probe and the push of its vendor's next probe stand or fall together: a probe claimed

@@ -68,8 +68,11 @@ pub(super) async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duratio
     let vendor = job.vendor.as_str();
     let op = job.op.as_str();
     let (id, attempt_no) = (job.id, job.attempts + 1);
-    let outcome = circuit_breaker(ctx, vendor, probe, &call);
-    if answers_again(probe, &call, &outcome) {
+    let outcome = circuit_breaker(ctx, vendor, id, probe, &call);
+    // The vendor is back: the outage does not count towards this job's give_up_after either,
+    // as it does not for the jobs that waited behind it (restart_outage_clock).
+    let outage_over = answers_again(probe, &call, &outcome);
+    if outage_over {
         resume(ctx, vendor).await;
     }
     let result = match outcome {
@@ -168,8 +171,16 @@ pub(super) async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duratio
         Outcome::VendorDown { reason } => {
             attempt.outcome = "vendor_paused".into();
             attempt.message = Some(reason.clone());
-            pause(ctx, vendor, &shown, probe, &reason).await;
-            JobResult::Release
+            let next_probe = pause(ctx, vendor, &shown, probe, &reason).await;
+            match probe {
+                // A probe that failed waits behind the next one, so each probe tries another
+                // job: a file the vendor chokes on alone cannot keep its vendor paused.
+                Some(_) => JobResult::Defer {
+                    not_before: now_ms() + next_probe.as_millis() as i64 + 1,
+                    reason: format!("{reason}; this file waits behind the vendor's next probe"),
+                },
+                None => JobResult::Release,
+            }
         }
         Outcome::Unconfirmed { reason } => {
             // The file may be stored at the vendor under a name we cannot know: it waits for a
@@ -205,6 +216,10 @@ pub(super) async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duratio
         }
     };
     crate::metrics::job_done(vendor, job.op, &attempt.outcome);
+    let mut job = job;
+    if outage_over {
+        job.first_failure_at = None;
+    }
     Decided {
         job,
         result,
@@ -224,13 +239,14 @@ pub(super) fn answers_again<T>(
 }
 
 /// Pauses the vendor: its jobs stay queued behind one probe, tried at growing intervals.
+/// Returns how long until the next probe.
 async fn pause(
     ctx: &WorkerContext,
     vendor: &str,
     path: &str,
     probe: Option<Duration>,
     reason: &str,
-) {
+) -> Duration {
     let interval = probe.map_or(FIRST_PROBE, |d| (d * 2).min(MAX_PROBE));
     if let Verdict::Log { .. } =
         crate::logging::storms().check(&crate::logging::pauses_of(vendor), Instant::now())
@@ -252,6 +268,7 @@ async fn pause(
         error!("cannot record the pause: {e}");
     }
     ctx.outages.paused(vendor);
+    interval
 }
 
 /// A vendor that has not answered several calls in a row (or whose probe went unanswered) is
@@ -260,6 +277,7 @@ async fn pause(
 fn circuit_breaker<T>(
     ctx: &WorkerContext,
     vendor: &str,
+    job: i64,
     probe: Option<Duration>,
     call: &Call<T>,
 ) -> Outcome<T>
@@ -274,7 +292,7 @@ where
         Outcome::Retry { reason, .. } if call.is_outage() => Some(reason.clone()),
         _ => None,
     };
-    let failures = ctx.outages.record(vendor, unanswered.is_some());
+    let failures = ctx.outages.record(vendor, job, unanswered.is_some());
     match unanswered {
         Some(reason) if probe.is_some() || failures >= OUTAGE_AFTER => Outcome::VendorDown {
             reason: format!(

@@ -485,3 +485,55 @@ fn a_probe_whose_next_probe_cannot_be_pushed_back_stays_queued() {
     assert_eq!(jobs.len(), 1, "the job is still queued");
     assert!(jobs[0].1.is_some(), "claimed as the vendor's probe");
 }
+
+/// A probe whose call outlasts the probe interval: no second probe goes while a slot holds a job
+/// of the paused vendor.
+#[test]
+fn no_second_probe_goes_while_one_is_in_flight() {
+    let (_dir, mut j) = queued(3);
+    let names = vec!["a".to_string()];
+    j.pause_vendor("a", "down", 0).unwrap();
+    let (probe, _) = claim_due(&mut j, &names, &Held::default(), 1, &ClaimFor::Slots).unwrap();
+    assert_eq!(probe.len(), 1);
+    assert!(probe[0].1.is_some(), "claimed as the vendor's probe");
+    // The next probe falls due while the first is still in flight.
+    j.pause_vendor("a", "down", 0).unwrap();
+    let probing = Held {
+        in_flight: [("a".to_string(), 1)].into(),
+        jobs: [probe[0].0.id].into(),
+    };
+    let (more, _) = claim_due(&mut j, &names, &probing, 1, &ClaimFor::Slots).unwrap();
+    assert!(more.is_empty(), "one probe at a time: {more:?}");
+    // Once it is over, the next probe goes.
+    let (next, _) = claim_due(&mut j, &names, &Held::default(), 1, &ClaimFor::Slots).unwrap();
+    assert_eq!(next.len(), 1);
+    assert!(next[0].1.is_some());
+}
+
+/// A probe the vendor does not answer waits behind the vendor's next probe (so that probe tries
+/// another job: one file the vendor chokes on cannot keep it paused); a job that merely trips the
+/// breaker keeps its place.
+#[test]
+fn a_failed_probe_waits_behind_the_next_probe() {
+    let (_dir, mut j) = queued(1);
+    let mut job = first_job(&mut j);
+    // A delete, so the call goes to the vendor (at a closed port) without reading a file.
+    job.op = JobOp::Delete;
+    job.remote_ref = Some("http://127.0.0.1:1/x.png".into());
+    let (slot, _journal, _stop) = slot_on(j);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let before = crate::journal::now_ms();
+    let probe = Some(Duration::from_secs(30));
+    let decided = runtime.block_on(process(&slot.ctx, job.clone(), probe));
+    match decided.result {
+        // The next probe in twice the last interval.
+        JobResult::Defer { not_before, .. } => assert!(not_before > before + 60_000),
+        other => panic!("{other:?}"),
+    }
+    let decided = runtime.block_on(process(&slot.ctx, job, None));
+    assert!(
+        matches!(decided.result, JobResult::Retry { .. }),
+        "one job's failures trip no breaker: {:?}",
+        decided.result
+    );
+}
