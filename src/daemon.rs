@@ -332,7 +332,12 @@ impl Daemon {
                 let (kept, stopped): (Vec<_>, Vec<_>) = std::mem::take(&mut self.watches)
                     .into_iter()
                     .partition(|w| {
-                        new.watches.contains(&w.config) && new.settle == self.config.settle
+                        // Each watch keeps the settings it started with: a watch whose settings
+                        // changed starts again with the new ones.
+                        new.watches.contains(&w.config)
+                            && new.settle == self.config.settle
+                            && new.rescan == self.config.rescan
+                            && new.max_deletes == self.config.max_deletes
                     });
                 for watch in stopped {
                     info!(watch = %watch.config.path.display(), "watch removed or changed: stopping it");

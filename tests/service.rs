@@ -409,6 +409,43 @@ fn a_reload_adds_and_removes_watches_and_keeps_jobs() {
     assert_eq!(h.sandbox.uploads(), 3);
 }
 
+/// A reload that lowers `max_deletes` applies it to the watch already running (it starts again
+/// with the new settings): the deletes past it are held.
+#[test]
+fn a_reload_applies_a_new_max_deletes_to_a_running_watch() {
+    let mut h = Harness::new();
+    h.start();
+    let names: Vec<String> = (0..3).map(|i| format!("m{i}.png")).collect();
+    for (i, name) in names.iter().enumerate() {
+        h.drop_file(name, &png(610 + i as u32));
+    }
+    for name in &names {
+        h.wait_state(name, "synced");
+    }
+    let original = std::fs::read_to_string(&h.config_path).unwrap();
+    assert!(original.contains("max_deletes: 100\n"), "{original}");
+    std::fs::write(
+        &h.config_path,
+        original.replace("max_deletes: 100\n", "max_deletes: 1\n"),
+    )
+    .unwrap();
+    h.reload();
+    h.wait_for("the watch to start again with the new settings", |h| {
+        h.log().contains("watch removed or changed: stopping it")
+    });
+    h.wait_for("the reload to finish", |h| {
+        h.log().contains("config reloaded from")
+    });
+    for name in &names {
+        std::fs::remove_file(h.path(name)).unwrap();
+    }
+    h.wait_for("the deletes past max_deletes: 1 to be held", |h| {
+        h.status()["held_deletes"].as_u64() >= Some(2)
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(h.deletes_at_sandbox() <= 1, "{}", h.deletes_at_sandbox());
+}
+
 #[test]
 fn status_says_whether_the_daemon_runs_and_names_the_oldest_pending_file() {
     let mut h = Harness::new();
