@@ -231,7 +231,8 @@ fn journal_path(path: &Path) -> String {
 }
 
 fn retry(config_path: &Path, failed: bool, held: bool, paths: &[PathBuf]) -> Result<ExitCode> {
-    let config = load(config_path)?;
+    // Only the journal and the watches: an operator's shell has no ${CREDENTIALS_DIRECTORY}.
+    let config = Config::load_without_secrets(config_path)?;
     let mut journal = Journal::open_existing(&config.journal)?;
     let code = if failed {
         let n = journal.retry_failed()?;

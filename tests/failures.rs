@@ -252,6 +252,27 @@ fn a_secret_file_under_credentials_directory_is_read_when_systemd_sets_it() {
         stderr.contains("vendors.erp.app_secret_file: environment variable CREDENTIALS_DIRECTORY is not set (systemd sets it"),
         "{stderr}"
     );
+
+    // An operator's shell has no CREDENTIALS_DIRECTORY: `retry` needs only the journal.
+    let scanned = h
+        .cli_command()
+        .env("CREDENTIALS_DIRECTORY", &credentials)
+        .arg("scan")
+        .output()
+        .unwrap();
+    assert!(scanned.status.success(), "{scanned:?}");
+    let out = h
+        .cli_command()
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .args(["retry", "--failed"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
