@@ -366,9 +366,22 @@ where
     Fut: std::future::Future<Output = Call<T>>,
 {
     let first = guarded(op, call()).await;
-    match first.outcome {
-        Outcome::Reauth { .. } => guarded(op, call()).await,
-        _ => first,
+    if !matches!(first.outcome, Outcome::Reauth { .. }) {
+        return first;
+    }
+    let again = guarded(op, call()).await;
+    match again.outcome {
+        // A fresh token refused too: the vendor refuses us (a revoked permission, an app
+        // disabled), which no retry of each job cures: paused, its jobs kept, until a probe or
+        // a reload finds it taking our calls again.
+        Outcome::Reauth { reason } => Call::new(
+            Outcome::VendorDown {
+                reason: format!("{reason} (a fresh token was refused too)"),
+            },
+            again.http_status,
+            again.vendor_code,
+        ),
+        _ => again,
     }
 }
 

@@ -537,3 +537,38 @@ fn a_failed_probe_waits_behind_the_next_probe() {
         decided.result
     );
 }
+
+/// A token refused, then a fresh one refused too: the vendor refuses us, and is paused rather
+/// than each job retried until it fails; one refused once and then taken is simply done.
+#[test]
+fn a_fresh_token_refused_too_pauses_the_vendor() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let answers = |first_refused: usize| {
+        let calls = std::cell::Cell::new(0);
+        runtime.block_on(with_reauth(JobOp::Upload, || {
+            calls.set(calls.get() + 1);
+            let refused = calls.get() <= first_refused;
+            async move {
+                match refused {
+                    true => Call::new(
+                        Outcome::Reauth {
+                            reason: "token invalid".into(),
+                        },
+                        Some(400),
+                        Some("99991663".into()),
+                    ),
+                    false => Call::new(Outcome::Done(()), Some(200), None),
+                }
+            }
+        }))
+    };
+    let refused_twice = answers(2);
+    match &refused_twice.outcome {
+        Outcome::VendorDown { reason } => assert!(reason.contains("refused too"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(refused_twice.vendor_code.as_deref(), Some("99991663"));
+    assert_eq!(answers(1).outcome, Outcome::Done(()));
+}
