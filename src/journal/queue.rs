@@ -397,7 +397,11 @@ impl Journal {
                 [vendor],
                 |r| r.get(0),
             )?;
-            let queued = queued.map(|due| probe.map_or(due, |probe| due.max(probe)));
+            // Nothing of a paused vendor is claimed before its probe is due: neither a queued job
+            // nor one whose lease ran out (a pool woken for it would find nothing to claim, and
+            // look again every 250 ms until the probe).
+            let after_probe = |due: i64| probe.map_or(due, |probe| due.max(probe));
+            let (queued, lease) = (queued.map(after_probe), lease.map(after_probe));
             for due in [queued, lease].into_iter().flatten() {
                 next = Some(next.map_or(due, |n: i64| n.min(due)));
             }

@@ -1546,3 +1546,27 @@ fn a_walks_batch_is_looked_up_by_range_or_path_by_path_when_the_range_is_crowded
     );
     assert!(j.known_files::<&str>(&[]).unwrap().is_empty());
 }
+
+/// A job whose lease ran out is due again, but not before its paused vendor's probe: the pool
+/// would wake for it and find nothing it may claim.
+#[test]
+fn a_paused_vendors_lapsed_lease_is_due_with_its_probe() {
+    let mut f = fixture();
+    let j = &mut f.journal;
+    j.observe(&obs("/w/a.png", "aa"), PRESENT).unwrap();
+    // Claimed with a lease already over.
+    let Some(Claimed::Job(_)) = j.claim(&vendors(), -1).unwrap() else {
+        panic!("a job is due");
+    };
+    let now = now_ms();
+    assert!(
+        j.next_due(&vendors()).unwrap().unwrap() <= now,
+        "its lease ran out"
+    );
+    j.pause_vendor("erp", "down", 600_000).unwrap();
+    let due = j.next_due(&vendors()).unwrap().unwrap();
+    assert!(
+        due >= now + 600_000,
+        "due with the probe, in ten minutes: {due}"
+    );
+}
