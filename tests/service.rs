@@ -409,6 +409,35 @@ fn a_reload_adds_and_removes_watches_and_keeps_jobs() {
     assert_eq!(h.sandbox.uploads(), 3);
 }
 
+/// Sixteen watches of 4 000 files each (more than the two batches a walk hands over before its
+/// watch takes one), reconciled at once at the start: each walk runs on a thread of its own, so
+/// none holds a thread a journal call waits for. (On the runtime's blocking pool, eight walks
+/// waiting for their watches held all its threads while each watch waited for a journal call:
+/// the old code hung here, never started.)
+#[test]
+fn sixteen_big_watches_reconciled_at_once_all_start() {
+    let mut h = Harness::new();
+    let mut config = std::fs::read_to_string(&h.config_path).unwrap();
+    let mut folders = vec![h.drop.clone()];
+    for w in 1..16 {
+        let folder = h.dir.path().join(format!("watch{w}"));
+        std::fs::create_dir_all(&folder).unwrap();
+        config += &format!("  - path: {}\n    vendor: erp\n", folder.display());
+        folders.push(folder);
+    }
+    std::fs::write(&h.config_path, config).unwrap();
+    for folder in &folders {
+        for i in 0..4_000 {
+            std::fs::write(folder.join(format!("n{i:04}.png")), b"not a png").unwrap();
+        }
+    }
+    h.start();
+    assert_eq!(
+        h.log().matches("reconciled with the journal").count(),
+        folders.len()
+    );
+}
+
 /// A reload that lowers `max_deletes` applies it to the watch already running (it starts again
 /// with the new settings): the deletes past it are held.
 #[test]

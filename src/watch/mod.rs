@@ -1165,8 +1165,12 @@ impl WatchTask {
         );
         let watching = self.watcher.clone();
         // The walk's own time, without its waits for the batches to be taken: a poll of the tree
-        // takes as long (what the watch does with each batch is no part of it).
-        let walker = tokio::task::spawn_blocking(move || {
+        // takes as long (what the watch does with each batch is no part of it). On a thread of its
+        // own, not the runtime's blocking pool: a walk waits for its batches to be taken, which
+        // takes the journal, which runs on that pool; eight watches walking at once held all
+        // eight of its threads, and every journal call waited for good.
+        let (timed, walk_time) = tokio::sync::oneshot::channel();
+        let walk = move || {
             let watching = watching.as_deref();
             let (began, mut handing_over) = (Instant::now(), Duration::ZERO);
             walk::in_batches(
@@ -1183,8 +1187,16 @@ impl WatchTask {
                     taken
                 },
             );
-            began.elapsed().saturating_sub(handing_over)
-        });
+            let _ = timed.send(began.elapsed().saturating_sub(handing_over));
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("imgsyncd-walk".into())
+            .spawn(walk)
+        {
+            // Nothing was walked: not an empty folder.
+            error!(watch = %self.root().display(), "cannot start a thread to read the folder: {e}");
+            return None;
+        }
         // A walk of the whole tree knows most files unchanged from one read of the journal, made
         // while the walk begins: only the others are looked up one by one. A record another watch
         // takes over meanwhile (a file moved there) still counts present here, as one looked up
@@ -1264,7 +1276,7 @@ impl WatchTask {
             self.take_all(quiet).await;
         }
         drop(batches);
-        pass.walk_time = walker.await.unwrap_or_default();
+        pass.walk_time = walk_time.await.unwrap_or_default();
         (!failed).then_some(pass)
     }
 
