@@ -94,7 +94,8 @@ impl Settle {
 
     /// Something happened to `path`.
     pub fn touch(&mut self, path: &Path, sighting: Sighting, now: Instant) {
-        self.open_untracked.remove(path);
+        // Seen open while the tracker was full: a metadata event or a scan cannot say it closed.
+        let seen_open = self.open_untracked.remove(path);
         // The map's own copy of the path, when it has one, is what the queue shares.
         let key = match self.pending.get_key_value(path) {
             Some((key, _)) => Arc::clone(key),
@@ -104,7 +105,11 @@ impl Settle {
             stamp: None,
             stable_since: now,
             last_event: now,
-            closed: sighting != Sighting::Open,
+            closed: match sighting {
+                Sighting::Closed => true,
+                Sighting::Open => false,
+                Sighting::Metadata | Sighting::Scanned => !seen_open,
+            },
             due: None,
             queued: None,
         });
@@ -349,6 +354,25 @@ mod tests {
         assert_eq!(
             settle.take_ready(t0 + PERIOD, stat),
             vec![closed.to_path_buf()]
+        );
+    }
+
+    /// Seen open while the tracker was full, then a chmod once there is room: still open.
+    #[test]
+    fn a_file_seen_open_while_untracked_stays_open_through_a_metadata_event() {
+        let t0 = Instant::now();
+        let mut settle = Settle::new(PERIOD);
+        let stat = |_: &Path| st(10, 1);
+        let path = Path::new("/w/downloading.jpg");
+        settle.untracked(path, Sighting::Open);
+        settle.touch(path, Sighting::Metadata, t0);
+        settle.take_ready(t0, stat);
+        assert!(settle.take_ready(t0 + PERIOD * 3, stat).is_empty());
+        settle.touch(path, Sighting::Closed, t0 + PERIOD * 3);
+        settle.take_ready(t0 + PERIOD * 3, stat);
+        assert_eq!(
+            settle.take_ready(t0 + PERIOD * 4, stat),
+            vec![path.to_path_buf()]
         );
     }
 
