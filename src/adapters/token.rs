@@ -131,10 +131,14 @@ impl<E: Clone> TokenCache<E> {
     }
 
     /// Forgets a remembered failure (after a reload, the operator may have fixed it).
+    /// A token still usable is kept, to serve until a refresh succeeds.
     pub async fn clear_failure(&self) {
         let mut slot = self.slot.lock().await;
-        if matches!(&*slot, Slot::CoolingDown { .. }) {
-            *slot = Slot::Empty;
+        if let Slot::CoolingDown { previous, .. } = &mut *slot {
+            *slot = match previous.take().filter(|t| t.usable(epoch_ms())) {
+                Some(token) => Slot::Valid(token),
+                None => Slot::Empty,
+            };
         }
     }
 }
@@ -271,6 +275,14 @@ mod tests {
             fetches.load(Ordering::SeqCst),
             2,
             "the failure cools down while the old token serves"
+        );
+        // A reload forgets the failure, not the token.
+        cache.clear_failure().await;
+        assert_eq!(cache.get(failing).await.unwrap().expose(), "old");
+        assert_eq!(
+            fetches.load(Ordering::SeqCst),
+            3,
+            "asked again after the reload"
         );
         // The vendor refuses it: the failure is all that is left.
         cache.invalidate(&Secret::new("old")).await;

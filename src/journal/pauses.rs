@@ -74,10 +74,18 @@ impl Journal {
         Ok(())
     }
 
-    /// Makes every paused vendor due for a probe now (after a reload).
+    /// Makes every paused vendor due for a probe now (after a reload), with its jobs: a failed
+    /// probe waits behind the next one, which must not hold up this one.
     pub fn probe_paused_now(&mut self) -> Result<()> {
+        let now = now_ms();
         self.conn
-            .cached_execute("UPDATE vendor_pauses SET next_probe_at = ?1", [now_ms()])?;
+            .cached_execute("UPDATE vendor_pauses SET next_probe_at = ?1", [now])?;
+        self.conn.cached_execute(
+            "UPDATE jobs SET not_before = ?1
+             WHERE state = 'queued' AND not_before > ?1
+               AND vendor IN (SELECT vendor FROM vendor_pauses)",
+            [now],
+        )?;
         Ok(())
     }
 }

@@ -1570,3 +1570,22 @@ fn a_paused_vendors_lapsed_lease_is_due_with_its_probe() {
         "due with the probe, in ten minutes: {due}"
     );
 }
+
+/// A failed probe waits behind the vendor's next probe; a reload probes at once, that job too.
+#[test]
+fn a_reload_probes_at_once_a_vendor_whose_probe_waits_behind_the_next() {
+    let mut f = fixture();
+    let j = &mut f.journal;
+    j.observe(&obs("/w/a.png", "aa"), PRESENT).unwrap();
+    let probe = claim(j).unwrap();
+    j.pause_vendor("erp", "down", 1_800_000).unwrap();
+    let behind_the_next = JobResult::Defer {
+        not_before: now_ms() + 1_800_001,
+        reason: "down".into(),
+    };
+    j.finish(&probe, &behind_the_next, None).unwrap();
+    assert!(claim(j).is_none(), "not before the next probe");
+    j.probe_paused_now().unwrap();
+    assert!(j.pauses().unwrap()[0].next_probe_at <= now_ms());
+    assert_eq!(claim(j).map(|job| job.id), Some(probe.id));
+}
