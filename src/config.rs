@@ -419,7 +419,11 @@ impl Ctx<'_> {
 
     fn build(&self, raw: RawConfig, source: &Path) -> Result<Config, ConfigError> {
         let journal = match raw.journal {
-            Some(p) => self.resolve_path(Path::new(&self.expand("journal", &p.to_string_lossy())?)),
+            // Expanded only when it names a variable: a path that is not UTF-8 stays as it is.
+            Some(p) => match p.to_str().filter(|text| text.contains("${")) {
+                Some(text) => self.resolve_path(Path::new(&self.expand("journal", text)?)),
+                None => self.resolve_path(&p),
+            },
             None => PathBuf::from("/var/lib/imgsyncd/journal.sqlite3"),
         };
         let workers = raw.workers.unwrap_or(4);
