@@ -419,11 +419,7 @@ impl Ctx<'_> {
 
     fn build(&self, raw: RawConfig, source: &Path) -> Result<Config, ConfigError> {
         let journal = match raw.journal {
-            // Expanded only when it names a variable: a path that is not UTF-8 stays as it is.
-            Some(p) => match p.to_str().filter(|text| text.contains("${")) {
-                Some(text) => self.resolve_path(Path::new(&self.expand("journal", text)?)),
-                None => self.resolve_path(&p),
-            },
+            Some(p) => self.expand_path("journal", &p)?,
             None => PathBuf::from("/var/lib/imgsyncd/journal.sqlite3"),
         };
         let workers = raw.workers.unwrap_or(4);
@@ -511,6 +507,13 @@ impl Ctx<'_> {
                 ),
             )
         })
+    }
+
+    /// A path of the config, its `${VAR}`s expanded (YAML text is UTF-8, so nothing is lost) and
+    /// anchored at the config's folder.
+    fn expand_path(&self, key: &str, p: &Path) -> Result<PathBuf, ConfigError> {
+        let expanded = self.expand(key, &p.to_string_lossy())?;
+        Ok(self.resolve_path(Path::new(&expanded)))
     }
 
     fn resolve_path(&self, p: &Path) -> PathBuf {
@@ -764,10 +767,7 @@ impl Ctx<'_> {
                 ));
             }
         };
-        let path_text = raw.path.to_string_lossy();
-        let path = self.resolve_path(Path::new(
-            &self.expand(&format!("{prefix}.path"), &path_text)?,
-        ));
+        let path = self.expand_path(&format!("{prefix}.path"), &raw.path)?;
         let include = raw.include.unwrap_or_else(|| {
             kind.default_include()
                 .iter()

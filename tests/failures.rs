@@ -227,25 +227,26 @@ fn a_secret_file_under_credentials_directory_is_read_when_systemd_sets_it() {
     assert!(text.contains("app_secret_file"), "{text}");
     std::fs::write(&h.config_path, text).unwrap();
 
-    let out = h
-        .cli_command()
-        .env("CREDENTIALS_DIRECTORY", &credentials)
-        .args(["check", "--online"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // The imgsyncd CLI with `args`, in a shell with or without CREDENTIALS_DIRECTORY.
+    let cli = |with_credentials: bool, args: &[&str]| {
+        let mut command = h.cli_command();
+        match with_credentials {
+            true => command.env("CREDENTIALS_DIRECTORY", &credentials),
+            false => command.env_remove("CREDENTIALS_DIRECTORY"),
+        };
+        command.args(args).output().unwrap()
+    };
+    let succeeded = |out: &std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    succeeded(&cli(true, &["check", "--online"]));
 
-    let out = h
-        .cli_command()
-        .env_remove("CREDENTIALS_DIRECTORY")
-        .arg("check")
-        .output()
-        .unwrap();
+    let out = cli(false, &["check"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
@@ -254,25 +255,8 @@ fn a_secret_file_under_credentials_directory_is_read_when_systemd_sets_it() {
     );
 
     // An operator's shell has no CREDENTIALS_DIRECTORY: `retry` needs only the journal.
-    let scanned = h
-        .cli_command()
-        .env("CREDENTIALS_DIRECTORY", &credentials)
-        .arg("scan")
-        .output()
-        .unwrap();
-    assert!(scanned.status.success(), "{scanned:?}");
-    let out = h
-        .cli_command()
-        .env_remove("CREDENTIALS_DIRECTORY")
-        .args(["retry", "--failed"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&cli(true, &["scan"]));
+    succeeded(&cli(false, &["retry", "--failed"]));
 }
 
 #[test]

@@ -557,16 +557,12 @@ fn retry_one(
     state: String,
     refused_by_vendor: bool,
 ) -> Result<RetryOutcome> {
-    Ok(match (id, state, refused_by_vendor) {
-        (id, state, _) if state == "failed" => {
+    Ok(match (state.as_str(), refused_by_vendor) {
+        ("failed", _) | ("rejected", true) => {
             requeue_file(tx, id)?;
             RetryOutcome::Queued
         }
-        (id, state, true) if state == "rejected" => {
-            requeue_file(tx, id)?;
-            RetryOutcome::Queued
-        }
-        (id, state, false) if state == "rejected" => {
+        ("rejected", false) => {
             // Forget the stamp: the next scan sees the file as changed and classifies it
             // afresh; the record and its history stay.
             tx.cached_execute(
@@ -575,12 +571,12 @@ fn retry_one(
             )?;
             RetryOutcome::Reexamined
         }
-        (id, state, _) if state == "synced" && copy_expired(tx, id)? => {
+        ("synced", _) if copy_expired(tx, id)? => {
             // A key past its hour: the vendor no longer honours it; send the file anew.
             requeue_file(tx, id)?;
             RetryOutcome::Queued
         }
-        (_, state, _) => RetryOutcome::NotFailed(state),
+        _ => RetryOutcome::NotFailed(state),
     })
 }
 

@@ -1408,7 +1408,7 @@ impl WatchTask {
                         let skip = k.removal_pending || k.untaken;
                         (skip, path_text::to_path(&k.path).into_owned())
                     })
-                    .filter(|(pending, path)| !pending && std::fs::symlink_metadata(path).is_err())
+                    .filter(|(skip, path)| !skip && std::fs::symlink_metadata(path).is_err())
                     .map(|(_, path)| path)
                     .collect::<Vec<_>>()
             })

@@ -105,11 +105,8 @@ impl Settle {
             stamp: None,
             stable_since: now,
             last_event: now,
-            closed: match sighting {
-                Sighting::Closed => true,
-                Sighting::Open => false,
-                Sighting::Metadata | Sighting::Scanned => !seen_open,
-            },
+            // A close or an open says so below; a metadata event or a scan says nothing.
+            closed: !seen_open,
             due: None,
             queued: None,
         });

@@ -140,20 +140,6 @@ pub(super) async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duratio
                 give_up_after_ms: ctx.give_up_after.as_millis() as i64,
             }
         }
-        Outcome::Reauth { reason } => {
-            attempt.outcome = "retry".into();
-            attempt.message = Some(format!("{reason} (a fresh token was refused too)"));
-            warn!(
-                path = %shown, vendor = %vendor, op = %op,
-                outcome = "retry", job = id, attempt = attempt_no,
-                "{reason}: a fresh token was refused too; retrying later"
-            );
-            JobResult::Retry {
-                not_before: now_ms() + backoff(job.attempts, None).as_millis() as i64,
-                reason,
-                give_up_after_ms: ctx.give_up_after.as_millis() as i64,
-            }
-        }
         Outcome::Rejected { reason } => {
             attempt.outcome = "rejected".into();
             attempt.message = Some(reason.clone());
@@ -168,7 +154,9 @@ pub(super) async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duratio
             }
             JobResult::Rejected(reason)
         }
-        Outcome::VendorDown { reason } => {
+        // with_reauth turns a fresh token refused too into VendorDown; a Reauth here would be
+        // the same refusal of us.
+        Outcome::VendorDown { reason } | Outcome::Reauth { reason } => {
             attempt.outcome = "vendor_paused".into();
             attempt.message = Some(reason.clone());
             let next_probe = pause(ctx, vendor, &shown, probe, &reason).await;
