@@ -644,3 +644,39 @@ fn a_full_disk_under_the_journal_is_said_once_and_loses_nothing() {
     let _ = Command::new("kill").args(["-TERM", &pid]).status();
     child.wait().unwrap();
 }
+
+/// A writer that hangs with a file open: the file is not in the journal yet, so one log line is
+/// all that says where it is. It is never sent half, and is taken once closed.
+#[test]
+fn a_file_a_writer_keeps_open_is_reported_once_and_taken_at_its_close() {
+    let mut h = Harness::with(common::Options {
+        settle: "50ms",
+        ..common::Options::default()
+    });
+    h.start();
+    let bytes = png(7);
+    let (head, tail) = bytes.split_at(bytes.len() / 2);
+    let mut writer = std::fs::File::create(h.path("slow.png")).unwrap();
+    writer.write_all(head).unwrap();
+    // 60 settle periods of 50 ms.
+    h.wait_for("the open file to be reported", |h| {
+        h.log().contains("still open for writing after 3s")
+    });
+    assert!(h.file("slow.png").is_none(), "not taken while open");
+    assert!(h.sandbox.images().is_empty(), "nothing sent half");
+    let line = h
+        .log()
+        .lines()
+        .filter(|l| l.contains("still open for writing"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(line.contains("slow.png"), "{line}");
+    assert!(line.contains("until its writer closes it"), "{line}");
+    std::thread::sleep(Duration::from_secs(4));
+    writer.write_all(tail).unwrap();
+    drop(writer);
+    h.wait_state("slow.png", "synced");
+    assert_eq!(h.remote_bytes("slow.png"), Some(bytes));
+    let told = h.log().matches("still open for writing").count();
+    assert_eq!(told, 1, "reported once\n{}", h.log());
+}

@@ -665,6 +665,7 @@ impl WatchTask {
             self.rewalk_folder(rewalk).await;
         }
         let ready = self.settle.take_ready(Instant::now(), examine::stat);
+        self.report_stalled();
         self.take_all(ready).await;
         let (now, wait) = (Instant::now(), self.removal_wait());
         let waited_enough = |r: &PendingRemoval| now.duration_since(r.since) >= wait;
@@ -696,6 +697,26 @@ impl WatchTask {
                     .filter_map(|p| self.removals.remove_entry(&p))
                     .collect();
                 self.process_removals(due).await;
+            }
+        }
+    }
+
+    /// Tells the operator, once a file, which files have waited long to be complete: nothing else
+    /// would show a file that a hung writer keeps open, as it is not in the journal yet.
+    fn report_stalled(&mut self) {
+        for stalled in self.settle.take_stalled() {
+            // Whole seconds: the wait is a multiple of the settle period, not of nanoseconds.
+            let waited = humantime::format_duration(Duration::from_secs(stalled.waited.as_secs()));
+            let path = path_text::shown_path(&stalled.path);
+            match stalled.open {
+                true => warn!(
+                    path = %path, vendor = %self.config.vendor,
+                    "still open for writing after {waited}: not taken until its writer closes it"
+                ),
+                false => warn!(
+                    path = %path, vendor = %self.config.vendor,
+                    "still changing after {waited}: not taken until it stays the same for the settle period"
+                ),
             }
         }
     }

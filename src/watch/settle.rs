@@ -19,6 +19,20 @@ pub use crate::journal::FileStamp as Stamp;
 /// in) the figure at 1 000.
 const CAPACITY: usize = 1024;
 
+/// How many settle periods a file may stay open or keep changing before the operator is told it
+/// is waiting: long enough for a slow copy of a large photo, short enough that a writer that
+/// hangs with the file open is noticed the same hour (2 minutes with the default 2 s).
+const STALLED_AFTER_PERIODS: u32 = 60;
+
+/// A file that has waited [`STALLED_AFTER_PERIODS`] settle periods and is still not complete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stalled {
+    pub path: PathBuf,
+    /// Still open for writing, as inotify last said; otherwise it keeps changing.
+    pub open: bool,
+    pub waited: Duration,
+}
+
 /// How a path came to the tracker's attention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sighting {
@@ -34,6 +48,10 @@ pub enum Sighting {
 
 #[derive(Debug)]
 struct Pending {
+    /// When the tracker first heard of it: how long it has waited to be complete.
+    since: Instant,
+    /// Whether the operator was told it is taking long.
+    told_stalled: bool,
     stamp: Option<Stamp>,
     stable_since: Instant,
     last_event: Instant,
@@ -45,13 +63,25 @@ struct Pending {
 }
 
 impl Pending {
-    /// Not looked at yet: at once. Closed: at the end of its quiet period. Open: at its next event.
+    /// Not looked at yet: at once. Closed: at the end of its quiet period. Open: at its next event,
+    /// or when it has waited long enough to be reported, whichever comes first.
     fn next_due(&self, period: Duration) -> Option<Instant> {
-        match (self.stamp, self.closed) {
+        let settled = match (self.stamp, self.closed) {
             (None, _) => Some(self.last_event),
             (Some(_), true) => Some(self.stable_since.max(self.last_event) + period),
             (Some(_), false) => None,
-        }
+        };
+        let report = (!self.told_stalled).then(|| self.since + stalled_after(period));
+        [settled, report].into_iter().flatten().min()
+    }
+
+    /// Whether it has waited long enough to be reported, and was not yet: marks it reported.
+    fn report_stalled(&mut self, now: Instant, period: Duration) -> Option<Duration> {
+        let waited = now.duration_since(self.since);
+        (!self.told_stalled && waited >= stalled_after(period)).then(|| {
+            self.told_stalled = true;
+            waited
+        })
     }
 
     /// Whether its queue entry must come sooner than it does: each event of a write moves the
@@ -63,6 +93,10 @@ impl Pending {
             (None, _) => false,
         }
     }
+}
+
+fn stalled_after(period: Duration) -> Duration {
+    (period * STALLED_AFTER_PERIODS).max(Duration::from_secs(1))
 }
 
 /// Paths waiting to be complete, and when each needs a look. The deadlines live in a queue, so a
@@ -80,6 +114,8 @@ pub struct Settle {
     /// second look must not take one as complete because it looks quiet. As many as are being
     /// written at once, not the backlog.
     open_untracked: HashSet<PathBuf>,
+    /// Files found waiting too long by `take_ready`, for the watch to report.
+    stalled: Vec<Stalled>,
 }
 
 impl Settle {
@@ -89,6 +125,7 @@ impl Settle {
             pending: HashMap::new(),
             queue: BinaryHeap::new(),
             open_untracked: HashSet::new(),
+            stalled: Vec::new(),
         }
     }
 
@@ -102,6 +139,8 @@ impl Settle {
             None => Arc::from(path),
         };
         let entry = self.pending.entry(Arc::clone(&key)).or_insert(Pending {
+            since: now,
+            told_stalled: false,
             stamp: None,
             stable_since: now,
             last_event: now,
@@ -178,6 +217,12 @@ impl Settle {
         paths
     }
 
+    /// The files `take_ready` found still incomplete after [`STALLED_AFTER_PERIODS`] settle
+    /// periods, each once.
+    pub fn take_stalled(&mut self) -> Vec<Stalled> {
+        std::mem::take(&mut self.stalled)
+    }
+
     /// Whether another path may be tracked: see [`CAPACITY`].
     pub fn has_room(&self) -> bool {
         self.pending.len() < CAPACITY
@@ -249,6 +294,13 @@ impl Settle {
                     self.pending.remove(&path);
                     ready.push(path.to_path_buf());
                     continue;
+                }
+                if let Some(waited) = entry.report_stalled(now, period) {
+                    self.stalled.push(Stalled {
+                        path: path.to_path_buf(),
+                        open: !entry.closed,
+                        waited,
+                    });
                 }
                 entry.due = entry.next_due(period);
             }
@@ -491,6 +543,70 @@ mod tests {
         settle.untracked(other, Sighting::Open);
         settle.forget_under(Path::new("/w/sub"));
         assert!(!settle.seen_open(other));
+    }
+
+    #[test]
+    fn a_file_held_open_is_reported_once_when_it_has_waited_long_and_taken_at_its_close() {
+        let t0 = Instant::now();
+        let mut settle = Settle::new(PERIOD);
+        let path = Path::new("/w/a.jpg");
+        settle.touch(path, Sighting::Open, t0);
+        let stat = |_: &Path| st(10, 1);
+        settle.take_ready(t0, stat);
+        let long = PERIOD * STALLED_AFTER_PERIODS;
+        assert_eq!(
+            settle.next_deadline(),
+            Some(t0 + long),
+            "an open file wakes the watch only to be reported"
+        );
+        assert!(settle.take_ready(t0 + long / 2, stat).is_empty());
+        assert!(settle.take_stalled().is_empty(), "not long enough yet");
+        assert!(settle.take_ready(t0 + long, stat).is_empty());
+        assert_eq!(
+            settle.take_stalled(),
+            vec![Stalled {
+                path: path.to_path_buf(),
+                open: true,
+                waited: long
+            }]
+        );
+        assert_eq!(settle.next_deadline(), None, "reported once, then it waits");
+        assert!(settle.take_ready(t0 + long * 3, stat).is_empty());
+        assert!(settle.take_stalled().is_empty(), "reported once");
+        let closed_at = t0 + long * 3;
+        settle.touch(path, Sighting::Closed, closed_at);
+        assert_eq!(
+            settle.take_ready(closed_at + PERIOD, stat),
+            vec![path.to_path_buf()]
+        );
+    }
+
+    #[test]
+    fn a_file_that_keeps_changing_is_reported_as_changing_and_a_quick_one_not_at_all() {
+        let t0 = Instant::now();
+        let mut settle = Settle::new(PERIOD);
+        let (busy, quick) = (Path::new("/w/busy.jpg"), Path::new("/w/quick.jpg"));
+        settle.touch(busy, Sighting::Closed, t0);
+        settle.touch(quick, Sighting::Closed, t0);
+        let size = Cell::new(0u64);
+        let stat = |p: &Path| match p == busy {
+            true => st(size.get(), 1),
+            false => st(5, 1),
+        };
+        let mut now = t0;
+        let mut reported = Vec::new();
+        while now <= t0 + PERIOD * (STALLED_AFTER_PERIODS * 2) {
+            size.set(size.get() + 1);
+            let ready = settle.take_ready(now, stat);
+            assert!(!ready.contains(&busy.to_path_buf()), "never taken half");
+            reported.extend(settle.take_stalled());
+            now += PERIOD;
+        }
+        assert!(!settle.contains(quick), "the quick one was taken");
+        assert_eq!(reported.len(), 1, "{reported:?}");
+        assert_eq!(reported[0].path, busy);
+        assert!(!reported[0].open);
+        assert!(reported[0].waited >= PERIOD * STALLED_AFTER_PERIODS);
     }
 
     #[test]
