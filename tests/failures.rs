@@ -434,10 +434,10 @@ fn a_rate_limited_vendor_is_waited_for() {
         ..Options::default()
     });
     h.start();
-    for i in 0..4 {
+    for i in 0..8 {
         h.drop_file(&format!("r{i}.png"), &png(60 + i));
     }
-    h.wait_for("three uploads and the fourth waiting on a 429", |h| {
+    h.wait_for("three uploads and the rest waiting on a 429", |h| {
         h.sandbox.uploads() == 3
             && h.files().iter().any(|f| {
                 f["state"] == "pending"
@@ -451,13 +451,37 @@ fn a_rate_limited_vendor_is_waited_for() {
         .into_iter()
         .filter(|f| f["state"] == "pending")
         .collect();
-    assert_eq!(pending.len(), 1, "the fourth waits in the queue");
-    assert!(
-        pending[0]["error"]
+    assert_eq!(pending.len(), 5, "the rest wait in the queue");
+    assert!(pending.iter().any(|f| {
+        f["error"]
             .as_str()
-            .unwrap()
-            .contains("rate limited")
+            .is_some_and(|e| e.contains("rate limited"))
+    }));
+    // Kingdee's 429 names no wait: the daemon waits 1 s, 2 s, 4 s… for all its jobs together,
+    // rather than sending each waiting file again every second for the rest of the minute.
+    std::thread::sleep(Duration::from_secs(6));
+    // The workers waiting when a wait ends all go at once: a burst is one moment.
+    let mut bursts: Vec<i64> = Vec::new();
+    for at in h
+        .sandbox
+        .log()
+        .iter()
+        .filter(|l| l.status == 429)
+        .map(|l| l.at_ms)
+    {
+        if bursts.last().is_none_or(|last| at - last > 100) {
+            bursts.push(at);
+        }
+    }
+    assert!(
+        (2..=4).contains(&bursts.len()),
+        "at 0, 1, 3 (and 7) s: {bursts:?}\n{}",
+        h.log()
     );
+    for pair in bursts.windows(2) {
+        assert!(pair[1] - pair[0] >= 900, "{bursts:?}");
+    }
+    assert!(h.log().contains("waiting 2s"), "{}", h.log());
 }
 
 #[test]

@@ -164,11 +164,14 @@ pub fn fetched<T>(
         } => *after,
         _ => cool_down,
     };
+    // Every job asking meanwhile gets this failure from the cache, without a call: each must wait
+    // as long as the cache keeps it, not come back every second to be told the same.
+    let after = Some(waited);
     let failure = match outcome {
         Outcome::Done(value) => return Ok(value),
         Outcome::Reauth { reason } | Outcome::Rejected { reason } => Outcome::VendorDown { reason },
-        Outcome::Retry { after, reason } => Outcome::Retry { after, reason },
-        Outcome::Throttled { after, reason } => Outcome::Throttled { after, reason },
+        Outcome::Retry { reason, .. } => Outcome::Retry { after, reason },
+        Outcome::Throttled { reason, .. } => Outcome::Throttled { after, reason },
         Outcome::VendorDown { reason } | Outcome::Unconfirmed { reason } => {
             Outcome::VendorDown { reason }
         }
@@ -204,6 +207,35 @@ mod tests {
         assert_eq!(expiry_ms(now, now + 5), now + 5);
         assert_eq!(expiry_ms(now, 1_700_086_400), 1_700_086_400_000);
         assert_eq!(expiry_ms(now, 7200), now + 7_200_000);
+    }
+
+    #[test]
+    fn a_remembered_failure_asks_every_job_to_wait_as_long_as_it_is_remembered() {
+        let cool_down = Duration::from_secs(30);
+        let throttled = Outcome::<()>::Throttled {
+            after: None,
+            reason: "token: rate limited".into(),
+        };
+        let Err((call, remembered)) =
+            fetched(throttled, cool_down, |o| Call::new(o, Some(429), None))
+        else {
+            panic!("a refusal is no token");
+        };
+        assert_eq!(remembered, cool_down);
+        assert!(
+            matches!(call.outcome, Outcome::Throttled { after: Some(d), .. } if d == cool_down),
+            "{call:?}"
+        );
+        let named = Outcome::<()>::Retry {
+            after: Some(Duration::from_secs(5)),
+            reason: "token: busy".into(),
+        };
+        let Err((call, remembered)) = fetched(named, cool_down, |o| Call::new(o, Some(503), None))
+        else {
+            panic!("a refusal is no token");
+        };
+        assert_eq!(remembered, Duration::from_secs(5), "the vendor's own wait");
+        assert!(matches!(call.outcome, Outcome::Retry { after: Some(d), .. } if d == remembered));
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod config;
 
 pub use config::KingdeeConfig;
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use base64::Engine;
@@ -85,6 +86,8 @@ pub struct Kingdee {
     token: TokenCache<Call<()>>,
     pacer: Pacer,
     nonces: sign::Nonces,
+    /// Rate-limit answers in a row that named no wait: each one waits twice as long.
+    unhinted_throttles: AtomicU32,
 }
 
 #[derive(Deserialize)]
@@ -113,6 +116,7 @@ impl Kingdee {
                 per_minute.unwrap_or(DEFAULT_PER_MINUTE),
             ),
             nonces: sign::Nonces::default(),
+            unhinted_throttles: AtomicU32::new(0),
         }
     }
 
@@ -221,8 +225,7 @@ impl Kingdee {
             .await;
         let call = answer(response, "upload", true, url_of).await;
         crate::metrics::request("upload", started);
-        self.forget_refused_token(&call, &token).await;
-        call
+        self.after_call(call, &token).await
     }
 
     pub async fn delete(&self, url: &str) -> Call<()> {
@@ -242,38 +245,60 @@ impl Kingdee {
         // A delete may be sent again: an image already gone counts as deleted.
         let call = answer(response, "delete", false, |_| Ok(())).await;
         crate::metrics::request("delete", started);
-        self.forget_refused_token(&call, &token).await;
-        already_gone_is_done(call)
+        already_gone_is_done(self.after_call(call, &token).await)
     }
 
     /// After a call: drop a refused token; after a 429, hold every call until the window reopens.
-    async fn forget_refused_token<T>(&self, call: &Call<T>, token: &Secret) {
-        match &call.outcome {
-            Outcome::Reauth { .. } => self.token.invalidate(token).await,
-            Outcome::Throttled {
-                after: Some(after), ..
-            } => self.pacer.hold(*after),
-            _ => {}
+    /// Kingdee's 429 names no wait (its window is a minute, shared with the account set's other
+    /// apps), so one without a `Retry-After` waits 1 s, then twice as long each time in a row, up
+    /// to the minute: sending again every second would be refused for the rest of the window.
+    async fn after_call<T>(&self, mut call: Call<T>, token: &Secret) -> Call<T> {
+        match &mut call.outcome {
+            Outcome::Reauth { .. } => {
+                self.unhinted_throttles.store(0, Ordering::Relaxed);
+                self.token.invalidate(token).await;
+            }
+            Outcome::Throttled { after, .. } => {
+                let wait = *after.get_or_insert_with(|| {
+                    unhinted_throttle_wait(self.unhinted_throttles.fetch_add(1, Ordering::Relaxed))
+                });
+                self.pacer.hold(wait);
+            }
+            _ => self.unhinted_throttles.store(0, Ordering::Relaxed),
         }
+        call
     }
+}
+
+/// How long the `n`th rate-limit answer in a row with no `Retry-After` (from 0) waits.
+fn unhinted_throttle_wait(n: u32) -> Duration {
+    Duration::from_secs(1u64 << n.min(6)).min(Duration::from_secs(60))
 }
 
 /// A delete the vendor refuses because the image does not exist has nothing left to do: an
 /// earlier attempt deleted it and its answer was lost, or someone else did. Only Kingdee's own
 /// answer (HTTP 200 with its error code) says so: a proxy's 413 page is no word on the image.
+/// The answer must say that the *image* is missing: "账套不存在" (no such account set) or "商品不存在"
+/// (no such product) also say "does not exist", and taking one of those for a deleted image would
+/// forget a copy that is still there.
 pub(crate) fn already_gone_is_done(call: Call<()>) -> Call<()> {
     match &call.outcome {
         Outcome::Rejected { reason }
             if call.http_status == Some(200)
                 && call.vendor_code.is_some()
-                && ["不存在", "not exist", "not found", "no such"]
-                    .iter()
-                    .any(|marker| reason.to_lowercase().contains(marker)) =>
+                && says_the_image_is_missing(reason) =>
         {
             Call::new(Outcome::Done(()), call.http_status, call.vendor_code)
         }
         _ => call,
     }
+}
+
+fn says_the_image_is_missing(reason: &str) -> bool {
+    let reason = reason.to_lowercase();
+    let missing = ["不存在", "not exist", "not found", "no such"];
+    let image = ["图片", "图像", "url", "image", "picture"];
+    missing.iter().any(|m| reason.contains(m)) && image.iter().any(|i| reason.contains(i))
 }
 
 /// The app-token in a successful token answer's `data`, refreshed early.
@@ -302,6 +327,10 @@ pub(crate) fn url_of(data: &serde_json::Value) -> Result<Remote, &'static str> {
         .and_then(|u| u.as_str())
         .filter(|u| !u.is_empty())
         .ok_or("the answer has no data.rows[0].url")?;
+    // The vendor's own example answers `"url": "false"`: not a copy anyone can find again.
+    if !(url.starts_with("https://") || url.starts_with("http://")) {
+        return Err("the answer's data.rows[0].url is not a web address");
+    }
     Ok(Remote {
         reference: url.to_string(),
         ..Remote::default()
@@ -482,6 +511,16 @@ mod tests {
             refused("kingdee delete: url不能为空 (errcode 2000002001)"),
             Outcome::Rejected { .. }
         ));
+        // Something else missing: the image may well still be there.
+        for other in ["账套不存在", "商品不存在", "app not found"] {
+            assert!(
+                matches!(
+                    refused(&format!("kingdee delete: {other} (errcode 2000002001)")),
+                    Outcome::Rejected { .. }
+                ),
+                "{other}"
+            );
+        }
         // Not Kingdee's answer: a proxy's page that happens to say "not found".
         let proxy = Call::new(
             Outcome::Rejected {
@@ -494,6 +533,28 @@ mod tests {
             already_gone_is_done(proxy).outcome,
             Outcome::Rejected { .. }
         ));
+    }
+
+    #[test]
+    fn only_a_web_address_is_taken_for_the_uploaded_image() {
+        let answer = |url: &str| serde_json::json!({ "rows": [{ "url": url }] });
+        assert_eq!(
+            url_of(&answer("https://img.jdy.com/a.png"))
+                .unwrap()
+                .reference,
+            "https://img.jdy.com/a.png"
+        );
+        // The vendor's own example answer.
+        assert!(url_of(&answer("false")).is_err());
+        assert!(url_of(&answer("")).is_err());
+    }
+
+    #[test]
+    fn rate_limits_without_a_wait_wait_twice_as_long_each_time_up_to_a_minute() {
+        let waits: Vec<u64> = (0..9)
+            .map(|n| unhinted_throttle_wait(n).as_secs())
+            .collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
     }
 
     #[test]
