@@ -540,16 +540,18 @@ struct Twin {
     path: String,
     removal: Option<String>,
     copy_id: Option<i64>,
+    state: String,
 }
 
 impl Twin {
-    /// From a row of `id, path, removal, copy_id`.
+    /// From a row of `id, path, removal, copy_id, state`.
     fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Twin> {
         Ok(Twin {
             id: r.get(0)?,
             path: r.get(1)?,
             removal: r.get(2)?,
             copy_id: r.get(3)?,
+            state: r.get(4)?,
         })
     }
 }
@@ -562,7 +564,7 @@ fn moved_twin(
     is_present: &dyn Fn(&str) -> bool,
 ) -> Result<Option<Twin>> {
     let mut stmt = tx.prepare_cached(
-        "SELECT f.id, f.path, f.removal, f.copy_id FROM files f
+        "SELECT f.id, f.path, f.removal, f.copy_id, f.state FROM files f
          LEFT JOIN remote_copies c ON c.id = f.copy_id
          WHERE f.vendor = ?1 AND f.sha256 = ?2 AND f.state IN ('pending', 'synced', 'failed')
            AND (f.removal IS NULL OR f.removal IN ('held', 'delete'))
@@ -587,7 +589,7 @@ fn moved_rejected(
         return Ok(None);
     };
     let mut stmt = tx.prepare_cached(
-        "SELECT f.id, f.path, f.removal, f.copy_id FROM files f
+        "SELECT f.id, f.path, f.removal, f.copy_id, f.state FROM files f
          LEFT JOIN remote_copies c ON c.id = f.copy_id
          WHERE f.sha256 IS NULL AND f.dev = ?1 AND f.inode = ?2 AND f.vendor = ?3
            AND f.size = ?4 AND f.mtime_ns = ?5 AND f.state IN ('rejected', 'pending')
@@ -632,24 +634,39 @@ fn first_gone(
 }
 
 fn move_record(tx: &Connection, twin: &Twin, obs: &Observation<'_>) -> Result<()> {
-    // A record whose delete was queued went back to `pending`; with its copy it is synced again.
+    // A record whose removal was decided lost its queued upload. With a copy of these very bytes
+    // it is synced again; one changed since its copy was made (the copy holds the old bytes) is
+    // pending, and its upload is queued again. A failed one stays failed, for `retry`.
+    let decided = twin.removal.is_some();
+    let own_copy = match twin.copy_id {
+        Some(id) if decided => {
+            copy_sha(tx, Some(id))?.as_deref() == Some(obs.sha256) && copies::is_usable(tx, id)?
+        }
+        _ => false,
+    };
+    let state = match (decided, own_copy, twin.state.as_str()) {
+        (false, _, state) | (true, false, state @ "failed") => state,
+        (true, true, _) => "synced",
+        (true, false, _) => "pending",
+    };
     // A synced record's only note is where a rename the watch does not take had put it.
     tx.cached_execute(
         "UPDATE files SET path = ?2, watch_root = ?3, removal = NULL, delete_unused = ?4,
            error = CASE WHEN removal IS NULL AND state != 'synced' THEN error ELSE NULL END,
-           untaken_at = NULL,
-           state = CASE WHEN removal IS NOT NULL AND copy_id IS NOT NULL THEN 'synced'
-                        ELSE state END,
-           updated_at = ?5
+           untaken_at = NULL, state = ?6, updated_at = ?5
          WHERE id = ?1",
         params![
             twin.id,
             obs.path,
             obs.watch_root,
             obs.delete_unused,
-            now_ms()
+            now_ms(),
+            state
         ],
     )?;
+    if state == "pending" && !jobs::has_job(tx, twin.id, "upload")? {
+        jobs::queue(tx, twin.id, "upload", obs.vendor, Some(obs.sha256), None)?;
+    }
     set_stamp(tx, twin.id, Some(&obs.stamp))
 }
 

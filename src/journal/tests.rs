@@ -1589,3 +1589,49 @@ fn a_reload_probes_at_once_a_vendor_whose_probe_waits_behind_the_next() {
     assert!(j.pauses().unwrap()[0].next_probe_at <= now_ms());
     assert_eq!(claim(j).map(|job| job.id), Some(probe.id));
 }
+
+#[test]
+fn a_changed_file_moved_after_its_removal_was_decided_sends_its_new_bytes() {
+    for hold in [None, Some("too many at once")] {
+        let mut f = fixture();
+        let j = &mut f.journal;
+        synced(j, "/w/a.png", "aa", "https://img/1.png");
+        // Overwritten with new bytes, whose upload waits in the queue.
+        assert_eq!(
+            j.observe(&obs("/w/a.png", "bb"), PRESENT).unwrap(),
+            Observed::Changed
+        );
+        // Then moved away; the watch decides the removal before it sees the new name.
+        let gone = ["/w/a.png".to_string()];
+        j.mark_missing(&removals(&gone, 100, hold)).unwrap();
+        assert_eq!(
+            j.observe(&obs("/w/b.png", "bb"), ABSENT).unwrap(),
+            Observed::Moved {
+                from: "/w/a.png".into()
+            }
+        );
+        let moved = state_of(j, "/w/b.png");
+        assert_eq!(
+            moved.state, "pending",
+            "{hold:?}: its copy holds the old bytes"
+        );
+        let job = claim(j).unwrap();
+        assert_eq!(
+            (job.op, job.path.as_str(), job.sha256.as_deref()),
+            (JobOp::Upload, "/w/b.png", Some("bb")),
+            "{hold:?}"
+        );
+        j.finish(&job, &uploaded("https://img/2.png"), None)
+            .unwrap();
+        assert_eq!(
+            state_of(j, "/w/b.png").url.as_deref(),
+            Some("https://img/2.png")
+        );
+        // The old bytes' copy, used by nothing now, goes.
+        let old = claim(j).unwrap();
+        assert_eq!(
+            (old.op, old.remote_ref.as_deref()),
+            (JobOp::DeleteOld, Some("https://img/1.png"))
+        );
+    }
+}
