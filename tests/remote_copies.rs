@@ -1139,3 +1139,35 @@ fn status_and_files_work_for_a_read_only_operator() {
     let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rows[0]["state"], "synced");
 }
+
+/// `rm -rf sub` reports every file and then the folder: each file was counted twice by the
+/// guards on how much may be deleted at once, so removing 12 of 26 files was held as "24
+/// vanished, more than max_deletes = 20" (and as more than half the watch).
+#[test]
+fn a_subfolder_removed_whole_counts_each_file_once() {
+    let mut h = Harness::with(Options {
+        max_deletes: 20,
+        ..Options::default()
+    });
+    h.start();
+    let mut all = names("top", 14);
+    let sub: Vec<String> = names("f", 12).iter().map(|n| format!("sub/{n}")).collect();
+    all.extend(sub.iter().cloned());
+    let urls = sync_all(&h, &all, 1900);
+    std::fs::remove_dir_all(h.path("sub")).unwrap();
+    h.wait_for(
+        "the subfolder's copies deleted, or their deletes held",
+        |h| h.sandbox.deleted().len() == 12 || h.log().contains("removal held"),
+    );
+    assert!(!h.log().contains("removal held"), "{}", h.log());
+    let deleted = h.sandbox.deleted();
+    assert!(
+        urls[14..].iter().all(|u| deleted.contains(u)),
+        "{deleted:?}"
+    );
+    for name in &sub {
+        assert_eq!(h.state(name).as_deref(), Some("removed"), "{name}");
+    }
+    settle_time();
+    assert_eq!(h.sandbox.deleted().len(), 12, "each copy deleted once");
+}

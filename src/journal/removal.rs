@@ -61,7 +61,9 @@ impl Journal {
         let tx = self.write()?;
         let mut rows = Vec::new();
         let mut outcomes = Vec::new();
-        for path in batch.paths {
+        // A path given twice is one file: the guards count it once, and it is removed once.
+        let mut seen = std::collections::HashSet::new();
+        for path in batch.paths.iter().filter(|p| seen.insert(p.as_str())) {
             match still_there(&tx, path)? {
                 Ok(row) => rows.push((path.clone(), row)),
                 Err(outcome) => outcomes.push((path.clone(), outcome)),

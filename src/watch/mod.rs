@@ -958,6 +958,10 @@ impl WatchTask {
                     known.extend(j.known_under(path)?);
                     known.extend(j.known_file(path)?);
                 }
+                // `rm -rf sub` reports each file and then `sub`: every file is found twice (more
+                // when nested), and counted twice by the guards on how much may go at once.
+                known.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+                known.dedup_by(|a, b| a.path == b.path);
                 Ok(known)
             })
             .await
@@ -1178,6 +1182,10 @@ impl WatchTask {
         sighting: Sighting,
         reach: walk::Reach,
     ) -> Option<DiskPass> {
+        // What the walk finds is read, hashed and recorded before the watch's loop comes round
+        // again: a folder of large photos moved here from another watch of the vendor takes
+        // seconds, and that watch must not decide their removal meanwhile.
+        self.tell_taking_in(true);
         let (found, mut batches) = mpsc::channel(2);
         let (root, walked, config) = (
             self.root().to_path_buf(),
