@@ -1171,3 +1171,52 @@ fn a_subfolder_removed_whole_counts_each_file_once() {
     settle_time();
     assert_eq!(h.sandbox.deleted().len(), 12, "each copy deleted once");
 }
+
+/// Two synced files swap names in one step (`mv --exchange`, renameat2's RENAME_EXCHANGE): each
+/// name now holds the other's bytes, and each record follows its bytes' copy. The old code
+/// dropped the second name from its look (its "moved away" came after its "moved in"), left its
+/// record on the other file's copy, and deleted the first file's copy, still in use.
+#[test]
+fn two_files_that_swap_names_keep_both_copies() {
+    let mut h = Harness::new();
+    h.start();
+    let names = names("swap", 2);
+    let urls = sync_all(&h, &names, 1950);
+    let (a, b) = (h.path(&names[0]), h.path(&names[1]));
+    let text = |p: &Path| std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let (a_text, b_text) = (text(&a), text(&b));
+    // SAFETY: two NUL-terminated paths, absolute, so the directory descriptors are unused.
+    let swapped = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a_text.as_ptr(),
+            libc::AT_FDCWD,
+            b_text.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if swapped != 0 {
+        eprintln!(
+            "skipped: this filesystem cannot swap names ({})",
+            std::io::Error::last_os_error()
+        );
+        return;
+    }
+    h.wait_for("each name synced to the other's copy", |h| {
+        h.file(&names[0])
+            .is_some_and(|f| f["state"] == "synced" && f["url"] == urls[1].as_str())
+            && h.file(&names[1])
+                .is_some_and(|f| f["state"] == "synced" && f["url"] == urls[0].as_str())
+    });
+    settle_time();
+    settle_time();
+    assert!(h.sandbox.deleted().is_empty(), "{}", h.log());
+    assert_eq!(h.sandbox.uploads(), 2, "nothing sent again");
+    for (name, url) in names.iter().zip(urls.iter().rev()) {
+        assert_eq!(
+            h.sandbox.images()[url].bytes,
+            std::fs::read(h.path(name)).unwrap(),
+            "{name}"
+        );
+    }
+}

@@ -518,7 +518,7 @@ impl WatchTask {
         }
         match event {
             events::WatchEvent::Seen { path, sighting } => self.seen(&path, sighting).await,
-            events::WatchEvent::Gone { path } => self.gone(&path),
+            events::WatchEvent::Gone { path } => self.gone(&path).await,
             // Taken before the pause check, above.
             events::WatchEvent::RootDeleted => {}
             events::WatchEvent::Rescan { why } | events::WatchEvent::Failed { why } => {
@@ -642,8 +642,15 @@ impl WatchTask {
         }
     }
 
-    fn gone(&mut self, path: &Path) {
+    async fn gone(&mut self, path: &Path) {
         if self.relative(path).is_none() {
+            return;
+        }
+        if std::fs::symlink_metadata(path).is_ok() {
+            // Another file took the name in the same step (`mv --exchange`: each name's file
+            // leaves it and the other's comes in, and no event says the name was written to).
+            // It is looked at as a file found there; the one that left is found where it went.
+            self.seen(path, Sighting::Scanned).await;
             return;
         }
         self.settle.forget_under(path);
