@@ -500,6 +500,43 @@ fn a_polled_watch_syncs_and_removes_like_inotify() {
     assert_eq!(h.sandbox.uploads(), 1);
 }
 
+/// A folder the daemon may not enter, inside a polled watch: the poller cannot read it at any
+/// poll. That is said once, and the rest of the folder is served as usual; the old code took
+/// each poll's error for lost events and read the whole tree again at every poll.
+#[test]
+fn a_polled_watch_says_once_what_it_cannot_read_and_reads_the_rest() {
+    if !common::running_as_root() {
+        eprintln!("skipped: running the daemon as another user needs root");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mut h = Harness::with(common::Options {
+        watch_extra: "    poll: 300ms\n",
+        as_nobody: true,
+        ..common::Options::default()
+    });
+    let private = h.path("private");
+    std::fs::create_dir_all(&private).unwrap();
+    std::fs::write(private.join("hidden.png"), png(203)).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    h.start();
+    h.drop_file("open.png", &png(204));
+    h.wait_state("open.png", "synced");
+    // Some ten polls.
+    std::thread::sleep(Duration::from_secs(3));
+    let log = h.log();
+    let said = log
+        .lines()
+        .filter(|l| l.contains("cannot read part of the folder"))
+        .count();
+    assert!(
+        (1..=2).contains(&said),
+        "once by the poller, maybe once by the first walk\n{log}"
+    );
+    assert!(!log.contains("reconciling the whole folder"), "{log}");
+    assert_eq!(h.sandbox.uploads(), 1);
+}
+
 /// A file replaced over a share by deleting it and copying the new version in, which arrives
 /// some seconds later: a poll sees the file gone, and only a later poll sees it back. Its remote
 /// copy stays (the old code decided the removal a settle period and a second after the first

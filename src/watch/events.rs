@@ -22,6 +22,9 @@ pub enum WatchEvent {
     RootDeleted,
     /// Events were lost (queue overflow, watch error): only a full reconcile is safe.
     Rescan { why: String },
+    /// A poller could not read something inside the folder (a folder it may not enter, a file
+    /// gone between listing and look): no event was lost, and its next poll tries again.
+    Unreadable { why: String },
     /// inotify can no longer cover the folder (out of watches): it must be polled instead.
     Failed { why: String },
 }
@@ -261,6 +264,13 @@ fn translate(result: notify::Result<Event>, polling: bool, root: &Path) -> Vec<W
         Ok(event) => event,
         // Running out of inotify watches is not among these: notify adds no watch of its own
         // (folders are watched one by one), so `Watching::cover` is where it shows.
+        // A poller reports what it could not read at each poll: a rescan for each would read
+        // the whole tree again at every poll. Only the root's error may have hidden changes.
+        Err(e) if polling && !e.paths.is_empty() && e.paths.iter().all(|p| p != root) => {
+            return vec![WatchEvent::Unreadable {
+                why: explain(&e, root),
+            }];
+        }
         Err(e) => {
             return vec![WatchEvent::Rescan {
                 why: format!("watch error: {}", explain(&e, root)),
@@ -447,6 +457,33 @@ mod tests {
         assert!(gone_paths(own).is_empty(), "said already by the parent");
         let roots = translate(Ok(moved_from("/w", None)), false, root);
         assert_eq!(gone_paths(roots), [PathBuf::from("/w")]);
+    }
+
+    #[test]
+    fn a_pollers_error_inside_the_folder_is_no_lost_event_but_one_at_its_root_is() {
+        let root = Path::new("/w");
+        let denied = |path: &str| {
+            Err(
+                notify::Error::io(std::io::Error::from(std::io::ErrorKind::PermissionDenied))
+                    .add_path(path.into()),
+            )
+        };
+        let inside = translate(denied("/w/private"), true, root);
+        assert!(
+            matches!(&inside[..], [WatchEvent::Unreadable { why }] if why.contains("ermission denied")),
+            "{inside:?}"
+        );
+        let at_root = translate(denied("/w"), true, root);
+        assert!(
+            matches!(at_root[..], [WatchEvent::Rescan { .. }]),
+            "{at_root:?}"
+        );
+        // inotify's errors are about the watch itself: events may have been lost.
+        let inotify = translate(denied("/w/private"), false, root);
+        assert!(
+            matches!(inotify[..], [WatchEvent::Rescan { .. }]),
+            "{inotify:?}"
+        );
     }
 
     /// The root's own deletion says more than a removal: the folder at its path is another one

@@ -25,6 +25,7 @@ use crate::journal::{
     JournalHandle, KnownFile, KnownStamps, MissingOutcome, RemovalBatch, RemovalPolicy,
     UntakenFile, path_text,
 };
+use crate::throttle::{LogThrottle, Verdict};
 use examine::Examined;
 use intake::{Found, Intake, Recorded, log_observed};
 use presence::{Whereabouts, look_at_known};
@@ -163,6 +164,9 @@ pub struct WatchTask {
     rewalks: Vec<Rewalk>,
     /// Whether the other watches were last told this one has files seen and not yet recorded.
     taking_in: bool,
+    /// A poller's errors about a part of the folder it cannot read come at every poll: said once
+    /// an hour each.
+    unreadable_log: LogThrottle,
 }
 
 impl Drop for WatchTask {
@@ -195,6 +199,7 @@ impl WatchTask {
             walk_time: Duration::ZERO,
             rewalks: Vec::new(),
             taking_in: false,
+            unreadable_log: LogThrottle::new(Duration::from_secs(3600), 1),
         }
     }
 
@@ -521,6 +526,15 @@ impl WatchTask {
             events::WatchEvent::Gone { path } => self.gone(&path).await,
             // Taken before the pause check, above.
             events::WatchEvent::RootDeleted => {}
+            events::WatchEvent::Unreadable { why } => {
+                if let Verdict::Log { .. } = self.unreadable_log.check(&why, Instant::now()) {
+                    warn!(
+                        watch = %self.root().display(),
+                        "cannot read part of the folder: {why}; its files there are not seen \
+                         until it can be read (said once an hour)"
+                    );
+                }
+            }
             events::WatchEvent::Rescan { why } | events::WatchEvent::Failed { why } => {
                 warn!(watch = %self.root().display(), "{why}; reconciling the whole folder");
                 // Events were lost, close-writes among them: what the scan finds counts as closed.
