@@ -278,11 +278,7 @@ impl Daemon {
     }
 
     async fn stop_watches(&mut self) {
-        for watch in self.watches.drain(..) {
-            let _ = watch.commands.send(WatchCommand::Stop);
-            let _ = watch.task.await;
-            crate::metrics::watch_stopped(&watch.config.path);
-        }
+        stop_watches(std::mem::take(&mut self.watches)).await;
     }
 
     /// The CLI changed the journal: the workers look at the queue, the watches rescan (a file put
@@ -334,17 +330,19 @@ impl Daemon {
                     .partition(|w| {
                         // Each watch keeps the settings it started with: a watch whose settings
                         // changed starts again with the new ones.
+                        // So does one whose vendor changed: it took the vendor's kind, limits
+                        // and whether copies are shared when it started.
                         new.watches.contains(&w.config)
+                            && new.vendors.get(&w.config.vendor)
+                                == self.config.vendors.get(&w.config.vendor)
                             && new.settle == self.config.settle
                             && new.rescan == self.config.rescan
                             && new.max_deletes == self.config.max_deletes
                     });
-                for watch in stopped {
+                for watch in &stopped {
                     info!(watch = %watch.config.path.display(), "watch removed or changed: stopping it");
-                    let _ = watch.commands.send(WatchCommand::Stop);
-                    let _ = watch.task.await;
-                    crate::metrics::watch_stopped(&watch.config.path);
                 }
+                stop_watches(stopped).await;
                 self.config = new;
                 for watch in &kept {
                     let _ = watch.commands.send(WatchCommand::Rescan);
@@ -384,6 +382,34 @@ impl Daemon {
         }
         crate::service::ready(None);
         crate::service::changed();
+    }
+}
+
+/// How long watches told to stop may take to end what they are doing (reading a folder, hashing
+/// a drop) before they are cut short: within systemd's `TimeoutStopSec` (20 s) beside the
+/// workers' grace. A watch cut short loses nothing: its folder is read again at the next start.
+const WATCH_STOP_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Tells every watch of `watches` to stop at once, and waits for them together, up to
+/// [`WATCH_STOP_LIMIT`].
+async fn stop_watches(watches: Vec<RunningWatch>) {
+    for watch in &watches {
+        let _ = watch.commands.send(WatchCommand::Stop);
+    }
+    let deadline = tokio::time::Instant::now() + WATCH_STOP_LIMIT;
+    for mut watch in watches {
+        if tokio::time::timeout_at(deadline, &mut watch.task)
+            .await
+            .is_err()
+        {
+            warn!(
+                watch = %watch.config.path.display(),
+                "the watch did not stop within {}s: cut short (its folder is read again at the next start)",
+                WATCH_STOP_LIMIT.as_secs()
+            );
+            watch.task.abort();
+        }
+        crate::metrics::watch_stopped(&watch.config.path);
     }
 }
 
@@ -527,9 +553,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     for task in background {
         task.abort();
     }
-    daemon.stop_watches().await;
+    // The pool first, so no upload starts after the line above; its grace for the transfers in
+    // flight runs while the watches stop.
     let _ = stop.send(true);
-    let _ = pool.await;
+    let (_, _) = tokio::join!(daemon.stop_watches(), pool);
     if let Some((_, server)) = daemon.metrics.take() {
         server.abort();
     }

@@ -294,6 +294,28 @@ fn create_record_makes_one_record_per_file_holding_its_key() {
     assert_eq!(h.sandbox.jiandaoyun_stats().upload_requests, 3);
 }
 
+/// `create_record` turned on by a reload: the running watch takes it too, so a file with the
+/// bytes of one already sent gets a key and a record of its own. The old code kept the watch as
+/// it was, which still shared keys: the file was synced to the other's key, with no record.
+#[test]
+fn create_record_turned_on_by_a_reload_holds_for_the_next_twin() {
+    let mut h = Harness::with(forms(false, ""));
+    h.start();
+    let twin = png(33);
+    h.drop_file("one.png", &twin);
+    h.wait_state("one.png", "synced");
+    h.reconfigure(|o| o.jiandaoyun.as_mut().unwrap().create_record = true);
+    h.reload();
+    h.wait_for("the reload", |h| h.log().contains("config reloaded"));
+    h.drop_file("two.png", &twin);
+    let two = h.wait_state("two.png", "synced");
+    let records = h.sandbox.jiandaoyun_records();
+    assert_eq!(records.len(), 1, "{}", h.log());
+    assert_eq!(two["record_id"].as_str(), Some(records[0].id.as_str()));
+    assert_ne!(two["key"], h.file("one.png").unwrap()["key"]);
+    assert_eq!(h.sandbox.jiandaoyun_stats().upload_requests, 2);
+}
+
 #[test]
 fn a_record_that_keeps_failing_past_the_hour_leads_to_a_fresh_upload() {
     let mut h = Harness::with(Options {

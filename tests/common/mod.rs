@@ -119,6 +119,17 @@ impl Harness {
         harness
     }
 
+    /// Changes the options and writes the config they make (for a reload to read).
+    pub fn reconfigure(&mut self, change: impl FnOnce(&mut Options)) {
+        change(&mut self.options);
+        let account = self
+            .options
+            .account
+            .clone()
+            .unwrap_or_else(|| self.sandbox.options().kingdee);
+        self.write_config(&account);
+    }
+
     /// Writes the config the daemon reads, with the given Kingdee credentials (and the Feishu
     /// ones the options name).
     pub fn write_config(&self, account: &KingdeeAccount) {
