@@ -203,6 +203,16 @@ impl FileNow {
             && self.sha256 == job.sha256
     }
 
+    /// Whether `job` uploads the file's bytes and the file's removal is held: gone from disk,
+    /// maybe only for now.
+    fn held_with(&self, job: &Job) -> bool {
+        job.op == JobOp::Upload
+            && self.state == "pending"
+            && self.removal.as_deref() == Some("held")
+            && self.vendor == job.vendor
+            && self.sha256 == job.sha256
+    }
+
     /// Whether the file is waiting for this delete (its removal queued it).
     fn awaits_delete(&self, job: &Job) -> bool {
         job.op == JobOp::Delete
@@ -755,6 +765,19 @@ fn finish_upload(tx: &Connection, job: &Job, file: &FileNow, remote: &Remote) ->
     )?;
     if file.wants_upload(job) {
         sync_to(tx, job.file_id, file, copy_id)?;
+        return Ok(Finished::Done);
+    }
+    if file.held_with(job) {
+        // Gone while its bytes were in flight, its removal held for an operator: the new copy
+        // is its copy, for `retry --held` to delete or for the file, put back, to be synced to.
+        // Left to nobody, it would stay at the vendor for good once the removal went ahead.
+        tx.cached_execute(
+            "UPDATE files SET state = 'synced', copy_id = ?2, updated_at = ?3 WHERE id = ?1",
+            params![job.file_id, copy_id, now_ms()],
+        )?;
+        if let Some(old) = file.copy_id.filter(|old| *old != copy_id) {
+            delete_if_unused(tx, job.file_id, &file.vendor, old, file.delete_unused)?;
+        }
         return Ok(Finished::Done);
     }
     // The file changed or went while its content was in flight: that copy serves nobody, unless

@@ -1635,3 +1635,41 @@ fn a_changed_file_moved_after_its_removal_was_decided_sends_its_new_bytes() {
         );
     }
 }
+
+/// A changed file gone while its new bytes were in flight, its removal held: the copy the upload
+/// made is its copy. The old code left that copy to nobody: `retry --held` deleted only the copy
+/// of the old bytes, and the new one stayed at the vendor for good.
+#[test]
+fn a_copy_made_while_its_files_removal_is_held_is_deleted_with_it() {
+    let mut f = fixture();
+    let j = &mut f.journal;
+    synced(j, "/w/a.png", "aa", "https://img/1.png");
+    j.observe(&obs("/w/a.png", "bb"), PRESENT).unwrap();
+    let upload = claim(j).unwrap();
+    let gone = ["/w/a.png".to_string()];
+    j.mark_missing(&removals(&gone, 100, Some("folder found empty")))
+        .unwrap();
+    j.finish(&upload, &uploaded("https://img/2.png"), None)
+        .unwrap();
+    let row = state_of(j, "/w/a.png");
+    assert_eq!(row.url.as_deref(), Some("https://img/2.png"));
+    let old = claim(j).expect("the old bytes' copy is superseded");
+    assert_eq!(
+        (old.op, old.remote_ref.as_deref()),
+        (JobOp::DeleteOld, Some("https://img/1.png"))
+    );
+    j.finish(&old, &JobResult::Deleted, None).unwrap();
+    assert!(
+        claim(j).is_none(),
+        "the new copy waits with the held removal"
+    );
+    j.release_held(GONE, ACCEPTED).unwrap();
+    let delete = claim(j).expect("the removal goes ahead");
+    assert_eq!(
+        (delete.op, delete.remote_ref.as_deref()),
+        (JobOp::Delete, Some("https://img/2.png"))
+    );
+    j.finish(&delete, &JobResult::Deleted, None).unwrap();
+    assert_eq!(state_of(j, "/w/a.png").state, "removed");
+    assert_eq!(deleted_refs(j), ["https://img/1.png", "https://img/2.png"]);
+}
