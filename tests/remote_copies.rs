@@ -1220,3 +1220,22 @@ fn two_files_that_swap_names_keep_both_copies() {
         );
     }
 }
+
+/// A file removed and a folder made at its path (`rm a.png; mkdir a.png`): the file is gone, and
+/// its copy with it; what the folder holds is taken as any new folder's files. The old code took
+/// the folder's event for the file back: the record stayed synced to its copy for good.
+#[test]
+fn a_folder_made_at_a_removed_files_path_does_not_bring_the_file_back() {
+    let mut h = Harness::new();
+    h.start();
+    let url = sync_all(&h, &names("was", 1), 1980).remove(0);
+    let path = h.path("was-00.png");
+    std::fs::remove_file(&path).unwrap();
+    std::fs::create_dir(&path).unwrap();
+    h.drop_file("was-00.png/inside.png", &png(1981));
+    h.wait_state("was-00.png/inside.png", "synced");
+    h.wait_for("the file's copy deleted", |h| {
+        h.sandbox.deleted().contains(&url)
+    });
+    assert_eq!(h.state("was-00.png").as_deref(), Some("removed"));
+}

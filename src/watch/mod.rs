@@ -585,15 +585,21 @@ impl WatchTask {
         let Some(relative) = self.relative(path) else {
             return;
         };
-        self.removals.remove(path);
         if self.settle.contains(path) {
+            self.removals.remove(path);
             // A file already followed (its second and third events of a write: modified,
             // closed): what it is was looked at with its first event, and the tracker stats it
             // again when it falls due. Not stat'ing it for each event saved two `statx` a file.
             self.settle.touch(path, sighting, Instant::now());
             return;
         }
-        match std::fs::symlink_metadata(path) {
+        let meta = std::fs::symlink_metadata(path);
+        // A folder at the path of a file seen gone does not bring the file back: its removal
+        // stands.
+        if !meta.as_ref().is_ok_and(|m| m.is_dir()) {
+            self.removals.remove(path);
+        }
+        match meta {
             Ok(meta) if meta.is_dir() && self.config.recursive => {
                 // A folder created or moved in: the walk watches it (and every folder inside)
                 // from now on, and takes what it already holds, which produced no events.
@@ -660,7 +666,8 @@ impl WatchTask {
         if self.relative(path).is_none() {
             return;
         }
-        if std::fs::symlink_metadata(path).is_ok() {
+        let now_there = std::fs::symlink_metadata(path);
+        if now_there.as_ref().is_ok_and(|m| !m.is_dir()) {
             // Another file took the name in the same step (`mv --exchange`: each name's file
             // leaves it and the other's comes in, and no event says the name was written to).
             // It is looked at as a file found there; the one that left is found where it went.
@@ -671,6 +678,11 @@ impl WatchTask {
         self.rewalks.retain(|r| !r.dir.starts_with(path));
         self.removals
             .insert(path.to_path_buf(), PendingRemoval::new(Instant::now()));
+        if now_there.is_ok() {
+            // A folder has the name already (`rm a.jpg; mkdir a.jpg`, or two folders swapped):
+            // what was there is decided as gone, and what the folder holds is read.
+            self.seen(path, Sighting::Scanned).await;
+        }
     }
 
     async fn on_tick(&mut self) {

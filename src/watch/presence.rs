@@ -35,6 +35,8 @@ pub fn look_at_held(watch: &WatchConfig, held: &[(String, Option<FileStamp>)]) -
 /// Only "no such file", in a folder on the filesystem the file was recorded on, means gone.
 pub fn presence(root: &Path, path: &Path, recorded_dev: Option<u64>) -> Presence {
     match std::fs::symlink_metadata(path) {
+        // A folder took the name (`rm a.jpg; mkdir a.jpg`): the file that had it is gone.
+        Ok(meta) if meta.is_dir() => {}
         Ok(_) => return Presence::Present,
         Err(e) if absent(&e) => {}
         Err(e) => return Presence::Unknown(format!("cannot look at it: {e}")),
@@ -199,6 +201,12 @@ mod tests {
         std::fs::write(root.join("was_a_folder"), b"x").unwrap();
         assert_eq!(
             presence(root, &root.join("was_a_folder/a.png"), Some(dev)),
+            Presence::Gone
+        );
+        // A folder at its path: the file is gone, the folder took its name.
+        std::fs::create_dir(root.join("now_a_folder.png")).unwrap();
+        assert_eq!(
+            presence(root, &root.join("now_a_folder.png"), Some(dev)),
             Presence::Gone
         );
     }
