@@ -11,8 +11,8 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use crate::adapters::{Adapter, VendorSet, http_client};
-use crate::config::{Config, ConfigError, VendorConfig, WatchConfig};
+use crate::adapters::{Adapter, Limits, VendorSet, http_client};
+use crate::config::{Config, ConfigError, VendorConfig, VendorKind, WatchConfig};
 use crate::journal::{FileFilter, FileState, Journal, JournalError, JournalHandle, path_text};
 use crate::service::{Heartbeat, Notes};
 use crate::throttle::LogThrottle;
@@ -118,8 +118,18 @@ pub fn poke(journal: &Path) -> Option<u32> {
 
 struct RunningWatch {
     config: WatchConfig,
+    /// What the watch took from its vendor's adapter when it started.
+    vendor_traits: VendorTraits,
     commands: mpsc::UnboundedSender<WatchCommand>,
     task: JoinHandle<()>,
+}
+
+/// What a watch takes from its vendor's adapter when it starts: a reload that changes any of it
+/// starts the watch again.
+type VendorTraits = (VendorKind, Limits, bool);
+
+fn vendor_traits(adapter: &Adapter) -> VendorTraits {
+    (adapter.kind(), adapter.limits(), adapter.reuses_copies())
 }
 
 /// The running daemon's mutable wiring, changed by reloads.
@@ -138,10 +148,23 @@ struct Daemon {
     notes: Arc<Notes>,
     /// The metrics endpoint: the configured address and its server.
     metrics: Option<(std::net::SocketAddr, JoinHandle<()>)>,
+    /// Where watches whose task panicked are told of, and, a while later, started again.
+    watch_trouble: WatchTrouble,
 }
 
+/// The roots of watches whose task ended in a panic, and of those whose wait after it is over.
+#[derive(Debug, Clone)]
+struct WatchTrouble {
+    failed: mpsc::UnboundedSender<PathBuf>,
+    restart: mpsc::UnboundedSender<PathBuf>,
+}
+
+/// How long a watch whose task failed waits before it starts again: a failure that comes back at
+/// once (a bug meeting a file still there) costs a walk of its folder this often, not a loop.
+const WATCH_RESTART_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Daemon {
-    fn new(config: Config, journal: JournalHandle) -> Daemon {
+    fn new(config: Config, journal: JournalHandle, watch_trouble: WatchTrouble) -> Daemon {
         Daemon {
             config,
             journal,
@@ -155,6 +178,7 @@ impl Daemon {
             heartbeat: Arc::default(),
             notes: Arc::default(),
             metrics: None,
+            watch_trouble,
         }
     }
 
@@ -241,6 +265,7 @@ impl Daemon {
             rescan: self.config.rescan,
             max_deletes: self.config.max_deletes,
             sightings: self.sightings.clone(),
+            failed: Some(self.watch_trouble.failed.clone()),
         }
     }
 
@@ -272,6 +297,7 @@ impl Daemon {
         );
         Some(RunningWatch {
             config,
+            vendor_traits: vendor_traits(&adapter),
             commands,
             task: tokio::spawn(task.run(receiver)),
         })
@@ -279,6 +305,42 @@ impl Daemon {
 
     async fn stop_watches(&mut self) {
         stop_watches(std::mem::take(&mut self.watches)).await;
+    }
+
+    /// A watch's task ended in a panic: said, and started again after a wait.
+    fn watch_failed(&self, root: PathBuf) {
+        error!(
+            watch = %root.display(),
+            "the watch stopped on an internal error (the line before says where); it starts \
+             again in {}s and reads its folder afresh",
+            WATCH_RESTART_AFTER.as_secs()
+        );
+        let restart = self.watch_trouble.restart.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(WATCH_RESTART_AFTER).await;
+            let _ = restart.send(root);
+        });
+    }
+
+    /// The wait after a watch failed is over: it starts again, unless a reload removed it or
+    /// started it already.
+    fn restart_watch(&mut self, root: PathBuf) {
+        // The failed task is over by now (it said so while it unwound); a reload may have
+        // started the watch again meanwhile.
+        self.watches.retain(|w| {
+            let failed = w.config.path == root && w.task.is_finished();
+            if failed {
+                crate::metrics::watch_stopped(&root);
+            }
+            !failed
+        });
+        let running = self.watches.iter().any(|w| w.config.path == root);
+        let configured = self.config.watches.iter().find(|w| w.path == root).cloned();
+        if let (false, Some(config)) = (running, configured)
+            && let Some(watch) = self.start_watch(config)
+        {
+            self.watches.push(watch);
+        }
     }
 
     /// The CLI changed the journal: the workers look at the queue, the watches rescan (a file put
@@ -330,11 +392,15 @@ impl Daemon {
                     .partition(|w| {
                         // Each watch keeps the settings it started with: a watch whose settings
                         // changed starts again with the new ones.
-                        // So does one whose vendor changed: it took the vendor's kind, limits
-                        // and whether copies are shared when it started.
+                        // So does one whose vendor changed what it took from it when it
+                        // started (its kind, limits, whether copies are shared); new
+                        // credentials or pacing alone leave it be.
                         new.watches.contains(&w.config)
-                            && new.vendors.get(&w.config.vendor)
-                                == self.config.vendors.get(&w.config.vendor)
+                            && self
+                                .vendors
+                                .get(&w.config.vendor)
+                                .map(|a| vendor_traits(&a))
+                                == Some(w.vendor_traits)
                             && new.settle == self.config.settle
                             && new.rescan == self.config.rescan
                             && new.max_deletes == self.config.max_deletes
@@ -362,7 +428,18 @@ impl Daemon {
                     }
                 }
                 let started: Vec<usize> = (first_fresh..self.watches.len()).collect();
-                self.wait_for_watches(&started).await;
+                // Signals wait meanwhile: a watch whose first look at its folder takes long (a
+                // big tree, a share that does not answer) finishes it on its own.
+                if tokio::time::timeout(RELOAD_WATCH_WAIT, self.wait_for_watches(&started))
+                    .await
+                    .is_err()
+                {
+                    warn!(
+                        "the reload's new watches are still reading their folders after {}s; \
+                         going on meanwhile",
+                        RELOAD_WATCH_WAIT.as_secs()
+                    );
+                }
                 if let Err(e) = self.serve_metrics().await {
                     error!("{e}; the metrics endpoint stays as it was");
                     self.config.metrics = self.metrics.as_ref().map(|(a, _)| *a);
@@ -384,6 +461,10 @@ impl Daemon {
         crate::service::changed();
     }
 }
+
+/// How long a reload waits for the watches it starts to have read their folders, before it
+/// answers signals again.
+const RELOAD_WATCH_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How long watches told to stop may take to end what they are doing (reading a folder, hashing
 /// a drop) before they are cut short: within systemd's `TimeoutStopSec` (20 s) beside the
@@ -472,10 +553,15 @@ fn open_journal(config: &Config) -> Result<(JournalLock, JournalHandle), DaemonE
 /// The daemon, in the foreground, until SIGTERM or SIGINT. systemd hears READY=1 only once the
 /// journal is open, the metrics endpoint bound and every watch set up.
 pub async fn run(config: Config) -> Result<(), DaemonError> {
+    // A panic is a bug: said through the log, with the level an operator filters errors by (the
+    // default hook wrote it to stderr, which journald files as info).
+    std::panic::set_hook(Box::new(|info| error!("internal error: {info}")));
     let mut signals = signals()?;
     crate::service::status("starting: opening the journal");
     let (_lock, journal) = open_journal(&config)?;
-    let mut daemon = Daemon::new(config, journal);
+    let (failed, mut failed_watches) = mpsc::unbounded_channel();
+    let (restart, mut restarts) = mpsc::unbounded_channel();
+    let mut daemon = Daemon::new(config, journal, WatchTrouble { failed, restart });
     daemon.set_vendors(&BTreeMap::new(), &daemon.config.vendors.clone());
     daemon.serve_metrics().await?;
     for watch in daemon.config.watches.clone() {
@@ -541,11 +627,15 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         journal = %daemon.config.journal.display(),
         "imgsyncd running"
     );
-    while let Some(signal) = signals.recv().await {
-        match signal {
-            Signal::Reload => daemon.reload().await,
-            Signal::Poke => daemon.poked(),
-            Signal::Stop => break,
+    loop {
+        tokio::select! {
+            signal = signals.recv() => match signal {
+                Some(Signal::Reload) => daemon.reload().await,
+                Some(Signal::Poke) => daemon.poked(),
+                Some(Signal::Stop) | None => break,
+            },
+            Some(root) = failed_watches.recv() => daemon.watch_failed(root),
+            Some(root) = restarts.recv() => daemon.restart_watch(root),
         }
     }
     info!("stopping: no new jobs are taken");
@@ -582,7 +672,10 @@ impl ScanReport {
 /// One pass: reconcile every watch, drain the queue of due jobs, report.
 pub async fn scan(config: Config) -> Result<ScanReport, DaemonError> {
     let (_lock, journal) = open_journal(&config)?;
-    let daemon = Daemon::new(config, journal);
+    // A scan's watches run once, in this task: nothing to start again.
+    let (failed, _) = mpsc::unbounded_channel();
+    let (restart, _) = mpsc::unbounded_channel();
+    let daemon = Daemon::new(config, journal, WatchTrouble { failed, restart });
     daemon.set_vendors(&BTreeMap::new(), &daemon.config.vendors.clone());
     for watch in &daemon.config.watches {
         let Some(adapter) = daemon.vendors.get(&watch.vendor) else {

@@ -137,7 +137,12 @@ fn execute(cli: Cli) -> Result<ExitCode> {
         Command::Run { dev: true, .. } => runtime()?.block_on(run_dev()),
         Command::Run { dev: false, .. } => {
             let config = load(&cli.config)?;
-            runtime()?.block_on(daemon::run(config))?;
+            let runtime = runtime()?;
+            let ran = runtime.block_on(daemon::run(config));
+            // A watch cut short at the stop may leave a file being hashed on the blocking pool:
+            // dropping the runtime would wait for it, past systemd's stop timeout.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+            ran?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Scan => {

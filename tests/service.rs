@@ -512,3 +512,25 @@ fn status_says_whether_the_daemon_runs_and_names_the_oldest_pending_file() {
     let text = h.cli(&["status"]);
     assert!(String::from_utf8_lossy(&text.stdout).starts_with("daemon: not running"));
 }
+
+/// A watch whose task panics (a bug) is said in the log and started again: the files of its
+/// folder are taken, those dropped since too. Before, the watch was gone without a word, and no
+/// file dropped there was ever taken until a restart.
+#[test]
+fn a_watch_that_fails_is_said_and_started_again() {
+    let mut h = Harness::new();
+    h.start_with("text", &[("IMGSYNCD_TEST_PANIC_ON", "boom.png")]);
+    h.drop_file("boom.png", &png(7100));
+    h.wait_for("the failure said", |h| {
+        h.log().contains("the watch stopped on an internal error")
+    });
+    let log = h.log();
+    assert!(
+        log.contains("internal error: panicked at") && log.contains("IMGSYNCD_TEST_PANIC_ON"),
+        "{log}"
+    );
+    h.drop_file("after.png", &png(7101));
+    h.wait_state("boom.png", "synced");
+    h.wait_state("after.png", "synced");
+    assert_eq!(h.remote_bytes("after.png"), Some(png(7101)));
+}

@@ -27,7 +27,7 @@ pub use http::http_client;
 pub use kind::{KindSpec, VendorKind};
 
 /// What a vendor accepts; files outside it are rejected before any request is made.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limits {
     /// The vendor's own name, for reasons ("below Feishu's 3 KB minimum").
     pub vendor: &'static str,

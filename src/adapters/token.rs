@@ -69,7 +69,25 @@ impl<E> Default for TokenCache<E> {
     }
 }
 
-impl<E: Clone> TokenCache<E> {
+/// A token failure the cache remembers and hands out again, without a call, while it does.
+pub trait Remembered: Clone {
+    /// The failure as handed out with `left` still to wait before the vendor is asked again.
+    fn with_wait_left(&self, left: Duration) -> Self;
+}
+
+impl Remembered for Call<()> {
+    /// A job told to come back later comes back when the vendor will be asked again, not when
+    /// the failure first said: one told at the end of a 30 s cool-down would wait 30 s more.
+    fn with_wait_left(&self, left: Duration) -> Self {
+        let mut call = self.clone();
+        if let Outcome::Retry { after, .. } | Outcome::Throttled { after, .. } = &mut call.outcome {
+            *after = Some(left);
+        }
+        call
+    }
+}
+
+impl<E: Remembered> TokenCache<E> {
     /// The cached token, or a new one from `fetch` (run by one caller at a time). On failure `fetch`
     /// also says how long to wait before asking again.
     pub async fn get<F, Fut>(&self, fetch: F) -> Result<Secret, E>
@@ -84,9 +102,10 @@ impl<E: Clone> TokenCache<E> {
             Slot::CoolingDown {
                 until_ms, failure, ..
             } if *until_ms > now => {
+                let left = Duration::from_millis((*until_ms - now) as u64);
                 return match slot.usable(now) {
                     Some(token) => Ok(token.value.clone()),
-                    None => Err(failure.clone()),
+                    None => Err(failure.with_wait_left(left)),
                 };
             }
             _ => {}
@@ -133,7 +152,13 @@ impl<E: Clone> TokenCache<E> {
     /// Forgets a remembered failure (after a reload, the operator may have fixed it).
     /// A token still usable is kept, to serve until a refresh succeeds.
     pub async fn clear_failure(&self) {
-        let mut slot = self.slot.lock().await;
+        // A fetch in flight holds the slot (up to the client's timeout) and leaves its own
+        // answer there, no failure of before: a reload does not wait for it. Others hold it only
+        // for a moment.
+        let Ok(mut slot) = tokio::time::timeout(Duration::from_millis(200), self.slot.lock()).await
+        else {
+            return;
+        };
         if let Slot::CoolingDown { previous, .. } = &mut *slot {
             *slot = match previous.take().filter(|t| t.usable(epoch_ms())) {
                 Some(token) => Slot::Valid(token),
@@ -200,6 +225,12 @@ pub fn expiry_ms(now_ms: i64, value: i64) -> i64 {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    impl Remembered for String {
+        fn with_wait_left(&self, _: Duration) -> Self {
+            self.clone()
+        }
+    }
 
     #[test]
     fn expiries_in_any_unit_become_epoch_ms() {
@@ -278,6 +309,32 @@ mod tests {
         );
         cache.clear_failure().await;
         assert_eq!(cache.get(ok).await.unwrap().expose(), "t1");
+    }
+
+    #[tokio::test]
+    async fn a_remembered_failure_asks_to_wait_only_what_is_left_of_it() {
+        let cache: TokenCache<Call<()>> = TokenCache::default();
+        let cool_down = Duration::from_secs(30);
+        let failing = || async move {
+            let throttled = Outcome::<Token>::Throttled {
+                after: None,
+                reason: "token: rate limited".into(),
+            };
+            fetched(throttled, cool_down, |o| Call::new(o, Some(429), None))
+        };
+        let wait = |call: Call<()>| match call.outcome {
+            Outcome::Throttled {
+                after: Some(after), ..
+            } => after,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(wait(cache.get(failing).await.unwrap_err()), cool_down);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let left = wait(cache.get(failing).await.unwrap_err());
+        assert!(
+            left < cool_down && left > cool_down - Duration::from_secs(1),
+            "{left:?}"
+        );
     }
 
     #[tokio::test]

@@ -652,7 +652,8 @@ fn move_record(tx: &Connection, twin: &Twin, obs: &Observation<'_>) -> Result<()
     // A synced record's only note is where a rename the watch does not take had put it.
     tx.cached_execute(
         "UPDATE files SET path = ?2, watch_root = ?3, removal = NULL, delete_unused = ?4,
-           error = CASE WHEN removal IS NULL AND state != 'synced' THEN error ELSE NULL END,
+           error = CASE WHEN (removal IS NULL AND state != 'synced') OR ?6 = 'failed' THEN error
+                        ELSE NULL END,
            untaken_at = NULL, state = ?6, updated_at = ?5
          WHERE id = ?1",
         params![

@@ -44,6 +44,9 @@ pub struct WatchContext {
     /// How late each watch sees a file arrive, and which are taking files in: a removal waits
     /// for the slowest of its vendor's, and for those.
     pub sightings: Sightings,
+    /// Told the root of a watch whose task ended in a panic, so the daemon can start it again:
+    /// a watch that is gone takes no file and says nothing. None for a one-shot scan.
+    pub failed: Option<mpsc::UnboundedSender<PathBuf>>,
 }
 
 #[derive(Debug)]
@@ -52,6 +55,21 @@ pub enum WatchCommand {
     Stop,
     /// Answered once the watch is set up (its watcher started and its first reconcile done).
     Ready(tokio::sync::oneshot::Sender<()>),
+}
+
+/// The test hook `IMGSYNCD_TEST_PANIC_ON=NAME`: the watch's task panics when an event names a
+/// file called NAME, as a bug would make it, so a test can see the daemon notice and start the
+/// watch again. Read only by debug builds (the tests'); a release build has no such hook.
+fn test_panic_on(path: &Path) {
+    if cfg!(debug_assertions)
+        && let Some(name) = std::env::var_os("IMGSYNCD_TEST_PANIC_ON")
+        && path.file_name() == Some(name.as_os_str())
+    {
+        panic!(
+            "test hook IMGSYNCD_TEST_PANIC_ON: an event for {}",
+            path.display()
+        );
+    }
 }
 
 /// A removal is acted on this long after the settle period, so a rename's new name is seen first.
@@ -167,13 +185,20 @@ pub struct WatchTask {
     /// A poller's errors about a part of the folder it cannot read come at every poll: said once
     /// an hour each.
     unreadable_log: LogThrottle,
+    /// This task, in what it tells the other watches.
+    owner: sighting::Owner,
 }
 
 impl Drop for WatchTask {
     /// A task that ends, however it ends (a panic too), no longer holds up the removals of the
     /// vendor's other watches.
     fn drop(&mut self) {
-        self.ctx.sightings.forget(&self.config.path);
+        self.ctx.sightings.forget(&self.config.path, self.owner);
+        if std::thread::panicking()
+            && let Some(failed) = &self.ctx.failed
+        {
+            let _ = failed.send(self.config.path.clone());
+        }
     }
 }
 
@@ -200,6 +225,7 @@ impl WatchTask {
             rewalks: Vec::new(),
             taking_in: false,
             unreadable_log: LogThrottle::new(Duration::from_secs(3600), 1),
+            owner: sighting::new_owner(),
         }
     }
 
@@ -259,7 +285,7 @@ impl WatchTask {
             }
         }
         self.watcher = None;
-        self.ctx.sightings.forget(self.root());
+        self.ctx.sightings.forget(self.root(), self.owner);
         if self.deletion_unrecorded && !self.record_root_deleted().await {
             error!(
                 watch = %self.root().display(),
@@ -585,6 +611,7 @@ impl WatchTask {
         let Some(relative) = self.relative(path) else {
             return;
         };
+        test_panic_on(path);
         if self.settle.contains(path) {
             self.removals.remove(path);
             // A file already followed (its second and third events of a write: modified,
@@ -666,23 +693,18 @@ impl WatchTask {
         if self.relative(path).is_none() {
             return;
         }
-        let now_there = std::fs::symlink_metadata(path);
-        if now_there.as_ref().is_ok_and(|m| !m.is_dir()) {
-            // Another file took the name in the same step (`mv --exchange`: each name's file
-            // leaves it and the other's comes in, and no event says the name was written to).
-            // It is looked at as a file found there; the one that left is found where it went.
-            self.seen(path, Sighting::Scanned).await;
-            return;
-        }
         self.settle.forget_under(path);
         self.rewalks.retain(|r| !r.dir.starts_with(path));
-        self.removals
-            .insert(path.to_path_buf(), PendingRemoval::new(Instant::now()));
-        if now_there.is_ok() {
-            // A folder has the name already (`rm a.jpg; mkdir a.jpg`, or two folders swapped):
-            // what was there is decided as gone, and what the folder holds is read.
+        if std::fs::symlink_metadata(path).is_ok() {
+            // Something took the name in the same step (`mv --exchange`: each name's file
+            // leaves it and the other's comes in, and no event says the name was written to; or
+            // a folder made where a file was): it is looked at as found there.
             self.seen(path, Sighting::Scanned).await;
         }
+        // What the journal had at the path or under it is decided as for any removal: a file
+        // that stands there now is found present, one that went elsewhere is found there.
+        self.removals
+            .insert(path.to_path_buf(), PendingRemoval::new(Instant::now()));
     }
 
     async fn on_tick(&mut self) {
@@ -779,9 +801,12 @@ impl WatchTask {
 
     /// Tells the other watches how late this one sees a file arrive.
     fn publish_sighting_delay(&self) {
-        self.ctx
-            .sightings
-            .set_delay(self.root(), &self.config.vendor, self.sighting_delay());
+        self.ctx.sightings.set_delay(
+            self.root(),
+            self.owner,
+            &self.config.vendor,
+            self.sighting_delay(),
+        );
     }
 
     /// Tells the other watches of the vendor whether this one has files it saw and has not
@@ -794,9 +819,12 @@ impl WatchTask {
     fn tell_taking_in(&mut self, taking_in: bool) {
         if taking_in != self.taking_in {
             self.taking_in = taking_in;
-            self.ctx
-                .sightings
-                .set_taking_in(self.root(), &self.config.vendor, taking_in);
+            self.ctx.sightings.set_taking_in(
+                self.root(),
+                self.owner,
+                &self.config.vendor,
+                taking_in,
+            );
         }
     }
 

@@ -18,9 +18,19 @@ pub struct Sightings(Arc<Mutex<Watches>>);
 #[derive(Debug, Default)]
 struct Watches {
     /// Each watch's vendor, and how late it sees a file arrive (pollers only).
-    delays: HashMap<PathBuf, (String, Duration)>,
+    delays: HashMap<PathBuf, (String, Duration, Owner)>,
     /// The watches with files seen and not yet recorded, and their vendors.
-    taking_in: HashMap<PathBuf, String>,
+    taking_in: HashMap<PathBuf, (String, Owner)>,
+}
+
+/// Which watch task set an entry. A task cut short at a reload may end only after its
+/// replacement on the same root has set its own: its end must not take those away.
+pub type Owner = u64;
+
+/// A new watch task's [`Owner`].
+pub fn new_owner() -> Owner {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl Sightings {
@@ -28,33 +38,47 @@ impl Sightings {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// `root`, a watch of `vendor`, sees a file that arrives at most `delay` late.
-    pub fn set_delay(&self, root: &Path, vendor: &str, delay: Duration) {
+    /// `root`, a watch of `vendor` run by `owner`, sees a file that arrives at most `delay` late.
+    pub fn set_delay(&self, root: &Path, owner: Owner, vendor: &str, delay: Duration) {
         let mut watches = self.lock();
         match delay.is_zero() {
             true => watches.delays.remove(root),
             false => watches
                 .delays
-                .insert(root.to_path_buf(), (vendor.to_string(), delay)),
+                .insert(root.to_path_buf(), (vendor.to_string(), delay, owner)),
         };
     }
 
-    /// Whether `root`, a watch of `vendor`, has files it saw and has not recorded yet.
-    pub fn set_taking_in(&self, root: &Path, vendor: &str, taking_in: bool) {
+    /// Whether `root`, a watch of `vendor` run by `owner`, has files it saw and has not
+    /// recorded yet.
+    pub fn set_taking_in(&self, root: &Path, owner: Owner, vendor: &str, taking_in: bool) {
         let mut watches = self.lock();
         match taking_in {
             true => watches
                 .taking_in
-                .insert(root.to_path_buf(), vendor.to_string()),
+                .insert(root.to_path_buf(), (vendor.to_string(), owner)),
             false => watches.taking_in.remove(root),
         };
     }
 
-    /// The watch at `root` stopped.
-    pub fn forget(&self, root: &Path) {
+    /// The watch task `owner` at `root` ended: what it set goes, not what a task that took its
+    /// place set since.
+    pub fn forget(&self, root: &Path, owner: Owner) {
         let mut watches = self.lock();
-        watches.delays.remove(root);
-        watches.taking_in.remove(root);
+        if watches
+            .delays
+            .get(root)
+            .is_some_and(|(_, _, o)| *o == owner)
+        {
+            watches.delays.remove(root);
+        }
+        if watches
+            .taking_in
+            .get(root)
+            .is_some_and(|(_, o)| *o == owner)
+        {
+            watches.taking_in.remove(root);
+        }
     }
 
     /// The longest delay of any watch of `vendor`.
@@ -62,8 +86,8 @@ impl Sightings {
         self.lock()
             .delays
             .values()
-            .filter(|(v, _)| v == vendor)
-            .map(|(_, delay)| *delay)
+            .filter(|(v, _, _)| v == vendor)
+            .map(|(_, delay, _)| *delay)
             .max()
             .unwrap_or_default()
     }
@@ -74,7 +98,7 @@ impl Sightings {
         self.lock()
             .taking_in
             .iter()
-            .any(|(other, v)| v == vendor && other != root)
+            .any(|(other, (v, _))| v == vendor && other != root)
     }
 }
 
@@ -92,13 +116,13 @@ mod tests {
     #[test]
     fn the_slowest_watch_of_the_vendor_sets_the_wait() {
         let sightings = Sightings::default();
-        sightings.set_delay(Path::new("/a"), "erp", Duration::from_secs(4));
-        sightings.set_delay(Path::new("/b"), "erp", Duration::from_secs(9));
-        sightings.set_delay(Path::new("/c"), "wiki", Duration::from_secs(60));
+        sightings.set_delay(Path::new("/a"), 1, "erp", Duration::from_secs(4));
+        sightings.set_delay(Path::new("/b"), 2, "erp", Duration::from_secs(9));
+        sightings.set_delay(Path::new("/c"), 3, "wiki", Duration::from_secs(60));
         assert_eq!(sightings.longest("erp"), Duration::from_secs(9));
-        sightings.forget(Path::new("/b"));
+        sightings.forget(Path::new("/b"), 2);
         assert_eq!(sightings.longest("erp"), Duration::from_secs(4));
-        sightings.set_delay(Path::new("/a"), "erp", Duration::ZERO);
+        sightings.set_delay(Path::new("/a"), 1, "erp", Duration::ZERO);
         assert_eq!(sightings.longest("erp"), Duration::ZERO);
         assert_eq!(sightings.longest("wiki"), Duration::from_secs(60));
         assert_eq!(
@@ -111,15 +135,32 @@ mod tests {
     fn only_another_watch_of_the_vendor_taking_files_in_is_waited_for() {
         let sightings = Sightings::default();
         let (a, b, c) = (Path::new("/a"), Path::new("/b"), Path::new("/c"));
-        sightings.set_taking_in(a, "erp", true);
-        sightings.set_taking_in(c, "wiki", true);
+        sightings.set_taking_in(a, 1, "erp", true);
+        sightings.set_taking_in(c, 3, "wiki", true);
         assert!(!sightings.taking_in_elsewhere("erp", a), "itself");
         assert!(sightings.taking_in_elsewhere("erp", b));
         assert!(!sightings.taking_in_elsewhere("other", b));
-        sightings.set_taking_in(a, "erp", false);
+        sightings.set_taking_in(a, 1, "erp", false);
         assert!(!sightings.taking_in_elsewhere("erp", b));
-        sightings.set_taking_in(a, "erp", true);
-        sightings.forget(a);
+        sightings.set_taking_in(a, 1, "erp", true);
+        sightings.forget(a, 1);
         assert!(!sightings.taking_in_elsewhere("erp", b));
+    }
+
+    /// A watch cut short at a reload whose task ends only after its replacement started (it was
+    /// stuck in a call to the filesystem) leaves the replacement's word standing.
+    #[test]
+    fn a_task_that_ends_late_forgets_only_what_it_set() {
+        let sightings = Sightings::default();
+        let a = Path::new("/a");
+        let (old, new) = (new_owner(), new_owner());
+        sightings.set_delay(a, old, "erp", Duration::from_secs(4));
+        sightings.set_delay(a, new, "erp", Duration::from_secs(6));
+        sightings.set_taking_in(a, new, "erp", true);
+        sightings.forget(a, old);
+        assert_eq!(sightings.longest("erp"), Duration::from_secs(6));
+        assert!(sightings.taking_in_elsewhere("erp", Path::new("/b")));
+        sightings.forget(a, new);
+        assert_eq!(sightings.longest("erp"), Duration::ZERO);
     }
 }

@@ -7,7 +7,6 @@ mod config;
 
 pub use config::KingdeeConfig;
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use base64::Engine;
@@ -86,8 +85,9 @@ pub struct Kingdee {
     token: TokenCache<Call<()>>,
     pacer: Pacer,
     nonces: sign::Nonces,
-    /// Rate-limit answers in a row that named no wait: each one waits twice as long.
-    unhinted_throttles: AtomicU32,
+    /// Rate-limit answers in a row that named no wait (each waits twice as long as the one
+    /// before), and when the last wait ends: the answers to calls sent together are one.
+    unhinted_throttles: std::sync::Mutex<(u32, Option<std::time::Instant>)>,
 }
 
 #[derive(Deserialize)]
@@ -116,7 +116,7 @@ impl Kingdee {
                 per_minute.unwrap_or(DEFAULT_PER_MINUTE),
             ),
             nonces: sign::Nonces::default(),
-            unhinted_throttles: AtomicU32::new(0),
+            unhinted_throttles: std::sync::Mutex::new((0, None)),
         }
     }
 
@@ -255,18 +255,41 @@ impl Kingdee {
     async fn after_call<T>(&self, mut call: Call<T>, token: &Secret) -> Call<T> {
         match &mut call.outcome {
             Outcome::Reauth { .. } => {
-                self.unhinted_throttles.store(0, Ordering::Relaxed);
+                self.reset_unhinted_throttles();
                 self.token.invalidate(token).await;
             }
             Outcome::Throttled { after, .. } => {
-                let wait = *after.get_or_insert_with(|| {
-                    unhinted_throttle_wait(self.unhinted_throttles.fetch_add(1, Ordering::Relaxed))
-                });
+                let wait = *after.get_or_insert_with(|| self.unhinted_throttle());
                 self.pacer.hold(wait);
             }
-            _ => self.unhinted_throttles.store(0, Ordering::Relaxed),
+            _ => self.reset_unhinted_throttles(),
         }
         call
+    }
+
+    /// How long a 429 with no wait of its own waits: the rest of the current wait for a call
+    /// sent with the one that began it, else twice as long as the last one.
+    fn unhinted_throttle(&self) -> Duration {
+        let now = std::time::Instant::now();
+        let mut state = self
+            .unhinted_throttles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let (in_a_row, until) = &mut *state;
+        if let Some(until) = until.filter(|until| *until > now) {
+            return until - now;
+        }
+        let wait = unhinted_throttle_wait(*in_a_row);
+        *in_a_row += 1;
+        *until = Some(now + wait);
+        wait
+    }
+
+    fn reset_unhinted_throttles(&self) {
+        *self
+            .unhinted_throttles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = (0, None);
     }
 }
 
@@ -547,6 +570,33 @@ mod tests {
         // The vendor's own example answer.
         assert!(url_of(&answer("false")).is_err());
         assert!(url_of(&answer("")).is_err());
+    }
+
+    #[test]
+    fn rate_limits_answered_to_calls_sent_together_wait_once() {
+        let adapter = Kingdee::new(
+            "http://127.0.0.1:1",
+            KingdeeConfig {
+                client_id: "1".into(),
+                client_secret: Secret::new("s"),
+                app_key: "k".into(),
+                app_secret: Secret::new("s"),
+                domain: "d".into(),
+                save_temp: false,
+            },
+            reqwest::Client::new(),
+            None,
+            None,
+        );
+        let first = adapter.unhinted_throttle();
+        let together = adapter.unhinted_throttle();
+        assert_eq!(first, Duration::from_secs(1));
+        assert!(together <= first && together > Duration::from_millis(900));
+        // The wait is over: the next refusal is the second in a row.
+        adapter.unhinted_throttles.lock().unwrap().1 = Some(std::time::Instant::now());
+        assert_eq!(adapter.unhinted_throttle(), Duration::from_secs(2));
+        adapter.reset_unhinted_throttles();
+        assert_eq!(adapter.unhinted_throttle(), Duration::from_secs(1));
     }
 
     #[test]
