@@ -79,7 +79,9 @@ pub fn stderr_is_journal_stream() -> bool {
 type BoxedLayer = Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>;
 
 /// Sets up the process's log. `IMGSYNCD_LOG` filters (`info` by default, `debug` for more).
-pub fn init(format: LogFormat) {
+/// Sets up the log; returns whether it goes to journald's native protocol (where a fatal error
+/// must go too, at its priority, rather than to stderr, which journald files as info).
+pub fn init(format: LogFormat) -> bool {
     let filter = tracing_subscriber::EnvFilter::try_from_env("IMGSYNCD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let no_color = std::env::var("NO_COLOR").ok();
@@ -89,9 +91,13 @@ pub fn init(format: LogFormat) {
         std::io::stderr().is_terminal(),
         no_color.as_deref(),
     );
+    let mut native = false;
     let (layer, fallback) = match sink {
         Sink::Journald => match journald() {
-            Ok(layer) => (layer, None),
+            Ok(layer) => {
+                native = true;
+                (layer, None)
+            }
             // The stream is the journal's, so the text still reaches it, only without fields;
             // journald stamps each line, so no time of our own.
             Err(e) => (text(false, false), Some(e)),
@@ -115,6 +121,7 @@ pub fn init(format: LogFormat) {
     if let Some(e) = fallback {
         warn!("cannot write to journald natively ({e}); logging plain text to it instead");
     }
+    native
 }
 
 fn text(ansi: bool, time: bool) -> BoxedLayer {

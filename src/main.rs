@@ -95,9 +95,14 @@ fn main() -> ExitCode {
         Command::Run { log_format, .. } => *log_format,
         _ => LogFormat::Auto,
     };
-    logging::init(log_format);
+    let to_journald = logging::init(log_format);
     match execute(cli) {
         Ok(code) => code,
+        // Under systemd the error goes where the log goes, as an error (`journalctl -p err`).
+        Err(e) if to_journald => {
+            tracing::error!("{e:#}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("imgsyncd: {e:#}");
             ExitCode::from(2)

@@ -223,6 +223,47 @@ fn auto_under_systemd_writes_native_journald_fields() {
                 .iter()
                 .any(|f| f.get("IMGSYNCD_OUTCOME").is_some_and(|o| o == "rejected"))
     });
+    // A second daemon on the same journal cannot start: the reason reaches journald as an
+    // error, not stderr (which journald files as info).
+    let second_stderr = h.dir.path().join("second-stderr");
+    let second_file = std::fs::File::create(&second_stderr).unwrap();
+    let second_meta = second_file.metadata().unwrap();
+    let second = Command::new("unshare")
+        .args([
+            "-m",
+            "sh",
+            "-c",
+            "mount -t tmpfs tmpfs /run/systemd && mkdir /run/systemd/journal \
+             && mount --bind \"$1\" /run/systemd/journal && exec \"$2\" -c \"$3\" run",
+            "sh",
+            journal_dir.to_str().unwrap(),
+            BIN,
+            h.config_path.to_str().unwrap(),
+        ])
+        .env(
+            "JOURNAL_STREAM",
+            format!("{}:{}", second_meta.dev(), second_meta.ino()),
+        )
+        .stdout(Stdio::null())
+        .stderr(second_file)
+        .status()
+        .unwrap();
+    assert_eq!(second.code(), Some(2));
+    listen_until(&mut heard, &|heard| {
+        heard.iter().any(|f| {
+            f.get("MESSAGE")
+                .is_some_and(|m| m.contains("another imgsyncd is already running"))
+        })
+    });
+    let refused = heard
+        .iter()
+        .find(|f| {
+            f.get("MESSAGE")
+                .is_some_and(|m| m.contains("another imgsyncd is already running"))
+        })
+        .unwrap();
+    assert_eq!(refused["PRIORITY"], "3", "a failed start is an error");
+    assert_eq!(std::fs::read_to_string(&second_stderr).unwrap(), "");
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
