@@ -426,12 +426,16 @@ async fn resume(ctx: &WorkerContext, vendor: &str) {
     let v = vendor.to_string();
     let resumed = ctx
         .journal
+        // One transaction: a resume whose clock restart failed would leave the jobs behind it
+        // with their outage's first failure, to be failed by their next transient error.
         .call(move |j| -> crate::journal::Result<bool> {
-            let was_paused = j.resume_vendor(&v)?;
-            if was_paused {
-                j.restart_outage_clock(&v)?;
-            }
-            Ok(was_paused)
+            j.as_one_write(|j| {
+                let was_paused = j.resume_vendor(&v)?;
+                if was_paused {
+                    j.restart_outage_clock(&v)?;
+                }
+                Ok(was_paused)
+            })
         })
         .await;
     if let Ok(true) = resumed {
