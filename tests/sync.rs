@@ -454,6 +454,34 @@ fn scan_right_after_a_burst_takes_every_file() {
     assert_eq!(h.sandbox.uploads(), 8);
 }
 
+/// `imgsyncd scan` while a file is still being copied in: the pass waits for it to be quiet for
+/// the settle period, as the daemon would, and sends it whole. The old pass read it at once:
+/// half a PNG, `rejected` as truncated, and the scan failed.
+#[test]
+fn scan_waits_for_a_file_still_being_written() {
+    let h = settling_for_2s();
+    let bytes = png(93);
+    let (head, tail) = bytes.split_at(bytes.len() / 2);
+    let mut writer = std::fs::File::create(h.path("copying.png")).unwrap();
+    writer.write_all(head).unwrap();
+    let scan = {
+        let mut command = h.cli_command();
+        std::thread::spawn(move || command.arg("scan").output().unwrap())
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    writer.write_all(tail).unwrap();
+    drop(writer);
+    let out = scan.join().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(h.state("copying.png").as_deref(), Some("synced"));
+    assert_eq!(h.remote_bytes("copying.png"), Some(bytes));
+}
+
 #[test]
 fn sighup_reloads_new_watches_without_dropping_jobs() {
     let mut h = Harness::new();

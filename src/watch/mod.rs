@@ -57,6 +57,9 @@ pub enum WatchCommand {
     Ready(tokio::sync::oneshot::Sender<()>),
 }
 
+/// How many settle periods a one-shot scan waits for the files it found still being written.
+const SCAN_SETTLE_PERIODS: u32 = 10;
+
 /// The test hook `IMGSYNCD_TEST_PANIC_ON=NAME`: the watch's task panics when an event names a
 /// file called NAME, as a bug would make it, so a test can see the daemon notice and start the
 /// watch again. Read only by debug builds (the tests'); a release build has no such hook.
@@ -1525,18 +1528,41 @@ impl WatchTask {
     }
 
     /// One pass for `imgsyncd scan`: reconcile, then take every file and removal at once.
+    /// A one-shot scan's files still settling: each taken once quiet for the settle period, as
+    /// the daemon would (taken at once, one still being copied was read half). Those still
+    /// changing after [`SCAN_SETTLE_PERIODS`] settle periods are taken as they are: the bytes
+    /// read are checked whole, and a file that changed while read is left for the next pass.
+    async fn take_settling(&mut self) {
+        let limit = Instant::now() + self.ctx.settle * SCAN_SETTLE_PERIODS;
+        while let Some(due) = self.settle.next_deadline() {
+            if due > limit {
+                break;
+            }
+            sleep_until(Some(due)).await;
+            let ready = self.settle.take_ready(Instant::now(), examine::stat);
+            self.take_all(ready).await;
+        }
+        let unsettled = self.settle.drain();
+        if !unsettled.is_empty() {
+            warn!(
+                watch = %self.root().display(), files = unsettled.len(),
+                "{} files were still changing after {} settle periods: taken as they are",
+                unsettled.len(), SCAN_SETTLE_PERIODS
+            );
+        }
+        self.take_all(unsettled).await;
+    }
+
     pub async fn scan_once(&mut self) {
         self.reconcile(Sighting::Scanned).await;
-        let settled = self.settle.drain();
-        self.take_all(settled).await;
+        self.take_settling().await;
         // A scan tracks a bounded number of files still settling and leaves the rest for a
         // second look (settle::CAPACITY); a one-shot scan takes those now, a tracker's worth
         // at a time, until a look finds nothing more.
         while !self.rewalks.is_empty() {
             for rewalk in std::mem::take(&mut self.rewalks) {
                 self.rewalk_folder(rewalk).await;
-                let settled = self.settle.drain();
-                self.take_all(settled).await;
+                self.take_settling().await;
             }
         }
         let removals: Vec<(PathBuf, PendingRemoval)> = self.removals.drain().collect();
