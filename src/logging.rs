@@ -79,8 +79,8 @@ pub fn stderr_is_journal_stream() -> bool {
 type BoxedLayer = Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>;
 
 /// Sets up the process's log. `IMGSYNCD_LOG` filters (`info` by default, `debug` for more).
-/// Sets up the log; returns whether it goes to journald's native protocol (where a fatal error
-/// must go too, at its priority, rather than to stderr, which journald files as info).
+/// Returns whether it goes to journald's native protocol (where a fatal error must go too, at
+/// its priority, rather than to stderr, which journald files as info).
 pub fn init(format: LogFormat) -> bool {
     let filter = tracing_subscriber::EnvFilter::try_from_env("IMGSYNCD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

@@ -173,28 +173,32 @@ fn auto_under_systemd_writes_native_journald_fields() {
     socket
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
+    // `imgsyncd run` as systemd starts it: its stderr the journal's stream (JOURNAL_STREAM
+    // names the file's device and inode), journald's socket the one this test listens on.
+    let under_journald = |stderr_path: &std::path::Path| {
+        let stderr = std::fs::File::create(stderr_path).unwrap();
+        let meta = stderr.metadata().unwrap();
+        let mut command = Command::new("unshare");
+        command
+            .args([
+                "-m",
+                "sh",
+                "-c",
+                "mount -t tmpfs tmpfs /run/systemd && mkdir /run/systemd/journal \
+                 && mount --bind \"$1\" /run/systemd/journal && exec \"$2\" -c \"$3\" run",
+                "sh",
+                journal_dir.to_str().unwrap(),
+                BIN,
+                h.config_path.to_str().unwrap(),
+            ])
+            .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+            .env("IMGSYNCD_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        command
+    };
     let stderr_path = h.dir.path().join("stderr");
-    let stderr = std::fs::File::create(&stderr_path).unwrap();
-    let meta = stderr.metadata().unwrap();
-    let stream = format!("{}:{}", meta.dev(), meta.ino());
-    let mut child = Command::new("unshare")
-        .args([
-            "-m",
-            "sh",
-            "-c",
-            "mount -t tmpfs tmpfs /run/systemd && mkdir /run/systemd/journal \
-             && mount --bind \"$1\" /run/systemd/journal && exec \"$2\" -c \"$3\" run",
-            "sh",
-            journal_dir.to_str().unwrap(),
-            BIN,
-            h.config_path.to_str().unwrap(),
-        ])
-        .env("JOURNAL_STREAM", &stream)
-        .env("IMGSYNCD_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .unwrap();
+    let mut child = under_journald(&stderr_path).spawn().unwrap();
     let mut heard: Vec<Entry> = Vec::new();
     let mut buf = vec![0u8; 65536];
     let mut listen_until = |heard: &mut Vec<Entry>, done: &dyn Fn(&[Entry]) -> bool| {
@@ -226,28 +230,7 @@ fn auto_under_systemd_writes_native_journald_fields() {
     // A second daemon on the same journal cannot start: the reason reaches journald as an
     // error, not stderr (which journald files as info).
     let second_stderr = h.dir.path().join("second-stderr");
-    let second_file = std::fs::File::create(&second_stderr).unwrap();
-    let second_meta = second_file.metadata().unwrap();
-    let second = Command::new("unshare")
-        .args([
-            "-m",
-            "sh",
-            "-c",
-            "mount -t tmpfs tmpfs /run/systemd && mkdir /run/systemd/journal \
-             && mount --bind \"$1\" /run/systemd/journal && exec \"$2\" -c \"$3\" run",
-            "sh",
-            journal_dir.to_str().unwrap(),
-            BIN,
-            h.config_path.to_str().unwrap(),
-        ])
-        .env(
-            "JOURNAL_STREAM",
-            format!("{}:{}", second_meta.dev(), second_meta.ino()),
-        )
-        .stdout(Stdio::null())
-        .stderr(second_file)
-        .status()
-        .unwrap();
+    let second = under_journald(&second_stderr).status().unwrap();
     assert_eq!(second.code(), Some(2));
     listen_until(&mut heard, &|heard| {
         heard.iter().any(|f| {

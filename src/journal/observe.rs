@@ -500,9 +500,7 @@ fn observe_known(tx: &Connection, obs: &Observation<'_>, row: Existing) -> Resul
     // Back with the bytes of its copy: synced to it again, unless it has expired meanwhile (a
     // Jiandaoyun key put back after its hour), when the bytes go again as for a deleted copy.
     let synced_to_own_copy = match copy_id {
-        Some(id) if same_content => {
-            copy_sha(tx, copy_id)?.as_deref() == Some(obs.sha256) && copies::is_usable(tx, id)?
-        }
+        Some(id) if same_content => holds_usable(tx, id, obs.sha256)?,
         _ => false,
     };
     if synced_to_own_copy {
@@ -526,13 +524,14 @@ fn observe_known(tx: &Connection, obs: &Observation<'_>, row: Existing) -> Resul
     })
 }
 
-fn copy_sha(tx: &Connection, copy_id: Option<i64>) -> Result<Option<String>> {
-    let Some(id) = copy_id else { return Ok(None) };
-    Ok(tx.cached_query_row(
+/// Whether the copy holds `sha256`'s bytes and a file may be synced to it now.
+fn holds_usable(tx: &Connection, copy_id: i64, sha256: &str) -> Result<bool> {
+    let held: Option<String> = tx.cached_query_row(
         "SELECT sha256 FROM remote_copies WHERE id = ?1",
-        [id],
+        [copy_id],
         |r| r.get(0),
-    )?)
+    )?;
+    Ok(held.as_deref() == Some(sha256) && copies::is_usable(tx, copy_id)?)
 }
 
 struct Twin {
@@ -639,9 +638,7 @@ fn move_record(tx: &Connection, twin: &Twin, obs: &Observation<'_>) -> Result<()
     // pending, and its upload is queued again. A failed one stays failed, for `retry`.
     let decided = twin.removal.is_some();
     let own_copy = match twin.copy_id {
-        Some(id) if decided => {
-            copy_sha(tx, Some(id))?.as_deref() == Some(obs.sha256) && copies::is_usable(tx, id)?
-        }
+        Some(id) if decided => holds_usable(tx, id, obs.sha256)?,
         _ => false,
     };
     let state = match (decided, own_copy, twin.state.as_str()) {

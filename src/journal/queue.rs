@@ -725,6 +725,11 @@ fn sync_to(tx: &Connection, file_id: i64, file: &FileNow, copy_id: i64) -> Resul
            updated_at = ?3 WHERE id = ?1",
         params![file_id, copy_id, now_ms()],
     )?;
+    let_go_of_old_copy(tx, file_id, file, copy_id)
+}
+
+/// The file now points at `copy_id`: the copy it pointed at before goes, unless used.
+fn let_go_of_old_copy(tx: &Connection, file_id: i64, file: &FileNow, copy_id: i64) -> Result<()> {
     if let Some(old) = file.copy_id.filter(|old| *old != copy_id) {
         delete_if_unused(tx, file_id, &file.vendor, old, file.delete_unused)?;
     }
@@ -771,13 +776,12 @@ fn finish_upload(tx: &Connection, job: &Job, file: &FileNow, remote: &Remote) ->
         // Gone while its bytes were in flight, its removal held for an operator: the new copy
         // is its copy, for `retry --held` to delete or for the file, put back, to be synced to.
         // Left to nobody, it would stay at the vendor for good once the removal went ahead.
+        // Its error says why the removal is held, and stays.
         tx.cached_execute(
             "UPDATE files SET state = 'synced', copy_id = ?2, updated_at = ?3 WHERE id = ?1",
             params![job.file_id, copy_id, now_ms()],
         )?;
-        if let Some(old) = file.copy_id.filter(|old| *old != copy_id) {
-            delete_if_unused(tx, job.file_id, &file.vendor, old, file.delete_unused)?;
-        }
+        let_go_of_old_copy(tx, job.file_id, file, copy_id)?;
         return Ok(Finished::Done);
     }
     // The file changed or went while its content was in flight: that copy serves nobody, unless

@@ -1527,7 +1527,6 @@ impl WatchTask {
         }
     }
 
-    /// One pass for `imgsyncd scan`: reconcile, then take every file and removal at once.
     /// A one-shot scan's files still settling: each taken once quiet for the settle period, as
     /// the daemon would (taken at once, one still being copied was read half). Those still
     /// changing after [`SCAN_SETTLE_PERIODS`] settle periods are taken as they are: the bytes
@@ -1553,6 +1552,8 @@ impl WatchTask {
         self.take_all(unsettled).await;
     }
 
+    /// One pass for `imgsyncd scan`: reconcile, then take every file once settled, and every
+    /// removal at once.
     pub async fn scan_once(&mut self) {
         self.reconcile(Sighting::Scanned).await;
         self.take_settling().await;
