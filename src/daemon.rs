@@ -150,6 +150,9 @@ struct Daemon {
     metrics: Option<(std::net::SocketAddr, JoinHandle<()>)>,
     /// Where watches whose task panicked are told of, and, a while later, started again.
     watch_trouble: WatchTrouble,
+    /// The mount table's changes, for each watch to look at the mounts on its path; none for a
+    /// one-shot scan.
+    mount_changes: Option<watch::Receiver<u64>>,
 }
 
 /// The roots of watches whose task ended in a panic, and of those whose wait after it is over.
@@ -179,6 +182,7 @@ impl Daemon {
             notes: Arc::default(),
             metrics: None,
             watch_trouble,
+            mount_changes: None,
         }
     }
 
@@ -266,6 +270,7 @@ impl Daemon {
             max_deletes: self.config.max_deletes,
             sightings: self.sightings.clone(),
             failed: Some(self.watch_trouble.failed.clone()),
+            mount_changes: self.mount_changes.clone(),
         }
     }
 
@@ -562,6 +567,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let (failed, mut failed_watches) = mpsc::unbounded_channel();
     let (restart, mut restarts) = mpsc::unbounded_channel();
     let mut daemon = Daemon::new(config, journal, WatchTrouble { failed, restart });
+    daemon.mount_changes = crate::watch::mounts::watch_table();
     daemon.set_vendors(&BTreeMap::new(), &daemon.config.vendors.clone());
     daemon.serve_metrics().await?;
     for watch in daemon.config.watches.clone() {

@@ -4,6 +4,7 @@
 mod events;
 pub mod examine;
 mod intake;
+pub mod mounts;
 pub mod presence;
 pub mod settle;
 mod sighting;
@@ -47,6 +48,8 @@ pub struct WatchContext {
     /// Told the root of a watch whose task ended in a panic, so the daemon can start it again:
     /// a watch that is gone takes no file and says nothing. None for a one-shot scan.
     pub failed: Option<mpsc::UnboundedSender<PathBuf>>,
+    /// Bumped at each change of the mount table (see [`mounts`]); none for a one-shot scan.
+    pub mount_changes: Option<tokio::sync::watch::Receiver<u64>>,
 }
 
 #[derive(Debug)]
@@ -190,6 +193,8 @@ pub struct WatchTask {
     unreadable_log: LogThrottle,
     /// This task, in what it tells the other watches.
     owner: sighting::Owner,
+    /// The mounts on the root's path when its watcher was set up.
+    mounts: mounts::MountsOnPath,
 }
 
 impl Drop for WatchTask {
@@ -229,6 +234,7 @@ impl WatchTask {
             taking_in: false,
             unreadable_log: LogThrottle::new(Duration::from_secs(3600), 1),
             owner: sighting::new_owner(),
+            mounts: mounts::MountsOnPath::default(),
         }
     }
 
@@ -255,6 +261,7 @@ impl WatchTask {
         // Only a root in trouble (missing, or not the folder the journal knows) is looked at on
         // a timer; otherwise events about the root and every reconcile look at it.
         let mut root_check = tokio::time::interval(ROOT_CHECK);
+        let mut mount_changes = self.ctx.mount_changes.clone();
         loop {
             self.publish_taking_in();
             let deadline = self.next_deadline();
@@ -285,6 +292,10 @@ impl WatchTask {
                 _ = sleep_until(deadline), if deadline.is_some() => self.on_tick().await,
                 _ = rescan.tick() => self.reconcile(Sighting::Scanned).await,
                 _ = root_check.tick(), if root_in_trouble => self.verify_root().await,
+                told = mounts::next_change(&mut mount_changes) => match told {
+                    true => self.mounts_changed().await,
+                    false => mount_changes = None,
+                },
             }
         }
         self.watcher = None;
@@ -312,6 +323,7 @@ impl WatchTask {
             }
             RootState::Usable { fresh: true } => {
                 self.watcher = None;
+                self.mounts = self.read_mounts().await;
                 self.watcher = self.start_watcher();
                 // Before the first walk, which a removal elsewhere may otherwise not wait for.
                 self.publish_sighting_delay();
@@ -319,6 +331,35 @@ impl WatchTask {
             }
             RootState::Usable { fresh: false } => {}
         }
+    }
+
+    /// The mounts on the root's path now; as last read when the table cannot be read.
+    async fn read_mounts(&self) -> mounts::MountsOnPath {
+        let root = self.config.path.clone();
+        match tokio::task::spawn_blocking(move || mounts::MountsOnPath::read(&root)).await {
+            Ok(Ok(now)) => now,
+            _ => self.mounts.clone(),
+        }
+    }
+
+    /// The mount table changed: when a mount on the root's path came or went, the watcher set up
+    /// before may watch nothing any more (its filesystem unmounted) or miss a new one, so the
+    /// folder is watched anew and reconciled.
+    async fn mounts_changed(&mut self) {
+        let now = self.read_mounts().await;
+        if now == self.mounts {
+            return;
+        }
+        warn!(
+            watch = %self.root().display(),
+            "the mounts on the watch folder's path changed ({}); watching the folder anew and \
+             reconciling it",
+            now.changes_from(&self.mounts)
+        );
+        self.mounts = now;
+        self.watcher = None;
+        self.watching_id = None;
+        self.verify_root().await;
     }
 
     /// When the tracker or the removals next need a look.
