@@ -1,6 +1,7 @@
 //! Watching one drop folder: filesystem events (inotify, or polling for network shares) are hints;
 //! every start, overflow, failed watch and periodic rescan reconciles the folder against the journal.
 
+mod bounded_look;
 mod events;
 pub mod examine;
 mod intake;
@@ -85,6 +86,9 @@ const REMOVAL_MAX_WAIT: Duration = Duration::from_secs(60);
 /// How often a removal waiting for another watch's intake looks whether it is done.
 const INTAKE_LOOK: Duration = Duration::from_millis(250);
 const ROOT_CHECK: Duration = Duration::from_secs(2);
+/// How long a look at the root may take before the folder counts as unavailable (a share whose
+/// server does not answer): long enough for a slow share, short enough that the watch says so.
+const ROOT_ANSWER: Duration = Duration::from_secs(15);
 /// A folder created or moved in is walked again this long after it was first seen.
 const REWALK_AFTER: Duration = Duration::from_millis(500);
 /// Deletes are counted against `max_deletes` over this window, however slowly files vanish.
@@ -195,6 +199,8 @@ pub struct WatchTask {
     owner: sighting::Owner,
     /// The mounts on the root's path when its watcher was set up.
     mounts: mounts::MountsOnPath,
+    /// Looks at the root, off the runtime's threads.
+    root_look: bounded_look::BoundedLook<std::io::Result<std::fs::Metadata>>,
 }
 
 impl Drop for WatchTask {
@@ -235,6 +241,7 @@ impl WatchTask {
             unreadable_log: LogThrottle::new(Duration::from_secs(3600), 1),
             owner: sighting::new_owner(),
             mounts: mounts::MountsOnPath::default(),
+            root_look: bounded_look::BoundedLook::new(ROOT_ANSWER),
         }
     }
 
@@ -388,7 +395,18 @@ impl WatchTask {
     /// (same device and inode). Pauses the watch while it is missing; holds its removals while it
     /// is another folder than the one known (replaced, or an empty mount point).
     async fn check_root(&mut self) -> RootState {
-        let meta = match std::fs::metadata(self.root()) {
+        let root = self.config.path.clone();
+        let looked = self.root_look.run(move || std::fs::metadata(root)).await;
+        let looked = looked.unwrap_or_else(|| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "it did not answer within {}: a network share whose server does not answer?",
+                    humantime::format_duration(self.root_look.limit())
+                ),
+            ))
+        });
+        let meta = match looked {
             Ok(meta) if meta.is_dir() => meta,
             Ok(_) => {
                 self.pause("it is not a folder".to_string());
