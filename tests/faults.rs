@@ -113,7 +113,9 @@ fn the_sandbox_faults_are_what_they_say() {
 
 /// 30 % of every vendor's calls fail (5xx, dropped connections, 429 bursts, answers and bodies
 /// slower than the timeout), drawn with a seed: every file still ends synced, once, with its
-/// exact bytes and (Jiandaoyun) its record, and none is marked failed.
+/// exact bytes and (Jiandaoyun) its record. The one exception is a Jiandaoyun record whose answer
+/// was held past the timeout: the record may stand, so that file waits for a person, saying so,
+/// rather than making a second one. Either way the form holds one record a file.
 #[test]
 fn with_thirty_percent_of_calls_failing_every_file_syncs() {
     let mut t = Three::new(Options {
@@ -137,27 +139,59 @@ fn with_thirty_percent_of_calls_failing_every_file_syncs() {
         let vendor = ALL[i as usize % 3];
         let bytes = picture(1000 + i);
         let path = t.drop(vendor, &format!("chaos-{i:02}.png"), &bytes);
-        expected.push((path, bytes));
+        expected.push((vendor, path, bytes));
     }
     t.start(Some(TIMEOUT));
+    const LOST_RECORD: &str =
+        "the form may hold the record already, and creating it again could make two";
     t.h.wait_for("every file to be synced", |h| {
         let files = h.files();
-        assert!(
-            files.iter().all(|f| f["state"] != "failed"),
-            "no file is marked failed: {files:#?}"
-        );
-        files.len() == expected.len() && files.iter().all(|f| f["state"] == "synced")
+        for file in files.iter().filter(|f| f["state"] == "failed") {
+            assert!(
+                file["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains(LOST_RECORD)),
+                "no file is marked failed but for a record's lost answer: {files:#?}"
+            );
+        }
+        files.len() == expected.len() && files.iter().all(|f| f["state"] != "pending")
     });
-    t.assert_all_synced(&expected);
+    let failed: Vec<String> =
+        t.h.files()
+            .into_iter()
+            .filter(|f| f["state"] == "failed")
+            .map(|f| f["path"].as_str().unwrap().to_string())
+            .collect();
+    let synced: Vec<(PathBuf, Vec<u8>)> = expected
+        .iter()
+        .filter(|(_, path, _)| !failed.contains(&path.display().to_string()))
+        .map(|(_, path, bytes)| (path.clone(), bytes.clone()))
+        .collect();
+    t.assert_all_synced(&synced);
+    let forms = expected
+        .iter()
+        .filter(|(v, ..)| *v == Vendor::Jiandaoyun)
+        .count();
+    assert_eq!(
+        t.h.sandbox.jiandaoyun_records().len(),
+        forms,
+        "one record a file, none made twice"
+    );
     let drawn = t.h.sandbox.faults_drawn();
-    eprintln!("seed {}: {} faults drawn: {drawn:?}", seed(), drawn.len());
+    eprintln!(
+        "seed {}: {} faults drawn: {drawn:?}; waiting for a person: {failed:?}",
+        seed(),
+        drawn.len()
+    );
     assert!(drawn.len() >= 6, "the test really met faults: {drawn:?}");
     let status = t.h.status();
-    assert_eq!(status["files"]["failed"], 0, "{status}");
-    assert!(
-        status["paused_vendors"].as_array().unwrap().is_empty(),
-        "{status}"
-    );
+    assert_eq!(status["files"]["failed"], failed.len(), "{status}");
+    if failed.is_empty() {
+        assert!(
+            status["paused_vendors"].as_array().unwrap().is_empty(),
+            "{status}"
+        );
+    }
 }
 
 /// A connection dropped during an upload, without an answer: the upload is retried and the file

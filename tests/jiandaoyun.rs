@@ -370,6 +370,42 @@ fn a_record_that_keeps_failing_past_the_hour_leads_to_a_fresh_upload() {
     );
 }
 
+/// A record Jiandaoyun made whose answer never reached the daemon (held past the client's
+/// timeout, a connection dropped): made again, the form would hold the file twice. It waits for
+/// a person instead, its error saying why and what to do, and the form holds one record.
+#[test]
+fn a_record_whose_answer_was_lost_is_not_made_twice() {
+    let mut h = Harness::with(forms(true, ""));
+    h.sandbox.inject_jiandaoyun(
+        JdyEndpoint::Create,
+        [Fault::SlowAnswer(Duration::from_secs(4))],
+    );
+    h.start_with("text", &[("IMGSYNCD_TEST_HTTP_TIMEOUT", "2s")]);
+    h.drop_file("once.png", &png(43));
+    let row = h.wait_state("once.png", "failed");
+    let error = row["error"].as_str().unwrap();
+    assert!(
+        error.contains("jiandaoyun data/create: timed out")
+            && error.contains(
+                "the form may hold the record already, and creating it again could make two"
+            )
+            && error.contains("imgsyncd retry"),
+        "{error}"
+    );
+    assert_eq!(outcomes(&h, "once.png"), ["unconfirmed"]);
+    // Past the held answer, and past any retry that would have come.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(h.sandbox.jiandaoyun_records().len(), 1, "one record");
+    let creates = h
+        .sandbox
+        .log()
+        .iter()
+        .filter(|l| l.path == imgsyncd::adapters::jiandaoyun::CREATE_PATH)
+        .count();
+    assert_eq!(creates, 1, "data/create called once");
+    h.stop();
+}
+
 #[test]
 fn a_bad_api_key_pauses_the_vendor_with_no_file_burned() {
     let wrong = JiandaoyunAccount {

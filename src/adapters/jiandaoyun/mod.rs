@@ -575,10 +575,18 @@ impl Jiandaoyun {
             .json(&body)
             .send()
             .await;
+        // Jiandaoyun took the request and said nothing in time, or began a success whose body
+        // was lost: the record may stand. A connection dropped with no answer at all is sent
+        // again, as every other call is (a proxy's reset, most often before the vendor acted).
+        let may_be_carried_out = match &response {
+            Ok(answer) => answer.status().is_success(),
+            Err(e) => e.is_timeout() && !e.is_connect(),
+        };
         let answer = Answer::receive(response).await;
         crate::metrics::request("data_create", started);
         let answer = match answer {
             Ok(answer) => answer,
+            Err(call) if may_be_carried_out => return answer_lost(call),
             Err(call) => return call,
         };
         let outcome = match created(&answer) {
@@ -592,6 +600,27 @@ impl Jiandaoyun {
         self.hold_after(Endpoint::Create, &answer, &outcome);
         answer.call(outcome).cast()
     }
+}
+
+/// A `data/create` whose answer was lost on the way (a timeout, a success cut short) may have
+/// made the record: made again, the form would hold the file twice. The file waits for a person
+/// instead, as one whose answer cannot be read does. (An upload to Qiniu whose answer is lost is
+/// sent again: a key no record uses is nothing anyone sees.)
+fn answer_lost<T>(call: Call<T>) -> Call<T> {
+    let reason = match &call.outcome {
+        Outcome::Retry { reason, .. } => reason.clone(),
+        _ => return call,
+    };
+    Call::new(
+        Outcome::Unconfirmed {
+            reason: format!(
+                "jiandaoyun data/create: {reason}; the answer was lost, so the form may hold the \
+                 record already, and creating it again could make two"
+            ),
+        },
+        call.http_status,
+        call.vendor_code,
+    )
 }
 
 /// The company-wide pacer of the API key `key`: vendors sharing a key share its 50 calls a second.
