@@ -116,11 +116,20 @@ pub(super) fn reusable(tx: &Connection, vendor: &str, sha256: &str) -> Result<Op
         .optional()?)
 }
 
-/// A delete was sent: from now on the copy's fate is unknown until the vendor answers, so no file
-/// may be synced to it.
+/// A delete is about to be sent: from now on the copy's fate is unknown until the vendor
+/// answers, so no file may be synced to it.
 pub(super) fn mark_deleting(tx: &Connection, copy_id: i64) -> Result<()> {
     tx.cached_execute(
         "UPDATE remote_copies SET state = 'deleting' WHERE id = ?1 AND state = 'live'",
+        [copy_id],
+    )?;
+    Ok(())
+}
+
+/// Takes back [`mark_deleting`] for a delete that was never sent.
+pub(super) fn unmark_deleting(tx: &Connection, copy_id: i64) -> Result<()> {
+    tx.cached_execute(
+        "UPDATE remote_copies SET state = 'live' WHERE id = ?1 AND state = 'deleting'",
         [copy_id],
     )?;
     Ok(())

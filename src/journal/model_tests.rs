@@ -35,6 +35,8 @@ enum Step {
     Claim,
     /// The vendor answers an in-flight job.
     Answer { which: usize, answer: Answer },
+    /// A worker puts an in-flight job back unsent (claimed ahead, then its vendor paused).
+    PutBack { which: usize },
     /// The daemon dies: in-flight jobs are abandoned (the vendor may have done them) and go
     /// back to the queue at the restart.
     Crash { done_at_vendor: bool },
@@ -65,6 +67,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => any::<u8>().prop_map(|renamed| Step::ReleaseHeld { renamed }),
         5 => Just(Step::Claim),
         5 => (0..4usize, answer).prop_map(|(which, answer)| Step::Answer { which, answer }),
+        1 => (0..4usize).prop_map(|which| Step::PutBack { which }),
         1 => any::<bool>().prop_map(|done_at_vendor| Step::Crash { done_at_vendor }),
     ]
 }
@@ -219,6 +222,13 @@ impl World {
                 let job = self.in_flight.remove(which % self.in_flight.len());
                 let result = self.vendor_answers(&job, answer);
                 self.journal.finish(&job, &result, None).unwrap();
+            }
+            Step::PutBack { which } => {
+                if self.in_flight.is_empty() {
+                    return;
+                }
+                let job = self.in_flight.remove(which % self.in_flight.len());
+                self.journal.put_back_unsent(&job).unwrap();
             }
             Step::Crash { done_at_vendor } => {
                 for job in std::mem::take(&mut self.in_flight) {

@@ -56,6 +56,9 @@ pub struct Job {
     pub remote_ref: Option<String>,
     pub attempts: u32,
     pub first_failure_at: Option<i64>,
+    /// A delete whose claim marked its copy `deleting`: no delete of that copy was sent before
+    /// it, so put back unsent, the copy is live again (and a file put back can be synced to it).
+    pub marked_copy: bool,
 }
 
 /// What a claim came to.
@@ -362,6 +365,7 @@ impl Journal {
                     remote_ref: None,
                     attempts: r.get(6)?,
                     first_failure_at: r.get(7)?,
+                    marked_copy: false,
                 })
             },
         )?;
@@ -492,6 +496,10 @@ impl Journal {
                     "UPDATE jobs SET state = 'queued', lease_until = NULL WHERE id = ?1",
                     [job.id],
                 )?;
+                // No attempt: the vendor was not called (no adapter for it any more).
+                if attempt.is_none() {
+                    give_back_unsent_mark(&tx, job)?;
+                }
                 Finished::Released
             }
         };
@@ -507,6 +515,21 @@ impl Journal {
                 "UPDATE jobs SET state = 'queued', lease_until = NULL WHERE id = ?1 AND state = 'running'",
                 [id],
             )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Puts a claimed job back that was never sent (claimed ahead, then its vendor paused or the
+    /// daemon stopping): queued again as it was, its copy live again if its claim marked it.
+    pub fn put_back_unsent(&mut self, job: &Job) -> Result<()> {
+        let tx = self.write()?;
+        let queued = tx.cached_execute(
+            "UPDATE jobs SET state = 'queued', lease_until = NULL WHERE id = ?1 AND state = 'running'",
+            [job.id],
+        )?;
+        if queued == 1 {
+            give_back_unsent_mark(&tx, job)?;
         }
         tx.commit()?;
         Ok(())
@@ -687,6 +710,7 @@ fn claim_delete(tx: &Connection, mut job: Job, file: &FileNow) -> Result<Claimed
                 });
             }
             copies::mark_deleting(tx, copy_id)?;
+            job.marked_copy = true;
         }
         _ => {}
     }
@@ -696,6 +720,16 @@ fn claim_delete(tx: &Connection, mut job: Job, file: &FileNow) -> Result<Claimed
         |r| r.get(0),
     )?);
     Ok(Claimed::Job(job))
+}
+
+/// A delete that marked its copy `deleting` at its claim and was never sent: the copy is as it
+/// was, live. (One already `deleting` when claimed stays so: an earlier attempt may have been
+/// carried out with its answer lost.)
+fn give_back_unsent_mark(tx: &Connection, job: &Job) -> Result<()> {
+    if let (true, Some(copy_id)) = (job.marked_copy, job.copy_id) {
+        copies::unmark_deleting(tx, copy_id)?;
+    }
+    Ok(())
 }
 
 fn record_attempt(tx: &Connection, file_id: i64, op: JobOp, attempt: &Attempt) -> Result<()> {

@@ -597,6 +597,61 @@ fn a_delete_whose_copy_is_already_gone_ends_the_removal() {
 }
 
 #[test]
+fn a_delete_put_back_unsent_leaves_its_copy_live_for_the_file_put_back() {
+    let mut f = fixture();
+    let j = &mut f.journal;
+    synced(j, "/w/a.png", "aa", "https://img/1.png");
+    missing(j, "/w/a.png");
+    let delete = claim(j).unwrap();
+    assert!(delete.marked_copy);
+    // Claimed ahead of others, then its vendor paused (or the daemon stopping): put back with
+    // nothing sent, the copy is what it was.
+    j.put_back_unsent(&delete).unwrap();
+    assert!(deleted_refs(j).is_empty(), "{:?}", deleted_refs(j));
+    // The file comes back: synced to the copy it had (the URL the ERP points at), nothing sent,
+    // and its delete withdrawn (before, re-uploaded under a new URL and the old one deleted).
+    assert_eq!(
+        j.observe(&obs("/w/a.png", "aa"), PRESENT).unwrap(),
+        Observed::Restored
+    );
+    assert!(claim(j).is_none());
+    let row = state_of(j, "/w/a.png");
+    assert_eq!(
+        (row.state.as_str(), row.url.as_deref()),
+        ("synced", Some("https://img/1.png"))
+    );
+    assert!(deleted_refs(j).is_empty());
+}
+
+#[test]
+fn a_delete_put_back_unsent_after_an_attempt_whose_answer_was_lost_keeps_its_copy_deleting() {
+    let mut f = fixture();
+    let j = &mut f.journal;
+    synced(j, "/w/a.png", "aa", "https://img/1.png");
+    missing(j, "/w/a.png");
+    let first = claim(j).unwrap();
+    // Carried out at the vendor, its answer lost: retried.
+    j.finish(
+        &first,
+        &JobResult::Retry {
+            not_before: 0,
+            reason: "HTTP 502".into(),
+            give_up_after_ms: 3_600_000,
+        },
+        None,
+    )
+    .unwrap();
+    let again = claim(j).unwrap();
+    assert!(!again.marked_copy);
+    j.put_back_unsent(&again).unwrap();
+    assert_eq!(deleted_refs(j), ["https://img/1.png"], "may be gone");
+    assert_eq!(
+        j.observe(&obs("/w/a.png", "aa"), PRESENT).unwrap(),
+        Observed::RestoredAfterDelete
+    );
+}
+
+#[test]
 fn transient_failures_retry_until_give_up_then_fail_and_retry_puts_them_back() {
     let mut f = fixture();
     let j = &mut f.journal;

@@ -195,9 +195,17 @@ impl Slot {
     /// is stopping (its next start requeues the job). The job is held until then, so no claim
     /// gives it out meanwhile.
     pub(super) async fn put_back(&self, claim: &Claim) {
-        let id = claim.job.id;
+        let (id, job) = (claim.job.id, claim.job.clone());
         let mut backoff = JournalBackoff::default();
-        while let Err(e) = self.ctx.journal.write(move |j| j.release(&[id])).await {
+        while let Err(e) = self
+            .ctx
+            .journal
+            .write({
+                let job = job.clone();
+                move |j| j.put_back_unsent(&job)
+            })
+            .await
+        {
             if *self.stop.borrow() {
                 error!(
                     path = %path_text::shown(&claim.job.path), job = id,
