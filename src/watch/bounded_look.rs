@@ -1,15 +1,16 @@
 //! A look at the disk that may never answer: a `stat` of a folder on a hard-mounted share whose
 //! server is gone blocks until the server is back. Made on a runtime thread, it stopped that
-//! thread (one of two on a small machine) and every task queued behind it. It runs on the
-//! blocking pool instead and is waited for a while; at most one is outstanding, so a hung share
-//! ties up one blocking thread however often the watch looks.
+//! thread (one of two on a small machine) and every task queued behind it. It runs on a thread
+//! of its own instead (not the runtime's blocking pool, which the journal and file reads share:
+//! several watches on one hung share would fill it) and is waited for a while; at most one is
+//! outstanding, so a hung share ties up one thread a watch however often the watch looks.
 
 use std::time::Duration;
 
-use tokio::task::JoinHandle;
+use tokio::sync::oneshot;
 
 pub(super) struct BoundedLook<T> {
-    pending: Option<JoinHandle<T>>,
+    pending: Option<oneshot::Receiver<T>>,
     limit: Duration,
 }
 
@@ -25,13 +26,24 @@ impl<T: Send + 'static> BoundedLook<T> {
     /// is returned in its place: it says the disk answers again, and the next look is fresh).
     /// `None` when no answer came within the limit.
     pub(super) async fn run(&mut self, look: impl FnOnce() -> T + Send + 'static) -> Option<T> {
-        let mut pending = self
-            .pending
-            .take()
-            .unwrap_or_else(|| tokio::task::spawn_blocking(look));
+        let mut pending = match self.pending.take() {
+            Some(pending) => pending,
+            None => {
+                let (answer, pending) = oneshot::channel();
+                let spawned = std::thread::Builder::new()
+                    .name("imgsyncd-look".into())
+                    .spawn(move || {
+                        let _ = answer.send(look());
+                    });
+                if spawned.is_err() {
+                    return None;
+                }
+                pending
+            }
+        };
         match tokio::time::timeout(self.limit, &mut pending).await {
             Ok(Ok(answer)) => Some(answer),
-            // The look panicked (it does not) or the runtime is shutting down: no answer.
+            // The look's thread could not be made, or it panicked (it does not): no answer.
             Ok(Err(_)) => None,
             Err(_) => {
                 self.pending = Some(pending);

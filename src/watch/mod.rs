@@ -199,8 +199,9 @@ pub struct WatchTask {
     owner: sighting::Owner,
     /// The mounts on the root's path when its watcher was set up.
     mounts: mounts::MountsOnPath,
-    /// Looks at the root, off the runtime's threads.
+    /// Looks at the root, and at the mounts on its path, off the runtime's threads.
     root_look: bounded_look::BoundedLook<std::io::Result<std::fs::Metadata>>,
+    mounts_look: bounded_look::BoundedLook<std::io::Result<mounts::MountsOnPath>>,
 }
 
 impl Drop for WatchTask {
@@ -242,6 +243,7 @@ impl WatchTask {
             owner: sighting::new_owner(),
             mounts: mounts::MountsOnPath::default(),
             root_look: bounded_look::BoundedLook::new(ROOT_ANSWER),
+            mounts_look: bounded_look::BoundedLook::new(ROOT_ANSWER),
         }
     }
 
@@ -340,11 +342,16 @@ impl WatchTask {
         }
     }
 
-    /// The mounts on the root's path now; as last read when the table cannot be read.
-    async fn read_mounts(&self) -> mounts::MountsOnPath {
+    /// The mounts on the root's path now; as last read when the table cannot be read, or the
+    /// root's links not followed in time (a hung share: its look at the root pauses the watch).
+    async fn read_mounts(&mut self) -> mounts::MountsOnPath {
         let root = self.config.path.clone();
-        match tokio::task::spawn_blocking(move || mounts::MountsOnPath::read(&root)).await {
-            Ok(Ok(now)) => now,
+        match self
+            .mounts_look
+            .run(move || mounts::MountsOnPath::read(&root))
+            .await
+        {
+            Some(Ok(now)) => now,
             _ => self.mounts.clone(),
         }
     }
@@ -355,6 +362,13 @@ impl WatchTask {
     async fn mounts_changed(&mut self) {
         let now = self.read_mounts().await;
         if now == self.mounts {
+            return;
+        }
+        if self.mounts.is_empty() {
+            // Never watched (its root missing since the start): nothing was lost; the root may
+            // be back.
+            self.mounts = now;
+            self.verify_root().await;
             return;
         }
         warn!(
@@ -1118,18 +1132,17 @@ impl WatchTask {
         let hold_of = |path: &str| came_with(path).or_else(|| self.replaced.clone());
         let mut gone: HashMap<Option<String>, Vec<String>> = HashMap::new();
         let mut untaken = Vec::new();
+        let mut unknown: HashMap<String, Vec<String>> = HashMap::new();
         for (path, whereabouts) in looked {
             match whereabouts {
                 Whereabouts::Gone => gone.entry(hold_of(&path)).or_default().push(path),
                 Whereabouts::Unsure(why) => gone.entry(Some(why)).or_default().push(path),
                 Whereabouts::Untaken(now_at) => untaken.push((path, now_at)),
                 Whereabouts::Present => {}
-                Whereabouts::Unknown(why) => warn!(
-                    path = %path_text::shown(&path), vendor = %self.config.vendor,
-                    "cannot tell whether the file is gone ({why}); its remote copy is kept"
-                ),
+                Whereabouts::Unknown(why) => unknown.entry(why).or_default().push(path),
             }
         }
+        self.say_unknown(unknown);
         let with_holds = |paths: Vec<String>| -> Vec<(String, Option<String>)> {
             paths
                 .into_iter()
@@ -1157,6 +1170,27 @@ impl WatchTask {
 
     /// Paths whose removal the journal could not record: decided again later, each still held
     /// for the hold it came with (a folder found empty is not looked at again by then).
+    /// One line a reason for the files whose absence proves nothing (a share unmounted under the
+    /// watch takes thousands at once): how many, and the first.
+    fn say_unknown(&self, unknown: HashMap<String, Vec<String>>) {
+        for (why, paths) in unknown {
+            match paths.as_slice() {
+                [path] => warn!(
+                    path = %path_text::shown(path), vendor = %self.config.vendor,
+                    "cannot tell whether the file is gone ({why}); its remote copy is kept"
+                ),
+                [first, ..] => warn!(
+                    path = %path_text::shown(first), vendor = %self.config.vendor,
+                    "cannot tell whether {} files are gone ({why}; the first: {}); their remote \
+                     copies are kept",
+                    paths.len(),
+                    path_text::shown(first)
+                ),
+                [] => {}
+            }
+        }
+    }
+
     fn removals_again(&mut self, paths: Vec<(String, Option<String>)>) {
         let now = Instant::now();
         self.removals.extend(paths.into_iter().map(|(p, hold)| {

@@ -67,8 +67,11 @@ pub struct MountsOnPath(Vec<Mount>);
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct Mount {
-    /// The kernel's id of this mount: a filesystem mounted again at the same place has a new one.
+    /// The kernel's id of this mount, and the device it shows: a filesystem mounted again at the
+    /// same place mostly has a new id or device (the kernel hands out the lowest free of each, so
+    /// an unmount and a mount told together may show neither changed).
     id: u64,
+    device: String,
     at: PathBuf,
 }
 
@@ -81,6 +84,11 @@ impl MountsOnPath {
         Ok(Self::parse(&table, &real))
     }
 
+    /// Whether any mount was read: none before the root was first seen.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     fn parse(table: &[u8], root: &Path) -> MountsOnPath {
         let mut mounts: Vec<Mount> = table
             .split(|&b| b == b'\n')
@@ -89,8 +97,9 @@ impl MountsOnPath {
                 // first, where it is mounted fifth.
                 let mut fields = line.split(|&b| b == b' ');
                 let id = std::str::from_utf8(fields.next()?).ok()?.parse().ok()?;
-                let at = unescape(fields.nth(3)?);
-                (root.starts_with(&at) || at.starts_with(root)).then_some(Mount { id, at })
+                let device = String::from_utf8_lossy(fields.nth(1)?).into_owned();
+                let at = unescape(fields.nth(1)?);
+                (root.starts_with(&at) || at.starts_with(root)).then_some(Mount { id, device, at })
             })
             .collect();
         mounts.sort();
@@ -224,10 +233,14 @@ mod tests {
             eprintln!("skipped: cannot mount a tmpfs here");
             return;
         }
+        let limit = std::time::Duration::from_secs(10);
+        let told = tokio::time::timeout(limit, changes.changed()).await;
+        assert!(told.is_ok_and(|r| r.is_ok()), "the mount not told");
+        // Told again for the next change, once the first was taken in.
         let _ = std::process::Command::new("umount")
             .arg(dir.path())
             .status();
-        let told = tokio::time::timeout(std::time::Duration::from_secs(10), changes.changed());
-        assert!(told.await.is_ok_and(|r| r.is_ok()), "no change told");
+        let told = tokio::time::timeout(limit, changes.changed()).await;
+        assert!(told.is_ok_and(|r| r.is_ok()), "the unmount not told");
     }
 }
