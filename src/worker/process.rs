@@ -172,11 +172,15 @@ pub(super) async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duratio
         }
         Outcome::Unconfirmed { reason } => {
             // The file may be stored at the vendor under a name we cannot know: it waits for a
-            // person rather than being sent again, and the vendor is paused so the next file
-            // does not go the same way.
+            // person rather than being sent again. An answer that cannot be read (or our own
+            // failure) pauses the vendor so the next file does not go the same way; an answer
+            // lost on the way counts towards the circuit breaker as any call unanswered.
             attempt.outcome = "unconfirmed".into();
             attempt.message = Some(reason.clone());
-            pause(ctx, vendor, &shown, probe, &reason).await;
+            // A probe unanswered leaves its vendor paused, its next probe later.
+            if !unanswered(&call) || probe.is_some() {
+                pause(ctx, vendor, &shown, probe, &reason).await;
+            }
             JobResult::Fail(format!(
                 "{reason}; the vendor may hold it: check there, then `imgsyncd retry {}` to send it again",
                 path_text::for_shell(&job.path)
@@ -223,7 +227,10 @@ pub(super) fn answers_again<T>(
     call: &Call<T>,
     outcome: &Outcome<T>,
 ) -> bool {
-    probe.is_some() && !call.is_internal() && !matches!(outcome, Outcome::VendorDown { .. })
+    probe.is_some()
+        && !call.is_internal()
+        && !unanswered(call)
+        && !matches!(outcome, Outcome::VendorDown { .. })
 }
 
 /// Pauses the vendor: its jobs stay queued behind one probe, tried at growing intervals.
@@ -276,11 +283,14 @@ where
         // Our own bug, not the vendor's state: the run of failures neither grows nor ends.
         return call.outcome.clone();
     }
-    let unanswered = match &call.outcome {
+    let unanswered_retry = match &call.outcome {
         Outcome::Retry { reason, .. } if call.is_outage() => Some(reason.clone()),
         _ => None,
     };
-    let failures = ctx.outages.record(vendor, job, unanswered.is_some());
+    let failures = ctx
+        .outages
+        .record(vendor, job, unanswered_retry.is_some() || unanswered(call));
+    let unanswered = unanswered_retry;
     match unanswered {
         Some(reason) if probe.is_some() || failures >= OUTAGE_AFTER => Outcome::VendorDown {
             reason: format!(
@@ -289,6 +299,14 @@ where
         },
         _ => call.outcome.clone(),
     }
+}
+
+/// A call the vendor may have carried out whose answer never came (nothing was heard, not even a
+/// status): the file waits for a person, but the vendor is not paused for it alone.
+fn unanswered<T>(call: &Call<T>) -> bool {
+    !call.is_internal()
+        && call.http_status.is_none()
+        && matches!(call.outcome, Outcome::Unconfirmed { .. })
 }
 
 /// An upload that ended before the vendor was called.
