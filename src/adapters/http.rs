@@ -11,6 +11,20 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// that stalls (no answer, or a body trickled) is given up on and the call retried.
 pub const TOTAL_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// The slowest uplink an upload is given time for, in bytes a second (256 kbit/s).
+const SLOWEST_UPLINK: u64 = 32 * 1024;
+
+/// How long an upload whose request body is `bytes` long may take: the total timeout, and on top
+/// the time the body takes to send over the slowest uplink allowed for. With the total alone, a
+/// 10 MB photo from an office's 2 Mbit/s line shared by four workers was cut off at 120 s every
+/// time: it never synced, and five such files in a row paused the vendor as down.
+pub fn upload_time(bytes: usize) -> Duration {
+    match test_timeout() {
+        Some(total) => total,
+        None => TOTAL_TIMEOUT + Duration::from_secs(bytes as u64 / SLOWEST_UPLINK),
+    }
+}
+
 /// The HTTP client every adapter shares: rustls, bounded connect and total times.
 pub fn http_client() -> reqwest::Client {
     let (connect, total) = match test_timeout() {
@@ -32,16 +46,19 @@ pub fn http_client() -> reqwest::Client {
 /// waiting two minutes. Read only by debug builds (the tests'); a release build ignores it and
 /// keeps [`TOTAL_TIMEOUT`].
 fn test_timeout() -> Option<Duration> {
-    if !cfg!(debug_assertions) {
-        return None;
-    }
-    let value = std::env::var("IMGSYNCD_TEST_HTTP_TIMEOUT").ok()?;
-    let timeout = humantime::parse_duration(value.trim()).ok()?;
-    tracing::warn!(
-        "test hook IMGSYNCD_TEST_HTTP_TIMEOUT: vendor calls time out after {}",
-        humantime::format_duration(timeout)
-    );
-    Some(timeout)
+    static READ: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+    *READ.get_or_init(|| {
+        if !cfg!(debug_assertions) {
+            return None;
+        }
+        let value = std::env::var("IMGSYNCD_TEST_HTTP_TIMEOUT").ok()?;
+        let timeout = humantime::parse_duration(value.trim()).ok()?;
+        tracing::warn!(
+            "test hook IMGSYNCD_TEST_HTTP_TIMEOUT: vendor calls time out after {}",
+            humantime::format_duration(timeout)
+        );
+        Some(timeout)
+    })
 }
 
 /// An answer as it came off the wire, before a vendor reads it.
@@ -88,20 +105,24 @@ pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Durati
 }
 
 /// The head of an answer's `body` as text for a log line or a file's error: at most `chars`
-/// characters, with the value of every field named like a token cut out (an answer the adapter
-/// could not read, a token answer of an unexpected shape, may carry a live token).
+/// characters, with the value of every field named like a token or a secret cut out (an answer
+/// the adapter could not read, a token answer of an unexpected shape, may carry a live token).
 pub fn snippet(body: &[u8], chars: usize) -> String {
     let head = &body[..body.len().min(chars * 4)];
-    without_tokens(&String::from_utf8_lossy(head))
+    without_secrets(&String::from_utf8_lossy(head))
         .chars()
         .take(chars)
         .collect()
 }
 
-/// `text` with each JSON string value whose key holds "token" (any case: `tenant_access_token`,
-/// `app-token`, Qiniu's `token`) replaced by "…"; a value cut short by the snippet is cut to the
-/// end.
-fn without_tokens(text: &str) -> String {
+/// What a key names when its value must not be shown: tokens (`tenant_access_token`, `app-token`,
+/// Qiniu's `token`), and secrets and passwords (a proxy or a mock at `base_url` may echo the
+/// request it was sent, `app_secret` and all).
+const SECRET_KEY_WORDS: [&str; 3] = ["token", "secret", "password"];
+
+/// `text` with each JSON string value whose key holds one of [`SECRET_KEY_WORDS`] (any case)
+/// replaced by "…"; a value cut short by the snippet is cut to the end.
+fn without_secrets(text: &str) -> String {
     // ASCII lowercasing keeps every byte where it was.
     let (lower, bytes) = (text.to_ascii_lowercase(), text.as_bytes());
     let skip = |mut i: usize, what: fn(u8) -> bool| {
@@ -111,8 +132,14 @@ fn without_tokens(text: &str) -> String {
         i
     };
     let (mut out, mut copied, mut from) = (String::with_capacity(text.len()), 0, 0);
-    while let Some(found) = lower[from..].find("token") {
-        let key_end = skip(from + found + "token".len(), |b| {
+    let next_word = |from: usize| {
+        SECRET_KEY_WORDS
+            .iter()
+            .filter_map(|word| Some((lower[from..].find(word)?, word.len())))
+            .min()
+    };
+    while let Some((found, length)) = next_word(from) {
+        let key_end = skip(from + found + length, |b| {
             b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
         });
         from = key_end;
@@ -143,6 +170,22 @@ fn without_tokens(text: &str) -> String {
 }
 
 #[cfg(test)]
+mod upload_time_tests {
+    use super::*;
+
+    #[test]
+    fn a_big_upload_is_given_the_time_its_body_takes_on_a_slow_line() {
+        assert_eq!(upload_time(0), TOTAL_TIMEOUT);
+        // 10 MB at 256 kbit/s: 320 s to send, past the 120 s every call gets.
+        assert_eq!(
+            upload_time(10 * 1024 * 1024),
+            TOTAL_TIMEOUT + Duration::from_secs(320)
+        );
+        assert!(upload_time(50 * 1024 * 1024) > upload_time(10 * 1024 * 1024));
+    }
+}
+
+#[cfg(test)]
 mod snippet_tests {
     use super::snippet;
 
@@ -170,6 +213,11 @@ mod snippet_tests {
                 r#"{"data":{"file_token":"boxcnAbc"},"access_token":"…"}"#,
             ),
             ("<html>token expired</html>", "<html>token expired</html>"),
+            // A proxy echoing the token request it was sent.
+            (
+                r#"echo: {"app_id":"cli_a1","app_secret":"s3cr3t","client_secret" : "x","password":"p"}"#,
+                r#"echo: {"app_id":"cli_a1","app_secret":"…","client_secret" : "…","password":"…"}"#,
+            ),
         ];
         for (body, shown) in cases {
             assert_eq!(snippet(body.as_bytes(), 300), shown);
