@@ -190,6 +190,7 @@ impl Feishu {
             .http
             .post(format!("{}{UPLOAD_PATH}", self.base_url))
             .bearer_auth(token.expose())
+            .timeout(http::upload_time(request.bytes.len()))
             .multipart(form)
             .send()
             .await;
@@ -290,19 +291,17 @@ impl Answer {
         self.reply.as_ref().and_then(|r| r.code)
     }
 
-    /// A 2xx whose JSON has no `code` is no answer Feishu documents: whether the call was carried
-    /// out cannot be read. For a call that stores something, sending it again could store it
-    /// twice, so it is unconfirmed rather than retried.
+    /// A 2xx that is not JSON of the documented shape, or whose JSON has no `code`, is no answer
+    /// Feishu documents: whether the call was carried out cannot be read. For a call that stores
+    /// something, sending it again could store it twice, so it is unconfirmed rather than retried.
     fn unread_success<T>(&self, what: &str) -> Option<Outcome<T>> {
-        ((200..300).contains(&self.status) && self.reply.is_some() && self.code().is_none()).then(
-            || Outcome::Unconfirmed {
-                reason: format!(
-                    "feishu {what}: HTTP {} with an answer that has no code: {}",
-                    self.status,
-                    self.snippet()
-                ),
-            },
-        )
+        ((200..300).contains(&self.status) && self.code().is_none()).then(|| Outcome::Unconfirmed {
+            reason: format!(
+                "feishu {what}: HTTP {} with an answer that has no code: {}",
+                self.status,
+                self.snippet()
+            ),
+        })
     }
 
     pub(crate) fn call<T>(&self, outcome: Outcome<T>) -> Call<T> {

@@ -484,7 +484,13 @@ impl Jiandaoyun {
         );
         self.pace(Endpoint::Upload).await;
         let started = std::time::Instant::now();
-        let response = self.http.post(&token.url).multipart(form).send().await;
+        let response = self
+            .http
+            .post(&token.url)
+            .timeout(http::upload_time(request.bytes.len()))
+            .multipart(form)
+            .send()
+            .await;
         let answer = Answer::receive(response).await;
         crate::metrics::request("upload", started);
         let answer = match answer {

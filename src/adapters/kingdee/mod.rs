@@ -214,13 +214,15 @@ impl Kingdee {
             "filename": request.file_name_with_suffix(),
             "save_temp": if self.config.save_temp { "true" } else { "false" },
         });
+        let body = body.to_string();
         self.pacer.ready().await;
         let started = std::time::Instant::now();
         let response = self
             .http
             .post(format!("{}{UPLOAD_PATH}", self.base_url))
             .headers(self.business_headers("POST", UPLOAD_PATH, &token))
-            .body(body.to_string())
+            .timeout(http::upload_time(body.len()))
+            .body(body)
             .send()
             .await;
         let call = answer(response, "upload", true, url_of).await;
