@@ -122,10 +122,17 @@ pub fn status(status: &Status) -> String {
             paused.path, paused.since, paused.reason
         );
     }
+    for degraded in &status.degraded_watches {
+        let _ = writeln!(
+            out,
+            "WATCH {} since {}: {}",
+            degraded.path, degraded.since, degraded.reason
+        );
+    }
     if !status.problems.is_empty() {
         let _ = writeln!(
             out,
-            "needs attention (`imgsyncd files --state rejected` lists all):"
+            "needs attention (`imgsyncd files --state failed` and `--state rejected` list all):"
         );
         for p in &status.problems {
             let kept = p

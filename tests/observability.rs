@@ -535,10 +535,38 @@ fn out_of_inotify_watches_says_what_to_set_and_polls() {
         std::thread::sleep(Duration::from_millis(100));
     }
     h.wait_state("folder-07/early.png", "synced");
+    // `status` says it too, while it lasts: an operator need not have read the log.
+    let status = h.status();
+    let degraded = status["degraded_watches"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(degraded.len(), 1, "{status}");
+    assert_eq!(degraded[0]["path"], h.drop.to_str().unwrap());
+    assert!(
+        degraded[0]["reason"].as_str().is_some_and(|r| {
+            r.starts_with(
+                "polled every 30s: cannot watch the folder with inotify: out of inotify watches",
+            )
+        }),
+        "{status}"
+    );
+    let text = String::from_utf8_lossy(&h.cli(&["status"]).stdout).into_owned();
+    assert!(
+        text.contains(&format!("WATCH {} since ", h.drop.display())),
+        "{text}"
+    );
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
     child.wait().unwrap();
+    // Stopped, the daemon hears of nothing: the note goes with it.
+    let status = h.status();
+    assert_eq!(
+        status["degraded_watches"],
+        serde_json::json!([]),
+        "{status}"
+    );
     let log = log();
     let line = log
         .lines()

@@ -33,8 +33,8 @@ pub use removal::{
     RootLook, UntakenHeld,
 };
 pub use report::{
-    FileFilter, FileRow, HistoryRow, PausedVendor, PausedWatch, Problem, RecentError, Status,
-    reference_field,
+    DegradedWatch, FileFilter, FileRow, HistoryRow, PausedVendor, PausedWatch, Problem,
+    RecentError, Status, reference_field,
 };
 
 /// Schema migrations, applied in order; the database records how many it has seen in `user_version`.
@@ -49,6 +49,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0008_renames_and_policies.sql"),
     include_str!("../../migrations/0009_running_uploads.sql"),
     include_str!("../../migrations/0010_untaken_at.sql"),
+    include_str!("../../migrations/0011_degraded_watches.sql"),
 ];
 
 /// The oldest schema this imgsyncd's reads (`status`, `files`, `history`) understand as they

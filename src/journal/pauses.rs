@@ -68,9 +68,27 @@ impl Journal {
         Ok(())
     }
 
-    /// At a start every watch checks its folder afresh.
+    /// At a start every watch checks its folder afresh, and sets up its watcher afresh.
     pub fn clear_watch_pauses(&mut self) -> Result<()> {
         self.conn.cached_execute("DELETE FROM watch_pauses", [])?;
+        self.conn
+            .cached_execute("DELETE FROM degraded_watches", [])?;
+        Ok(())
+    }
+
+    /// Records how the watch on `root` hears of its files when it is less than it should
+    /// (`Some(reason)`: polled instead of inotify, or only rescanned), or that it is well again.
+    pub fn note_watch_degraded(&mut self, root: &str, reason: Option<&str>) -> Result<()> {
+        match reason {
+            Some(reason) => self.conn.cached_execute(
+                "INSERT INTO degraded_watches (root, reason, since) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (root) DO UPDATE SET reason = ?2",
+                params![root, reason, now_ms()],
+            )?,
+            None => self
+                .conn
+                .cached_execute("DELETE FROM degraded_watches WHERE root = ?1", [root])?,
+        };
         Ok(())
     }
 

@@ -71,6 +71,14 @@ pub struct PausedWatch {
     pub since: String,
 }
 
+/// A watch that hears of its files less well than it should: polled, or only rescanned.
+#[derive(Debug, Clone, Serialize)]
+pub struct DegradedWatch {
+    pub path: String,
+    pub reason: String,
+    pub since: String,
+}
+
 /// A file that needs a person: rejected or failed, with the reason.
 #[derive(Debug, Clone, Serialize)]
 pub struct Problem {
@@ -101,6 +109,8 @@ pub struct Status {
     pub oldest_pending_s: Option<i64>,
     pub paused_vendors: Vec<PausedVendor>,
     pub paused_watches: Vec<PausedWatch>,
+    /// Watches polled instead of watched by inotify, or found only by the periodic rescan.
+    pub degraded_watches: Vec<DegradedWatch>,
     pub queued_jobs: u64,
     pub held_deletes: u64,
     /// Synced files whose remote copy has expired (a Jiandaoyun key past its transaction's hour,
@@ -257,9 +267,11 @@ impl Journal {
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?
         };
+        let degraded_watches = self.degraded_watches()?;
         Ok(Status {
             files,
             paused_watches,
+            degraded_watches,
             by_vendor,
             oldest_pending_s: oldest.map(|t| ((now - t) / 1000).max(0)),
             paused_vendors,
@@ -269,6 +281,31 @@ impl Journal {
             recent_errors: self.recent_errors(10)?,
             problems: self.problems(10)?,
         })
+    }
+
+    /// The watches that hear of their files less well than they should; none from a journal the
+    /// running daemon has not migrated to schema 11 yet.
+    fn degraded_watches(&self) -> Result<Vec<DegradedWatch>> {
+        let exists: bool = self.conn.cached_query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master
+                            WHERE type = 'table' AND name = 'degraded_watches')",
+            [],
+            |r| r.get(0),
+        )?;
+        if !exists {
+            return Ok(Vec::new());
+        }
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT root, reason, since FROM degraded_watches ORDER BY root")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(DegradedWatch {
+                path: r.get(0)?,
+                reason: r.get(1)?,
+                since: rfc3339(r.get(2)?),
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     fn problems(&self, limit: i64) -> Result<Vec<Problem>> {

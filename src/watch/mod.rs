@@ -202,6 +202,8 @@ pub struct WatchTask {
     /// Looks at the root, and at the mounts on its path, off the runtime's threads.
     root_look: bounded_look::BoundedLook<std::io::Result<std::fs::Metadata>>,
     mounts_look: bounded_look::BoundedLook<std::io::Result<mounts::MountsOnPath>>,
+    /// Why the watch hears of its files less well than it should, as last told the journal.
+    degraded: Option<String>,
 }
 
 impl Drop for WatchTask {
@@ -244,6 +246,7 @@ impl WatchTask {
             mounts: mounts::MountsOnPath::default(),
             root_look: bounded_look::BoundedLook::new(ROOT_ANSWER),
             mounts_look: bounded_look::BoundedLook::new(ROOT_ANSWER),
+            degraded: None,
         }
     }
 
@@ -289,10 +292,14 @@ impl WatchTask {
                             "cannot watch the folder with inotify: {why}; polling it every {} instead",
                             humantime::format_duration(events::FALLBACK_POLL)
                         );
-                        if let Some(tx) = &self.event_tx {
-                            self.watcher = events::start(&self.config, Some(events::FALLBACK_POLL), tx.clone()).ok().map(Arc::new);
+                        if let Some(tx) = self.event_tx.clone() {
+                            self.watcher = events::start(&self.config, Some(events::FALLBACK_POLL), tx).ok().map(Arc::new);
                             crate::metrics::watch_polled(self.root());
                             self.publish_sighting_delay();
+                            self.record_degraded(Some(format!(
+                                "polled every {}: cannot watch the folder with inotify: {why}",
+                                humantime::format_duration(events::FALLBACK_POLL)
+                            )));
                         }
                         self.reconcile(Sighting::Closed).await;
                     }
@@ -319,6 +326,14 @@ impl WatchTask {
         if self.paused.is_some() || self.replaced.is_some() {
             let root = self.root_text();
             let _ = self.ctx.journal.call(move |j| j.resume_watch(&root)).await;
+        }
+        if self.degraded.is_some() {
+            let root = self.root_text();
+            let _ = self
+                .ctx
+                .journal
+                .call(move |j| j.note_watch_degraded(&root, None))
+                .await;
         }
     }
 
@@ -573,36 +588,68 @@ impl WatchTask {
                     None => crate::metrics::WatchMode::Inotify,
                 };
                 crate::metrics::watch_mode(self.root(), &self.config.vendor, mode);
+                self.record_degraded(None);
                 return Some(Arc::new(watcher));
             }
             Err(e) => e,
         };
+        let rescans = humantime::format_duration(self.ctx.rescan);
         if self.config.poll.is_some() {
-            error!(watch = %self.root().display(), "cannot poll the folder: {}; relying on rescans", events::explain(&error, self.root()));
+            let why = format!(
+                "cannot poll the folder: {}",
+                events::explain(&error, self.root())
+            );
+            error!(watch = %self.root().display(), "{why}; relying on rescans");
+            self.record_degraded(Some(format!(
+                "{why}; only the rescan every {rescans} finds files"
+            )));
             return None;
         }
         match events::start(&self.config, Some(events::FALLBACK_POLL), tx.clone()) {
             Ok(watcher) => {
                 crate::metrics::watch_polled(self.root());
-                error!(
-                    watch = %self.root().display(),
-                    "cannot watch the folder with inotify: {}; polling it every {} instead",
-                    events::explain(&error, self.root()),
-                    humantime::format_duration(events::FALLBACK_POLL)
+                let why = format!(
+                    "cannot watch the folder with inotify: {}",
+                    events::explain(&error, self.root())
                 );
+                let polled = humantime::format_duration(events::FALLBACK_POLL);
+                error!(watch = %self.root().display(), "{why}; polling it every {polled} instead");
+                self.record_degraded(Some(format!("polled every {polled}: {why}")));
                 Some(Arc::new(watcher))
             }
             Err(poll_error) => {
-                error!(
-                    watch = %self.root().display(),
-                    "cannot watch the folder: {}; nor poll it: {}; relying on rescans every {}",
+                let why = format!(
+                    "cannot watch the folder: {}; nor poll it: {}",
                     events::explain(&error, self.root()),
                     events::explain(&poll_error, self.root()),
-                    humantime::format_duration(self.ctx.rescan)
                 );
+                error!(watch = %self.root().display(), "{why}; relying on rescans every {rescans}");
+                self.record_degraded(Some(format!(
+                    "{why}; only the rescan every {rescans} finds files"
+                )));
                 None
             }
         }
+    }
+
+    /// Tells the journal (and so `status`) how the watch hears of its files when that is less
+    /// than it should be (`Some(reason)`), or that it is well.
+    fn record_degraded(&mut self, reason: Option<String>) {
+        if self.degraded == reason {
+            return;
+        }
+        self.degraded.clone_from(&reason);
+        let root = self.root_text();
+        // Queued now, so a later note cannot overtake it.
+        let noted = self
+            .ctx
+            .journal
+            .submit(move |j| j.note_watch_degraded(&root, reason.as_deref()));
+        tokio::spawn(async move {
+            if let Err(e) = noted.await {
+                error!("cannot record how the watch hears of its files: {e}");
+            }
+        });
     }
 
     async fn on_event(&mut self, event: events::WatchEvent) {
