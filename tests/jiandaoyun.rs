@@ -393,6 +393,12 @@ fn a_record_whose_answer_was_lost_is_not_made_twice() {
         "{error}"
     );
     assert_eq!(outcomes(&h, "once.png"), ["unconfirmed"]);
+    // What to look for in the form.
+    let key = &h.sandbox.jiandaoyun_records()[0].keys[0];
+    assert!(
+        error.contains(&format!("uploaded as key {key} (transaction ")),
+        "{error}"
+    );
     // One answer lost is not a vendor down: the next file goes at once, not behind a probe.
     let paused = h.status()["paused_vendors"].clone();
     assert_eq!(paused, serde_json::json!([]), "{paused}");
@@ -412,6 +418,34 @@ fn a_record_whose_answer_was_lost_is_not_made_twice() {
         .filter(|l| l.path == imgsyncd::adapters::jiandaoyun::CREATE_PATH)
         .count();
     assert_eq!(creates, 2, "data/create called once a file");
+    h.stop();
+}
+
+/// A gateway that gave up waiting for data/create (504): as a timeout of the daemon's own, the
+/// record may stand, so the file waits for a person rather than making a second one.
+#[test]
+fn a_record_answered_by_a_gateway_timeout_is_not_made_again() {
+    let mut h = Harness::with(forms(true, ""));
+    h.sandbox
+        .inject_jiandaoyun(JdyEndpoint::Create, [Fault::Http(504)]);
+    h.start();
+    h.drop_file("gateway.png", &png(45));
+    let row = h.wait_state("gateway.png", "failed");
+    let error = row["error"].as_str().unwrap();
+    assert!(
+        error.contains("jiandaoyun data/create: HTTP 504")
+            && error.contains("the form may hold the record already"),
+        "{error}"
+    );
+    assert_eq!(h.status()["paused_vendors"], serde_json::json!([]));
+    std::thread::sleep(Duration::from_secs(2));
+    let creates = h
+        .sandbox
+        .log()
+        .iter()
+        .filter(|l| l.path == imgsyncd::adapters::jiandaoyun::CREATE_PATH)
+        .count();
+    assert_eq!(creates, 1, "data/create not called again");
     h.stop();
 }
 

@@ -301,11 +301,11 @@ where
     }
 }
 
-/// A call the vendor may have carried out whose answer never came (nothing was heard, not even a
-/// status): the file waits for a person, but the vendor is not paused for it alone.
+/// A call the vendor may have carried out whose answer never came (nothing heard, or a gateway's
+/// 5xx): the file waits for a person, but the vendor is not paused for it alone.
 fn unanswered<T>(call: &Call<T>) -> bool {
     !call.is_internal()
-        && call.http_status.is_none()
+        && call.http_status.is_none_or(|status| status >= 500)
         && matches!(call.outcome, Outcome::Unconfirmed { .. })
 }
 

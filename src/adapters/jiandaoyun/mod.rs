@@ -560,6 +560,17 @@ impl Jiandaoyun {
                 call.http_status,
                 call.vendor_code,
             ),
+            // What to look for in the form: the key and its transaction.
+            Outcome::Unconfirmed { reason } => Call::new(
+                Outcome::Unconfirmed {
+                    reason: format!(
+                        "uploaded as key {key} (transaction {}), but {reason}",
+                        transaction.id
+                    ),
+                },
+                call.http_status,
+                call.vendor_code,
+            ),
             other => Call::new(other, call.http_status, call.vendor_code).cast(),
         }
     }
@@ -595,6 +606,18 @@ impl Jiandaoyun {
             Err(call) if may_be_carried_out => return answer_lost(call),
             Err(call) => return call,
         };
+        if answer.status == 504 {
+            // A gateway that gave up waiting for Jiandaoyun: as a timeout of our own.
+            let lost = Call::new(
+                Outcome::Retry {
+                    after: None,
+                    reason: format!("HTTP 504: {}", answer.snippet()),
+                },
+                Some(504),
+                answer.code().map(|c| c.to_string()),
+            );
+            return answer_lost(lost);
+        }
         let outcome = match created(&answer) {
             Ok(id) => return answer.call(Outcome::Done(id)),
             Err(failure) => failure,

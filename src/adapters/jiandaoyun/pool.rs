@@ -124,9 +124,15 @@ impl<E: Clone> TokenPool<E> {
         before - state.tokens.len()
     }
 
-    /// Forgets a remembered failure (after a reload, the operator may have fixed it).
+    /// Forgets a remembered failure (after a reload, the operator may have fixed it). A fetch in
+    /// flight holds the pool for as long as its call takes (two minutes when the vendor stalls):
+    /// a reload does not wait for it, and that fetch's own outcome stands.
     pub async fn clear_failure(&self) {
-        self.state.lock().await.cooling = None;
+        if let Ok(mut state) =
+            tokio::time::timeout(Duration::from_millis(200), self.state.lock()).await
+        {
+            state.cooling = None;
+        }
     }
 
     /// Tokens waiting to be handed out (whatever their age).
@@ -158,6 +164,26 @@ mod tests {
                 usable_until_ms: now + life_ms - margin_ms,
             })
             .collect()
+    }
+
+    #[tokio::test]
+    async fn a_reload_does_not_wait_for_a_fetch_that_stalls() {
+        let pool: Arc<TokenPool<String>> = Arc::default();
+        let stalled = Arc::clone(&pool);
+        let fetch = tokio::spawn(async move {
+            stalled
+                .take(std::future::pending::<Result<Batch, (String, Duration)>>)
+                .await
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = std::time::Instant::now();
+        pool.clear_failure().await;
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "waited {:?}",
+            started.elapsed()
+        );
+        fetch.abort();
     }
 
     #[tokio::test]
