@@ -118,8 +118,26 @@ pub fn inspect(bytes: &[u8]) -> Result<ImageInfo, ImageError> {
         }
         Err(_) => return Err(ImageError::NotAnImage),
     };
-    let size = imagesize::blob_size(bytes).map_err(|_| truncated_or_corrupt(format, bytes))?;
-    if size.width == 0 || size.height == 0 {
+    let (width, height) = match format {
+        // imagesize reads a BMP's height unsigned: a top-down bitmap (a negative height) came out
+        // some 4.29 billion pixels tall, and one with an OS/2 header made no sense at all.
+        ImageFormat::Bmp => bmp::size(bytes).ok_or_else(|| truncated_or_corrupt(format, bytes))?,
+        _ => {
+            let size = imagesize::blob_size(bytes).map_err(|e| match e {
+                // The header runs past the end of the file: cut, however large (a JPEG with
+                // 30 KB of EXIF cut at 20 KB), not damaged.
+                imagesize::ImageError::IoError(e)
+                    if e.kind() == std::io::ErrorKind::UnexpectedEof =>
+                {
+                    ImageError::Truncated(format)
+                }
+                _ => truncated_or_corrupt(format, bytes),
+            })?;
+            let side = |n: usize| u32::try_from(n).map_err(|_| ImageError::Corrupt(format));
+            (side(size.width)?, side(size.height)?)
+        }
+    };
+    if width == 0 || height == 0 {
         return Err(ImageError::Corrupt(format));
     }
     if !is_complete(format, bytes) {
@@ -127,8 +145,8 @@ pub fn inspect(bytes: &[u8]) -> Result<ImageInfo, ImageError> {
     }
     Ok(ImageInfo {
         format,
-        width: u32::try_from(size.width).map_err(|_| ImageError::Corrupt(format))?,
-        height: u32::try_from(size.height).map_err(|_| ImageError::Corrupt(format))?,
+        width,
+        height,
     })
 }
 
@@ -147,11 +165,8 @@ fn is_complete(format: ImageFormat, bytes: &[u8]) -> bool {
     match format {
         ImageFormat::Jpeg => jpeg_has_end(bytes),
         ImageFormat::Png => png_has_end(bytes),
-        ImageFormat::Gif => {
-            let end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
-            bytes[..end].ends_with(&[0x3B])
-        }
-        ImageFormat::Bmp => declared_len(bytes, 2).is_none_or(|n| n == 0 || bytes.len() >= n),
+        ImageFormat::Gif => gif_has_end(bytes),
+        ImageFormat::Bmp => bmp::has_end(bytes),
         ImageFormat::Webp => declared_len(bytes, 4).is_some_and(|n| bytes.len() >= n + 8),
         // Checked with its dimensions, in `ico::inspect`.
         ImageFormat::Ico => true,
@@ -184,6 +199,117 @@ fn jpeg_has_end(bytes: &[u8]) -> bool {
                 }
             }
         }
+    }
+}
+
+/// Walks the GIF's blocks (extensions, images with their colour tables and data sub-blocks) to
+/// its trailer. Looking only at the file's last byte took a cut that happened to end in 0x3B
+/// (one cut in 256) for a whole file, and refused a whole one with anything after its trailer.
+fn gif_has_end(bytes: &[u8]) -> bool {
+    /// The bytes a colour table takes, from the packed field that declares it.
+    fn colour_table(packed: u8) -> usize {
+        match packed & 0x80 {
+            0 => 0,
+            _ => 3 << ((packed & 0x07) + 1),
+        }
+    }
+    /// Where the data sub-blocks starting at `at` end (after their zero terminator).
+    fn after_sub_blocks(bytes: &[u8], mut at: usize) -> Option<usize> {
+        loop {
+            let len = usize::from(*bytes.get(at)?);
+            at += 1 + len;
+            if len == 0 {
+                return Some(at);
+            }
+        }
+    }
+    // "GIF89a", then the logical screen descriptor: its packed field at 10.
+    let Some(&screen) = bytes.get(10) else {
+        return false;
+    };
+    let mut at = 13 + colour_table(screen);
+    loop {
+        let next = match bytes.get(at) {
+            Some(0x3B) => return true,
+            // An extension: its label, then its sub-blocks.
+            Some(0x21) => after_sub_blocks(bytes, at + 2),
+            // An image: its descriptor (packed field at 9), local colour table, the LZW code
+            // size, then its data sub-blocks.
+            Some(0x2C) => bytes
+                .get(at + 9)
+                .and_then(|&packed| after_sub_blocks(bytes, at + 10 + colour_table(packed) + 1)),
+            _ => None,
+        };
+        match next {
+            Some(next) => at = next,
+            None => return false,
+        }
+    }
+}
+
+/// BMP: a 14-byte file header (its pixel data's offset at 10), then the bitmap's own header
+/// (its size first: 12 for OS/2's, 40 or more for Windows').
+mod bmp {
+    fn u16_at(bytes: &[u8], at: usize) -> Option<u16> {
+        Some(u16::from_le_bytes(bytes.get(at..at + 2)?.try_into().ok()?))
+    }
+
+    fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
+        Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+    }
+
+    struct Header {
+        width: u32,
+        height: u32,
+        bits_per_pixel: u16,
+        /// 0 (none) or 3 (bit fields, not compressed either); RLE and others are compressed.
+        compression: u32,
+        image_size: u32,
+    }
+
+    fn header(bytes: &[u8]) -> Option<Header> {
+        match u32_at(bytes, 14)? {
+            12 => Some(Header {
+                width: u32::from(u16_at(bytes, 18)?),
+                height: u32::from(u16_at(bytes, 20)?),
+                bits_per_pixel: u16_at(bytes, 24)?,
+                compression: 0,
+                image_size: 0,
+            }),
+            40.. => Some(Header {
+                width: (u32_at(bytes, 18)? as i32).unsigned_abs(),
+                // Negative: the rows run top-down.
+                height: (u32_at(bytes, 22)? as i32).unsigned_abs(),
+                bits_per_pixel: u16_at(bytes, 28)?,
+                compression: u32_at(bytes, 30)?,
+                image_size: u32_at(bytes, 34)?,
+            }),
+            _ => None,
+        }
+    }
+
+    pub(super) fn size(bytes: &[u8]) -> Option<(u32, u32)> {
+        header(bytes).map(|h| (h.width, h.height))
+    }
+
+    /// Whether the pixel data is all there: for an uncompressed bitmap, its rows (each padded to
+    /// four bytes) from the offset the file header gives; for a compressed one, the size its
+    /// header gives, or else the file's declared size. (The declared file size alone is 0 in
+    /// some writers' files, which let a cut one through.)
+    pub(super) fn has_end(bytes: &[u8]) -> bool {
+        let (Some(h), Some(offset)) = (header(bytes), u32_at(bytes, 10)) else {
+            return false;
+        };
+        let offset = u64::from(offset);
+        let needed = match h.compression {
+            0 | 3 => {
+                let row = (u64::from(h.width) * u64::from(h.bits_per_pixel)).div_ceil(32) * 4;
+                offset + row * u64::from(h.height)
+            }
+            _ if h.image_size > 0 => offset + u64::from(h.image_size),
+            _ => u64::from(u32_at(bytes, 2).unwrap_or(0)),
+        };
+        bytes.len() as u64 >= needed
     }
 }
 
@@ -314,6 +440,16 @@ mod tests {
     ];
 
     #[test]
+    fn a_jpeg_cut_inside_a_large_exif_block_is_truncated_not_corrupt() {
+        let mut jpeg = vec![0xFF, 0xD8, 0xFF, 0xE1, 0x75, 0x30];
+        jpeg.extend(std::iter::repeat_n(0x45, 20_000));
+        assert_eq!(
+            inspect(&jpeg),
+            Err(ImageError::Truncated(ImageFormat::Jpeg))
+        );
+    }
+
+    #[test]
     fn a_whole_png_is_sniffed_with_its_size() {
         let info = inspect(PNG_1X1).unwrap();
         assert_eq!(info.format, ImageFormat::Png);
@@ -375,6 +511,100 @@ mod tests {
         assert_eq!(inspect(&gif), Err(ImageError::Truncated(ImageFormat::Gif)));
         gif.push(0x3B);
         assert_eq!(inspect(&gif).unwrap().format, ImageFormat::Gif);
+    }
+
+    /// A 1×1 GIF whose image data holds `data` in one sub-block, with its trailer.
+    fn gif_holding(data: &[u8]) -> Vec<u8> {
+        let mut gif = b"GIF89a\x01\x00\x01\x00\x80\x00\x00".to_vec();
+        gif.extend_from_slice(&[0; 6]);
+        // A graphic control extension, then the image.
+        gif.extend_from_slice(b"!\xF9\x04\x00\x00\x00\x00\x00");
+        gif.extend_from_slice(b",\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02");
+        gif.push(data.len() as u8);
+        gif.extend_from_slice(data);
+        gif.extend_from_slice(&[0x00, 0x3B]);
+        gif
+    }
+
+    #[test]
+    fn a_gif_cut_where_a_byte_reads_as_its_trailer_is_truncated() {
+        let whole = gif_holding(&[0x44, 0x3B, 0x01, 0x3B, 0x02]);
+        assert!(inspect(&whole).is_ok());
+        // Cut right after a data byte that happens to be 0x3B: the last byte looks like the end.
+        let cut = &whole[..whole.len() - 5];
+        assert_eq!(cut.last(), Some(&0x3B));
+        assert_eq!(inspect(cut), Err(ImageError::Truncated(ImageFormat::Gif)));
+        // And a cut padded with zeros, as a file sized before it was written.
+        let mut padded = cut.to_vec();
+        padded.extend_from_slice(&[0; 32]);
+        assert_eq!(
+            inspect(&padded),
+            Err(ImageError::Truncated(ImageFormat::Gif))
+        );
+        // Anything after the trailer is allowed, as after any format's end.
+        let mut trailing = whole.clone();
+        trailing.extend_from_slice(b"\n");
+        assert!(inspect(&trailing).is_ok());
+    }
+
+    /// A 24-bit BMP `width` wide and `height` tall (negative: top-down), its file size field
+    /// `declared` (None: the real size), `cut` bytes short.
+    fn bmp(width: i32, height: i32, declared: Option<u32>, cut: usize) -> Vec<u8> {
+        let row = (width as usize * 3).div_ceil(4) * 4;
+        let len = 54 + row * height.unsigned_abs() as usize;
+        let mut out = b"BM".to_vec();
+        out.extend_from_slice(&declared.unwrap_or(len as u32).to_le_bytes());
+        out.extend_from_slice(&[0; 4]);
+        out.extend_from_slice(&54u32.to_le_bytes());
+        out.extend_from_slice(&40u32.to_le_bytes());
+        out.extend_from_slice(&width.to_le_bytes());
+        out.extend_from_slice(&height.to_le_bytes());
+        out.extend_from_slice(&1u16.to_le_bytes());
+        out.extend_from_slice(&24u16.to_le_bytes());
+        out.extend_from_slice(&[0; 24]);
+        out.resize(len - cut, 0x80);
+        out
+    }
+
+    #[test]
+    fn a_top_down_bmp_has_its_height() {
+        let info = inspect(&bmp(800, -600, None, 0)).unwrap();
+        assert_eq!((info.width, info.height), (800, 600));
+        let info = inspect(&bmp(3, 2, None, 0)).unwrap();
+        assert_eq!((info.width, info.height), (3, 2));
+    }
+
+    #[test]
+    fn a_cut_bmp_is_truncated_whatever_size_it_declares() {
+        assert_eq!(
+            inspect(&bmp(30, 20, None, 1)),
+            Err(ImageError::Truncated(ImageFormat::Bmp))
+        );
+        // Some writers declare a file size of 0: the rows still say how long it is.
+        assert!(inspect(&bmp(30, 20, Some(0), 0)).is_ok());
+        assert_eq!(
+            inspect(&bmp(30, 20, Some(0), 100)),
+            Err(ImageError::Truncated(ImageFormat::Bmp))
+        );
+    }
+
+    #[test]
+    fn an_os2_bmp_is_measured_by_its_own_header() {
+        let mut os2 = b"BM".to_vec();
+        os2.extend_from_slice(&[0; 8]);
+        os2.extend_from_slice(&26u32.to_le_bytes());
+        os2.extend_from_slice(&12u32.to_le_bytes());
+        os2.extend_from_slice(&4u16.to_le_bytes());
+        os2.extend_from_slice(&2u16.to_le_bytes());
+        os2.extend_from_slice(&1u16.to_le_bytes());
+        os2.extend_from_slice(&24u16.to_le_bytes());
+        os2.resize(26 + 12 * 2, 0x10);
+        let info = inspect(&os2).unwrap();
+        assert_eq!((info.width, info.height), (4, 2));
+        assert_eq!(
+            inspect(&os2[..os2.len() - 1]),
+            Err(ImageError::Truncated(ImageFormat::Bmp))
+        );
     }
 
     /// An ICO with one entry: `w`, `h` as the directory's bytes, `data` as the image.
