@@ -98,12 +98,16 @@ fn escaped_bytes(text: &str, quoted: bool) -> String {
 }
 
 /// The journal's `text` as a shell argument to paste into a command we advise (`imgsyncd retry
-/// …`): as it is for a plain name, else in bash's `$'…'` quotes, which turn `\xNN` back into the
+/// …`): as it is for a plain name; in single quotes for one holding a space or a character the
+/// shell reads (`a photo.jpg`, `$(x).jpg`), so the paste is one argument and runs nothing; in
+/// bash's `$'…'` quotes for one with bytes that are not UTF-8, which turn `\xNN` back into the
 /// byte.
 pub fn for_shell(text: &str) -> Cow<'_, str> {
+    let plain = |c: char| !c.is_ascii() || c.is_ascii_alphanumeric() || "/._-+,:=@%^".contains(c);
     match has_escapes(text) {
-        false => Cow::Borrowed(text),
         true => Cow::Owned(format!("$'{}'", escaped_bytes(text, true))),
+        false if text.chars().all(plain) => Cow::Borrowed(text),
+        false => Cow::Owned(format!("'{}'", text.replace('\'', "'\\''"))),
     }
 }
 
@@ -157,7 +161,10 @@ mod tests {
         let odd = to_text(&path(b"/w/it's \\ \xB2.jpg")).into_owned();
         assert_eq!(shown(&odd), "/w/it's \\\\ \\xB2.jpg");
         assert_eq!(for_shell(&odd), "$'/w/it\\'s \\\\ \\xB2.jpg'");
-        assert_eq!(for_shell("/w/a b.jpg"), "/w/a b.jpg");
+        assert_eq!(for_shell("/w/产品-1.jpg"), "/w/产品-1.jpg");
+        assert_eq!(for_shell("/w/a b.jpg"), "'/w/a b.jpg'");
+        assert_eq!(for_shell("/w/$(touch x).jpg"), "'/w/$(touch x).jpg'");
+        assert_eq!(for_shell("/w/it's.jpg"), "'/w/it'\\''s.jpg'");
     }
 
     proptest! {
