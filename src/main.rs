@@ -190,12 +190,25 @@ fn execute(cli: Cli) -> Result<ExitCode> {
             vendor,
             state,
         } => {
-            let journal = read_journal(&cli.config)?;
+            let config = Config::load_without_secrets(&cli.config)?;
+            let journal = Journal::open_read_only(&config.journal)?;
             let rows = journal.files(&FileFilter {
-                vendor,
+                vendor: vendor.clone(),
                 state,
                 path: None,
             })?;
+            // A name mistyped would list nothing, and a script would read "no failures".
+            if let Some(vendor) =
+                vendor.filter(|v| rows.is_empty() && !config.vendors.contains_key(v))
+            {
+                let names: Vec<&str> = config.vendors.keys().map(String::as_str).collect();
+                bail!(
+                    "no vendor named {vendor:?} in {} (its vendors: {}), and the journal has no file \
+                     of one",
+                    cli.config.display(),
+                    names.join(", ")
+                );
+            }
             if json {
                 emit(&serde_json::to_string_pretty(&rows)?);
             } else {

@@ -188,3 +188,22 @@ fn a_bad_state_filter_is_refused_with_the_choices() {
         "{stderr}"
     );
 }
+
+/// `files --vendor` with a name no vendor has (a typo) is an error naming the vendors there are:
+/// an empty list would tell a script "nothing failed". A vendor with no files lists nothing.
+#[test]
+fn files_of_a_vendor_that_does_not_exist_is_refused_with_the_names() {
+    let mut h = common::Harness::new();
+    h.start();
+    h.stop();
+    let out = h.cli(&["files", "--vendor", "epr", "--state", "failed", "--json"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no vendor named \"epr\"") && stderr.contains("(its vendors: erp)"),
+        "{stderr}"
+    );
+    let out = h.cli(&["files", "--vendor", "erp", "--state", "failed", "--json"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
+}
