@@ -395,6 +395,28 @@ async fn a_success_without_a_file_token_is_never_sent_again() {
 }
 
 #[tokio::test]
+async fn a_success_of_another_shape_is_never_sent_again() {
+    // `code` a string: not the documented answer, so nothing of it can be read.
+    let base = canned(
+        200,
+        &[],
+        json!({"code": "0", "data": {"file_token": "boxcnX"}}),
+    )
+    .await;
+    let bytes = png(5, 330, 330);
+    let call = adapter_at(&base)
+        .upload(&request("/d/a.png", &bytes, ImageFormat::Png))
+        .await;
+    match call.outcome {
+        Outcome::Unconfirmed { reason } => assert!(
+            reason.starts_with("feishu upload: HTTP 200 with an answer that has no code: {"),
+            "{reason}"
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn a_429_carries_the_reset_and_holds_the_next_upload() {
     let base = canned(
         429,
