@@ -19,6 +19,12 @@ pub enum Examined {
     Gone,
     /// Its size or mtime changed while it was read: look again after it settles.
     Changing,
+    /// It could not be read for a reason that may pass (an I/O error on a share, no file
+    /// descriptor left): looked at again a few times before it is refused.
+    Unreadable {
+        reason: String,
+        stamp: Option<Stamp>,
+    },
     Reject {
         reason: String,
         stamp: Option<Stamp>,
@@ -118,7 +124,7 @@ pub fn examine(root: &Path, path: &Path, vendor: &str, limits: &Limits) -> Exami
         Ok(meta) => meta,
         Err(e) if e.kind() == ErrorKind::NotFound => return Examined::Gone,
         Err(e) => {
-            return Examined::Reject {
+            return Examined::Unreadable {
                 reason: format!("cannot stat: {e}"),
                 stamp: None,
             };
@@ -161,8 +167,14 @@ pub fn examine(root: &Path, path: &Path, vendor: &str, limits: &Limits) -> Exami
             };
         }
         Err(ReadError::TooLarge { .. }) => return Examined::Changing,
-        Err(e) => {
+        Err(e @ ReadError::NotRegular(_)) => {
             return Examined::Reject {
+                reason: format!("cannot read: {e}"),
+                stamp: Some(stamp_now),
+            };
+        }
+        Err(e) => {
+            return Examined::Unreadable {
                 reason: format!("cannot read: {e}"),
                 stamp: Some(stamp_now),
             };

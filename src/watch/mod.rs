@@ -145,6 +145,45 @@ impl PendingRemoval {
     }
 }
 
+/// How many times a file that could not be read is looked at before it is refused: an I/O error
+/// on a share, no file descriptor left, a stale NFS handle may pass within a few settle periods.
+/// Refused at once, the file stayed refused until something touched it.
+const READ_TRIES: u32 = 5;
+
+/// The files whose last look could not read them, with how many looks failed in a row. Bounded by
+/// the settle tracker's own bound: only files it looks at come in, and each leaves at its next
+/// other outcome or when it is refused.
+#[derive(Debug, Default)]
+struct ReadRetries(HashMap<PathBuf, u32>);
+
+#[derive(Debug, PartialEq, Eq)]
+enum ReadRetry {
+    Again,
+    /// Refused now, after this many tries.
+    GiveUp(u32),
+}
+
+impl ReadRetries {
+    fn failed(&mut self, path: &Path) -> ReadRetry {
+        let tries = self.0.entry(path.to_path_buf()).or_default();
+        *tries += 1;
+        match *tries >= READ_TRIES {
+            false => ReadRetry::Again,
+            true => {
+                let tries = *tries;
+                self.0.remove(path);
+                ReadRetry::GiveUp(tries)
+            }
+        }
+    }
+
+    fn cleared(&mut self, path: &Path) {
+        if !self.0.is_empty() {
+            self.0.remove(path);
+        }
+    }
+}
+
 /// What a look at the watch root found.
 enum RootState {
     /// Not there (or not a folder): the watch is paused.
@@ -204,6 +243,8 @@ pub struct WatchTask {
     mounts_look: bounded_look::BoundedLook<std::io::Result<mounts::MountsOnPath>>,
     /// Why the watch hears of its files less well than it should, as last told the journal.
     degraded: Option<String>,
+    /// Files that could not be read for a reason that may pass, and how many times.
+    read_retries: ReadRetries,
 }
 
 impl Drop for WatchTask {
@@ -247,6 +288,7 @@ impl WatchTask {
             root_look: bounded_look::BoundedLook::new(ROOT_ANSWER),
             mounts_look: bounded_look::BoundedLook::new(ROOT_ANSWER),
             degraded: None,
+            read_retries: ReadRetries::default(),
         }
     }
 
@@ -990,6 +1032,9 @@ impl WatchTask {
         .unwrap_or_default();
         let mut found = Vec::new();
         for (path, examined) in examined {
+            if !matches!(examined, Examined::Unreadable { .. } | Examined::Changing) {
+                self.read_retries.cleared(&path);
+            }
             match examined {
                 Examined::Skip => {}
                 Examined::Gone => {
@@ -997,6 +1042,19 @@ impl WatchTask {
                         .insert(path, PendingRemoval::new(Instant::now()));
                 }
                 Examined::Changing => self.settle.touch(&path, Sighting::Closed, Instant::now()),
+                Examined::Unreadable { reason, stamp } => match self.read_retries.failed(&path) {
+                    // Looked at again once it has been quiet for a settle period.
+                    ReadRetry::Again => self.settle.touch(&path, Sighting::Closed, Instant::now()),
+                    ReadRetry::GiveUp(tries) => found.push(Found::Refused {
+                        reason: format!(
+                            "{reason} ({tries} tries, a settle period apart); once it can be read, \
+                             run `imgsyncd retry {}`",
+                            path_text::for_shell(&path_text::to_text(&path))
+                        ),
+                        path,
+                        stamp,
+                    }),
+                },
                 Examined::Reject { reason, stamp } => found.push(Found::Refused {
                     path,
                     reason,
@@ -1709,6 +1767,28 @@ impl WatchTask {
         let removals: Vec<(PathBuf, PendingRemoval)> = self.removals.drain().collect();
         if !removals.is_empty() {
             self.process_removals(removals).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_that_cannot_be_read_is_looked_at_again_before_it_is_refused() {
+        let mut retries = ReadRetries::default();
+        let (a, b) = (Path::new("/w/a.png"), Path::new("/w/b.png"));
+        for _ in 1..READ_TRIES {
+            assert_eq!(retries.failed(a), ReadRetry::Again);
+        }
+        assert_eq!(retries.failed(b), ReadRetry::Again);
+        assert_eq!(retries.failed(a), ReadRetry::GiveUp(READ_TRIES));
+        assert!(!retries.0.contains_key(a), "refused, it is forgotten");
+        // Read once, the count starts again.
+        retries.cleared(b);
+        for _ in 1..READ_TRIES {
+            assert_eq!(retries.failed(b), ReadRetry::Again);
         }
     }
 }
