@@ -421,6 +421,32 @@ fn a_record_whose_answer_was_lost_is_not_made_twice() {
     h.stop();
 }
 
+/// Every record's answer lost (Jiandaoyun's backend stalled behind a gateway that still takes
+/// uploads): each file that met it waits for a person, but after a few in a row the vendor is
+/// paused, so the rest of the backlog waits behind a probe instead of going the same way.
+#[test]
+fn records_whose_answers_are_all_lost_pause_the_vendor() {
+    let mut h = Harness::with(forms(true, ""));
+    h.sandbox.inject_jiandaoyun(
+        JdyEndpoint::Create,
+        vec![Fault::SlowAnswer(Duration::from_secs(3)); 30],
+    );
+    h.start_with("text", &[("IMGSYNCD_TEST_HTTP_TIMEOUT", "2s")]);
+    for i in 0..20 {
+        h.drop_file(&format!("stalled-{i:02}.png"), &png(60 + i));
+    }
+    h.wait_for("the vendor to be paused", |h| {
+        h.status()["paused_vendors"]
+            .as_array()
+            .is_some_and(|p| !p.is_empty())
+    });
+    let status = h.status();
+    let failed = status["files"]["failed"].as_u64().unwrap();
+    assert!((5..20).contains(&failed), "{status}");
+    assert!(status["files"]["pending"].as_u64().unwrap() > 0, "{status}");
+    h.stop();
+}
+
 /// A gateway that gave up waiting for data/create (504): as a timeout of the daemon's own, the
 /// record may stand, so the file waits for a person rather than making a second one.
 #[test]

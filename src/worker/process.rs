@@ -68,7 +68,7 @@ pub(super) async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duratio
     let vendor = job.vendor.as_str();
     let op = job.op.as_str();
     let (id, attempt_no) = (job.id, job.attempts + 1);
-    let outcome = circuit_breaker(ctx, vendor, id, probe, &call);
+    let (outcome, failures) = circuit_breaker(ctx, vendor, id, probe, &call);
     // The vendor is back: the outage does not count towards this job's give_up_after either,
     // as it does not for the jobs that waited behind it (restart_outage_clock).
     let outage_over = answers_again(probe, &call, &outcome);
@@ -177,8 +177,9 @@ pub(super) async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duratio
             // lost on the way counts towards the circuit breaker as any call unanswered.
             attempt.outcome = "unconfirmed".into();
             attempt.message = Some(reason.clone());
-            // A probe unanswered leaves its vendor paused, its next probe later.
-            if !unanswered(&call) || probe.is_some() {
+            // A probe unanswered leaves its vendor paused, its next probe later; so do several
+            // calls in a row unanswered (every record timing out), as for any other call.
+            if !unanswered(&call) || probe.is_some() || failures >= OUTAGE_AFTER {
                 pause(ctx, vendor, &shown, probe, &reason).await;
             }
             JobResult::Fail(format!(
@@ -268,20 +269,21 @@ async fn pause(
 
 /// A vendor that has not answered several calls in a row (or whose probe went unanswered) is
 /// down: the call's retry becomes a pause, so the backlog waits behind one probe with growing
-/// intervals instead of being tried job by job.
+/// intervals instead of being tried job by job. Also says how many calls in a row went
+/// unanswered.
 fn circuit_breaker<T>(
     ctx: &WorkerContext,
     vendor: &str,
     job: i64,
     probe: Option<Duration>,
     call: &Call<T>,
-) -> Outcome<T>
+) -> (Outcome<T>, u32)
 where
     T: Clone,
 {
     if call.is_internal() {
         // Our own bug, not the vendor's state: the run of failures neither grows nor ends.
-        return call.outcome.clone();
+        return (call.outcome.clone(), 0);
     }
     let unanswered_retry = match &call.outcome {
         Outcome::Retry { reason, .. } if call.is_outage() => Some(reason.clone()),
@@ -291,14 +293,15 @@ where
         .outages
         .record(vendor, job, unanswered_retry.is_some() || unanswered(call));
     let unanswered = unanswered_retry;
-    match unanswered {
+    let outcome = match unanswered {
         Some(reason) if probe.is_some() || failures >= OUTAGE_AFTER => Outcome::VendorDown {
             reason: format!(
                 "{vendor} does not answer ({failures} calls in a row failed; the last: {reason})"
             ),
         },
         _ => call.outcome.clone(),
-    }
+    };
+    (outcome, failures)
 }
 
 /// A call the vendor may have carried out whose answer never came (nothing heard, or a gateway's
