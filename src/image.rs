@@ -238,6 +238,8 @@ fn gif_has_end(bytes: &[u8]) -> bool {
             Some(0x2C) => bytes
                 .get(at + 9)
                 .and_then(|&packed| after_sub_blocks(bytes, at + 10 + colour_table(packed) + 1)),
+            // A stray zero between blocks, which old encoders leave and viewers step over.
+            Some(0x00) => Some(at + 1),
             _ => None,
         };
         match next {
@@ -276,13 +278,15 @@ mod bmp {
                 compression: 0,
                 image_size: 0,
             }),
-            40.. => Some(Header {
+            // Windows' (40 and up) and OS/2 2.x's (16 to 64): the fields past 16 bytes only when
+            // the header holds them.
+            size @ 16.. => Some(Header {
                 width: (u32_at(bytes, 18)? as i32).unsigned_abs(),
                 // Negative: the rows run top-down.
                 height: (u32_at(bytes, 22)? as i32).unsigned_abs(),
                 bits_per_pixel: u16_at(bytes, 28)?,
-                compression: u32_at(bytes, 30)?,
-                image_size: u32_at(bytes, 34)?,
+                compression: if size >= 20 { u32_at(bytes, 30)? } else { 0 },
+                image_size: if size >= 24 { u32_at(bytes, 34)? } else { 0 },
             }),
             _ => None,
         }
@@ -545,6 +549,10 @@ mod tests {
         let mut trailing = whole.clone();
         trailing.extend_from_slice(b"\n");
         assert!(inspect(&trailing).is_ok());
+        // A stray zero between the image and the trailer, as old encoders leave.
+        let mut stray = whole[..whole.len() - 1].to_vec();
+        stray.extend_from_slice(&[0x00, 0x3B]);
+        assert!(inspect(&stray).is_ok());
     }
 
     /// A 24-bit BMP `width` wide and `height` tall (negative: top-down), its file size field

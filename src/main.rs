@@ -198,9 +198,18 @@ fn execute(cli: Cli) -> Result<ExitCode> {
                 path: None,
             })?;
             // A name mistyped would list nothing, and a script would read "no failures".
-            if let Some(vendor) =
-                vendor.filter(|v| rows.is_empty() && !config.vendors.contains_key(v))
-            {
+            let unknown = |v: &String| {
+                rows.is_empty()
+                    && !config.vendors.contains_key(v)
+                    && journal
+                        .files(&FileFilter {
+                            vendor: Some(v.clone()),
+                            state: None,
+                            path: None,
+                        })
+                        .is_ok_and(|all| all.is_empty())
+            };
+            if let Some(vendor) = vendor.filter(unknown) {
                 let names: Vec<&str> = config.vendors.keys().map(String::as_str).collect();
                 bail!(
                     "no vendor named {vendor:?} in {} (its vendors: {}), and the journal has no file \

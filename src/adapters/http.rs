@@ -116,9 +116,10 @@ pub fn snippet(body: &[u8], chars: usize) -> String {
 }
 
 /// What a key names when its value must not be shown: tokens (`tenant_access_token`, `app-token`,
-/// Qiniu's `token`), and secrets and passwords (a proxy or a mock at `base_url` may echo the
-/// request it was sent, `app_secret` and all).
-const SECRET_KEY_WORDS: [&str; 3] = ["token", "secret", "password"];
+/// Qiniu's `token`), and secrets, passwords, signatures and authorization headers (a proxy or a
+/// mock at `base_url` may echo the request it was sent: `app_secret`, Kingdee's `app_signature`,
+/// `Authorization: Bearer <api_key>`).
+const SECRET_KEY_WORDS: [&str; 5] = ["token", "secret", "password", "signature", "authorization"];
 
 /// `text` with each JSON string value whose key holds one of [`SECRET_KEY_WORDS`] (any case)
 /// replaced by "…"; a value cut short by the snippet is cut to the end.
@@ -217,6 +218,10 @@ mod snippet_tests {
             (
                 r#"echo: {"app_id":"cli_a1","app_secret":"s3cr3t","client_secret" : "x","password":"p"}"#,
                 r#"echo: {"app_id":"cli_a1","app_secret":"…","client_secret" : "…","password":"…"}"#,
+            ),
+            (
+                r#"{"headers":{"Authorization":"Bearer key-1"},"query":{"app_signature":"c2ln"}}"#,
+                r#"{"headers":{"Authorization":"…"},"query":{"app_signature":"…"}}"#,
             ),
         ];
         for (body, shown) in cases {

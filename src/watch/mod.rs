@@ -241,8 +241,10 @@ pub struct WatchTask {
     /// Looks at the root, and at the mounts on its path, off the runtime's threads.
     root_look: bounded_look::BoundedLook<std::io::Result<std::fs::Metadata>>,
     mounts_look: bounded_look::BoundedLook<std::io::Result<mounts::MountsOnPath>>,
-    /// Why the watch hears of its files less well than it should, as last told the journal.
+    /// Why the watch hears of its files less well than it should, as last told the journal, and
+    /// whether it was told at all.
     degraded: Option<String>,
+    degraded_told: bool,
     /// Files that could not be read for a reason that may pass, and how many times.
     read_retries: ReadRetries,
 }
@@ -288,6 +290,7 @@ impl WatchTask {
             root_look: bounded_look::BoundedLook::new(ROOT_ANSWER),
             mounts_look: bounded_look::BoundedLook::new(ROOT_ANSWER),
             degraded: None,
+            degraded_told: false,
             read_retries: ReadRetries::default(),
         }
     }
@@ -677,9 +680,12 @@ impl WatchTask {
     /// Tells the journal (and so `status`) how the watch hears of its files when that is less
     /// than it should be (`Some(reason)`), or that it is well.
     fn record_degraded(&mut self, reason: Option<String>) {
-        if self.degraded == reason {
+        // The first word is always said: a watch before it (cut short at a stop or a reload) may
+        // have left its reason in the journal.
+        if self.degraded_told && self.degraded == reason {
             return;
         }
+        self.degraded_told = true;
         self.degraded.clone_from(&reason);
         let root = self.root_text();
         // Queued now, so a later note cannot overtake it.
