@@ -21,8 +21,13 @@ const SLOWEST_UPLINK: u64 = 32 * 1024;
 pub fn upload_time(bytes: usize) -> Duration {
     match test_timeout() {
         Some(total) => total,
-        None => TOTAL_TIMEOUT + Duration::from_secs(bytes as u64 / SLOWEST_UPLINK),
+        None => TOTAL_TIMEOUT + body_time(bytes),
     }
+}
+
+/// How long a request body of `bytes` takes to send over the slowest uplink allowed for.
+pub fn body_time(bytes: usize) -> Duration {
+    Duration::from_secs(bytes as u64 / SLOWEST_UPLINK)
 }
 
 /// The HTTP client every adapter shares: rustls, bounded connect and total times.

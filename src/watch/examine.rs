@@ -3,7 +3,7 @@
 
 use std::io::{ErrorKind, Read};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
@@ -212,9 +212,33 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     format!("{:x}", Sha256::digest(bytes))
 }
 
+/// How long following a symlink may take before its reason is given without where it leads: one
+/// into a hard-mounted share whose server is gone never comes back, and would hold up the whole
+/// batch of files being examined with it.
+const FOLLOW_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn symlink_reason(root: &Path, path: &Path) -> String {
     let target = std::fs::read_link(path).unwrap_or_default();
-    let resolved: std::io::Result<PathBuf> = std::fs::canonicalize(path);
+    let (answer, resolved) = std::sync::mpsc::channel();
+    let followed = path.to_path_buf();
+    let spawned = std::thread::Builder::new()
+        .name("imgsyncd-link".into())
+        .spawn(move || {
+            let _ = answer.send(std::fs::canonicalize(followed));
+        });
+    let resolved = match spawned
+        .ok()
+        .and_then(|_| resolved.recv_timeout(FOLLOW_LIMIT).ok())
+    {
+        Some(resolved) => resolved,
+        None => {
+            return format!(
+                "symlink (to {}) that could not be followed in {}s; not followed",
+                target.display(),
+                FOLLOW_LIMIT.as_secs()
+            );
+        }
+    };
     let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
     match resolved {
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => format!(

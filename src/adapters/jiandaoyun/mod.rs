@@ -407,7 +407,11 @@ impl Jiandaoyun {
         let size = request.bytes.len() as u64;
         let mut last = None;
         for _ in 0..MAX_TOKENS_PER_FILE {
-            let token = match self.pool.take(|| self.fetch_tokens()).await {
+            // A token whose margin before its death also covers the time the file's body takes
+            // on a slow line (nothing more for a small file).
+            let lasting = http::body_time(request.bytes.len()).as_millis() as i64;
+            let fetch = || self.fetch_tokens();
+            let token = match self.pool.take_lasting(lasting, fetch).await {
                 Ok(token) => token,
                 Err(call) => return call.cast(),
             };

@@ -79,10 +79,22 @@ impl<E> Default for TokenPool<E> {
 }
 
 impl<E: Clone> TokenPool<E> {
-    /// A token no one else gets. When none is left that is not too near its end, `fetch` is run
-    /// (by one taker at a time: the others wait for its batch) and its first token handed out.
-    /// On failure `fetch` also says how long to wait before asking again.
+    /// [`TokenPool::take_lasting`] for a file sent in no time.
+    #[cfg(test)]
     pub async fn take<F, Fut>(&self, fetch: F) -> Result<UploadToken, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Batch, (E, Duration)>>,
+    {
+        self.take_lasting(0, fetch).await
+    }
+
+    /// A token no one else gets that lives `lasting_ms` more at least (a big file on a slow line
+    /// takes minutes to send, and a token that dies on the way wastes them). When none is left
+    /// that is not too near its end, `fetch` is run (by one taker at a time: the others wait for
+    /// its batch) and its first token handed out; the tokens too short-lived for this file stay
+    /// for smaller ones. On failure `fetch` also says how long to wait before asking again.
+    pub async fn take_lasting<F, Fut>(&self, lasting_ms: i64, fetch: F) -> Result<UploadToken, E>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<Batch, (E, Duration)>>,
@@ -90,7 +102,13 @@ impl<E: Clone> TokenPool<E> {
         let mut state = self.state.lock().await;
         let now = epoch_ms();
         state.tokens.retain(|t| t.usable_until_ms > now);
-        if let Some(token) = state.tokens.pop_front() {
+        let lasts = |t: &UploadToken| t.usable_until_ms - now >= lasting_ms;
+        if let Some(token) = state
+            .tokens
+            .iter()
+            .position(lasts)
+            .and_then(|at| state.tokens.remove(at))
+        {
             return Ok(token);
         }
         if let Some((until, failure)) = &state.cooling
@@ -164,6 +182,23 @@ mod tests {
                 usable_until_ms: now + life_ms - margin_ms,
             })
             .collect()
+    }
+
+    #[tokio::test]
+    async fn a_big_file_gets_a_token_that_lives_long_enough_to_send_it() {
+        let pool: TokenPool<String> = TokenPool::default();
+        // A batch with ten minutes left.
+        let old = || async { Ok(Batch::of(batch("old", 3, 900_000, 300_000)).unwrap()) };
+        let first = pool.take(old).await.unwrap();
+        assert_eq!(first.transaction.id, "old");
+        let fresh = || async { Ok(Batch::of(batch("fresh", 3, 3_600_000, 300_000)).unwrap()) };
+        // Twenty minutes to send: a fresh batch, the old tokens kept.
+        let big = pool.take_lasting(1_200_000, fresh).await.unwrap();
+        assert_eq!(big.transaction.id, "fresh");
+        assert_eq!(pool.waiting().await, 4);
+        // A small file takes an old one first.
+        let small = pool.take(fresh).await.unwrap();
+        assert_eq!(small.transaction.id, "old");
     }
 
     #[tokio::test]
