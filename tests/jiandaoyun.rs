@@ -421,6 +421,30 @@ fn a_record_whose_answer_was_lost_is_not_made_twice() {
     h.stop();
 }
 
+/// A record refused for a rate limit (8303): the key stays good, so the record is asked for
+/// again once the window reopens, and the file is not uploaded a second time.
+#[test]
+fn a_record_refused_for_a_rate_limit_is_asked_again_with_the_same_key() {
+    let mut h = Harness::with(forms(true, ""));
+    h.sandbox.inject_jiandaoyun(
+        JdyEndpoint::Create,
+        [Fault::Throttled(Duration::from_secs(1))],
+    );
+    h.start();
+    h.drop_file("limited.png", &png(46));
+    let row = h.wait_state("limited.png", "synced");
+    assert_eq!(outcomes(&h, "limited.png"), ["uploaded"]);
+    assert_eq!(
+        h.sandbox.jiandaoyun_stats().upload_requests,
+        1,
+        "uploaded once"
+    );
+    let records = h.sandbox.jiandaoyun_records();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].keys, [row["key"].as_str().unwrap().to_string()]);
+    h.stop();
+}
+
 /// Every record's answer lost (Jiandaoyun's backend stalled behind a gateway that still takes
 /// uploads): each file that met it waits for a person, but after a few in a row the vendor is
 /// paused, so the rest of the backlog waits behind a probe instead of going the same way.

@@ -94,6 +94,10 @@ pub const LIMITS: Limits = Limits {
     max_px: None,
 };
 
+/// How many times a record refused for a rate limit is asked for again, each once the window
+/// reopens, before its file waits and is sent again.
+const RECORD_WAITS: usize = 3;
+
 /// Each interface (get_upload_token, the upload, data/create): 20 calls a second.
 pub const DEFAULT_PER_SECOND: u32 = 20;
 /// All calls of one company (one API key) together: 50 a second.
@@ -542,7 +546,21 @@ impl Jiandaoyun {
             );
         }
         let data = record_data(record, &key, request, &self.config.watch_roots);
-        let call = self.create(transaction, data).await;
+        let mut call = self.create(transaction, data.clone()).await;
+        // A rate limit says nothing against the key, which stays good until its transaction
+        // ends: the record is asked for again once the window reopens (the pacer waits for it),
+        // rather than the file being uploaded again with a new token.
+        for _ in 0..RECORD_WAITS {
+            let Outcome::Throttled { after, .. } = &call.outcome else {
+                break;
+            };
+            let wait = after.unwrap_or(MIN_RATE_WAIT);
+            let time_left = transaction.deadline_ms - epoch_ms();
+            if time_left < (wait + http::TOTAL_TIMEOUT).as_millis() as i64 {
+                break;
+            }
+            call = self.create(transaction, data.clone()).await;
+        }
         match call.outcome {
             Outcome::Done(record_id) => Call::new(
                 Outcome::Done(Remote {
