@@ -167,7 +167,9 @@ fn is_complete(format: ImageFormat, bytes: &[u8]) -> bool {
         ImageFormat::Png => png_has_end(bytes),
         ImageFormat::Gif => gif_has_end(bytes),
         ImageFormat::Bmp => bmp::has_end(bytes),
-        ImageFormat::Webp => declared_len(bytes, 4).is_some_and(|n| bytes.len() >= n + 8),
+        ImageFormat::Webp => {
+            u32_at(bytes, 4).is_some_and(|n| bytes.len() as u64 >= u64::from(n) + 8)
+        }
         // Checked with its dimensions, in `ico::inspect`.
         ImageFormat::Ico => true,
     }
@@ -252,13 +254,7 @@ fn gif_has_end(bytes: &[u8]) -> bool {
 /// BMP: a 14-byte file header (its pixel data's offset at 10), then the bitmap's own header
 /// (its size first: 12 for OS/2's, 40 or more for Windows').
 mod bmp {
-    fn u16_at(bytes: &[u8], at: usize) -> Option<u16> {
-        Some(u16::from_le_bytes(bytes.get(at..at + 2)?.try_into().ok()?))
-    }
-
-    fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
-        Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
-    }
+    use super::{u16_at, u32_at};
 
     struct Header {
         width: u32,
@@ -341,7 +337,9 @@ const PNG_MAGIC: &[u8] = b"\x89PNG\r\n\x1a\n";
 /// ICO: a 6-byte header, 16-byte directory entries, then each entry's image (a BMP without its
 /// file header, or a whole PNG). Only the header and the directory are read, and a PNG entry's IHDR.
 mod ico {
-    use super::{ImageError, ImageFormat, ImageInfo, PNG_MAGIC, truncated_or_corrupt};
+    use super::{
+        ImageError, ImageFormat, ImageInfo, PNG_MAGIC, truncated_or_corrupt, u16_at, u32_at,
+    };
 
     const HEADER: usize = 6;
     const ENTRY: usize = 16;
@@ -353,13 +351,9 @@ mod ico {
         offset: usize,
     }
 
-    fn u16_at(bytes: &[u8], at: usize) -> Option<u16> {
-        Some(u16::from_le_bytes(bytes.get(at..at + 2)?.try_into().ok()?))
-    }
-
-    fn u32_at(bytes: &[u8], at: usize) -> Option<usize> {
-        let v = u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?);
-        usize::try_from(v).ok()
+    /// A little-endian u32 at `at`, as a size or an offset.
+    fn usize_at(bytes: &[u8], at: usize) -> Option<usize> {
+        usize::try_from(u32_at(bytes, at)?).ok()
     }
 
     /// The dimensions from the first directory entry (0 stands for 256); when that entry holds a
@@ -383,8 +377,8 @@ mod ico {
                 Entry {
                     width: side(bytes[at]),
                     height: side(bytes[at + 1]),
-                    size: u32_at(bytes, at + 8).unwrap_or(0),
-                    offset: u32_at(bytes, at + 12).unwrap_or(0),
+                    size: usize_at(bytes, at + 8).unwrap_or(0),
+                    offset: usize_at(bytes, at + 12).unwrap_or(0),
                 }
             })
             .collect();
@@ -424,10 +418,14 @@ mod ico {
     }
 }
 
-/// A little-endian u32 length field at `offset`.
-fn declared_len(bytes: &[u8], offset: usize) -> Option<usize> {
-    let field: [u8; 4] = bytes.get(offset..offset + 4)?.try_into().ok()?;
-    usize::try_from(u32::from_le_bytes(field)).ok()
+/// A little-endian u16 at `at` (BMP, ICO and WebP headers are little-endian).
+fn u16_at(bytes: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(bytes.get(at..at + 2)?.try_into().ok()?))
+}
+
+/// A little-endian u32 at `at`.
+fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
 }
 
 #[cfg(test)]

@@ -639,16 +639,7 @@ fn a_root_hidden_by_an_empty_mount_deletes_nothing() {
     h.start();
     h.drop_file("keep.png", &png(70));
     h.wait_state("keep.png", "synced");
-    let out = Command::new("mount")
-        .args(["-t", "tmpfs", "none"])
-        .arg(&h.drop)
-        .output()
-        .unwrap();
-    if !out.status.success() {
-        eprintln!(
-            "skipped: cannot mount a tmpfs: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    if !mount_tmpfs(&h.drop) {
         return;
     }
     let mounted = Mounted(h.drop.clone());

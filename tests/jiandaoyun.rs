@@ -411,13 +411,11 @@ fn a_record_whose_answer_was_lost_is_not_made_twice() {
         2,
         "one record a file, none made twice"
     );
-    let creates = h
-        .sandbox
-        .log()
-        .iter()
-        .filter(|l| l.path == imgsyncd::adapters::jiandaoyun::CREATE_PATH)
-        .count();
-    assert_eq!(creates, 2, "data/create called once a file");
+    assert_eq!(
+        h.sandbox.jiandaoyun_stats().create_requests,
+        2,
+        "data/create called once a file"
+    );
     h.stop();
 }
 
@@ -489,13 +487,11 @@ fn a_record_answered_by_a_gateway_timeout_is_not_made_again() {
     );
     assert_eq!(h.status()["paused_vendors"], serde_json::json!([]));
     std::thread::sleep(Duration::from_secs(2));
-    let creates = h
-        .sandbox
-        .log()
-        .iter()
-        .filter(|l| l.path == imgsyncd::adapters::jiandaoyun::CREATE_PATH)
-        .count();
-    assert_eq!(creates, 1, "data/create not called again");
+    assert_eq!(
+        h.sandbox.jiandaoyun_stats().create_requests,
+        1,
+        "data/create not called again"
+    );
     h.stop();
 }
 

@@ -103,6 +103,15 @@ fn uploaded(url: &str) -> JobResult {
     })
 }
 
+/// What a worker records for a call the vendor carried out whose answer was lost: a retry.
+fn answer_lost() -> JobResult {
+    JobResult::Retry {
+        not_before: 0,
+        reason: "HTTP 502".into(),
+        give_up_after_ms: 3_600_000,
+    }
+}
+
 /// A new file taken through upload to `synced` with `url`.
 fn synced(j: &mut Journal, path: &str, sha: &str, url: &str) {
     j.observe(&obs(path, sha), PRESENT).unwrap();
@@ -563,16 +572,7 @@ fn a_delete_whose_copy_is_already_gone_ends_the_removal() {
     missing(j, "/w/a.png");
     let delete = claim(j).unwrap();
     // The answer was lost: retried.
-    j.finish(
-        &delete,
-        &JobResult::Retry {
-            not_before: 0,
-            reason: "HTTP 502".into(),
-            give_up_after_ms: 3_600_000,
-        },
-        None,
-    )
-    .unwrap();
+    j.finish(&delete, &answer_lost(), None).unwrap();
     // Meanwhile the file is put back: the copy may be gone, so it is uploaded afresh.
     assert_eq!(
         j.observe(&obs("/w/a.png", "aa"), PRESENT).unwrap(),
@@ -631,16 +631,7 @@ fn a_delete_put_back_unsent_after_an_attempt_whose_answer_was_lost_keeps_its_cop
     missing(j, "/w/a.png");
     let first = claim(j).unwrap();
     // Carried out at the vendor, its answer lost: retried.
-    j.finish(
-        &first,
-        &JobResult::Retry {
-            not_before: 0,
-            reason: "HTTP 502".into(),
-            give_up_after_ms: 3_600_000,
-        },
-        None,
-    )
-    .unwrap();
+    j.finish(&first, &answer_lost(), None).unwrap();
     let again = claim(j).unwrap();
     assert!(!again.marked_copy);
     j.put_back_unsent(&again).unwrap();

@@ -377,13 +377,18 @@ fn adapter_at(base: &str) -> Feishu {
     )
 }
 
+/// An upload of a small PNG to a lingo that answers `status` and `body`.
+async fn upload_answered(status: u16, body: Value) -> Call<Remote> {
+    let base = canned(status, &[], body).await;
+    let bytes = png(5, 330, 330);
+    adapter_at(&base)
+        .upload(&request("/d/a.png", &bytes, ImageFormat::Png))
+        .await
+}
+
 #[tokio::test]
 async fn a_success_without_a_file_token_is_never_sent_again() {
-    let base = canned(200, &[], json!({"code": 0, "msg": "success", "data": {}})).await;
-    let bytes = png(5, 330, 330);
-    let call = adapter_at(&base)
-        .upload(&request("/d/a.png", &bytes, ImageFormat::Png))
-        .await;
+    let call = upload_answered(200, json!({"code": 0, "msg": "success", "data": {}})).await;
     match call.outcome {
         Outcome::Unconfirmed { reason } => assert!(
             reason
@@ -397,16 +402,7 @@ async fn a_success_without_a_file_token_is_never_sent_again() {
 #[tokio::test]
 async fn a_success_of_another_shape_is_never_sent_again() {
     // `code` a string: not the documented answer, so nothing of it can be read.
-    let base = canned(
-        200,
-        &[],
-        json!({"code": "0", "data": {"file_token": "boxcnX"}}),
-    )
-    .await;
-    let bytes = png(5, 330, 330);
-    let call = adapter_at(&base)
-        .upload(&request("/d/a.png", &bytes, ImageFormat::Png))
-        .await;
+    let call = upload_answered(200, json!({"code": "0", "data": {"file_token": "boxcnX"}})).await;
     match call.outcome {
         Outcome::Unconfirmed { reason } => assert!(
             reason.starts_with("feishu upload: HTTP 200 with an answer that has no code: {"),

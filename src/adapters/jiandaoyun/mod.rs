@@ -630,15 +630,10 @@ impl Jiandaoyun {
         };
         if answer.status == 504 {
             // A gateway that gave up waiting for Jiandaoyun: as a timeout of our own.
-            let lost = Call::new(
-                Outcome::Retry {
-                    after: None,
-                    reason: format!("HTTP 504: {}", answer.snippet()),
-                },
-                Some(504),
-                answer.code().map(|c| c.to_string()),
-            );
-            return answer_lost(lost);
+            return answer.call(record_maybe_made(&format!(
+                "HTTP 504: {}",
+                answer.snippet()
+            )));
         }
         let outcome = match created(&answer) {
             Ok(id) => return answer.call(Outcome::Done(id)),
@@ -658,20 +653,24 @@ impl Jiandaoyun {
 /// instead, as one whose answer cannot be read does. (An upload to Qiniu whose answer is lost is
 /// sent again: a key no record uses is nothing anyone sees.)
 fn answer_lost<T>(call: Call<T>) -> Call<T> {
-    let reason = match &call.outcome {
-        Outcome::Retry { reason, .. } => reason.clone(),
-        _ => return call,
-    };
-    Call::new(
-        Outcome::Unconfirmed {
-            reason: format!(
-                "jiandaoyun data/create: {reason}; the answer was lost, so the form may hold the \
-                 record already, and creating it again could make two"
-            ),
-        },
-        call.http_status,
-        call.vendor_code,
-    )
+    match &call.outcome {
+        Outcome::Retry { reason, .. } => Call::new(
+            record_maybe_made(reason),
+            call.http_status,
+            call.vendor_code,
+        ),
+        _ => call,
+    }
+}
+
+/// What a `data/create` whose answer was lost (`reason`) comes to: a person looks first.
+fn record_maybe_made<T>(reason: &str) -> Outcome<T> {
+    Outcome::Unconfirmed {
+        reason: format!(
+            "jiandaoyun data/create: {reason}; the answer was lost, so the form may hold the \
+             record already, and creating it again could make two"
+        ),
+    }
 }
 
 /// The company-wide pacer of the API key `key`: vendors sharing a key share its 50 calls a second.
