@@ -20,17 +20,20 @@
 //! being written (case 14), a file removed during its upload and a crash (case 11).
 
 mod common;
+#[path = "common/mounts.rs"]
+mod mounts;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{PermissionsExt, symlink};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{FeishuVendor, Harness, JiandaoyunVendor, Options, image, jpeg, png};
 use image::ImageFormat as Fmt;
 use imgsyncd::sandbox::Fault;
+use mounts::{Mount, tmpfs_or_skip};
 use serde_json::Value;
 
 /// One case of the catalogue: a file in the drop folder, the state the journal must end in
@@ -622,15 +625,6 @@ fn files_changed_during_upload_or_after_sync_end_true() {
     assert_eq!(h.state("warm.png").as_deref(), Some("synced"));
 }
 
-/// Unmounts on drop, so a failed test leaves no mount behind.
-struct Mounted(PathBuf);
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
 /// Catalogue 6 (Kingdee): the watch root hidden by an empty mount. Nothing is deleted, files
 /// written into the mount are taken, and the root is itself again once unmounted.
 #[test]
@@ -639,10 +633,9 @@ fn a_root_hidden_by_an_empty_mount_deletes_nothing() {
     h.start();
     h.drop_file("keep.png", &png(70));
     h.wait_state("keep.png", "synced");
-    if !mount_tmpfs(&h.drop) {
+    let Some(mounted) = tmpfs_or_skip(&h.drop) else {
         return;
-    }
-    let mounted = Mounted(h.drop.clone());
+    };
     // A mount makes no inotify event: the daemon hears of it from the mount table.
     h.wait_for("the mount to be noticed", |h| {
         h.log()
@@ -671,22 +664,6 @@ fn a_root_hidden_by_an_empty_mount_deletes_nothing() {
     assert!(lines_about(&h, "fresh.png", "cannot tell whether the file is gone").len() == 1);
 }
 
-/// Mounts a fresh tmpfs at `at`; false (and why, on stderr) where the test may not.
-fn mount_tmpfs(at: &Path) -> bool {
-    let out = Command::new("mount")
-        .args(["-t", "tmpfs", "none"])
-        .arg(at)
-        .output()
-        .unwrap();
-    if !out.status.success() {
-        eprintln!(
-            "skipped: cannot mount a tmpfs: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    out.status.success()
-}
-
 /// Catalogue 6, continued (Kingdee): the watch root is a share (a tmpfs here), another share is
 /// mounted inside it, and both are unmounted and mounted again. None of it makes an event in the
 /// folder, and notify says nothing when a filesystem under a watch goes: the files written into
@@ -695,18 +672,17 @@ fn mount_tmpfs(at: &Path) -> bool {
 #[test]
 fn a_share_mounted_again_or_inside_the_watch_is_watched_at_once() {
     let mut h = Harness::new();
-    if !mount_tmpfs(&h.drop) {
+    let Some(root) = tmpfs_or_skip(&h.drop) else {
         return;
-    }
-    let mut mounted = vec![Mounted(h.drop.clone())];
+    };
+    let mut mounted = vec![root];
     h.start();
     std::fs::write(h.path("before.png"), png(72)).unwrap();
     h.wait_state("before.png", "synced");
 
     let inner = h.path("inner");
     std::fs::create_dir(&inner).unwrap();
-    assert!(mount_tmpfs(&inner));
-    mounted.push(Mounted(inner.clone()));
+    mounted.push(Mount::tmpfs(&inner).unwrap());
     std::fs::write(inner.join("on-the-inner-share.png"), png(73)).unwrap();
     h.wait_state("inner/on-the-inner-share.png", "synced");
     assert_eq!(
@@ -727,12 +703,10 @@ fn a_share_mounted_again_or_inside_the_watch_is_watched_at_once() {
     while let Some(mount) = mounted.pop() {
         drop(mount);
     }
-    assert!(mount_tmpfs(&h.drop));
-    mounted.push(Mounted(h.drop.clone()));
+    mounted.push(Mount::tmpfs(&h.drop).unwrap());
     std::fs::write(h.path("before.png"), png(72)).unwrap();
     std::fs::create_dir(&inner).unwrap();
-    assert!(mount_tmpfs(&inner));
-    mounted.push(Mounted(inner.clone()));
+    mounted.push(Mount::tmpfs(&inner).unwrap());
     std::fs::write(inner.join("on-the-inner-share.png"), png(73)).unwrap();
     std::fs::write(h.path("after.png"), png(74)).unwrap();
     h.wait_state("after.png", "synced");

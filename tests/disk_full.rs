@@ -5,39 +5,16 @@
 //! second daemon on the same journal refuses to start and says why.
 
 mod common;
+#[path = "common/mounts.rs"]
+mod mounts;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{BIN, Harness, png};
 use imgsyncd::sandbox::Fault;
-
-/// A tmpfs mounted for the test, unmounted when it ends (however it ends).
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    /// Mounts a tmpfs of `size` at `at`, or says why it cannot.
-    fn mount(at: &Path, size: &str) -> Result<Tmpfs, String> {
-        std::fs::create_dir_all(at).map_err(|e| e.to_string())?;
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
-        }
-        Ok(Tmpfs(at.to_path_buf()))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        // Lazy: a daemon still holding the journal open does not keep it mounted.
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
+use mounts::Mount;
 
 /// Writes `path` until the filesystem has no room left; returns how many bytes it took.
 fn fill(path: &Path) -> u64 {
@@ -73,8 +50,9 @@ fn a_full_journal_disk_stops_the_work_loses_nothing_and_resumes_when_space_retur
     // Declared first, dropped last: the daemon is gone before the tmpfs is unmounted.
     let mount_dir = tempfile::tempdir().unwrap();
     let journal_dir = mount_dir.path().join("journal");
-    let _tmpfs = match Tmpfs::mount(&journal_dir, "8m") {
-        Ok(tmpfs) => tmpfs,
+    std::fs::create_dir_all(&journal_dir).unwrap();
+    let _tmpfs = match Mount::tmpfs_of("8m", &journal_dir) {
+        Ok(tmpfs) => tmpfs.lazily(),
         Err(why) => {
             eprintln!("skipped: cannot mount a tmpfs here: {why}");
             return;

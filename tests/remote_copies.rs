@@ -3,6 +3,8 @@
 //! sandbox, and judged by what the sandbox holds and deleted and what `files`/`status` say.
 
 mod common;
+#[path = "common/mounts.rs"]
+mod mounts;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -11,6 +13,7 @@ use std::time::Duration;
 
 use common::{BIN, Harness, Options, exists, png, running_as_root};
 use imgsyncd::sandbox::Fault;
+use mounts::{Mount, tmpfs_or_skip};
 use serde_json::Value;
 
 fn url_of(h: &Harness, name: &str) -> String {
@@ -90,17 +93,6 @@ fn names(prefix: &str, n: usize) -> Vec<String> {
 fn settle_time() {
     // Past the settle period and the removal grace of the harness's daemon (500 ms + 1 s).
     std::thread::sleep(Duration::from_millis(2500));
-}
-
-fn mount(args: &[&str]) -> bool {
-    Command::new("mount")
-        .args(args)
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn umount(path: &Path) {
-    let _ = Command::new("umount").arg(path).status();
 }
 
 /// Case 1: Files truncated in place become `rejected`, and every last good copy stays at the vendor.
@@ -227,19 +219,15 @@ fn a_root_found_unmounted_at_start_deletes_nothing() {
     let mut h = Harness::new();
     let store = h.dir.path().join("share");
     std::fs::create_dir_all(&store).unwrap();
-    if !mount(&["-t", "tmpfs", "none", store.to_str().unwrap()]) {
+    let Some(_share) = tmpfs_or_skip(&store) else {
         return;
-    }
-    assert!(mount(&[
-        "--bind",
-        store.to_str().unwrap(),
-        h.drop.to_str().unwrap()
-    ]));
+    };
+    let root = Mount::bind(&store, &h.drop).unwrap();
     h.start();
     let names = names("share", 5);
     let urls = sync_all_in_place(&h, &names, 300);
     h.stop();
-    umount(&h.drop);
+    drop(root);
     h.start();
     h.wait_for("the watch to say its root changed", |h| {
         !h.status()["paused_watches"].as_array().unwrap().is_empty()
@@ -249,11 +237,7 @@ fn a_root_found_unmounted_at_start_deletes_nothing() {
     for name in &names {
         assert_eq!(h.state(name).as_deref(), Some("synced"));
     }
-    assert!(mount(&[
-        "--bind",
-        store.to_str().unwrap(),
-        h.drop.to_str().unwrap()
-    ]));
+    let _root = Mount::bind(&store, &h.drop).unwrap();
     h.reload();
     h.wait_for("the watch to be itself again", |h| {
         h.status()["paused_watches"].as_array().unwrap().is_empty()
@@ -263,8 +247,6 @@ fn a_root_found_unmounted_at_start_deletes_nothing() {
     }
     assert_eq!(h.sandbox.uploads(), names.len(), "nothing sent again");
     h.stop();
-    umount(&h.drop);
-    umount(&store);
 }
 
 /// Case 3, confirmed while unmounted: deletes held, then the share behind the watch root unmounted
@@ -282,12 +264,10 @@ fn held_deletes_confirmed_while_the_share_is_unmounted_stay_held() {
     });
     let store = h.dir.path().join("share");
     std::fs::create_dir_all(&store).unwrap();
-    if !mount(&["-t", "tmpfs", "none", store.to_str().unwrap()]) {
+    let Some(_share) = tmpfs_or_skip(&store) else {
         return;
-    }
-    let drop = h.drop.to_str().unwrap().to_string();
-    let bind = ["--bind", store.to_str().unwrap(), &drop];
-    assert!(mount(&bind));
+    };
+    let root = Mount::bind(&store, &h.drop).unwrap();
     h.start();
     let names = names("gone", 4);
     let urls = sync_all_in_place(&h, &names, 320);
@@ -297,7 +277,7 @@ fn held_deletes_confirmed_while_the_share_is_unmounted_stay_held() {
     h.wait_for("the deletes to be held", |h| {
         h.status()["held_deletes"] == 4
     });
-    umount(&h.drop);
+    drop(root);
     // Somebody drops a file into the bare mount point meanwhile, so it is not even empty.
     std::fs::write(h.path("meanwhile.png"), png(330)).unwrap();
     let out = h.cli(&["retry", "--held"]);
@@ -312,7 +292,7 @@ fn held_deletes_confirmed_while_the_share_is_unmounted_stay_held() {
     settle_time();
     assert!(h.sandbox.deleted().is_empty(), "{}", h.log());
     assert_eq!(h.status()["held_deletes"], 4);
-    assert!(mount(&bind));
+    let _root = Mount::bind(&store, &h.drop).unwrap();
     h.reload();
     let out = h.cli(&["retry", "--held"]);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -323,8 +303,6 @@ fn held_deletes_confirmed_while_the_share_is_unmounted_stay_held() {
         assert!(!held_by_vendor(&h, &url));
     }
     h.stop();
-    umount(&h.drop);
-    umount(&store);
 }
 
 /// Case 4: A subfolder that is a mount of its own, unmounted: its files are not gone.
@@ -336,13 +314,13 @@ fn an_unmounted_subfolder_deletes_nothing() {
     let mut h = Harness::new();
     let sub = h.drop.join("mounted");
     std::fs::create_dir_all(&sub).unwrap();
-    if !mount(&["-t", "tmpfs", "none", sub.to_str().unwrap()]) {
+    let Some(share) = tmpfs_or_skip(&sub) else {
         return;
-    }
+    };
     h.start();
     let names: Vec<String> = (0..3).map(|i| format!("mounted/m{i}.png")).collect();
     sync_all_in_place(&h, &names, 400);
-    umount(&sub);
+    drop(share);
     h.reload();
     settle_time();
     assert!(h.sandbox.deleted().is_empty());
