@@ -52,7 +52,7 @@ fn a_full_journal_disk_stops_the_work_loses_nothing_and_resumes_when_space_retur
     let journal_dir = mount_dir.path().join("journal");
     std::fs::create_dir_all(&journal_dir).unwrap();
     let _tmpfs = match Mount::tmpfs_of("8m", &journal_dir) {
-        Ok(tmpfs) => tmpfs.lazily(),
+        Ok(tmpfs) => tmpfs,
         Err(why) => {
             eprintln!("skipped: cannot mount a tmpfs here: {why}");
             return;

@@ -8,12 +8,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// A mount made for a test; unmounted when dropped.
+/// A mount made for a test; unmounted when dropped, lazily: a daemon still holding a file open on
+/// it, or a mount inside it, does not keep it mounted.
 #[derive(Debug)]
 pub struct Mount {
     at: PathBuf,
-    /// Unmounted lazily: a daemon still holding a file open on it does not keep it mounted.
-    lazy: bool,
 }
 
 impl Mount {
@@ -33,12 +32,6 @@ impl Mount {
         mount(["--bind".to_string(), from.display().to_string()], at)
     }
 
-    /// Unmounted lazily when dropped (see [`Mount::lazy`]).
-    pub fn lazily(mut self) -> Mount {
-        self.lazy = true;
-        self
-    }
-
     /// Where it is mounted.
     pub fn at(&self) -> &Path {
         &self.at
@@ -47,11 +40,7 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        let mut umount = Command::new("umount");
-        if self.lazy {
-            umount.arg("-l");
-        }
-        let _ = umount.arg(&self.at).status();
+        let _ = Command::new("umount").arg("-l").arg(&self.at).status();
     }
 }
 
@@ -66,7 +55,6 @@ fn mount<const N: usize>(args: [String; N], at: &Path) -> Result<Mount, String> 
     }
     Ok(Mount {
         at: at.to_path_buf(),
-        lazy: false,
     })
 }
 
