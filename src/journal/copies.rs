@@ -26,14 +26,15 @@ pub struct NewCopy<'a> {
 /// is live again, whatever the journal thought of it.
 pub(super) fn record(tx: &Connection, copy: &NewCopy<'_>) -> Result<i64> {
     let now = now_ms();
-    let id = tx.cached_query_row(
+    // No RETURNING: SQLite gathers its rows in a temporary table it opens and closes each time,
+    // which cost more than finding the row again by its unique key.
+    tx.cached_execute(
         "INSERT INTO remote_copies (vendor, kind, remote_ref, sha256, transaction_id, expires_at,
            record_id, state, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?8, 'live', ?7)
          ON CONFLICT (vendor, remote_ref) DO UPDATE SET state = 'live', deleted_at = NULL,
            sha256 = excluded.sha256, transaction_id = excluded.transaction_id,
-           expires_at = excluded.expires_at, record_id = excluded.record_id
-         RETURNING id",
+           expires_at = excluded.expires_at, record_id = excluded.record_id",
         params![
             copy.vendor,
             copy.kind,
@@ -44,6 +45,10 @@ pub(super) fn record(tx: &Connection, copy: &NewCopy<'_>) -> Result<i64> {
             now,
             copy.record_id
         ],
+    )?;
+    let id = tx.cached_query_row(
+        "SELECT id FROM remote_copies WHERE vendor = ?1 AND remote_ref = ?2",
+        params![copy.vendor, copy.remote_ref],
         |r| r.get(0),
     )?;
     // A delete queued for it before it came back would destroy what was just returned.

@@ -347,10 +347,15 @@ impl Journal {
         let Some(id) = id else {
             return Ok((None, next_check));
         };
-        let mut job = tx.cached_query_row(
-            "UPDATE jobs SET state = 'running', lease_until = ?2 + ?3 WHERE id = ?1
-             RETURNING id, file_id, op, vendor, sha256, copy_id, attempts, first_failure_at",
+        // Not RETURNING: see `copies::record`.
+        tx.cached_execute(
+            "UPDATE jobs SET state = 'running', lease_until = ?2 + ?3 WHERE id = ?1",
             params![id, now, lease_ms],
+        )?;
+        let mut job = tx.cached_query_row(
+            "SELECT id, file_id, op, vendor, sha256, copy_id, attempts, first_failure_at
+             FROM jobs WHERE id = ?1",
+            [id],
             |r| {
                 Ok(Job {
                     id: r.get(0)?,
