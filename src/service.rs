@@ -239,6 +239,19 @@ impl Heartbeat {
         self.pongs.send_modify(|n| *n += 1);
     }
 
+    /// Awaits `wait` (the pool's claim, or its look for the next job due: journal calls), answering
+    /// the watchdog meanwhile: a pool waiting for the journal turns as the journal does, which the
+    /// watchdog looks at on its own.
+    pub async fn answering<T>(&self, wait: impl Future<Output = T>) -> T {
+        let mut wait = std::pin::pin!(wait);
+        loop {
+            tokio::select! {
+                answer = &mut wait => return answer,
+                _ = self.pinged() => self.answer(),
+            }
+        }
+    }
+
     /// Whether the pool answers within `deadline`.
     pub async fn check(&self, deadline: Duration) -> bool {
         let mut pongs = self.pongs.subscribe();
@@ -305,31 +318,42 @@ pub fn watchdog_interval() -> Option<Duration> {
     sd_notify::watchdog_enabled().filter(|d| !d.is_zero())
 }
 
-/// Whether the journal writer answers a trivial call within `deadline`. A call that did not
-/// answer is waited for rather than joined by more: a wedged writer costs one blocked thread.
+/// A probe of the journal writer still waiting for its answer: when it was sent, and the call.
+type Probe = (Instant, JoinHandle<()>);
+
+/// How long a group or call may hold the journal before the watchdog takes the writer as wedged:
+/// a statement waiting out another process's lock (a backup, `sqlite3` left open on the journal)
+/// fails after the busy timeout, and the writer goes on with the next. Killing a writer that
+/// waits would lose the outcomes its slots hold in memory.
+const HELD_AT_MOST: Duration = Duration::from_secs(crate::journal::BUSY_TIMEOUT.as_secs() + 2);
+
+/// Whether the journal writer answers a trivial write within `deadline`, or else is busy with a
+/// group or call for less than [`HELD_AT_MOST`]. A probe not answered is waited for rather than
+/// joined by more: a wedged writer costs one blocked thread.
 async fn journal_answers(
     journal: &JournalHandle,
-    pending: &mut Option<(Instant, JoinHandle<()>)>,
+    pending: &mut Option<Probe>,
     deadline: Duration,
 ) -> Result<(), Duration> {
-    if let Some((since, call)) = pending {
-        if !call.is_finished() {
-            return Err(since.elapsed());
+    let (since, mut call) = match pending.take() {
+        Some(probe) if !probe.1.is_finished() => probe,
+        _ => {
+            let journal = journal.clone();
+            // Through the write queue: a writer that stopped draining it is as wedged as a
+            // held lock.
+            let call = tokio::spawn(async move {
+                let _ = journal.write(|_| Ok(())).await;
+            });
+            (Instant::now(), call)
         }
-        *pending = None;
+    };
+    if tokio::time::timeout(deadline, &mut call).await.is_ok() {
+        return Ok(());
     }
-    let journal = journal.clone();
-    let since = Instant::now();
-    // Through the write queue: a writer that stopped draining it is as wedged as a held lock.
-    let mut call = tokio::spawn(async move {
-        let _ = journal.write(|_| Ok(())).await;
-    });
-    match tokio::time::timeout(deadline, &mut call).await {
-        Ok(_) => Ok(()),
-        Err(_) => {
-            *pending = Some((since, call));
-            Err(since.elapsed())
-        }
+    *pending = Some((since, call));
+    match journal.at_work_for() {
+        Some(busy) if busy < HELD_AT_MOST => Ok(()),
+        _ => Err(since.elapsed()),
     }
 }
 

@@ -273,9 +273,9 @@ fn no_watchdog_pings_unless_the_manager_asks_this_process() {
     assert_eq!(manager.with("READY").len(), 2);
 }
 
-/// Runs the daemon with the test hook wedging `what` a second after READY; returns the time of
-/// READY and the daemon's log once the pings should have stopped.
-fn wedged(what: &str) -> (Harness, Manager, Instant) {
+/// Runs the daemon with the test hook wedging `what` a second after READY, until `watched` after
+/// READY; returns the time of READY.
+fn wedged(what: &str, watched: Duration) -> (Harness, Manager, Instant) {
     let mut h = Harness::new();
     let manager = Manager::listen(h.dir.path());
     h.start_with(
@@ -288,22 +288,22 @@ fn wedged(what: &str) -> (Harness, Manager, Instant) {
     );
     manager.wait_for("READY=1", |m| !m.with("READY").is_empty());
     let ready_at = manager.with("READY")[0].0;
-    std::thread::sleep(
-        (ready_at + Duration::from_millis(4500)).saturating_duration_since(Instant::now()),
-    );
+    std::thread::sleep((ready_at + watched).saturating_duration_since(Instant::now()));
     (h, manager, ready_at)
 }
 
+/// The writer wedged inside a call holds the journal past what another process's lock could
+/// make it wait (the busy timeout, 10 s, and 2 s more): the pings stop then.
 #[test]
 fn a_wedged_journal_writer_stops_the_watchdog_pings() {
-    let (h, manager, ready) = wedged("journal");
+    let (h, manager, ready) = wedged("journal", Duration::from_millis(16_500));
     assert!(
         manager.pings_between(ready, ready + Duration::from_millis(900)) >= 1,
         "pings while the journal answers: {:#?}",
         manager.messages()
     );
     assert_eq!(
-        manager.pings_between(ready + Duration::from_millis(2000), Instant::now()),
+        manager.pings_between(ready + Duration::from_millis(14_000), Instant::now()),
         0,
         "no pings once the journal writer is wedged: {:#?}\n{}",
         manager.messages(),
@@ -317,9 +317,51 @@ fn a_wedged_journal_writer_stops_the_watchdog_pings() {
     );
 }
 
+/// Another process holds the journal's write lock (a backup, `sqlite3` left open on it) for far
+/// longer than the watchdog's deadline: each write waits out its busy timeout and fails, and the
+/// writer goes on with the next. That is not a wedged writer: the pings go on (systemd would have
+/// killed the daemon, with the outcomes its slots hold), and once the lock is let go the file
+/// dropped meanwhile is synced.
+#[test]
+fn a_journal_locked_by_another_process_does_not_stop_the_watchdog_pings() {
+    let mut h = Harness::new();
+    let manager = Manager::listen(h.dir.path());
+    // Pinged every 2 s, each loop given 1 s to answer.
+    h.start_with(
+        "text",
+        &[
+            ("NOTIFY_SOCKET", manager.socket()),
+            ("WATCHDOG_USEC", "4000000"),
+        ],
+    );
+    manager.wait_for("READY=1", |m| !m.with("READY").is_empty());
+    let other = rusqlite::Connection::open(h.dir.path().join("journal.sqlite3")).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let locked = Instant::now();
+    h.drop_file("meanwhile.png", &png(90));
+    std::thread::sleep(Duration::from_secs(24));
+    for window in 0..6 {
+        let from = locked + Duration::from_secs(4 * window);
+        assert!(
+            manager.pings_between(from, from + Duration::from_secs(4)) >= 1,
+            "no ping {}-{} s into the lock: {:#?}\n{}",
+            4 * window,
+            4 * window + 4,
+            manager.messages(),
+            h.log()
+        );
+    }
+    other.execute_batch("ROLLBACK").unwrap();
+    drop(other);
+    h.wait_state("meanwhile.png", "synced");
+    let log = h.log();
+    assert!(!log.contains("has not answered"), "{log}");
+    assert!(log.contains("held by another"), "the lock is said: {log}");
+}
+
 #[test]
 fn a_wedged_worker_pool_stops_the_watchdog_pings() {
-    let (h, manager, ready) = wedged("pool");
+    let (h, manager, ready) = wedged("pool", Duration::from_millis(4500));
     assert!(
         manager.pings_between(ready, ready + Duration::from_millis(900)) >= 1,
         "pings while the pool answers: {:#?}",

@@ -44,6 +44,8 @@ pub struct JournalHandle {
     /// When the last group began, if it was of several writes (`None` after a lone write); only
     /// the writer at work reads or sets it.
     busy_group_began: Arc<Mutex<Option<Instant>>>,
+    /// Since when the group or call under way has held the journal (`None`: none is).
+    at_work_since: Arc<Mutex<Option<Instant>>>,
 }
 
 impl std::fmt::Debug for JournalHandle {
@@ -65,7 +67,15 @@ impl JournalHandle {
             queued: Arc::default(),
             draining: Arc::default(),
             busy_group_began: Arc::default(),
+            at_work_since: Arc::default(),
         }
+    }
+
+    /// How long the group or call under way has held the journal, if one does: the watchdog
+    /// tells a writer waiting out another process's lock (at most [`super::BUSY_TIMEOUT`] a
+    /// statement) from one that is wedged.
+    pub fn at_work_for(&self) -> Option<Duration> {
+        lock(&self.at_work_since).map(|since| since.elapsed())
     }
 
     /// Runs `f` with the journal on a blocking thread (reads, and writes that must stand alone).
@@ -74,10 +84,14 @@ impl JournalHandle {
         R: Send + 'static,
         F: FnOnce(&mut Journal) -> R + Send + 'static,
     {
-        let inner = Arc::clone(&self.journal);
-        tokio::task::spawn_blocking(move || f(&mut lock(&inner)))
-            .await
-            .expect("a journal call panicked")
+        let (inner, at_work) = (Arc::clone(&self.journal), Arc::clone(&self.at_work_since));
+        tokio::task::spawn_blocking(move || {
+            let mut journal = lock(&inner);
+            let _at_work = AtWork::begin(&at_work);
+            f(&mut journal)
+        })
+        .await
+        .expect("a journal call panicked")
     }
 
     /// Runs the write `f` in one transaction with whatever other writes are waiting: a write that
@@ -125,6 +139,7 @@ impl JournalHandle {
                 // settled in an idle daemon), the next write, its claim, is not held.
                 *lock(&self.busy_group_began) = (group.len() > 1).then(Instant::now);
                 let mut journal = lock(&self.journal);
+                let _at_work = AtWork::begin(&self.at_work_since);
                 let written =
                     std::panic::catch_unwind(AssertUnwindSafe(|| journal.write_group(group)));
                 if written.is_err() {
@@ -158,6 +173,22 @@ impl JournalHandle {
         {
             std::thread::sleep(wait);
         }
+    }
+}
+
+/// Marks the journal held by a group or call, from its beginning to its end (however it ends).
+struct AtWork<'a>(&'a Mutex<Option<Instant>>);
+
+impl<'a> AtWork<'a> {
+    fn begin(since: &'a Mutex<Option<Instant>>) -> AtWork<'a> {
+        *lock(since) = Some(Instant::now());
+        AtWork(since)
+    }
+}
+
+impl Drop for AtWork<'_> {
+    fn drop(&mut self) {
+        *lock(self.0) = None;
     }
 }
 

@@ -38,6 +38,10 @@ pub use report::{
 };
 
 /// Schema migrations, applied in order; the database records how many it has seen in `user_version`.
+/// How long a statement waits for another process's lock on the journal (a backup, `sqlite3` left
+/// open on it) before it fails as busy.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0001_init.sql"),
     include_str!("../../migrations/0002_watch_pauses.sql"),
@@ -290,8 +294,7 @@ impl Journal {
         };
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).map_err(open_err)?;
-        conn.busy_timeout(Duration::from_secs(10))
-            .map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
         // Reading a WAL journal needs its shared-memory file; when that cannot be created (no
         // write access to the folder, no daemon running) the file is read as it stands. Any other
         // trouble (a busy journal) is an error, never a stale read.
@@ -357,9 +360,7 @@ impl Journal {
             path: path.to_path_buf(),
             source,
         };
-        self.conn
-            .busy_timeout(Duration::from_secs(10))
-            .map_err(open_err)?;
+        self.conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
         self.conn
             .set_prepared_statement_cache_capacity(sql::STATEMENT_CACHE);
         // One plan per statement, whatever values are bound: without this SQLite recompiles a

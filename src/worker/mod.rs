@@ -91,7 +91,10 @@ pub async fn run_pool(
         while let Ok(more) = Arc::clone(&permits).try_acquire_owned() {
             slots.push(more);
         }
-        let jobs = claim(&ctx, running.held(), slots.len()).await;
+        let jobs = ctx
+            .heartbeat
+            .answering(claim(&ctx, running.held(), slots.len()))
+            .await;
         let claimed_any = !jobs.is_empty();
         for (claim, permit) in jobs.into_iter().zip(slots.drain(..)) {
             slots_started += 1;
@@ -114,7 +117,7 @@ pub async fn run_pool(
             }
             // A job already due that no claim took is held by a slot (its lease ran out while its
             // outcome waited for the journal): looked at again in a moment, not in a loop.
-            let due = next_due(&ctx).await.map(|due| {
+            let due = ctx.heartbeat.answering(next_due(&ctx)).await.map(|due| {
                 let now = now_ms();
                 if due <= now {
                     now + HELD_RECHECK_MS
