@@ -67,7 +67,15 @@ fn lock_advice(error: &std::io::Error) -> &'static str {
 #[derive(Debug)]
 pub struct JournalLock(#[allow(dead_code)] File);
 
-pub fn lock_journal(journal: &Path) -> Result<JournalLock, DaemonError> {
+/// Which verb holds the journal's lock: the lock file holds its pid, and a second line `scan`
+/// for a scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holder {
+    Daemon,
+    Scan,
+}
+
+pub fn lock_journal(journal: &Path, holder: Holder) -> Result<JournalLock, DaemonError> {
     let path = PathBuf::from(format!("{}.lock", journal.display()));
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|error| DaemonError::Lock {
@@ -89,7 +97,10 @@ pub fn lock_journal(journal: &Path) -> Result<JournalLock, DaemonError> {
             // The holder's pid, so the CLI can tell the daemon that the journal changed.
             use std::io::Write;
             let _ = file.set_len(0);
-            let _ = writeln!(&file, "{}", std::process::id());
+            let _ = match holder {
+                Holder::Daemon => writeln!(&file, "{}", std::process::id()),
+                Holder::Scan => writeln!(&file, "{}\nscan", std::process::id()),
+            };
             Ok(JournalLock(file))
         }
         Err(std::fs::TryLockError::WouldBlock) => Err(DaemonError::Locked(journal.to_path_buf())),
@@ -99,21 +110,35 @@ pub fn lock_journal(journal: &Path) -> Result<JournalLock, DaemonError> {
 
 /// The pid of the daemon (or `scan`) holding the journal's lock, if one does.
 pub fn journal_holder(journal: &Path) -> Option<u32> {
+    holder(journal).map(|(pid, _)| pid)
+}
+
+fn holder(journal: &Path) -> Option<(u32, Holder)> {
     let path = PathBuf::from(format!("{}.lock", journal.display()));
     let file = File::open(&path).ok()?;
     match file.try_lock_shared() {
         Ok(()) => None,
-        Err(_) => std::fs::read_to_string(&path).ok()?.trim().parse().ok(),
+        Err(_) => {
+            let text = std::fs::read_to_string(&path).ok()?;
+            let mut lines = text.lines().map(str::trim);
+            let pid = lines.next()?.parse().ok()?;
+            let holder = match lines.next() {
+                Some("scan") => Holder::Scan,
+                _ => Holder::Daemon,
+            };
+            Some((pid, holder))
+        }
     }
 }
 
-/// Tells the running daemon that the journal changed under it (`retry`): it looks at its queue
-/// and rescans its watches now. Returns its pid when it was told.
-pub fn poke(journal: &Path) -> Option<u32> {
-    let pid = journal_holder(journal)?;
+/// Tells the process holding the journal that the journal changed under it (`retry`): the daemon
+/// looks at its queue and rescans its watches now; a `scan` looks at its queue again while it
+/// drains it. Returns its pid, and which verb it is, when it was told.
+pub fn poke(journal: &Path) -> Option<(u32, Holder)> {
+    let (pid, holder) = holder(journal)?;
     // SAFETY: kill(2) with a pid read from the lock file and a signal number; no memory involved.
     let sent = unsafe { libc::kill(pid as libc::pid_t, libc::SIGUSR1) } == 0;
-    sent.then_some(pid)
+    sent.then_some((pid, holder))
 }
 
 struct RunningWatch {
@@ -530,8 +555,11 @@ fn signals() -> Result<mpsc::UnboundedReceiver<Signal>, DaemonError> {
     Ok(rx)
 }
 
-fn open_journal(config: &Config) -> Result<(JournalLock, JournalHandle), DaemonError> {
-    let lock = lock_journal(&config.journal)?;
+fn open_journal(
+    config: &Config,
+    holder: Holder,
+) -> Result<(JournalLock, JournalHandle), DaemonError> {
+    let lock = lock_journal(&config.journal, holder)?;
     // Every failure names the journal, once, with what to do.
     let named = |e: JournalError| match e {
         JournalError::Sql(_) => DaemonError::Journal(format!(
@@ -563,7 +591,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     std::panic::set_hook(Box::new(|info| error!("internal error: {info}")));
     let mut signals = signals()?;
     crate::service::status("starting: opening the journal");
-    let (_lock, journal) = open_journal(&config)?;
+    let (_lock, journal) = open_journal(&config, Holder::Daemon)?;
     let (failed, mut failed_watches) = mpsc::unbounded_channel();
     let (restart, mut restarts) = mpsc::unbounded_channel();
     let mut daemon = Daemon::new(config, journal, WatchTrouble { failed, restart });
@@ -660,6 +688,15 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     Ok(())
 }
 
+/// Ends a signal-forwarding thread when dropped.
+struct ClosesOnDrop(signal_hook::iterator::Handle);
+
+impl Drop for ClosesOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
 /// What one `scan` pass left behind, per state, for the files under the configured watches.
 #[derive(Debug, Clone, Default)]
 pub struct ScanReport {
@@ -677,11 +714,27 @@ impl ScanReport {
 
 /// One pass: reconcile every watch, drain the queue of due jobs, report.
 pub async fn scan(config: Config) -> Result<ScanReport, DaemonError> {
-    let (_lock, journal) = open_journal(&config)?;
+    // `retry` pokes whoever holds the journal with SIGUSR1, whose default action would end the
+    // scan mid-upload: caught before the lock is taken, a poke only wakes the pool, so files put
+    // back while it drains are sent by this pass (once it is done, they wait for the next one).
+    // Dropped last, after the lock: SIGUSR1 is ignored from then on (signal-hook keeps its handler).
+    let mut pokes = signal_hook::iterator::Signals::new([SIGUSR1]).map_err(DaemonError::Signals)?;
+    let _pokes = ClosesOnDrop(pokes.handle());
+    let (_lock, journal) = open_journal(&config, Holder::Scan)?;
     // A scan's watches run once, in this task: nothing to start again.
     let (failed, _) = mpsc::unbounded_channel();
     let (restart, _) = mpsc::unbounded_channel();
     let daemon = Daemon::new(config, journal, WatchTrouble { failed, restart });
+    let wake = Arc::clone(&daemon.wake);
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for _ in pokes.forever() {
+                info!("the journal was changed by `imgsyncd retry`: looking at the queue again");
+                wake.notify_one();
+            }
+        })
+        .map_err(DaemonError::Signals)?;
     daemon.set_vendors(&BTreeMap::new(), &daemon.config.vendors.clone());
     for watch in &daemon.config.watches {
         let Some(adapter) = daemon.vendors.get(&watch.vendor) else {

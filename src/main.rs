@@ -343,7 +343,13 @@ fn retry(config_path: &Path, failed: bool, held: bool, paths: &[PathBuf]) -> Res
     };
     drop(journal);
     match daemon::poke(&config.journal) {
-        Some(pid) => emit(&format!("told the running daemon (pid {pid})")),
+        Some((pid, daemon::Holder::Daemon)) => {
+            emit(&format!("told the running daemon (pid {pid})"))
+        }
+        Some((pid, daemon::Holder::Scan)) => emit(&format!(
+            "told the running `imgsyncd scan` (pid {pid}): what was queued again is sent by \
+             it if it is still uploading, else by the next scan or the daemon"
+        )),
         None if daemon::journal_holder(&config.journal).is_some() => emit(
             "could not signal the running daemon: `systemctl reload imgsyncd` makes it act now",
         ),

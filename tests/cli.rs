@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{BIN, image, png};
+use imgsyncd::adapters::kingdee;
 
 /// Kills the child when the test ends, however it ends.
 struct Running(Child);
@@ -206,4 +207,69 @@ fn files_of_a_vendor_that_does_not_exist_is_refused_with_the_names() {
     let out = h.cli(&["files", "--vendor", "erp", "--state", "failed", "--json"]);
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
+}
+
+/// `retry` tells whoever holds the journal with SIGUSR1, and a timer's `scan` holds it while it
+/// uploads: the poke must not end the scan (SIGUSR1's default action), cutting its uploads short
+/// and failing its unit. The scan finishes its pass and exits as it would have.
+#[test]
+fn a_scan_busy_uploading_survives_a_retry() {
+    let h = common::Harness::new();
+    h.drop_file("busy.png", &png(71));
+    h.sandbox.hold(kingdee::UPLOAD_PATH, Duration::from_secs(4));
+    let log = h.dir.path().join("scan.log");
+    let scan = h
+        .cli_command()
+        .arg("scan")
+        .env("IMGSYNCD_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut scan = Running(scan);
+    h.wait_for("the scan's upload to be held", |h| {
+        h.sandbox.holding(kingdee::UPLOAD_PATH) == 1
+    });
+    let out = h.cli(&["retry", "--failed"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    h.sandbox.release(kingdee::UPLOAD_PATH);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(status) = scan.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the scan did not end\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), None, "the scan was killed\n{log}");
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(
+        said.contains(&format!(
+            "told the running `imgsyncd scan` (pid {})",
+            scan.0.id()
+        )),
+        "{said}"
+    );
+    assert!(log.contains("looking at the queue again"), "{log}");
+    let mut report = String::new();
+    use std::io::Read;
+    scan.0
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut report)
+        .unwrap();
+    assert!(report.contains("synced 1"), "{report}\n{log}");
+    assert_eq!(h.state("busy.png").as_deref(), Some("synced"));
 }
