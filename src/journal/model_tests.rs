@@ -5,9 +5,11 @@
 //!
 //! After each step: no copy a file still uses is deleted or being deleted, no synced file points
 //! at a copy that is not live, every copy the journal calls live is held by the vendor, and a
-//! delete is never sent for a copy a file still uses.
+//! delete is never sent for a copy a file still uses. A claimed job waits in its slot's line
+//! until it is sent (a delete asks the journal then, `begin_delete`), and may be put back
+//! before.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
 use rusqlite::{OptionalExtension, params};
@@ -31,13 +33,15 @@ enum Step {
     /// The operator confirms held deletes; each held file gone whose bit is set in `renamed` is
     /// found renamed out of the watch's names meanwhile.
     ReleaseHeld { renamed: u8 },
-    /// A worker claims the next job and keeps it in flight.
+    /// A worker claims the next job and keeps it in its line, unsent.
     Claim,
-    /// The vendor answers an in-flight job.
+    /// A worker sends a job of its line.
+    Send { which: usize },
+    /// The vendor answers a job (sent now if it was not yet).
     Answer { which: usize, answer: Answer },
-    /// A worker puts an in-flight job back unsent (claimed ahead, then its vendor paused).
+    /// A worker puts a job of its line back unsent (its vendor paused, the daemon stopping).
     PutBack { which: usize },
-    /// The daemon dies: in-flight jobs are abandoned (the vendor may have done them) and go
+    /// The daemon dies: claimed jobs are abandoned (the vendor may have done those sent) and go
     /// back to the queue at the restart.
     Crash { done_at_vendor: bool },
 }
@@ -49,6 +53,8 @@ enum Answer {
     Lost,
     Transient,
     Refused,
+    /// Refused for a rate limit: nothing done, tried again later.
+    RateLimited,
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -57,6 +63,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => Just(Answer::Lost),
         1 => Just(Answer::Transient),
         1 => Just(Answer::Refused),
+        1 => Just(Answer::RateLimited),
     ];
     prop_oneof![
         4 => (0..PATHS.len(), 0..CONTENTS.len())
@@ -66,6 +73,7 @@ fn step() -> impl Strategy<Value = Step> {
         2 => (0..PATHS.len()).prop_map(|path| Step::RenameOut { path }),
         1 => any::<u8>().prop_map(|renamed| Step::ReleaseHeld { renamed }),
         5 => Just(Step::Claim),
+        3 => (0..4usize).prop_map(|which| Step::Send { which }),
         5 => (0..4usize, answer).prop_map(|(which, answer)| Step::Answer { which, answer }),
         1 => (0..4usize).prop_map(|which| Step::PutBack { which }),
         1 => any::<bool>().prop_map(|done_at_vendor| Step::Crash { done_at_vendor }),
@@ -97,7 +105,11 @@ struct World {
     /// record had then: it must stay live while the record stays at that path with it.
     renamed_out: [bool; 3],
     kept_for: [Option<i64>; 3],
-    in_flight: Vec<Job>,
+    /// Claimed jobs, and whether each was sent.
+    in_flight: Vec<(Job, bool)>,
+    /// Per copy, the deletes sent for it that the vendor may have carried out: all but those
+    /// it answered with a refusal.
+    maybe_deleted: BTreeMap<i64, u32>,
 }
 
 impl World {
@@ -112,6 +124,7 @@ impl World {
             renamed_out: [false; 3],
             kept_for: [None; 3],
             in_flight: Vec::new(),
+            maybe_deleted: BTreeMap::new(),
         }
     }
 
@@ -133,7 +146,9 @@ impl World {
                         .is_some_and(|i| on_disk[i].is_some())
                 };
                 let obs = self.observation(path, content);
+                let before = self.record(PATHS[path]);
                 self.journal.observe(&obs, &present).unwrap();
+                self.check_copy_kept(path, content, before);
             }
             Step::Reject { path } => {
                 if self.on_disk[path].is_none() {
@@ -209,36 +224,79 @@ impl World {
             Step::Claim => {
                 let names = vec!["erp".to_string()];
                 if let Some(Claimed::Job(job)) = self.journal.claim(&names, 3_600_000).unwrap() {
-                    if job.op != JobOp::Upload {
-                        self.check_delete_is_wanted(&job);
-                    }
-                    self.in_flight.push(job);
+                    self.in_flight.push((job, false));
+                }
+            }
+            Step::Send { which } => {
+                if !self.in_flight.is_empty() {
+                    self.send(which % self.in_flight.len());
                 }
             }
             Step::Answer { which, answer } => {
                 if self.in_flight.is_empty() {
                     return;
                 }
-                let job = self.in_flight.remove(which % self.in_flight.len());
-                let result = self.vendor_answers(&job, answer);
-                self.journal.finish(&job, &result, None).unwrap();
-            }
-            Step::PutBack { which } => {
-                if self.in_flight.is_empty() {
+                let which = which % self.in_flight.len();
+                if !self.send(which) {
                     return;
                 }
-                let job = self.in_flight.remove(which % self.in_flight.len());
+                let (job, _) = self.in_flight.remove(which);
+                let result = self.vendor_answers(&job, answer);
+                let refused = matches!(answer, Answer::Refused | Answer::RateLimited);
+                if let (true, Some(copy), true) = (job.op != JobOp::Upload, job.copy_id, refused) {
+                    *self.maybe_deleted.entry(copy).or_default() -= 1;
+                }
+                let attempt = Attempt {
+                    refused,
+                    ..Attempt::default()
+                };
+                self.journal.finish(&job, &result, Some(&attempt)).unwrap();
+            }
+            Step::PutBack { which } => {
+                let unsent: Vec<usize> = (0..self.in_flight.len())
+                    .filter(|i| !self.in_flight[*i].1)
+                    .collect();
+                if unsent.is_empty() {
+                    return;
+                }
+                let (job, _) = self.in_flight.remove(unsent[which % unsent.len()]);
                 self.journal.put_back_unsent(&job).unwrap();
             }
             Step::Crash { done_at_vendor } => {
-                for job in std::mem::take(&mut self.in_flight) {
-                    if done_at_vendor {
+                for (job, sent) in std::mem::take(&mut self.in_flight) {
+                    if done_at_vendor && sent {
                         self.vendor_answers(&job, Answer::Lost);
                     }
                 }
                 self.journal.requeue_running().unwrap();
             }
         }
+    }
+
+    /// Sends the claimed job `which`, as a slot does when its turn comes: a delete asks the
+    /// journal first, and may be settled instead (then recorded as the worker records it, and
+    /// gone from the line). Returns whether it is (or already was) sent.
+    fn send(&mut self, which: usize) -> bool {
+        let (job, sent) = &mut self.in_flight[which];
+        if *sent {
+            return true;
+        }
+        if job.op != JobOp::Upload {
+            if let Some(_settled) = self.journal.begin_delete(job).unwrap() {
+                let (job, _) = self.in_flight.remove(which);
+                self.journal
+                    .finish(&job, &JobResult::Release, None)
+                    .unwrap();
+                return false;
+            }
+            let job = job.clone();
+            self.check_delete_is_wanted(&job);
+            if let Some(copy) = job.copy_id {
+                *self.maybe_deleted.entry(copy).or_default() += 1;
+            }
+        }
+        self.in_flight[which].1 = true;
+        true
     }
 
     /// What the vendor does with the job, and what the worker records.
@@ -250,6 +308,10 @@ impl World {
         };
         match (job.op, answer) {
             (_, Answer::Transient) => retry,
+            (_, Answer::RateLimited) => JobResult::Defer {
+                not_before: 0,
+                reason: "rate limited".into(),
+            },
             (JobOp::Upload, Answer::Refused) => JobResult::Rejected("invalid".into()),
             (JobOp::Upload, Answer::Success) => JobResult::Uploaded(Remote {
                 reference: self.vendor.store(),
@@ -311,6 +373,42 @@ impl World {
                 "the copy of {path}, renamed out of the watch's names, was deleted"
             );
         }
+    }
+
+    /// The content and copy of the record at `path`, if any.
+    fn record(&self, path: &str) -> Option<(Option<String>, Option<i64>)> {
+        self.journal
+            .conn
+            .query_row(
+                "SELECT sha256, copy_id FROM files WHERE path = ?1",
+                [path],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .unwrap()
+    }
+
+    /// A file written back with the bytes its record's copy holds, no delete of that copy sent
+    /// but refused ones, is synced to that copy again: the address the user's ERP has keeps working, and the
+    /// bytes are not sent again.
+    fn check_copy_kept(
+        &self,
+        path: usize,
+        content: usize,
+        before: Option<(Option<String>, Option<i64>)>,
+    ) {
+        let Some((Some(sha), Some(copy))) = before else {
+            return;
+        };
+        if sha != CONTENTS[content] || self.maybe_deleted.get(&copy).is_some_and(|n| *n > 0) {
+            return;
+        }
+        assert_eq!(
+            self.record(PATHS[path]).and_then(|(_, copy)| copy),
+            Some(copy),
+            "{} came back with its bytes, no delete of its copy was carried out, and its copy changed",
+            PATHS[path]
+        );
     }
 
     /// A delete about to be sent is for a copy no file on disk (or held) uses.

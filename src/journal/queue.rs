@@ -56,8 +56,9 @@ pub struct Job {
     pub remote_ref: Option<String>,
     pub attempts: u32,
     pub first_failure_at: Option<i64>,
-    /// A delete whose claim marked its copy `deleting`: no delete of that copy was sent before
-    /// it, so put back unsent, the copy is live again (and a file put back can be synced to it).
+    /// A delete that marked its copy `deleting` as it was sent ([`Journal::begin_delete`]): no
+    /// delete of that copy was sent before it, so if the vendor refused it, the copy is live
+    /// again (and a file put back can be synced to it).
     pub marked_copy: bool,
 }
 
@@ -105,6 +106,10 @@ pub struct Attempt {
     pub vendor_code: Option<String>,
     pub message: Option<String>,
     pub duration_ms: i64,
+    /// The vendor answered and refused the call (rate limited, our credentials refused, the
+    /// request rejected): nothing was carried out. Not kept in the journal: a delete refused so
+    /// gives its copy back as live.
+    pub refused: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -508,6 +513,10 @@ impl Journal {
                 Finished::Released
             }
         };
+        if attempt.is_some_and(|a| a.refused) && job.op != JobOp::Upload {
+            // Refused: the copy is where it was. (A `Deleted` is never refused.)
+            give_back_unsent_mark(&tx, job)?;
+        }
         tx.commit()?;
         Ok(finished)
     }
@@ -538,6 +547,39 @@ impl Journal {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Called just before a claimed delete is sent: settles it as its claim would have, now (a
+    /// file put back since its claim uses the copy again: withdrawn); else marks its copy
+    /// `deleting`, since from now on the vendor may carry it out, and says so in
+    /// `job.marked_copy` when the copy was live. `None`: send it.
+    pub fn begin_delete(&mut self, job: &mut Job) -> Result<Option<Claimed>> {
+        let tx = self.write()?;
+        let still_queued = tx
+            .cached_query_row(
+                "SELECT 1 FROM jobs WHERE id = ?1 AND state = 'running'",
+                [job.id],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if !still_queued {
+            return Ok(Some(Claimed::Dropped {
+                path: job.path.clone(),
+                op: job.op,
+            }));
+        }
+        let file = file_now(&tx, job.file_id)?;
+        if let Some(settled) = settle_delete(&tx, job, &file)? {
+            tx.commit()?;
+            return Ok(Some(settled));
+        }
+        if let Some(copy_id) = job.copy_id {
+            job.marked_copy = copies::state(&tx, copy_id)? == "live";
+            copies::mark_deleting(&tx, copy_id)?;
+        }
+        tx.commit()?;
+        Ok(None)
     }
 
     /// Puts every failed file back in the queue; returns how many.
@@ -672,64 +714,67 @@ const KEPT_BY_POLICY: &str =
     "remote copy kept: the watch keeps remote copies now (on_remove: keep)";
 
 fn claim_delete(tx: &Connection, mut job: Job, file: &FileNow) -> Result<Claimed> {
+    if let Some(settled) = settle_delete(tx, &job, file)? {
+        return Ok(settled);
+    }
+    // Not marked `deleting` yet: claimed ahead, it may wait in its slot's line for minutes, and
+    // a file put back meanwhile is synced to the copy again ([`Journal::begin_delete`]).
+    job.remote_ref = Some(tx.cached_query_row(
+        "SELECT remote_ref FROM remote_copies WHERE id = ?1",
+        [job.copy_id],
+        |r| r.get(0),
+    )?);
+    Ok(Claimed::Job(job))
+}
+
+/// Settles a delete that must not be sent, as it stands now: its copy gone already, kept by the
+/// watch's policy, or used again (a file put back, the same bytes dropped): the job is removed and
+/// the reason returned. `None`: the delete is to be sent.
+fn settle_delete(tx: &Connection, job: &Job, file: &FileNow) -> Result<Option<Claimed>> {
+    let (path, op) = (job.path.clone(), job.op);
     let Some(copy_id) = job.copy_id else {
         jobs::remove(tx, job.id)?;
-        return Ok(Claimed::Dropped {
-            path: job.path,
-            op: job.op,
-        });
+        return Ok(Some(Claimed::Dropped { path, op }));
     };
     match copies::state(tx, copy_id)?.as_str() {
         "deleted" => {
             jobs::remove(tx, job.id)?;
-            if file.awaits_delete(&job) {
+            if file.awaits_delete(job) {
                 set_removed(tx, job.file_id, None)?;
             }
-            return Ok(Claimed::Dropped {
-                path: job.path,
-                op: job.op,
-            });
+            Ok(Some(Claimed::Dropped { path, op }))
         }
-        "live" => {
-            if !file.delete_unused {
-                jobs::remove(tx, job.id)?;
-                if file.awaits_delete(&job) {
-                    set_removed(tx, job.file_id, Some(KEPT_BY_POLICY))?;
-                }
-                return Ok(Claimed::Withheld { path: job.path });
+        "live" if !file.delete_unused => {
+            jobs::remove(tx, job.id)?;
+            if file.awaits_delete(job) {
+                set_removed(tx, job.file_id, Some(KEPT_BY_POLICY))?;
             }
-            if let Some(user) = copies::user(tx, copy_id, None)? {
-                // Used again since the delete was queued (a file put back, the same bytes
-                // dropped): the delete is withdrawn before anything was sent.
+            Ok(Some(Claimed::Withheld { path }))
+        }
+        "live" => match copies::user(tx, copy_id, None)? {
+            // Used again since the delete was queued: withdrawn before anything was sent.
+            Some(user) => {
                 jobs::remove(tx, job.id)?;
-                if file.awaits_delete(&job) {
+                if file.awaits_delete(job) {
                     let note = format!(
                         "remote copy kept: {} uses it",
                         super::path_text::shown(&user)
                     );
                     set_removed(tx, job.file_id, Some(&note))?;
                 }
-                return Ok(Claimed::Kept {
-                    path: job.path,
-                    user,
-                });
+                Ok(Some(Claimed::Kept { path, user }))
             }
-            copies::mark_deleting(tx, copy_id)?;
-            job.marked_copy = true;
-        }
-        _ => {}
+            None => Ok(None),
+        },
+        // `deleting`: an earlier attempt was sent, its fate unknown; it is sent again.
+        _ => Ok(None),
     }
-    job.remote_ref = Some(tx.cached_query_row(
-        "SELECT remote_ref FROM remote_copies WHERE id = ?1",
-        [copy_id],
-        |r| r.get(0),
-    )?);
-    Ok(Claimed::Job(job))
 }
 
-/// A delete that marked its copy `deleting` at its claim and was never sent: the copy is as it
-/// was, live. (One already `deleting` when claimed stays so: an earlier attempt may have been
-/// carried out with its answer lost.)
+/// A delete that marked its copy `deleting` as it was sent ([`Journal::begin_delete`]), and that
+/// was not carried out (never sent after all, or refused by the vendor): the copy is as it was,
+/// live. (One already `deleting` before stays so: an earlier attempt may have been carried out
+/// with its answer lost.)
 fn give_back_unsent_mark(tx: &Connection, job: &Job) -> Result<()> {
     if let (true, Some(copy_id)) = (job.marked_copy, job.copy_id) {
         copies::unmark_deleting(tx, copy_id)?;

@@ -39,8 +39,19 @@ fn rejected<'a>(path: &'a str, reason: &'a str) -> RejectedFile<'a> {
     }
 }
 
-/// The next job the workers would get, past whatever the journal settles by itself.
+/// The next job the workers would get, past whatever the journal settles by itself, as it is
+/// sent: a delete asks the journal first ([`Journal::begin_delete`]).
 fn claim(j: &mut Journal) -> Option<Job> {
+    loop {
+        let mut job = claim_unsent(j)?;
+        if job.op == JobOp::Upload || j.begin_delete(&mut job).unwrap().is_none() {
+            return Some(job);
+        }
+    }
+}
+
+/// The next job the workers would get, claimed and waiting in its slot's line, not sent yet.
+fn claim_unsent(j: &mut Journal) -> Option<Job> {
     loop {
         match j.claim(&vendors(), 60_000).unwrap()? {
             Claimed::Job(job) => return Some(job),
@@ -602,8 +613,8 @@ fn a_delete_put_back_unsent_leaves_its_copy_live_for_the_file_put_back() {
     let j = &mut f.journal;
     synced(j, "/w/a.png", "aa", "https://img/1.png");
     missing(j, "/w/a.png");
-    let delete = claim(j).unwrap();
-    assert!(delete.marked_copy);
+    let delete = claim_unsent(j).unwrap();
+    assert!(!delete.marked_copy, "nothing is marked before it is sent");
     // Claimed ahead of others, then its vendor paused (or the daemon stopping): put back with
     // nothing sent, the copy is what it was.
     j.put_back_unsent(&delete).unwrap();
@@ -632,7 +643,7 @@ fn a_delete_put_back_unsent_after_an_attempt_whose_answer_was_lost_keeps_its_cop
     let first = claim(j).unwrap();
     // Carried out at the vendor, its answer lost: retried.
     j.finish(&first, &answer_lost(), None).unwrap();
-    let again = claim(j).unwrap();
+    let again = claim_unsent(j).unwrap();
     assert!(!again.marked_copy);
     j.put_back_unsent(&again).unwrap();
     assert_eq!(deleted_refs(j), ["https://img/1.png"], "may be gone");
@@ -640,6 +651,101 @@ fn a_delete_put_back_unsent_after_an_attempt_whose_answer_was_lost_keeps_its_cop
         j.observe(&obs("/w/a.png", "aa"), PRESENT).unwrap(),
         Observed::RestoredAfterDelete
     );
+}
+
+/// A delete claimed ahead waits in its slot's line; the file comes back meanwhile. Nothing was
+/// sent, so the file is synced to the copy it had (the URL the ERP uses), nothing is uploaded,
+/// and the delete, about to be sent, is withdrawn. Before, the claim had marked the copy
+/// `deleting`: the file was uploaded again and the URL the ERP used was deleted.
+#[test]
+fn a_delete_claimed_ahead_is_withdrawn_when_its_file_comes_back_before_it_is_sent() {
+    let mut f = fixture();
+    let j = &mut f.journal;
+    synced(j, "/w/a.png", "aa", "https://img/1.png");
+    assert_eq!(missing(j, "/w/a.png"), MissingOutcome::DeleteQueued);
+    let mut delete = claim_unsent(j).unwrap();
+    assert_eq!(
+        j.observe(&obs("/w/a.png", "aa"), PRESENT).unwrap(),
+        Observed::Restored
+    );
+    assert!(claim_unsent(j).is_none(), "nothing to upload");
+    assert!(matches!(
+        j.begin_delete(&mut delete).unwrap(),
+        Some(Claimed::Kept { .. })
+    ));
+    j.finish(&delete, &JobResult::Release, None).unwrap();
+    assert!(claim_unsent(j).is_none(), "the delete is gone");
+    let row = state_of(j, "/w/a.png");
+    assert_eq!(
+        (row.state.as_str(), row.url.as_deref()),
+        ("synced", Some("https://img/1.png"))
+    );
+    assert!(deleted_refs(j).is_empty());
+}
+
+fn refused(outcome: &str) -> Attempt {
+    Attempt {
+        outcome: outcome.into(),
+        http_status: Some(429),
+        refused: true,
+        ..Attempt::default()
+    }
+}
+
+/// A delete the vendor refused (rate limited, our credentials refused, rejected) carried out
+/// nothing: its copy is live again, so the file put back is synced to it. Before, it stayed
+/// `deleting`: the file was uploaded again and the delete, sent later, removed the URL the ERP
+/// used.
+#[test]
+fn a_delete_the_vendor_refused_gives_its_copy_back() {
+    let mut f = fixture();
+    let j = &mut f.journal;
+    synced(j, "/w/a.png", "aa", "https://img/1.png");
+    missing(j, "/w/a.png");
+    let delete = claim(j).unwrap();
+    assert!(delete.marked_copy);
+    assert_eq!(deleted_refs(j), ["https://img/1.png"], "being deleted");
+    let rate_limited = JobResult::Defer {
+        not_before: now_ms() + 60_000,
+        reason: "kingdee delete: rate limited (HTTP 429)".into(),
+    };
+    j.finish(&delete, &rate_limited, Some(&refused("throttled")))
+        .unwrap();
+    assert!(deleted_refs(j).is_empty(), "{:?}", deleted_refs(j));
+    assert_eq!(
+        j.observe(&obs("/w/a.png", "aa"), PRESENT).unwrap(),
+        Observed::Restored
+    );
+    assert!(
+        claim_unsent(j).is_none(),
+        "nothing to upload, no delete left"
+    );
+
+    // Rejected: the file fails with the vendor's reason, and its copy stays its last good one.
+    synced(j, "/w/b.png", "bb", "https://img/2.png");
+    missing(j, "/w/b.png");
+    let delete = claim(j).unwrap();
+    let rejected = JobResult::Rejected("kingdee delete: 账套不存在 (errcode 2000002001)".into());
+    j.finish(&delete, &rejected, Some(&refused("rejected")))
+        .unwrap();
+    assert!(deleted_refs(j).is_empty(), "{:?}", deleted_refs(j));
+    assert_eq!(state_of(j, "/w/b.png").state, "failed");
+}
+
+/// An unanswered delete (a timeout, a 502) may have been carried out: its copy stays `deleting`.
+#[test]
+fn a_delete_unanswered_keeps_its_copy_deleting() {
+    let mut f = fixture();
+    let j = &mut f.journal;
+    synced(j, "/w/a.png", "aa", "https://img/1.png");
+    missing(j, "/w/a.png");
+    let delete = claim(j).unwrap();
+    let timed_out = Attempt {
+        outcome: "retry".into(),
+        ..Attempt::default()
+    };
+    j.finish(&delete, &answer_lost(), Some(&timed_out)).unwrap();
+    assert_eq!(deleted_refs(j), ["https://img/1.png"]);
 }
 
 #[test]
@@ -747,6 +853,7 @@ fn history_keeps_every_attempt() {
         vendor_code: Some("5007".into()),
         message: Some("overload".into()),
         duration_ms: 12,
+        refused: false,
     };
     j.finish(
         &job,

@@ -207,7 +207,7 @@ fn claim_one(
     Ok(claimed.map(|claimed| (claimed, probe)))
 }
 
-fn log_settled(settled: &Claimed) {
+pub(super) fn log_settled(settled: &Claimed) {
     match settled {
         Claimed::Reused { path, reference } => info!(
             path = %path_text::shown(path), remote = %reference,

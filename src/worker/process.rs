@@ -29,7 +29,7 @@ pub(super) struct Decided {
 }
 
 /// Carries out one job and decides what came of it.
-pub(super) async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duration>) -> Decided {
+pub(super) async fn process(ctx: &WorkerContext, mut job: Job, probe: Option<Duration>) -> Decided {
     let Some(adapter) = ctx.vendors.get(&job.vendor) else {
         return Decided {
             job,
@@ -50,6 +50,13 @@ pub(super) async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duratio
             }
         },
         JobOp::Delete | JobOp::DeleteOld => {
+            if !begin_delete(ctx, &mut job).await {
+                return Decided {
+                    job,
+                    result: JobResult::Release,
+                    attempt: None,
+                };
+            }
             let target = job.remote_ref.clone().unwrap_or_default();
             with_reauth(job.op, || adapter.delete(&target))
                 .await
@@ -63,6 +70,7 @@ pub(super) async fn process(ctx: &WorkerContext, job: Job, probe: Option<Duratio
         vendor_code: call.vendor_code.clone(),
         message: None,
         duration_ms,
+        refused: refused(&call),
     };
     let shown = path_text::shown(&job.path);
     let vendor = job.vendor.as_str();
@@ -302,6 +310,49 @@ where
         _ => call.outcome.clone(),
     };
     (outcome, failures)
+}
+
+/// Whether the vendor answered the call with a refusal, carrying out nothing: rate limited, our
+/// credentials or permissions refused, the request rejected. (Retries are not: a gateway's error
+/// may come after the work was done.)
+fn refused<T>(call: &Call<T>) -> bool {
+    !call.is_internal()
+        && matches!(
+            call.outcome,
+            Outcome::Throttled { .. }
+                | Outcome::Rejected { .. }
+                | Outcome::Reauth { .. }
+                | Outcome::VendorDown { .. }
+        )
+}
+
+/// Asks the journal, as a delete is about to go out, whether it still should
+/// ([`crate::journal::Journal::begin_delete`]): claimed ahead, it may have waited in its slot's
+/// line while its file came back. False: it is not sent (settled, and said so; or the journal
+/// could not be written, and the job goes back to the queue unsent).
+async fn begin_delete(ctx: &WorkerContext, job: &mut Job) -> bool {
+    let claimed = job.clone();
+    let begun = ctx
+        .journal
+        .write(move |j| {
+            let mut job = claimed.clone();
+            j.begin_delete(&mut job).map(|settled| (job, settled))
+        })
+        .await;
+    match begun {
+        Ok((marked, None)) => {
+            *job = marked;
+            true
+        }
+        Ok((_, Some(settled))) => {
+            super::claim::log_settled(&settled);
+            false
+        }
+        Err(e) => {
+            crate::diagnose::journal_write_failed("send a delete", &job.path, &e);
+            false
+        }
+    }
 }
 
 /// A call the vendor may have carried out whose answer never came (nothing heard, or a gateway's

@@ -516,10 +516,25 @@ fn no_second_probe_goes_while_one_is_in_flight() {
 #[test]
 fn a_failed_probe_waits_behind_the_next_probe() {
     let (_dir, mut j) = queued(1);
-    let mut job = first_job(&mut j);
     // A delete, so the call goes to the vendor (at a closed port) without reading a file.
-    job.op = JobOp::Delete;
-    job.remote_ref = Some("http://127.0.0.1:1/x.png".into());
+    let upload = first_job(&mut j);
+    let copy = crate::journal::Remote {
+        reference: "http://127.0.0.1:1/x.png".into(),
+        ..Default::default()
+    };
+    j.finish(&upload, &JobResult::Uploaded(copy), None).unwrap();
+    let gone = [upload.path.clone()];
+    j.mark_missing(&crate::journal::RemovalBatch {
+        watch_root: "/w",
+        paths: &gone,
+        policy: crate::journal::RemovalPolicy::Delete,
+        max_deletes: 10,
+        window_ms: 3_600_000,
+        hold: None,
+    })
+    .unwrap();
+    let job = first_job(&mut j);
+    assert_eq!(job.op, JobOp::Delete);
     let (slot, _journal, _stop) = slot_on(j);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let before = crate::journal::now_ms();
