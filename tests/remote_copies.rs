@@ -826,6 +826,43 @@ fn an_emptied_root_holds_the_deletes_of_files_renamed_out_too() {
     assert!(h.sandbox.deleted().is_empty(), "{}", h.log());
 }
 
+/// Case 15h: Files filed away where the first look for a gone file does not reach: into a folder
+/// excluded by a path pattern (`archive/**`), under a name a sibling folder does not take, and
+/// with their folder into the trash, four folders deep. They are still in the watch, found by a
+/// look through all of it: their copies stay (before, each was counted as gone and its copy
+/// deleted). Only the file really deleted loses its copy.
+#[test]
+fn files_filed_away_anywhere_in_the_watch_keep_their_copies() {
+    let mut h = Harness::with(Options {
+        watch_extra: "    exclude: [\".*\", \"*~\", \"archive/**\"]\n",
+        ..Options::default()
+    });
+    h.start();
+    for folder in ["archive", "sub2", ".trash"] {
+        std::fs::create_dir_all(h.path(folder)).unwrap();
+    }
+    let names: Vec<String> = ["a.png", "sub1/b.png", "2024/11/28/c.png", "d.png"]
+        .map(String::from)
+        .to_vec();
+    let urls = sync_all(&h, &names, 1600);
+    std::fs::rename(h.path("a.png"), h.path("archive/a.png")).unwrap();
+    std::fs::rename(h.path("sub1/b.png"), h.path("sub2/b.png~")).unwrap();
+    std::fs::rename(h.path("2024"), h.path(".trash/2024")).unwrap();
+    std::fs::remove_file(h.path("d.png")).unwrap();
+    h.wait_for("the real removal to be carried out", |h| {
+        !h.sandbox.deleted().is_empty()
+    });
+    settle_time();
+    assert_eq!(h.sandbox.deleted(), vec![urls[3].clone()], "{}", h.log());
+    for (name, url) in names.iter().zip(&urls).take(3) {
+        assert!(held_by_vendor(&h, url), "{name}'s copy was deleted");
+        let row = h.file(name).unwrap();
+        assert_eq!(row["state"], "synced", "{row}");
+        let note = row["error"].as_str().unwrap_or_default();
+        assert!(note.contains("which the watch does not take"), "{row}");
+    }
+}
+
 /// Case 15g: A file renamed out into a trash whose name another file then takes (`mv y/a.png
 /// .trash/`, overwriting x's) is gone: the next look finds another file at its place and deletes
 /// its copy, and keeps the other's.

@@ -1,7 +1,13 @@
 //! Files the watch no longer takes but that are still there: `a.png` renamed `.a.png`, `a.png.tmp`
-//! or `a.png.bak`, or moved into an excluded folder such as `.trash/`. The watch sees only the old
-//! path go, yet such a file is excluded, not gone, and its remote copy must stay. A watch that is
-//! not recursive takes nothing in its subfolders: to it, each is an excluded folder.
+//! or `a.png.bak`, or moved into an excluded folder such as `.trash/` or `archive/` (excluded by
+//! `archive/**`). The watch sees only the old path go, yet such a file is excluded, not gone, and
+//! its remote copy must stay. A watch that is not recursive takes nothing in its subfolders: to
+//! it, each is an excluded folder.
+//!
+//! A gone file is looked for first where files usually go (its folder and those above it, and
+//! the excluded folders in them); when it is not there, through the whole watch, once for all
+//! the files of a batch, so a file filed away deeper (`done/2024/11/28/a.png`) or under a name a
+//! sibling folder does not take (`sub2/a.png~`) keeps its copy too.
 
 use std::collections::{HashMap, HashSet};
 use std::io::ErrorKind;
@@ -57,6 +63,10 @@ pub struct UntakenFiles<'a> {
     entries_left: usize,
     /// How many more entries of a flat watch's other subfolders may be read.
     subfolder_entries_left: usize,
+    /// The whole watch, once looked through.
+    whole: Option<Listing>,
+    /// How many entries the look through the whole watch may read.
+    whole_entries: usize,
 }
 
 impl<'a> UntakenFiles<'a> {
@@ -75,47 +85,90 @@ impl<'a> UntakenFiles<'a> {
             folders: HashMap::new(),
             entries_left: EXCLUDED_ENTRIES,
             subfolder_entries_left: EXCLUDED_ENTRIES,
+            whole: None,
+            whole_entries: EXCLUDED_ENTRIES,
         }
     }
 
     /// Where the file recorded with `stamp` at `gone` is now, if it is still in the watch under a
     /// name or in a folder the watch does not take: looked for in its former folder and each one
-    /// above it up to the root, and in the excluded folders inside those. The same device,
-    /// inode, size and modification time make it the same file.
+    /// above it up to the root, and in the excluded folders inside those; then through the whole
+    /// watch. The same device, inode, size and modification time make it the same file.
     pub fn find(&mut self, gone: &Path, stamp: &FileStamp) -> Search {
-        let (mut cut_short, mut unread) = (None, None);
+        let mut cut_short = None;
         let mut folder = gone.parent();
         while let Some(dir) = folder.filter(|d| d.starts_with(self.root)) {
             let listing = self.listing(dir);
-            let found = listing
-                .untaken
-                .iter()
-                .filter(|(inode, _)| *inode == stamp.inode)
-                .find(|(_, path)| same_file(path, stamp));
-            if let Some((_, path)) = found {
-                return Search::Found(path.clone());
+            if let Some(path) = found_in(listing, stamp) {
+                return Search::Found(path);
             }
             cut_short = cut_short.or_else(|| listing.cut_short.clone());
-            unread = unread.or_else(|| listing.unread.clone());
             folder = dir.parent();
         }
-        if let (None, Some(folder)) = (&cut_short, unread) {
+        if let Some(folder) = cut_short {
+            return Search::CutShort(folder);
+        }
+        let whole = self.whole_watch();
+        if let Some(path) = found_in(whole, stamp) {
+            return Search::Found(path);
+        }
+        if let Some(folder) = &whole.unread {
             warn!(
                 path = %gone.display(),
-                "counted as gone: not found in the watch, though {} (a subfolder the watch does \
-                 not take) was too big to look through; if the file was moved there, its remote \
-                 copy is deleted",
+                "counted as gone: not found in the watch, though it was too big to look through \
+                 to its end (stopped in {}); if the file was moved there, its remote copy is \
+                 deleted",
                 folder.display()
             );
         }
-        cut_short.map_or(Search::NotFound, Search::CutShort)
+        Search::NotFound
     }
 
-    /// The same, with `entries` as what excluded folders may hold before a look is cut short.
+    /// The untaken files of the whole watch with a wanted inode, on the watch's filesystem, as
+    /// far as [`EXCLUDED_ENTRIES`] entries go (then `unread` says where the look stopped).
+    fn whole_watch(&mut self) -> &Listing {
+        if self.whole.is_none() {
+            let mut whole = Listing {
+                untaken: Vec::new(),
+                cut_short: None,
+                unread: None,
+            };
+            let walk = walkdir::WalkDir::new(self.root)
+                .min_depth(1)
+                .same_file_system(true);
+            for entry in walk.into_iter().flatten() {
+                if self.whole_entries == 0 {
+                    whole.unread = entry.path().parent().map(Path::to_path_buf);
+                    break;
+                }
+                self.whole_entries -= 1;
+                use walkdir::DirEntryExt as _;
+                if !entry.file_type().is_dir()
+                    && self.wanted.contains(&entry.ino())
+                    && !self.takes(entry.path())
+                {
+                    whole.untaken.push((entry.ino(), entry.into_path()));
+                }
+            }
+            self.whole = Some(whole);
+        }
+        self.whole.as_ref().expect("just looked through")
+    }
+
+    /// Whether the watch takes a file at `path`, under its root.
+    fn takes(&self, path: &Path) -> bool {
+        path.strip_prefix(self.root).is_ok_and(|relative| {
+            (self.recursive || relative.components().count() == 1) && self.filter.accepts(relative)
+        })
+    }
+
+    /// The same, with `entries` as what excluded folders, and the whole watch, may hold before a
+    /// look is cut short.
     #[cfg(test)]
     fn reading_at_most(mut self, entries: usize) -> Self {
         self.entries_left = entries;
         self.subfolder_entries_left = entries;
+        self.whole_entries = entries;
         self
     }
 
@@ -185,6 +238,16 @@ impl<'a> UntakenFiles<'a> {
         }
         listing
     }
+}
+
+/// The file recorded with `stamp` among the untaken files of `listing`.
+fn found_in(listing: &Listing, stamp: &FileStamp) -> Option<PathBuf> {
+    listing
+        .untaken
+        .iter()
+        .filter(|(inode, _)| *inode == stamp.inode)
+        .find(|(_, path)| same_file(path, stamp))
+        .map(|(_, path)| path.clone())
 }
 
 /// When a folder's entries last changed: a file moved into it changes it.
@@ -281,6 +344,52 @@ mod tests {
                 "{from}"
             );
         }
+    }
+
+    /// Filed away deeper than the first look goes, into a folder excluded by a path pattern, or
+    /// under a name a sibling folder does not take: found by the look through the whole watch
+    /// (before, each counted as gone and its copy was deleted).
+    #[test]
+    fn a_file_moved_anywhere_else_in_the_watch_under_a_name_it_does_not_take_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let mut exclude: Vec<String> = crate::config::DEFAULT_EXCLUDE
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        exclude.push("archive/**".into());
+        let filter = NameFilter::new(&["*.png".to_string()], &exclude).unwrap();
+        for folder in ["archive", "sub1", "sub2", "2024/11/28", ".trash"] {
+            std::fs::create_dir_all(root.join(folder)).unwrap();
+        }
+        let files = ["a.png", "sub1/b.png", "2024/11/28/c.png"];
+        let mut stamps = Vec::new();
+        for (i, file) in files.iter().enumerate() {
+            std::fs::write(root.join(file), vec![i as u8; 20 + i]).unwrap();
+            stamps.push(stamp_of(&root.join(file)));
+        }
+        std::fs::rename(root.join("a.png"), root.join("archive/a.png")).unwrap();
+        std::fs::rename(root.join("sub1/b.png"), root.join("sub2/b.png~")).unwrap();
+        std::fs::rename(root.join("2024"), root.join(".trash/2024")).unwrap();
+        let now_at = ["archive/a.png", "sub2/b.png~", ".trash/2024/11/28/c.png"];
+        let mut untaken = UntakenFiles::new(root, &filter, true, stamps.iter().copied());
+        for ((from, to), stamp) in files.iter().zip(now_at).zip(&stamps) {
+            assert_eq!(
+                untaken.find(&root.join(from), stamp),
+                Search::Found(root.join(to)),
+                "{from}"
+            );
+        }
+        // A flat watch's file filed away four folders deep.
+        std::fs::create_dir_all(root.join("done/2024/11/28")).unwrap();
+        std::fs::write(root.join("d.png"), b"filed away").unwrap();
+        let stamp = stamp_of(&root.join("d.png"));
+        std::fs::rename(root.join("d.png"), root.join("done/2024/11/28/d.png")).unwrap();
+        let mut flat = UntakenFiles::new(root, &filter, false, [stamp]);
+        assert_eq!(
+            flat.find(&root.join("d.png"), &stamp),
+            Search::Found(root.join("done/2024/11/28/d.png"))
+        );
     }
 
     #[test]
