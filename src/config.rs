@@ -352,24 +352,27 @@ impl Config {
         Config::parse(&text, path)
     }
 
-    /// Reads the config at `path` for the journal's readers (`status`, `files`, `history`): every
-    /// key is checked but secrets are not read, so an operator who may not read the daemon's
-    /// credentials (`${CREDENTIALS_DIRECTORY}`, a secret file) can still look at the journal. The
-    /// secrets it holds are empty.
+    /// Reads the config at `path` for the journal's readers (`status`, `files`, `history`,
+    /// `retry`), which an operator who may only read the journal runs: the daemon's credentials
+    /// and its environment (`EnvironmentFile=`, `${CREDENTIALS_DIRECTORY}`) may be root's alone.
+    /// Secrets are not read (the ones it holds are empty), and only what the readers need must
+    /// resolve: the journal's path and the watches' paths. Any other key whose `${VAR}` is unset
+    /// here is left unresolved (see [`Resolve::JournalReaders`]); every key is still checked
+    /// otherwise.
     pub fn load_without_secrets(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Config::parse_with(&text, path, false)
+        Config::parse_with(&text, path, Resolve::JournalReaders)
     }
 
     /// Parses `text` as if it were read from `path` (which names errors and anchors relative paths).
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        Config::parse_with(text, path, true)
+        Config::parse_with(text, path, Resolve::Everything)
     }
 
-    fn parse_with(text: &str, path: &Path, read_secrets: bool) -> Result<Config, ConfigError> {
+    fn parse_with(text: &str, path: &Path, resolve: Resolve) -> Result<Config, ConfigError> {
         let ctx = Ctx {
             file: path.display().to_string(),
             text,
@@ -379,19 +382,30 @@ impl Config {
                 .ok()
                 .and_then(|path| path.parent().map(Path::to_path_buf))
                 .unwrap_or_else(|| PathBuf::from("/")),
-            read_secrets,
+            resolve,
         };
         let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| ctx.syntax(&e))?;
         ctx.build(raw, path)
     }
 }
 
+/// How much of the config a load resolves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resolve {
+    /// Every key and every secret, each `${VAR}` set: the daemon, `scan` and `check`.
+    Everything,
+    /// What the journal's readers need. Secrets are neither expanded nor read. A `${VAR}` unset
+    /// (or empty) in any key but the journal's and the watches' paths leaves that key
+    /// unresolved: a text is kept as written, an optional value is taken as not given, and
+    /// neither is checked further. Nothing unresolved is used by the readers.
+    JournalReaders,
+}
+
 struct Ctx<'a> {
     file: String,
     text: &'a str,
     base_dir: PathBuf,
-    /// False for the journal's readers: secrets are neither expanded nor read.
-    read_secrets: bool,
+    resolve: Resolve,
 }
 
 impl Ctx<'_> {
@@ -436,10 +450,10 @@ impl Ctx<'_> {
         if rescan < Duration::from_secs(1) {
             return Err(self.invalid("rescan", "must be at least 1s"));
         }
-        let metrics = match raw.metrics {
-            None => None,
-            Some(text) => Some(self.metrics_address(&self.expand("metrics", &text)?)?),
-        };
+        let metrics = self
+            .optional("metrics", raw.metrics.as_deref())?
+            .map(|text| self.metrics_address(&text))
+            .transpose()?;
         let mut vendors = BTreeMap::new();
         for (name, raw_vendor) in raw.vendors {
             let vendor = self.vendor(&name, raw_vendor)?;
@@ -524,60 +538,74 @@ impl Ctx<'_> {
         }
     }
 
+    /// A duration; `default` when not given (or left unresolved).
     fn duration(
         &self,
         key: &str,
         value: Option<&str>,
         default: Duration,
     ) -> Result<Duration, ConfigError> {
-        match value {
-            None => Ok(default),
-            Some(text) => parse_duration(&self.expand(key, text)?)
-                .map_err(|message| self.invalid(key, message)),
+        Ok(self.optional_duration(key, value)?.unwrap_or(default))
+    }
+
+    /// A duration that may be absent (`poll`): `None` when not given (or left unresolved).
+    fn optional_duration(
+        &self,
+        key: &str,
+        value: Option<&str>,
+    ) -> Result<Option<Duration>, ConfigError> {
+        self.optional(key, value)?
+            .map(|text| parse_duration(&text).map_err(|message| self.invalid(key, message)))
+            .transpose()
+    }
+
+    /// The value of an optional key, expanded: `None` when not given or left unresolved (the
+    /// journal's readers, [`Resolve::JournalReaders`]), either way taken as not given.
+    fn optional(&self, key: &str, value: Option<&str>) -> Result<Option<String>, ConfigError> {
+        Ok(match value {
+            None => None,
+            Some(text) => self.expand_unneeded(key, text)?,
+        })
+    }
+
+    /// Expands `${VAR}` references; an unset or empty variable is an error naming it, whoever
+    /// loads the config. For the keys the journal's readers need too (the journal's path, a
+    /// watch's path) and a secret's file (read only by a load that reads secrets).
+    fn expand(&self, key: &str, value: &str) -> Result<String, ConfigError> {
+        substitute(value).map_err(|why| self.invalid(key, why.to_string()))
+    }
+
+    /// Expands `${VAR}` references in a key the journal's readers do not need. `None`: a
+    /// variable is unset or empty and this is their load, which leaves the key unresolved
+    /// ([`Resolve::JournalReaders`]); any other load fails as [`Ctx::expand`] does.
+    fn expand_unneeded(&self, key: &str, value: &str) -> Result<Option<String>, ConfigError> {
+        match substitute(value) {
+            Ok(expanded) => Ok(Some(expanded)),
+            Err(Unexpanded::Unset { .. }) if self.resolve == Resolve::JournalReaders => Ok(None),
+            Err(why) => Err(self.invalid(key, why.to_string())),
         }
     }
 
-    /// Expands `${VAR}` references; an unset or empty variable is an error naming it.
-    fn expand(&self, key: &str, value: &str) -> Result<String, ConfigError> {
-        let mut out = String::with_capacity(value.len());
-        let mut rest = value;
-        while let Some(start) = rest.find("${") {
-            out.push_str(&rest[..start]);
-            let after = &rest[start + 2..];
-            let end = after.find('}').ok_or_else(|| {
-                self.invalid(key, "unterminated ${…} reference (missing `}`)".to_string())
-            })?;
-            let var = &after[..end];
-            // systemd sets CREDENTIALS_DIRECTORY for a unit with `LoadCredential=`; by hand it
-            // is unset, which deserves more than "not set".
-            let hint = if var == "CREDENTIALS_DIRECTORY" {
-                " (systemd sets it for a unit with LoadCredential=; outside systemd, set it to the \
-                 folder holding the secrets)"
-            } else {
-                ""
-            };
-            match std::env::var(var) {
-                Ok(v) if !v.is_empty() => out.push_str(&v),
-                Ok(_) => {
-                    return Err(
-                        self.invalid(key, format!("environment variable {var} is empty{hint}"))
-                    );
-                }
-                Err(_) => {
-                    return Err(
-                        self.invalid(key, format!("environment variable {var} is not set{hint}"))
-                    );
+    /// A text value that must be given and not be empty, expanded.
+    fn required(&self, key: &str, value: Option<String>) -> Result<String, ConfigError> {
+        self.required_checked(key, value, Ok)
+    }
+
+    /// [`Ctx::required`] whose expanded value `check` vets. Left unresolved (the journal's
+    /// readers, which never use it), the value is kept as written and not checked.
+    fn required_checked(
+        &self,
+        key: &str,
+        value: Option<String>,
+        check: impl FnOnce(String) -> Result<String, ConfigError>,
+    ) -> Result<String, ConfigError> {
+        match value {
+            Some(written) if !written.trim().is_empty() => {
+                match self.expand_unneeded(key, &written)? {
+                    Some(value) => check(value),
+                    None => Ok(written),
                 }
             }
-            rest = &after[end + 1..];
-        }
-        out.push_str(rest);
-        Ok(out)
-    }
-
-    fn required(&self, key: &str, value: Option<String>) -> Result<String, ConfigError> {
-        match value {
-            Some(v) if !v.trim().is_empty() => self.expand(key, &v),
             Some(_) => Err(self.invalid(key, "must not be empty")),
             None => Err(self.invalid(key, "is required")),
         }
@@ -597,7 +625,7 @@ impl Ctx<'_> {
                 &format!("{prefix}.{key}_file"),
                 format!("give either {key} or {key}_file, not both"),
             )),
-            (Some(_), None) | (None, Some(_)) if !self.read_secrets => {
+            (Some(_), None) | (None, Some(_)) if self.resolve == Resolve::JournalReaders => {
                 Ok(Secret::new(String::new()))
             }
             (Some(v), None) => Ok(Secret::new(self.required(&full, Some(v))?)),
@@ -642,16 +670,17 @@ impl Ctx<'_> {
                 format!("is not a key of a {} vendor", kind.as_str()),
             ));
         }
+        let base_url_key = format!("{prefix}.base_url");
         let base_url = match raw.base_url.take() {
-            Some(url) => self.expand(&format!("{prefix}.base_url"), &url)?,
+            Some(url) => self.required_checked(&base_url_key, Some(url), |url| {
+                if url.starts_with("https://") || url.starts_with("http://") {
+                    Ok(url)
+                } else {
+                    Err(self.invalid(&base_url_key, format!("`{url}` is not an http(s) URL")))
+                }
+            })?,
             None => kind.default_base_url().to_string(),
         };
-        if !(base_url.starts_with("https://") || base_url.starts_with("http://")) {
-            return Err(self.invalid(
-                &format!("{prefix}.base_url"),
-                format!("`{base_url}` is not an http(s) URL"),
-            ));
-        }
         for (key, value) in [
             ("per_second", raw.per_second),
             ("per_minute", raw.per_minute),
@@ -683,8 +712,9 @@ impl Ctx<'_> {
     ) -> Result<CreateRecord, ConfigError> {
         let prefix = format!("{prefix}.create_record");
         let image_key = format!("{prefix}.image_widget");
-        let image_widget = self.required(&image_key, raw.image_widget)?;
-        self.widget_name(&image_key, &image_widget)?;
+        let image_widget = self.required_checked(&image_key, raw.image_widget, |name| {
+            self.widget_name(&image_key, &name).map(|()| name)
+        })?;
         let mut fields = BTreeMap::new();
         for (widget, text) in raw.fields {
             let key = format!("{prefix}.fields.{widget}");
@@ -695,7 +725,10 @@ impl Ctx<'_> {
                     "is the image_widget; the image widget holds the file's key",
                 ));
             }
-            let text = self.expand(&key, &text)?;
+            // Left unresolved (the journal's readers, which create no record): left out.
+            let Some(text) = self.expand_unneeded(&key, &text)? else {
+                continue;
+            };
             let template = Template::parse(&text).map_err(|message| self.invalid(&key, message))?;
             fields.insert(widget, template);
         }
@@ -779,14 +812,7 @@ impl Ctx<'_> {
             .unwrap_or_else(|| DEFAULT_EXCLUDE.iter().map(|s| s.to_string()).collect());
         let filter = NameFilter::new(&include, &exclude)
             .map_err(|(list, e)| self.invalid(&format!("{prefix}.{list}"), e.to_string()))?;
-        let poll_key = format!("{prefix}.poll");
-        let poll = match raw.poll.as_deref() {
-            None => None,
-            Some(text) => Some(
-                parse_duration(&self.expand(&poll_key, text)?)
-                    .map_err(|message| self.invalid(&poll_key, message))?,
-            ),
-        };
+        let poll = self.optional_duration(&format!("{prefix}.poll"), raw.poll.as_deref())?;
         Ok(WatchConfig {
             path: normalize(&path),
             vendor: raw.vendor,
@@ -804,6 +830,60 @@ impl Ctx<'_> {
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text.trim())
         .map_err(|e| format!("`{text}` is not a duration like 500ms, 2s, 30m or 1h ({e})"))
+}
+
+/// Why a value's `${VAR}` references could not be expanded.
+#[derive(Debug)]
+enum Unexpanded {
+    /// `${` with no `}`: a mistake in the config, whoever reads it.
+    Unterminated,
+    /// A variable unset (or set to nothing) in this process's environment.
+    Unset { var: String, empty: bool },
+}
+
+impl std::fmt::Display for Unexpanded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unexpanded::Unterminated => f.write_str("unterminated ${…} reference (missing `}`)"),
+            Unexpanded::Unset { var, empty } => {
+                let how = if *empty { "empty" } else { "not set" };
+                write!(f, "environment variable {var} is {how}")?;
+                // systemd sets CREDENTIALS_DIRECTORY for a unit with `LoadCredential=`; by hand
+                // it is unset, which deserves more than "not set".
+                if var == "CREDENTIALS_DIRECTORY" {
+                    f.write_str(
+                        " (systemd sets it for a unit with LoadCredential=; outside systemd, set \
+                         it to the folder holding the secrets)",
+                    )?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// `value` with each `${VAR}` replaced by the variable's value in the environment.
+fn substitute(value: &str) -> Result<String, Unexpanded> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find('}').ok_or(Unexpanded::Unterminated)?;
+        let var = &after[..end];
+        match std::env::var(var) {
+            Ok(v) if !v.is_empty() => out.push_str(&v),
+            found => {
+                return Err(Unexpanded::Unset {
+                    var: var.to_string(),
+                    empty: found.is_ok(),
+                });
+            }
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 /// Removes `.` components and trailing slashes without touching the filesystem.

@@ -273,3 +273,45 @@ fn a_scan_busy_uploading_survives_a_retry() {
     assert!(report.contains("synced 1"), "{report}\n{log}");
     assert_eq!(h.state("busy.png").as_deref(), Some("synced"));
 }
+
+/// Under systemd a config's ids may come from an `EnvironmentFile=` only root reads. The
+/// daemon has the variable; an operator's `status` does not, and needs only the journal.
+#[test]
+fn status_needs_no_variable_of_the_daemons_environment() {
+    const VAR: &str = "IMGSYNCD_CLI_TEST_STATUS_CLIENT_ID";
+    let mut h = common::Harness::new();
+    let client_id = h.sandbox.options().kingdee.client_id;
+    let text = std::fs::read_to_string(&h.config_path).unwrap();
+    let written = format!("client_id: \"{client_id}\"");
+    assert!(text.contains(&written), "{text}");
+    std::fs::write(
+        &h.config_path,
+        text.replace(&written, &format!("client_id: \"${{{VAR}}}\"")),
+    )
+    .unwrap();
+    h.drop_file("by-env.png", &png(91));
+    h.start_with("text", &[(VAR, client_id.as_str())]);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let out = h
+            .cli_command()
+            .args(["status", "--json"])
+            .env_remove(VAR)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let files = status["files"].as_object().expect("`files` is an object");
+        // The daemon uploaded with the id it read from its environment.
+        if files.get("synced").and_then(|n| n.as_u64()) == Some(1) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the drop was not synced: {status}\n{}",
+            h.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

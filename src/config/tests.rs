@@ -237,6 +237,115 @@ fn the_journals_readers_need_no_secrets() {
     assert!(Config::load_without_secrets(&path).is_err());
 }
 
+/// Under systemd the ids may come from an `EnvironmentFile=` only root reads: an operator's
+/// `status` has none of them, and needs none, only the journal and the watches.
+#[test]
+fn the_journals_readers_need_no_variable_but_in_the_journal_and_the_watches() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("daemon.yaml");
+    let unset = "${IMGSYNCD_TEST_SURELY_UNSET}";
+    let vendors = format!(
+        "  wiki:
+    kind: feishu
+    base_url: {unset}/lark
+    app_id: {unset}
+    app_secret: {unset}
+  forms:
+    kind: jiandaoyun
+    api_key: {unset}
+    app_id: {unset}
+    entry_id: {unset}
+    create_record:
+      image_widget: {unset}
+      fields:
+        _widget_1432728651403: \"{{filename}} {unset}\"
+watches:
+"
+    );
+    let text = GOOD
+        .replace("\"205022\"", unset)
+        .replace(
+            "    client_id:",
+            &format!("    base_url: {unset}\n    client_id:"),
+        )
+        .replace(
+            "settle: 500ms",
+            &format!("settle: {unset}\nmetrics: {unset}"),
+        )
+        .replace("watches:\n", &vendors)
+        + &format!("  - path: /srv/drop/wiki\n    vendor: wiki\n    poll: {unset}\n");
+    std::fs::write(&path, &text).unwrap();
+    // `run` and `check` still refuse it, at the first key.
+    let err = Config::load(&path).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        format!(
+            "{}:3: settle: environment variable IMGSYNCD_TEST_SURELY_UNSET is not set",
+            path.display()
+        )
+    );
+    let config = Config::load_without_secrets(&path).unwrap();
+    assert_eq!(
+        config.journal,
+        PathBuf::from("/var/lib/imgsyncd/journal.sqlite3")
+    );
+    let watched: Vec<(&Path, &str, VendorKind)> = config
+        .watches
+        .iter()
+        .map(|w| {
+            let kind = config.vendors[&w.vendor].settings.kind();
+            (w.path.as_path(), w.vendor.as_str(), kind)
+        })
+        .collect();
+    assert_eq!(
+        watched,
+        [
+            (Path::new("/srv/drop/products"), "erp", VendorKind::Kingdee),
+            (Path::new("/srv/drop/wiki"), "wiki", VendorKind::Feishu),
+        ]
+    );
+    assert_eq!(config.watches[1].on_remove, OnRemove::Keep);
+    // What is left unresolved is kept as written or taken as not given, never made up.
+    let erp = &config.vendors["erp"];
+    let VendorSettings::Kingdee(k) = &erp.settings else {
+        panic!("erp is a kingdee vendor")
+    };
+    assert_eq!(k.client_id, unset);
+    assert_eq!(erp.base_url, unset);
+    assert_eq!(config.vendors["wiki"].base_url, format!("{unset}/lark"));
+    assert_eq!(feishu(&config).app_id, unset);
+    let forms = jiandaoyun(&config);
+    assert_eq!(forms.app_id, unset);
+    let record = forms.create_record.as_ref().unwrap();
+    assert_eq!(record.image_widget, unset);
+    assert!(record.fields.is_empty());
+    assert_eq!(config.settle, Duration::from_secs(2));
+    assert_eq!(config.metrics, None);
+    assert_eq!(config.watches[1].poll, None);
+}
+
+/// The journal is what the readers read, and a watch's path is what `retry` decides by: a
+/// variable unset in either stays an error, naming the file, the line and the key.
+#[test]
+fn the_journals_readers_need_the_journals_and_the_watches_variables() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("daemon.yaml");
+    for (from, line, key) in [
+        ("/var/lib/imgsyncd", 1, "journal"),
+        ("/srv/drop", 13, "watches[0].path"),
+    ] {
+        std::fs::write(&path, GOOD.replace(from, "${IMGSYNCD_TEST_SURELY_UNSET}")).unwrap();
+        let err = Config::load_without_secrets(&path).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "{}:{line}: {key}: environment variable IMGSYNCD_TEST_SURELY_UNSET is not set",
+                path.display()
+            )
+        );
+    }
+}
+
 #[test]
 fn the_example_configs_metrics_line_works_once_uncommented() {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/daemon.example.yaml"))
