@@ -517,6 +517,54 @@ fn an_unreadable_file_is_rejected_and_taken_after_a_fix_and_retry() {
     assert_eq!(h.remote_bytes("locked.png").unwrap(), png(71));
 }
 
+/// A folder the daemon may list but not enter (`chmod -R 644`, the classic slip): its files
+/// cannot even be stat'ed. Each is `rejected` saying so, in the journal and in the log, whether
+/// found by the walk at the start or by an event; before, they were dropped without a word, and
+/// `status` knew nothing of them. Fixed, they are taken.
+#[test]
+fn files_in_a_folder_that_cannot_be_entered_are_rejected_saying_why() {
+    if !common::running_as_root() {
+        eprintln!("skipped: running the daemon as another user needs root");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mut h = Harness::with(Options {
+        as_nobody: true,
+        ..Options::default()
+    });
+    let shut = h.path("shut");
+    std::fs::create_dir_all(&shut).unwrap();
+    std::fs::write(shut.join("before.png"), png(73)).unwrap();
+    std::fs::set_permissions(&shut, std::fs::Permissions::from_mode(0o644)).unwrap();
+    h.start();
+    h.drop_file("open.png", &png(74));
+    h.wait_state("open.png", "synced");
+    h.wait_state("shut/before.png", "rejected");
+    // One seen by its event: the folder opened for the write, and shut again at once.
+    std::fs::set_permissions(&shut, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(shut.join("after.png"), png(75)).unwrap();
+    std::fs::set_permissions(&shut, std::fs::Permissions::from_mode(0o644)).unwrap();
+    h.wait_state("shut/after.png", "rejected");
+    for name in ["shut/before.png", "shut/after.png"] {
+        let error = error_of(&h, name).to_lowercase();
+        assert!(error.contains("permission denied"), "{name}: {error}");
+    }
+    assert!(
+        h.log().contains("shut/before.png"),
+        "a log line names the file: {}",
+        h.log()
+    );
+
+    // Opened again: the folder's change of mode may bring the daemon to look at it by itself;
+    // `retry` does, if it has not yet.
+    std::fs::set_permissions(&shut, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = h.cli(&["retry", shut.join("before.png").to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    h.reload();
+    h.wait_state("shut/before.png", "synced");
+    assert_eq!(h.remote_bytes("shut/before.png").unwrap(), png(73));
+}
+
 /// A vendor that stops answering is taken as down after a few calls: its backlog waits behind one
 /// probe instead of each file being tried in turn, and all of it syncs once the vendor is back,
 /// nothing marked failed.

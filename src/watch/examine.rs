@@ -10,6 +10,8 @@ use sha2::{Digest, Sha256};
 use crate::adapters::Limits;
 use crate::image::{self, ImageInfo};
 use crate::journal::FileStamp as Stamp;
+
+use super::settle::Look;
 use crate::journal::path_text;
 
 #[derive(Debug)]
@@ -114,9 +116,24 @@ fn describe(file_type: &std::fs::FileType) -> &'static str {
     }
 }
 
-/// The stamp of a regular file at `path` (not following symlinks), for the settle tracker.
+/// The stamp of a regular file at `path` (not following symlinks).
 pub fn stat(path: &Path) -> Option<Stamp> {
     std::fs::symlink_metadata(path).ok().map(|m| stamp(&m))
+}
+
+/// [`stat`] for the settle tracker, which must tell a path gone from one it cannot look at.
+pub fn look(path: &Path) -> Look {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) => Look::Stamp(stamp(&meta)),
+        Err(e) if is_gone(&e) => Look::Gone,
+        Err(_) => Look::Unreadable,
+    }
+}
+
+/// Whether a failed look at a path says that nothing is there: no such file, or a file where
+/// one of its folders was. Any other error (no permission, an I/O error) says nothing of it.
+pub fn is_gone(error: &std::io::Error) -> bool {
+    matches!(error.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory)
 }
 
 pub fn examine(root: &Path, path: &Path, vendor: &str, limits: &Limits) -> Examined {

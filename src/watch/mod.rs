@@ -812,20 +812,30 @@ impl WatchTask {
                 // So is a hard link to an existing file: linking it in writes nothing.
                 let complete = !meta.is_file() || meta.nlink() > 1;
                 let sighting = if complete { Sighting::Closed } else { sighting };
-                let now = Instant::now();
-                if self.settle.has_room() {
-                    self.settle.touch(path, sighting, now);
-                } else {
-                    // Its folder is read again once it is closed, and it is taken when quiet.
-                    self.settle.untracked(path, sighting);
-                    if sighting != Sighting::Open
-                        && let Some(dir) = path.parent()
-                    {
-                        self.look_again(dir, now + self.ctx.settle, walk::Reach::OwnEntries);
-                    }
-                }
+                self.track(path, sighting);
+            }
+            // There, but not to be looked at (a folder the daemon may list but not enter, an
+            // I/O error): tracked as complete, so its examination says why when it falls due.
+            Err(e) if !examine::is_gone(&e) && self.config.filter.accepts(relative) => {
+                self.track(path, Sighting::Closed);
             }
             _ => {}
+        }
+    }
+
+    /// Follows a file seen, until it is quiet for the settle period.
+    fn track(&mut self, path: &Path, sighting: Sighting) {
+        let now = Instant::now();
+        if self.settle.has_room() {
+            self.settle.touch(path, sighting, now);
+        } else {
+            // Its folder is read again once it is closed, and it is taken when quiet.
+            self.settle.untracked(path, sighting);
+            if sighting != Sighting::Open
+                && let Some(dir) = path.parent()
+            {
+                self.look_again(dir, now + self.ctx.settle, walk::Reach::OwnEntries);
+            }
         }
     }
 
@@ -890,7 +900,7 @@ impl WatchTask {
         for rewalk in due {
             self.rewalk_folder(rewalk).await;
         }
-        let ready = self.settle.take_ready(Instant::now(), examine::stat);
+        let ready = self.settle.take_ready(Instant::now(), examine::look);
         self.report_stalled();
         self.take_all(ready).await;
         let (now, wait) = (Instant::now(), self.removal_wait());
@@ -1742,7 +1752,7 @@ impl WatchTask {
                 break;
             }
             sleep_until(Some(due)).await;
-            let ready = self.settle.take_ready(Instant::now(), examine::stat);
+            let ready = self.settle.take_ready(Instant::now(), examine::look);
             self.take_all(ready).await;
         }
         let unsettled = self.settle.drain();

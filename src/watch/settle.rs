@@ -34,6 +34,24 @@ pub struct Stalled {
 }
 
 /// How a path came to the tracker's attention.
+/// What a look at a tracked path found when it fell due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Look {
+    Stamp(Stamp),
+    /// Nothing there (or its folder gone): no longer tracked.
+    Gone,
+    /// Something there that cannot be looked at (a folder the daemon may list but not enter,
+    /// an I/O error on a share): handed on at once, so the examination says why, and the file
+    /// is looked at again or rejected rather than dropped without a word.
+    Unreadable,
+}
+
+impl From<Option<Stamp>> for Look {
+    fn from(stamp: Option<Stamp>) -> Look {
+        stamp.map_or(Look::Gone, Look::Stamp)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sighting {
     /// The write is known to be finished: close-write, moved in, or a hard link.
@@ -258,10 +276,10 @@ impl Settle {
 
     /// The paths that have settled, removed from the tracker. `stat` reads a path's current stamp
     /// (`None`: gone, and so dropped). Only paths that are due are looked at.
-    pub fn take_ready(
+    pub fn take_ready<L: Into<Look>>(
         &mut self,
         now: Instant,
-        stat: impl Fn(&Path) -> Option<Stamp>,
+        stat: impl Fn(&Path) -> L,
     ) -> Vec<PathBuf> {
         let mut ready = Vec::new();
         while let Some(Reverse((at, _))) = self.queue.peek() {
@@ -280,9 +298,17 @@ impl Settle {
             };
             entry.queued = None;
             if entry.due.is_some_and(|due| due <= now) {
-                let Some(stamp) = stat(&path) else {
-                    self.pending.remove(&path);
-                    continue;
+                let stamp = match stat(&path).into() {
+                    Look::Stamp(stamp) => stamp,
+                    Look::Gone => {
+                        self.pending.remove(&path);
+                        continue;
+                    }
+                    Look::Unreadable => {
+                        self.pending.remove(&path);
+                        ready.push(path.to_path_buf());
+                        continue;
+                    }
                 };
                 if entry.stamp != Some(stamp) {
                     entry.stamp = Some(stamp);

@@ -10,7 +10,7 @@ use tracing::warn;
 use walkdir::WalkDir;
 
 use super::events::Watching;
-use super::settle::Stamp;
+use super::settle::{Look, Stamp};
 use crate::config::WatchConfig;
 
 /// Every accepted non-directory entry under `dir` (inside the watch at `root`), with its stamp.
@@ -114,8 +114,12 @@ pub fn in_batches(
         if !watch.filter.accepts_in_folder(relative) {
             continue;
         }
-        if let Some(stamp) = stamp_in_folder(&mut folder, entry.path()) {
-            batch.push((entry.into_path(), stamp));
+        match stamp_in_folder(&mut folder, entry.path()) {
+            Look::Stamp(stamp) => batch.push((entry.into_path(), stamp)),
+            // Listed but not to be looked at (a folder the daemon may list but not enter): handed
+            // on with a stamp no file has, so its examination says why.
+            Look::Unreadable => batch.push((entry.into_path(), NO_STAMP)),
+            Look::Gone => {}
         }
         if batch.len() >= size {
             collecting = take(std::mem::take(&mut batch));
@@ -138,25 +142,52 @@ struct OpenFolder {
 /// The stamp of `path`, a symlink's own, looked up by its name in its folder (opened once for
 /// the folder's run of entries), as `find` does. walkdir stats each entry by its whole path, and
 /// the kernel's walk of that path from `/` was a tenth of what a restart cost.
-fn stamp_in_folder(folder: &mut Option<OpenFolder>, path: &Path) -> Option<Stamp> {
-    let (parent, name) = (path.parent()?, path.file_name()?);
+fn stamp_in_folder(folder: &mut Option<OpenFolder>, path: &Path) -> Look {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Look::Gone;
+    };
     if folder.as_ref().is_none_or(|f| f.path != parent) {
         let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
-        let fd = rustix::fs::open(parent, flags, Mode::empty()).ok()?;
-        *folder = Some(OpenFolder {
-            path: parent.to_path_buf(),
-            fd,
-        });
+        match rustix::fs::open(parent, flags, Mode::empty()) {
+            Ok(fd) => {
+                *folder = Some(OpenFolder {
+                    path: parent.to_path_buf(),
+                    fd,
+                })
+            }
+            Err(e) => return looked(e),
+        }
     }
-    stamp_at(&folder.as_ref()?.fd, name)
+    let Some(open) = folder.as_ref() else {
+        return Look::Gone;
+    };
+    stamp_at(&open.fd, name).map_or_else(looked, Look::Stamp)
+}
+
+/// The stamp of a file whose stat failed: it never equals a recorded one, and says the file has
+/// been quiet for long, so it is examined at once.
+const NO_STAMP: Stamp = Stamp {
+    size: 0,
+    mtime_ns: 0,
+    ctime_ns: 0,
+    inode: 0,
+    dev: 0,
+};
+
+/// What a failed look at an entry says: gone, or there but not to be looked at.
+fn looked(error: rustix::io::Errno) -> Look {
+    match super::examine::is_gone(&error.into()) {
+        true => Look::Gone,
+        false => Look::Unreadable,
+    }
 }
 
 /// The stamp `examine::stamp` makes of `std::fs::Metadata`, from `fstatat`, which every kernel
 /// and seccomp filter allows (std itself falls back to it where `statx` is refused). The kernel's
 /// `st_dev` is the `makedev` std computes from `statx`: a major number has twelve bits.
-fn stamp_at(folder: &OwnedFd, name: &OsStr) -> Option<Stamp> {
-    let st = rustix::fs::statat(folder, name, AtFlags::SYMLINK_NOFOLLOW).ok()?;
-    Some(Stamp {
+fn stamp_at(folder: &OwnedFd, name: &OsStr) -> rustix::io::Result<Stamp> {
+    let st = rustix::fs::statat(folder, name, AtFlags::SYMLINK_NOFOLLOW)?;
+    Ok(Stamp {
         size: st.st_size as u64,
         mtime_ns: st.st_mtime as i64 * 1_000_000_000 + st.st_mtime_nsec as i64,
         ctime_ns: st.st_ctime as i64 * 1_000_000_000 + st.st_ctime_nsec as i64,
