@@ -178,6 +178,9 @@ struct Daemon {
     /// The mount table's changes, for each watch to look at the mounts on its path; none for a
     /// one-shot scan.
     mount_changes: Option<watch::Receiver<u64>>,
+    /// Turns true when a stop is asked for (SIGTERM, SIGINT), even while the loop that reads the
+    /// signals waits for watches to set up: at the start, or in a reload.
+    stop_asked: watch::Receiver<bool>,
 }
 
 /// The roots of watches whose task ended in a panic, and of those whose wait after it is over.
@@ -208,6 +211,7 @@ impl Daemon {
             metrics: None,
             watch_trouble,
             mount_changes: None,
+            stop_asked: watch::channel(false).1,
         }
     }
 
@@ -236,8 +240,10 @@ impl Daemon {
     }
 
     /// Waits until each of `watches` is set up (watcher started, first reconcile done). A long
-    /// first reconcile (a big tree) asks systemd for more start-up time as it goes.
-    async fn wait_for_watches(&self, watches: &[usize]) {
+    /// first reconcile (a big tree) asks systemd for more start-up time as it goes. False: a stop
+    /// was asked for meanwhile, which must not wait for them (systemd kills what outlasts its
+    /// stop timeout, with the transfers in flight).
+    async fn wait_for_watches(&self, watches: &[usize]) -> bool {
         let mut waiting = Vec::new();
         for &index in watches {
             let (answer, ready) = tokio::sync::oneshot::channel();
@@ -255,6 +261,7 @@ impl Daemon {
             loop {
                 tokio::select! {
                     _ = &mut ready => break,
+                    _ = stop_asked(self.stop_asked.clone()) => return false,
                     _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => {
                         crate::service::extend_start(std::time::Duration::from_secs(30));
                         crate::service::status(&format!(
@@ -265,6 +272,7 @@ impl Daemon {
                 }
             }
         }
+        true
     }
 
     /// Builds adapters for `configs`, keeping the ones (and their cached tokens) whose config is the same.
@@ -458,17 +466,18 @@ impl Daemon {
                     }
                 }
                 let started: Vec<usize> = (first_fresh..self.watches.len()).collect();
-                // Signals wait meanwhile: a watch whose first look at its folder takes long (a
-                // big tree, a share that does not answer) finishes it on its own.
-                if tokio::time::timeout(RELOAD_WATCH_WAIT, self.wait_for_watches(&started))
-                    .await
-                    .is_err()
+                // Signals wait meanwhile, but a stop: a watch whose first look at its folder takes
+                // long (a big tree, a share that does not answer) finishes it on its own.
+                match tokio::time::timeout(RELOAD_WATCH_WAIT, self.wait_for_watches(&started)).await
                 {
-                    warn!(
+                    Ok(true) => {}
+                    // The stop is next in the signals' queue.
+                    Ok(false) => return,
+                    Err(_) => warn!(
                         "the reload's new watches are still reading their folders after {}s; \
                          going on meanwhile",
                         RELOAD_WATCH_WAIT.as_secs()
-                    );
+                    ),
                 }
                 if let Err(e) = self.serve_metrics().await {
                     error!("{e}; the metrics endpoint stays as it was");
@@ -533,10 +542,13 @@ enum Signal {
 }
 
 /// Forwards SIGTERM/SIGINT/SIGHUP from signal-hook's thread to the async side.
-fn signals() -> Result<mpsc::UnboundedReceiver<Signal>, DaemonError> {
+/// The signals, in order; and whether a stop was asked for, which the daemon's waits look at
+/// while the signals' queue waits for them.
+fn signals() -> Result<(mpsc::UnboundedReceiver<Signal>, watch::Receiver<bool>), DaemonError> {
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])
         .map_err(DaemonError::Signals)?;
     let (tx, rx) = mpsc::unbounded_channel();
+    let (stop_tx, stop_rx) = watch::channel(false);
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -544,7 +556,10 @@ fn signals() -> Result<mpsc::UnboundedReceiver<Signal>, DaemonError> {
                 let message = match signal {
                     SIGHUP => Signal::Reload,
                     SIGUSR1 => Signal::Poke,
-                    _ => Signal::Stop,
+                    _ => {
+                        stop_tx.send_replace(true);
+                        Signal::Stop
+                    }
                 };
                 if tx.send(message).is_err() {
                     break;
@@ -552,7 +567,14 @@ fn signals() -> Result<mpsc::UnboundedReceiver<Signal>, DaemonError> {
             }
         })
         .map_err(DaemonError::Signals)?;
-    Ok(rx)
+    Ok((rx, stop_rx))
+}
+
+/// Resolves once a stop is asked for (never, when nothing can ask for one).
+async fn stop_asked(mut asked: watch::Receiver<bool>) {
+    if asked.wait_for(|asked| *asked).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 fn open_journal(
@@ -589,13 +611,14 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     // A panic is a bug: said through the log, with the level an operator filters errors by (the
     // default hook wrote it to stderr, which journald files as info).
     std::panic::set_hook(Box::new(|info| error!("internal error: {info}")));
-    let mut signals = signals()?;
+    let (mut signals, stop_requested) = signals()?;
     crate::service::status("starting: opening the journal");
     let (_lock, journal) = open_journal(&config, Holder::Daemon)?;
     let (failed, mut failed_watches) = mpsc::unbounded_channel();
     let (restart, mut restarts) = mpsc::unbounded_channel();
     let mut daemon = Daemon::new(config, journal, WatchTrouble { failed, restart });
     daemon.mount_changes = crate::watch::mounts::watch_table();
+    daemon.stop_asked = stop_requested;
     daemon.set_vendors(&BTreeMap::new(), &daemon.config.vendors.clone());
     daemon.serve_metrics().await?;
     for watch in daemon.config.watches.clone() {
@@ -604,7 +627,16 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         }
     }
     let all: Vec<usize> = (0..daemon.watches.len()).collect();
-    daemon.wait_for_watches(&all).await;
+    if !daemon.wait_for_watches(&all).await {
+        info!("stopping before the start was complete: nothing was sent");
+        crate::service::stopping();
+        daemon.stop_watches().await;
+        if let Some((_, server)) = daemon.metrics.take() {
+            server.abort();
+        }
+        info!("stopped");
+        return Ok(());
+    }
     let (stop, stopped) = watch::channel(false);
     let pool = tokio::spawn(run_pool(
         daemon.worker_context(),
@@ -774,4 +806,47 @@ pub async fn scan(config: Config) -> Result<ScanReport, DaemonError> {
         }
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stop asked for while the daemon waits for a watch to set up (a first look at a big tree,
+    /// at the start or in a reload) ends the wait at once: it was only heard once the wait was
+    /// over, so systemd killed a daemon still busy with it, transfers in flight.
+    #[tokio::test]
+    async fn a_stop_asked_for_ends_the_wait_for_watches_setting_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = format!(
+            "journal: {dir}/journal.sqlite3\nvendors:\n  erp:\n    kind: kingdee\n    \
+             client_id: c\n    client_secret: s\n    app_key: k\n    app_secret: a\n    \
+             domain: d\nwatches:\n  - path: {dir}\n    vendor: erp\n",
+            dir = dir.path().display()
+        );
+        let config = Config::parse(&yaml, &dir.path().join("daemon.yaml")).unwrap();
+        let journal = JournalHandle::new(Journal::open(&config.journal).unwrap());
+        let (failed, _) = mpsc::unbounded_channel();
+        let (restart, _) = mpsc::unbounded_channel();
+        let mut daemon = Daemon::new(config.clone(), journal, WatchTrouble { failed, restart });
+        let (ask, asked) = watch::channel(false);
+        daemon.stop_asked = asked;
+        // A watch still reading its folder: it never says it is ready.
+        let (commands, _still_reading) = mpsc::unbounded_channel();
+        daemon.watches.push(RunningWatch {
+            config: config.watches[0].clone(),
+            vendor_traits: (VendorKind::Kingdee, crate::adapters::kingdee::LIMITS, true),
+            commands,
+            task: tokio::spawn(async {}),
+        });
+        let waiting = tokio::spawn(async move { daemon.wait_for_watches(&[0]).await });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "it waits for the watch");
+        ask.send_replace(true);
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(10), waiting).await;
+        assert!(
+            matches!(ended, Ok(Ok(false))),
+            "the wait ends, saying a stop was asked: {ended:?}"
+        );
+    }
 }
