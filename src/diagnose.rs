@@ -3,6 +3,8 @@
 //! - out of inotify watches: how many the limit allows, how many this user's processes hold (from
 //!   `/proc/*/fdinfo`), how many folders the watch has, and what to set the limit to;
 //! - a journal that cannot be written: read-only, disk full, locked, damaged — one sentence each;
+//! - a journal folder `check` finds this process may not write: whom to give it to, and on a
+//!   read-only filesystem the unit's `ReadWritePaths=` drop-in;
 //! - a vendor that refuses our timestamp: how far this host's clock is from the vendor's, read from
 //!   the answer's `Date` header.
 
@@ -231,10 +233,7 @@ pub const JOURNAL_DISK_LOW: u64 = 1024 * 1024;
 /// has room (or its space cannot be read). The daemon cannot record that in the journal itself, so
 /// `status` measures it.
 pub fn journal_disk(journal: &Path) -> Option<String> {
-    let folder = journal
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let folder = journal_folder(journal);
     let free = free_bytes(folder)?;
     (free < JOURNAL_DISK_LOW).then(|| {
         format!(
@@ -256,6 +255,139 @@ fn free_bytes(path: &Path) -> Option<u64> {
         return None;
     }
     Some((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+}
+
+// ---- the journal's folder -----------------------------------------------------------------------
+
+/// The unit's StateDirectory=: the one folder its ProtectSystem=strict leaves writable.
+const STATE_DIRECTORY: &str = "/var/lib/imgsyncd";
+
+/// The folder holding `journal` (`.` for a bare file name).
+pub fn journal_folder(journal: &Path) -> &Path {
+    journal
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// May this process write `path` (and, for a folder, create files in it)? Asks the kernel
+/// (`access(2)`): nothing is created or changed. A read-only filesystem answers EROFS even to
+/// root.
+fn may_write(path: &Path, folder: bool) -> std::io::Result<()> {
+    use rustix::fs::Access;
+    let mode = match folder {
+        true => Access::WRITE_OK | Access::EXEC_OK,
+        false => Access::WRITE_OK,
+    };
+    rustix::fs::access(path, mode).map_err(std::io::Error::from)
+}
+
+/// What stands in the way of the daemon writing the journal `journal`, as `check` says it, or
+/// `None` when this process may: its folder (or, while that does not exist yet, the folder `run`
+/// would create it in) and the files the daemon keeps there (the journal, its `-wal` and `-shm`,
+/// its `.lock`) as far as they exist. Creates and changes nothing.
+pub fn journal_unwritable(journal: &Path) -> Option<String> {
+    let folder = journal_folder(journal);
+    match may_write(folder, true) {
+        Ok(()) => {}
+        // `run` creates a missing folder: it needs the nearest one that exists to be writable.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let existing = folder
+                .ancestors()
+                .skip(1)
+                .map(|a| match a.as_os_str().is_empty() {
+                    true => Path::new("."),
+                    false => a,
+                })
+                .find(|a| std::fs::symlink_metadata(a).is_ok())?;
+            let error = may_write(existing, true).err()?;
+            return Some(format!(
+                "the journal's folder {} does not exist, and {} cannot be written to create it: \
+                 {error}: {}",
+                folder.display(),
+                existing.display(),
+                journal_folder_advice(folder, &error, true)
+            ));
+        }
+        Err(error) => {
+            return Some(format!(
+                "the journal's folder {} is not writable by this process: {error}: {}",
+                folder.display(),
+                journal_folder_advice(folder, &error, false)
+            ));
+        }
+    }
+    let beside = |suffix: &str| {
+        let mut name = journal.as_os_str().to_owned();
+        name.push(suffix);
+        std::path::PathBuf::from(name)
+    };
+    for file in [
+        journal.to_path_buf(),
+        beside("-wal"),
+        beside("-shm"),
+        beside(".lock"),
+    ] {
+        if std::fs::symlink_metadata(&file).is_err() {
+            continue;
+        }
+        if let Err(error) = may_write(&file, false) {
+            let advice = match error.kind() {
+                std::io::ErrorKind::PermissionDenied => format!(
+                    "give it to the daemon's user (`chown imgsyncd:imgsyncd {}`; the unit runs \
+                     as User=imgsyncd)",
+                    file.display()
+                ),
+                _ => journal_folder_advice(folder, &error, false),
+            };
+            return Some(format!(
+                "the journal's file {} is not writable by this process: {error}: {advice}",
+                file.display()
+            ));
+        }
+    }
+    None
+}
+
+/// What to do when the journal's folder `folder` (`missing`: which does not exist yet) cannot be
+/// written for `error`. A read-only filesystem is most often systemd's ProtectSystem=strict,
+/// which leaves only the unit's StateDirectory= writable.
+pub fn journal_folder_advice(folder: &Path, error: &std::io::Error, missing: bool) -> String {
+    let shown = folder.display();
+    let create = format!("install -d -o imgsyncd -g imgsyncd -m 0750 {shown}");
+    match error.kind() {
+        std::io::ErrorKind::ReadOnlyFilesystem => format!(
+            "under systemd, the unit's ProtectSystem=strict makes every folder read-only but \
+             {STATE_DIRECTORY} (StateDirectory=): for a journal elsewhere, {}add \
+             `ReadWritePaths={shown}` in a drop-in (`systemctl edit imgsyncd`, under [Service]), \
+             or move the journal into {STATE_DIRECTORY}; outside systemd, mount the filesystem \
+             read-write",
+            match missing {
+                true => format!("create the folder (`{create}`), then "),
+                false => String::new(),
+            }
+        ),
+        std::io::ErrorKind::PermissionDenied if missing => {
+            format!("create it for the daemon's user (`{create}`)")
+        }
+        std::io::ErrorKind::PermissionDenied => format!(
+            "give it to the daemon's user (`chown imgsyncd:imgsyncd {shown}`; the unit runs as \
+             User=imgsyncd), or move the journal into {STATE_DIRECTORY}"
+        ),
+        std::io::ErrorKind::StorageFull => "the disk holding the journal is full".to_string(),
+        _ if missing => format!("create it for the daemon's user (`{create}`)"),
+        _ => format!(
+            "check that {shown} is a folder the daemon's user may write (`{create}` makes one)"
+        ),
+    }
+}
+
+/// The advice for the daemon's lock file `lock` (beside the journal) that could not be made or
+/// opened for `error`, starting with ": ". [`journal_folder_advice`] for the lock's folder.
+pub fn journal_lock_advice(lock: &Path, error: &std::io::Error) -> String {
+    let folder = journal_folder(lock);
+    let missing = std::fs::symlink_metadata(folder).is_err();
+    format!(": {}", journal_folder_advice(folder, error, missing))
 }
 
 // ---- clocks -------------------------------------------------------------------------------------
@@ -381,6 +513,37 @@ mod tests {
             journal(&e)
         );
         assert!(journal(&e).contains("nothing is lost"));
+    }
+
+    #[test]
+    fn a_journal_folder_is_probed_without_being_touched() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(journal_unwritable(&dir.path().join("j.sqlite3")), None);
+        // Missing, in a folder this process may write: `run` makes it.
+        let missing = dir.path().join("a/b");
+        assert_eq!(journal_unwritable(&missing.join("j.sqlite3")), None);
+        assert!(!dir.path().join("a").exists(), "nothing created");
+        assert_eq!(journal_folder(Path::new("j.sqlite3")), Path::new("."));
+
+        let erofs = std::io::Error::from_raw_os_error(libc::EROFS);
+        let advice = journal_folder_advice(Path::new("/srv/imgsyncd"), &erofs, false);
+        assert!(advice.contains("ProtectSystem=strict"), "{advice}");
+        assert!(
+            advice
+                .contains("`ReadWritePaths=/srv/imgsyncd` in a drop-in (`systemctl edit imgsyncd`"),
+            "{advice}"
+        );
+        let advice = journal_folder_advice(Path::new("/srv/imgsyncd"), &erofs, true);
+        assert!(
+            advice.contains("create the folder (`install -d -o imgsyncd -g imgsyncd -m 0750 /srv/imgsyncd`), then add `ReadWritePaths=/srv/imgsyncd`"),
+            "{advice}"
+        );
+        let eacces = std::io::Error::from_raw_os_error(libc::EACCES);
+        let advice = journal_lock_advice(Path::new("/srv/imgsyncd/j.sqlite3.lock"), &eacces);
+        assert!(
+            advice.starts_with(": create it for the daemon's user (`install -d"),
+            "{advice}"
+        );
     }
 
     #[test]

@@ -396,6 +396,11 @@ fn retry_paths(journal: &mut Journal, paths: &[PathBuf]) -> Result<ExitCode> {
 
 fn check(config_path: &Path, online: bool) -> Result<ExitCode> {
     let config = load(config_path)?;
+    // The config may be fine and the journal still out of reach (a folder the unit's
+    // ProtectSystem=strict leaves read-only): `run` would fail, and systemd restart it forever.
+    if let Some(problem) = imgsyncd::diagnose::journal_unwritable(&config.journal) {
+        bail!("{}: journal: {problem}", config_path.display());
+    }
     emit(&format!(
         "{}: ok ({} vendors, {} watches, journal {})",
         config_path.display(),
@@ -403,6 +408,13 @@ fn check(config_path: &Path, online: bool) -> Result<ExitCode> {
         config.watches.len(),
         config.journal.display()
     ));
+    let journal_folder = imgsyncd::diagnose::journal_folder(&config.journal);
+    if !journal_folder.is_dir() {
+        emit(&format!(
+            "note: the journal's folder {} does not exist yet: `run` creates it",
+            journal_folder.display()
+        ));
+    }
     for watch in &config.watches {
         if !watch.path.is_dir() {
             emit(&format!(

@@ -725,3 +725,218 @@ fn a_file_a_writer_keeps_open_is_reported_once_and_taken_at_its_close() {
     let told = h.log().matches("still open for writing").count();
     assert_eq!(told, 1, "reported once\n{}", h.log());
 }
+
+/// The harness's config with its journal moved to `journal`.
+fn with_journal_at(h: &Harness, journal: &std::path::Path) {
+    let config = std::fs::read_to_string(&h.config_path).unwrap();
+    let text: Vec<String> = config
+        .lines()
+        .map(|l| match l.starts_with("journal: ") {
+            true => format!("journal: {}", journal.display()),
+            false => l.to_string(),
+        })
+        .collect();
+    std::fs::write(&h.config_path, text.join("\n") + "\n").unwrap();
+}
+
+/// A journal in a folder on a read-only filesystem (what the unit's ProtectSystem=strict makes of
+/// every folder but /var/lib/imgsyncd): `check`, the unit's ExecStartPre=, fails naming the folder
+/// and the drop-in that fixes it, instead of passing and letting `run` fail and restart forever.
+/// The folder is a read-only tmpfs in a mount namespace of `check`'s own; where that cannot be
+/// made, there is nothing to check.
+#[test]
+fn check_fails_for_a_journal_folder_on_a_read_only_filesystem() {
+    let probe = Command::new("unshare")
+        .args(["-m", "sh", "-c", "mount -t tmpfs -o ro none /mnt"])
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: cannot mount a read-only tmpfs in a mount namespace here");
+        return;
+    }
+    let h = Harness::new();
+    let read_only = h.dir.path().join("srv");
+    std::fs::create_dir_all(&read_only).unwrap();
+    // `check` on `journal`, with `read_only` mounted read-only for it alone.
+    let check = |journal: &std::path::Path| {
+        with_journal_at(&h, journal);
+        Command::new("unshare")
+            .args([
+                "-m",
+                "sh",
+                "-c",
+                "mount -t tmpfs -o ro none \"$1\" && exec \"$2\" -c \"$3\" check",
+                "sh",
+                read_only.to_str().unwrap(),
+                BIN,
+                h.config_path.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap()
+    };
+
+    // The folder exists, read-only.
+    let out = check(&read_only.join("journal.sqlite3"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(": ok"));
+    let folder = read_only.display().to_string();
+    assert!(
+        stderr.contains(&format!(
+            "the journal's folder {folder} is not writable by this process"
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Read-only file system"), "{stderr}");
+    assert!(stderr.contains("ProtectSystem=strict"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("`ReadWritePaths={folder}`")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("systemctl edit imgsyncd"), "{stderr}");
+    assert_eq!(
+        stderr
+            .lines()
+            .filter(|l| l.starts_with("imgsyncd: "))
+            .count(),
+        1,
+        "one message: {stderr}"
+    );
+
+    // The folder does not exist and cannot be made there: make it, then ReadWritePaths=.
+    let missing = read_only.join("imgsyncd");
+    let out = check(&missing.join("journal.sqlite3"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let shown = missing.display().to_string();
+    assert!(
+        stderr.contains(&format!(
+            "the journal's folder {shown} does not exist, and {folder} cannot be written"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "install -d -o imgsyncd -g imgsyncd -m 0750 {shown}"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("`ReadWritePaths={shown}`")),
+        "{stderr}"
+    );
+
+    // Writable, the same config passes, and `check` made nothing there.
+    with_journal_at(&h, &missing.join("journal.sqlite3"));
+    let out = h.cli(&["check"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "the journal's folder {shown} does not exist yet: `run` creates it"
+        )),
+        "{stdout}"
+    );
+    assert!(!missing.exists(), "check creates nothing");
+}
+
+/// A journal folder (or journal file) the daemon's user may not write: `check` fails naming it
+/// and says to give it to that user. Run as `nobody`, since root may write anything.
+#[test]
+fn check_fails_for_a_journal_the_daemons_user_may_not_write() {
+    if !common::running_as_root() {
+        eprintln!("skipped: needs root to run the CLI as another user");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let h = Harness::with(common::Options {
+        as_nobody: true,
+        ..common::Options::default()
+    });
+    let theirs = h.dir.path().join("root-only");
+    std::fs::create_dir_all(&theirs).unwrap();
+    std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o755)).unwrap();
+    with_journal_at(&h, &theirs.join("journal.sqlite3"));
+    let out = h.cli(&["check"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let folder = theirs.display().to_string();
+    assert!(
+        stderr.contains(&format!(
+            "the journal's folder {folder} is not writable by this process: Permission denied"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("chown imgsyncd:imgsyncd {folder}")),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("ReadWritePaths"),
+        "not a read-only mount: {stderr}"
+    );
+
+    // The folder is writable but a journal file left by root is not.
+    std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let journal = theirs.join("journal.sqlite3");
+    std::fs::write(&journal, b"").unwrap();
+    std::fs::set_permissions(&journal, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = h.cli(&["check"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "the journal's file {} is not writable by this process",
+            journal.display()
+        )),
+        "{stderr}"
+    );
+
+    std::fs::set_permissions(&journal, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = h.cli(&["check"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The shipped unit checks the config before it sends SIGHUP, so `systemctl reload` fails on a
+/// bad config (systemd stops at the first ExecReload= that fails), with the same binary and config
+/// as the start.
+#[test]
+fn the_unit_checks_the_config_before_a_reload() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/imgsyncd.service"
+    ))
+    .unwrap();
+    let values = |key: &str| -> Vec<String> {
+        unit.lines()
+            .filter_map(|l| l.strip_prefix(&format!("{key}=")))
+            .map(|v| v.trim().to_string())
+            .collect()
+    };
+    let start = values("ExecStart");
+    assert_eq!(start.len(), 1, "{start:?}");
+    let binary_and_config = start[0]
+        .strip_suffix(" run")
+        .expect("ExecStart= runs `run`");
+    assert_eq!(
+        values("ExecStartPre"),
+        vec![format!("{binary_and_config} check")]
+    );
+    assert_eq!(
+        values("ExecReload"),
+        vec![
+            format!("{binary_and_config} check"),
+            "/bin/kill -HUP $MAINPID".to_string()
+        ]
+    );
+    // Exit 2 is every error, passing ones too: they must still restart.
+    assert_eq!(values("Restart"), vec!["on-failure".to_string()]);
+    assert!(values("RestartPreventExitStatus").is_empty());
+}
