@@ -31,7 +31,7 @@ pub enum DaemonError {
         "another imgsyncd is already running on the journal {0} (stop it first; `status` and `files` work alongside it)"
     )]
     Locked(PathBuf),
-    #[error("cannot lock {}: {error}{}", path.display(), lock_advice(error))]
+    #[error("cannot lock {}: {error}{}", path.display(), crate::diagnose::journal_lock_advice(path, error))]
     Lock {
         path: PathBuf,
         error: std::io::Error,
@@ -49,17 +49,6 @@ pub enum DaemonError {
 impl From<JournalError> for DaemonError {
     fn from(error: JournalError) -> Self {
         DaemonError::Journal(crate::diagnose::journal(&error))
-    }
-}
-
-fn lock_advice(error: &std::io::Error) -> &'static str {
-    match error.kind() {
-        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
-            ": the daemon's user may not write the journal's folder (the unit's \
-             StateDirectory=imgsyncd gives it /var/lib/imgsyncd; check ownership and mount)"
-        }
-        std::io::ErrorKind::StorageFull => ": the disk holding the journal is full",
-        _ => "",
     }
 }
 
