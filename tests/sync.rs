@@ -110,6 +110,34 @@ fn a_slowly_written_file_is_uploaded_once_and_whole() {
     assert_eq!(h.sandbox.uploads(), 1);
 }
 
+/// A no-clobber move: a staged file (written earlier, in a folder the watch does not take) is
+/// linked in, then its staged name removed. The only event is the create, looked at once the
+/// link count is one again; no close ever comes. It is taken as complete, its content unwritten
+/// for long (before, it waited for a close for good, through reloads and rescans).
+#[test]
+fn a_file_linked_in_and_unlinked_from_its_staging_name_is_taken() {
+    let mut h = Harness::new();
+    h.start();
+    let staged = h.path(".stage/a.png");
+    std::fs::create_dir_all(staged.parent().unwrap()).unwrap();
+    let bytes = png(23);
+    std::fs::write(&staged, &bytes).unwrap();
+    let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&staged)
+        .unwrap()
+        .set_modified(an_hour_ago)
+        .unwrap();
+    // Stopped, the daemon hears of the link only once both are done.
+    h.signal("-STOP");
+    std::fs::hard_link(&staged, h.path("a.png")).unwrap();
+    std::fs::remove_file(&staged).unwrap();
+    h.signal("-CONT");
+    h.wait_state("a.png", "synced");
+    assert_eq!(h.remote_bytes("a.png").unwrap(), bytes);
+}
+
 #[test]
 fn a_part_file_renamed_into_place_is_uploaded_under_its_final_name() {
     let mut h = Harness::new();

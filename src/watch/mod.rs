@@ -118,6 +118,22 @@ struct DiskPass {
 
 /// Whether a file found by a scan has been still for `period` already: neither its content nor
 /// its metadata changed since (its mtime and ctime are that old).
+/// How long a file's content must have gone unwritten for an event that does not say its write
+/// was closed (a create) to take it as complete all the same. `ln staged/a.png a.png && rm
+/// staged/a.png`, a no-clobber move, makes only a create, of a file whose link count is one
+/// again by the time it is looked at: no close ever comes, and it waited for one for good. A
+/// file being written has its modification time moved by each write.
+const UNWRITTEN_FOR: Duration = Duration::from_secs(60);
+
+fn unwritten_for_long(meta: &std::fs::Metadata) -> bool {
+    meta.len() > 0
+        && meta
+            .modified()
+            .ok()
+            .and_then(|written| written.elapsed().ok())
+            .is_some_and(|since| since >= UNWRITTEN_FOR)
+}
+
 fn quiet_for(stamp: &Stamp, period: Duration) -> bool {
     let now_ns = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -396,7 +412,11 @@ impl WatchTask {
                 self.watcher = self.start_watcher();
                 // Before the first walk, which a removal elsewhere may otherwise not wait for.
                 self.publish_sighting_delay();
-                self.reconcile(Sighting::Scanned).await;
+                // The old watcher's events are lost, closes among them (a file written in a
+                // subfolder while the mounts changed): what the walk finds counts as closed, as
+                // after an overflow, or a file tracked open would wait for a close for good.
+                self.settle.forget_open();
+                self.reconcile(Sighting::Closed).await;
             }
             RootState::Usable { fresh: false } => {}
         }
@@ -809,8 +829,9 @@ impl WatchTask {
             Ok(meta) if meta.is_dir() => {}
             Ok(meta) if self.config.filter.accepts(relative) => {
                 // Only regular files are written and closed; anything else is complete as it is.
-                // So is a hard link to an existing file: linking it in writes nothing.
-                let complete = !meta.is_file() || meta.nlink() > 1;
+                // So is a hard link to an existing file: linking it in writes nothing; and a
+                // file whose content went unwritten for long, whatever the event.
+                let complete = !meta.is_file() || meta.nlink() > 1 || unwritten_for_long(&meta);
                 let sighting = if complete { Sighting::Closed } else { sighting };
                 self.track(path, sighting);
             }
