@@ -173,6 +173,36 @@ fn set_stamp(tx: &Connection, id: i64, stamp: Option<&FileStamp>) -> Result<()> 
 }
 
 impl Journal {
+    /// Puts the files of the watch at `watch_root` still to be sent (pending, or failed or
+    /// rejected, for a retry) under the vendor's copy sharing as configured now: a reload that
+    /// turned Jiandaoyun's `create_record` on must not have a file queued before it synced to a
+    /// key no record holds, which dies within the hour. Returns how many changed.
+    pub fn apply_reuse_policy(
+        &mut self,
+        watch_root: &str,
+        vendor: &str,
+        reuse_copies: bool,
+    ) -> Result<usize> {
+        const UNSENT: &str = "watch_root = ?1 AND state IN ('pending', 'failed', 'rejected')
+             AND vendor = ?2 AND reuse_copies != ?3";
+        // Read before any write transaction: at a start the policy is almost always the same.
+        let stale: bool = self.conn.cached_query_row(
+            &format!("SELECT EXISTS (SELECT 1 FROM files WHERE {UNSENT})"),
+            params![watch_root, vendor, reuse_copies],
+            |r| r.get(0),
+        )?;
+        if !stale {
+            return Ok(0);
+        }
+        let tx = self.write()?;
+        let changed = tx.cached_execute(
+            &format!("UPDATE files SET reuse_copies = ?3 WHERE {UNSENT}"),
+            params![watch_root, vendor, reuse_copies],
+        )?;
+        tx.commit()?;
+        Ok(changed)
+    }
+
     /// Records a complete image seen on disk and queues whatever it calls for.
     ///
     /// `is_present` answers whether a recorded path still exists on disk: a record whose file is gone

@@ -1157,8 +1157,9 @@ impl WatchTask {
         }
     }
 
-    /// Puts the files the journal holds for this watch under its `on_remove` as configured
-    /// now (a watch started, or restarted by a reload that changed it).
+    /// Puts the files the journal holds for this watch under its `on_remove` and its vendor's
+    /// copy sharing as configured now (a watch started, or restarted by a reload that changed
+    /// either).
     async fn apply_remove_policy(&self) {
         let (root, delete_unused) = (self.root_text(), self.delete_unused());
         let vendor = self.config.vendor.clone();
@@ -1177,6 +1178,29 @@ impl WatchTask {
             Err(e) => error!(
                 watch = %self.root().display(),
                 "cannot apply on_remove to the files already recorded: {}",
+                crate::diagnose::journal(&e)
+            ),
+        }
+        let (root, vendor, reuse) = (
+            self.root_text(),
+            self.config.vendor.clone(),
+            self.reuse_copies,
+        );
+        let applied = self
+            .ctx
+            .journal
+            .call(move |j| j.apply_reuse_policy(&root, &vendor, reuse))
+            .await;
+        match applied {
+            Ok(0) => {}
+            Ok(n) => info!(
+                watch = %self.root().display(), files = n,
+                "{n} files not yet sent {} from now on",
+                if reuse { "may share a remote copy of the same bytes" } else { "are each sent on their own" }
+            ),
+            Err(e) => error!(
+                watch = %self.root().display(),
+                "cannot apply the vendor's copy sharing to the files already recorded: {}",
                 crate::diagnose::journal(&e)
             ),
         }

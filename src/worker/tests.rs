@@ -590,3 +590,28 @@ fn a_fresh_token_refused_too_pauses_the_vendor() {
     assert_eq!(refused_twice.vendor_code.as_deref(), Some("99991663"));
     assert_eq!(answers(1).outcome, Outcome::Done(()));
 }
+
+/// A reload that turns copy sharing off (Jiandaoyun's `create_record` on) applies to the files
+/// already queued: a twin queued before it is sent on its own, not synced to a key no record
+/// holds, which dies within the hour.
+#[test]
+fn copy_sharing_turned_off_applies_to_files_already_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut j = crate::journal::Journal::open(&dir.path().join("j.sqlite3")).unwrap();
+    let same = "f".repeat(64);
+    observe(&mut j, "a", 0, &same);
+    observe(&mut j, "a", 1, &same);
+    let upload = first_job(&mut j);
+    let key = crate::journal::Remote {
+        reference: "key-1".into(),
+        expires_at: Some(crate::journal::now_ms() + 3_600_000),
+        ..Default::default()
+    };
+    j.finish(&upload, &JobResult::Uploaded(key), None).unwrap();
+    assert_eq!(j.apply_reuse_policy("/w", "a", false).unwrap(), 1);
+    assert_eq!(j.apply_reuse_policy("/w", "a", false).unwrap(), 0, "once");
+    let names = vec!["a".to_string()];
+    let (jobs, settled) = claim_due(&mut j, &names, &Held::default(), 1, &ClaimFor::Slots).unwrap();
+    assert!(settled.is_empty(), "not synced to the key: {settled:?}");
+    assert_eq!(jobs.len(), 1, "sent on its own");
+}
