@@ -472,8 +472,14 @@ impl Daemon {
                     error!("{e}; the metrics endpoint stays as it was");
                     self.config.metrics = self.metrics.as_ref().map(|(a, _)| *a);
                 }
-                if let Err(e) = self.journal.call(|j| j.probe_paused_now()).await {
-                    error!("cannot reset vendor pauses: {e}");
+                let configured: Vec<String> = self.config.vendors.keys().cloned().collect();
+                match self
+                    .journal
+                    .call(move |j| j.reset_vendor_pauses(&configured))
+                    .await
+                {
+                    Ok(dropped) => said_unconfigured(&dropped),
+                    Err(e) => error!("cannot reset vendor pauses: {e}"),
                 }
                 self.wake.notify_one();
                 self.notes.reload(None);
@@ -588,10 +594,24 @@ fn open_journal(
             "jobs left running by a previous run went back to the queue"
         );
     }
-    // A start is like a reload: paused vendors are tried again at once, watches check their folders.
-    journal.probe_paused_now().map_err(named)?;
+    // A start is like a reload: paused vendors are tried again at once (those no longer
+    // configured are paused no more), watches check their folders.
+    let configured: Vec<String> = config.vendors.keys().cloned().collect();
+    said_unconfigured(&journal.reset_vendor_pauses(&configured).map_err(named)?);
     journal.clear_watch_pauses().map_err(named)?;
     Ok((lock, JournalHandle::new(journal)))
+}
+
+/// Says which paused vendors a start or a reload found taken out of the config, and so paused no
+/// more.
+fn said_unconfigured(dropped: &[String]) {
+    for vendor in dropped {
+        info!(
+            vendor = %vendor,
+            "vendor {vendor} is no longer in the config: no longer paused; its queued files wait \
+             until it is configured again"
+        );
+    }
 }
 
 /// The daemon, in the foreground, until SIGTERM or SIGINT. systemd hears READY=1 only once the

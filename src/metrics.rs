@@ -384,7 +384,14 @@ fn publish_watches() {
 pub async fn render(journal: &JournalHandle, vendors: &VendorNames) -> String {
     let m = global();
     let names = vendors();
-    let read = tokio::time::timeout(Duration::from_secs(10), journal.call(|j| j.status())).await;
+    // The queue's age and the pauses are those of the configured vendors: one taken out of the
+    // config keeps its files (counted below) and its jobs, which nothing sends until it is back.
+    let configured = names.clone();
+    let read = tokio::time::timeout(
+        Duration::from_secs(10),
+        journal.call(move |j| j.status_of(&configured)),
+    )
+    .await;
     m.files.clear();
     m.paused.clear();
     match read {

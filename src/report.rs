@@ -4,8 +4,9 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
+use crate::config::Config;
 use crate::journal::path_text::shown;
-use crate::journal::{FileRow, HistoryRow, OldestPending, Status};
+use crate::journal::{FileRow, HistoryRow, Journal, JournalError, OldestPending, Status};
 
 /// Whether a daemon holds the journal (`status --json`'s `daemon`).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -26,6 +27,25 @@ pub struct StatusReport {
     /// Set while the disk holding the journal is full: what that means and what to do (files
     /// dropped meanwhile are not in the counts until there is room to record them).
     pub journal_disk_full: Option<String>,
+}
+
+impl StatusReport {
+    /// `status` read from `journal` under `config` as it is now: the paused vendors, the queue
+    /// and its oldest file are those of the vendors the config names (a vendor taken out of it
+    /// keeps its files in the counts, and its jobs, which nothing sends until it is back).
+    pub fn read(journal: &Journal, config: &Config) -> Result<StatusReport, JournalError> {
+        let vendors: Vec<String> = config.vendors.keys().cloned().collect();
+        let pid = crate::daemon::journal_holder(&config.journal);
+        Ok(StatusReport {
+            status: journal.status_of(&vendors)?,
+            oldest_pending: journal.oldest_pending_of(&vendors)?,
+            daemon: DaemonState {
+                running: pid.is_some(),
+                pid,
+            },
+            journal_disk_full: crate::diagnose::journal_disk(&config.journal),
+        })
+    }
 }
 
 /// `status`: whether the daemon runs, then the journal's overview.

@@ -497,3 +497,206 @@ fn an_exhausted_quota_pauses_the_vendor_until_it_is_raised() {
     m.h.reload();
     m.expect_all_synced();
 }
+
+/// A Feishu vendor refused for a wrong app secret, and a Kingdee one that syncs.
+const REMOVED: &[Case] = &[
+    Case {
+        vendor: "f_app_secret",
+        kind: Kind::Feishu,
+        wrong: Some(|c| c.feishu.app_secret = WRONG_SECRETS[2].into()),
+        reason: &["code 10014", "check app_id and app_secret"],
+    },
+    Case {
+        vendor: "ok_kingdee",
+        kind: Kind::Kingdee,
+        wrong: None,
+        reason: &[],
+    },
+];
+
+/// Serves the metrics on a port of the system's choosing (the log says which).
+fn with_metrics(h: &Harness) {
+    let config = std::fs::read_to_string(&h.config_path).unwrap();
+    std::fs::write(&h.config_path, format!("metrics: 127.0.0.1:0\n{config}")).unwrap();
+}
+
+/// The running daemon's metrics, each sample line as `name{labels}` → value.
+fn metrics(h: &Harness) -> BTreeMap<String, f64> {
+    use std::io::{Read, Write};
+    let log = h.log();
+    let address = log
+        .rsplit("metrics served at http://")
+        .next()
+        .and_then(|rest| rest.split("/metrics").next())
+        .expect(&log)
+        .to_string();
+    let mut stream = std::net::TcpStream::connect(&address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (_, body) = response.split_once("\r\n\r\n").unwrap();
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The STATUS= lines the daemon sends systemd, heard on a socket of the test's own.
+struct StatusLines(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl StatusLines {
+    fn listen(socket: &std::path::Path) -> StatusLines {
+        let socket = std::os::unix::net::UnixDatagram::bind(socket).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let heard = std::sync::Arc::<std::sync::Mutex<Vec<String>>>::default();
+        let sink = std::sync::Arc::clone(&heard);
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            // Ends with the test (its folder gone) or after three minutes.
+            for _ in 0..1800 {
+                match socket.recv(&mut buf) {
+                    Ok(n) => {
+                        let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+                        if let Some(line) = message.lines().find_map(|l| l.strip_prefix("STATUS="))
+                        {
+                            sink.lock().unwrap().push(line.to_string());
+                        }
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(_) => break,
+                }
+            }
+        });
+        StatusLines(heard)
+    }
+
+    fn last(&self) -> String {
+        self.0.lock().unwrap().last().cloned().unwrap_or_default()
+    }
+}
+
+/// What every report says of a vendor taken out of the config (with its watch) while paused:
+/// not paused (`status --json`, STATUS=, the metrics); its files still counted, pending; and its
+/// jobs, which nothing sends, not ageing the queue (`imgsyncd_oldest_pending_job_age_seconds`, the
+/// README's alert).
+fn expect_gone_but_counted(m: &Matrix, status_lines: &StatusLines) {
+    m.h.wait_for("the pause of the vendor taken out to be dropped", |_| {
+        m.paused().is_empty()
+    });
+    let status = m.h.status();
+    assert_eq!(
+        status["by_vendor"]["f_app_secret"]["pending"], 2,
+        "{status}"
+    );
+    assert_eq!(status["files"]["pending"], 2, "{status}");
+    assert_eq!(status["files"]["synced"], 2, "{status}");
+    m.h.wait_for("STATUS= to say no vendor is paused", |_| {
+        let line = status_lines.last();
+        !line.is_empty() && !line.contains("paused")
+    });
+    let samples = metrics(&m.h);
+    let get = |series: &str| {
+        *samples
+            .get(series)
+            .unwrap_or_else(|| panic!("no {series} in {samples:#?}"))
+    };
+    assert_eq!(get("imgsyncd_oldest_pending_job_age_seconds"), 0.0);
+    assert_eq!(get("imgsyncd_queued_jobs"), 0.0);
+    assert_eq!(
+        get(r#"imgsyncd_files{vendor="f_app_secret",state="pending"}"#),
+        2.0
+    );
+    assert!(
+        !samples.contains_key(r#"imgsyncd_vendor_paused{vendor="f_app_secret"}"#),
+        "{samples:#?}"
+    );
+    assert!(
+        m.h.log()
+            .contains("vendor f_app_secret is no longer in the config: no longer paused"),
+        "{}",
+        m.h.log()
+    );
+}
+
+/// The review's case: a paused vendor taken out of the config with its watch stayed paused for
+/// ever in every report, and its jobs aged the queue without end (the alert fired for ever).
+/// After the reload it is paused no more, and its jobs do not count; after a restart neither.
+#[test]
+fn a_paused_vendor_taken_out_of_the_config_is_paused_no_more_and_ages_no_queue() {
+    let mut m = Matrix::new(REMOVED, SandboxOptions::default());
+    with_metrics(&m.h);
+    let status_lines = StatusLines::listen(&m.h.dir.path().join("notify.sock"));
+    let socket = m.h.dir.path().join("notify.sock").display().to_string();
+    m.h.start_with("text", &[("NOTIFY_SOCKET", &socket)]);
+    m.drop_files();
+    m.expect_paused();
+    let before = metrics(&m.h);
+    assert!(
+        before["imgsyncd_oldest_pending_job_age_seconds"] >= 4.0,
+        "its files have waited: {before:#?}"
+    );
+    assert!(status_lines.last().contains("f_app_secret paused: "));
+
+    m.cases = &REMOVED[1..];
+    m.write_config(true);
+    with_metrics(&m.h);
+    m.h.reload();
+    expect_gone_but_counted(&m, &status_lines);
+
+    m.h.stop();
+    m.h.start_with("text", &[("NOTIFY_SOCKET", &socket)]);
+    expect_gone_but_counted(&m, &status_lines);
+}
+
+/// Taken out of the config while the daemon was stopped, the vendor is not paused from the
+/// start. Put back, its files are sent again: still refused, it is paused again; put right (and
+/// a SIGHUP), every file is synced, once.
+#[test]
+fn a_vendor_taken_out_while_stopped_is_not_paused_and_put_back_runs_again() {
+    let mut m = Matrix::new(REMOVED, SandboxOptions::default());
+    with_metrics(&m.h);
+    m.h.start();
+    m.drop_files();
+    m.expect_paused();
+    m.h.stop();
+
+    m.cases = &REMOVED[1..];
+    m.write_config(true);
+    with_metrics(&m.h);
+    let status_lines = StatusLines::listen(&m.h.dir.path().join("notify.sock"));
+    let socket = m.h.dir.path().join("notify.sock").display().to_string();
+    m.h.start_with("text", &[("NOTIFY_SOCKET", &socket)]);
+    assert!(m.paused().is_empty(), "{}", m.h.status());
+    expect_gone_but_counted(&m, &status_lines);
+
+    // Back, still with the wrong secret: its first call pauses it again, and nothing is sent.
+    m.cases = REMOVED;
+    m.write_config(true);
+    m.h.reload();
+    m.h.wait_for("the vendor put back to be paused again", |_| {
+        m.paused()
+            .get("f_app_secret")
+            .is_some_and(|reason| reason.contains("code 10014"))
+    });
+    m.expect_nothing_sent_for_paused();
+
+    m.write_config(false);
+    m.h.reload();
+    m.expect_all_synced();
+}

@@ -60,25 +60,64 @@ impl Journal {
         })
     }
 
+    /// The job that has waited longest, of any vendor the journal knows.
     pub fn oldest_pending(&self) -> Result<Option<OldestPending>> {
         Ok(self
             .conn
             .cached_query_row(
-                "SELECT f.path, j.vendor, j.op, j.created_at, j.attempts
-                 FROM (SELECT file_id, vendor, op, created_at, attempts FROM jobs
+                "SELECT f.path, j.vendor, j.op, j.created_at, j.attempts, j.id
+                 FROM (SELECT id, file_id, vendor, op, created_at, attempts FROM jobs
                        ORDER BY created_at, id LIMIT 1) j
                  JOIN files f ON f.id = j.file_id",
                 [],
-                |r| {
-                    Ok(OldestPending {
-                        path: r.get(0)?,
-                        vendor: r.get(1)?,
-                        op: r.get(2)?,
-                        since: rfc3339(r.get(3)?),
-                        attempts: r.get(4)?,
-                    })
-                },
+                oldest_row,
             )
-            .optional()?)
+            .optional()?
+            .map(|(oldest, _)| oldest))
     }
+
+    /// The job that has waited longest of those of `vendors` (the configured ones): a vendor
+    /// taken out of the config keeps its jobs, but nothing sends them, so they are no queue to be
+    /// late on.
+    pub fn oldest_pending_of(&self, vendors: &[String]) -> Result<Option<OldestPending>> {
+        self.in_one_read(|| {
+            let mut oldest: Option<(OldestPending, (i64, i64))> = None;
+            for vendor in vendors {
+                let first = self
+                    .conn
+                    .cached_query_row(
+                        "SELECT f.path, j.vendor, j.op, j.created_at, j.attempts, j.id
+                         FROM (SELECT id, file_id, vendor, op, created_at, attempts FROM jobs
+                               WHERE vendor = ?1 ORDER BY created_at, id LIMIT 1) j
+                         JOIN files f ON f.id = j.file_id",
+                        [vendor],
+                        oldest_row,
+                    )
+                    .optional()?;
+                if let Some(first) = first
+                    && oldest.as_ref().is_none_or(|(_, at)| first.1 < *at)
+                {
+                    oldest = Some(first);
+                }
+            }
+            Ok(oldest.map(|(oldest, _)| oldest))
+        })
+    }
+}
+
+/// An [`OldestPending`] from its row (path, vendor, op, created_at, attempts, the job's id), with
+/// the order jobs are queued in: when, then id.
+fn oldest_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(OldestPending, (i64, i64))> {
+    let created_at: i64 = r.get(3)?;
+    let id: i64 = r.get(5)?;
+    Ok((
+        OldestPending {
+            path: r.get(0)?,
+            vendor: r.get(1)?,
+            op: r.get(2)?,
+            since: rfc3339(created_at),
+            attempts: r.get(4)?,
+        },
+        (created_at, id),
+    ))
 }

@@ -95,15 +95,47 @@ impl Journal {
     /// Makes every paused vendor due for a probe now (after a reload), with its jobs: a failed
     /// probe waits behind the next one, which must not hold up this one.
     pub fn probe_paused_now(&mut self) -> Result<()> {
-        let now = now_ms();
-        self.conn
-            .cached_execute("UPDATE vendor_pauses SET next_probe_at = ?1", [now])?;
-        self.conn.cached_execute(
-            "UPDATE jobs SET not_before = ?1
-             WHERE state = 'queued' AND not_before > ?1
-               AND vendor IN (SELECT vendor FROM vendor_pauses)",
-            [now],
-        )?;
+        let tx = self.write()?;
+        probe_all_now(&tx, now_ms())?;
+        tx.commit()?;
         Ok(())
     }
+
+    /// What a start and each reload do to the pauses, under the vendors the config names now
+    /// (`configured`), in one write: every paused vendor is due for a probe at once, with its
+    /// jobs, and a vendor the config no longer names is paused no more. Nothing claims such a
+    /// vendor's jobs, so no probe could ever end its pause: kept, it would be reported paused for
+    /// ever. Its jobs stay queued as they are (and due); named again, it is sent to at once, and
+    /// paused again by its first call if it still refuses us. Returns the vendors whose pause
+    /// was dropped.
+    pub fn reset_vendor_pauses(&mut self, configured: &[String]) -> Result<Vec<String>> {
+        let tx = self.write()?;
+        probe_all_now(&tx, now_ms())?;
+        let paused: Vec<String> = {
+            let mut stmt = tx.prepare_cached("SELECT vendor FROM vendor_pauses ORDER BY vendor")?;
+            stmt.query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        let dropped: Vec<String> = paused
+            .into_iter()
+            .filter(|vendor| !configured.contains(vendor))
+            .collect();
+        for vendor in &dropped {
+            tx.cached_execute("DELETE FROM vendor_pauses WHERE vendor = ?1", [vendor])?;
+        }
+        tx.commit()?;
+        Ok(dropped)
+    }
+}
+
+/// Every paused vendor, and its queued jobs, due now.
+fn probe_all_now(conn: &rusqlite::Connection, now: i64) -> Result<()> {
+    conn.cached_execute("UPDATE vendor_pauses SET next_probe_at = ?1", [now])?;
+    conn.cached_execute(
+        "UPDATE jobs SET not_before = ?1
+         WHERE state = 'queued' AND not_before > ?1
+           AND vendor IN (SELECT vendor FROM vendor_pauses)",
+        [now],
+    )?;
+    Ok(())
 }

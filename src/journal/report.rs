@@ -202,7 +202,21 @@ impl Journal {
         Ok(Some(rows.collect::<rusqlite::Result<_>>()?))
     }
 
+    /// `status` of every vendor the journal knows, paused or with jobs queued.
     pub fn status(&self) -> Result<Status> {
+        self.in_one_read(|| self.status_in(None))
+    }
+
+    /// `status` under the config as it is now: the paused vendors and the queue (`queued_jobs`,
+    /// `oldest_pending_s`) are those of `vendors`, the configured ones. A vendor taken out of the
+    /// config keeps its files, counted in `files` and `by_vendor`, and its jobs; but nothing
+    /// sends them until it is put back, so they are no queue to be late on, and it is paused no
+    /// more.
+    pub fn status_of(&self, vendors: &[String]) -> Result<Status> {
+        self.in_one_read(|| self.status_in(Some(vendors)))
+    }
+
+    fn status_in(&self, vendors: Option<&[String]>) -> Result<Status> {
         let mut files = empty_counts();
         let mut by_vendor: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
         {
@@ -227,12 +241,32 @@ impl Journal {
             }
         }
         let now = now_ms();
-        let oldest: Option<i64> =
-            self.conn
-                .cached_query_row("SELECT MIN(created_at) FROM jobs", [], |r| r.get(0))?;
-        let queued_jobs: i64 =
-            self.conn
-                .cached_query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0))?;
+        let (queued_jobs, oldest) = match vendors {
+            None => (
+                self.conn
+                    .cached_query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get::<_, i64>(0))?,
+                self.conn
+                    .cached_query_row("SELECT MIN(created_at) FROM jobs", [], |r| {
+                        r.get::<_, Option<i64>>(0)
+                    })?,
+            ),
+            Some(vendors) => {
+                let (mut queued, mut oldest) = (0, None::<i64>);
+                for vendor in vendors {
+                    let (count, first): (i64, Option<i64>) = self.conn.cached_query_row(
+                        "SELECT COUNT(*), MIN(created_at) FROM jobs WHERE vendor = ?1",
+                        [vendor],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )?;
+                    queued += count;
+                    oldest = match (oldest, first) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                }
+                (queued, oldest)
+            }
+        };
         let held_deletes: i64 = self.conn.cached_query_row(
             "SELECT COUNT(*) FROM files WHERE removal = 'held'",
             [],
@@ -247,6 +281,7 @@ impl Journal {
         let paused_vendors = self
             .pauses()?
             .into_iter()
+            .filter(|p| vendors.is_none_or(|vendors| vendors.contains(&p.vendor)))
             .map(|p| PausedVendor {
                 vendor: p.vendor,
                 reason: p.reason,

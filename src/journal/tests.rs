@@ -1826,3 +1826,145 @@ fn a_copy_made_while_its_files_removal_is_held_is_deleted_with_it() {
     assert_eq!(state_of(j, "/w/a.png").state, "removed");
     assert_eq!(deleted_refs(j), ["https://img/1.png", "https://img/2.png"]);
 }
+
+/// A file of the vendor `wiki` on the watch "/w": the vendor a later config leaves out.
+fn wiki<'a>(path: &'a str, sha: &'a str) -> Observation<'a> {
+    super::fixtures::observation(path, "wiki", sha, stamp(100))
+}
+
+/// A vendor paused, then taken out of the config: the start or reload after that drops its pause
+/// (nothing claims its jobs, so no probe could ever end it), in the same write as the probe at
+/// once of the vendors still configured; its jobs stay queued, due, and run when it is back.
+#[test]
+fn a_start_or_reload_drops_the_pause_of_a_vendor_no_longer_configured() {
+    let mut f = fixture();
+    let j = &mut f.journal;
+    j.observe(&obs("/w/a.png", "aa"), PRESENT).unwrap();
+    j.observe(&wiki("/w/b.png", "bb"), PRESENT).unwrap();
+    j.pause_vendor("erp", "bad signature", 1_800_000).unwrap();
+    j.pause_vendor("wiki", "app secret invalid", 1_800_000)
+        .unwrap();
+    // Their jobs wait behind the next probe, half an hour away.
+    j.conn
+        .execute("UPDATE jobs SET not_before = ?1", [now_ms() + 1_800_000])
+        .unwrap();
+
+    let erp = vendors();
+    assert_eq!(j.reset_vendor_pauses(&erp).unwrap(), ["wiki"]);
+    let pauses = j.pauses().unwrap();
+    assert_eq!(pauses.len(), 1, "{pauses:?}");
+    assert_eq!(pauses[0].vendor, "erp");
+    assert!(pauses[0].next_probe_at <= now_ms(), "erp is probed at once");
+    let status = j.status().unwrap();
+    let paused: Vec<&str> = status
+        .paused_vendors
+        .iter()
+        .map(|p| p.vendor.as_str())
+        .collect();
+    assert_eq!(paused, ["erp"], "no report says wiki is paused");
+    assert_eq!(
+        j.glance().unwrap().paused_vendors,
+        [("erp".to_string(), "bad signature".to_string())]
+    );
+    // wiki's file is still what it was: pending, its job queued (and due).
+    assert_eq!(state_of(j, "/w/b.png").state, "pending");
+    assert_eq!(status.by_vendor["wiki"]["pending"], 1);
+    let wiki_due: i64 = j
+        .conn
+        .query_row(
+            "SELECT not_before FROM jobs WHERE vendor = 'wiki'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        wiki_due <= now_ms(),
+        "due as soon as wiki is configured again"
+    );
+    assert!(
+        j.reset_vendor_pauses(&erp).unwrap().is_empty(),
+        "nothing more to drop"
+    );
+
+    // Configured again: its job is claimed at once, and its first refusal pauses it anew.
+    let both = ["erp".to_string(), "wiki".to_string()];
+    assert!(j.reset_vendor_pauses(&both).unwrap().is_empty());
+    let claimed: Vec<String> = std::iter::from_fn(|| match j.claim(&both, 60_000).unwrap()? {
+        Claimed::Job(job) => Some(job.vendor),
+        _ => None,
+    })
+    .collect();
+    assert!(claimed.contains(&"wiki".to_string()), "{claimed:?}");
+}
+
+/// The queue's age and size, the oldest file and the pauses, as `status`, the metrics and the
+/// CLI read them under the config: a vendor taken out of it does not age the queue, whose jobs
+/// nothing sends; its files are still counted as what they are.
+#[test]
+fn the_queue_and_pauses_reported_are_those_of_the_configured_vendors() {
+    let mut f = fixture();
+    let j = &mut f.journal;
+    j.observe(&wiki("/w/old.png", "aa"), PRESENT).unwrap();
+    j.observe(&obs("/w/new.png", "bb"), PRESENT).unwrap();
+    j.pause_vendor("wiki", "app secret invalid", 60_000)
+        .unwrap();
+    let now = now_ms();
+    // wiki's job has waited two days, erp's a minute.
+    j.conn
+        .execute(
+            "UPDATE jobs SET created_at = ?1 - 172800000 WHERE vendor = 'wiki'",
+            [now],
+        )
+        .unwrap();
+    j.conn
+        .execute(
+            "UPDATE jobs SET created_at = ?1 - 60000 WHERE vendor = 'erp'",
+            [now],
+        )
+        .unwrap();
+
+    let everyone = j.status().unwrap();
+    assert_eq!(everyone.queued_jobs, 2);
+    assert!(everyone.oldest_pending_s.unwrap() >= 172_800);
+    assert_eq!(j.oldest_pending().unwrap().unwrap().vendor, "wiki");
+
+    let erp = vendors();
+    let status = j.status_of(&erp).unwrap();
+    assert!(
+        status.paused_vendors.is_empty(),
+        "{:?}",
+        status.paused_vendors
+    );
+    assert_eq!(status.queued_jobs, 1);
+    let age = status.oldest_pending_s.unwrap();
+    assert!((60..120).contains(&age), "erp's job alone: {age}");
+    let oldest = j.oldest_pending_of(&erp).unwrap().unwrap();
+    assert_eq!(
+        (oldest.path.as_str(), oldest.vendor.as_str()),
+        ("/w/new.png", "erp")
+    );
+    // Its files are still there for what they are.
+    assert_eq!(status.files["pending"], 2);
+    assert_eq!(status.by_vendor["wiki"]["pending"], 1);
+    assert_eq!(status.by_vendor["erp"]["pending"], 1);
+
+    // erp's file synced: the queue of the configured vendors is empty.
+    let job = claim(j).unwrap();
+    j.finish(&job, &uploaded("https://img/1.png"), None)
+        .unwrap();
+    let status = j.status_of(&erp).unwrap();
+    assert_eq!((status.queued_jobs, status.oldest_pending_s), (0, None));
+    assert!(j.oldest_pending_of(&erp).unwrap().is_none());
+    assert!(j.oldest_pending_of(&[]).unwrap().is_none());
+
+    // The oldest of several configured vendors is the oldest of them all.
+    let both = ["erp".to_string(), "wiki".to_string()];
+    let status = j.status_of(&both).unwrap();
+    assert_eq!(status.queued_jobs, 1);
+    assert!(status.oldest_pending_s.unwrap() >= 172_800);
+    assert_eq!(status.paused_vendors[0].vendor, "wiki");
+    assert_eq!(
+        j.oldest_pending_of(&both).unwrap().unwrap().path,
+        "/w/old.png"
+    );
+}
