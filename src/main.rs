@@ -168,16 +168,7 @@ fn execute(cli: Cli) -> Result<ExitCode> {
         Command::Status { json } => {
             let config = Config::load_without_secrets(&cli.config)?;
             let journal = Journal::open_read_only(&config.journal)?;
-            let pid = daemon::journal_holder(&config.journal);
-            let status = report::StatusReport {
-                status: journal.status()?,
-                oldest_pending: journal.oldest_pending()?,
-                daemon: report::DaemonState {
-                    running: pid.is_some(),
-                    pid,
-                },
-                journal_disk_full: imgsyncd::diagnose::journal_disk(&config.journal),
-            };
+            let status = report::StatusReport::read(&journal, &config)?;
             if json {
                 emit(&serde_json::to_string_pretty(&status)?);
             } else {

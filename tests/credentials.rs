@@ -606,6 +606,10 @@ fn expect_gone_but_counted(m: &Matrix, status_lines: &StatusLines) {
     );
     assert_eq!(status["files"]["pending"], 2, "{status}");
     assert_eq!(status["files"]["synced"], 2, "{status}");
+    // Its jobs wait for it to come back: they age no queue the operator is alerted on.
+    assert!(status["oldest_pending_s"].is_null(), "{status}");
+    assert_eq!(status["queued_jobs"], 0, "{status}");
+    assert!(status["oldest_pending"].is_null(), "{status}");
     m.h.wait_for("STATUS= to say no vendor is paused", |_| {
         let line = status_lines.last();
         !line.is_empty() && !line.contains("paused")
