@@ -565,6 +565,40 @@ fn files_in_a_folder_that_cannot_be_entered_are_rejected_saying_why() {
     assert_eq!(h.remote_bytes("shut/before.png").unwrap(), png(73));
 }
 
+/// A folder of synced files shut (`chmod 644`), then opened again, where copies are not shared
+/// (Jiandaoyun with a record per file): each file, `rejected` while it could not be read, is
+/// synced to the copy and record it had, nothing sent again (before, its hash was forgotten with
+/// the rejection: it was uploaded again and the form got a second record).
+#[test]
+fn files_of_a_folder_shut_and_opened_again_are_not_sent_twice() {
+    if !common::running_as_root() {
+        eprintln!("skipped: running the daemon as another user needs root");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mut h = Harness::with(Options {
+        as_nobody: true,
+        jiandaoyun: Some(common::JiandaoyunVendor {
+            create_record: true,
+            ..Default::default()
+        }),
+        ..Options::default()
+    });
+    h.start();
+    h.drop_file("shut/a.png", &png(76));
+    let key = h.wait_state("shut/a.png", "synced")["key"].clone();
+    let shut = h.path("shut");
+    std::fs::set_permissions(&shut, std::fs::Permissions::from_mode(0o644)).unwrap();
+    h.reload();
+    h.wait_state("shut/a.png", "rejected");
+    std::fs::set_permissions(&shut, std::fs::Permissions::from_mode(0o755)).unwrap();
+    h.reload();
+    let row = h.wait_state("shut/a.png", "synced");
+    assert_eq!(row["key"], key, "{row}");
+    assert_eq!(h.sandbox.jiandaoyun_records().len(), 1, "one record");
+    assert_eq!(h.sandbox.jiandaoyun_uploads().len(), 1, "one upload");
+}
+
 /// A vendor that stops answering is taken as down after a few calls: its backlog waits behind one
 /// probe instead of each file being tried in turn, and all of it syncs once the vendor is back,
 /// nothing marked failed.

@@ -529,9 +529,12 @@ fn observe_known(tx: &Connection, obs: &Observation<'_>, row: Existing) -> Resul
     }
     // Back with the bytes of its copy: synced to it again, unless it has expired meanwhile (a
     // Jiandaoyun key put back after its hour), when the bytes go again as for a deleted copy.
+    // The copy's own hash says so, not the record's: a file rejected because it could not be
+    // read (a folder shut, an I/O error) has no hash recorded, and one changed and changed back
+    // has the other bytes' hash, yet its copy holds these very bytes.
     let synced_to_own_copy = match copy_id {
-        Some(id) if same_content => holds_usable(tx, id, obs.sha256)?,
-        _ => false,
+        Some(id) => holds_usable(tx, id, obs.sha256)?,
+        None => false,
     };
     if synced_to_own_copy {
         jobs::drop_queued(tx, row.id, &["upload"])?;
