@@ -45,6 +45,9 @@ pub struct Call<T> {
     /// It failed inside imgsyncd (a bug caught around the call), not at the vendor: whatever
     /// the vendor's state, it says nothing about it.
     internal: bool,
+    /// It failed before its request went out (fetching a token for it): the vendor carried
+    /// nothing out.
+    unsent: bool,
 }
 
 impl<T> Call<T> {
@@ -54,7 +57,22 @@ impl<T> Call<T> {
             http_status,
             vendor_code,
             internal: false,
+            unsent: false,
         }
+    }
+
+    /// The same failure, for a call whose own request never went out (it failed fetching the
+    /// token the request needed).
+    pub fn unsent(self) -> Self {
+        Call {
+            unsent: true,
+            ..self
+        }
+    }
+
+    /// Whether the call's request never went out ([`Call::unsent`]).
+    pub fn was_unsent(&self) -> bool {
+        self.unsent
     }
 
     /// A call that failed inside imgsyncd's own code: it says nothing about the vendor, so it
@@ -75,6 +93,7 @@ impl<T> Call<T> {
                 http_status: self.http_status,
                 vendor_code: self.vendor_code,
                 internal: self.internal,
+                unsent: self.unsent,
             },
             _ => self.cast(),
         }
@@ -99,6 +118,7 @@ impl<T> Call<T> {
             http_status: self.http_status,
             vendor_code: self.vendor_code,
             internal: self.internal,
+            unsent: self.unsent,
         }
     }
 

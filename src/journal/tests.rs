@@ -306,8 +306,11 @@ fn a_file_fixed_with_its_old_bytes_is_synced_to_its_live_copy() {
     let mut f = fixture();
     let j = &mut f.journal;
     synced(j, "/w/a.png", "aa", "https://img/1.png");
-    j.reject(&rejected("/w/a.png", "cannot stat: Permission denied"), PRESENT)
-        .unwrap();
+    j.reject(
+        &rejected("/w/a.png", "cannot stat: Permission denied"),
+        PRESENT,
+    )
+    .unwrap();
     let unshared = Observation {
         reuse_copies: false,
         ..obs("/w/a.png", "aa")

@@ -67,6 +67,8 @@ pub struct UntakenFiles<'a> {
     whole: Option<Listing>,
     /// How many entries the look through the whole watch may read.
     whole_entries: usize,
+    /// Whether a file was said counted as gone for want of a whole look.
+    told_unread: bool,
 }
 
 impl<'a> UntakenFiles<'a> {
@@ -87,6 +89,7 @@ impl<'a> UntakenFiles<'a> {
             subfolder_entries_left: EXCLUDED_ENTRIES,
             whole: None,
             whole_entries: EXCLUDED_ENTRIES,
+            told_unread: false,
         }
     }
 
@@ -112,12 +115,15 @@ impl<'a> UntakenFiles<'a> {
         if let Some(path) = found_in(whole, stamp) {
             return Search::Found(path);
         }
-        if let Some(folder) = &whole.unread {
+        let unread = whole.unread.clone();
+        if let (Some(folder), false) = (unread, self.told_unread) {
+            // Once a batch: every file of it not found is in the same case.
+            self.told_unread = true;
             warn!(
                 path = %gone.display(),
-                "counted as gone: not found in the watch, though it was too big to look through \
-                 to its end (stopped in {}); if the file was moved there, its remote copy is \
-                 deleted",
+                "counted as gone, with every other file of this batch not found: not found in \
+                 the watch, though it was too big to look through to its end (stopped in {}); \
+                 if a file was moved further on, its remote copy is deleted",
                 folder.display()
             );
         }

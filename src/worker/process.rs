@@ -312,18 +312,20 @@ where
     (outcome, failures)
 }
 
-/// Whether the vendor answered the call with a refusal, carrying out nothing: rate limited, our
-/// credentials or permissions refused, the request rejected. (Retries are not: a gateway's error
-/// may come after the work was done.)
+/// Whether the call carried out nothing: its request never went out (no token could be had for
+/// it), or the vendor answered it with a refusal: rate limited, our credentials or permissions
+/// refused, the request rejected. (Retries are not: a gateway's error may come after the work
+/// was done.)
 fn refused<T>(call: &Call<T>) -> bool {
-    !call.is_internal()
-        && matches!(
-            call.outcome,
-            Outcome::Throttled { .. }
-                | Outcome::Rejected { .. }
-                | Outcome::Reauth { .. }
-                | Outcome::VendorDown { .. }
-        )
+    call.was_unsent()
+        || !call.is_internal()
+            && matches!(
+                call.outcome,
+                Outcome::Throttled { .. }
+                    | Outcome::Rejected { .. }
+                    | Outcome::Reauth { .. }
+                    | Outcome::VendorDown { .. }
+            )
 }
 
 /// Asks the journal, as a delete is about to go out, whether it still should

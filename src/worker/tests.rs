@@ -510,13 +510,9 @@ fn no_second_probe_goes_while_one_is_in_flight() {
     assert!(next[0].1.is_some());
 }
 
-/// A probe the vendor does not answer waits behind the vendor's next probe (so that probe tries
-/// another job: one file the vendor chokes on cannot keep it paused); a job that merely trips the
-/// breaker keeps its place.
-#[test]
-fn a_failed_probe_waits_behind_the_next_probe() {
-    let (_dir, mut j) = queued(1);
-    // A delete, so the call goes to the vendor (at a closed port) without reading a file.
+/// The synced file of vendor "a" removed: its delete claimed (the vendor at a closed port).
+fn a_delete_claimed() -> (tempfile::TempDir, crate::journal::Journal, Job) {
+    let (dir, mut j) = queued(1);
     let upload = first_job(&mut j);
     let copy = crate::journal::Remote {
         reference: "http://127.0.0.1:1/x.png".into(),
@@ -535,6 +531,42 @@ fn a_failed_probe_waits_behind_the_next_probe() {
     .unwrap();
     let job = first_job(&mut j);
     assert_eq!(job.op, JobOp::Delete);
+    (dir, j, job)
+}
+
+/// A delete whose token cannot be had never leaves: the attempt says nothing was carried out, so
+/// its copy is given back as live (before, it stayed `deleting` through the backoff, and a file
+/// put back meanwhile was uploaded again under a new URL, the one the ERP used deleted later).
+#[test]
+fn a_delete_whose_token_cannot_be_had_carried_out_nothing() {
+    let (_dir, j, job) = a_delete_claimed();
+    let (slot, journal, _stop) = slot_on(j);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let decided = runtime.block_on(process(&slot.ctx, job, None));
+    assert!(matches!(decided.result, JobResult::Retry { .. }));
+    let attempt = decided.attempt.clone().unwrap();
+    assert!(attempt.refused, "{attempt:?}");
+    // The file put back: synced to the copy it had, which is live.
+    let back = runtime.block_on(journal.call(move |j| {
+        j.finish(&decided.job, &decided.result, decided.attempt.as_ref())
+            .unwrap();
+        let stamp = crate::journal::fixtures::stamp(100, 0);
+        let obs = crate::journal::fixtures::observation("/w/a0.png", "a", A0, stamp);
+        j.observe(&obs, &|_| true).unwrap()
+    }));
+    assert_eq!(back, crate::journal::Observed::Restored);
+}
+
+/// The bytes of vendor "a"'s first file in [`queued`].
+const A0: &str = "a000000000000000000000000000000000000000000000000000000000000000";
+
+/// A probe the vendor does not answer waits behind the vendor's next probe (so that probe tries
+/// another job: one file the vendor chokes on cannot keep it paused); a job that merely trips the
+/// breaker keeps its place.
+#[test]
+fn a_failed_probe_waits_behind_the_next_probe() {
+    // A delete, so the call goes to the vendor (at a closed port) without reading a file.
+    let (_dir, j, job) = a_delete_claimed();
     let (slot, _journal, _stop) = slot_on(j);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let before = crate::journal::now_ms();

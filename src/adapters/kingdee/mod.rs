@@ -233,7 +233,8 @@ impl Kingdee {
     pub async fn delete(&self, url: &str) -> Call<()> {
         let token = match self.token().await {
             Ok(token) => token,
-            Err(call) => return call,
+            // Nothing was asked of the image: its copy is where it was.
+            Err(call) => return call.unsent(),
         };
         self.pacer.ready().await;
         let started = std::time::Instant::now();
