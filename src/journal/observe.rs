@@ -533,16 +533,31 @@ fn observe_known(tx: &Connection, obs: &Observation<'_>, row: Existing) -> Resul
     // read (a folder shut, an I/O error) has no hash recorded, and one changed and changed back
     // has the other bytes' hash, yet its copy holds these very bytes.
     let synced_to_own_copy = match copy_id {
-        Some(id) => holds_usable(tx, id, obs.sha256)?,
+        Some(id) => holds_usable(tx, id, obs)?,
         None => false,
     };
     if synced_to_own_copy {
         jobs::drop_queued(tx, row.id, &["upload"])?;
+        // The record takes what is on disk: its hash may have been another's (changed, then
+        // changed back) or forgotten (rejected).
         tx.cached_execute(
             "UPDATE files SET state = 'synced', removal = NULL, error = NULL, copy_id = ?2,
-               watch_root = ?3, delete_unused = ?4, updated_at = ?5, untaken_at = NULL
+               watch_root = ?3, delete_unused = ?4, updated_at = ?5, untaken_at = NULL,
+               kind = ?6, sha256 = ?7, format = ?8, width = ?9, height = ?10, reuse_copies = ?11
              WHERE id = ?1",
-            params![row.id, copy_id, obs.watch_root, obs.delete_unused, now],
+            params![
+                row.id,
+                copy_id,
+                obs.watch_root,
+                obs.delete_unused,
+                now,
+                obs.kind,
+                obs.sha256,
+                obs.format,
+                obs.width,
+                obs.height,
+                obs.reuse_copies
+            ],
         )?;
         set_stamp(tx, row.id, Some(&obs.stamp))?;
         return Ok(Observed::Restored);
@@ -557,14 +572,17 @@ fn observe_known(tx: &Connection, obs: &Observation<'_>, row: Existing) -> Resul
     })
 }
 
-/// Whether the copy holds `sha256`'s bytes and a file may be synced to it now.
-fn holds_usable(tx: &Connection, copy_id: i64, sha256: &str) -> Result<bool> {
-    let held: Option<String> = tx.cached_query_row(
-        "SELECT sha256 FROM remote_copies WHERE id = ?1",
+/// Whether the copy holds the observed bytes, at the observed file's vendor, and a file may be
+/// synced to it now.
+fn holds_usable(tx: &Connection, copy_id: i64, obs: &Observation<'_>) -> Result<bool> {
+    let (held, vendor): (Option<String>, String) = tx.cached_query_row(
+        "SELECT sha256, vendor FROM remote_copies WHERE id = ?1",
         [copy_id],
-        |r| r.get(0),
+        |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
-    Ok(held.as_deref() == Some(sha256) && copies::is_usable(tx, copy_id)?)
+    Ok(held.as_deref() == Some(obs.sha256)
+        && vendor == obs.vendor
+        && copies::is_usable(tx, copy_id)?)
 }
 
 struct Twin {
@@ -671,7 +689,7 @@ fn move_record(tx: &Connection, twin: &Twin, obs: &Observation<'_>) -> Result<()
     // pending, and its upload is queued again. A failed one stays failed, for `retry`.
     let decided = twin.removal.is_some();
     let own_copy = match twin.copy_id {
-        Some(id) if decided => holds_usable(tx, id, obs.sha256)?,
+        Some(id) if decided => holds_usable(tx, id, obs)?,
         _ => false,
     };
     let state = match (decided, own_copy, twin.state.as_str()) {

@@ -325,6 +325,58 @@ fn a_file_fixed_with_its_old_bytes_is_synced_to_its_live_copy() {
     assert!(deleted_refs(j).is_empty());
 }
 
+/// Changed, changed back before the new bytes were sent, changed again: the record synced back
+/// to its copy takes the bytes on disk, so the last change is sent (before, it kept the other
+/// bytes' hash and took the last change for no change: never sent, `synced` to the old image).
+#[test]
+fn a_file_changed_back_and_changed_again_sends_its_last_change() {
+    let mut f = fixture();
+    let j = &mut f.journal;
+    synced(j, "/w/a.png", "aa", "https://img/1.png");
+    let at = |sha, size| super::fixtures::observation("/w/a.png", "erp", sha, stamp(size));
+    assert_eq!(
+        j.observe(&at("bb", 101), PRESENT).unwrap(),
+        Observed::Changed
+    );
+    assert_eq!(
+        j.observe(&at("aa", 102), PRESENT).unwrap(),
+        Observed::Restored
+    );
+    assert_eq!(state_of(j, "/w/a.png").sha256.as_deref(), Some("aa"));
+    assert_eq!(
+        j.observe(&at("bb", 103), PRESENT).unwrap(),
+        Observed::Changed
+    );
+    let upload = claim_unsent(j).expect("the last change is sent");
+    assert_eq!(upload.sha256.as_deref(), Some("bb"));
+}
+
+/// A file whose watch now feeds another vendor is never synced to the old vendor's copy, even
+/// with the bytes it holds (here after a rejection under the new vendor, which forgot its hash).
+#[test]
+fn a_file_is_never_synced_to_another_vendors_copy() {
+    let mut f = fixture();
+    let j = &mut f.journal;
+    synced(j, "/w/a.png", "aa", "https://img/1.png");
+    let under_wiki = RejectedFile {
+        vendor: "wiki",
+        kind: "feishu",
+        ..rejected("/w/a.png", "cannot stat: Permission denied")
+    };
+    j.reject(&under_wiki, PRESENT).unwrap();
+    let back = Observation {
+        vendor: "wiki",
+        kind: "feishu",
+        ..obs("/w/a.png", "aa")
+    };
+    assert_ne!(j.observe(&back, PRESENT).unwrap(), Observed::Restored);
+    let row = state_of(j, "/w/a.png");
+    assert_eq!(
+        (row.state.as_str(), row.vendor.as_str()),
+        ("pending", "wiki")
+    );
+}
+
 #[test]
 fn the_same_bytes_reuse_a_live_copy_and_a_shared_copy_is_kept() {
     let mut f = fixture();
