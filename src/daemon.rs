@@ -13,7 +13,9 @@ use tracing::{error, info, warn};
 
 use crate::adapters::{Adapter, Limits, VendorSet, http_client};
 use crate::config::{Config, ConfigError, VendorConfig, VendorKind, WatchConfig};
-use crate::journal::{FileFilter, FileState, Journal, JournalError, JournalHandle, path_text};
+use crate::journal::{
+    FileFilter, FileState, Journal, JournalError, JournalHandle, UnconfiguredVendor, path_text,
+};
 use crate::service::{Heartbeat, Notes};
 use crate::throttle::LogThrottle;
 use crate::watch::{Sightings, WatchCommand, WatchContext, WatchTask};
@@ -475,10 +477,13 @@ impl Daemon {
                 let configured: Vec<String> = self.config.vendors.keys().cloned().collect();
                 match self
                     .journal
-                    .call(move |j| j.reset_vendor_pauses(&configured))
+                    .call(move |j| {
+                        let dropped = j.reset_vendor_pauses(&configured)?;
+                        Ok::<_, JournalError>((dropped, j.unconfigured_vendors(&configured)?))
+                    })
                     .await
                 {
-                    Ok(dropped) => said_unconfigured(&dropped),
+                    Ok((dropped, waiting)) => said_unconfigured(&dropped, &waiting),
                     Err(e) => error!("cannot reset vendor pauses: {e}"),
                 }
                 self.wake.notify_one();
@@ -597,19 +602,31 @@ fn open_journal(
     // A start is like a reload: paused vendors are tried again at once (those no longer
     // configured are paused no more), watches check their folders.
     let configured: Vec<String> = config.vendors.keys().cloned().collect();
-    said_unconfigured(&journal.reset_vendor_pauses(&configured).map_err(named)?);
+    let dropped = journal.reset_vendor_pauses(&configured).map_err(named)?;
+    said_unconfigured(
+        &dropped,
+        &journal.unconfigured_vendors(&configured).map_err(named)?,
+    );
     journal.clear_watch_pauses().map_err(named)?;
     Ok((lock, JournalHandle::new(journal)))
 }
 
 /// Says which paused vendors a start or a reload found taken out of the config, and so paused no
-/// more.
-fn said_unconfigured(dropped: &[String]) {
+/// more; and which vendors not in the config have jobs waiting, which nothing sends.
+fn said_unconfigured(dropped: &[String], waiting: &[UnconfiguredVendor]) {
     for vendor in dropped {
         info!(
             vendor = %vendor,
-            "vendor {vendor} is no longer in the config: no longer paused; its queued files wait \
-             until it is configured again"
+            "vendor {vendor} is no longer in the config: no longer paused"
+        );
+    }
+    for waiting in waiting {
+        warn!(
+            vendor = %waiting.vendor,
+            "{} jobs wait for vendor {}, which is not in the config: nothing sends them (their \
+             files stay pending) until it is configured again under that name",
+            waiting.jobs,
+            waiting.vendor
         );
     }
 }

@@ -6,7 +6,9 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::journal::path_text::shown;
-use crate::journal::{FileRow, HistoryRow, Journal, JournalError, OldestPending, Status};
+use crate::journal::{
+    FileRow, HistoryRow, Journal, JournalError, OldestPending, Status, UnconfiguredVendor,
+};
 
 /// Whether a daemon holds the journal (`status --json`'s `daemon`).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -27,6 +29,9 @@ pub struct StatusReport {
     /// Set while the disk holding the journal is full: what that means and what to do (files
     /// dropped meanwhile are not in the counts until there is room to record them).
     pub journal_disk_full: Option<String>,
+    /// Vendors no longer in the config whose jobs still wait: nothing sends them (their files
+    /// stay pending) until the vendor is configured again under that name.
+    pub unconfigured_vendors: Vec<UnconfiguredVendor>,
 }
 
 impl StatusReport {
@@ -44,6 +49,7 @@ impl StatusReport {
                 pid,
             },
             journal_disk_full: crate::diagnose::journal_disk(&config.journal),
+            unconfigured_vendors: journal.unconfigured_vendors(&vendors)?,
         })
     }
 }
@@ -58,6 +64,13 @@ pub fn status_report(report: &StatusReport) -> String {
         out.push_str(&format!("JOURNAL DISK FULL: {full}\n"));
     }
     out.push_str(&status(&report.status));
+    for waiting in &report.unconfigured_vendors {
+        out.push_str(&format!(
+            "NOT CONFIGURED: {} jobs wait for vendor {}, which is not in the config: nothing \
+             sends them until it is configured again under that name\n",
+            waiting.jobs, waiting.vendor
+        ));
+    }
     if let Some(oldest) = &report.oldest_pending {
         let retried = match oldest.attempts {
             0 => String::new(),

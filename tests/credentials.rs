@@ -606,7 +606,19 @@ fn expect_gone_but_counted(m: &Matrix, status_lines: &StatusLines) {
     );
     assert_eq!(status["files"]["pending"], 2, "{status}");
     assert_eq!(status["files"]["synced"], 2, "{status}");
-    // Its jobs wait for it to come back: they age no queue the operator is alerted on.
+    // Its jobs wait for it to come back: they age no queue the operator is alerted on, and
+    // `status` and the log say what waits for it.
+    assert_eq!(
+        status["unconfigured_vendors"],
+        serde_json::json!([{"vendor": "f_app_secret", "jobs": 2}]),
+        "{status}"
+    );
+    assert!(
+        m.h.log()
+            .contains("2 jobs wait for vendor f_app_secret, which is not in the config"),
+        "{}",
+        m.h.log()
+    );
     assert!(status["oldest_pending_s"].is_null(), "{status}");
     assert_eq!(status["queued_jobs"], 0, "{status}");
     assert!(status["oldest_pending"].is_null(), "{status}");

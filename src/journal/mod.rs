@@ -34,7 +34,7 @@ pub use removal::{
 };
 pub use report::{
     DegradedWatch, FileFilter, FileRow, HistoryRow, PausedVendor, PausedWatch, Problem,
-    RecentError, Status, reference_field,
+    RecentError, Status, UnconfiguredVendor, reference_field,
 };
 
 /// Schema migrations, applied in order; the database records how many it has seen in `user_version`.

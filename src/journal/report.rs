@@ -56,6 +56,14 @@ pub struct HistoryRow {
     pub duration_ms: Option<i64>,
 }
 
+/// A vendor no longer in the config whose jobs still wait (`status --json`'s
+/// `unconfigured_vendors`): nothing sends them until it is configured again.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct UnconfiguredVendor {
+    pub vendor: String,
+    pub jobs: u64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct PausedVendor {
     pub vendor: String,
@@ -214,6 +222,28 @@ impl Journal {
     /// more.
     pub fn status_of(&self, vendors: &[String]) -> Result<Status> {
         self.in_one_read(|| self.status_in(Some(vendors)))
+    }
+
+    /// The vendors with jobs waiting that are not among `vendors`, the configured ones (one
+    /// taken out of the config, or renamed): what waits for them, which nothing sends.
+    pub fn unconfigured_vendors(&self, vendors: &[String]) -> Result<Vec<UnconfiguredVendor>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT vendor, COUNT(*) FROM jobs GROUP BY vendor ORDER BY vendor")?;
+        let waiting = stmt.query_map([], |r| {
+            Ok(UnconfiguredVendor {
+                vendor: r.get(0)?,
+                jobs: r.get::<_, i64>(1)? as u64,
+            })
+        })?;
+        let mut unconfigured = Vec::new();
+        for vendor in waiting {
+            let vendor = vendor?;
+            if !vendors.contains(&vendor.vendor) {
+                unconfigured.push(vendor);
+            }
+        }
+        Ok(unconfigured)
     }
 
     fn status_in(&self, vendors: Option<&[String]>) -> Result<Status> {

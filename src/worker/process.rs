@@ -252,6 +252,11 @@ async fn pause(
     reason: &str,
 ) -> Duration {
     let interval = probe.map_or(FIRST_PROBE, |d| (d * 2).min(MAX_PROBE));
+    if ctx.vendors.get(vendor).is_none() {
+        // A call in flight across a reload that took its vendor out: no probe would ever end
+        // its pause, which would be shown for good.
+        return interval;
+    }
     if let Verdict::Log { .. } =
         crate::logging::storms().check(&crate::logging::pauses_of(vendor), Instant::now())
     {
