@@ -68,6 +68,15 @@ pub(super) fn state(tx: &Connection, copy_id: i64) -> Result<String> {
     )?)
 }
 
+/// The vendor a copy is held by.
+pub(super) fn vendor(tx: &Connection, copy_id: i64) -> Result<String> {
+    Ok(tx.cached_query_row(
+        "SELECT vendor FROM remote_copies WHERE id = ?1",
+        [copy_id],
+        |r| r.get(0),
+    )?)
+}
+
 pub(super) fn is_live(tx: &Connection, copy_id: Option<i64>) -> Result<bool> {
     match copy_id {
         None => Ok(false),

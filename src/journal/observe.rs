@@ -252,7 +252,7 @@ impl Journal {
                 false
             }
             Some(row) => {
-                let copy_id = back_on_disk(&tx, &row)?;
+                let copy_id = back_on_disk(&tx, &row, file.vendor)?;
                 jobs::drop_queued(&tx, row.id, &["upload"])?;
                 tx.cached_execute(
                     "UPDATE files SET state = 'rejected', error = ?2, sha256 = NULL, format = NULL,
@@ -492,15 +492,19 @@ pub(super) fn path_range(root: &str) -> (String, String) {
 }
 
 /// A file seen on disk again after it was gone: its removal is withdrawn. Returns the copy the
-/// file may still point at: its own if that is live and no delete of it was sent, else none.
-fn back_on_disk(tx: &Connection, row: &Existing) -> Result<Option<i64>> {
+/// file may still point at, going to `vendor`: its own if that is live, at `vendor`, and no
+/// delete of it was sent, else none.
+fn back_on_disk(tx: &Connection, row: &Existing, vendor: &str) -> Result<Option<i64>> {
     let Some(copy_id) = row.copy_id else {
         return Ok(None);
     };
     if row.removal.as_deref() == Some("delete") && !copies::withdraw_delete(tx, copy_id)? {
         return Ok(None);
     }
-    Ok(copies::is_live(tx, Some(copy_id))?.then_some(copy_id))
+    // Only a copy at the vendor the file goes to now is its copy: a record kept pointing at
+    // another vendor's would have that copy's deletes sent through the wrong vendor.
+    let usable = copies::is_live(tx, Some(copy_id))? && copies::vendor(tx, copy_id)? == vendor;
+    Ok(usable.then_some(copy_id))
 }
 
 fn observe_known(tx: &Connection, obs: &Observation<'_>, row: Existing) -> Result<Observed> {
@@ -508,7 +512,7 @@ fn observe_known(tx: &Connection, obs: &Observation<'_>, row: Existing) -> Resul
     let same_content = row.sha256.as_deref() == Some(obs.sha256) && row.vendor == obs.vendor;
     let was_gone = row.removal.is_some() || row.state == "removed";
     let copy_id = if row.vendor == obs.vendor {
-        back_on_disk(tx, &row)?
+        back_on_disk(tx, &row, obs.vendor)?
     } else {
         None
     };

@@ -352,7 +352,8 @@ fn a_file_changed_back_and_changed_again_sends_its_last_change() {
 }
 
 /// A file whose watch now feeds another vendor is never synced to the old vendor's copy, even
-/// with the bytes it holds (here after a rejection under the new vendor, which forgot its hash).
+/// with the bytes it holds (here after a rejection under the new vendor, which forgot its hash),
+/// nor keeps it as its copy.
 #[test]
 fn a_file_is_never_synced_to_another_vendors_copy() {
     let mut f = fixture();
@@ -374,6 +375,11 @@ fn a_file_is_never_synced_to_another_vendors_copy() {
     assert_eq!(
         (row.state.as_str(), row.vendor.as_str()),
         ("pending", "wiki")
+    );
+    // Nor kept as its last good copy: its deletes would go through the other vendor.
+    assert_eq!(
+        (row.url.as_deref(), row.file_token.as_deref()),
+        (None, None)
     );
 }
 
