@@ -9,10 +9,14 @@
 //! sandbox, so they get a daemon (and a sandbox) each, running in parallel.
 
 mod common;
+#[path = "common/service_manager.rs"]
+mod service_manager;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
+
+use service_manager::Manager;
 
 use common::{Harness, Options, image};
 use imgsyncd::sandbox::{FeishuAccount, JiandaoyunAccount, KingdeeAccount, SandboxOptions};
@@ -551,51 +555,11 @@ fn metrics(h: &Harness) -> BTreeMap<String, f64> {
         .collect()
 }
 
-/// The STATUS= lines the daemon sends systemd, heard on a socket of the test's own.
-struct StatusLines(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
-
-impl StatusLines {
-    fn listen(socket: &std::path::Path) -> StatusLines {
-        let socket = std::os::unix::net::UnixDatagram::bind(socket).unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        let heard = std::sync::Arc::<std::sync::Mutex<Vec<String>>>::default();
-        let sink = std::sync::Arc::clone(&heard);
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 65536];
-            // Ends with the test (its folder gone) or after three minutes.
-            for _ in 0..1800 {
-                match socket.recv(&mut buf) {
-                    Ok(n) => {
-                        let message = String::from_utf8_lossy(&buf[..n]).into_owned();
-                        if let Some(line) = message.lines().find_map(|l| l.strip_prefix("STATUS="))
-                        {
-                            sink.lock().unwrap().push(line.to_string());
-                        }
-                    }
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) => {}
-                    Err(_) => break,
-                }
-            }
-        });
-        StatusLines(heard)
-    }
-
-    fn last(&self) -> String {
-        self.0.lock().unwrap().last().cloned().unwrap_or_default()
-    }
-}
-
 /// What every report says of a vendor taken out of the config (with its watch) while paused:
 /// not paused (`status --json`, STATUS=, the metrics); its files still counted, pending; and its
 /// jobs, which nothing sends, not ageing the queue (`imgsyncd_oldest_pending_job_age_seconds`, the
 /// README's alert).
-fn expect_gone_but_counted(m: &Matrix, status_lines: &StatusLines) {
+fn expect_gone_but_counted(m: &Matrix, manager: &Manager) {
     m.h.wait_for("the pause of the vendor taken out to be dropped", |_| {
         m.paused().is_empty()
     });
@@ -623,7 +587,7 @@ fn expect_gone_but_counted(m: &Matrix, status_lines: &StatusLines) {
     assert_eq!(status["queued_jobs"], 0, "{status}");
     assert!(status["oldest_pending"].is_null(), "{status}");
     m.h.wait_for("STATUS= to say no vendor is paused", |_| {
-        let line = status_lines.last();
+        let line = manager.last_status();
         !line.is_empty() && !line.contains("paused")
     });
     let samples = metrics(&m.h);
@@ -657,8 +621,8 @@ fn expect_gone_but_counted(m: &Matrix, status_lines: &StatusLines) {
 fn a_paused_vendor_taken_out_of_the_config_is_paused_no_more_and_ages_no_queue() {
     let mut m = Matrix::new(REMOVED, SandboxOptions::default());
     with_metrics(&m.h);
-    let status_lines = StatusLines::listen(&m.h.dir.path().join("notify.sock"));
-    let socket = m.h.dir.path().join("notify.sock").display().to_string();
+    let manager = Manager::listen(m.h.dir.path());
+    let socket = manager.socket().to_string();
     m.h.start_with("text", &[("NOTIFY_SOCKET", &socket)]);
     m.drop_files();
     m.expect_paused();
@@ -667,17 +631,17 @@ fn a_paused_vendor_taken_out_of_the_config_is_paused_no_more_and_ages_no_queue()
         before["imgsyncd_oldest_pending_job_age_seconds"] >= 4.0,
         "its files have waited: {before:#?}"
     );
-    assert!(status_lines.last().contains("f_app_secret paused: "));
+    assert!(manager.last_status().contains("f_app_secret paused: "));
 
     m.cases = &REMOVED[1..];
     m.write_config(true);
     with_metrics(&m.h);
     m.h.reload();
-    expect_gone_but_counted(&m, &status_lines);
+    expect_gone_but_counted(&m, &manager);
 
     m.h.stop();
     m.h.start_with("text", &[("NOTIFY_SOCKET", &socket)]);
-    expect_gone_but_counted(&m, &status_lines);
+    expect_gone_but_counted(&m, &manager);
 }
 
 /// Taken out of the config while the daemon was stopped, the vendor is not paused from the
@@ -695,11 +659,11 @@ fn a_vendor_taken_out_while_stopped_is_not_paused_and_put_back_runs_again() {
     m.cases = &REMOVED[1..];
     m.write_config(true);
     with_metrics(&m.h);
-    let status_lines = StatusLines::listen(&m.h.dir.path().join("notify.sock"));
-    let socket = m.h.dir.path().join("notify.sock").display().to_string();
+    let manager = Manager::listen(m.h.dir.path());
+    let socket = manager.socket().to_string();
     m.h.start_with("text", &[("NOTIFY_SOCKET", &socket)]);
     assert!(m.paused().is_empty(), "{}", m.h.status());
-    expect_gone_but_counted(&m, &status_lines);
+    expect_gone_but_counted(&m, &manager);
 
     // Back, still with the wrong secret: its first call pauses it again, and nothing is sent.
     m.cases = REMOVED;

@@ -4,91 +4,13 @@
 //! whether the daemon runs.
 
 mod common;
+#[path = "common/service_manager.rs"]
+mod service_manager;
 
-use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{Harness, png};
-
-/// The service manager's end of NOTIFY_SOCKET: every datagram, with when it came.
-struct Manager {
-    path: PathBuf,
-    heard: Arc<Mutex<Vec<(Instant, String)>>>,
-}
-
-impl Manager {
-    fn listen(dir: &Path) -> Manager {
-        let path = dir.join("notify.sock");
-        let socket = UnixDatagram::bind(&path).expect("bind the notify socket");
-        socket
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        let heard: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
-        let sink = Arc::clone(&heard);
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 65536];
-            // Ends when the test (and its folder) is gone: the socket errors or nobody reads.
-            for _ in 0..(120 * 10) {
-                match socket.recv(&mut buf) {
-                    Ok(n) => sink
-                        .lock()
-                        .unwrap()
-                        .push((Instant::now(), String::from_utf8_lossy(&buf[..n]).into())),
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) => {}
-                    Err(_) => break,
-                }
-            }
-        });
-        Manager { path, heard }
-    }
-
-    fn socket(&self) -> &str {
-        self.path.to_str().unwrap()
-    }
-
-    fn messages(&self) -> Vec<(Instant, String)> {
-        self.heard.lock().unwrap().clone()
-    }
-
-    /// Messages with a line `key=…`, with the value.
-    fn with(&self, key: &str) -> Vec<(Instant, String, String)> {
-        self.messages()
-            .into_iter()
-            .filter_map(|(at, m)| {
-                let value = m
-                    .lines()
-                    .find_map(|l| l.strip_prefix(&format!("{key}=")))?
-                    .to_string();
-                Some((at, value, m))
-            })
-            .collect()
-    }
-
-    fn wait_for(&self, what: &str, done: impl Fn(&Manager) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !done(self) {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; heard: {:#?}",
-                self.messages()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn pings_between(&self, from: Instant, to: Instant) -> usize {
-        self.with("WATCHDOG")
-            .iter()
-            .filter(|(at, v, _)| v == "1" && *at >= from && *at < to)
-            .count()
-    }
-}
+use service_manager::Manager;
 
 fn monotonic_usec() -> i128 {
     let mut ts = libc::timespec {
