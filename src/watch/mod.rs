@@ -116,8 +116,6 @@ struct DiskPass {
     walk_time: Duration,
 }
 
-/// Whether a file found by a scan has been still for `period` already: neither its content nor
-/// its metadata changed since (its mtime and ctime are that old).
 /// How long a file's content must have gone unwritten for an event that does not say its write
 /// was closed (a create) to take it as complete all the same. `ln staged/a.png a.png && rm
 /// staged/a.png`, a no-clobber move, makes only a create, of a file whose link count is one
@@ -134,6 +132,8 @@ fn unwritten_for_long(meta: &std::fs::Metadata) -> bool {
             .is_some_and(|since| since >= UNWRITTEN_FOR)
 }
 
+/// Whether a file found by a scan has been still for `period` already: neither its content nor
+/// its metadata changed since (its mtime and ctime are that old).
 fn quiet_for(stamp: &Stamp, period: Duration) -> bool {
     let now_ns = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -325,7 +325,7 @@ impl WatchTask {
     pub async fn run(mut self, mut commands: mpsc::UnboundedReceiver<WatchCommand>) {
         let (event_tx, mut events) = events::channel();
         self.event_tx = Some(event_tx);
-        self.apply_remove_policy().await;
+        self.apply_policies().await;
         self.verify_root().await;
         let mut rescan = tokio::time::interval_at(
             tokio::time::Instant::now() + self.ctx.rescan,
@@ -1159,48 +1159,43 @@ impl WatchTask {
 
     /// Puts the files the journal holds for this watch under its `on_remove` and its vendor's
     /// copy sharing as configured now (a watch started, or restarted by a reload that changed
-    /// either).
-    async fn apply_remove_policy(&self) {
-        let (root, delete_unused) = (self.root_text(), self.delete_unused());
-        let vendor = self.config.vendor.clone();
+    /// either), in one call to the journal.
+    async fn apply_policies(&self) {
+        let (root, vendor) = (self.root_text(), self.config.vendor.clone());
+        let (delete_unused, reuse) = (self.delete_unused(), self.reuse_copies);
         let applied = self
             .ctx
             .journal
-            .call(move |j| j.apply_remove_policy(&root, &vendor, delete_unused))
+            .call(move |j| {
+                let removal = j.apply_remove_policy(&root, &vendor, delete_unused)?;
+                Ok::<_, crate::journal::JournalError>((
+                    removal,
+                    j.apply_reuse_policy(&root, &vendor, reuse)?,
+                ))
+            })
             .await;
+        let watch = self.root().display();
         match applied {
-            Ok(0) => {}
-            Ok(n) => info!(
-                watch = %self.root().display(), files = n,
-                "on_remove changed: {n} files' remote copies are {} from now on",
-                if delete_unused { "deleted when unused" } else { "kept" }
-            ),
+            Ok((removal, sharing)) => {
+                if removal > 0 {
+                    info!(
+                        watch = %watch, files = removal,
+                        "on_remove changed: {removal} files' remote copies are {} from now on",
+                        if delete_unused { "deleted when unused" } else { "kept" }
+                    );
+                }
+                if sharing > 0 {
+                    info!(
+                        watch = %watch, files = sharing,
+                        "{sharing} files not yet sent {} from now on",
+                        if reuse { "may share a remote copy of the same bytes" } else { "are each sent on their own" }
+                    );
+                }
+            }
             Err(e) => error!(
-                watch = %self.root().display(),
-                "cannot apply on_remove to the files already recorded: {}",
-                crate::diagnose::journal(&e)
-            ),
-        }
-        let (root, vendor, reuse) = (
-            self.root_text(),
-            self.config.vendor.clone(),
-            self.reuse_copies,
-        );
-        let applied = self
-            .ctx
-            .journal
-            .call(move |j| j.apply_reuse_policy(&root, &vendor, reuse))
-            .await;
-        match applied {
-            Ok(0) => {}
-            Ok(n) => info!(
-                watch = %self.root().display(), files = n,
-                "{n} files not yet sent {} from now on",
-                if reuse { "may share a remote copy of the same bytes" } else { "are each sent on their own" }
-            ),
-            Err(e) => error!(
-                watch = %self.root().display(),
-                "cannot apply the vendor's copy sharing to the files already recorded: {}",
+                watch = %watch,
+                "cannot apply on_remove and the vendor's copy sharing to the files already \
+                 recorded: {}",
                 crate::diagnose::journal(&e)
             ),
         }
