@@ -45,8 +45,14 @@ struct Listing {
     untaken: Vec<(u64, PathBuf)>,
     /// An excluded folder in it that was not read to its end.
     cut_short: Option<PathBuf>,
-    /// A subfolder of a flat watch in it that was not read to its end.
-    unread: Option<PathBuf>,
+}
+
+/// What the whole watch holds of the files looked for.
+struct WholeWatch {
+    /// The files in it the watch does not take and that have a wanted inode.
+    untaken: Vec<(u64, PathBuf)>,
+    /// Where the look stopped, when the watch was too big to look through to its end.
+    stopped_in: Option<PathBuf>,
 }
 
 /// Finds where gone files went among the names the watch does not take. Each folder is read once
@@ -64,7 +70,7 @@ pub struct UntakenFiles<'a> {
     /// How many more entries of a flat watch's other subfolders may be read.
     subfolder_entries_left: usize,
     /// The whole watch, once looked through.
-    whole: Option<Listing>,
+    whole: Option<WholeWatch>,
     /// How many entries the look through the whole watch may read.
     whole_entries: usize,
     /// Whether a file was said counted as gone for want of a whole look.
@@ -102,7 +108,7 @@ impl<'a> UntakenFiles<'a> {
         let mut folder = gone.parent();
         while let Some(dir) = folder.filter(|d| d.starts_with(self.root)) {
             let listing = self.listing(dir);
-            if let Some(path) = found_in(listing, stamp) {
+            if let Some(path) = found_in(&listing.untaken, stamp) {
                 return Search::Found(path);
             }
             cut_short = cut_short.or_else(|| listing.cut_short.clone());
@@ -112,11 +118,11 @@ impl<'a> UntakenFiles<'a> {
             return Search::CutShort(folder);
         }
         let whole = self.whole_watch();
-        if let Some(path) = found_in(whole, stamp) {
+        if let Some(path) = found_in(&whole.untaken, stamp) {
             return Search::Found(path);
         }
-        let unread = whole.unread.clone();
-        if let (Some(folder), false) = (unread, self.told_unread) {
+        let stopped_in = whole.stopped_in.clone();
+        if let (Some(folder), false) = (stopped_in, self.told_unread) {
             // Once a batch: every file of it not found is in the same case.
             self.told_unread = true;
             warn!(
@@ -131,20 +137,19 @@ impl<'a> UntakenFiles<'a> {
     }
 
     /// The untaken files of the whole watch with a wanted inode, on the watch's filesystem, as
-    /// far as [`EXCLUDED_ENTRIES`] entries go (then `unread` says where the look stopped).
-    fn whole_watch(&mut self) -> &Listing {
+    /// far as [`EXCLUDED_ENTRIES`] entries go.
+    fn whole_watch(&mut self) -> &WholeWatch {
         if self.whole.is_none() {
-            let mut whole = Listing {
+            let mut whole = WholeWatch {
                 untaken: Vec::new(),
-                cut_short: None,
-                unread: None,
+                stopped_in: None,
             };
             let walk = walkdir::WalkDir::new(self.root)
                 .min_depth(1)
                 .same_file_system(true);
             for entry in walk.into_iter().flatten() {
                 if self.whole_entries == 0 {
-                    whole.unread = entry.path().parent().map(Path::to_path_buf);
+                    whole.stopped_in = entry.path().parent().map(Path::to_path_buf);
                     break;
                 }
                 self.whole_entries -= 1;
@@ -192,7 +197,6 @@ impl<'a> UntakenFiles<'a> {
         let mut listing = Listing {
             untaken: Vec::new(),
             cut_short: None,
-            unread: None,
         };
         let entries = match std::fs::read_dir(dir) {
             Ok(entries) => entries,
@@ -221,10 +225,7 @@ impl<'a> UntakenFiles<'a> {
                 true => {}
                 false if self.wanted.contains(&entry.ino()) => {
                     let path = entry.path();
-                    let taken = path
-                        .strip_prefix(self.root)
-                        .is_ok_and(|relative| self.filter.accepts(relative));
-                    if !taken {
+                    if !self.takes(&path) {
                         listing.untaken.push((entry.ino(), path));
                     }
                 }
@@ -233,23 +234,21 @@ impl<'a> UntakenFiles<'a> {
         }
         // Where a flat watch's user files things away (`done/2024/`), often an archive far
         // bigger than the watch: looked through as far as its own budget goes, the folders
-        // changed last (where a file was just moved) first. Beyond that a file counts as gone,
-        // or no removal in such a watch could ever be decided.
+        // changed last (where a file was just moved) first. Beyond that, the look through the
+        // whole watch goes on, or a file counts as gone: else no removal in such a watch could
+        // ever be decided.
         subfolders.sort_by_key(|(changed, _)| std::cmp::Reverse(*changed));
         for (_, path) in subfolders {
             let budget = &mut self.subfolder_entries_left;
-            if !inside_folder(&path, &self.wanted, budget, &mut listing.untaken) {
-                listing.unread.get_or_insert(path);
-            }
+            inside_folder(&path, &self.wanted, budget, &mut listing.untaken);
         }
         listing
     }
 }
 
-/// The file recorded with `stamp` among the untaken files of `listing`.
-fn found_in(listing: &Listing, stamp: &FileStamp) -> Option<PathBuf> {
-    listing
-        .untaken
+/// The file recorded with `stamp` among `untaken` files.
+fn found_in(untaken: &[(u64, PathBuf)], stamp: &FileStamp) -> Option<PathBuf> {
+    untaken
         .iter()
         .filter(|(inode, _)| *inode == stamp.inode)
         .find(|(_, path)| same_file(path, stamp))
