@@ -68,11 +68,11 @@ pub(super) fn state(tx: &Connection, copy_id: i64) -> Result<String> {
     )?)
 }
 
-/// The vendor a copy is held by.
-pub(super) fn vendor(tx: &Connection, copy_id: i64) -> Result<String> {
+/// Whether the copy is live and held by `vendor`.
+pub(super) fn is_live_at(tx: &Connection, copy_id: i64, vendor: &str) -> Result<bool> {
     Ok(tx.cached_query_row(
-        "SELECT vendor FROM remote_copies WHERE id = ?1",
-        [copy_id],
+        "SELECT state = 'live' AND vendor = ?2 FROM remote_copies WHERE id = ?1",
+        params![copy_id, vendor],
         |r| r.get(0),
     )?)
 }

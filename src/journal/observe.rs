@@ -503,8 +503,7 @@ fn back_on_disk(tx: &Connection, row: &Existing, vendor: &str) -> Result<Option<
     }
     // Only a copy at the vendor the file goes to now is its copy: a record kept pointing at
     // another vendor's would have that copy's deletes sent through the wrong vendor.
-    let usable = copies::is_live(tx, Some(copy_id))? && copies::vendor(tx, copy_id)? == vendor;
-    Ok(usable.then_some(copy_id))
+    Ok(copies::is_live_at(tx, copy_id, vendor)?.then_some(copy_id))
 }
 
 fn observe_known(tx: &Connection, obs: &Observation<'_>, row: Existing) -> Result<Observed> {

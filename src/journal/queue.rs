@@ -106,9 +106,9 @@ pub struct Attempt {
     pub vendor_code: Option<String>,
     pub message: Option<String>,
     pub duration_ms: i64,
-    /// The vendor answered and refused the call (rate limited, our credentials refused, the
-    /// request rejected): nothing was carried out. Not kept in the journal: a delete refused so
-    /// gives its copy back as live.
+    /// Nothing was carried out: the vendor answered and refused the call (rate limited, our
+    /// credentials refused, the request rejected), or its request never went out. Not kept in
+    /// the journal: a delete refused so gives its copy back as live.
     pub refused: bool,
 }
 
@@ -555,7 +555,7 @@ impl Journal {
     /// `job.marked_copy` when the copy was live. `None`: send it.
     pub fn begin_delete(&mut self, job: &mut Job) -> Result<Option<Claimed>> {
         let tx = self.write()?;
-        let still_queued = tx
+        let still_claimed = tx
             .cached_query_row(
                 "SELECT 1 FROM jobs WHERE id = ?1 AND state = 'running'",
                 [job.id],
@@ -563,7 +563,7 @@ impl Journal {
             )
             .optional()?
             .is_some();
-        if !still_queued {
+        if !still_claimed {
             return Ok(Some(Claimed::Dropped {
                 path: job.path.clone(),
                 op: job.op,

@@ -10,9 +10,9 @@ use sha2::{Digest, Sha256};
 use crate::adapters::Limits;
 use crate::image::{self, ImageInfo};
 use crate::journal::FileStamp as Stamp;
+use crate::journal::path_text;
 
 use super::settle::Look;
-use crate::journal::path_text;
 
 #[derive(Debug)]
 pub enum Examined {
