@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::fs::symlink;
 use std::process::Command;
 use std::time::Duration;
@@ -484,17 +485,24 @@ fn a_rate_limited_vendor_is_waited_for() {
     assert!(h.log().contains("waiting 2s"), "{}", h.log());
 }
 
-#[test]
-fn an_unreadable_file_is_rejected_and_taken_after_a_fix_and_retry() {
+/// A harness whose daemon and CLI run as `nobody`, to whom a file or folder can be shut (root
+/// reads anything); `None`, said on stderr, where the tests do not run as root.
+fn as_nobody(options: Options) -> Option<Harness> {
     if !common::running_as_root() {
         eprintln!("skipped: running the daemon as another user needs root");
-        return;
+        return None;
     }
-    use std::os::unix::fs::PermissionsExt;
-    let mut h = Harness::with(Options {
+    Some(Harness::with(Options {
         as_nobody: true,
-        ..Options::default()
-    });
+        ..options
+    }))
+}
+
+#[test]
+fn an_unreadable_file_is_rejected_and_taken_after_a_fix_and_retry() {
+    let Some(mut h) = as_nobody(Options::default()) else {
+        return;
+    };
     h.start();
     let locked = h.path("locked.png");
     std::fs::write(&locked, png(71)).unwrap();
@@ -523,15 +531,9 @@ fn an_unreadable_file_is_rejected_and_taken_after_a_fix_and_retry() {
 /// `status` knew nothing of them. Fixed, they are taken.
 #[test]
 fn files_in_a_folder_that_cannot_be_entered_are_rejected_saying_why() {
-    if !common::running_as_root() {
-        eprintln!("skipped: running the daemon as another user needs root");
+    let Some(mut h) = as_nobody(Options::default()) else {
         return;
-    }
-    use std::os::unix::fs::PermissionsExt;
-    let mut h = Harness::with(Options {
-        as_nobody: true,
-        ..Options::default()
-    });
+    };
     let shut = h.path("shut");
     std::fs::create_dir_all(&shut).unwrap();
     std::fs::write(shut.join("before.png"), png(73)).unwrap();
@@ -571,19 +573,15 @@ fn files_in_a_folder_that_cannot_be_entered_are_rejected_saying_why() {
 /// the rejection: it was uploaded again and the form got a second record).
 #[test]
 fn files_of_a_folder_shut_and_opened_again_are_not_sent_twice() {
-    if !common::running_as_root() {
-        eprintln!("skipped: running the daemon as another user needs root");
-        return;
-    }
-    use std::os::unix::fs::PermissionsExt;
-    let mut h = Harness::with(Options {
-        as_nobody: true,
+    let Some(mut h) = as_nobody(Options {
         jiandaoyun: Some(common::JiandaoyunVendor {
             create_record: true,
             ..Default::default()
         }),
         ..Options::default()
-    });
+    }) else {
+        return;
+    };
     h.start();
     h.drop_file("shut/a.png", &png(76));
     let key = h.wait_state("shut/a.png", "synced")["key"].clone();
