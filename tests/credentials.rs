@@ -9,6 +9,8 @@
 //! sandbox, so they get a daemon (and a sandbox) each, running in parallel.
 
 mod common;
+#[path = "common/metrics_endpoint.rs"]
+mod metrics_endpoint;
 #[path = "common/service_manager.rs"]
 mod service_manager;
 
@@ -16,6 +18,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use metrics_endpoint::{samples, scrape};
 use service_manager::Manager;
 
 use common::{Harness, Options, image};
@@ -526,7 +529,6 @@ fn with_metrics(h: &Harness) {
 
 /// The running daemon's metrics, each sample line as `name{labels}` → value.
 fn metrics(h: &Harness) -> BTreeMap<String, f64> {
-    use std::io::{Read, Write};
     let log = h.log();
     let address = log
         .rsplit("metrics served at http://")
@@ -534,25 +536,8 @@ fn metrics(h: &Harness) -> BTreeMap<String, f64> {
         .and_then(|rest| rest.split("/metrics").next())
         .expect(&log)
         .to_string();
-    let mut stream = std::net::TcpStream::connect(&address).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (_, body) = response.split_once("\r\n\r\n").unwrap();
-    body.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            Some((series.to_string(), value.parse().ok()?))
-        })
-        .collect()
+    let (_, _, body) = scrape(&address);
+    samples(&body)
 }
 
 /// What every report says of a vendor taken out of the config (with its watch) while paused:

@@ -3,6 +3,8 @@
 //! metrics endpoint's counters against what the sandbox received.
 
 mod common;
+#[path = "common/metrics_endpoint.rs"]
+mod metrics_endpoint;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -11,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{BIN, Harness, png};
+use metrics_endpoint::{samples, scrape};
 use serde_json::Value;
 
 #[test]
@@ -275,43 +278,6 @@ fn auto_under_systemd_writes_native_journald_fields() {
         "",
         "nothing is written twice"
     );
-}
-
-/// `GET /metrics` over plain HTTP/1.1: the status line, the content type and the body.
-fn scrape(address: &str) -> (String, String, String) {
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    let status = head.lines().next().unwrap().to_string();
-    let content_type = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-type: ")
-                .map(str::to_string)
-        })
-        .unwrap_or_default();
-    (status, content_type, body.to_string())
-}
-
-/// Each sample line as `name{labels}` → value.
-fn samples(body: &str) -> BTreeMap<String, f64> {
-    body.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            Some((series.to_string(), value.parse().ok()?))
-        })
-        .collect()
 }
 
 #[test]
