@@ -86,6 +86,17 @@ fn wait_synced_at(h: &Harness, path: &Path) -> Value {
     row_at(h, path).unwrap()
 }
 
+/// How many delete jobs the journal holds in `state`.
+fn deletes_in(h: &Harness, state: &str) -> i64 {
+    let conn = rusqlite::Connection::open(h.dir.path().join("journal.sqlite3")).unwrap();
+    conn.query_row(
+        "SELECT count(*) FROM jobs WHERE op = 'delete' AND state = ?1",
+        [state],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
 fn names(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i:02}.png")).collect()
 }
@@ -504,6 +515,39 @@ fn a_file_put_back_during_its_delete_is_synced_again() {
             && h.sandbox.deleted().contains(&old)
             && held_by_vendor(h, &url_of(h, "back.png"))
     });
+}
+
+/// A file put back while its delete waits for its turn in the vendor's pace (a rate limit's
+/// wait) keeps its copy: the delete is withdrawn, not sent once its turn comes.
+#[test]
+fn a_file_put_back_while_its_delete_waits_out_a_rate_limit_keeps_its_copy() {
+    let mut h = Harness::new();
+    h.start();
+    h.drop_file("keep.png", &png(950));
+    h.wait_state("keep.png", "synced");
+    let url = url_of(&h, "keep.png");
+    // A 429 asking for 8 s holds every Kingdee call behind it, the delete's too.
+    h.sandbox.inject([Fault::Throttled(Duration::from_secs(8))]);
+    h.drop_file("filler.png", &png(951));
+    h.wait_for("the vendor's rate-limit answer", |h| {
+        h.sandbox.pending_faults() == 0
+    });
+    std::fs::remove_file(h.path("keep.png")).unwrap();
+    h.wait_for("the delete to be claimed", |h| {
+        deletes_in(h, "running") == 1
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    h.drop_file("keep.png", &png(950));
+    h.wait_state("filler.png", "synced");
+    h.wait_for("the delete to be settled", |h| {
+        h.state("keep.png").as_deref() == Some("synced")
+            && deletes_in(h, "running") == 0
+            && deletes_in(h, "queued") == 0
+    });
+    assert_eq!(url_of(&h, "keep.png"), url, "{:?}", h.file("keep.png"));
+    assert!(held_by_vendor(&h, &url));
+    assert!(h.sandbox.deleted().is_empty(), "{:?}", h.sandbox.deleted());
+    assert_eq!(h.sandbox.uploads(), 2, "nothing sent twice");
 }
 
 /// Case 10: A refusal of old content arriving after the file changed does not touch the new content.

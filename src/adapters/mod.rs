@@ -15,7 +15,9 @@ mod token;
 mod fuzz_tests;
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 
 pub use outcome::{Call, Outcome};
@@ -25,6 +27,26 @@ use crate::image::{ImageFormat, ImageInfo};
 use crate::journal::Remote;
 pub use http::http_client;
 pub use kind::{KindSpec, VendorKind};
+
+/// Asked by a delete at the last moment before its request goes out: a token in hand and its
+/// turn in the vendor's pace come (behind a rate limit, a minute or more), whether it still may.
+/// Its file may have come back meanwhile, and the copy it would delete is then the one the ERP
+/// uses again. Asked once a delete: a second try (a fresh token) goes on the first answer.
+pub trait GoAhead: Sync {
+    fn may_send(&self) -> Pin<Box<dyn Future<Output = bool> + Send + '_>>;
+}
+
+/// What a delete answers when its go-ahead was refused: nothing went out.
+fn withheld() -> Call<()> {
+    Call::new(
+        Outcome::Rejected {
+            reason: "not sent: the journal withdrew it".into(),
+        },
+        None,
+        None,
+    )
+    .unsent()
+}
 
 /// What a vendor accepts; files outside it are rejected before any request is made.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -240,11 +262,12 @@ impl Adapter {
         }
     }
 
-    /// Deletes what an upload returned (`remote_ref`: the URL for Kingdee). A vendor without a
-    /// delete API ([`VendorKind::can_delete`]) refuses, and the remote copy is kept.
-    pub async fn delete(&self, remote_ref: &str) -> Call<()> {
+    /// Deletes what an upload returned (`remote_ref`: the URL for Kingdee), if `go_ahead` still
+    /// allows it when the request is ready to go. A vendor without a delete API
+    /// ([`VendorKind::can_delete`]) refuses, and the remote copy is kept.
+    pub async fn delete(&self, remote_ref: &str, go_ahead: &dyn GoAhead) -> Call<()> {
         match self {
-            Adapter::Kingdee(k) => k.delete(remote_ref).await,
+            Adapter::Kingdee(k) => k.delete(remote_ref, go_ahead).await,
             Adapter::Feishu(_) => Call::new(
                 Outcome::Rejected {
                     reason: "feishu lingo has no file delete API; the remote copy is kept".into(),

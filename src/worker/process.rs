@@ -50,17 +50,19 @@ pub(super) async fn process(ctx: &WorkerContext, mut job: Job, probe: Option<Dur
             }
         },
         JobOp::Delete | JobOp::DeleteOld => {
-            if !begin_delete(ctx, &mut job).await {
+            let target = job.remote_ref.clone().unwrap_or_default();
+            let gate = DeleteGate::new(ctx, job.clone());
+            let call = with_reauth(job.op, || adapter.delete(&target, &gate)).await;
+            let (asked, answer) = gate.into_parts();
+            job = asked;
+            if answer == Some(false) {
                 return Decided {
                     job,
                     result: JobResult::Release,
                     attempt: None,
                 };
             }
-            let target = job.remote_ref.clone().unwrap_or_default();
-            with_reauth(job.op, || adapter.delete(&target))
-                .await
-                .map(|()| None)
+            call.map(|()| None)
         }
     };
     let duration_ms = started.elapsed().as_millis() as i64;
@@ -333,9 +335,52 @@ fn refused<T>(call: &Call<T>) -> bool {
             )
 }
 
+/// A delete's go-ahead: [`begin_delete`], asked once, when the adapter's request is ready to go.
+struct DeleteGate<'a> {
+    ctx: &'a WorkerContext,
+    job: std::sync::Mutex<Job>,
+    answer: tokio::sync::OnceCell<bool>,
+}
+
+impl<'a> DeleteGate<'a> {
+    fn new(ctx: &'a WorkerContext, job: Job) -> Self {
+        DeleteGate {
+            ctx,
+            job: std::sync::Mutex::new(job),
+            answer: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The job as the journal left it (its copy marked, or not), and the answer given, if asked.
+    fn into_parts(self) -> (Job, Option<bool>) {
+        let job = self.job.into_inner().unwrap_or_else(|p| p.into_inner());
+        (job, self.answer.get().copied())
+    }
+
+    fn job(&self) -> std::sync::MutexGuard<'_, Job> {
+        self.job.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl crate::adapters::GoAhead for DeleteGate<'_> {
+    fn may_send(&self) -> Pin<Box<dyn Future<Output = bool> + Send + '_>> {
+        Box::pin(async {
+            *self
+                .answer
+                .get_or_init(|| async {
+                    let mut job = self.job().clone();
+                    let go = begin_delete(self.ctx, &mut job).await;
+                    *self.job() = job;
+                    go
+                })
+                .await
+        })
+    }
+}
+
 /// Asks the journal, as a delete is about to go out, whether it still should
 /// ([`crate::journal::Journal::begin_delete`]): claimed ahead, it may have waited in its slot's
-/// line while its file came back. False: it is not sent (settled, and said so; or the journal
+/// line, and then for its turn in the vendor's pace, while its file came back. False: it is not sent (settled, and said so; or the journal
 /// could not be written, and the job goes back to the queue unsent).
 async fn begin_delete(ctx: &WorkerContext, job: &mut Job) -> bool {
     let claimed = job.clone();

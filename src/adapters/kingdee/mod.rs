@@ -230,13 +230,16 @@ impl Kingdee {
         self.after_call(call, &token).await
     }
 
-    pub async fn delete(&self, url: &str) -> Call<()> {
+    pub async fn delete(&self, url: &str, go_ahead: &dyn super::GoAhead) -> Call<()> {
         let token = match self.token().await {
             Ok(token) => token,
             // Nothing was asked of the image: its copy is where it was.
             Err(call) => return call.unsent(),
         };
         self.pacer.ready().await;
+        if !go_ahead.may_send().await {
+            return super::withheld();
+        }
         let started = std::time::Instant::now();
         let response = self
             .http
