@@ -781,3 +781,48 @@ fn ten_thousand_files_overflowing_the_event_queue_are_all_synced() {
         "each content sent once"
     );
 }
+
+/// A folder swapped for a symlink out of the watch while a file in it settles: the file is never
+/// read through the symlink, so nothing outside the watch reaches the vendor.
+#[test]
+fn a_folder_swapped_for_a_symlink_out_of_the_watch_is_never_read_through() {
+    // A polled watch (a share) hears of the swap only at its next look.
+    let mut h = Harness::with(Options {
+        settle: "1s",
+        watch_extra: "    poll: 300ms\n",
+        ..Options::default()
+    });
+    let outside = h.dir.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let secret = png(31);
+    std::fs::write(outside.join("x.png"), &secret).unwrap();
+    h.start();
+    h.drop_file("good.png", &png(30));
+    h.wait_state("good.png", "synced");
+    // Written in place: the file settles for two seconds after its close.
+    std::fs::create_dir_all(h.path("sub")).unwrap();
+    std::fs::write(h.path("sub/x.png"), png(32)).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::rename(h.path("sub"), h.path("old")).unwrap();
+    symlink(&outside, h.path("sub")).unwrap();
+    h.wait_state("old/x.png", "synced");
+    std::thread::sleep(Duration::from_secs(4));
+    let leaked: Vec<String> = h
+        .sandbox
+        .images()
+        .into_values()
+        .filter(|image| image.bytes == secret)
+        .map(|image| image.url)
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "read through the symlink: {leaked:?}\n{}",
+        h.log()
+    );
+    // The path read through the symlink, if the watch took it in, says why it was refused.
+    if let Some(row) = h.file("sub/x.png") {
+        assert_eq!(row["state"], "rejected", "{row}");
+        assert!(row["error"].as_str().unwrap().contains("symlink"), "{row}");
+    }
+    assert_eq!(h.sandbox.uploads(), 2, "good.png and old/x.png");
+}

@@ -55,6 +55,8 @@ pub enum ReadError {
     Gone,
     #[error("not a regular file any more ({0})")]
     NotRegular(&'static str),
+    #[error("a folder on its path is now a symlink (or the file is); not followed")]
+    ThroughSymlink,
     #[error("{size} bytes, more than the {limit} bytes allowed")]
     TooLarge { size: u64, limit: u64 },
     #[error("{0}")]
@@ -65,7 +67,22 @@ pub enum ReadError {
 /// symlink and without blocking (a FIFO put in its place must not hang the reader), checked to be
 /// a regular file within `max_bytes`, then read.
 pub fn read_regular(path: &Path, max_bytes: u64) -> Result<(Vec<u8>, Stamp), ReadError> {
-    let file = std::fs::OpenOptions::new()
+    read_opened(open_nofollow(path)?, max_bytes)
+}
+
+/// [`read_regular`] of a file below `root`, with no symlink followed anywhere between the two. A
+/// folder on the way swapped for a symlink (to `/etc`, say) after the watch last looked, which
+/// on a polled share is seconds, must not lead the read out of the watch.
+pub fn read_regular_beneath(
+    root: &Path,
+    path: &Path,
+    max_bytes: u64,
+) -> Result<(Vec<u8>, Stamp), ReadError> {
+    read_opened(open_beneath(root, path)?, max_bytes)
+}
+
+fn open_nofollow(path: &Path) -> Result<std::fs::File, ReadError> {
+    std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
@@ -74,7 +91,43 @@ pub fn read_regular(path: &Path, max_bytes: u64) -> Result<(Vec<u8>, Stamp), Rea
             // O_NOFOLLOW on a symlink answers ELOOP.
             _ if e.raw_os_error() == Some(libc::ELOOP) => ReadError::NotRegular("a symlink"),
             _ => ReadError::Io(e),
-        })?;
+        })
+}
+
+/// Opens `path` as [`open_nofollow`] does, resolving it from `root` with `openat2`'s
+/// `RESOLVE_NO_SYMLINKS`: the kernel refuses a symlink at any step. A kernel without `openat2`
+/// (before 5.6, or a sandbox that forbids it) opens as `open_nofollow` does.
+fn open_beneath(root: &Path, path: &Path) -> Result<std::fs::File, ReadError> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    use rustix::io::Errno;
+    let Ok(below) = path.strip_prefix(root) else {
+        return open_nofollow(path);
+    };
+    let gone_or = |e: Errno| match e {
+        Errno::NOENT | Errno::NOTDIR => ReadError::Gone,
+        e => ReadError::Io(e.into()),
+    };
+    let dir = rustix::fs::open(
+        root,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(gone_or)?;
+    match rustix::fs::openat2(
+        &dir,
+        below,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::NO_SYMLINKS | ResolveFlags::BENEATH,
+    ) {
+        Ok(fd) => Ok(std::fs::File::from(fd)),
+        Err(Errno::NOSYS | Errno::PERM) => open_nofollow(path),
+        Err(Errno::LOOP | Errno::XDEV) => Err(ReadError::ThroughSymlink),
+        Err(e) => Err(gone_or(e)),
+    }
+}
+
+fn read_opened(file: std::fs::File, max_bytes: u64) -> Result<(Vec<u8>, Stamp), ReadError> {
     let meta = file.metadata()?;
     let file_type = meta.file_type();
     if !file_type.is_file() {
@@ -171,7 +224,7 @@ pub fn examine(root: &Path, path: &Path, vendor: &str, limits: &Limits) -> Exami
             stamp: Some(stamp_now),
         };
     }
-    let (bytes, read_stamp) = match read_regular(path, limits.max_bytes) {
+    let (bytes, read_stamp) = match read_regular_beneath(root, path, limits.max_bytes) {
         Ok(read) => read,
         Err(ReadError::Gone) => return Examined::Gone,
         Err(ReadError::Io(e)) if e.kind() == ErrorKind::PermissionDenied => {
@@ -184,7 +237,7 @@ pub fn examine(root: &Path, path: &Path, vendor: &str, limits: &Limits) -> Exami
             };
         }
         Err(ReadError::TooLarge { .. }) => return Examined::Changing,
-        Err(e @ ReadError::NotRegular(_)) => {
+        Err(e @ (ReadError::NotRegular(_) | ReadError::ThroughSymlink)) => {
             return Examined::Reject {
                 reason: format!("cannot read: {e}"),
                 stamp: Some(stamp_now),
@@ -271,5 +324,59 @@ fn symlink_reason(root: &Path, path: &Path) -> String {
             "symlink leads outside the watch (to {}); not followed",
             real.display()
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::symlink;
+
+    use super::*;
+
+    #[test]
+    fn a_file_below_the_root_is_read_beneath_it() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("a/b")).unwrap();
+        std::fs::write(root.path().join("a/b/x.png"), b"bytes").unwrap();
+        let (bytes, stamp) =
+            read_regular_beneath(root.path(), &root.path().join("a/b/x.png"), 100).unwrap();
+        assert_eq!(bytes, b"bytes");
+        assert_eq!(stamp.size, 5);
+        assert!(matches!(
+            read_regular_beneath(root.path(), &root.path().join("a/nothing.png"), 100),
+            Err(ReadError::Gone)
+        ));
+    }
+
+    #[test]
+    fn a_folder_on_the_way_that_is_a_symlink_is_not_followed() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("x.png"), b"secret").unwrap();
+        symlink(outside.path(), root.path().join("sub")).unwrap();
+        let through = root.path().join("sub/x.png");
+        assert!(matches!(
+            read_regular_beneath(root.path(), &through, 100),
+            Err(ReadError::ThroughSymlink)
+        ));
+        // A symlink inside the watch is not followed either: the watch never walks through one.
+        std::fs::create_dir_all(root.path().join("real")).unwrap();
+        std::fs::write(root.path().join("real/y.png"), b"inside").unwrap();
+        symlink("real", root.path().join("alias")).unwrap();
+        assert!(matches!(
+            read_regular_beneath(root.path(), &root.path().join("alias/y.png"), 100),
+            Err(ReadError::ThroughSymlink)
+        ));
+    }
+
+    #[test]
+    fn a_root_that_is_itself_a_symlink_is_followed() {
+        let real = tempfile::tempdir().unwrap();
+        let links = tempfile::tempdir().unwrap();
+        std::fs::write(real.path().join("x.png"), b"bytes").unwrap();
+        let root = links.path().join("drop");
+        symlink(real.path(), &root).unwrap();
+        let (bytes, _) = read_regular_beneath(&root, &root.join("x.png"), 100).unwrap();
+        assert_eq!(bytes, b"bytes");
     }
 }
