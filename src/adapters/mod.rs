@@ -31,7 +31,7 @@ pub use kind::{KindSpec, VendorKind};
 /// Asked by a delete at the last moment before its request goes out: a token in hand and its
 /// turn in the vendor's pace come (behind a rate limit, a minute or more), whether it still may.
 /// Its file may have come back meanwhile, and the copy it would delete is then the one the ERP
-/// uses again. Asked once a delete: a second try (a fresh token) goes on the first answer.
+/// uses again. A second try (with a fresh token, the first refused) asks again.
 pub trait GoAhead: Sync {
     fn may_send(&self) -> Pin<Box<dyn Future<Output = bool> + Send + '_>>;
 }
@@ -268,6 +268,9 @@ impl Adapter {
     pub async fn delete(&self, remote_ref: &str, go_ahead: &dyn GoAhead) -> Call<()> {
         match self {
             Adapter::Kingdee(k) => k.delete(remote_ref, go_ahead).await,
+            // The journal settles a delete it no longer wants (the file back, the watch's policy
+            // changed) before the vendor is asked to do what it cannot.
+            _ if !go_ahead.may_send().await => withheld(),
             Adapter::Feishu(_) => Call::new(
                 Outcome::Rejected {
                     reason: "feishu lingo has no file delete API; the remote copy is kept".into(),

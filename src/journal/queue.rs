@@ -553,8 +553,15 @@ impl Journal {
     /// file put back since its claim uses the copy again: withdrawn); else marks its copy
     /// `deleting`, since from now on the vendor may carry it out, and says so in
     /// `job.marked_copy` when the copy was live. `None`: send it.
+    ///
+    /// Asked again for the same delete (its first try refused for a stale token, so carrying
+    /// nothing out, and tried again once a fresh one is in hand and its turn has come), it asks
+    /// as it did the first time: the copy that try marked is live again first, so a file back
+    /// meanwhile withdraws the delete here too.
     pub fn begin_delete(&mut self, job: &mut Job) -> Result<Option<Claimed>> {
         let tx = self.write()?;
+        give_back_unsent_mark(&tx, job)?;
+        job.marked_copy = false;
         let still_claimed = tx
             .cached_query_row(
                 "SELECT 1 FROM jobs WHERE id = ?1 AND state = 'running'",
@@ -564,6 +571,7 @@ impl Journal {
             .optional()?
             .is_some();
         if !still_claimed {
+            tx.commit()?;
             return Ok(Some(Claimed::Dropped {
                 path: job.path.clone(),
                 op: job.op,

@@ -801,6 +801,39 @@ fn a_delete_the_vendor_refused_gives_its_copy_back() {
     assert_eq!(state_of(j, "/w/b.png").state, "failed");
 }
 
+/// A delete tried again with a fresh token (its first try refused, carrying nothing out) asks the
+/// journal again as it goes out. The file put back while the second try waited for its turn found
+/// the copy marked by the first and was queued to upload again; asked again, the journal gives the
+/// first mark back, withdraws the delete, and the upload settles to the copy it had.
+#[test]
+fn a_delete_asked_again_after_a_refused_try_keeps_the_copy_of_a_file_put_back() {
+    let mut f = fixture();
+    let j = &mut f.journal;
+    synced(j, "/w/a.png", "aa", "https://img/1.png");
+    missing(j, "/w/a.png");
+    let mut delete = claim(j).unwrap();
+    assert!(delete.marked_copy);
+    j.observe(&obs("/w/a.png", "aa"), PRESENT).unwrap();
+    assert!(j.begin_delete(&mut delete).unwrap().is_some(), "withdrawn");
+    assert!(!delete.marked_copy);
+    j.finish(&delete, &JobResult::Release, None).unwrap();
+    assert!(deleted_refs(j).is_empty(), "{:?}", deleted_refs(j));
+    assert!(claim(j).is_none(), "nothing to upload, no delete left");
+    let row = state_of(j, "/w/a.png");
+    assert_eq!(
+        (row.state.as_str(), row.url.as_deref()),
+        ("synced", Some("https://img/1.png"))
+    );
+
+    // Asked again with nothing changed, it goes out, its copy marked by this try.
+    synced(j, "/w/b.png", "bb", "https://img/2.png");
+    missing(j, "/w/b.png");
+    let mut delete = claim(j).unwrap();
+    assert!(j.begin_delete(&mut delete).unwrap().is_none());
+    assert!(delete.marked_copy);
+    assert_eq!(deleted_refs(j), ["https://img/2.png"]);
+}
+
 /// An unanswered delete (a timeout, a 502) may have been carried out: its copy stays `deleting`.
 #[test]
 fn a_delete_unanswered_keeps_its_copy_deleting() {

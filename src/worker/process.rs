@@ -335,11 +335,12 @@ fn refused<T>(call: &Call<T>) -> bool {
             )
 }
 
-/// A delete's go-ahead: [`begin_delete`], asked once, when the adapter's request is ready to go.
+/// A delete's go-ahead: [`begin_delete`], asked each time the adapter's request is ready to go
+/// (a second time only after a first try refused for a stale token, which carried nothing out).
 struct DeleteGate<'a> {
     ctx: &'a WorkerContext,
     job: std::sync::Mutex<Job>,
-    answer: tokio::sync::OnceCell<bool>,
+    answer: std::sync::Mutex<Option<bool>>,
 }
 
 impl<'a> DeleteGate<'a> {
@@ -347,14 +348,16 @@ impl<'a> DeleteGate<'a> {
         DeleteGate {
             ctx,
             job: std::sync::Mutex::new(job),
-            answer: tokio::sync::OnceCell::new(),
+            answer: std::sync::Mutex::new(None),
         }
     }
 
-    /// The job as the journal left it (its copy marked, or not), and the answer given, if asked.
+    /// The job as the journal left it (its copy marked, or not), and the last answer given, if
+    /// asked.
     fn into_parts(self) -> (Job, Option<bool>) {
         let job = self.job.into_inner().unwrap_or_else(|p| p.into_inner());
-        (job, self.answer.get().copied())
+        let answer = self.answer.into_inner().unwrap_or_else(|p| p.into_inner());
+        (job, answer)
     }
 
     fn job(&self) -> std::sync::MutexGuard<'_, Job> {
@@ -365,15 +368,11 @@ impl<'a> DeleteGate<'a> {
 impl crate::adapters::GoAhead for DeleteGate<'_> {
     fn may_send(&self) -> Pin<Box<dyn Future<Output = bool> + Send + '_>> {
         Box::pin(async {
-            *self
-                .answer
-                .get_or_init(|| async {
-                    let mut job = self.job().clone();
-                    let go = begin_delete(self.ctx, &mut job).await;
-                    *self.job() = job;
-                    go
-                })
-                .await
+            let mut job = self.job().clone();
+            let go = begin_delete(self.ctx, &mut job).await;
+            *self.job() = job;
+            *self.answer.lock().unwrap_or_else(|p| p.into_inner()) = Some(go);
+            go
         })
     }
 }
