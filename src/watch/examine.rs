@@ -57,6 +57,9 @@ pub enum ReadError {
     NotRegular(&'static str),
     #[error("a folder on its path is now a symlink (or the file is); not followed")]
     ThroughSymlink,
+    /// A folder on its path was moved out of the watch while the path was followed.
+    #[error("a folder on its path moved while it was opened")]
+    Moved,
     #[error("{size} bytes, more than the {limit} bytes allowed")]
     TooLarge { size: u64, limit: u64 },
     #[error("{0}")]
@@ -121,10 +124,28 @@ fn open_beneath(root: &Path, path: &Path) -> Result<std::fs::File, ReadError> {
         ResolveFlags::NO_SYMLINKS | ResolveFlags::BENEATH,
     ) {
         Ok(fd) => Ok(std::fs::File::from(fd)),
-        Err(Errno::NOSYS | Errno::PERM) => open_nofollow(path),
-        Err(Errno::LOOP | Errno::XDEV) => Err(ReadError::ThroughSymlink),
+        Err(Errno::NOSYS | Errno::PERM) => {
+            said_no_openat2();
+            open_nofollow(path)
+        }
+        Err(Errno::LOOP) => Err(ReadError::ThroughSymlink),
+        // RESOLVE_BENEATH's answer to a folder on the way renamed out of the watch meanwhile.
+        Err(Errno::XDEV) => Err(ReadError::Moved),
         Err(e) => Err(gone_or(e)),
     }
+}
+
+/// Says once that this kernel (or its sandbox) refuses `openat2`, so that files are read
+/// following any folder symlinked in after the watch last looked.
+fn said_no_openat2() {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| {
+        tracing::warn!(
+            "this kernel refuses openat2 (Linux 5.6 or later, and a seccomp policy that allows \
+             it): a folder in a watch swapped for a symlink between two looks can be read \
+             through; the symlink check is made on the file only"
+        );
+    });
 }
 
 fn read_opened(file: std::fs::File, max_bytes: u64) -> Result<(Vec<u8>, Stamp), ReadError> {
@@ -236,7 +257,7 @@ pub fn examine(root: &Path, path: &Path, vendor: &str, limits: &Limits) -> Exami
                 stamp: Some(stamp_now),
             };
         }
-        Err(ReadError::TooLarge { .. }) => return Examined::Changing,
+        Err(ReadError::TooLarge { .. } | ReadError::Moved) => return Examined::Changing,
         Err(e @ (ReadError::NotRegular(_) | ReadError::ThroughSymlink)) => {
             return Examined::Reject {
                 reason: format!("cannot read: {e}"),
