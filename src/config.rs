@@ -24,13 +24,16 @@ pub use crate::adapters::kind::DEFAULT_INCLUDE;
 pub use crate::adapters::kingdee::KingdeeConfig;
 pub const DEFAULT_EXCLUDE: &[&str] = &[".*", "*.tmp", "*.part", "*~"];
 
+/// The shortest `poll` period: a watch polled with none looks at its folder without pause.
+const MIN_POLL: Duration = Duration::from_millis(100);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config {path}: {source}")]
+    // The cause is in the message, not chained as a source: anyhow's `{:#}` would print it twice.
+    #[error("cannot read config {path}: {error}")]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{file}:{line}: {message}")]
     Syntax {
@@ -212,8 +215,10 @@ struct RawConfig {
     give_up_after: Option<String>,
     max_deletes: Option<usize>,
     metrics: Option<String>,
-    #[serde(default)]
-    vendors: BTreeMap<String, RawVendor>,
+    /// In the order written, a name given twice kept twice: serde_yaml's map would keep the
+    /// last silently, and a vendor's first definition would vanish without a word.
+    #[serde(default, deserialize_with = "entries_in_order")]
+    vendors: Vec<(String, RawVendor)>,
     #[serde(default)]
     watches: Vec<RawWatch>,
 }
@@ -345,9 +350,9 @@ impl VendorKeys<'_> {
 impl Config {
     /// Reads, parses and validates the config at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         Config::parse(&text, path)
     }
@@ -360,9 +365,9 @@ impl Config {
     /// here is left unresolved (see [`Resolve::JournalReaders`]); every key is still checked
     /// otherwise.
     pub fn load_without_secrets(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         Config::parse_with(&text, path, Resolve::JournalReaders)
     }
@@ -456,6 +461,15 @@ impl Ctx<'_> {
             .transpose()?;
         let mut vendors = BTreeMap::new();
         for (name, raw_vendor) in raw.vendors {
+            if vendors.contains_key(&name) {
+                let key = format!("vendors.{name}");
+                return Err(ConfigError::Invalid {
+                    file: self.file.clone(),
+                    line: locate::line_of_second(self.text, &key),
+                    key,
+                    message: "is defined twice; give each vendor a name of its own".into(),
+                });
+            }
             let vendor = self.vendor(&name, raw_vendor)?;
             vendors.insert(name, vendor);
         }
@@ -628,7 +642,15 @@ impl Ctx<'_> {
             (Some(_), None) | (None, Some(_)) if self.resolve == Resolve::JournalReaders => {
                 Ok(Secret::new(String::new()))
             }
-            (Some(v), None) => Ok(Secret::new(self.required(&full, Some(v))?)),
+            (Some(v), None) => {
+                let value = self.required(&full, Some(v))?;
+                self.one_line(&full, "it", &value)?;
+                Ok(Secret::new(value))
+            }
+            (None, Some(path)) if path.as_os_str().is_empty() => Err(self.invalid(
+                &format!("{prefix}.{key}_file"),
+                "must not be empty: the path of a file holding the secret",
+            )),
             (None, Some(path)) => {
                 let file_key = format!("{prefix}.{key}_file");
                 // `${VAR}` works in the path too: `${CREDENTIALS_DIRECTORY}/kingdee_app_secret`.
@@ -641,6 +663,7 @@ impl Ctx<'_> {
                 if value.is_empty() {
                     return Err(self.invalid(&file_key, format!("{} is empty", path.display())));
                 }
+                self.one_line(&file_key, &path.display().to_string(), &value)?;
                 Ok(Secret::new(value))
             }
             (None, None) => Err(self.invalid(
@@ -648,6 +671,22 @@ impl Ctx<'_> {
                 format!("is required (or {key}_file with the path of a file holding it)"),
             )),
         }
+    }
+
+    /// A secret goes into a header or a signature: a line break or another control character
+    /// in it (a file of two lines) would only show as a vendor's refusal or "failed to parse
+    /// header value", naming neither the file nor the key. The value itself is never shown.
+    fn one_line(&self, key: &str, holder: &str, value: &str) -> Result<(), ConfigError> {
+        if value.chars().any(char::is_control) {
+            return Err(self.invalid(
+                key,
+                format!(
+                    "{holder} holds a line break or another control character; a secret is one \
+                     line of text"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn vendor(&self, name: &str, mut raw: RawVendor) -> Result<VendorConfig, ConfigError> {
@@ -813,6 +852,12 @@ impl Ctx<'_> {
         let filter = NameFilter::new(&include, &exclude)
             .map_err(|(list, e)| self.invalid(&format!("{prefix}.{list}"), e.to_string()))?;
         let poll = self.optional_duration(&format!("{prefix}.poll"), raw.poll.as_deref())?;
+        if poll.is_some_and(|poll| poll < MIN_POLL) {
+            return Err(self.invalid(
+                &format!("{prefix}.poll"),
+                "must be at least 100ms (each look lists the whole folder)",
+            ));
+        }
         Ok(WatchConfig {
             path: normalize(&path),
             vendor: raw.vendor,
@@ -886,11 +931,54 @@ fn substitute(value: &str) -> Result<String, Unexpanded> {
     Ok(out)
 }
 
-/// Removes `.` components and trailing slashes without touching the filesystem.
+/// Removes `.` components, `..` with the component before it, and trailing slashes, without
+/// touching the filesystem: `/srv/drop/y/../z` is the watch on `/srv/drop/z`, so that a watch
+/// overlapping another is found, and the journal records each file under one path.
 fn normalize(path: &Path) -> PathBuf {
-    path.components()
-        .filter(|c| !matches!(c, std::path::Component::CurDir))
-        .collect()
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            // `..` at the root is the root; at the start of a relative path it is kept.
+            Component::ParentDir if out.has_root() => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// A map's entries in the order written, a key given twice kept twice.
+fn entries_in_order<'de, D, V>(deserializer: D) -> Result<Vec<(String, V)>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    V: Deserialize<'de>,
+{
+    struct Entries<V>(std::marker::PhantomData<V>);
+    impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for Entries<V> {
+        type Value = Vec<(String, V)>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a map of vendors by name")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(entry) = map.next_entry()? {
+                out.push(entry);
+            }
+            Ok(out)
+        }
+    }
+    deserializer.deserialize_map(Entries(std::marker::PhantomData))
 }
 
 #[cfg(test)]

@@ -117,6 +117,30 @@ pub fn line_of(text: &str, key: &str) -> usize {
     best
 }
 
+/// The line where `key` is given a second time in its block (a map key written twice, which
+/// serde_yaml would take silently, keeping the last); `line_of`'s when it is not.
+pub fn line_of_second(text: &str, key: &str) -> usize {
+    let first = line_of(text, key);
+    let lines: Vec<&str> = text.lines().collect();
+    let (Some(name), Some(line)) = (key.rsplit('.').next(), lines.get(first - 1)) else {
+        return first;
+    };
+    let (col, _) = content(line);
+    for (i, line) in lines.iter().enumerate().skip(first) {
+        if is_blank(line) {
+            continue;
+        }
+        let (this, text) = content(line);
+        if this < col {
+            break;
+        }
+        if this == col && key_matches(text, name) {
+            return i + 1;
+        }
+    }
+    first
+}
+
 #[cfg(test)]
 mod tests {
     use super::line_of;

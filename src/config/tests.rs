@@ -144,6 +144,31 @@ fn a_missing_secret_file_is_named() {
 }
 
 #[test]
+fn a_secret_of_two_lines_is_named_without_its_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("app_secret");
+    std::fs::write(&secret, "first-half\nsecond-half\n").unwrap();
+    let text = GOOD.replace(
+        "app_secret: s3cret-app",
+        &format!("app_secret_file: {}", secret.display()),
+    );
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(
+        err.starts_with("/etc/imgsyncd/daemon.yaml:10: vendors.erp.app_secret_file: ")
+            && err.contains("holds a line break"),
+        "{err}"
+    );
+    assert!(!err.contains("half"), "{err}");
+    let text = GOOD.replace("app_secret: s3cret-app", "app_secret: \"s3cret\\tapp\"");
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(err.contains("vendors.erp.app_secret: it holds"), "{err}");
+    assert!(!err.contains("s3cret"), "{err}");
+    let text = GOOD.replace("app_secret: s3cret-app", "app_secret_file: \"\"");
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(err.contains("app_secret_file: must not be empty"), "{err}");
+}
+
+#[test]
 fn a_bad_duration_is_named() {
     let err = parse(&GOOD.replace("500ms", "fast"))
         .unwrap_err()
@@ -388,6 +413,57 @@ fn overlapping_watches_are_refused() {
     assert!(
         err.contains(":15: watches[1].path: /srv/drop/products/sub overlaps"),
         "{err}"
+    );
+}
+
+#[test]
+fn overlapping_watches_are_found_through_dot_dot() {
+    let text = format!("{GOOD}  - path: /srv/drop/other/../products/./sub/\n    vendor: erp\n");
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(
+        err.contains(":15: watches[1].path: /srv/drop/products/sub overlaps"),
+        "{err}"
+    );
+    let config = parse(&GOOD.replace("/srv/drop/products", "/srv/x/../drop/products/")).unwrap();
+    assert_eq!(config.watches[0].path, Path::new("/srv/drop/products"));
+    assert_eq!(normalize(Path::new("/../a/..")), Path::new("/"));
+    assert_eq!(normalize(Path::new("../a/b/..")), Path::new("../a"));
+}
+
+#[test]
+fn a_vendor_defined_twice_is_refused_with_its_line() {
+    let second = "  erp:\n    kind: feishu\n    app_id: cli_x\n    app_secret: other\n";
+    let text = GOOD.replace("watches:\n", &format!("{second}watches:\n"));
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(
+        err == "/etc/imgsyncd/daemon.yaml:12: vendors.erp: is defined twice; give each vendor a name of its own",
+        "{err}"
+    );
+}
+
+#[test]
+fn a_poll_period_of_nothing_is_refused() {
+    let text = GOOD.replace("vendor: erp\n", "vendor: erp\n    poll: 0s\n");
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(
+        err.contains(":15: watches[0].poll: must be at least 100ms"),
+        "{err}"
+    );
+    let text = GOOD.replace("vendor: erp\n", "vendor: erp\n    poll: 300ms\n");
+    assert_eq!(
+        parse(&text).unwrap().watches[0].poll,
+        Some(Duration::from_millis(300))
+    );
+}
+
+#[test]
+fn a_config_that_cannot_be_read_says_why_once() {
+    let err = Config::load(Path::new("/nonexistent/imgsyncd.yaml")).unwrap_err();
+    let shown = format!("{:#}", anyhow::Error::from(err));
+    assert_eq!(
+        shown.matches("No such file or directory").count(),
+        1,
+        "{shown}"
     );
 }
 
