@@ -225,7 +225,15 @@ fn execute(cli: Cli) -> Result<ExitCode> {
             if json {
                 emit(&serde_json::to_string_pretty(&rows)?);
             } else {
-                emit(&report::history(&path, &rows));
+                // A file refused before any attempt has no history: its state says why.
+                let file = journal
+                    .files(&FileFilter {
+                        path: Some(path.clone()),
+                        ..FileFilter::default()
+                    })?
+                    .into_iter()
+                    .next();
+                emit(&report::history(&path, file.as_ref(), &rows));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -406,13 +414,8 @@ fn check(config_path: &Path, online: bool) -> Result<ExitCode> {
             journal_folder.display()
         ));
     }
-    for watch in &config.watches {
-        if !watch.path.is_dir() {
-            emit(&format!(
-                "warning: watch {} does not exist (yet)",
-                watch.path.display()
-            ));
-        }
+    for warning in check_warnings(&config) {
+        emit(&format!("warning: {warning}"));
     }
     if !online {
         return Ok(ExitCode::SUCCESS);
@@ -437,6 +440,30 @@ fn check(config_path: &Path, online: bool) -> Result<ExitCode> {
         }
     });
     Ok(code)
+}
+
+/// What `check` warns of: a config that loads, but would not do what its author meant.
+fn check_warnings(config: &Config) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if config.watches.is_empty() {
+        warnings.push("no watches: the daemon would watch nothing".to_string());
+    }
+    for watch in &config.watches {
+        let path = watch.path.display();
+        match std::fs::metadata(&watch.path) {
+            Ok(meta) if !meta.is_dir() => warnings.push(format!(
+                "watch {path} is not a folder: the daemon waits for a folder there"
+            )),
+            Ok(_) => {}
+            Err(_) => warnings.push(format!("watch {path} does not exist (yet)")),
+        }
+    }
+    for name in config.vendors.keys() {
+        if !config.watches.iter().any(|w| &w.vendor == name) {
+            warnings.push(format!("vendor {name} is used by no watch"));
+        }
+    }
+    warnings
 }
 
 async fn run_dev() -> Result<ExitCode> {

@@ -230,8 +230,15 @@ pub fn files(rows: &[FileRow]) -> String {
     out
 }
 
-pub fn history(path: &str, rows: &[HistoryRow]) -> String {
+pub fn history(path: &str, file: Option<&FileRow>, rows: &[HistoryRow]) -> String {
     let mut out = format!("{}\n", shown(path));
+    if let Some(file) = file {
+        let _ = write!(out, "  now {}", file.state);
+        if let Some(error) = &file.error {
+            let _ = write!(out, ": {error}");
+        }
+        out.push('\n');
+    }
     for row in rows {
         let _ = write!(out, "  {} {:<10} {:<13}", row.at, row.op, row.outcome);
         if let Some(status) = row.http_status {

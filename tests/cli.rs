@@ -176,6 +176,58 @@ fn a_missing_config_is_named() {
     );
 }
 
+/// `check` on a config that loads but would not do what its author meant: a watch on a file,
+/// a vendor no watch uses. It warns, and still exits 0: the config is valid.
+#[test]
+fn check_warns_of_a_watch_on_a_file_and_a_vendor_no_watch_uses() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_folder = dir.path().join("drop");
+    std::fs::write(&not_a_folder, "").unwrap();
+    let config = dir.path().join("daemon.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "journal: {}/journal.sqlite3
+vendors:
+  erp:
+    kind: kingdee
+    client_id: \"1\"
+    client_secret: a
+    app_key: b
+    app_secret: c
+    domain: https://tf.jdy.com
+  spare:
+    kind: feishu
+    app_id: cli_x
+    app_secret: d
+watches:
+  - path: {}
+    vendor: erp
+",
+            dir.path().display(),
+            not_a_folder.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["-c", config.to_str().unwrap(), "check"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "warning: watch {} is not a folder",
+            not_a_folder.display()
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("warning: vendor spare is used by no watch"),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn a_bad_state_filter_is_refused_with_the_choices() {
     let out = Command::new(BIN)
@@ -207,6 +259,24 @@ fn files_of_a_vendor_that_does_not_exist_is_refused_with_the_names() {
     let out = h.cli(&["files", "--vendor", "erp", "--state", "failed", "--json"]);
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
+}
+
+/// `history` of a file refused before any attempt (not an image) says what it is now and why,
+/// rather than only "no attempts yet", which reads as a file still waiting its turn.
+#[test]
+fn history_of_a_file_refused_before_sending_says_why() {
+    let mut h = common::Harness::new();
+    h.start();
+    h.drop_file("notes.png", b"these are not the pixels you are looking for");
+    h.wait_state("notes.png", "rejected");
+    let out = h.cli(&["history", h.path("notes.png").to_str().unwrap()]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut lines = stdout.lines().skip(1);
+    let now = lines.next().unwrap_or_default();
+    assert!(now.starts_with("  now rejected: "), "{stdout}");
+    assert!(now.contains("not an image"), "{stdout}");
+    assert_eq!(lines.next(), Some("  no attempts yet"), "{stdout}");
 }
 
 /// `retry` tells whoever holds the journal with SIGUSR1, and a timer's `scan` holds it while it
