@@ -458,9 +458,23 @@ fn check_warnings(config: &Config) -> Vec<String> {
             Err(_) => warnings.push(format!("watch {path} does not exist (yet)")),
         }
     }
-    for name in config.vendors.keys() {
+    for (name, vendor) in &config.vendors {
         if !config.watches.iter().any(|w| &w.vendor == name) {
             warnings.push(format!("vendor {name} is used by no watch"));
+        }
+        let Some((second, minute)) = vendor.settings.kind().spec().documented_rate else {
+            continue;
+        };
+        for (key, set, documented) in [
+            ("per_second", vendor.per_second, second),
+            ("per_minute", vendor.per_minute, minute),
+        ] {
+            if let Some(set) = set.filter(|set| *set > documented) {
+                warnings.push(format!(
+                    "vendors.{name}.{key}: {set} is above the {documented} the vendor documents; \
+                     expect it to refuse calls (429)"
+                ));
+            }
         }
     }
     warnings

@@ -200,6 +200,7 @@ vendors:
     kind: feishu
     app_id: cli_x
     app_secret: d
+    per_minute: 2000
 watches:
   - path: {}
     vendor: erp
@@ -224,6 +225,10 @@ watches:
     );
     assert!(
         stdout.contains("warning: vendor spare is used by no watch"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("warning: vendors.spare.per_minute: 2000 is above the 1000"),
         "{stdout}"
     );
 }

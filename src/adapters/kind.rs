@@ -20,6 +20,9 @@ pub struct KindSpec {
     /// The file names a watch takes when it gives no `include`: what the vendor accepts.
     pub default_include: &'static [&'static str],
     pub limits: Limits,
+    /// The rate the vendor documents (a second, a minute), if it documents one: `per_second` and
+    /// `per_minute` may lower it; set above it, the vendor answers 429s.
+    pub documented_rate: Option<(u32, u32)>,
     /// The keys a vendor of this kind takes besides `kind`, `base_url`, `per_second` and
     /// `per_minute` (a secret's `<key>_file` included).
     pub config_keys: &'static [&'static str],

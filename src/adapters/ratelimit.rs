@@ -57,6 +57,60 @@ struct State {
     hold_until: Option<Instant>,
 }
 
+impl State {
+    /// When the next request may go.
+    fn free_at(&mut self, now: Instant) -> Instant {
+        let mut free_at = self.hold_until.filter(|h| *h > now).unwrap_or(now);
+        for window in &mut self.windows {
+            free_at = free_at.max(window.next_free(now));
+        }
+        free_at
+    }
+
+    fn count(&mut self, now: Instant) {
+        for window in &mut self.windows {
+            window.sent.push_back(now);
+        }
+    }
+}
+
+/// Waits until every one of `pacers` lets one more request go, then counts it in each, at once:
+/// a request that keeps to several limits (its vendor's, its API key's, its company's) is
+/// counted in none until all of them allow it, so it is counted when it really goes.
+pub async fn ready_all(pacers: &[&Pacer]) {
+    // Locked in one order (by address), so two requests through the same pacers never wait on
+    // each other's locks.
+    let mut pacers = pacers.to_vec();
+    pacers.sort_by_key(|p| std::ptr::from_ref(*p) as usize);
+    pacers.dedup_by_key(|p| std::ptr::from_ref(*p) as usize);
+    let asked = Instant::now();
+    let mut waited = false;
+    loop {
+        let now = Instant::now();
+        let free_at = {
+            let mut states: Vec<_> = pacers
+                .iter()
+                .map(|p| p.state.lock().unwrap_or_else(|e| e.into_inner()))
+                .collect();
+            let free_at = states
+                .iter_mut()
+                .map(|state| state.free_at(now))
+                .max()
+                .unwrap_or(now);
+            if free_at <= now {
+                states.iter_mut().for_each(|state| state.count(now));
+                if waited {
+                    crate::metrics::rate_limit_wait(now - asked);
+                }
+                return;
+            }
+            free_at
+        };
+        waited = true;
+        tokio::time::sleep_until(free_at).await;
+    }
+}
+
 /// A per-second and a per-minute budget; a request waits until both allow it.
 #[derive(Debug)]
 pub struct Pacer {
@@ -78,30 +132,7 @@ impl Pacer {
 
     /// Waits until one more request may go, and counts it.
     pub async fn ready(&self) {
-        let asked = Instant::now();
-        let mut waited = false;
-        loop {
-            let now = Instant::now();
-            let free_at = {
-                let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-                let mut free_at = state.hold_until.filter(|h| *h > now).unwrap_or(now);
-                for window in &mut state.windows {
-                    free_at = free_at.max(window.next_free(now));
-                }
-                if free_at <= now {
-                    for window in &mut state.windows {
-                        window.sent.push_back(now);
-                    }
-                    if waited {
-                        crate::metrics::rate_limit_wait(now - asked);
-                    }
-                    return;
-                }
-                free_at
-            };
-            waited = true;
-            tokio::time::sleep_until(free_at).await;
-        }
+        ready_all(&[self]).await;
     }
 
     /// Lets nothing go for `wait` (the vendor said when its window reopens).

@@ -59,6 +59,7 @@ pub const SPEC: KindSpec = KindSpec {
         "*.jpg", "*.jpeg", "*.png", "*.gif", "*.bmp", "*.webp", "*.ico",
     ],
     limits: LIMITS,
+    documented_rate: Some((DEFAULT_PER_SECOND, DEFAULT_PER_MINUTE)),
     config_keys: &["app_id", "app_secret", "app_secret_file"],
 };
 

@@ -29,7 +29,7 @@ use super::http::{self, Received};
 use super::kind::{DEFAULT_INCLUDE, KindSpec};
 use super::name::for_vendor;
 use super::outcome::{Call, Outcome};
-use super::ratelimit::Pacer;
+use super::ratelimit::{self, Pacer};
 use super::token::{self, TOKEN_COOL_DOWN};
 use super::{Limits, UploadRequest, epoch_ms, human_size};
 use crate::config::Placeholder;
@@ -70,6 +70,7 @@ pub const SPEC: KindSpec = KindSpec {
     reference_field: "key",
     default_include: DEFAULT_INCLUDE,
     limits: LIMITS,
+    documented_rate: Some((DEFAULT_PER_SECOND, DEFAULT_PER_SECOND * 60)),
     config_keys: &[
         "api_key",
         "api_key_file",
@@ -139,13 +140,31 @@ pub enum Verdict {
     Fail(Outcome<()>),
 }
 
+/// An interface's pace as this vendor sets it (`per_second`, `per_minute`: at most the documented
+/// limit), and as the API key's: vendors (forms) sharing a key share the documented limit.
+#[derive(Debug)]
+struct InterfacePacers {
+    vendor: Pacer,
+    key: Arc<Pacer>,
+}
+
 #[derive(Debug)]
 struct Pacers {
-    token: Pacer,
-    upload: Pacer,
-    create: Pacer,
+    token: InterfacePacers,
+    upload: InterfacePacers,
+    create: InterfacePacers,
     /// Shared by every vendor with the same API key (the company's limit).
     company: Arc<Pacer>,
+}
+
+impl Pacers {
+    fn of(&self, endpoint: Endpoint) -> &InterfacePacers {
+        match endpoint {
+            Endpoint::Token => &self.token,
+            Endpoint::Upload => &self.upload,
+            Endpoint::Create => &self.create,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -190,20 +209,24 @@ impl Jiandaoyun {
     ) -> Jiandaoyun {
         let per_second = per_second.unwrap_or(DEFAULT_PER_SECOND);
         let per_minute = per_minute.unwrap_or(per_second.saturating_mul(60));
-        let pacer = || Pacer::new(per_second, per_minute);
-        let company = company_pacer(config.api_key.expose());
+        let key = config.api_key.expose();
+        let interface = |name: &str| InterfacePacers {
+            vendor: Pacer::new(per_second, per_minute),
+            key: key_pacer(key, name, DEFAULT_PER_SECOND),
+        };
+        let pacers = Box::new(Pacers {
+            token: interface("get_upload_token"),
+            upload: interface("upload"),
+            create: interface("data/create"),
+            company: key_pacer(key, "company", COMPANY_PER_SECOND),
+        });
         Jiandaoyun {
             name: name.to_string(),
             base_url: base_url.trim_end_matches('/').to_string(),
             config,
             http,
             pool: TokenPool::default(),
-            pacers: Box::new(Pacers {
-                token: pacer(),
-                upload: pacer(),
-                create: pacer(),
-                company,
-            }),
+            pacers,
         }
     }
 
@@ -232,12 +255,8 @@ impl Jiandaoyun {
     }
 
     async fn pace(&self, endpoint: Endpoint) {
-        match endpoint {
-            Endpoint::Token => self.pacers.token.ready().await,
-            Endpoint::Upload => self.pacers.upload.ready().await,
-            Endpoint::Create => self.pacers.create.ready().await,
-        }
-        self.pacers.company.ready().await;
+        let interface = self.pacers.of(endpoint);
+        ratelimit::ready_all(&[&interface.vendor, &interface.key, &self.pacers.company]).await;
     }
 
     /// After a rate-limited answer, nothing more goes to that interface (or, for a company-wide
@@ -255,11 +274,9 @@ impl Jiandaoyun {
             || code == Some(ERR_RATE_LIMITED)
             || (endpoint == Endpoint::Upload && answer.status == 573);
         if interface {
-            match endpoint {
-                Endpoint::Token => self.pacers.token.hold(*after),
-                Endpoint::Upload => self.pacers.upload.hold(*after),
-                Endpoint::Create => self.pacers.create.hold(*after),
-            }
+            // The key's interface: the limit the answer speaks of is the key's, whichever of its
+            // vendors hit it.
+            self.pacers.of(endpoint).key.hold(*after);
         }
         if company {
             self.pacers.company.hold(*after);
@@ -673,10 +690,11 @@ fn record_maybe_made<T>(reason: &str) -> Outcome<T> {
     }
 }
 
-/// The company-wide pacer of the API key `key`: vendors sharing a key share its 50 calls a second.
-fn company_pacer(key: &str) -> Arc<Pacer> {
+/// The pacer of one of the API key `key`'s limits (`scope`: an interface, or the company's):
+/// every vendor with that key shares it, `per_second` calls a second.
+fn key_pacer(key: &str, scope: &str, per_second: u32) -> Arc<Pacer> {
     static PACERS: OnceLock<Mutex<HashMap<String, Weak<Pacer>>>> = OnceLock::new();
-    let id = format!("{:x}", Sha256::digest(key.as_bytes()));
+    let id = format!("{:x} {scope}", Sha256::digest(key.as_bytes()));
     let mut pacers = PACERS
         .get_or_init(Mutex::default)
         .lock()
@@ -685,10 +703,7 @@ fn company_pacer(key: &str) -> Arc<Pacer> {
     if let Some(pacer) = pacers.get(&id).and_then(Weak::upgrade) {
         return pacer;
     }
-    let pacer = Arc::new(Pacer::new(
-        COMPANY_PER_SECOND,
-        COMPANY_PER_SECOND.saturating_mul(60),
-    ));
+    let pacer = Arc::new(Pacer::new(per_second, per_second.saturating_mul(60)));
     pacers.insert(id, Arc::downgrade(&pacer));
     pacer
 }

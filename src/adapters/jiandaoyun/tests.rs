@@ -734,3 +734,58 @@ fn debug_output_shows_no_secret() {
     assert!(debug.contains("entry"));
     assert!(!debug.contains("secret-value"), "{debug}");
 }
+
+/// Two vendors (two forms) with one API key share its documented 20 calls a second to each
+/// interface, and its company-wide 50: together they never send more in any second. Each paced
+/// its interfaces alone before, 40 a second together, and Jiandaoyun answered 8303.
+#[tokio::test(start_paused = true)]
+async fn vendors_sharing_an_api_key_share_each_interfaces_limit() {
+    let key = format!("jdy-shared-key-{}", policy::uuid_v4());
+    let vendor = |name: &str| {
+        Arc::new(Jiandaoyun::new(
+            name,
+            "http://127.0.0.1:9",
+            JiandaoyunConfig {
+                api_key: Secret::new(key.clone()),
+                app_id: "app".into(),
+                entry_id: format!("entry-{name}"),
+                create_record: None,
+                watch_roots: Vec::new(),
+            },
+            reqwest::Client::new(),
+            None,
+            None,
+        ))
+    };
+    let (a, b) = (vendor("forms"), vendor("claims"));
+    let started = tokio::time::Instant::now();
+    let mut tasks = Vec::new();
+    for adapter in [a, b] {
+        tasks.push(tokio::spawn(async move {
+            let mut times = Vec::new();
+            for _ in 0..40 {
+                adapter.pace(Endpoint::Upload).await;
+                times.push(tokio::time::Instant::now() - started);
+            }
+            times
+        }));
+    }
+    let mut times = Vec::new();
+    for task in tasks {
+        times.extend(task.await.unwrap());
+    }
+    times.sort();
+    let densest = times
+        .iter()
+        .map(|t| {
+            times
+                .iter()
+                .filter(|u| **u >= *t && **u < *t + Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap();
+    assert!(densest <= 20, "{densest} uploads in one second");
+    // Both got their turns: 80 calls at 20 a second take about four seconds, not two.
+    assert!(times[79] >= Duration::from_secs(3), "{:?}", times[79]);
+}

@@ -43,6 +43,8 @@ pub const SPEC: KindSpec = KindSpec {
     reference_field: "url",
     default_include: DEFAULT_INCLUDE,
     limits: LIMITS,
+    // Kingdee documents none: its window is shared with the account set's other apps.
+    documented_rate: None,
     config_keys: &[
         "client_id",
         "client_secret",
