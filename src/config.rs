@@ -25,7 +25,7 @@ pub use crate::adapters::kingdee::KingdeeConfig;
 pub const DEFAULT_EXCLUDE: &[&str] = &[".*", "*.tmp", "*.part", "*~"];
 
 /// The shortest `poll` period: a watch polled with none looks at its folder without pause.
-const MIN_POLL: Duration = Duration::from_millis(100);
+pub const MIN_POLL: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -206,7 +206,10 @@ impl Globs {
 // ---- the raw YAML shape ------------------------------------------------------------------------
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a map of settings (journal, workers, settle, vendors, watches, …)"
+)]
 struct RawConfig {
     journal: Option<PathBuf>,
     workers: Option<usize>,
@@ -461,7 +464,9 @@ impl Ctx<'_> {
             .transpose()?;
         let mut vendors = BTreeMap::new();
         for (name, raw_vendor) in raw.vendors {
-            if vendors.contains_key(&name) {
+            // The journal's readers load what the daemon ran on before this was refused (the
+            // last definition kept), so `status` still works while the config is fixed.
+            if vendors.contains_key(&name) && self.resolve == Resolve::Everything {
                 let key = format!("vendors.{name}");
                 return Err(ConfigError::Invalid {
                     file: self.file.clone(),
@@ -476,10 +481,16 @@ impl Ctx<'_> {
         let mut watches: Vec<WatchConfig> = Vec::new();
         for (index, raw_watch) in raw.watches.into_iter().enumerate() {
             let watch = self.watch(index, raw_watch, &vendors)?;
-            if let Some(other) = watches
-                .iter()
-                .find(|w| watch.path.starts_with(&w.path) || w.path.starts_with(&watch.path))
-            {
+            // Through `..` only for the daemon and `check`: the journal's readers load a config
+            // the daemon ran on before this was refused.
+            let overlapping = |w: &WatchConfig| {
+                let (a, b) = match self.resolve {
+                    Resolve::Everything => (without_dot_dot(&watch.path), without_dot_dot(&w.path)),
+                    Resolve::JournalReaders => (watch.path.clone(), w.path.clone()),
+                };
+                a.starts_with(&b) || b.starts_with(&a)
+            };
+            if let Some(other) = watches.iter().find(|w| overlapping(w)) {
                 return Err(self.invalid(
                     &format!("watches[{index}].path"),
                     format!(
@@ -852,12 +863,9 @@ impl Ctx<'_> {
         let filter = NameFilter::new(&include, &exclude)
             .map_err(|(list, e)| self.invalid(&format!("{prefix}.{list}"), e.to_string()))?;
         let poll = self.optional_duration(&format!("{prefix}.poll"), raw.poll.as_deref())?;
-        if poll.is_some_and(|poll| poll < MIN_POLL) {
-            return Err(self.invalid(
-                &format!("{prefix}.poll"),
-                "must be at least 100ms (each look lists the whole folder)",
-            ));
-        }
+        // Shorter, a polled watch would list its folder without pause. Raised, not refused: a
+        // config that ran before must not stop the daemon at its next start.
+        let poll = poll.map(|poll| poll.max(MIN_POLL));
         Ok(WatchConfig {
             path: normalize(&path),
             vendor: raw.vendor,
@@ -931,10 +939,18 @@ fn substitute(value: &str) -> Result<String, Unexpanded> {
     Ok(out)
 }
 
-/// Removes `.` components, `..` with the component before it, and trailing slashes, without
-/// touching the filesystem: `/srv/drop/y/../z` is the watch on `/srv/drop/z`, so that a watch
-/// overlapping another is found, and the journal records each file under one path.
+/// Removes `.` components and trailing slashes without touching the filesystem. (`..` is kept:
+/// the journal records a watch's files under its path as written, and a journal of a watch on
+/// `/etc/imgsyncd/../drop` holds its files under that text.)
 fn normalize(path: &Path) -> PathBuf {
+    path.components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect()
+}
+
+/// `path` with each `..` taken with the component before it, without touching the filesystem:
+/// `/srv/drop/y/../z` is the folder `/srv/drop/z`, for telling watches that overlap.
+fn without_dot_dot(path: &Path) -> PathBuf {
     use std::path::Component;
     let mut out = PathBuf::new();
     for component in path.components() {

@@ -44,41 +44,50 @@ enum Command {
     Scan,
     /// Counts per state and vendor, oldest pending age, paused vendors, recent errors.
     Status {
+        /// Print one JSON object (files, by_vendor, oldest_pending_s, paused_vendors, …).
         #[arg(long)]
         json: bool,
     },
     /// One row per file with what the vendor returned.
     Files {
+        /// Print a JSON array, one object a file.
         #[arg(long)]
         json: bool,
+        /// Only the files of this vendor (its name in the config).
         #[arg(long)]
         vendor: Option<String>,
+        /// Only the files in this state: pending, synced, rejected, failed or removed.
         #[arg(long, value_parser = parse_state)]
         state: Option<FileState>,
     },
     /// Every attempt for one file.
     History {
         path: PathBuf,
+        /// Print a JSON array, one object an attempt.
         #[arg(long)]
         json: bool,
     },
     /// Put failed files back in the queue (or confirm held deletes with --held).
     Retry {
+        /// Every failed file.
         #[arg(long, conflicts_with_all = ["held", "paths"])]
         failed: bool,
         /// Carry out the deletes held because too many files vanished at once.
         #[arg(long, conflicts_with = "paths")]
         held: bool,
+        /// The files to put back (their paths as `files` shows them).
         #[arg(required_unless_present_any = ["failed", "held"])]
         paths: Vec<PathBuf>,
     },
     /// Validate the config; --online also fetches a token from each vendor.
     Check {
+        /// Also fetch a token from each vendor, to test its credentials.
         #[arg(long)]
         online: bool,
     },
     /// The vendor emulator on its own.
     Sandbox {
+        /// The address to serve on (loopback unless you mean otherwise).
         #[arg(long, default_value = "127.0.0.1:8787")]
         listen: String,
     },
@@ -433,7 +442,10 @@ fn check(config_path: &Path, online: bool) -> Result<ExitCode> {
                 | Outcome::Reauth { reason }
                 | Outcome::Rejected { reason }
                 | Outcome::VendorDown { reason } => {
-                    emit(&format!("{name}: FAILED: {reason}"));
+                    emit(&format!(
+                        "{name}: FAILED: {reason} (at {})",
+                        vendor.base_url
+                    ));
                     code = ExitCode::from(1);
                 }
             }
@@ -455,7 +467,10 @@ fn check_warnings(config: &Config) -> Vec<String> {
                 "watch {path} is not a folder: the daemon waits for a folder there"
             )),
             Ok(_) => {}
-            Err(_) => warnings.push(format!("watch {path} does not exist (yet)")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                warnings.push(format!("watch {path} does not exist (yet)"))
+            }
+            Err(e) => warnings.push(format!("watch {path} cannot be looked at: {e}")),
         }
     }
     for (name, vendor) in &config.vendors {
@@ -471,8 +486,7 @@ fn check_warnings(config: &Config) -> Vec<String> {
         ] {
             if let Some(set) = set.filter(|set| *set > documented) {
                 warnings.push(format!(
-                    "vendors.{name}.{key}: {set} is above the {documented} the vendor documents; \
-                     expect it to refuse calls (429)"
+                    "vendors.{name}.{key}: {set} is above the {documented} the vendor documents"
                 ));
             }
         }

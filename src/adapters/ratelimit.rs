@@ -76,22 +76,19 @@ impl State {
 
 /// Waits until every one of `pacers` lets one more request go, then counts it in each, at once:
 /// a request that keeps to several limits (its vendor's, its API key's, its company's) is
-/// counted in none until all of them allow it, so it is counted when it really goes.
-pub async fn ready_all(pacers: &[&Pacer]) {
+/// counted in none until all of them allow it, so it is counted when it really goes. The pacers
+/// are distinct (one lock each).
+pub async fn ready_all<const N: usize>(mut pacers: [&Pacer; N]) {
     // Locked in one order (by address), so two requests through the same pacers never wait on
     // each other's locks.
-    let mut pacers = pacers.to_vec();
     pacers.sort_by_key(|p| std::ptr::from_ref(*p) as usize);
-    pacers.dedup_by_key(|p| std::ptr::from_ref(*p) as usize);
+    debug_assert!(pacers.windows(2).all(|w| !std::ptr::eq(w[0], w[1])));
     let asked = Instant::now();
     let mut waited = false;
     loop {
         let now = Instant::now();
         let free_at = {
-            let mut states: Vec<_> = pacers
-                .iter()
-                .map(|p| p.state.lock().unwrap_or_else(|e| e.into_inner()))
-                .collect();
+            let mut states = pacers.map(|p| p.state.lock().unwrap_or_else(|e| e.into_inner()));
             let free_at = states
                 .iter_mut()
                 .map(|state| state.free_at(now))
@@ -132,7 +129,7 @@ impl Pacer {
 
     /// Waits until one more request may go, and counts it.
     pub async fn ready(&self) {
-        ready_all(&[self]).await;
+        ready_all([self]).await;
     }
 
     /// Lets nothing go for `wait` (the vendor said when its window reopens).

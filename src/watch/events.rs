@@ -1,7 +1,7 @@
 //! notify's events turned into the three things a watch cares about. Everything else is noise.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
@@ -41,15 +41,19 @@ const QUEUED_EVENTS: usize = 65_536;
 pub fn channel() -> (EventSender, EventReceiver) {
     let (tx, rx) = mpsc::channel(QUEUED_EVENTS);
     let lost = Arc::new(Lost::default());
+    let watcher = Arc::new(AtomicU64::new(0));
     (
         EventSender {
             tx,
             lost: Arc::clone(&lost),
+            watcher: 0,
+            current: Arc::clone(&watcher),
         },
         EventReceiver {
             rx,
             lost,
             taken_since_loss: 0,
+            current: watcher,
         },
     )
 }
@@ -68,16 +72,35 @@ struct Lost {
 
 #[derive(Debug, Clone)]
 pub struct EventSender {
-    tx: mpsc::Sender<WatchEvent>,
+    tx: mpsc::Sender<(u64, WatchEvent)>,
     lost: Arc<Lost>,
+    /// The watcher whose events these are (see [`EventSender::for_new_watcher`]).
+    watcher: u64,
+    /// The watcher whose events the watch takes: the latest.
+    current: Arc<AtomicU64>,
 }
 
 impl EventSender {
+    /// A sender for a watcher that replaces the one before (the folder watched anew, a poller
+    /// in place of inotify). What the old one queued and the watch has not taken yet is dropped:
+    /// the watch reconciles the folder as it starts the new one, and a create or write queued
+    /// before that, taken after it, would leave a file waiting for good for a close the old
+    /// watcher never read.
+    pub fn for_new_watcher(&self) -> EventSender {
+        let watcher = self.current.fetch_add(1, Ordering::AcqRel) + 1;
+        EventSender {
+            tx: self.tx.clone(),
+            lost: Arc::clone(&self.lost),
+            watcher,
+            current: Arc::clone(&self.current),
+        }
+    }
+
     /// Queues `event` without waiting: the watcher's thread must keep draining the kernel's queue.
     pub fn send(&self, event: WatchEvent) {
-        match self.tx.try_send(event) {
+        match self.tx.try_send((self.watcher, event)) {
             Ok(()) | Err(TrySendError::Closed(_)) => {}
-            Err(TrySendError::Full(event)) => {
+            Err(TrySendError::Full((_, event))) => {
                 if let WatchEvent::Failed { why } = event {
                     *self.lost.failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
                 }
@@ -90,11 +113,13 @@ impl EventSender {
 
 #[derive(Debug)]
 pub struct EventReceiver {
-    rx: mpsc::Receiver<WatchEvent>,
+    rx: mpsc::Receiver<(u64, WatchEvent)>,
     lost: Arc<Lost>,
     /// Events taken since a loss was seen: once the queue's worth is taken, every event queued
     /// before the loss has been.
     taken_since_loss: usize,
+    /// The watcher whose events are taken; a replaced one's are dropped.
+    current: Arc<AtomicU64>,
 }
 
 impl EventReceiver {
@@ -110,7 +135,10 @@ impl EventReceiver {
                     match self.rx.try_recv() {
                         Ok(event) => {
                             self.taken_since_loss += 1;
-                            return Some(event);
+                            match self.current_watchers(event) {
+                                Some(event) => return Some(event),
+                                None => continue,
+                            }
                         }
                         Err(mpsc::error::TryRecvError::Disconnected) => return None,
                         Err(mpsc::error::TryRecvError::Empty) => {}
@@ -122,10 +150,19 @@ impl EventReceiver {
                 }
             }
             tokio::select! {
-                event = self.rx.recv() => return event,
+                event = self.rx.recv() => match event.map(|event| self.current_watchers(event)) {
+                    Some(Some(event)) => return Some(event),
+                    Some(None) => {}
+                    None => return None,
+                },
                 () = self.lost.noted.notified() => {}
             }
         }
+    }
+
+    /// The event, unless a watcher since replaced queued it.
+    fn current_watchers(&self, (watcher, event): (u64, WatchEvent)) -> Option<WatchEvent> {
+        (watcher == self.current.load(Ordering::Acquire)).then_some(event)
     }
 
     /// A lost `Failed` (the watch then reconciles everything, so a lost rescan goes with it), or
@@ -368,6 +405,26 @@ mod tests {
         WatchEvent::Seen {
             path: PathBuf::from(format!("/w/{n}.png")),
             sighting: Sighting::Closed,
+        }
+    }
+
+    /// A folder watched anew (a mount changed on its path) is reconciled as the new watcher
+    /// starts: the write the old watcher queued but the watch had not taken, whose close the old
+    /// watcher never read, must not come after that and leave the file waiting for a close.
+    #[tokio::test]
+    async fn a_replaced_watchers_queued_events_are_dropped() {
+        let (tx, mut rx) = channel();
+        let old = tx.for_new_watcher();
+        old.send(WatchEvent::Seen {
+            path: PathBuf::from("/w/after.png"),
+            sighting: Sighting::Open,
+        });
+        let new = tx.for_new_watcher();
+        old.send(seen(1));
+        new.send(seen(2));
+        match rx.recv().await {
+            Some(WatchEvent::Seen { path, .. }) => assert_eq!(path, PathBuf::from("/w/2.png")),
+            other => panic!("{other:?}"),
         }
     }
 

@@ -57,9 +57,6 @@ pub enum ReadError {
     NotRegular(&'static str),
     #[error("a folder on its path is now a symlink (or the file is); not followed")]
     ThroughSymlink,
-    /// A folder on its path was moved out of the watch while the path was followed.
-    #[error("a folder on its path moved while it was opened")]
-    Moved,
     #[error("{size} bytes, more than the {limit} bytes allowed")]
     TooLarge { size: u64, limit: u64 },
     #[error("{0}")]
@@ -129,8 +126,8 @@ fn open_beneath(root: &Path, path: &Path) -> Result<std::fs::File, ReadError> {
             open_nofollow(path)
         }
         Err(Errno::LOOP) => Err(ReadError::ThroughSymlink),
-        // RESOLVE_BENEATH's answer to a folder on the way renamed out of the watch meanwhile.
-        Err(Errno::XDEV) => Err(ReadError::Moved),
+        // Any other (EXDEV: a `..` out of the root; EAGAIN: a rename raced the lookup) is a
+        // failure to read, looked at again a few times before the file is refused.
         Err(e) => Err(gone_or(e)),
     }
 }
@@ -257,7 +254,7 @@ pub fn examine(root: &Path, path: &Path, vendor: &str, limits: &Limits) -> Exami
                 stamp: Some(stamp_now),
             };
         }
-        Err(ReadError::TooLarge { .. } | ReadError::Moved) => return Examined::Changing,
+        Err(ReadError::TooLarge { .. }) => return Examined::Changing,
         Err(e @ (ReadError::NotRegular(_) | ReadError::ThroughSymlink)) => {
             return Examined::Reject {
                 reason: format!("cannot read: {e}"),

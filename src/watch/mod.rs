@@ -353,7 +353,7 @@ impl WatchTask {
                             "cannot watch the folder with inotify: {why}; polling it every {} instead",
                             humantime::format_duration(events::FALLBACK_POLL)
                         );
-                        if let Some(tx) = self.event_tx.clone() {
+                        if let Some(tx) = self.event_tx.as_ref().map(events::EventSender::for_new_watcher) {
                             self.watcher = events::start(&self.config, Some(events::FALLBACK_POLL), tx).ok().map(Arc::new);
                             crate::metrics::watch_polled(self.root());
                             self.publish_sighting_delay();
@@ -642,7 +642,7 @@ impl WatchTask {
 
     /// Starts the watch's event source; when inotify cannot be set up, polling takes its place.
     fn start_watcher(&mut self) -> Option<Arc<events::Watching>> {
-        let tx = self.event_tx.clone()?;
+        let tx = self.event_tx.as_ref()?.for_new_watcher();
         self.watching_id = std::fs::metadata(self.root())
             .ok()
             .map(|meta| (meta.dev(), meta.ino()));

@@ -395,7 +395,9 @@ async fn begin_delete(ctx: &WorkerContext, job: &mut Job) -> bool {
             *job = marked;
             true
         }
-        Ok((_, Some(settled))) => {
+        Ok((asked, Some(settled))) => {
+            // Settled, any mark an earlier try of it made given back with it.
+            *job = asked;
             super::claim::log_settled(&settled);
             false
         }

@@ -256,7 +256,7 @@ impl Jiandaoyun {
 
     async fn pace(&self, endpoint: Endpoint) {
         let interface = self.pacers.of(endpoint);
-        ratelimit::ready_all(&[&interface.vendor, &interface.key, &self.pacers.company]).await;
+        ratelimit::ready_all([&interface.vendor, &*interface.key, &*self.pacers.company]).await;
     }
 
     /// After a rate-limited answer, nothing more goes to that interface (or, for a company-wide
