@@ -560,8 +560,6 @@ impl Journal {
     /// meanwhile withdraws the delete here too.
     pub fn begin_delete(&mut self, job: &mut Job) -> Result<Option<Claimed>> {
         let tx = self.write()?;
-        give_back_unsent_mark(&tx, job)?;
-        job.marked_copy = false;
         let still_claimed = tx
             .cached_query_row(
                 "SELECT 1 FROM jobs WHERE id = ?1 AND state = 'running'",
@@ -571,12 +569,15 @@ impl Journal {
             .optional()?
             .is_some();
         if !still_claimed {
-            tx.commit()?;
+            // Given out again (its lease ran out): the copy is the new claim's to mark or not.
+            job.marked_copy = false;
             return Ok(Some(Claimed::Dropped {
                 path: job.path.clone(),
                 op: job.op,
             }));
         }
+        give_back_unsent_mark(&tx, job)?;
+        job.marked_copy = false;
         let file = file_now(&tx, job.file_id)?;
         if let Some(settled) = settle_delete(&tx, job, &file)? {
             tx.commit()?;

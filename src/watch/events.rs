@@ -160,9 +160,12 @@ impl EventReceiver {
         }
     }
 
-    /// The event, unless a watcher since replaced queued it.
+    /// The event, unless a watcher since replaced queued it. The root's deletion is taken from
+    /// any watcher: it says what became of the path (a folder there now is another one, even
+    /// with the old inode number), which no reconcile can tell.
     fn current_watchers(&self, (watcher, event): (u64, WatchEvent)) -> Option<WatchEvent> {
-        (watcher == self.current.load(Ordering::Acquire)).then_some(event)
+        let current = watcher == self.current.load(Ordering::Acquire);
+        (current || matches!(event, WatchEvent::RootDeleted)).then_some(event)
     }
 
     /// A lost `Failed` (the watch then reconciles everything, so a lost rescan goes with it), or
@@ -421,7 +424,10 @@ mod tests {
         });
         let new = tx.for_new_watcher();
         old.send(seen(1));
+        old.send(WatchEvent::RootDeleted);
         new.send(seen(2));
+        // The root's deletion is about the path, whichever watcher heard of it.
+        assert!(matches!(rx.recv().await, Some(WatchEvent::RootDeleted)));
         match rx.recv().await {
             Some(WatchEvent::Seen { path, .. }) => assert_eq!(path, PathBuf::from("/w/2.png")),
             other => panic!("{other:?}"),

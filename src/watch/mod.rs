@@ -362,6 +362,9 @@ impl WatchTask {
                                 humantime::format_duration(events::FALLBACK_POLL)
                             )));
                         }
+                        // The old watcher's queued closes are dropped with it: what the walk finds
+                        // counts as closed.
+                        self.settle.forget_open();
                         self.reconcile(Sighting::Closed).await;
                     }
                     event => self.on_event(event).await,
