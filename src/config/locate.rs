@@ -32,6 +32,11 @@ fn content(line: &str) -> (usize, &str) {
         col += rest.len() - trimmed.len();
         rest = trimmed;
     }
+    // A `-` alone on its line: the item's keys follow on the lines below, indented past it.
+    if rest == "-" {
+        col += 1;
+        rest = "";
+    }
     (col, rest)
 }
 
@@ -175,6 +180,13 @@ watches:
         assert_eq!(line_of(TEXT, "watches[0].vendor"), 12);
         assert_eq!(line_of(TEXT, "watches[1].vendor"), 13);
         assert_eq!(line_of(TEXT, "watches[1].path"), 14);
+    }
+
+    #[test]
+    fn finds_keys_of_an_item_whose_dash_is_alone_on_its_line() {
+        let text = "watches:\n  -\n    path: /a\n    vendor: erp\n    poll: often\n";
+        assert_eq!(line_of(text, "watches[0].poll"), 5);
+        assert_eq!(line_of(text, "watches[0].path"), 3);
     }
 
     #[test]
