@@ -568,16 +568,17 @@ impl Journal {
             )
             .optional()?
             .is_some();
+        // No other claim can own a mark on a copy this job's earlier try marked: the copy was
+        // then `deleting`, and a claim marks only a live one.
+        give_back_unsent_mark(&tx, job)?;
+        job.marked_copy = false;
         if !still_claimed {
-            // Given out again (its lease ran out): the copy is the new claim's to mark or not.
-            job.marked_copy = false;
+            tx.commit()?;
             return Ok(Some(Claimed::Dropped {
                 path: job.path.clone(),
                 op: job.op,
             }));
         }
-        give_back_unsent_mark(&tx, job)?;
-        job.marked_copy = false;
         let file = file_now(&tx, job.file_id)?;
         if let Some(settled) = settle_delete(&tx, job, &file)? {
             tx.commit()?;
