@@ -353,11 +353,7 @@ impl VendorKeys<'_> {
 impl Config {
     /// Reads, parses and validates the config at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
-            path: path.to_path_buf(),
-            error,
-        })?;
-        Config::parse(&text, path)
+        Config::parse(&read_text(path)?, path)
     }
 
     /// Reads the config at `path` for the journal's readers (`status`, `files`, `history`,
@@ -368,11 +364,7 @@ impl Config {
     /// here is left unresolved (see [`Resolve::JournalReaders`]); every key is still checked
     /// otherwise.
     pub fn load_without_secrets(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
-            path: path.to_path_buf(),
-            error,
-        })?;
-        Config::parse_with(&text, path, Resolve::JournalReaders)
+        Config::parse_with(&read_text(path)?, path, Resolve::JournalReaders)
     }
 
     /// Parses `text` as if it were read from `path` (which names errors and anchors relative paths).
@@ -395,6 +387,14 @@ impl Config {
         let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| ctx.syntax(&e))?;
         ctx.build(raw, path)
     }
+}
+
+/// The config file's text.
+fn read_text(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+        path: path.to_path_buf(),
+        error,
+    })
 }
 
 /// How much of the config a load resolves.
@@ -483,14 +483,15 @@ impl Ctx<'_> {
             let watch = self.watch(index, raw_watch, &vendors)?;
             // Through `..` only for the daemon and `check`: the journal's readers load a config
             // the daemon ran on before this was refused.
-            let overlapping = |w: &WatchConfig| {
-                let (a, b) = match self.resolve {
-                    Resolve::Everything => (without_dot_dot(&watch.path), without_dot_dot(&w.path)),
-                    Resolve::JournalReaders => (watch.path.clone(), w.path.clone()),
-                };
-                a.starts_with(&b) || b.starts_with(&a)
+            let folder = |path: &Path| match self.resolve {
+                Resolve::Everything => without_dot_dot(path),
+                Resolve::JournalReaders => path.to_path_buf(),
             };
-            if let Some(other) = watches.iter().find(|w| overlapping(w)) {
+            let this = folder(&watch.path);
+            if let Some(other) = watches.iter().find(|w| {
+                let that = folder(&w.path);
+                this.starts_with(&that) || that.starts_with(&this)
+            }) {
                 return Err(self.invalid(
                     &format!("watches[{index}].path"),
                     format!(

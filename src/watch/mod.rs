@@ -362,10 +362,7 @@ impl WatchTask {
                                 humantime::format_duration(events::FALLBACK_POLL)
                             )));
                         }
-                        // The old watcher's queued closes are dropped with it: what the walk finds
-                        // counts as closed.
-                        self.settle.forget_open();
-                        self.reconcile(Sighting::Closed).await;
+                        self.reconcile_after_lost_events().await;
                     }
                     event => self.on_event(event).await,
                 },
@@ -415,11 +412,9 @@ impl WatchTask {
                 self.watcher = self.start_watcher();
                 // Before the first walk, which a removal elsewhere may otherwise not wait for.
                 self.publish_sighting_delay();
-                // The old watcher's events are lost, closes among them (a file written in a
-                // subfolder while the mounts changed): what the walk finds counts as closed, as
-                // after an overflow, or a file tracked open would wait for a close for good.
-                self.settle.forget_open();
-                self.reconcile(Sighting::Closed).await;
+                // The old watcher's events are lost (a file written in a subfolder while the
+                // mounts changed).
+                self.reconcile_after_lost_events().await;
             }
             RootState::Usable { fresh: false } => {}
         }
@@ -757,9 +752,7 @@ impl WatchTask {
             }
             events::WatchEvent::Rescan { why } | events::WatchEvent::Failed { why } => {
                 warn!(watch = %self.root().display(), "{why}; reconciling the whole folder");
-                // Events were lost, close-writes among them: what the scan finds counts as closed.
-                self.settle.forget_open();
-                self.reconcile(Sighting::Closed).await;
+                self.reconcile_after_lost_events().await;
             }
         }
     }
@@ -1463,6 +1456,14 @@ impl WatchTask {
             }
         }
         true
+    }
+
+    /// [`WatchTask::reconcile`] after events were lost (a watcher replaced, whose queue is
+    /// dropped; an overflow; a watch error), closes among them: what the walk finds counts as
+    /// closed, or a file tracked open would wait for a close for good.
+    async fn reconcile_after_lost_events(&mut self) {
+        self.settle.forget_open();
+        self.reconcile(Sighting::Closed).await;
     }
 
     /// Compares the folder with the journal: new and changed files are taken (at once when they

@@ -337,41 +337,37 @@ fn refused<T>(call: &Call<T>) -> bool {
 
 /// A delete's go-ahead: [`begin_delete`], asked each time the adapter's request is ready to go
 /// (a second time only after a first try refused for a stale token, which carried nothing out).
+/// It holds the job as the journal last left it, and the last answer given.
 struct DeleteGate<'a> {
     ctx: &'a WorkerContext,
-    job: std::sync::Mutex<Job>,
-    answer: std::sync::Mutex<Option<bool>>,
+    asked: std::sync::Mutex<(Job, Option<bool>)>,
 }
 
 impl<'a> DeleteGate<'a> {
     fn new(ctx: &'a WorkerContext, job: Job) -> Self {
         DeleteGate {
             ctx,
-            job: std::sync::Mutex::new(job),
-            answer: std::sync::Mutex::new(None),
+            asked: std::sync::Mutex::new((job, None)),
         }
     }
 
     /// The job as the journal left it (its copy marked, or not), and the last answer given, if
     /// asked.
     fn into_parts(self) -> (Job, Option<bool>) {
-        let job = self.job.into_inner().unwrap_or_else(|p| p.into_inner());
-        let answer = self.answer.into_inner().unwrap_or_else(|p| p.into_inner());
-        (job, answer)
+        self.asked.into_inner().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn job(&self) -> std::sync::MutexGuard<'_, Job> {
-        self.job.lock().unwrap_or_else(|p| p.into_inner())
+    fn asked(&self) -> std::sync::MutexGuard<'_, (Job, Option<bool>)> {
+        self.asked.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 impl crate::adapters::GoAhead for DeleteGate<'_> {
     fn may_send(&self) -> Pin<Box<dyn Future<Output = bool> + Send + '_>> {
         Box::pin(async {
-            let mut job = self.job().clone();
+            let mut job = self.asked().0.clone();
             let go = begin_delete(self.ctx, &mut job).await;
-            *self.job() = job;
-            *self.answer.lock().unwrap_or_else(|p| p.into_inner()) = Some(go);
+            *self.asked() = (job, Some(go));
             go
         })
     }
@@ -379,8 +375,9 @@ impl crate::adapters::GoAhead for DeleteGate<'_> {
 
 /// Asks the journal, as a delete is about to go out, whether it still should
 /// ([`crate::journal::Journal::begin_delete`]): claimed ahead, it may have waited in its slot's
-/// line, and then for its turn in the vendor's pace, while its file came back. False: it is not sent (settled, and said so; or the journal
-/// could not be written, and the job goes back to the queue unsent).
+/// line, and then for its turn in the vendor's pace, while its file came back. False: it is not
+/// sent (settled, and said so; or the journal could not be written, and the job goes back to the
+/// queue unsent).
 async fn begin_delete(ctx: &WorkerContext, job: &mut Job) -> bool {
     let claimed = job.clone();
     let begun = ctx
