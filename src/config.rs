@@ -423,6 +423,7 @@ impl Ctx<'_> {
         if let Some(at) = message.find(" at line ") {
             message.truncate(at);
         }
+        let message = without_quoted_value(&message);
         ConfigError::Syntax {
             file: self.file.clone(),
             line,
@@ -637,6 +638,40 @@ impl Ctx<'_> {
         }
     }
 
+    /// A secret's `${…}` that cannot be expanded, said without the text inside it unless the
+    /// whole value is one `${NAME}`: else that text may be part of the secret itself (a secret
+    /// holding `${`), and the error goes to the log and to systemd's status line.
+    fn secret_references(&self, full: &str, key: &str, written: &str) -> Result<(), ConfigError> {
+        let one_reference = written
+            .trim()
+            .strip_prefix("${")
+            .and_then(|rest| rest.strip_suffix('}'))
+            .is_some_and(|name| {
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            });
+        if one_reference {
+            return Ok(());
+        }
+        match substitute(written) {
+            Err(Unexpanded::Unset { .. }) => Err(self.invalid(
+                full,
+                format!(
+                    "a `${{…}}` in it names an environment variable that is not set or is empty \
+                     (its name is not shown: it may be part of the secret); write the whole \
+                     value as `${{NAME}}`, or give a secret that holds `${{` as {key}_file"
+                ),
+            )),
+            Err(Unexpanded::Unterminated) => Err(self.invalid(
+                full,
+                format!(
+                    "an unterminated `${{` reference (missing `}}`); give a secret that holds \
+                     `${{` as {key}_file"
+                ),
+            )),
+            Ok(_) => Ok(()),
+        }
+    }
+
     /// A secret given either inline (`key`) or as a file (`key_file`), never both.
     fn secret(
         &self,
@@ -655,6 +690,7 @@ impl Ctx<'_> {
                 Ok(Secret::new(String::new()))
             }
             (Some(v), None) => {
+                self.secret_references(&full, key, &v)?;
                 let value = self.required(&full, Some(v))?;
                 self.one_line(&full, "it", &value)?;
                 Ok(Secret::new(value))
@@ -914,6 +950,31 @@ impl std::fmt::Display for Unexpanded {
             }
         }
     }
+}
+
+/// serde's "invalid type: string \"…\", expected …" without the text it quotes: a value in the
+/// wrong place may be a secret (a secret's file given as the config, a secret where a map goes),
+/// and the message goes to the log and to systemd's status line. Its kind is kept.
+fn without_quoted_value(message: &str) -> String {
+    for lead in ["invalid type: ", "invalid value: "] {
+        let Some(start) = message.find(lead).map(|at| at + lead.len()) else {
+            continue;
+        };
+        let Some(end) = message.rfind(", expected").filter(|end| *end >= start) else {
+            continue;
+        };
+        let unexpected = &message[start..end];
+        let Some(quote) = unexpected.find(['"', '`', '\'']) else {
+            continue;
+        };
+        return format!(
+            "{}{} (not shown){}",
+            &message[..start],
+            unexpected[..quote].trim_end(),
+            &message[end..]
+        );
+    }
+    message.to_string()
 }
 
 /// `value` with each `${VAR}` replaced by the variable's value in the environment.

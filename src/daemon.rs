@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use crate::adapters::{Adapter, Limits, VendorSet, http_client};
-use crate::config::{Config, ConfigError, VendorConfig, VendorKind, WatchConfig};
+use crate::config::{Config, ConfigError, OnRemove, VendorConfig, VendorKind, WatchConfig};
 use crate::journal::{
     FileFilter, FileState, Journal, JournalError, JournalHandle, UnconfiguredVendor, path_text,
 };
@@ -384,6 +384,46 @@ impl Daemon {
 
     /// SIGHUP: a new config takes effect without dropping jobs; a bad one is logged, shown in
     /// STATUS= and ignored.
+    /// Puts the new config's `keep` watches' records under `keep` before the old watches stop
+    /// (each may take seconds) and the new ones start: meanwhile the workers go on claiming, and
+    /// a delete claimed under the old policy would be sent. Each new watch applies its policies
+    /// again as it starts.
+    async fn keep_copies_now(&self, new: &Config) {
+        let keeping: Vec<(String, String)> = new
+            .watches
+            .iter()
+            .filter(|w| {
+                w.on_remove == OnRemove::Keep
+                    || new
+                        .vendors
+                        .get(&w.vendor)
+                        .is_some_and(|v| !v.settings.kind().can_delete())
+            })
+            .map(|w| (path_text::to_text(&w.path).into_owned(), w.vendor.clone()))
+            .collect();
+        let applied = self
+            .journal
+            .call(move |j| {
+                keeping
+                    .iter()
+                    .map(|(root, vendor)| j.apply_remove_policy(root, vendor, false))
+                    .sum::<crate::journal::Result<usize>>()
+            })
+            .await;
+        match applied {
+            Ok(0) => {}
+            Ok(n) => info!(
+                files = n,
+                "on_remove: keep applies to {n} more files: their remote copies are kept"
+            ),
+            Err(e) => error!(
+                "cannot put the files of the watches that keep their copies under `keep` before \
+                 the reload's watches start (each tries again as it starts): {}",
+                crate::diagnose::journal(&e)
+            ),
+        }
+    }
+
     async fn reload(&mut self) {
         crate::service::reloading();
         match Config::load(&self.config.source) {
@@ -437,6 +477,7 @@ impl Daemon {
                 for watch in &stopped {
                     info!(watch = %watch.config.path.display(), "watch removed or changed: stopping it");
                 }
+                self.keep_copies_now(&new).await;
                 stop_watches(stopped).await;
                 self.config = new;
                 for watch in &kept {

@@ -66,14 +66,24 @@ fn test_timeout() -> Option<Duration> {
     })
 }
 
-/// An answer as it came off the wire, before a vendor reads it.
-#[derive(Debug)]
+/// An answer as it came off the wire, before a vendor reads it. Its `Debug` leaves the body out:
+/// a token answer's body is a live token.
 pub struct Received {
     pub status: u16,
     /// How long the vendor asked us to wait (`Retry-After`, `x-ogw-ratelimit-reset`).
     pub wait: Option<Duration>,
     pub headers: reqwest::header::HeaderMap,
     pub body: Vec<u8>,
+}
+
+impl std::fmt::Debug for Received {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Received")
+            .field("status", &self.status)
+            .field("wait", &self.wait)
+            .field("body_bytes", &self.body.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Reads a whole answer; a request that got none (connect, timeout, reset) is a transient failure.
@@ -120,23 +130,27 @@ pub fn snippet(body: &[u8], chars: usize) -> String {
         .collect()
 }
 
+/// A vendor's own message (Kingdee's `description`, Feishu's `msg`, Jiandaoyun's `msg`), cut
+/// of any value named like a token or a secret as [`snippet`] does: a gateway's "app-token:
+/// <token> expired" would otherwise go into the journal and the log.
+pub fn vendor_text(text: &str) -> String {
+    without_secrets(text)
+}
+
 /// What a key names when its value must not be shown: tokens (`tenant_access_token`, `app-token`,
 /// Qiniu's `token`), and secrets, passwords, signatures and authorization headers (a proxy or a
 /// mock at `base_url` may echo the request it was sent: `app_secret`, Kingdee's `app_signature`,
 /// `Authorization: Bearer <api_key>`).
 const SECRET_KEY_WORDS: [&str; 5] = ["token", "secret", "password", "signature", "authorization"];
 
-/// `text` with each JSON string value whose key holds one of [`SECRET_KEY_WORDS`] (any case)
-/// replaced by "…"; a value cut short by the snippet is cut to the end.
-fn without_secrets(text: &str) -> String {
+/// `text` with the value of each key holding one of [`SECRET_KEY_WORDS`] (any case) replaced by
+/// "…"; a value cut short by the snippet is cut to the end. The shapes an echo of our request
+/// takes: JSON (`"key": "value"`, `"key": ["value"]`, and JSON quoted inside a string,
+/// `\"key\":\"value\"`), a query string (`key=value&…`) and a header (`key: value` to the end
+/// of its line).
+pub(crate) fn without_secrets(text: &str) -> String {
     // ASCII lowercasing keeps every byte where it was.
     let (lower, bytes) = (text.to_ascii_lowercase(), text.as_bytes());
-    let skip = |mut i: usize, what: fn(u8) -> bool| {
-        while bytes.get(i).copied().is_some_and(what) {
-            i += 1;
-        }
-        i
-    };
     let (mut out, mut copied, mut from) = (String::with_capacity(text.len()), 0, 0);
     let next_word = |from: usize| {
         SECRET_KEY_WORDS
@@ -145,34 +159,79 @@ fn without_secrets(text: &str) -> String {
             .min()
     };
     while let Some((found, length)) = next_word(from) {
-        let key_end = skip(from + found + length, |b| {
+        let key_end = skip(bytes, from + found + length, |b| {
             b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
         });
         from = key_end;
         // A file_token names what the vendor stored, for a person to find it: no secret.
-        let file_token = lower[..key_end].ends_with("file_token");
-        if bytes.get(key_end) != Some(&b'"') || file_token {
+        if lower[..key_end].ends_with("file_token") {
             continue;
         }
-        let colon = skip(key_end + 1, |b| b.is_ascii_whitespace());
-        if bytes.get(colon) != Some(&b':') {
+        let Some(value) = secret_value(bytes, key_end) else {
             continue;
-        }
-        let quote = skip(colon + 1, |b| b.is_ascii_whitespace());
-        if bytes.get(quote) != Some(&b'"') {
-            continue;
-        }
-        let mut end = quote + 1;
-        while end < bytes.len() && bytes[end] != b'"' {
-            end += if bytes[end] == b'\\' { 2 } else { 1 };
-        }
-        let end = end.min(bytes.len());
-        out.push_str(&text[copied..=quote]);
+        };
+        out.push_str(&text[copied..value.start]);
         out.push('…');
-        (copied, from) = (end, end);
+        (copied, from) = (value.end, value.end);
     }
     out.push_str(&text[copied..]);
     out
+}
+
+fn skip(bytes: &[u8], mut i: usize, what: impl Fn(u8) -> bool) -> usize {
+    while bytes.get(i).copied().is_some_and(&what) {
+        i += 1;
+    }
+    i
+}
+
+/// Where the value of the key ending at `key_end` lies, if a value follows it.
+fn secret_value(bytes: &[u8], key_end: usize) -> Option<std::ops::Range<usize>> {
+    let at = |i: usize| bytes.get(i).copied();
+    // The key's closing quote, escaped when the JSON is itself inside a string.
+    let (quoted_key, mut i) = match (at(key_end), at(key_end + 1)) {
+        (Some(b'"'), _) => (true, key_end + 1),
+        (Some(b'\\'), Some(b'"')) => (true, key_end + 2),
+        _ => (false, key_end),
+    };
+    i = skip(bytes, i, |b| b == b' ' || b == b'\t');
+    let separator = at(i)?;
+    let query = separator == b'=';
+    if separator != b':' && !query {
+        return None;
+    }
+    i = skip(bytes, i + 1, |b| b == b' ' || b == b'\t');
+    if quoted_key && at(i) == Some(b'[') {
+        i = skip(bytes, i + 1, |b| b.is_ascii_whitespace());
+    }
+    let (start, escaped) = match (at(i), at(i + 1)) {
+        (Some(b'"'), _) => (i + 1, false),
+        (Some(b'\\'), Some(b'"')) => (i + 2, true),
+        // A JSON key's value that is not a string (a number, `null`, an object) is no secret.
+        _ if quoted_key => return None,
+        _ => (i, false),
+    };
+    let mut end = start;
+    if escaped {
+        // JSON inside a string: the value ends at the next escaped quote.
+        while end < bytes.len() && !(bytes[end] == b'\\' && at(end + 1) == Some(b'"')) {
+            end += 1;
+        }
+    } else if start > i {
+        // Up to the closing quote; an escaped one is part of the value.
+        while end < bytes.len() && bytes[end] != b'"' {
+            end += if bytes[end] == b'\\' { 2 } else { 1 };
+        }
+    } else {
+        // A query's value ends at the next parameter or blank; a header's at its line's end.
+        let ends = |b: u8| {
+            matches!(b, b'\r' | b'\n' | b'"' | b'<' | b'&') || (query && b.is_ascii_whitespace())
+        };
+        while end < bytes.len() && !ends(bytes[end]) {
+            end += 1;
+        }
+    }
+    Some(start..end.min(bytes.len()))
 }
 
 #[cfg(test)]
@@ -227,6 +286,31 @@ mod snippet_tests {
             (
                 r#"{"headers":{"Authorization":"Bearer key-1"},"query":{"app_signature":"c2ln"}}"#,
                 r#"{"headers":{"Authorization":"…"},"query":{"app_signature":"…"}}"#,
+            ),
+            // Echoes as a Go server, httpbin, a query string and raw headers give them.
+            (
+                r#"{"App-Token":["tok-1"],"Authorization":[ "Bearer key-1" ],"X":["y"]}"#,
+                r#"{"App-Token":["…"],"Authorization":[ "…" ],"X":["y"]}"#,
+            ),
+            (
+                r#"{"data":"{\"app_secret\":\"s3cr3t\",\"app_id\":\"a\"}"}"#,
+                r#"{"data":"{\"app_secret\":\"…\",\"app_id\":\"a\"}"}"#,
+            ),
+            (
+                "GET /token?app_key=k&app_signature=c2ln+x&x=1 not found",
+                "GET /token?app_key=k&app_signature=…&x=1 not found",
+            ),
+            (
+                "Authorization: Bearer key-1\r\napp-token: tok-1\r\nHost: h",
+                "Authorization: …\r\napp-token: …\r\nHost: h",
+            ),
+            (
+                "<p>token expired, try again</p>",
+                "<p>token expired, try again</p>",
+            ),
+            (
+                r#"{"token_count": 3, "tokens": null}"#,
+                r#"{"token_count": 3, "tokens": null}"#,
             ),
         ];
         for (body, shown) in cases {

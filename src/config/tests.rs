@@ -73,6 +73,40 @@ fn a_missing_environment_variable_is_named() {
     );
 }
 
+/// The text inside a secret's `${…}` may be the secret's own (a secret holding `${`): never
+/// shown, though the key and its line are.
+#[test]
+fn a_secret_holding_a_reference_is_refused_without_showing_it() {
+    for secret in ["Ab9${xK2pQ7}zz", "${xK2pQ7}zz", "Ab9${xK2pQ7"] {
+        let err = parse(&GOOD.replace("s3cret-client", secret))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("/etc/imgsyncd/daemon.yaml:8: vendors.erp.client_secret: "),
+            "{err}"
+        );
+        assert!(err.contains("client_secret_file"), "{err}");
+        for part in ["xK2pQ7", "Ab9", "zz"] {
+            assert!(!err.contains(part), "{secret}: {err}");
+        }
+    }
+}
+
+/// A file that is only a secret, given as the config by mistake (its path is where the
+/// config's goes), or a secret where a map goes: the error names the line, not the value.
+#[test]
+fn a_value_in_the_wrong_place_is_not_quoted() {
+    let secret = "f2adcf9b7e31secret";
+    for text in [
+        secret.to_string(),
+        GOOD.replace("vendors:\n", &format!("vendors: {secret}\nunused:\n")),
+    ] {
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(!err.contains("f2adcf"), "{err}");
+        assert!(err.contains("string (not shown)"), "{err}");
+    }
+}
+
 #[test]
 fn the_journal_and_the_durations_expand_variables_too() {
     for (from, key) in [("/var/lib/imgsyncd", "journal"), ("500ms", "settle")] {

@@ -275,6 +275,12 @@ impl Journal {
     /// recorded (a delete already queued is withdrawn when it is claimed). The policy last applied
     /// is remembered, so the files are only read when it changed (a start must not read every
     /// file). Returns how many files changed.
+    ///
+    /// `keep` covers every record under the watch's path, whatever watch or vendor recorded it:
+    /// a watch moved to a subfolder, or given another vendor, keeps the copies its files had
+    /// under the old config too. `delete` covers only what this watch and vendor recorded:
+    /// deleting is the last resort, and a copy at a vendor the watch no longer names is not
+    /// deleted because of it.
     pub fn apply_remove_policy(
         &mut self,
         watch_root: &str,
@@ -290,15 +296,34 @@ impl Journal {
                 |r| r.get(0),
             )
             .optional()?;
-        if applied == Some(delete_unused) {
+        let root = watch_root.trim_end_matches('/');
+        if applied == Some(delete_unused) && (delete_unused || !self.deletes_overlap(root)?) {
             return Ok(0);
         }
         let tx = self.write()?;
-        let changed = tx.cached_execute(
-            "UPDATE files SET delete_unused = ?3
-             WHERE watch_root = ?1 AND +vendor = ?2 AND delete_unused != ?3",
-            params![watch_root, vendor, delete_unused],
-        )?;
+        let changed = match delete_unused {
+            true => tx.cached_execute(
+                "UPDATE files SET delete_unused = 1
+                 WHERE watch_root = ?1 AND +vendor = ?2 AND delete_unused = 0",
+                params![watch_root, vendor],
+            )?,
+            false => {
+                let (from, to) = super::observe::path_range(root);
+                let changed = tx.cached_execute(
+                    "UPDATE files SET delete_unused = 0
+                     WHERE path >= ?1 AND path < ?2 AND delete_unused = 1",
+                    params![from, to],
+                )?;
+                // The policies that put those records under `delete` are of watches no longer
+                // configured (watches do not overlap): forgotten, so the next start's look finds
+                // nothing to do.
+                tx.cached_execute(
+                    &format!("DELETE FROM watch_policies WHERE delete_unused = 1 AND {OVERLAPS}"),
+                    params![root],
+                )?;
+                changed
+            }
+        };
         tx.cached_execute(
             "INSERT INTO watch_policies (root, vendor, delete_unused) VALUES (?1, ?2, ?3)
              ON CONFLICT (root, vendor) DO UPDATE SET delete_unused = ?3",
@@ -306,6 +331,19 @@ impl Journal {
         )?;
         tx.commit()?;
         Ok(changed)
+    }
+
+    /// Whether a `delete` policy was applied to a root that is `root`, holds it or lies in it
+    /// (an earlier config's watch, or the same folder under another vendor): records under
+    /// `root` may then still have their copies deleted.
+    fn deletes_overlap(&self, root: &str) -> Result<bool> {
+        Ok(self.conn.cached_query_row(
+            &format!(
+                "SELECT EXISTS (SELECT 1 FROM watch_policies WHERE delete_unused = 1 AND {OVERLAPS})"
+            ),
+            params![root],
+            |r| r.get(0),
+        )?)
     }
 
     /// The identity (device, inode) a watch root had when last known good.
@@ -330,6 +368,12 @@ impl Journal {
         set_root_identity_in(&self.conn, root, dev, inode)
     }
 }
+
+/// A policy's root (`root`, as applied) that is `?1`, holds it or lies in it: compared as text,
+/// since a folder's text is a prefix of its files' texts (`path_text`).
+const OVERLAPS: &str = "(rtrim(root, '/') = ?1
+      OR substr(?1, 1, length(rtrim(root, '/')) + 1) = rtrim(root, '/') || '/'
+      OR substr(rtrim(root, '/'), 1, length(?1) + 1) = ?1 || '/')";
 
 /// What a look at a path the journal knows says about it.
 #[derive(Debug, Clone, PartialEq, Eq)]

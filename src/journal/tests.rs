@@ -1534,6 +1534,44 @@ fn a_delete_queued_before_the_watch_changed_to_keep_is_withdrawn() {
     assert_eq!(j.apply_remove_policy("/w", "other", true).unwrap(), 0);
 }
 
+/// A watch moved into a subfolder of its old path and given another vendor, with `keep`: the
+/// records the old config's watch made under the new path keep their copies too, and a delete
+/// the old watch queued is withdrawn. Nothing outside the path changes, and `delete` applied
+/// later covers only what the new watch recorded.
+#[test]
+fn keep_covers_the_records_an_earlier_watch_made_under_the_path() {
+    let mut f = fixture();
+    let j = &mut f.journal;
+    synced(j, "/w/drop/a.png", "aa", "https://img/1.png");
+    synced(j, "/w/dropped/c.png", "cc", "https://img/3.png");
+    assert_eq!(j.apply_remove_policy("/w", "erp", true).unwrap(), 0);
+    j.mark_missing(&removals(
+        &["/w/drop/a.png".to_string(), "/w/dropped/c.png".to_string()],
+        100,
+        None,
+    ))
+    .unwrap();
+    assert_eq!(j.apply_remove_policy("/w/drop", "erp2", false).unwrap(), 1);
+    let mut withheld = Vec::new();
+    while let Some(claimed) = j.claim(&vendors(), 60_000).unwrap() {
+        match claimed {
+            Claimed::Withheld { path } => withheld.push(path),
+            Claimed::Job(job) => {
+                assert_eq!(job.path, "/w/dropped/c.png", "outside the new watch");
+                j.finish(&job, &JobResult::Deleted, None).unwrap();
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(withheld, ["/w/drop/a.png"]);
+    assert_eq!(
+        j.apply_remove_policy("/w/drop", "erp2", false).unwrap(),
+        0,
+        "the old watch's policy is forgotten: a start reads nothing"
+    );
+    assert_eq!(j.apply_remove_policy("/w/drop", "erp2", true).unwrap(), 0);
+}
+
 #[test]
 fn a_rejected_file_renamed_keeps_its_last_good_copy() {
     let mut f = fixture();

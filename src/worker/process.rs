@@ -2,6 +2,7 @@
 //! refresh the token, reject the file, or pause the vendor (the circuit breaker) with its jobs kept.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
@@ -169,7 +170,7 @@ pub(super) async fn process(ctx: &WorkerContext, mut job: Job, probe: Option<Dur
         Outcome::VendorDown { reason } | Outcome::Reauth { reason } => {
             attempt.outcome = "vendor_paused".into();
             attempt.message = Some(reason.clone());
-            let next_probe = pause(ctx, vendor, &shown, probe, &reason).await;
+            let next_probe = pause(ctx, &adapter, vendor, &shown, probe, &reason).await;
             match probe {
                 // A probe that failed waits behind the next one, so each probe tries another
                 // job: a file the vendor chokes on alone cannot keep its vendor paused.
@@ -190,7 +191,7 @@ pub(super) async fn process(ctx: &WorkerContext, mut job: Job, probe: Option<Dur
             // A probe unanswered leaves its vendor paused, its next probe later; so do several
             // calls in a row unanswered (every record timing out), as for any other call.
             if !unanswered(&call) || probe.is_some() || failures >= OUTAGE_AFTER {
-                pause(ctx, vendor, &shown, probe, &reason).await;
+                pause(ctx, &adapter, vendor, &shown, probe, &reason).await;
             }
             JobResult::Fail(format!(
                 "{reason}; the vendor may hold it: check there, then `imgsyncd retry {}` to send it again",
@@ -248,16 +249,22 @@ pub(super) fn answers_again<T>(
 /// Returns how long until the next probe.
 async fn pause(
     ctx: &WorkerContext,
+    adapter: &Arc<Adapter>,
     vendor: &str,
     path: &str,
     probe: Option<Duration>,
     reason: &str,
 ) -> Duration {
     let interval = probe.map_or(FIRST_PROBE, |d| (d * 2).min(MAX_PROBE));
-    if ctx.vendors.get(vendor).is_none() {
+    match ctx.vendors.get(vendor) {
         // A call in flight across a reload that took its vendor out: no probe would ever end
         // its pause, which would be shown for good.
-        return interval;
+        None => return interval,
+        // A call made with the config a reload replaced (another base_url, new credentials):
+        // what it met says nothing of the vendor as now configured, whose probe the reload made
+        // due at once. Pausing it again, a fixed vendor would wait out a doubled interval.
+        Some(now) if !Arc::ptr_eq(&now, adapter) => return Duration::ZERO,
+        Some(_) => {}
     }
     if let Verdict::Log { .. } =
         crate::logging::storms().check(&crate::logging::pauses_of(vendor), Instant::now())

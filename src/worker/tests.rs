@@ -213,26 +213,29 @@ fn first_job(j: &mut crate::journal::Journal) -> Job {
     jobs.into_iter().next().expect("a job is due").0
 }
 
-/// Vendors "a" and "b", configured (Kingdee adapters these tests never call).
-fn vendors_a_and_b() -> Arc<VendorSet> {
-    let kingdee = || {
-        let config = crate::adapters::kingdee::KingdeeConfig {
-            client_id: "1".into(),
-            client_secret: crate::config::Secret::new("s"),
-            app_key: "k".into(),
-            app_secret: crate::config::Secret::new("s"),
-            domain: "d".into(),
-            save_temp: false,
-        };
-        let adapter = crate::adapters::kingdee::Kingdee::new(
-            "http://127.0.0.1:1",
-            config,
-            reqwest::Client::new(),
-            None,
-            None,
-        );
-        Arc::new(Adapter::Kingdee(adapter))
+/// A Kingdee adapter at `base_url`.
+fn kingdee_at(base_url: &str) -> Arc<Adapter> {
+    let config = crate::adapters::kingdee::KingdeeConfig {
+        client_id: "1".into(),
+        client_secret: crate::config::Secret::new("s"),
+        app_key: "k".into(),
+        app_secret: crate::config::Secret::new("s"),
+        domain: "d".into(),
+        save_temp: false,
     };
+    let adapter = crate::adapters::kingdee::Kingdee::new(
+        base_url,
+        config,
+        reqwest::Client::new(),
+        None,
+        None,
+    );
+    Arc::new(Adapter::Kingdee(adapter))
+}
+
+/// Vendors "a" and "b", configured (Kingdee adapters at a closed port).
+fn vendors_a_and_b() -> Arc<VendorSet> {
+    let kingdee = || kingdee_at("http://127.0.0.1:1");
     let vendors = Arc::new(VendorSet::default());
     vendors.replace([("a".into(), kingdee()), ("b".into(), kingdee())].into());
     vendors
@@ -586,6 +589,42 @@ fn a_failed_probe_waits_behind_the_next_probe() {
             decided.result
         );
     }
+}
+
+/// A probe in flight across a reload that gave its vendor a new config (another base_url, new
+/// credentials): what the old config's call met does not pause the vendor as now configured
+/// (the reload made its probe due at once), and the job waits out no doubled interval.
+#[test]
+fn a_probe_made_with_a_config_a_reload_replaced_pauses_nothing() {
+    let (_dir, j, job) = a_delete_claimed();
+    let (slot, journal, _stop) = slot_on(j);
+    let old = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let old_url = format!("http://{}", old.local_addr().unwrap());
+    slot.ctx
+        .vendors
+        .replace([("a".into(), kingdee_at(&old_url))].into());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let before = crate::journal::now_ms();
+    let ctx = slot.ctx.clone();
+    let probe =
+        runtime.spawn(async move { process(&ctx, job, Some(Duration::from_secs(30))).await });
+    // The old config's request is in flight; the reload replaces the vendor; then it fails.
+    let (request, _) = old.accept().unwrap();
+    slot.ctx
+        .vendors
+        .replace([("a".into(), kingdee_at("http://127.0.0.1:1"))].into());
+    drop(request);
+    let decided = runtime.block_on(probe).unwrap();
+    match decided.result {
+        JobResult::Defer { not_before, .. } => assert!(
+            not_before < before + 30_000,
+            "waits {} ms",
+            not_before - before
+        ),
+        other => panic!("{other:?}"),
+    }
+    let pauses = runtime.block_on(journal.call(|j| j.pauses())).unwrap();
+    assert!(pauses.is_empty(), "{pauses:?}");
 }
 
 /// A token refused, then a fresh one refused too: the vendor refuses us, and is paused rather

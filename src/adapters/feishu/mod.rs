@@ -335,11 +335,11 @@ impl Answer {
                 format!("{field}: {why}")
             })
             .collect();
-        if violations.is_empty() {
-            text
-        } else {
-            format!("{text} ({})", violations.join("; "))
-        }
+        let said = match violations.is_empty() {
+            true => text,
+            false => format!("{text} ({})", violations.join("; ")),
+        };
+        super::http::vendor_text(&said)
     }
 
     /// The failure this answer is, if it is one, with the log_id Feishu's support asks for.

@@ -796,7 +796,7 @@ impl Answer {
             .get("msg")
             .and_then(Value::as_str)
             .or(self.error())
-            .map(String::from)
+            .map(super::http::vendor_text)
             .unwrap_or_else(|| self.snippet())
     }
 

@@ -401,7 +401,8 @@ pub(crate) fn read<T>(
     let code = reply.as_ref().and_then(|r| r.errcode);
     let description = reply
         .as_ref()
-        .and_then(|r| r.description.clone())
+        .and_then(|r| r.description.as_deref())
+        .map(crate::adapters::http::vendor_text)
         .unwrap_or_else(|| snippet(&body));
     // HTTP 200 with JSON that has no errcode is no answer Kingdee documents: whether the call was
     // carried out cannot be read (a call that stores nothing is simply retried).
