@@ -500,3 +500,54 @@ fn a_slow_vendors_backlog_never_holds_up_another_vendors_files() {
     );
     assert_eq!(h.feishu_bytes("urgent.png").unwrap(), png(77, 330, 330));
 }
+
+/// A watch given another vendor (here Kingdee's `erp` to lingo's `wiki`) and reloaded: its files
+/// already synced go to the vendor it names now, with their exact bytes, and the copies at the
+/// old vendor are kept (the old code left them synced to `erp` for good, `status` looking
+/// healthy, and nothing went to `wiki`).
+#[test]
+fn a_watch_given_another_vendor_sends_its_files_there_and_keeps_the_old_copies() {
+    let mut h = harness();
+    let config = std::fs::read_to_string(&h.config_path).unwrap();
+    let to_wiki = format!("  - path: {}\n    vendor: wiki\n", h.drop.display());
+    assert!(config.contains(&to_wiki), "{config}");
+    let to_erp = to_wiki.replace("vendor: wiki", "vendor: erp");
+    std::fs::write(&h.config_path, config.replace(&to_wiki, &to_erp)).unwrap();
+    h.start();
+    let files: Vec<(String, Vec<u8>)> = (0..2)
+        .map(|i| (format!("moved-{i}.png"), png(70 + i, 330, 330)))
+        .collect();
+    for (name, bytes) in &files {
+        h.drop_file(name, bytes);
+    }
+    for (name, _) in &files {
+        assert_eq!(h.wait_state(name, "synced")["vendor"], "erp");
+    }
+    let at_kingdee = h.sandbox.images().len();
+    assert_eq!(at_kingdee, 2);
+
+    std::fs::write(&h.config_path, config).unwrap();
+    h.reload();
+    for (name, bytes) in &files {
+        h.wait_for("the file to be synced to the watch's new vendor", |h| {
+            h.file(name)
+                .is_some_and(|f| f["vendor"] == "wiki" && f["state"] == "synced")
+        });
+        let row = h.file(name).unwrap();
+        let token = row["file_token"]
+            .as_str()
+            .expect("a file_token is recorded");
+        assert_eq!(&h.sandbox.feishu_files()[token].bytes, bytes, "{name}");
+    }
+    assert_eq!(
+        h.sandbox.images().len(),
+        at_kingdee,
+        "the old copies are kept"
+    );
+    assert_eq!(h.deletes_at_sandbox(), 0);
+    assert_eq!(
+        uploads(&h).len(),
+        2,
+        "each file sent once to its new vendor"
+    );
+}

@@ -77,12 +77,19 @@ pub struct KnownFile {
     pub needs_work: bool,
     /// Renamed out of the watch's names, its copy kept: not where a walk finds it.
     pub untaken: bool,
+    /// The vendor it was recorded for.
+    pub vendor: String,
 }
 
 impl KnownFile {
-    /// Whether the file on disk with `stamp` is what the journal holds, with nothing left to do.
-    pub fn unchanged(&self, stamp: &FileStamp) -> bool {
-        !self.removal_pending && !self.needs_work && self.stamp.as_ref() == Some(stamp)
+    /// Whether the file on disk with `stamp`, in a watch that sends to `vendor`, is what the
+    /// journal holds, with nothing left to do. One recorded for another vendor (the watch's
+    /// vendor changed) is not: it goes to the vendor the watch names now.
+    pub fn unchanged(&self, stamp: &FileStamp, vendor: &str) -> bool {
+        !self.removal_pending
+            && !self.needs_work
+            && self.stamp.as_ref() == Some(stamp)
+            && self.vendor == vendor
     }
 }
 
@@ -435,7 +442,7 @@ impl Journal {
             "SELECT path, size, mtime_ns, ctime_ns, inode, dev, state, removal IS NOT NULL,
                state = 'pending' AND removal IS NULL
                  AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.file_id = files.id),
-               untaken_at IS NOT NULL AND removal IS NULL
+               untaken_at IS NOT NULL AND removal IS NULL, vendor
              FROM files
              WHERE state != 'removed' AND {condition}"
         ))?;
@@ -448,6 +455,7 @@ impl Journal {
                 removal_pending: r.get(7)?,
                 needs_work: r.get(8)?,
                 untaken: r.get(9)?,
+                vendor: r.get(10)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)

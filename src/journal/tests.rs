@@ -1769,7 +1769,14 @@ fn known_stamps_are_exactly_the_files_a_lookup_finds_unchanged_and_present() {
     let moved = [("/w/renamed.png".to_string(), "/w/.renamed.png".to_string())];
     j.mark_untaken(&moved).unwrap();
 
-    let known = j.known_stamps("/w", 100).unwrap().unwrap();
+    let known = j.known_stamps("/w", "erp", 100).unwrap().unwrap();
+    assert!(
+        j.known_stamps("/w", "erp2", 100)
+            .unwrap()
+            .unwrap()
+            .is_empty(),
+        "none is settled for another vendor"
+    );
     assert_eq!(known.len(), 2, "the synced file and the queued one");
     for path in [
         "/w/synced.png",
@@ -1786,7 +1793,7 @@ fn known_stamps_are_exactly_the_files_a_lookup_finds_unchanged_and_present() {
         for on_disk in [stamp(100), stamp(101), fixtures::stamp(100, 8)] {
             let looked_up = j.known_files(&[path]).unwrap().pop().unwrap();
             let settled = path.starts_with("/w/")
-                && looked_up.is_some_and(|k| k.unchanged(&on_disk) && !k.untaken);
+                && looked_up.is_some_and(|k| k.unchanged(&on_disk, "erp") && !k.untaken);
             assert_eq!(
                 known.contains(path, &on_disk),
                 settled,
@@ -1795,10 +1802,10 @@ fn known_stamps_are_exactly_the_files_a_lookup_finds_unchanged_and_present() {
         }
     }
     assert!(
-        j.known_stamps("/w", 2).unwrap().is_none(),
+        j.known_stamps("/w", "erp", 2).unwrap().is_none(),
         "more files present than the limit (the dropped one too): none kept"
     );
-    assert!(j.known_stamps("/w", 3).unwrap().is_some());
+    assert!(j.known_stamps("/w", "erp", 3).unwrap().is_some());
 }
 
 #[test]

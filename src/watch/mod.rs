@@ -1596,7 +1596,7 @@ impl WatchTask {
                 {
                     pass.known_present += 1;
                 }
-                if known.is_some_and(|k| k.unchanged(&stamp)) {
+                if known.is_some_and(|k| k.unchanged(&stamp, &self.config.vendor)) {
                     continue;
                 }
                 pass.fresh += 1;
@@ -1635,10 +1635,10 @@ impl WatchTask {
     /// journal holds too many to keep in memory or cannot be read: each file is then looked up,
     /// and those lookups say what is wrong.
     async fn known_stamps(&self) -> Option<KnownStamps> {
-        let root = self.root_text();
+        let (root, vendor) = (self.root_text(), self.config.vendor.clone());
         self.ctx
             .journal
-            .call(move |j| j.known_stamps(&root, KNOWN_STAMPS_LIMIT))
+            .call(move |j| j.known_stamps(&root, &vendor, KNOWN_STAMPS_LIMIT))
             .await
             .ok()
             .flatten()
