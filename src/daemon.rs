@@ -405,17 +405,20 @@ impl Daemon {
             .journal
             .call(move |j| {
                 keeping
-                    .iter()
-                    .map(|(root, vendor)| j.apply_remove_policy(root, vendor, false))
-                    .sum::<crate::journal::Result<usize>>()
+                    .into_iter()
+                    .map(|(root, vendor)| Ok((j.apply_remove_policy(&root, &vendor, false)?, root)))
+                    .collect::<crate::journal::Result<Vec<_>>>()
             })
             .await;
         match applied {
-            Ok(0) => {}
-            Ok(n) => info!(
-                files = n,
-                "on_remove: keep applies to {n} more files: their remote copies are kept"
-            ),
+            Ok(applied) => {
+                for (n, root) in applied.into_iter().filter(|(n, _)| *n > 0) {
+                    info!(
+                        watch = %path_text::shown(&root), files = n,
+                        "on_remove changed: {n} files' remote copies are kept from now on"
+                    );
+                }
+            }
             Err(e) => error!(
                 "cannot put the files of the watches that keep their copies under `keep` before \
                  the reload's watches start (each tries again as it starts): {}",

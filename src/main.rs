@@ -292,6 +292,20 @@ fn retry(config_path: &Path, failed: bool, held: bool, paths: &[PathBuf]) -> Res
                 watch.on_remove == OnRemove::Delete,
             )?;
         }
+        // The watch whose path holds `path`, if any: its own root's, or, for a root no longer
+        // a watch (removed, or moved to a parent or a subfolder), whichever watch covers it now.
+        let covering = |path: &str| {
+            config
+                .watches
+                .iter()
+                .zip(&watched)
+                .filter(|(_, root)| {
+                    path.strip_prefix(root.trim_end_matches('/'))
+                        .is_some_and(|rest| rest.starts_with('/'))
+                })
+                .max_by_key(|(_, root)| root.len())
+                .map(|(watch, _)| watch)
+        };
         let released = journal.release_held(
             &|root, held| match config
                 .watches
@@ -300,18 +314,38 @@ fn retry(config_path: &Path, failed: bool, held: bool, paths: &[PathBuf]) -> Res
                 .find(|(_, w)| *w == root)
             {
                 Some((watch, _)) => presence::look_at_held(watch, held),
-                // Not a watch any more: its root is not accepted, and its files stay held.
-                None => vec![Presence::Unknown("not in a watch".to_string()); held.len()],
+                None => held
+                    .iter()
+                    .map(|file| match covering(&file.0) {
+                        Some(watch) => presence::look_at_held(watch, std::slice::from_ref(file))
+                            .pop()
+                            .unwrap_or(Presence::Unknown("not looked at".to_string())),
+                        None => match std::fs::symlink_metadata(path_text::to_path(&file.0)) {
+                            Ok(_) => Presence::Present,
+                            Err(_) => Presence::Unwatched,
+                        },
+                    })
+                    .collect(),
             },
+            // A root no longer a watch vouches for nothing and is not taken as it is now: what
+            // the journal knows of it stays, for the day it is a watch again. Its files are
+            // judged by the watch that covers them now, or by none.
             &|root, known| match watched.iter().any(|w| w == root) {
                 true => presence::root_as_it_is(&path_text::to_path(root), known),
-                false => Err("is no longer a watch in the config".to_string()),
+                false => Ok(known.unwrap_or((0, 0))),
             },
         )?;
         emit(&format!(
             "{} queued; every watch root present is accepted as it now is",
             held_deletes(released.deletes_queued)
         ));
+        if released.unwatched > 0 {
+            emit(&format!(
+                "{} withdrawn: no watch in the config covers those files any more; their \
+                 records are closed, their remote copies kept",
+                held_deletes(released.unwatched)
+            ));
+        }
         for untaken in &released.untaken {
             let record = match untaken.copy_kept {
                 true => "its remote copy is kept",

@@ -359,6 +359,43 @@ fn held_deletes_are_kept_once_the_watch_is_changed_to_keep() {
     }
 }
 
+/// Deletes held, then the watch taken out of the config (the operator retires the folder):
+/// `retry --held` closes those records and keeps their copies, since a folder no longer watched
+/// deletes nothing, and `status` counts none held. (Before, they stayed held for good, and
+/// `retry --held` said to bring the watch root back, which was never missing.)
+#[test]
+fn held_deletes_of_a_watch_taken_out_of_the_config_are_withdrawn() {
+    let (h, names, urls) = four_deletes_held("r", 120);
+    let text = std::fs::read_to_string(&h.config_path).unwrap();
+    let retired = format!("  - path: {}\n    vendor: erp\n", h.drop.display());
+    assert!(text.contains(&retired), "{text}");
+    let other = h.dir.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let kept = format!("  - path: {}\n    vendor: erp\n", other.display());
+    std::fs::write(&h.config_path, text.replace(&retired, &kept)).unwrap();
+    h.reload();
+    h.wait_for("the retired watch to stop", |h| {
+        h.log().contains("watch removed or changed: stopping it")
+    });
+    let out = h.cli(&["retry", "--held"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("4 held deletes withdrawn: no watch in the config covers those files"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("bring it back"), "{stdout}");
+    for name in &names {
+        h.wait_state(name, "removed");
+    }
+    assert_eq!(h.status()["held_deletes"], 0);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(h.deletes_at_sandbox(), 0);
+    for url in urls {
+        assert!(h.sandbox.images().contains_key(&url), "{url} kept");
+    }
+}
+
 #[test]
 fn held_deletes_of_a_missing_root_stay_held_until_it_is_back() {
     let (h, names, _) = four_deletes_held("h", 60);

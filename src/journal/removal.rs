@@ -225,6 +225,10 @@ impl Journal {
                         files: 1,
                     });
                 }
+                Presence::Unwatched => {
+                    set_removed(&tx, row.id, None)?;
+                    released.unwatched += 1;
+                }
                 Presence::Gone => {
                     // Decided one at a time: the file released before this one no longer uses
                     // the copy.
@@ -385,6 +389,10 @@ pub enum Presence {
     /// Gone from its path but still in the watch, at this path, under a name or in a folder the
     /// watch does not take: excluded, not gone.
     Untaken(String),
+    /// Gone, and no watch in the config covers its path any more (its watch was removed): its
+    /// record is closed and its copy kept, whatever the old watch's `on_remove` said. A folder
+    /// the daemon no longer watches deletes nothing.
+    Unwatched,
 }
 
 /// An operator's look at the held files of one watch root (`retry --held`): given the root and
@@ -465,6 +473,8 @@ pub struct HeldReleased {
     /// Held deletes whose records the daemon wrote while they were looked at: still held, for
     /// the next run.
     pub changed: usize,
+    /// Held files gone that no watch covers now: their records closed, their copies kept.
+    pub unwatched: usize,
     /// Held deletes kept: by the watch root that could not vouch for its files, first; then
     /// each file that could not be looked at.
     pub kept: Vec<KeptHeld>,

@@ -120,6 +120,8 @@ fn whereabouts(
         Presence::Present => Whereabouts::Present,
         Presence::Unknown(why) => Whereabouts::Unknown(why),
         Presence::Untaken(now_at) => Whereabouts::Untaken(now_at),
+        // Not a verdict `presence` gives: it looks inside a watch.
+        Presence::Unwatched => Whereabouts::Unknown("not in a watch".to_string()),
         Presence::Gone => {
             let Some(stamp) = stamp else {
                 return Whereabouts::Gone;
