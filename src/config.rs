@@ -107,6 +107,8 @@ pub struct WatchConfig {
     pub include: Vec<String>,
     pub exclude: Vec<String>,
     pub poll: Option<Duration>,
+    /// The `poll` written, when it was below [`MIN_POLL`] and raised to it: `check` says so.
+    pub poll_raised_from: Option<Duration>,
     pub filter: NameFilter,
 }
 
@@ -419,11 +421,11 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     fn syntax(&self, e: &serde_yaml::Error) -> ConfigError {
         let line = e.location().map(|l| l.line()).unwrap_or(1);
-        let mut message = e.to_string();
+        // The quoted value first: one holding " at line " would leave its start behind.
+        let mut message = without_quoted_value(&e.to_string());
         if let Some(at) = message.find(" at line ") {
             message.truncate(at);
         }
-        let message = without_quoted_value(&message);
         ConfigError::Syntax {
             file: self.file.clone(),
             line,
@@ -902,6 +904,7 @@ impl Ctx<'_> {
         let poll = self.optional_duration(&format!("{prefix}.poll"), raw.poll.as_deref())?;
         // Shorter, a polled watch would list its folder without pause. Raised, not refused: a
         // config that ran before must not stop the daemon at its next start.
+        let poll_raised_from = poll.filter(|poll| *poll < MIN_POLL);
         let poll = poll.map(|poll| poll.max(MIN_POLL));
         Ok(WatchConfig {
             path: normalize(&path),
@@ -911,6 +914,7 @@ impl Ctx<'_> {
             include,
             exclude,
             poll,
+            poll_raised_from,
             filter,
         })
     }

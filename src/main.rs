@@ -1,5 +1,6 @@
 //! The `imgsyncd` binary: parse the command line, set up logging, call the library.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -8,7 +9,9 @@ use clap::{Parser, Subcommand};
 
 use imgsyncd::adapters::{Adapter, Outcome, http_client};
 use imgsyncd::config::{Config, DEFAULT_CONFIG_PATH, OnRemove};
-use imgsyncd::journal::{FileFilter, FileState, Journal, Presence, RetryOutcome, path_text};
+use imgsyncd::journal::{
+    FileFilter, FileStamp, FileState, Journal, Presence, RetryOutcome, path_text,
+};
 use imgsyncd::logging::{self, LogFormat};
 use imgsyncd::sandbox::{Sandbox, SandboxOptions};
 use imgsyncd::watch::presence;
@@ -292,20 +295,6 @@ fn retry(config_path: &Path, failed: bool, held: bool, paths: &[PathBuf]) -> Res
                 watch.on_remove == OnRemove::Delete,
             )?;
         }
-        // The watch whose path holds `path`, if any: its own root's, or, for a root no longer
-        // a watch (removed, or moved to a parent or a subfolder), whichever watch covers it now.
-        let covering = |path: &str| {
-            config
-                .watches
-                .iter()
-                .zip(&watched)
-                .filter(|(_, root)| {
-                    path.strip_prefix(root.trim_end_matches('/'))
-                        .is_some_and(|rest| rest.starts_with('/'))
-                })
-                .max_by_key(|(_, root)| root.len())
-                .map(|(watch, _)| watch)
-        };
         let released = journal.release_held(
             &|root, held| match config
                 .watches
@@ -314,25 +303,14 @@ fn retry(config_path: &Path, failed: bool, held: bool, paths: &[PathBuf]) -> Res
                 .find(|(_, w)| *w == root)
             {
                 Some((watch, _)) => presence::look_at_held(watch, held),
-                None => held
-                    .iter()
-                    .map(|file| match covering(&file.0) {
-                        Some(watch) => presence::look_at_held(watch, std::slice::from_ref(file))
-                            .pop()
-                            .unwrap_or(Presence::Unknown("not looked at".to_string())),
-                        None => match std::fs::symlink_metadata(path_text::to_path(&file.0)) {
-                            Ok(_) => Presence::Present,
-                            Err(_) => Presence::Unwatched,
-                        },
-                    })
-                    .collect(),
+                None => look_at_held_elsewhere(&config, &watched, held),
             },
             // A root no longer a watch vouches for nothing and is not taken as it is now: what
             // the journal knows of it stays, for the day it is a watch again. Its files are
             // judged by the watch that covers them now, or by none.
             &|root, known| match watched.iter().any(|w| w == root) {
-                true => presence::root_as_it_is(&path_text::to_path(root), known),
-                false => Ok(known.unwrap_or((0, 0))),
+                true => presence::root_as_it_is(&path_text::to_path(root), known).map(Some),
+                false => Ok(None),
             },
         )?;
         emit(&format!(
@@ -398,6 +376,48 @@ fn retry(config_path: &Path, failed: bool, held: bool, paths: &[PathBuf]) -> Res
         None => {}
     }
     Ok(code)
+}
+
+/// Held files of a root that is no longer a watch (removed, or moved to a parent or a
+/// subfolder): each looked at by the watch whose path holds it now, one look a watch; one that
+/// no watch holds and is gone is [`Presence::Unwatched`].
+fn look_at_held_elsewhere(
+    config: &Config,
+    watched: &[String],
+    held: &[(String, Option<FileStamp>)],
+) -> Vec<Presence> {
+    let covering = |path: &str| {
+        (0..watched.len())
+            .filter(|&w| {
+                path.strip_prefix(watched[w].trim_end_matches('/'))
+                    .is_some_and(|rest| rest.starts_with('/'))
+            })
+            .max_by_key(|&w| watched[w].len())
+    };
+    let mut looks: Vec<Option<Presence>> = vec![None; held.len()];
+    let mut by_watch: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (i, (path, _)) in held.iter().enumerate() {
+        match covering(path) {
+            Some(w) => by_watch.entry(w).or_default().push(i),
+            None => {
+                looks[i] = Some(match std::fs::symlink_metadata(path_text::to_path(path)) {
+                    Ok(_) => Presence::Present,
+                    Err(_) => Presence::Unwatched,
+                })
+            }
+        }
+    }
+    for (w, files) in by_watch {
+        let theirs: Vec<_> = files.iter().map(|&i| held[i].clone()).collect();
+        let found = presence::look_at_held(&config.watches[w], &theirs);
+        for (i, look) in files.into_iter().zip(found) {
+            looks[i] = Some(look);
+        }
+    }
+    looks
+        .into_iter()
+        .map(|look| look.unwrap_or_else(|| Presence::Unknown("not looked at".to_string())))
+        .collect()
 }
 
 fn held_deletes(n: usize) -> String {
@@ -505,6 +525,14 @@ fn check_warnings(config: &Config) -> Vec<String> {
                 warnings.push(format!("watch {path} does not exist (yet)"))
             }
             Err(e) => warnings.push(format!("watch {path} cannot be looked at: {e}")),
+        }
+        if let Some(written) = watch.poll_raised_from {
+            warnings.push(format!(
+                "watch {path}: poll {} is raised to {} (polled more often, the folder would be \
+                 listed without pause)",
+                humantime::format_duration(written),
+                humantime::format_duration(imgsyncd::config::MIN_POLL)
+            ));
         }
     }
     for (name, vendor) in &config.vendors {

@@ -204,6 +204,7 @@ vendors:
 watches:
   - path: {}
     vendor: erp
+    poll: 10ms
 ",
             dir.path().display(),
             not_a_folder.display()
@@ -229,6 +230,13 @@ watches:
     );
     assert!(
         stdout.contains("warning: vendors.spare.per_minute: 2000 is above the 1000"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "warning: watch {}: poll 10ms is raised to 100ms",
+            not_a_folder.display()
+        )),
         "{stdout}"
     );
 }

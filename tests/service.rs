@@ -373,6 +373,38 @@ fn a_reload_adds_and_removes_watches_and_keeps_jobs() {
     assert_eq!(h.sandbox.uploads(), 3);
 }
 
+/// A vendor renamed in the config (same account, a new name), its watch with it: the files
+/// already synced stay synced to their copies, none is sent again under the new name.
+#[test]
+fn a_vendor_renamed_in_the_config_sends_nothing_again() {
+    let mut h = Harness::new();
+    h.start();
+    for i in 0..2 {
+        h.drop_file(&format!("named-{i}.png"), &png(620 + i));
+    }
+    for i in 0..2 {
+        h.wait_state(&format!("named-{i}.png"), "synced");
+    }
+    let text = std::fs::read_to_string(&h.config_path).unwrap();
+    let renamed = text
+        .replace("  erp:\n", "  erp-main:\n")
+        .replace("    vendor: erp\n", "    vendor: erp-main\n");
+    assert_ne!(renamed, text);
+    std::fs::write(&h.config_path, renamed).unwrap();
+    h.reload();
+    h.wait_for("the watch to start again and reconcile", |h| {
+        h.log().matches("reconciled with the journal").count() >= 2
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(h.sandbox.uploads(), 2, "nothing sent again");
+    for i in 0..2 {
+        assert_eq!(
+            h.state(&format!("named-{i}.png")).as_deref(),
+            Some("synced")
+        );
+    }
+}
+
 /// Sixteen watches of 4 000 files each (more than the two batches a walk hands over before its
 /// watch takes one), reconciled at once at the start: each walk runs on a thread of its own, so
 /// none holds a thread a journal call waits for. (On the runtime's blocking pool, eight walks

@@ -189,10 +189,10 @@ fn skip(bytes: &[u8], mut i: usize, what: impl Fn(u8) -> bool) -> usize {
 fn secret_value(bytes: &[u8], key_end: usize) -> Option<std::ops::Range<usize>> {
     let at = |i: usize| bytes.get(i).copied();
     // The key's closing quote, escaped when the JSON is itself inside a string.
-    let (quoted_key, mut i) = match (at(key_end), at(key_end + 1)) {
-        (Some(b'"'), _) => (true, key_end + 1),
-        (Some(b'\\'), Some(b'"')) => (true, key_end + 2),
-        _ => (false, key_end),
+    let (quoted_key, escaped_key, mut i) = match (at(key_end), at(key_end + 1)) {
+        (Some(b'"'), _) => (true, false, key_end + 1),
+        (Some(b'\\'), Some(b'"')) => (true, true, key_end + 2),
+        _ => (false, false, key_end),
     };
     i = skip(bytes, i, |b| b == b' ' || b == b'\t');
     let separator = at(i)?;
@@ -202,7 +202,19 @@ fn secret_value(bytes: &[u8], key_end: usize) -> Option<std::ops::Range<usize>> 
     }
     i = skip(bytes, i + 1, |b| b == b' ' || b == b'\t');
     if quoted_key && at(i) == Some(b'[') {
-        i = skip(bytes, i + 1, |b| b.is_ascii_whitespace());
+        // Every value of the list, up to its `]`.
+        let start = skip(bytes, i + 1, |b| b.is_ascii_whitespace());
+        let mut end = start;
+        while end < bytes.len() && bytes[end] != b']' {
+            if bytes[end] == b'"' && !escaped_key {
+                end += 1;
+                while end < bytes.len() && bytes[end] != b'"' {
+                    end += if bytes[end] == b'\\' { 2 } else { 1 };
+                }
+            }
+            end += 1;
+        }
+        return (end > start).then(|| start..end.min(bytes.len()));
     }
     let (start, escaped) = match (at(i), at(i + 1)) {
         (Some(b'"'), _) => (i + 1, false),
@@ -223,9 +235,11 @@ fn secret_value(bytes: &[u8], key_end: usize) -> Option<std::ops::Range<usize>> 
             end += if bytes[end] == b'\\' { 2 } else { 1 };
         }
     } else {
-        // A query's value ends at the next parameter or blank; a header's at its line's end.
+        // A query's value ends at the next parameter or blank; a header's at its line's end, or
+        // where a message goes on to something else (`token: …; image_type: invalid`).
         let ends = |b: u8| {
-            matches!(b, b'\r' | b'\n' | b'"' | b'<' | b'&') || (query && b.is_ascii_whitespace())
+            matches!(b, b'\r' | b'\n' | b'"' | b'<' | b'&' | b';' | b',' | b')')
+                || (query && b.is_ascii_whitespace())
         };
         while end < bytes.len() && !ends(bytes[end]) {
             end += 1;
@@ -290,7 +304,19 @@ mod snippet_tests {
             // Echoes as a Go server, httpbin, a query string and raw headers give them.
             (
                 r#"{"App-Token":["tok-1"],"Authorization":[ "Bearer key-1" ],"X":["y"]}"#,
-                r#"{"App-Token":["…"],"Authorization":[ "…" ],"X":["y"]}"#,
+                r#"{"App-Token":[…],"Authorization":[ …],"X":["y"]}"#,
+            ),
+            (
+                r#"{"tokens":["t1","t]2"],"n":1}"#,
+                r#"{"tokens":[…],"n":1}"#,
+            ),
+            (
+                r#"{"d":"{\"tokens\":[\"t1\",\"t2\"],\"n\":1}"}"#,
+                r#"{"d":"{\"tokens\":[…],\"n\":1}"}"#,
+            ),
+            (
+                "params error (app_secret: abc; image_type: invalid)",
+                "params error (app_secret: …; image_type: invalid)",
             ),
             (
                 r#"{"data":"{\"app_secret\":\"s3cr3t\",\"app_id\":\"a\"}"}"#,

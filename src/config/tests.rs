@@ -485,7 +485,13 @@ fn a_vendor_defined_twice_is_refused_with_its_line() {
 fn a_poll_period_of_nothing_is_raised_to_the_shortest() {
     let text = GOOD.replace("vendor: erp\n", "vendor: erp\n    poll: 0s\n");
     assert_eq!(parse(&text).unwrap().watches[0].poll, Some(MIN_POLL));
+    assert_eq!(
+        parse(&text).unwrap().watches[0].poll_raised_from,
+        Some(Duration::ZERO),
+        "said by `check`"
+    );
     let text = GOOD.replace("vendor: erp\n", "vendor: erp\n    poll: 300ms\n");
+    assert_eq!(parse(&text).unwrap().watches[0].poll_raised_from, None);
     assert_eq!(
         parse(&text).unwrap().watches[0].poll,
         Some(Duration::from_millis(300))

@@ -214,7 +214,7 @@ impl World {
                         .collect()
                 };
                 self.journal
-                    .release_held(&look, &|_, _| Ok((1, 1)))
+                    .release_held(&look, &|_, _| Ok(Some((1, 1))))
                     .unwrap();
                 for i in found_renamed.into_inner() {
                     self.renamed_out[i] = true;

@@ -82,14 +82,10 @@ pub struct KnownFile {
 }
 
 impl KnownFile {
-    /// Whether the file on disk with `stamp`, in a watch that sends to `vendor`, is what the
-    /// journal holds, with nothing left to do. One recorded for another vendor (the watch's
-    /// vendor changed) is not: it goes to the vendor the watch names now.
-    pub fn unchanged(&self, stamp: &FileStamp, vendor: &str) -> bool {
-        !self.removal_pending
-            && !self.needs_work
-            && self.stamp.as_ref() == Some(stamp)
-            && self.vendor == vendor
+    /// Whether the file on disk with `stamp` is what the journal holds, with nothing left to do
+    /// (for the vendor it was recorded for: the watch's may have changed since).
+    pub fn unchanged(&self, stamp: &FileStamp) -> bool {
+        !self.removal_pending && !self.needs_work && self.stamp.as_ref() == Some(stamp)
     }
 }
 
@@ -254,7 +250,8 @@ impl Journal {
                 if row.state == "rejected"
                     && row.removal.is_none()
                     && row.error.as_deref() == Some(file.reason)
-                    && row.stamp == file.stamp =>
+                    && row.stamp == file.stamp
+                    && row.vendor == file.vendor =>
             {
                 false
             }

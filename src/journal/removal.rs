@@ -250,13 +250,15 @@ impl Journal {
             let _ = roots.look(&watch_root)?;
         }
         for (watch_root, accepted) in roots.looked {
-            let Ok((dev, inode)) = accepted else {
+            let Ok(identity) = accepted else {
                 continue;
             };
             if unvouched.contains(&watch_root) {
                 continue;
             }
-            set_root_identity_in(&tx, &watch_root, dev, inode)?;
+            if let Some((dev, inode)) = identity {
+                set_root_identity_in(&tx, &watch_root, dev, inode)?;
+            }
             tx.cached_execute("DELETE FROM watch_pauses WHERE root = ?1", [&watch_root])?;
         }
         released.kept.splice(
@@ -459,9 +461,10 @@ fn look_at_held(held: &[HeldFile], looks: &FileLooks<'_>) -> HashMap<String, Pre
 }
 
 /// An operator's look at a watch root (`retry --held`), told what the journal knows of it: the
-/// identity to accept it with, or why its files' absence proves nothing.
+/// identity to accept it with (none: accepted with nothing recorded, a root no longer a watch),
+/// or why its files' absence proves nothing.
 pub type RootLook<'a> =
-    dyn Fn(&str, Option<(u64, u64)>) -> std::result::Result<(u64, u64), String> + 'a;
+    dyn Fn(&str, Option<(u64, u64)>) -> std::result::Result<Option<(u64, u64)>, String> + 'a;
 
 /// What `retry --held` did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -525,7 +528,7 @@ fn set_root_identity_in(conn: &Connection, root: &str, dev: u64, inode: u64) -> 
 struct RootLooks<'a> {
     tx: &'a Connection,
     look: &'a RootLook<'a>,
-    looked: BTreeMap<String, std::result::Result<(u64, u64), String>>,
+    looked: BTreeMap<String, std::result::Result<Option<(u64, u64)>, String>>,
 }
 
 impl<'a> RootLooks<'a> {
@@ -537,7 +540,7 @@ impl<'a> RootLooks<'a> {
         }
     }
 
-    fn look(&mut self, root: &str) -> Result<std::result::Result<(u64, u64), String>> {
+    fn look(&mut self, root: &str) -> Result<std::result::Result<Option<(u64, u64)>, String>> {
         if let Some(looked) = self.looked.get(root) {
             return Ok(looked.clone());
         }
