@@ -295,7 +295,6 @@ impl Daemon {
             sightings: self.sightings.clone(),
             failed: Some(self.watch_trouble.failed.clone()),
             mount_changes: self.mount_changes.clone(),
-            vendors: Arc::clone(&self.vendors),
         }
     }
 

@@ -401,8 +401,9 @@ fn look_at_held_elsewhere(
             Some(w) => by_watch.entry(w).or_default().push(i),
             None => {
                 looks[i] = Some(match std::fs::symlink_metadata(path_text::to_path(path)) {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Presence::Unwatched,
+                    Err(e) => Presence::Unknown(format!("cannot look at it: {e}")),
                     Ok(_) => Presence::Present,
-                    Err(_) => Presence::Unwatched,
                 })
             }
         }

@@ -38,23 +38,16 @@ impl KnownStamps {
 /// The records [`KnownStamps`] holds: present (not removed, no removal pending, not renamed out of
 /// the watch's names) and settled (not a pending file whose job was dropped), with a whole stamp.
 /// Every other record found on disk is looked up, as each was before.
-const SETTLED_UNDER: &str = "SELECT path, size, mtime_ns, ctime_ns, inode, dev, vendor FROM files
+const SETTLED_UNDER: &str = "SELECT path, size, mtime_ns, ctime_ns, inode, dev FROM files
      WHERE path >= ?1 AND path < ?2
        AND state != 'removed' AND removal IS NULL AND untaken_at IS NULL
        AND NOT (state = 'pending' AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.file_id = files.id))";
 
 impl Journal {
-    /// The settled files under `root` as [`KnownStamps`], but those recorded for a vendor of
-    /// `elsewhere` (another vendor than the watch's, still configured: the watch's vendor
-    /// changed, and they go to its new one); none when more than `limit` files are present
-    /// there: a huge watch is looked up a batch at a time instead, so neither its set (8 bytes a
-    /// file) nor one long read that holds up the journal's writes.
-    pub fn known_stamps(
-        &self,
-        root: &str,
-        elsewhere: &[String],
-        limit: usize,
-    ) -> Result<Option<KnownStamps>> {
+    /// The settled files under `root` as [`KnownStamps`]; none when more than `limit` files are
+    /// present there: a huge watch is looked up a batch at a time instead, so neither its set
+    /// (8 bytes a file) nor one long read that holds up the journal's writes.
+    pub fn known_stamps(&self, root: &str, limit: usize) -> Result<Option<KnownStamps>> {
         let (from, to) = path_range(root);
         self.in_one_read(|| {
             // Every settled file is counted present, so this many at most.
@@ -67,10 +60,6 @@ impl Journal {
             let mut stmt = self.conn.prepare_cached(SETTLED_UNDER)?;
             let mut rows = stmt.query([from, to])?;
             while let Some(row) = rows.next()? {
-                let vendor = row.get_ref(6)?.as_str().map_err(rusqlite::Error::from)?;
-                if elsewhere.iter().any(|v| v == vendor) {
-                    continue;
-                }
                 let Some(stamp) = stamp_from(row, 1)? else {
                     continue;
                 };

@@ -77,13 +77,10 @@ pub struct KnownFile {
     pub needs_work: bool,
     /// Renamed out of the watch's names, its copy kept: not where a walk finds it.
     pub untaken: bool,
-    /// The vendor it was recorded for.
-    pub vendor: String,
 }
 
 impl KnownFile {
-    /// Whether the file on disk with `stamp` is what the journal holds, with nothing left to do
-    /// (for the vendor it was recorded for: the watch's may have changed since).
+    /// Whether the file on disk with `stamp` is what the journal holds, with nothing left to do.
     pub fn unchanged(&self, stamp: &FileStamp) -> bool {
         !self.removal_pending && !self.needs_work && self.stamp.as_ref() == Some(stamp)
     }
@@ -250,8 +247,7 @@ impl Journal {
                 if row.state == "rejected"
                     && row.removal.is_none()
                     && row.error.as_deref() == Some(file.reason)
-                    && row.stamp == file.stamp
-                    && row.vendor == file.vendor =>
+                    && row.stamp == file.stamp =>
             {
                 false
             }
@@ -439,7 +435,7 @@ impl Journal {
             "SELECT path, size, mtime_ns, ctime_ns, inode, dev, state, removal IS NOT NULL,
                state = 'pending' AND removal IS NULL
                  AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.file_id = files.id),
-               untaken_at IS NOT NULL AND removal IS NULL, vendor
+               untaken_at IS NOT NULL AND removal IS NULL
              FROM files
              WHERE state != 'removed' AND {condition}"
         ))?;
@@ -452,7 +448,6 @@ impl Journal {
                 removal_pending: r.get(7)?,
                 needs_work: r.get(8)?,
                 untaken: r.get(9)?,
-                vendor: r.get(10)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)

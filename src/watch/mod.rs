@@ -51,8 +51,6 @@ pub struct WatchContext {
     pub failed: Option<mpsc::UnboundedSender<PathBuf>>,
     /// Bumped at each change of the mount table (see [`mounts`]); none for a one-shot scan.
     pub mount_changes: Option<tokio::sync::watch::Receiver<u64>>,
-    /// The vendors configured now.
-    pub vendors: Arc<crate::adapters::VendorSet>,
 }
 
 #[derive(Debug)]
@@ -1598,7 +1596,7 @@ impl WatchTask {
                 {
                     pass.known_present += 1;
                 }
-                if known.is_some_and(|k| k.unchanged(&stamp) && !self.goes_elsewhere(&k.vendor)) {
+                if known.is_some_and(|k| k.unchanged(&stamp)) {
                     continue;
                 }
                 pass.fresh += 1;
@@ -1633,24 +1631,14 @@ impl WatchTask {
         (!failed).then_some(pass)
     }
 
-    /// Whether a file recorded for `vendor` is to go to this watch's vendor: the watch's vendor
-    /// changed, and `vendor` is still configured. (A vendor renamed in the config, its old name
-    /// gone, keeps its records: its files are not all sent again under the new name.)
-    fn goes_elsewhere(&self, vendor: &str) -> bool {
-        vendor != self.config.vendor && self.ctx.vendors.get(vendor).is_some()
-    }
-
     /// The journal's settled files under the root, for a walk of the whole tree. None when the
     /// journal holds too many to keep in memory or cannot be read: each file is then looked up,
     /// and those lookups say what is wrong.
     async fn known_stamps(&self) -> Option<KnownStamps> {
         let root = self.root_text();
-        let elsewhere: Vec<String> = (self.ctx.vendors.names().into_iter())
-            .filter(|v| self.goes_elsewhere(v))
-            .collect();
         self.ctx
             .journal
-            .call(move |j| j.known_stamps(&root, &elsewhere, KNOWN_STAMPS_LIMIT))
+            .call(move |j| j.known_stamps(&root, KNOWN_STAMPS_LIMIT))
             .await
             .ok()
             .flatten()

@@ -322,7 +322,7 @@ impl Answer {
         let Some(reply) = &self.reply else {
             return self.snippet();
         };
-        let text = super::http::vendor_text(reply.msg.as_deref().unwrap_or_default());
+        let text = reply.msg.clone().unwrap_or_default();
         let violations: Vec<String> = reply
             .error
             .get("field_violations")
@@ -332,14 +332,16 @@ impl Answer {
             .map(|v| {
                 let field = v.get("field").and_then(Value::as_str).unwrap_or("?");
                 let why = v.get("description").and_then(Value::as_str).unwrap_or("");
-                // Each part on its own: a field named like a secret must not take the rest.
-                format!("{field}: {}", super::http::vendor_text(why))
+                format!("{field}: {why}")
             })
             .collect();
-        match violations.is_empty() {
+        // Redacted whole: a violation of a field named like a secret may quote its value, and
+        // the value ends at the `;` or `)` after it.
+        let said = match violations.is_empty() {
             true => text,
             false => format!("{text} ({})", violations.join("; ")),
-        }
+        };
+        super::http::vendor_text(&said)
     }
 
     /// The failure this answer is, if it is one, with the log_id Feishu's support asks for.
