@@ -236,9 +236,10 @@ fn secret_value(bytes: &[u8], key_end: usize) -> Option<std::ops::Range<usize>> 
         }
     } else {
         // A query's value ends at the next parameter or blank; a header's at its line's end, or
-        // where a message goes on to something else (`token: …; image_type: invalid`).
+        // where a message goes on to something else (`token: …; image_type: invalid`). Not at a
+        // comma: `Authorization: Bearer ab,cd` would show `cd`.
         let ends = |b: u8| {
-            matches!(b, b'\r' | b'\n' | b'"' | b'<' | b'&' | b';' | b',' | b')')
+            matches!(b, b'\r' | b'\n' | b'"' | b'<' | b'&' | b';' | b')')
                 || (query && b.is_ascii_whitespace())
         };
         while end < bytes.len() && !ends(bytes[end]) {
@@ -333,6 +334,10 @@ mod snippet_tests {
             (
                 "<p>token expired, try again</p>",
                 "<p>token expired, try again</p>",
+            ),
+            (
+                "Authorization: Bearer ab,cd\r\nX: y",
+                "Authorization: …\r\nX: y",
             ),
             (
                 r#"{"token_count": 3, "tokens": null}"#,
