@@ -382,8 +382,6 @@ impl Daemon {
         }
     }
 
-    /// SIGHUP: a new config takes effect without dropping jobs; a bad one is logged, shown in
-    /// STATUS= and ignored.
     /// Puts the new config's `keep` watches' records under `keep` before the old watches stop
     /// (each may take seconds) and the new ones start: meanwhile the workers go on claiming, and
     /// a delete claimed under the old policy would be sent. Each new watch applies its policies
@@ -392,13 +390,8 @@ impl Daemon {
         let keeping: Vec<(String, String)> = new
             .watches
             .iter()
-            .filter(|w| {
-                w.on_remove == OnRemove::Keep
-                    || new
-                        .vendors
-                        .get(&w.vendor)
-                        .is_some_and(|v| !v.settings.kind().can_delete())
-            })
+            // A vendor with no delete API has no other `on_remove` (the config refuses one).
+            .filter(|w| w.on_remove == OnRemove::Keep)
             .map(|w| (path_text::to_text(&w.path).into_owned(), w.vendor.clone()))
             .collect();
         let applied = self
@@ -427,6 +420,8 @@ impl Daemon {
         }
     }
 
+    /// SIGHUP: a new config takes effect without dropping jobs; a bad one is logged, shown in
+    /// STATUS= and ignored.
     async fn reload(&mut self) {
         crate::service::reloading();
         match Config::load(&self.config.source) {

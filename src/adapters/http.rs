@@ -148,7 +148,7 @@ const SECRET_KEY_WORDS: [&str; 5] = ["token", "secret", "password", "signature",
 /// takes: JSON (`"key": "value"`, `"key": ["value"]`, and JSON quoted inside a string,
 /// `\"key\":\"value\"`), a query string (`key=value&…`) and a header (`key: value` to the end
 /// of its line).
-pub(crate) fn without_secrets(text: &str) -> String {
+fn without_secrets(text: &str) -> String {
     // ASCII lowercasing keeps every byte where it was.
     let (lower, bytes) = (text.to_ascii_lowercase(), text.as_bytes());
     let (mut out, mut copied, mut from) = (String::with_capacity(text.len()), 0, 0);
