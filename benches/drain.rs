@@ -197,8 +197,14 @@ fn daemon(files: &[Vec<u8>]) -> (Duration, u64) {
     }
     let cpu0 = common::cpu_seconds("self");
     let started = Instant::now();
+    let mut timeline = std::env::var("IMGSYNCD_BENCH_TRACE")
+        .is_ok()
+        .then(|| Timeline::new(child.id()));
     write_all(&drop, files);
     while sandbox.uploads() < files.len() {
+        if let Some(timeline) = timeline.as_mut() {
+            timeline.tick(started, sandbox.uploads());
+        }
         assert!(
             started.elapsed() < Duration::from_secs(900),
             "the drain stalled"
@@ -224,7 +230,58 @@ fn daemon(files: &[Vec<u8>]) -> (Duration, u64) {
         .args(["-TERM", "--", &format!("-{}", child.id())])
         .status();
     let _ = child.wait();
+    // IMGSYNCD_BENCH_LOG=FILE keeps the daemon's log, to see when each file was taken and sent.
+    if let Ok(keep) = std::env::var("IMGSYNCD_BENCH_LOG") {
+        let _ = std::fs::copy(&log, keep);
+    }
     (elapsed, peak_kib)
+}
+
+/// `IMGSYNCD_BENCH_TRACE=1`: every 200 ms of the daemon's drain, the uploads a second and the
+/// cores the daemon and the bench (the writer and the sandbox) kept busy. A drain that leaves
+/// cores idle waits on something (a checkpoint's fsync was one); one that keeps both busy costs
+/// too much CPU.
+struct Timeline {
+    pid: String,
+    at: Instant,
+    daemon_cpu: f64,
+    bench_cpu: f64,
+    uploads: usize,
+}
+
+impl Timeline {
+    fn new(pid: u32) -> Timeline {
+        let pid = pid.to_string();
+        Timeline {
+            daemon_cpu: common::cpu_seconds(&pid),
+            bench_cpu: common::cpu_seconds("self"),
+            pid,
+            at: Instant::now(),
+            uploads: 0,
+        }
+    }
+
+    fn tick(&mut self, started: Instant, uploads: usize) {
+        let seconds = self.at.elapsed().as_secs_f64();
+        if seconds < 0.2 {
+            return;
+        }
+        let (daemon_cpu, bench_cpu) = (common::cpu_seconds(&self.pid), common::cpu_seconds("self"));
+        eprintln!(
+            "t={:.2}s uploads/s={:.0} daemon cores={:.2} bench cores={:.2}",
+            started.elapsed().as_secs_f64(),
+            (uploads - self.uploads) as f64 / seconds,
+            (daemon_cpu - self.daemon_cpu) / seconds,
+            (bench_cpu - self.bench_cpu) / seconds,
+        );
+        *self = Timeline {
+            pid: std::mem::take(&mut self.pid),
+            at: Instant::now(),
+            daemon_cpu,
+            bench_cpu,
+            uploads,
+        };
+    }
 }
 
 /// Prints a floor's CPU for `n` files, in all and a file at a time, and its parts a file at a time.

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use super::checkpoint::{self, Checkpointer};
 use super::{Journal, JournalError, Result};
 
 /// The least time between two commits while writes keep coming. Four workers draining a backlog
@@ -46,6 +47,9 @@ pub struct JournalHandle {
     busy_group_began: Arc<Mutex<Option<Instant>>>,
     /// Since when the group or call under way has held the journal (`None`: none is).
     at_work_since: Arc<Mutex<Option<Instant>>>,
+    /// Copies what is committed into the journal's file, so the writer does not (`None` for a
+    /// journal in memory, or when it could not start).
+    checkpointer: Option<Arc<Checkpointer>>,
 }
 
 impl std::fmt::Debug for JournalHandle {
@@ -62,7 +66,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl JournalHandle {
     pub fn new(journal: Journal) -> JournalHandle {
+        let checkpointer = checkpoint::file_of(&journal.conn)
+            .and_then(|path| Checkpointer::start(&path))
+            .map(Arc::new);
         JournalHandle {
+            checkpointer,
             journal: Arc::new(Mutex::new(journal)),
             queued: Arc::default(),
             draining: Arc::default(),
@@ -85,10 +93,18 @@ impl JournalHandle {
         F: FnOnce(&mut Journal) -> R + Send + 'static,
     {
         let (inner, at_work) = (Arc::clone(&self.journal), Arc::clone(&self.at_work_since));
+        let checkpointer = self.checkpointer.clone();
         tokio::task::spawn_blocking(move || {
             let mut journal = lock(&inner);
             let _at_work = AtWork::begin(&at_work);
-            f(&mut journal)
+            let changes = journal.conn.total_changes();
+            let result = f(&mut journal);
+            if let Some(checkpointer) =
+                checkpointer.filter(|_| journal.conn.total_changes() != changes)
+            {
+                checkpointer.committed();
+            }
+            result
         })
         .await
         .expect("a journal call panicked")
@@ -151,6 +167,10 @@ impl JournalHandle {
                         let _ = journal.conn.execute_batch("ROLLBACK");
                         journal.taken_back();
                     }
+                }
+                drop(journal);
+                if let Some(checkpointer) = &self.checkpointer {
+                    checkpointer.committed();
                 }
                 continue;
             }
