@@ -123,6 +123,7 @@ fn baseline(files: &[Vec<u8>]) -> (Duration, f64) {
                         path: &path,
                         bytes: &bytes,
                         format: ImageFormat::Png,
+                        no_return: None,
                     };
                     let call = kingdee.upload(&request).await;
                     assert!(matches!(call.outcome, Outcome::Done(_)), "{call:?}");

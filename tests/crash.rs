@@ -1,6 +1,8 @@
 //! kill -9 at random moments (seeded, so a failure can be replayed) while files are dropped into
 //! watches of all three vendors, restarted each time: every file ends synced, once in the journal, with
 //! its exact bytes at the vendor, and no upload is repeated beyond the jobs in flight at a kill.
+//! A Jiandaoyun file whose record was being created at a kill waits for a person instead (made
+//! again, the form could show it twice); the form never holds two records of one file.
 
 mod common;
 #[path = "common/three.rs"]
@@ -9,7 +11,7 @@ mod three;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::Options;
+use common::{NAME_WIDGET, Options};
 use three::{Three, Vendor, picture};
 
 const KILLS: usize = 10;
@@ -53,22 +55,49 @@ fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
         three.start(None);
     }
     let h = &three.h;
+    // Settled: synced, or (a record being created at a kill) waiting for a person.
+    let in_doubt = |f: &serde_json::Value| {
+        f["state"] == "failed"
+            && f["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("the daemon stopped while creating the form record"))
+    };
     h.wait_for("every file to be synced", |h| {
         let files = h.files();
-        files.len() == expected.len() && files.iter().all(|f| f["state"] == "synced")
+        files.len() == expected.len() && files.iter().all(|f| f["state"] == "synced" || in_doubt(f))
     });
 
     let files = h.files();
     let paths: BTreeSet<&str> = files.iter().map(|f| f["path"].as_str().unwrap()).collect();
     assert_eq!(paths.len(), expected.len(), "each path once in the journal");
+    let mut held_for_a_person = 0;
     for (path, bytes) in &expected {
         let row = files
             .iter()
             .find(|f| f["path"] == path.display().to_string().as_str())
             .unwrap();
+        if in_doubt(row) {
+            assert!(path.to_string_lossy().contains("/j"), "{row}");
+            held_for_a_person += 1;
+            continue;
+        }
         // Jiandaoyun: only if the record the journal names exists and holds that key.
         assert_eq!(three.held(row).as_ref(), Some(bytes), "{row}");
     }
+    assert!(
+        held_for_a_person <= KILLS * WORKERS,
+        "{held_for_a_person} files held for a person after {KILLS} kills"
+    );
+    let mut records_of = std::collections::BTreeMap::new();
+    for record in h.sandbox.jiandaoyun_records() {
+        let name = record.data[NAME_WIDGET]["value"].to_string();
+        *records_of.entry(name).or_insert(0) += 1;
+    }
+    assert!(
+        records_of.values().all(|&n| n == 1),
+        "a file with two records in the form: {records_of:?}"
+    );
+    eprintln!("{held_for_a_person} files held for a person");
     let uploads =
         h.sandbox.uploads() + h.sandbox.feishu_files().len() + h.sandbox.jiandaoyun_uploads().len();
     // A kill repeats the uploads in flight and those answered but not yet committed: a worker

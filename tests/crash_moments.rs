@@ -148,9 +148,10 @@ fn kill_9_during_a_jiandaoyun_token_batch_fetch() {
 }
 
 /// (d) Between a Jiandaoyun upload and its record: the keys are stored and the records made, but
-/// the answers to data/create are held. After the restart each file is sent again with a fresh
-/// token and gets a record of its own: one duplicate upload (and record) per job in flight at
-/// most, and the journal names a record that holds the key it names.
+/// the answers to data/create are held. After the restart no record is made again: the form
+/// would show each file twice. Each file waits for a person, its error naming the key and
+/// transaction to look for and the command that sends it again; nothing is uploaded again.
+/// `imgsyncd retry` then sends one again, as an operator who found no record would.
 #[test]
 fn kill_9_between_a_jiandaoyun_upload_and_its_record() {
     let mut t = Three::new(Options::default());
@@ -166,15 +167,45 @@ fn kill_9_between_a_jiandaoyun_upload_and_its_record() {
         })
         .collect();
     kill_while_held(&mut t, &[(jiandaoyun::CREATE_PATH, 2)]);
+    let records = t.h.sandbox.jiandaoyun_records();
+    assert_eq!(records.len(), 2, "the held calls made their records");
     for (path, _) in &expected {
-        t.wait_state(path, "synced");
+        let row = t.wait_state(path, "failed");
+        let error = row["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("the daemon stopped while creating the form record of key")
+                && records.iter().any(|r| r
+                    .keys
+                    .iter()
+                    .any(|k| error.contains(&format!("key {k} ")))
+                    && error.contains(r.transaction_id.as_deref().unwrap()))
+                && error.contains("imgsyncd retry"),
+            "{row}"
+        );
     }
-    t.assert_all_synced(&expected);
-    assert_eq!(t.h.files().len(), 2, "each path once");
-    let uploads = t.copies(Vendor::Jiandaoyun);
-    let records = t.h.sandbox.jiandaoyun_records().len();
-    assert!(
-        uploads <= 2 + 2 && records <= 2 + 2,
-        "{uploads} uploads and {records} records for 2 files, 2 in flight at the kill"
+    assert_eq!(
+        t.h.sandbox.jiandaoyun_records().len(),
+        2,
+        "no record made again"
     );
+    let creates =
+        t.h.sandbox
+            .log()
+            .iter()
+            .filter(|l| l.path == jiandaoyun::CREATE_PATH)
+            .count();
+    assert_eq!(
+        creates, 2,
+        "data/create is not sent again after the restart"
+    );
+    assert_eq!(t.copies(Vendor::Jiandaoyun), 2, "nothing uploaded again");
+    assert_eq!(t.h.files().len(), 2, "each path once");
+
+    // An operator who finds no record sends it again.
+    let (path, bytes) = &expected[0];
+    let retried = t.h.cli(&["retry", path.to_str().unwrap()]);
+    assert!(retried.status.success(), "{retried:?}");
+    t.wait_state(path, "synced");
+    t.assert_all_synced(&[(path.clone(), bytes.clone())]);
+    assert_eq!(t.h.sandbox.jiandaoyun_records().len(), 3);
 }

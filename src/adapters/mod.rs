@@ -36,6 +36,15 @@ pub trait GoAhead: Sync {
     fn may_send(&self) -> Pin<Box<dyn Future<Output = bool> + Send + '_>>;
 }
 
+/// Asked just before a call that would be wrong to make twice (Jiandaoyun's data/create: a second
+/// form record for the same file), with what the call is and what to look for at the vendor. The
+/// worker notes it in the journal, so that a daemon stopped before the answer came does not make
+/// the call again once restarted, not knowing it had been begun. False: it could not be noted,
+/// or the job is no longer to be carried out, and the call is not made.
+pub trait PointOfNoReturn: Sync + std::fmt::Debug {
+    fn passing(&self, what: String) -> Pin<Box<dyn Future<Output = bool> + Send + '_>>;
+}
+
 /// What a delete answers when its go-ahead was refused: nothing went out.
 fn withheld() -> Call<()> {
     Call::new(
@@ -180,6 +189,8 @@ pub struct UploadRequest<'a> {
     pub path: &'a Path,
     pub bytes: &'a [u8],
     pub format: ImageFormat,
+    /// Asked before a call that must not be made twice; `None`: make it without asking.
+    pub no_return: Option<&'a dyn PointOfNoReturn>,
 }
 
 impl UploadRequest<'_> {

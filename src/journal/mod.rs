@@ -55,6 +55,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0009_running_uploads.sql"),
     include_str!("../../migrations/0010_untaken_at.sql"),
     include_str!("../../migrations/0011_degraded_watches.sql"),
+    include_str!("../../migrations/0012_jobs_in_doubt.sql"),
 ];
 
 /// The oldest schema this imgsyncd's reads (`status`, `files`, `history`) understand as they

@@ -60,6 +60,9 @@ pub struct Job {
     /// delete of that copy was sent before it, so if the vendor refused it, the copy is live
     /// again (and a file put back can be synced to it).
     pub marked_copy: bool,
+    /// A call of this job that must not be made twice was on its way when the daemon last
+    /// stopped ([`Journal::note_in_doubt`]): what it was, and what to look for at the vendor.
+    pub in_doubt: Option<String>,
 }
 
 /// What a claim came to.
@@ -358,7 +361,7 @@ impl Journal {
             params![id, now, lease_ms],
         )?;
         let mut job = tx.cached_query_row(
-            "SELECT id, file_id, op, vendor, sha256, copy_id, attempts, first_failure_at
+            "SELECT id, file_id, op, vendor, sha256, copy_id, attempts, first_failure_at, in_doubt
              FROM jobs WHERE id = ?1",
             [id],
             |r| {
@@ -376,6 +379,7 @@ impl Journal {
                     attempts: r.get(6)?,
                     first_failure_at: r.get(7)?,
                     marked_copy: false,
+                    in_doubt: r.get(8)?,
                 })
             },
         )?;
@@ -519,6 +523,21 @@ impl Journal {
         }
         tx.commit()?;
         Ok(finished)
+    }
+
+    /// Notes, just before a call of a running job that must not be made twice (Jiandaoyun's
+    /// data/create) goes out, what the call is and what to look for at the vendor: should the
+    /// daemon stop before its answer, the job, claimed again, waits for a person instead of
+    /// making it again. False: the job is no longer running (settled meanwhile), and the call is
+    /// not made. An outcome clears the note with the job.
+    pub fn note_in_doubt(&mut self, job_id: i64, what: &str) -> Result<bool> {
+        let tx = self.write()?;
+        let noted = tx.cached_execute(
+            "UPDATE jobs SET in_doubt = ?2 WHERE id = ?1 AND state = 'running'",
+            params![job_id, what],
+        )?;
+        tx.commit()?;
+        Ok(noted == 1)
     }
 
     /// Puts running jobs back in the queue (a stop that could not wait for them).
@@ -927,7 +946,7 @@ fn finish_retry(
     }
     tx.cached_execute(
         "UPDATE jobs SET state = 'queued', lease_until = NULL, not_before = ?2,
-           attempts = attempts + 1, first_failure_at = ?3 WHERE id = ?1",
+           attempts = attempts + 1, first_failure_at = ?3, in_doubt = NULL WHERE id = ?1",
         params![job.id, not_before, first],
     )?;
     if serves_file {

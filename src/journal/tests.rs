@@ -2110,3 +2110,35 @@ fn the_queue_and_pauses_reported_are_those_of_the_configured_vendors() {
         "/w/old.png"
     );
 }
+
+/// A call that must not be made twice, noted as it goes out, is read back with its job claimed
+/// again after a stop; an answer that carried nothing out (a retry) clears the note; a job no
+/// longer running takes none.
+#[test]
+fn a_call_in_doubt_is_read_back_after_a_stop_and_cleared_by_an_answer() {
+    let mut f = fixture();
+    let j = &mut f.journal;
+    j.observe(&obs("/w/a.png", "aa"), PRESENT).unwrap();
+    let job = claim(j).unwrap();
+    assert_eq!(job.in_doubt, None);
+    assert!(
+        j.note_in_doubt(job.id, "creating the form record of key k1")
+            .unwrap()
+    );
+    // The daemon stops with the call on its way; the next start puts the job back.
+    j.release(&[job.id]).unwrap();
+    let again = claim(j).unwrap();
+    assert_eq!(again.id, job.id);
+    assert_eq!(
+        again.in_doubt.as_deref(),
+        Some("creating the form record of key k1")
+    );
+    j.finish(&again, &answer_lost(), None).unwrap();
+    let third = claim(j).unwrap();
+    assert_eq!(third.in_doubt, None, "an answer clears the note");
+    j.finish(&third, &uploaded("u1"), None).unwrap();
+    assert!(
+        !j.note_in_doubt(third.id, "anything").unwrap(),
+        "a finished job takes no note"
+    );
+}

@@ -446,6 +446,9 @@ async fn upload(
             ..Attempt::default()
         },
     };
+    if let Some(what) = &job.in_doubt {
+        return Err(stopped_in_doubt(job, what));
+    }
     let path = path_text::to_path(&job.path).into_owned();
     let max_bytes = adapter.limits().max_bytes;
     let file = path.clone();
@@ -466,14 +469,83 @@ async fn upload(
         .as_deref()
         .and_then(ImageFormat::from_mime_subtype)
         .ok_or_else(|| wait_for_watcher("the journal has no format for this file".into()))?;
+    let no_return = NoteInDoubt {
+        ctx,
+        job_id: job.id,
+        path: &job.path,
+    };
     let request = UploadRequest {
         path: &path,
         bytes: &bytes,
         format,
+        no_return: Some(&no_return),
     };
     Ok(with_reauth(JobOp::Upload, || adapter.upload(&request))
         .await
         .map(Some))
+}
+
+/// A job whose call that must not be made twice was on its way when the daemon stopped
+/// ([`crate::journal::Journal::note_in_doubt`]): whether the vendor carried it out is not known,
+/// so the file waits for a person, as one whose answer was lost does. The vendor is not paused:
+/// nothing is wrong with it.
+fn stopped_in_doubt(job: &Job, what: &str) -> Early {
+    let shown = path_text::shown(&job.path);
+    let reason = format!(
+        "the daemon stopped while {what}, before the answer came: the vendor may hold it already, \
+         and making it again could make two"
+    );
+    warn!(path = %shown, vendor = %job.vendor, outcome = "unconfirmed", job = job.id, "{reason}");
+    Early {
+        result: JobResult::Fail(format!(
+            "{reason}; check there, then `imgsyncd retry {}` to send it again",
+            path_text::for_shell(&job.path)
+        )),
+        attempt: Attempt {
+            outcome: "unconfirmed".into(),
+            message: Some(reason),
+            ..Attempt::default()
+        },
+    }
+}
+
+/// Notes a call that must not be made twice in the journal as it is about to go out.
+struct NoteInDoubt<'a> {
+    ctx: &'a WorkerContext,
+    job_id: i64,
+    path: &'a str,
+}
+
+impl std::fmt::Debug for NoteInDoubt<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NoteInDoubt")
+            .field("job_id", &self.job_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl crate::adapters::PointOfNoReturn for NoteInDoubt<'_> {
+    fn passing(&self, what: String) -> Pin<Box<dyn Future<Output = bool> + Send + '_>> {
+        let job_id = self.job_id;
+        Box::pin(async move {
+            let noted = self
+                .ctx
+                .journal
+                .write(move |j| j.note_in_doubt(job_id, &what))
+                .await;
+            match noted {
+                Ok(noted) => noted,
+                Err(e) => {
+                    crate::diagnose::journal_write_failed(
+                        "note a record about to be created",
+                        self.path,
+                        &e,
+                    );
+                    false
+                }
+            }
+        })
+    }
 }
 
 /// A refused token is dropped by the adapter; the call is then made once more with a fresh one.

@@ -135,6 +135,7 @@ fn request<'a>(path: &'a str, bytes: &'a [u8], format: ImageFormat) -> UploadReq
         path: Path::new(path),
         bytes,
         format,
+        no_return: None,
     }
 }
 

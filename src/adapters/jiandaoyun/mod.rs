@@ -563,6 +563,25 @@ impl Jiandaoyun {
             );
         }
         let data = record_data(record, &key, request, &self.config.watch_roots);
+        if let Some(no_return) = request.no_return {
+            let what = format!(
+                "creating the form record of key {key} (transaction {})",
+                transaction.id
+            );
+            if !no_return.passing(what).await {
+                return Call::new(
+                    Outcome::Retry {
+                        after: None,
+                        reason: format!(
+                            "uploaded as key {key}, but the record about to be created could not \
+                             be noted in the journal first{again}"
+                        ),
+                    },
+                    Some(200),
+                    None,
+                );
+            }
+        }
         let mut call = self.create(transaction, data.clone()).await;
         // A rate limit says nothing against the key, which stays good until its transaction
         // ends: the record is asked for again once the window reopens (the pacer waits for it),

@@ -167,6 +167,7 @@ fn request<'a>(path: &'a str, bytes: &'a [u8]) -> UploadRequest<'a> {
         path: Path::new(path),
         bytes,
         format: ImageFormat::Png,
+        no_return: None,
     }
 }
 
@@ -240,6 +241,7 @@ fn a_gbk_name_fills_the_fields_with_the_characters_it_spells() {
         path,
         bytes: &bytes,
         format: ImageFormat::Png,
+        no_return: None,
     };
     let data = record_data(&record, "k-1", &request, &[PathBuf::from("/srv/drop")]);
     assert_eq!(

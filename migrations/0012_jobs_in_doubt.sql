@@ -1,0 +1,11 @@
+-- imgsyncd journal, schema 12: calls that must not be made twice.
+--
+-- Jiandaoyun's data/create makes a form record each time it is called: made again for the same
+-- file, the form shows the file twice. A daemon killed (or stopped past its wait) while such a
+-- call was on its way could not tell, once restarted, that it had been begun, and sent it again.
+-- Just before it goes out, the job now notes what the call is and what to look for at the
+-- vendor; a job claimed again with that note waits for a person instead. An answer, whatever it
+-- says, clears it.
+--
+-- Only a column no earlier reader selects: READS_FROM in src/journal/mod.rs stays at 8.
+ALTER TABLE jobs ADD COLUMN in_doubt TEXT;
