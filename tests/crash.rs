@@ -60,7 +60,7 @@ fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
         f["state"] == "failed"
             && f["error"]
                 .as_str()
-                .is_some_and(|e| e.contains("the daemon stopped while creating the form record"))
+                .is_some_and(|e| e.contains("was begun, and its answer never came back"))
     };
     h.wait_for("every file to be synced", |h| {
         let files = h.files();

@@ -173,7 +173,8 @@ fn kill_9_between_a_jiandaoyun_upload_and_its_record() {
         let row = t.wait_state(path, "failed");
         let error = row["error"].as_str().unwrap_or_default();
         assert!(
-            error.contains("the daemon stopped while creating the form record of key")
+            error.contains("creating the form record of key")
+                && error.contains("was begun, and its answer never came back")
                 && records.iter().any(|r| r
                     .keys
                     .iter()

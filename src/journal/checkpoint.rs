@@ -27,6 +27,12 @@ const SPACING: Duration = Duration::from_millis(100);
 /// the writer's own backstop lets it grow to.
 const RESTART_AT: i64 = 4_000;
 
+/// The most pages a PASSIVE checkpoint may leave uncopied for a RESTART to follow it. A reader
+/// (`imgsyncd status` or `files` from the command line) holding an old snapshot keeps a PASSIVE
+/// checkpoint from copying past it; a RESTART would then copy all that with the writer held,
+/// which is the stall this thread is here to spare it.
+const RESTART_BACKLOG: i64 = 1_000;
+
 /// How long a RESTART waits for the writer's transaction under way (or a reader's) to end before
 /// it gives up until the next commit: it holds new writes back while it waits.
 const RESTART_WAIT: Duration = Duration::from_millis(20);
@@ -160,7 +166,7 @@ fn run(conn: &Connection, file: &std::fs::File, shared: &Shared) {
 /// to the next commit's checkpoint and to the writer, whose own commits report a failing disk.
 fn checkpoint(conn: &Connection, file: &std::fs::File) {
     match wal_checkpoint(conn, "PASSIVE") {
-        Ok(pages) if pages >= RESTART_AT => {
+        Ok((pages, copied)) if pages >= RESTART_AT && pages - copied <= RESTART_BACKLOG => {
             // What the PASSIVE checkpoints copied is synced now, while the writer goes on: the
             // RESTART's own sync then has only its few frames' pages left.
             let _ = file.sync_data();
@@ -173,11 +179,11 @@ fn checkpoint(conn: &Connection, file: &std::fs::File) {
     }
 }
 
-/// Runs a checkpoint in `mode`; the WAL's length in pages when it began.
-fn wal_checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<i64> {
+/// Runs a checkpoint in `mode`: the WAL's length in pages, and how many of them are copied.
+fn wal_checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<(i64, i64)> {
     // (whether it could not finish, the WAL's pages, the pages copied so far)
     conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| {
-        row.get::<_, i64>(1)
+        Ok((row.get(1)?, row.get(2)?))
     })
 }
 

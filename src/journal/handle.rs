@@ -50,6 +50,8 @@ pub struct JournalHandle {
     /// Copies what is committed into the journal's file, so the writer does not (`None` for a
     /// journal in memory, or when it could not start).
     checkpointer: Option<Arc<Checkpointer>>,
+    /// The journal's WAL, for [`JournalHandle::sync_log`] (`None`: a journal in memory).
+    log: Option<Arc<std::path::PathBuf>>,
 }
 
 impl std::fmt::Debug for JournalHandle {
@@ -66,11 +68,16 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl JournalHandle {
     pub fn new(journal: Journal) -> JournalHandle {
-        let checkpointer = checkpoint::file_of(&journal.conn)
-            .and_then(|path| Checkpointer::start(&path))
-            .map(Arc::new);
+        let file = checkpoint::file_of(&journal.conn);
+        let checkpointer = file.as_deref().and_then(Checkpointer::start).map(Arc::new);
+        let log = file.map(|file| {
+            let mut log = file.into_os_string();
+            log.push("-wal");
+            Arc::new(std::path::PathBuf::from(log))
+        });
         JournalHandle {
             checkpointer,
+            log,
             journal: Arc::new(Mutex::new(journal)),
             queued: Arc::default(),
             draining: Arc::default(),
@@ -108,6 +115,28 @@ impl JournalHandle {
         })
         .await
         .expect("a journal call panicked")
+    }
+
+    /// Syncs what was committed to the disk: the journal keeps commits in the OS's cache
+    /// (`synchronous = NORMAL`), where a power cut loses the last of them. For a write that must
+    /// outlive one: the note made before a call that must not be made twice. False, with the
+    /// cause logged, when the sync failed.
+    pub async fn sync_log(&self) -> bool {
+        let Some(log) = self.log.clone() else {
+            return true;
+        };
+        let synced = tokio::task::spawn_blocking(move || {
+            std::fs::File::open(log.as_path()).and_then(|wal| wal.sync_data())
+        })
+        .await;
+        match synced {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::warn!(journal_log = %self.log.as_deref().map(|l| l.display().to_string()).unwrap_or_default(), "cannot sync the journal to disk: {e}");
+                false
+            }
+            Err(_) => false,
+        }
     }
 
     /// Runs the write `f` in one transaction with whatever other writes are waiting: a write that

@@ -88,6 +88,13 @@ pub enum Claimed {
     Withheld {
         path: String,
     },
+    /// Not sent again: a call of it that must not be made twice was begun and its answer never
+    /// recorded ([`Journal::note_in_doubt`]). The file waits for a person, `why` saying what to
+    /// look for.
+    InDoubt {
+        path: String,
+        why: String,
+    },
 }
 
 /// What a vendor returned for an upload.
@@ -492,8 +499,10 @@ impl Journal {
                 }
             }
             JobResult::Defer { not_before, reason } => {
+                // Deferred after the vendor answered (paused, refused us): nothing in doubt.
                 tx.cached_execute(
-                    "UPDATE jobs SET state = 'queued', lease_until = NULL, not_before = ?2
+                    "UPDATE jobs SET state = 'queued', lease_until = NULL, not_before = ?2,
+                       in_doubt = NULL
                      WHERE id = ?1",
                     params![job.id, not_before],
                 )?;
@@ -506,9 +515,13 @@ impl Journal {
                 Finished::Released
             }
             JobResult::Release => {
+                // Released with an attempt, the vendor answered: nothing is in doubt. Without one
+                // it was not called (no adapter for it any more), and a note stays.
                 tx.cached_execute(
-                    "UPDATE jobs SET state = 'queued', lease_until = NULL WHERE id = ?1",
-                    [job.id],
+                    "UPDATE jobs SET state = 'queued', lease_until = NULL,
+                       in_doubt = CASE WHEN ?2 THEN NULL ELSE in_doubt END
+                     WHERE id = ?1",
+                    params![job.id, attempt.is_some()],
                 )?;
                 // No attempt: the vendor was not called (no adapter for it any more).
                 if attempt.is_none() {
@@ -700,6 +713,9 @@ pub enum RetryOutcome {
 }
 
 fn claim_upload(tx: &Connection, job: Job, file: &FileNow) -> Result<Claimed> {
+    if let Some(begun) = &job.in_doubt {
+        return settle_in_doubt(tx, job.clone(), file, begun);
+    }
     if !file.wants_upload(&job) {
         jobs::remove(tx, job.id)?;
         return Ok(Claimed::Dropped {
@@ -735,6 +751,43 @@ fn claim_upload(tx: &Connection, job: Job, file: &FileNow) -> Result<Claimed> {
     Ok(Claimed::Reused {
         path: job.path,
         reference,
+    })
+}
+
+/// Settles an upload whose call that must not be made twice (`begun`) was begun and never
+/// answered: made again, the vendor could hold it twice (Jiandaoyun: two form records of one
+/// file). The file, if it still wants this upload, waits for a person; its history says what to
+/// look for either way.
+fn settle_in_doubt(tx: &Connection, job: Job, file: &FileNow, begun: &str) -> Result<Claimed> {
+    let why = format!(
+        "{begun} was begun, and its answer never came back (the daemon stopped, or the call \
+         outlived its lease): the vendor may hold it already, and making it again could make two"
+    );
+    record_attempt(
+        tx,
+        job.file_id,
+        job.op,
+        &Attempt {
+            outcome: "unconfirmed".into(),
+            message: Some(why.clone()),
+            ..Attempt::default()
+        },
+    )?;
+    jobs::remove(tx, job.id)?;
+    if !file.wants_upload(&job) {
+        return Ok(Claimed::Dropped {
+            path: job.path,
+            op: job.op,
+        });
+    }
+    let error = format!(
+        "{why}; check there, then `imgsyncd retry {}` to send it again",
+        super::path_text::for_shell(&job.path)
+    );
+    set_file_outcome(tx, job.file_id, "failed", &error)?;
+    Ok(Claimed::InDoubt {
+        path: job.path,
+        why,
     })
 }
 

@@ -2111,34 +2111,59 @@ fn the_queue_and_pauses_reported_are_those_of_the_configured_vendors() {
     );
 }
 
-/// A call that must not be made twice, noted as it goes out, is read back with its job claimed
-/// again after a stop; an answer that carried nothing out (a retry) clears the note; a job no
-/// longer running takes none.
+/// A call that must not be made twice, noted as it goes out and never answered (the daemon
+/// stopped), is not made again: the job claimed again settles the file as waiting for a person,
+/// naming what to look for. An answer, even one that carried nothing out, clears the note; a job
+/// no longer running takes none.
 #[test]
-fn a_call_in_doubt_is_read_back_after_a_stop_and_cleared_by_an_answer() {
+fn a_call_in_doubt_is_not_made_again_and_an_answer_clears_it() {
     let mut f = fixture();
     let j = &mut f.journal;
     j.observe(&obs("/w/a.png", "aa"), PRESENT).unwrap();
     let job = claim(j).unwrap();
     assert_eq!(job.in_doubt, None);
+    // Answered: a retry (a 503), then a deferral (the vendor paused) carried nothing out.
     assert!(
-        j.note_in_doubt(job.id, "creating the form record of key k1")
+        j.note_in_doubt(job.id, "creating the record of key k1")
             .unwrap()
     );
-    // The daemon stops with the call on its way; the next start puts the job back.
-    j.release(&[job.id]).unwrap();
-    let again = claim(j).unwrap();
-    assert_eq!(again.id, job.id);
-    assert_eq!(
-        again.in_doubt.as_deref(),
-        Some("creating the form record of key k1")
-    );
-    j.finish(&again, &answer_lost(), None).unwrap();
-    let third = claim(j).unwrap();
-    assert_eq!(third.in_doubt, None, "an answer clears the note");
-    j.finish(&third, &uploaded("u1"), None).unwrap();
+    j.finish(&job, &answer_lost(), None).unwrap();
+    let job = claim(j).unwrap();
+    assert_eq!(job.in_doubt, None, "an answer clears the note");
     assert!(
-        !j.note_in_doubt(third.id, "anything").unwrap(),
-        "a finished job takes no note"
+        j.note_in_doubt(job.id, "creating the record of key k2")
+            .unwrap()
+    );
+    let defer = JobResult::Defer {
+        not_before: 0,
+        reason: "paused".into(),
+    };
+    j.finish(&job, &defer, Some(&Attempt::default())).unwrap();
+    let job = claim(j).unwrap();
+    assert_eq!(job.in_doubt, None, "an answer clears the note");
+
+    // Never answered: the daemon stops, and the next start puts the job back.
+    assert!(
+        j.note_in_doubt(job.id, "creating the record of key k3")
+            .unwrap()
+    );
+    j.release(&[job.id]).unwrap();
+    let settled = j.claim(&vendors(), 60_000).unwrap();
+    assert!(
+        matches!(&settled, Some(Claimed::InDoubt { path, why })
+            if path == "/w/a.png" && why.contains("creating the record of key k3 was begun")),
+        "{settled:?}"
+    );
+    let file = state_of(j, "/w/a.png");
+    assert_eq!(file.state, "failed");
+    let error = file.error.unwrap_or_default();
+    assert!(
+        error.contains("key k3") && error.contains("imgsyncd retry /w/a.png"),
+        "{error}"
+    );
+    assert!(claim(j).is_none(), "nothing sent again");
+    assert!(
+        !j.note_in_doubt(job.id, "anything").unwrap(),
+        "a settled job takes no note"
     );
 }

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::journal::{Claimed, Job, VendorPause, now_ms, path_text};
 
@@ -224,6 +224,11 @@ pub(super) fn log_settled(settled: &Claimed) {
         Claimed::Withheld { path } => info!(
             path = %path_text::shown(path),
             "delete withdrawn: the watch keeps remote copies now (on_remove: keep)"
+        ),
+        Claimed::InDoubt { path, why } => warn!(
+            path = %path_text::shown(path), outcome = "unconfirmed",
+            "{why}: not sent again; check at the vendor, then `imgsyncd retry {}` to send it",
+            path_text::for_shell(path)
         ),
         Claimed::Job(_) => {}
     }

@@ -446,9 +446,6 @@ async fn upload(
             ..Attempt::default()
         },
     };
-    if let Some(what) = &job.in_doubt {
-        return Err(stopped_in_doubt(job, what));
-    }
     let path = path_text::to_path(&job.path).into_owned();
     let max_bytes = adapter.limits().max_bytes;
     let file = path.clone();
@@ -485,31 +482,9 @@ async fn upload(
         .map(Some))
 }
 
-/// A job whose call that must not be made twice was on its way when the daemon stopped
-/// ([`crate::journal::Journal::note_in_doubt`]): whether the vendor carried it out is not known,
-/// so the file waits for a person, as one whose answer was lost does. The vendor is not paused:
-/// nothing is wrong with it.
-fn stopped_in_doubt(job: &Job, what: &str) -> Early {
-    let shown = path_text::shown(&job.path);
-    let reason = format!(
-        "the daemon stopped while {what}, before the answer came: the vendor may hold it already, \
-         and making it again could make two"
-    );
-    warn!(path = %shown, vendor = %job.vendor, outcome = "unconfirmed", job = job.id, "{reason}");
-    Early {
-        result: JobResult::Fail(format!(
-            "{reason}; check there, then `imgsyncd retry {}` to send it again",
-            path_text::for_shell(&job.path)
-        )),
-        attempt: Attempt {
-            outcome: "unconfirmed".into(),
-            message: Some(reason),
-            ..Attempt::default()
-        },
-    }
-}
-
-/// Notes a call that must not be made twice in the journal as it is about to go out.
+/// Notes a call that must not be made twice in the journal as it is about to go out: claimed
+/// again before its answer is recorded, the job is settled as in doubt
+/// ([`crate::journal::Claimed::InDoubt`]) rather than sent.
 struct NoteInDoubt<'a> {
     ctx: &'a WorkerContext,
     job_id: i64,
@@ -534,7 +509,9 @@ impl crate::adapters::PointOfNoReturn for NoteInDoubt<'_> {
                 .write(move |j| j.note_in_doubt(job_id, &what))
                 .await;
             match noted {
-                Ok(noted) => noted,
+                // Synced: a note lost with the power would let the call be made again.
+                Ok(true) => self.ctx.journal.sync_log().await,
+                Ok(false) => false,
                 Err(e) => {
                     crate::diagnose::journal_write_failed(
                         "note a record about to be created",

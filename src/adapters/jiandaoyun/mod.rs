@@ -31,7 +31,7 @@ use super::name::for_vendor;
 use super::outcome::{Call, Outcome};
 use super::ratelimit::{self, Pacer};
 use super::token::{self, TOKEN_COOL_DOWN};
-use super::{Limits, UploadRequest, epoch_ms, human_size};
+use super::{Limits, PointOfNoReturn, UploadRequest, epoch_ms, human_size};
 use crate::config::Placeholder;
 use crate::image::ImageFormat;
 use crate::journal::Remote;
@@ -563,26 +563,13 @@ impl Jiandaoyun {
             );
         }
         let data = record_data(record, &key, request, &self.config.watch_roots);
-        if let Some(no_return) = request.no_return {
-            let what = format!(
-                "creating the form record of key {key} (transaction {})",
-                transaction.id
-            );
-            if !no_return.passing(what).await {
-                return Call::new(
-                    Outcome::Retry {
-                        after: None,
-                        reason: format!(
-                            "uploaded as key {key}, but the record about to be created could not \
-                             be noted in the journal first{again}"
-                        ),
-                    },
-                    Some(200),
-                    None,
-                );
-            }
-        }
-        let mut call = self.create(transaction, data.clone()).await;
+        let record = Record {
+            transaction,
+            data,
+            key: &key,
+            no_return: request.no_return,
+        };
+        let mut call = self.create(&record).await;
         // A rate limit says nothing against the key, which stays good until its transaction
         // ends: the record is asked for again once the window reopens (the pacer waits for it),
         // rather than the file being uploaded again with a new token.
@@ -595,7 +582,7 @@ impl Jiandaoyun {
             if time_left < (wait + http::TOTAL_TIMEOUT).as_millis() as i64 {
                 break;
             }
-            call = self.create(transaction, data.clone()).await;
+            call = self.create(&record).await;
         }
         match call.outcome {
             Outcome::Done(record_id) => Call::new(
@@ -633,15 +620,38 @@ impl Jiandaoyun {
         }
     }
 
-    /// `data/create` in the transaction the key was uploaded with; the new record's `_id`.
-    async fn create(&self, transaction: &Transaction, data: Value) -> Call<String> {
+    /// `data/create` in the transaction the key was uploaded with; the new record's `_id`. Once
+    /// its turn in the pace has come, the call is noted as about to go out (`no_return`), so a
+    /// daemon stopped before its answer does not make it again.
+    async fn create(&self, record: &Record<'_>) -> Call<String> {
+        let transaction = record.transaction;
         let body = json!({
             "app_id": self.config.app_id,
             "entry_id": self.config.entry_id,
             "transaction_id": transaction.id,
-            "data": data,
+            "data": record.data,
         });
         self.pace(Endpoint::Create).await;
+        if let Some(no_return) = record.no_return {
+            let what = format!(
+                "creating the form record of key {} (transaction {})",
+                record.key, transaction.id
+            );
+            if !no_return.passing(what).await {
+                return Call::new(
+                    Outcome::Retry {
+                        after: None,
+                        reason: format!(
+                            "uploaded as key {}, but the record about to be created could not be \
+                             noted in the journal first; the file is sent again with a fresh token",
+                            record.key
+                        ),
+                    },
+                    Some(200),
+                    None,
+                );
+            }
+        }
         let started = std::time::Instant::now();
         let response = self
             .http
@@ -682,6 +692,15 @@ impl Jiandaoyun {
         self.hold_after(Endpoint::Create, &answer, &outcome);
         answer.call(outcome).cast()
     }
+}
+
+/// A record to create: its data, the transaction and key it holds, and what to ask before it
+/// goes out.
+struct Record<'a> {
+    transaction: &'a Transaction,
+    data: Value,
+    key: &'a str,
+    no_return: Option<&'a dyn PointOfNoReturn>,
 }
 
 /// A `data/create` whose answer was lost on the way (a timeout, a success cut short) may have
