@@ -98,6 +98,18 @@ fn a_full_journal_disk_stops_the_work_loses_nothing_and_resumes_when_space_retur
     h.wait_for("four uploads in flight", |h| {
         h.sandbox.pending_faults() == 0
     });
+    // A WAL checkpointed to its end is written again from its start, into space it already
+    // has: on a disk that fills up, the daemon goes on until that slack is used (and says so
+    // then). Taken away, as right after a start, the next write needs new space.
+    let conn = rusqlite::Connection::open(&journal).unwrap();
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    let (busy, _, _): (i64, i64, i64) = conn
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .unwrap();
+    assert_eq!(busy, 0, "the WAL was truncated");
+    drop(conn);
     let filler = journal_dir.join("filler");
     let log_before = h.log().len();
     let took = fill(&filler);

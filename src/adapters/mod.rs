@@ -43,6 +43,9 @@ pub trait GoAhead: Sync {
 /// or the job is no longer to be carried out, and the call is not made.
 pub trait PointOfNoReturn: Sync + std::fmt::Debug {
     fn passing(&self, what: String) -> Pin<Box<dyn Future<Output = bool> + Send + '_>>;
+    /// The call was answered with a refusal that carried nothing out, and is to be made again
+    /// after a wait: a stop during the wait must not hold the file as if it were in doubt.
+    fn refused(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
 }
 
 /// What a delete answers when its go-ahead was refused: nothing went out.

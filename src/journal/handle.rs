@@ -126,7 +126,15 @@ impl JournalHandle {
             return true;
         };
         let synced = tokio::task::spawn_blocking(move || {
-            std::fs::File::open(log.as_path()).and_then(|wal| wal.sync_data())
+            match std::fs::File::open(log.as_path()) {
+                Ok(wal) => wal.sync_data(),
+                // No WAL: the filesystem refused WAL mode, and commits went to the file itself.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    let file = log.to_string_lossy();
+                    std::fs::File::open(file.trim_end_matches("-wal"))?.sync_data()
+                }
+                Err(e) => Err(e),
+            }
         })
         .await;
         match synced {

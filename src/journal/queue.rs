@@ -544,6 +544,16 @@ impl Journal {
     /// making it again. False: the job is no longer running (settled meanwhile), and the call is
     /// not made. An outcome clears the note with the job.
     pub fn note_in_doubt(&mut self, job_id: i64, what: &str) -> Result<bool> {
+        self.set_in_doubt(job_id, Some(what))
+    }
+
+    /// Takes the note back: the call was answered, with a refusal that carried nothing out (a
+    /// rate limit), and the job waits before making it again.
+    pub fn answered(&mut self, job_id: i64) -> Result<()> {
+        self.set_in_doubt(job_id, None).map(drop)
+    }
+
+    fn set_in_doubt(&mut self, job_id: i64, what: Option<&str>) -> Result<bool> {
         let tx = self.write()?;
         let noted = tx.cached_execute(
             "UPDATE jobs SET in_doubt = ?2 WHERE id = ?1 AND state = 'running'",

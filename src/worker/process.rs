@@ -500,6 +500,16 @@ impl std::fmt::Debug for NoteInDoubt<'_> {
 }
 
 impl crate::adapters::PointOfNoReturn for NoteInDoubt<'_> {
+    fn refused(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        let job_id = self.job_id;
+        Box::pin(async move {
+            // Failing, the note stays: the file waits for a person, which loses nothing.
+            if let Err(e) = self.ctx.journal.write(move |j| j.answered(job_id)).await {
+                crate::diagnose::journal_write_failed("take back a note", self.path, &e);
+            }
+        })
+    }
+
     fn passing(&self, what: String) -> Pin<Box<dyn Future<Output = bool> + Send + '_>> {
         let job_id = self.job_id;
         Box::pin(async move {

@@ -577,6 +577,9 @@ impl Jiandaoyun {
             let Outcome::Throttled { after, .. } = &call.outcome else {
                 break;
             };
+            if let Some(no_return) = request.no_return {
+                no_return.refused().await;
+            }
             let wait = after.unwrap_or(MIN_RATE_WAIT);
             let time_left = transaction.deadline_ms - epoch_ms();
             if time_left < (wait + http::TOTAL_TIMEOUT).as_millis() as i64 {

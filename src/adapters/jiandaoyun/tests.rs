@@ -791,3 +791,55 @@ async fn vendors_sharing_an_api_key_share_each_interfaces_limit() {
     // Both got their turns: 80 calls at 20 a second take about four seconds, not two.
     assert!(times[79] >= Duration::from_secs(3), "{:?}", times[79]);
 }
+
+/// What the adapter told the worker's gate, in order.
+#[derive(Debug, Default)]
+struct Gate {
+    told: std::sync::Mutex<Vec<String>>,
+}
+
+impl PointOfNoReturn for Gate {
+    fn passing(&self, what: String) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send + '_>> {
+        self.told.lock().unwrap().push(what);
+        Box::pin(async { true })
+    }
+
+    fn refused(&self) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        self.told.lock().unwrap().push("refused".into());
+        Box::pin(async {})
+    }
+}
+
+/// The record's data/create is noted before each time it goes out, naming the key and
+/// transaction to look for; a rate limit's refusal takes the note back for the wait; the Qiniu
+/// upload before it is never noted.
+#[tokio::test]
+async fn each_record_call_is_noted_before_it_goes_and_a_refusal_takes_it_back() {
+    let sandbox = sandbox(SandboxOptions::default());
+    let jdy = adapter(&sandbox, Some(record_config()));
+    sandbox.inject_jiandaoyun(
+        JdyEndpoint::Create,
+        [Fault::Throttled(Duration::from_secs(1))],
+    );
+    let gate = Gate::default();
+    let bytes = png(13, 8, 8);
+    let call = jdy
+        .upload(&UploadRequest {
+            no_return: Some(&gate),
+            ..request("/drop/a.png", &bytes)
+        })
+        .await;
+    let Outcome::Done(remote) = &call.outcome else {
+        panic!("{call:?}");
+    };
+    let transaction = remote.transaction_id.as_deref().unwrap();
+    let what = format!(
+        "creating the form record of key {} (transaction {transaction})",
+        remote.reference
+    );
+    assert_eq!(
+        *gate.told.lock().unwrap(),
+        [what.clone(), "refused".into(), what]
+    );
+    assert_eq!(sandbox.jiandaoyun_records().len(), 1);
+}
