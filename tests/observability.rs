@@ -622,6 +622,10 @@ fn a_full_disk_under_the_journal_is_said_once_and_loses_nothing() {
     wait("the full disk to be reported", &|l| {
         l.contains("the disk holding the journal is full")
     });
+    // The WAL's slack (room it already holds, written again from its start once checkpointed)
+    // may record and send a few files before a write needs room the disk has not. Once a write
+    // has failed, nothing more is taken: at most the uploads in flight then still go.
+    let sent_when_reported = h.sandbox.uploads();
     std::thread::sleep(Duration::from_secs(4));
     let reports = log()
         .matches("the disk holding the journal is full")
@@ -632,10 +636,12 @@ fn a_full_disk_under_the_journal_is_said_once_and_loses_nothing() {
         "said once, not once per file and retry:\n{}",
         log()
     );
-    assert_eq!(
-        h.sandbox.uploads(),
-        1,
-        "nothing sent that could not be recorded"
+    assert!(
+        h.sandbox.uploads() <= sent_when_reported + 4,
+        "nothing taken once the journal could not record: {} sent when the full disk was \
+         reported, {} four seconds later",
+        sent_when_reported,
+        h.sandbox.uploads()
     );
 
     inside("rm \"$1/filler\"");
