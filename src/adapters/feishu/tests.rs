@@ -219,7 +219,11 @@ fn adapter_for(sandbox: &Sandbox, app_secret: &str) -> Feishu {
 }
 
 fn token_calls(sandbox: &Sandbox) -> usize {
-    sandbox.requests_to(TOKEN_PATH)
+    sandbox
+        .log()
+        .iter()
+        .filter(|l| l.path == TOKEN_PATH)
+        .count()
 }
 
 #[tokio::test]
