@@ -2,42 +2,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BIN, image, png};
+use common::{BIN, Running, image, png, start};
 use imgsyncd::adapters::kingdee;
-
-/// Kills the child when the test ends, however it ends.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `imgsyncd ARGS` in `cwd` and returns it with the first `lines` lines it printed.
-fn start(args: &[&str], cwd: &std::path::Path, lines: usize) -> (Running, Vec<String>) {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("IMGSYNCD_CONFIG")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(cwd.join("stderr.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let running = Running(child);
-    let printed = BufReader::new(stdout)
-        .lines()
-        .take(lines)
-        .map(|l| l.unwrap())
-        .collect();
-    (running, printed)
-}
 
 #[test]
 fn run_dev_needs_no_config_and_syncs_a_drop() {

@@ -5,12 +5,11 @@
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
-    BIN, Harness, IMAGE_WIDGET, JiandaoyunVendor, NAME_WIDGET, Options, densest, image, png,
+    BIN, Harness, IMAGE_WIDGET, JiandaoyunVendor, NAME_WIDGET, Options, densest, image, png, start,
 };
 use imgsyncd::sandbox::{
     Fault, JdyEndpoint, JiandaoyunAccount, Logged, QINIU_UPLOAD_PATH, SandboxOptions,
@@ -570,36 +569,6 @@ fn a_bad_api_key_pauses_the_vendor_with_no_file_burned() {
         assert!(row["record_id"].is_string());
     }
     assert!(h.status()["paused_vendors"].as_array().unwrap().is_empty());
-}
-
-/// Kills the child when the test ends, however it ends.
-struct Running(std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `imgsyncd ARGS` in `cwd` and returns it with the first `lines` lines it printed.
-fn start(args: &[&str], cwd: &std::path::Path, lines: usize) -> (Running, Vec<String>) {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("IMGSYNCD_CONFIG")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(cwd.join("stderr.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let running = Running(child);
-    let printed = BufReader::new(stdout)
-        .lines()
-        .take(lines)
-        .map(|l| l.unwrap())
-        .collect();
-    (running, printed)
 }
 
 #[test]

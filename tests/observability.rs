@@ -571,7 +571,7 @@ fn a_full_disk_under_the_journal_is_said_once_and_loses_nothing() {
     let moved = state.join("journal.sqlite3").display().to_string();
     std::fs::write(&h.config_path, config.replace(&journal, &moved)).unwrap();
     let log_path = h.dir.path().join("full.log");
-    let mut child = Command::new("unshare")
+    let child = Command::new("unshare")
         .args([
             "-m",
             "sh",
@@ -588,6 +588,7 @@ fn a_full_disk_under_the_journal_is_said_once_and_loses_nothing() {
         .spawn()
         .unwrap();
     let pid = child.id().to_string();
+    let mut daemon = common::Running(child);
     let inside = |script: &str| {
         Command::new("nsenter")
             .args(["-t", &pid, "-m", "sh", "-c", script, "sh"])
@@ -616,15 +617,22 @@ fn a_full_disk_under_the_journal_is_said_once_and_loses_nothing() {
     });
 
     inside("cat /dev/zero > \"$1/filler\" 2>/dev/null; true");
-    for i in 0..5 {
-        h.drop_file(&format!("during-{i}.png"), &png(860 + i));
-    }
-    wait("the full disk to be reported", &|l| {
-        l.contains("the disk holding the journal is full")
-    });
     // The WAL's slack (room it already holds, written again from its start once checkpointed)
-    // may record and send a few files before a write needs room the disk has not. Once a write
-    // has failed, nothing more is taken: at most the uploads in flight then still go.
+    // may record and send a few files before a write needs room the disk has not, so files go
+    // on being dropped until one cannot be recorded.
+    let mut dropped = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !log().contains("the disk holding the journal is full") {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for the full disk to be reported after {dropped} files\n{}",
+            log()
+        );
+        h.drop_file(&format!("during-{dropped}.png"), &png(860 + dropped));
+        dropped += 1;
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    // Once a write has failed, nothing more is taken: at most the uploads in flight then go.
     let sent_when_reported = h.sandbox.uploads();
     std::thread::sleep(Duration::from_secs(4));
     let reports = log()
@@ -645,21 +653,38 @@ fn a_full_disk_under_the_journal_is_said_once_and_loses_nothing() {
     );
 
     inside("rm \"$1/filler\"");
-    wait("every file once there is room", &|l| {
-        l.matches("uploaded: url").count() == 6
-    });
-    let files = inside("\"$2\" -c \"$3\" files --json");
-    assert!(
-        files.status.success(),
+    // An outcome the full journal refused is tried again with growing waits (up to 30 s), so
+    // every file is recorded synced a little after there is room again.
+    let expected = 1 + dropped as usize;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let files = inside("\"$2\" -c \"$3\" files --json");
+        assert!(
+            files.status.success(),
+            "{}",
+            String::from_utf8_lossy(&files.stderr)
+        );
+        let files: Vec<Value> = serde_json::from_slice(&files.stdout).unwrap();
+        let synced = files.iter().filter(|f| f["state"] == "synced").count();
+        if files.len() == expected && synced == expected {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "every file synced once there is room: {files:#?}\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(
+        log().matches("uploaded: url").count(),
+        expected,
         "{}",
-        String::from_utf8_lossy(&files.stderr)
+        log()
     );
-    let files: Vec<Value> = serde_json::from_slice(&files.stdout).unwrap();
-    assert_eq!(files.len(), 6, "{files:#?}");
-    assert!(files.iter().all(|f| f["state"] == "synced"), "{files:#?}");
-    assert_eq!(h.sandbox.uploads(), 6);
+    assert_eq!(h.sandbox.uploads(), expected, "each file sent once");
     let _ = Command::new("kill").args(["-TERM", &pid]).status();
-    child.wait().unwrap();
+    daemon.0.wait().unwrap();
 }
 
 /// A writer that hangs with a file open: the file is not in the journal yet, so one log line is

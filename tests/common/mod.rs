@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use std::io::Cursor;
+use std::io::{BufRead, BufReader, Cursor};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -514,4 +514,34 @@ pub fn running_as_root() -> bool {
 
 pub fn exists(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok()
+}
+
+/// Kills the child when the test ends, however it ends.
+pub struct Running(pub Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `imgsyncd ARGS` in `cwd` and returns it with the first `lines` lines it printed.
+pub fn start(args: &[&str], cwd: &std::path::Path, lines: usize) -> (Running, Vec<String>) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("IMGSYNCD_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(cwd.join("stderr.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let running = Running(child);
+    let printed = BufReader::new(stdout)
+        .lines()
+        .take(lines)
+        .map(|l| l.unwrap())
+        .collect();
+    (running, printed)
 }
