@@ -57,12 +57,7 @@ fn kill_9_during_a_delete_at_the_vendor() {
         [url],
         "the image deleted exactly once"
     );
-    let deletes =
-        t.h.sandbox
-            .log()
-            .iter()
-            .filter(|l| l.path == kingdee::DELETE_PATH)
-            .count();
+    let deletes = t.h.sandbox.requests_to(kingdee::DELETE_PATH);
     assert_eq!(
         deletes, 2,
         "the held delete, and once more after the restart"
@@ -189,12 +184,7 @@ fn kill_9_between_a_jiandaoyun_upload_and_its_record() {
         2,
         "no record made again"
     );
-    let creates =
-        t.h.sandbox
-            .log()
-            .iter()
-            .filter(|l| l.path == jiandaoyun::CREATE_PATH)
-            .count();
+    let creates = t.h.sandbox.requests_to(jiandaoyun::CREATE_PATH);
     assert_eq!(
         creates, 2,
         "data/create is not sent again after the restart"

@@ -344,12 +344,7 @@ fn stalled(fault: Fault, what: &str) {
     let row = t.wait_state(&path, "removed");
     assert_eq!(row["remote_deleted"], true, "{row}");
     assert_eq!(t.h.sandbox.deleted(), [url], "deleted once");
-    let deletes =
-        t.h.sandbox
-            .log()
-            .iter()
-            .filter(|l| l.path == kingdee::DELETE_PATH)
-            .count();
+    let deletes = t.h.sandbox.requests_to(kingdee::DELETE_PATH);
     assert_eq!(deletes, 2, "the stalled delete and its retry");
     t.assert_all_synced(&expected);
 }

@@ -187,6 +187,13 @@ fn wal_checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<(i64, i64)>
     })
 }
 
+/// The WAL of the journal at `path`.
+pub(crate) fn wal_of(path: &Path) -> PathBuf {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    PathBuf::from(wal)
+}
+
 /// The file a journal's connection has open, if it is on a file.
 pub(crate) fn file_of(conn: &Connection) -> Option<PathBuf> {
     conn.path()
@@ -222,7 +229,7 @@ mod tests {
                 write.await.unwrap();
             }
         }
-        let wal = PathBuf::from(format!("{}-wal", path.display()));
+        let wal = wal_of(&path);
         assert!(file_len(&wal) > 0, "the writes went to the WAL");
         let waiting = Instant::now();
         while file_len(&path) <= before {
@@ -274,7 +281,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal.sqlite3");
         let handle = JournalHandle::new(Journal::open(&path).unwrap());
-        let wal = PathBuf::from(format!("{}-wal", path.display()));
+        let wal = wal_of(&path);
         let reason = "r".repeat(3_000);
         let (mut longest, mut restarts) = (0, 0);
         let mut last_seq = None;

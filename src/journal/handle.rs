@@ -50,8 +50,8 @@ pub struct JournalHandle {
     /// Copies what is committed into the journal's file, so the writer does not (`None` for a
     /// journal in memory, or when it could not start).
     checkpointer: Option<Arc<Checkpointer>>,
-    /// The journal's WAL, for [`JournalHandle::sync_log`] (`None`: a journal in memory).
-    log: Option<Arc<std::path::PathBuf>>,
+    /// The journal's file, for [`JournalHandle::sync_log`] (`None`: a journal in memory).
+    file: Option<Arc<std::path::PathBuf>>,
 }
 
 impl std::fmt::Debug for JournalHandle {
@@ -70,14 +70,9 @@ impl JournalHandle {
     pub fn new(journal: Journal) -> JournalHandle {
         let file = checkpoint::file_of(&journal.conn);
         let checkpointer = file.as_deref().and_then(Checkpointer::start).map(Arc::new);
-        let log = file.map(|file| {
-            let mut log = file.into_os_string();
-            log.push("-wal");
-            Arc::new(std::path::PathBuf::from(log))
-        });
         JournalHandle {
             checkpointer,
-            log,
+            file: file.map(Arc::new),
             journal: Arc::new(Mutex::new(journal)),
             queued: Arc::default(),
             draining: Arc::default(),
@@ -122,16 +117,16 @@ impl JournalHandle {
     /// outlive one: the note made before a call that must not be made twice. False, with the
     /// cause logged, when the sync failed.
     pub async fn sync_log(&self) -> bool {
-        let Some(log) = self.log.clone() else {
+        let Some(file) = self.file.clone() else {
             return true;
         };
+        let journal = Arc::clone(&file);
         let synced = tokio::task::spawn_blocking(move || {
-            match std::fs::File::open(log.as_path()) {
+            match std::fs::File::open(checkpoint::wal_of(&file)) {
                 Ok(wal) => wal.sync_data(),
                 // No WAL: the filesystem refused WAL mode, and commits went to the file itself.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    let file = log.to_string_lossy();
-                    std::fs::File::open(file.trim_end_matches("-wal"))?.sync_data()
+                    std::fs::File::open(file.as_path())?.sync_data()
                 }
                 Err(e) => Err(e),
             }
@@ -140,7 +135,7 @@ impl JournalHandle {
         match synced {
             Ok(Ok(())) => true,
             Ok(Err(e)) => {
-                tracing::warn!(journal_log = %self.log.as_deref().map(|l| l.display().to_string()).unwrap_or_default(), "cannot sync the journal to disk: {e}");
+                tracing::warn!(journal = %journal.display(), "cannot sync the journal to disk: {e}");
                 false
             }
             Err(_) => false,

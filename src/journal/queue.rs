@@ -722,9 +722,9 @@ pub enum RetryOutcome {
     RenamedOut(String),
 }
 
-fn claim_upload(tx: &Connection, job: Job, file: &FileNow) -> Result<Claimed> {
-    if let Some(begun) = &job.in_doubt {
-        return settle_in_doubt(tx, job.clone(), file, begun);
+fn claim_upload(tx: &Connection, mut job: Job, file: &FileNow) -> Result<Claimed> {
+    if let Some(begun) = job.in_doubt.take() {
+        return settle_in_doubt(tx, job, file, &begun);
     }
     if !file.wants_upload(&job) {
         jobs::remove(tx, job.id)?;

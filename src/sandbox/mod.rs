@@ -314,6 +314,11 @@ impl Sandbox {
         self.lock().log.clone()
     }
 
+    /// How many requests for `path` the sandbox has answered, whatever it said.
+    pub fn requests_to(&self, path: &str) -> usize {
+        self.lock().log.iter().filter(|l| l.path == path).count()
+    }
+
     /// How many successful Kingdee uploads the sandbox has answered.
     pub fn uploads(&self) -> usize {
         self.lock()

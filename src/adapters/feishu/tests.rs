@@ -219,11 +219,7 @@ fn adapter_for(sandbox: &Sandbox, app_secret: &str) -> Feishu {
 }
 
 fn token_calls(sandbox: &Sandbox) -> usize {
-    sandbox
-        .log()
-        .iter()
-        .filter(|l| l.path == TOKEN_PATH)
-        .count()
+    sandbox.requests_to(TOKEN_PATH)
 }
 
 #[tokio::test]
