@@ -8,8 +8,10 @@
 //! writer goes on: a PASSIVE checkpoint never blocks it. Such a checkpoint cannot start the WAL
 //! over while commits keep coming, so once the WAL is long a RESTART follows, which holds the
 //! writer only while it copies the few frames committed since and syncs them, and waits at most
-//! [`RESTART_WAIT`] for its turn. The writer's own checkpoint stays as the backstop, should this
-//! thread fall behind or fail.
+//! [`RESTART_WAIT`] for its turn. While the WAL is more than half way to that, checkpoints follow
+//! each other without the spacing, so a writer outrunning them still meets a restart well before
+//! its backstop. The writer's own checkpoint stays as the backstop, should this thread fall
+//! behind or fail.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -150,7 +152,11 @@ fn run(conn: &Connection, file: &std::fs::File, shared: &Shared) {
             }
             state.committed = false;
         }
-        checkpoint(conn, file);
+        // A WAL half way to a restart is growing faster than spaced checkpoints keep up with:
+        // the next follows the next commit, so the restart comes before the writer's backstop.
+        if checkpoint(conn, file) >= RESTART_AT / 2 {
+            continue;
+        }
         let state = shared.state();
         let (state, _) = shared
             .wake
@@ -162,20 +168,30 @@ fn run(conn: &Connection, file: &std::fs::File, shared: &Shared) {
     }
 }
 
-/// One PASSIVE checkpoint, and a RESTART after it when the WAL has grown long. Failures are left
-/// to the next commit's checkpoint and to the writer, whose own commits report a failing disk.
-fn checkpoint(conn: &Connection, file: &std::fs::File) {
+/// One PASSIVE checkpoint, and a RESTART after it when the WAL has grown long: the WAL's length
+/// in pages, as it stands after them (0 when they failed). Failures are left to the next
+/// commit's checkpoint and to the writer, whose own commits report a failing disk.
+fn checkpoint(conn: &Connection, file: &std::fs::File) -> i64 {
     match wal_checkpoint(conn, "PASSIVE") {
         Ok((pages, copied)) if pages >= RESTART_AT && pages - copied <= RESTART_BACKLOG => {
             // What the PASSIVE checkpoints copied is synced now, while the writer goes on: the
             // RESTART's own sync then has only its few frames' pages left.
             let _ = file.sync_data();
-            if let Err(e) = wal_checkpoint(conn, "RESTART") {
-                debug!("the WAL was not started over: {e}");
+            match wal_checkpoint(conn, "RESTART") {
+                // Started over: the writer's next commit writes the WAL from its start.
+                Ok((pages, copied)) if copied == pages => 0,
+                Ok((pages, _)) => pages,
+                Err(e) => {
+                    debug!("the WAL was not started over: {e}");
+                    pages
+                }
             }
         }
-        Ok(_) => {}
-        Err(e) => debug!("checkpoint failed: {e}"),
+        Ok((pages, _)) => pages,
+        Err(e) => {
+            debug!("checkpoint failed: {e}");
+            0
+        }
     }
 }
 
@@ -265,9 +281,11 @@ mod tests {
     /// The WAL file's length, and how many times it was started over (the checkpoint sequence
     /// number in its header).
     fn wal_state(wal: &Path) -> (u64, u32) {
-        let header = std::fs::read(wal)
-            .map(|b| b[..16.min(b.len())].to_vec())
-            .unwrap_or_default();
+        use std::io::Read;
+        let mut header = Vec::with_capacity(16);
+        if let Ok(file) = std::fs::File::open(wal) {
+            let _ = file.take(16).read_to_end(&mut header);
+        }
         let seq = header
             .get(12..16)
             .map_or(0, |b| u32::from_be_bytes(b.try_into().unwrap()));
