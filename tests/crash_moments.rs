@@ -200,3 +200,54 @@ fn kill_9_between_a_jiandaoyun_upload_and_its_record() {
     t.assert_all_synced(&[(path.clone(), bytes.clone())]);
     assert_eq!(t.h.sandbox.jiandaoyun_records().len(), 3);
 }
+
+/// (d, continued) The file of a record in doubt is removed while the daemon is down: one line (and
+/// the file's history) says the form may hold its record, with the key to look for, and the file
+/// ends removed. Nothing is created again.
+#[test]
+fn kill_9_during_a_jiandaoyun_record_then_its_file_removed() {
+    let mut t = Three::new(Options::default());
+    t.h.sandbox.hold(jiandaoyun::CREATE_PATH, HOLD);
+    t.start(None);
+    let path = t.drop(Vendor::Jiandaoyun, "record.png", &picture(410));
+    t.h.wait_for("the call to be held at the vendor", |h| {
+        h.sandbox.holding(jiandaoyun::CREATE_PATH) >= 1
+    });
+    t.h.kill9();
+    std::fs::remove_file(&path).unwrap();
+    t.h.sandbox.release(jiandaoyun::CREATE_PATH);
+    t.start(None);
+    t.wait_state(&path, "removed");
+    let records = t.h.sandbox.jiandaoyun_records();
+    assert_eq!(records.len(), 1, "the held call made its record");
+    let key = &records[0].keys[0];
+    // Claimed at the start before the removal is decided, or dropped with the file after: either
+    // way one warning names the key to look for.
+    t.h.wait_for("the job in doubt to be reported", |h| {
+        h.log().lines().any(|l| {
+            l.contains(" WARN ")
+                && l.contains("its answer never came back")
+                && l.contains(&format!("key {key} "))
+        })
+    });
+    let said = t.h.log();
+    assert_eq!(
+        said.matches("its answer never came back").count(),
+        1,
+        "said once\n{said}"
+    );
+    let history = t.h.cli(&["history", "--json", path.to_str().unwrap()]);
+    let history: serde_json::Value = serde_json::from_slice(&history.stdout).unwrap();
+    let outcomes: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["outcome"].as_str())
+        .collect();
+    assert_eq!(outcomes.last(), Some(&"unconfirmed"), "{history:#}");
+    assert_eq!(
+        t.h.sandbox.requests_to(jiandaoyun::CREATE_PATH),
+        1,
+        "data/create is not sent again"
+    );
+}

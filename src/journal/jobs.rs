@@ -3,7 +3,7 @@
 use super::sql::CachedSql;
 use rusqlite::{Connection, params};
 
-use super::{Result, now_ms};
+use super::{Attempt, JobOp, Result, now_ms};
 
 pub(super) fn queue(
     tx: &Connection,
@@ -22,9 +22,34 @@ pub(super) fn queue(
     Ok(())
 }
 
-/// Drops the queued (not running) jobs of `ops` for a file.
+/// Drops the queued (not running) jobs of `ops` for a file. A job whose call was begun and never
+/// answered (its note in doubt: a Jiandaoyun record being created when the daemon was killed)
+/// leaves that in the file's history as an unconfirmed attempt, with what to look for at the
+/// vendor: the file changed or went before the job could be settled, and the vendor may hold
+/// what the call made.
 pub(super) fn drop_queued(tx: &Connection, file_id: i64, ops: &[&str]) -> Result<()> {
     for op in ops {
+        let notes = tx
+            .prepare_cached(
+                "SELECT jobs.in_doubt, files.path FROM jobs JOIN files ON files.id = jobs.file_id
+                 WHERE jobs.file_id = ?1 AND jobs.op = ?2 AND jobs.state = 'queued'
+                   AND jobs.in_doubt IS NOT NULL",
+            )?
+            .query_map(params![file_id, op], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        for (begun, path) in notes {
+            let message = super::queue::unanswered_and_moved_on(&begun);
+            // Said here, where it is found: nothing else reports a job dropped with its file.
+            tracing::warn!(path = %super::path_text::shown(&path), outcome = "unconfirmed", "{message}");
+            let attempt = Attempt {
+                outcome: "unconfirmed".into(),
+                message: Some(message),
+                ..Attempt::default()
+            };
+            super::queue::record_attempt(tx, file_id, JobOp::parse(op), &attempt)?;
+        }
         tx.cached_execute(
             "DELETE FROM jobs WHERE file_id = ?1 AND op = ?2 AND state = 'queued'",
             params![file_id, op],

@@ -30,7 +30,7 @@ impl JobOp {
         }
     }
 
-    fn parse(text: &str) -> JobOp {
+    pub(super) fn parse(text: &str) -> JobOp {
         match text {
             "delete" => JobOp::Delete,
             "delete_old" => JobOp::DeleteOld,
@@ -92,6 +92,12 @@ pub enum Claimed {
     /// recorded ([`Journal::note_in_doubt`]). The file waits for a person, `why` saying what to
     /// look for.
     InDoubt {
+        path: String,
+        why: String,
+    },
+    /// Dropped: a call of it that must not be made twice was begun and never answered, and the
+    /// file has changed or gone since. `why` says what to look for at the vendor.
+    DroppedInDoubt {
         path: String,
         why: String,
     },
@@ -769,10 +775,11 @@ fn claim_upload(tx: &Connection, mut job: Job, file: &FileNow) -> Result<Claimed
 /// file). The file, if it still wants this upload, waits for a person; its history says what to
 /// look for either way.
 fn settle_in_doubt(tx: &Connection, job: Job, file: &FileNow, begun: &str) -> Result<Claimed> {
-    let why = format!(
-        "{begun} was begun, and its answer never came back (the daemon stopped, or the call \
-         outlived its lease): the vendor may hold it already, and making it again could make two"
-    );
+    let moved_on = !file.wants_upload(&job);
+    let why = match moved_on {
+        true => unanswered_and_moved_on(begun),
+        false => unanswered(begun),
+    };
     record_attempt(
         tx,
         job.file_id,
@@ -784,10 +791,10 @@ fn settle_in_doubt(tx: &Connection, job: Job, file: &FileNow, begun: &str) -> Re
         },
     )?;
     jobs::remove(tx, job.id)?;
-    if !file.wants_upload(&job) {
-        return Ok(Claimed::Dropped {
+    if moved_on {
+        return Ok(Claimed::DroppedInDoubt {
             path: job.path,
-            op: job.op,
+            why,
         });
     }
     let error = format!(
@@ -799,6 +806,25 @@ fn settle_in_doubt(tx: &Connection, job: Job, file: &FileNow, begun: &str) -> Re
         path: job.path,
         why,
     })
+}
+
+/// Why a call begun (`begun`) and never answered is not made again.
+pub(super) fn unanswered(begun: &str) -> String {
+    format!(
+        "{begun} was begun, and its answer never came back (the daemon stopped, or the call \
+         outlived its lease): the vendor may hold it already, and making it again could make two"
+    )
+}
+
+/// Why a call begun (`begun`) and never answered is not made again, for a file that changed or
+/// went since: its new bytes (if any) go as new content, and only a person can find what the
+/// call made.
+pub(super) fn unanswered_and_moved_on(begun: &str) -> String {
+    format!(
+        "{}; the file changed or went before the daemon could settle it, so check the vendor by \
+         hand",
+        unanswered(begun)
+    )
 }
 
 /// Why a delete queued under `on_remove: delete` was not sent after the watch changed to `keep`.
@@ -874,7 +900,12 @@ fn give_back_unsent_mark(tx: &Connection, job: &Job) -> Result<()> {
     Ok(())
 }
 
-fn record_attempt(tx: &Connection, file_id: i64, op: JobOp, attempt: &Attempt) -> Result<()> {
+pub(super) fn record_attempt(
+    tx: &Connection,
+    file_id: i64,
+    op: JobOp,
+    attempt: &Attempt,
+) -> Result<()> {
     tx.cached_execute(
         "INSERT INTO attempts (file_id, op, at, outcome, http_status, vendor_code, message,
            duration_ms)

@@ -2167,3 +2167,85 @@ fn a_call_in_doubt_is_not_made_again_and_an_answer_clears_it() {
         "a settled job takes no note"
     );
 }
+
+/// A call in doubt whose file goes, or changes, before the job is claimed again: the job is
+/// dropped with the file's old work, and the file's history keeps that the vendor may hold what
+/// the call made, with what to look for.
+#[test]
+fn a_call_in_doubt_dropped_with_its_file_stays_in_the_history() {
+    let mut f = fixture();
+    let j = &mut f.journal;
+    j.observe(&obs("/w/gone.png", "aa"), PRESENT).unwrap();
+    j.observe(&obs("/w/changed.png", "cc"), PRESENT).unwrap();
+    let jobs = [claim(j).unwrap(), claim(j).unwrap()];
+    for job in &jobs {
+        let key = if job.path == "/w/gone.png" {
+            "k1"
+        } else {
+            "k2"
+        };
+        assert!(
+            j.note_in_doubt(job.id, &format!("creating the record of key {key}"))
+                .unwrap()
+        );
+    }
+    // The daemon is killed; its next start puts the jobs back in the queue.
+    j.release(&[jobs[0].id, jobs[1].id]).unwrap();
+    missing(j, "/w/gone.png");
+    j.observe(&obs("/w/changed.png", "bb"), PRESENT).unwrap();
+    for (path, key) in [("/w/gone.png", "k1"), ("/w/changed.png", "k2")] {
+        let history = j.history(path).unwrap().unwrap();
+        let last = history.last().unwrap();
+        assert_eq!(last.outcome, "unconfirmed", "{history:?}");
+        let message = last.message.as_deref().unwrap_or_default();
+        assert!(
+            message.contains(&format!("creating the record of key {key} was begun"))
+                && message.contains("the file changed or went before the daemon could settle it"),
+            "{message}"
+        );
+    }
+    // The changed file's new bytes go as any new content does; nothing is in doubt about them.
+    let job = claim(j).unwrap();
+    assert_eq!(job.path, "/w/changed.png");
+    assert_eq!(job.in_doubt, None);
+    assert!(claim(j).is_none());
+}
+
+/// A call in doubt whose file changed while the call was out (its job running, so not dropped):
+/// claimed again after the restart, it is dropped with a warning that names what to look for,
+/// and the new bytes go.
+#[test]
+fn a_call_in_doubt_whose_file_changed_meanwhile_is_dropped_with_its_reason() {
+    let mut f = fixture();
+    let j = &mut f.journal;
+    j.observe(&obs("/w/a.png", "aa"), PRESENT).unwrap();
+    let job = claim(j).unwrap();
+    assert!(
+        j.note_in_doubt(job.id, "creating the record of key k1")
+            .unwrap()
+    );
+    j.observe(&obs("/w/a.png", "bb"), PRESENT).unwrap();
+    j.release(&[job.id]).unwrap();
+    let mut settled = None;
+    let mut sent = Vec::new();
+    while let Some(claimed) = j.claim(&vendors(), 60_000).unwrap() {
+        match claimed {
+            Claimed::Job(job) => sent.push(job.sha256.clone().unwrap_or_default()),
+            other => settled = Some(other),
+        }
+    }
+    assert!(
+        matches!(&settled, Some(Claimed::DroppedInDoubt { path, why })
+            if path == "/w/a.png"
+                && why.contains("creating the record of key k1 was begun")
+                && why.contains("the file changed or went")),
+        "{settled:?}"
+    );
+    assert_eq!(sent, ["bb"], "the new bytes go, the old are not sent again");
+    let history = j.history("/w/a.png").unwrap().unwrap();
+    assert_eq!(
+        history.last().unwrap().outcome,
+        "unconfirmed",
+        "{history:?}"
+    );
+}

@@ -230,6 +230,9 @@ pub(super) fn log_settled(settled: &Claimed) {
             "{why}: not sent again; check at the vendor, then `imgsyncd retry {}` to send it",
             path_text::for_shell(path)
         ),
+        Claimed::DroppedInDoubt { path, why } => warn!(
+            path = %path_text::shown(path), outcome = "unconfirmed", "{why}"
+        ),
         Claimed::Job(_) => {}
     }
 }
