@@ -154,7 +154,7 @@ fn run(conn: &Connection, file: &std::fs::File, shared: &Shared) {
         }
         // A WAL half way to a restart is growing faster than spaced checkpoints keep up with:
         // the next follows the next commit, so the restart comes before the writer's backstop.
-        if checkpoint(conn, file) >= RESTART_AT / 2 {
+        if checkpoint(conn, file) {
             continue;
         }
         let state = shared.state();
@@ -168,38 +168,55 @@ fn run(conn: &Connection, file: &std::fs::File, shared: &Shared) {
     }
 }
 
-/// One PASSIVE checkpoint, and a RESTART after it when the WAL has grown long: the WAL's length
-/// in pages, as it stands after them (0 when they failed). Failures are left to the next
-/// commit's checkpoint and to the writer, whose own commits report a failing disk.
-fn checkpoint(conn: &Connection, file: &std::fs::File) -> i64 {
+/// One PASSIVE checkpoint, and a RESTART after it when the WAL has grown long. Returns whether
+/// the next should follow at once: the WAL is past half its restart length and no reader held
+/// the copy far back, so commits are outgrowing the spacing. A reader that holds it back
+/// (`imgsyncd status` on an old snapshot) is waited out at the spacing, since each RESTART
+/// holds the writer while it waits. Failures are left to the next commit's checkpoint and to
+/// the writer, whose own commits report a failing disk.
+fn checkpoint(conn: &Connection, file: &std::fs::File) -> bool {
+    let hurry = |pass: WalCheckpoint| {
+        !pass.busy && pass.pages >= RESTART_AT / 2 && pass.pages - pass.copied <= RESTART_BACKLOG
+    };
     match wal_checkpoint(conn, "PASSIVE") {
-        Ok((pages, copied)) if pages >= RESTART_AT && pages - copied <= RESTART_BACKLOG => {
+        Ok(pass) if pass.pages >= RESTART_AT && pass.pages - pass.copied <= RESTART_BACKLOG => {
             // What the PASSIVE checkpoints copied is synced now, while the writer goes on: the
             // RESTART's own sync then has only its few frames' pages left.
             let _ = file.sync_data();
-            match wal_checkpoint(conn, "RESTART") {
-                // Started over: the writer's next commit writes the WAL from its start.
-                Ok((pages, copied)) if copied == pages => 0,
-                Ok((pages, _)) => pages,
-                Err(e) => {
-                    debug!("the WAL was not started over: {e}");
-                    pages
-                }
+            // Started over, the writer's next commit writes the WAL from its start; held back
+            // by a reader, the next try waits the spacing: no hurry either way.
+            if let Err(e) = wal_checkpoint(conn, "RESTART") {
+                debug!("the WAL was not started over: {e}");
             }
+            false
         }
-        Ok((pages, _)) => pages,
+        Ok(pass) => hurry(pass),
         Err(e) => {
             debug!("checkpoint failed: {e}");
-            0
+            false
         }
     }
 }
 
-/// Runs a checkpoint in `mode`: the WAL's length in pages, and how many of them are copied.
-fn wal_checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<(i64, i64)> {
-    // (whether it could not finish, the WAL's pages, the pages copied so far)
+/// What `PRAGMA wal_checkpoint` answered.
+#[derive(Debug, Clone, Copy)]
+struct WalCheckpoint {
+    /// It could not finish: a reader (or, for a RESTART, the writer) held it back.
+    busy: bool,
+    /// The WAL's length in pages.
+    pages: i64,
+    /// How many of them are copied into the journal's file.
+    copied: i64,
+}
+
+/// Runs a checkpoint in `mode`.
+fn wal_checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<WalCheckpoint> {
     conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| {
-        Ok((row.get(1)?, row.get(2)?))
+        Ok(WalCheckpoint {
+            busy: row.get::<_, i64>(0)? != 0,
+            pages: row.get(1)?,
+            copied: row.get(2)?,
+        })
     })
 }
 
