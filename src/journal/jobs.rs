@@ -1,5 +1,8 @@
 //! The job rows every other part of the journal queues and drops.
 
+use std::collections::HashSet;
+use std::sync::{Mutex, OnceLock};
+
 use super::sql::CachedSql;
 use rusqlite::{Connection, params};
 
@@ -25,24 +28,31 @@ pub(super) fn queue(
 /// Drops the queued (not running) jobs of `ops` for a file. A job whose call was begun and never
 /// answered (its note in doubt: a Jiandaoyun record being created when the daemon was killed)
 /// leaves that in the file's history as an unconfirmed attempt, with what to look for at the
-/// vendor: the file changed or went before the job could be settled, and the vendor may hold
-/// what the call made.
+/// vendor, and one warning: the file changed or went before the job could be settled, and the
+/// vendor may hold what the call made.
 pub(super) fn drop_queued(tx: &Connection, file_id: i64, ops: &[&str]) -> Result<()> {
     for op in ops {
         let notes = tx
             .prepare_cached(
-                "SELECT jobs.in_doubt, files.path FROM jobs JOIN files ON files.id = jobs.file_id
+                "SELECT jobs.id, jobs.in_doubt, files.path
+                 FROM jobs JOIN files ON files.id = jobs.file_id
                  WHERE jobs.file_id = ?1 AND jobs.op = ?2 AND jobs.state = 'queued'
                    AND jobs.in_doubt IS NOT NULL",
             )?
             .query_map(params![file_id, op], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
-        for (begun, path) in notes {
+        for (job_id, begun, path) in notes {
             let message = super::queue::unanswered_and_moved_on(&begun);
             // Said here, where it is found: nothing else reports a job dropped with its file.
-            tracing::warn!(path = %super::path_text::shown(&path), outcome = "unconfirmed", "{message}");
+            if first_time_said(job_id) {
+                tracing::warn!(path = %super::path_text::shown(&path), outcome = "unconfirmed", "{message}");
+            }
             let attempt = Attempt {
                 outcome: "unconfirmed".into(),
                 message: Some(message),
@@ -56,6 +66,16 @@ pub(super) fn drop_queued(tx: &Connection, file_id: i64, ops: &[&str]) -> Result
         )?;
     }
     Ok(())
+}
+
+/// Whether the drop of job `job_id` in doubt is said for the first time. A write may run again
+/// (a group spoiled by another's failure, a full disk tried again), and its line is said once.
+fn first_time_said(job_id: i64) -> bool {
+    static SAID: OnceLock<Mutex<HashSet<i64>>> = OnceLock::new();
+    SAID.get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .insert(job_id)
 }
 
 pub(super) fn has_job(tx: &Connection, file_id: i64, op: &str) -> Result<bool> {
