@@ -60,6 +60,12 @@ impl Recording {
         }
         matches!(claim, Answer::In(Ok((jobs, _))) if jobs.iter().any(|(job, _)| job.vendor != behind))
     }
+
+    /// Whether the journal has answered that it could not record the outcome (full, locked);
+    /// the answer is taken in if it has come, without waiting.
+    fn refused(&mut self) -> bool {
+        self.written.arrived() && matches!(self.written, Answer::In(Err(_)))
+    }
 }
 
 /// A journal write's answer: still on its way, or already in.
@@ -134,6 +140,15 @@ impl Slot {
                 let recording = recordings.pop_front().expect("looked at just now");
                 self.settle_into(recording, &mut ahead, &mut recordings)
                     .await;
+            }
+            // An outcome the journal could not record is settled before anything more is sent:
+            // that waits until the journal takes it, so while it cannot (a full disk), no slot
+            // sends more than the transfer it had under way, which a kill would send again.
+            if recordings.iter_mut().any(Recording::refused) {
+                while let Some(recording) = recordings.pop_front() {
+                    self.settle_into(recording, &mut ahead, &mut recordings)
+                        .await;
+                }
             }
             let Some(claim) = ahead.pop_front() else {
                 let Some(recording) = recordings.pop_front() else {
