@@ -203,7 +203,7 @@ fn kill_9_between_a_jiandaoyun_upload_and_its_record() {
 
 /// (d, continued) The file of a record in doubt is removed while the daemon is down: one line (and
 /// the file's history) says the form may hold its record, with the key to look for, and the file
-/// ends removed. Nothing is created again.
+/// ends removed. Nothing is created again, not even when the same bytes are put back.
 #[test]
 fn kill_9_during_a_jiandaoyun_record_then_its_file_removed() {
     let mut t = Three::new(Options::default());
@@ -250,4 +250,18 @@ fn kill_9_during_a_jiandaoyun_record_then_its_file_removed() {
         1,
         "data/create is not sent again"
     );
+    // The same bytes put back: still in doubt, they wait for a person; no second record.
+    std::fs::write(&path, picture(410)).unwrap();
+    let row = t.wait_state(&path, "failed");
+    let error = row["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&format!("key {key} ")) && error.contains("imgsyncd retry"),
+        "{row}"
+    );
+    assert_eq!(
+        t.h.sandbox.jiandaoyun_records().len(),
+        1,
+        "no second record"
+    );
+    assert_eq!(t.h.sandbox.requests_to(jiandaoyun::CREATE_PATH), 1);
 }

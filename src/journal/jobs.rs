@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::sync::{Mutex, OnceLock};
 
 use super::sql::CachedSql;
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{Attempt, JobOp, Result, now_ms};
 
@@ -76,6 +76,34 @@ fn first_time_said(job_id: i64) -> bool {
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .insert(job_id)
+}
+
+/// What was begun, when the file's last attempt is a call whose answer never came back (an
+/// `unconfirmed` attempt of [`super::queue::unanswered`]).
+pub(super) fn last_unconfirmed(tx: &Connection, file_id: i64) -> Result<Option<String>> {
+    let last: Option<(String, Option<String>)> = tx
+        .prepare_cached(
+            "SELECT outcome, message FROM attempts WHERE file_id = ?1 ORDER BY at DESC, id DESC
+             LIMIT 1",
+        )?
+        .query_row([file_id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(match last {
+        Some((outcome, Some(message))) if outcome == "unconfirmed" => {
+            super::queue::begun_of(&message).map(str::to_string)
+        }
+        _ => None,
+    })
+}
+
+/// Notes `begun` on the file's queued upload: claimed, it waits for a person rather than going.
+pub(super) fn keep_in_doubt(tx: &Connection, file_id: i64, begun: &str) -> Result<()> {
+    tx.cached_execute(
+        "UPDATE jobs SET in_doubt = ?2
+         WHERE file_id = ?1 AND op = 'upload' AND state = 'queued'",
+        params![file_id, begun],
+    )?;
+    Ok(())
 }
 
 pub(super) fn has_job(tx: &Connection, file_id: i64, op: &str) -> Result<bool> {

@@ -568,6 +568,13 @@ fn observe_known(tx: &Connection, obs: &Observation<'_>, row: Existing) -> Resul
     jobs::drop_queued(tx, row.id, &["upload"])?;
     set_new_content(tx, row.id, obs, copy_id)?;
     jobs::queue(tx, row.id, "upload", obs.vendor, Some(obs.sha256), None)?;
+    if was_gone && same_content {
+        // Its bytes were last sent by a call whose answer never came (a record being created at
+        // a kill, then the file removed): back, they wait for a person as they would have.
+        if let Some(begun) = jobs::last_unconfirmed(tx, row.id)? {
+            jobs::keep_in_doubt(tx, row.id, &begun)?;
+        }
+    }
     Ok(match (was_gone, same_content) {
         (true, true) => Observed::RestoredAfterDelete,
         (true, false) => Observed::Queued,

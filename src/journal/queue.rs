@@ -808,12 +808,20 @@ fn settle_in_doubt(tx: &Connection, job: Job, file: &FileNow, begun: &str) -> Re
     })
 }
 
+/// How [`unanswered`] goes on after what was begun.
+const UNANSWERED: &str = " was begun, and its answer never came back";
+
 /// Why a call begun (`begun`) and never answered is not made again.
 pub(super) fn unanswered(begun: &str) -> String {
     format!(
-        "{begun} was begun, and its answer never came back (the daemon stopped, or the call \
-         outlived its lease): the vendor may hold it already, and making it again could make two"
+        "{begun}{UNANSWERED} (the daemon stopped, or the call outlived its lease): the vendor may \
+         hold it already, and making it again could make two"
     )
+}
+
+/// What was begun, read back from a reason [`unanswered`] gave.
+pub(super) fn begun_of(reason: &str) -> Option<&str> {
+    reason.split_once(UNANSWERED).map(|(begun, _)| begun)
 }
 
 /// Why a call begun (`begun`) and never answered is not made again, for a file that changed or

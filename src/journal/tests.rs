@@ -2249,3 +2249,42 @@ fn a_call_in_doubt_whose_file_changed_meanwhile_is_dropped_with_its_reason() {
         "{history:?}"
     );
 }
+
+/// The same bytes put back at the path of a file whose record was in doubt when it was removed:
+/// still in doubt, they wait for a person rather than making a second record. Other bytes go.
+#[test]
+fn bytes_put_back_after_a_call_in_doubt_wait_for_a_person() {
+    let mut f = fixture();
+    let j = &mut f.journal;
+    j.observe(&obs("/w/a.png", "aa"), PRESENT).unwrap();
+    j.observe(&obs("/w/b.png", "bb"), PRESENT).unwrap();
+    let jobs = [claim(j).unwrap(), claim(j).unwrap()];
+    for job in &jobs {
+        let what = format!("creating the record of {}", job.path);
+        assert!(j.note_in_doubt(job.id, &what).unwrap());
+    }
+    j.release(&[jobs[0].id, jobs[1].id]).unwrap();
+    missing(j, "/w/a.png");
+    missing(j, "/w/b.png");
+    j.observe(&obs("/w/a.png", "aa"), PRESENT).unwrap();
+    j.observe(&obs("/w/b.png", "cc"), PRESENT).unwrap();
+    let mut sent = Vec::new();
+    let mut held = Vec::new();
+    while let Some(claimed) = j.claim(&vendors(), 60_000).unwrap() {
+        match claimed {
+            Claimed::Job(job) => sent.push(job.path.clone()),
+            Claimed::InDoubt { path, why } => held.push((path, why)),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(sent, ["/w/b.png"], "new bytes go");
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(held[0].0, "/w/a.png");
+    assert!(
+        held[0]
+            .1
+            .contains("creating the record of /w/a.png was begun"),
+        "{held:?}"
+    );
+    assert_eq!(state_of(j, "/w/a.png").state, "failed");
+}
