@@ -78,13 +78,14 @@ fn first_time_said(job_id: i64) -> bool {
         .insert(job_id)
 }
 
-/// What was begun, when the file's last attempt is a call whose answer never came back (an
+/// What was begun, when the file's last upload attempt (a delete of an older copy may follow it;
+/// the last made, whatever the clock said) is a call whose answer never came back (an
 /// `unconfirmed` attempt of [`super::queue::unanswered`]).
 pub(super) fn last_unconfirmed(tx: &Connection, file_id: i64) -> Result<Option<String>> {
     let last: Option<(String, Option<String>)> = tx
         .prepare_cached(
-            "SELECT outcome, message FROM attempts WHERE file_id = ?1 ORDER BY at DESC, id DESC
-             LIMIT 1",
+            "SELECT outcome, message FROM attempts WHERE file_id = ?1 AND op = 'upload'
+             ORDER BY id DESC LIMIT 1",
         )?
         .query_row([file_id], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
