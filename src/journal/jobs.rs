@@ -6,7 +6,7 @@ use std::sync::{Mutex, OnceLock};
 use super::sql::CachedSql;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Attempt, JobOp, Result, now_ms};
+use super::{JobOp, Result, now_ms};
 
 pub(super) fn queue(
     tx: &Connection,
@@ -53,12 +53,7 @@ pub(super) fn drop_queued(tx: &Connection, file_id: i64, ops: &[&str]) -> Result
             if first_time_said(job_id) {
                 tracing::warn!(path = %super::path_text::shown(&path), outcome = "unconfirmed", "{message}");
             }
-            let attempt = Attempt {
-                outcome: "unconfirmed".into(),
-                message: Some(message),
-                ..Attempt::default()
-            };
-            super::queue::record_attempt(tx, file_id, JobOp::parse(op), &attempt)?;
+            super::queue::record_unconfirmed(tx, file_id, JobOp::parse(op), &message)?;
         }
         tx.cached_execute(
             "DELETE FROM jobs WHERE file_id = ?1 AND op = ?2 AND state = 'queued'",

@@ -780,16 +780,7 @@ fn settle_in_doubt(tx: &Connection, job: Job, file: &FileNow, begun: &str) -> Re
         true => unanswered_and_moved_on(begun),
         false => unanswered(begun),
     };
-    record_attempt(
-        tx,
-        job.file_id,
-        job.op,
-        &Attempt {
-            outcome: "unconfirmed".into(),
-            message: Some(why.clone()),
-            ..Attempt::default()
-        },
-    )?;
+    record_unconfirmed(tx, job.file_id, job.op, &why)?;
     jobs::remove(tx, job.id)?;
     if moved_on {
         return Ok(Claimed::DroppedInDoubt {
@@ -806,6 +797,21 @@ fn settle_in_doubt(tx: &Connection, job: Job, file: &FileNow, begun: &str) -> Re
         path: job.path,
         why,
     })
+}
+
+/// Puts in the file's history that a call of `op` was begun and never answered (`why`).
+pub(super) fn record_unconfirmed(
+    tx: &Connection,
+    file_id: i64,
+    op: JobOp,
+    why: &str,
+) -> Result<()> {
+    let attempt = Attempt {
+        outcome: "unconfirmed".into(),
+        message: Some(why.to_string()),
+        ..Attempt::default()
+    };
+    record_attempt(tx, file_id, op, &attempt)
 }
 
 /// How [`unanswered`] goes on after what was begun.
@@ -908,12 +914,7 @@ fn give_back_unsent_mark(tx: &Connection, job: &Job) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn record_attempt(
-    tx: &Connection,
-    file_id: i64,
-    op: JobOp,
-    attempt: &Attempt,
-) -> Result<()> {
+fn record_attempt(tx: &Connection, file_id: i64, op: JobOp, attempt: &Attempt) -> Result<()> {
     tx.cached_execute(
         "INSERT INTO attempts (file_id, op, at, outcome, http_status, vendor_code, message,
            duration_ms)
